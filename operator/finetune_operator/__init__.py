@@ -1,0 +1,1 @@
+"""finetune-operator: finds the learning rate, then fine-tunes with it."""

@@ -1,0 +1,1 @@
+"""The trainer program: LR range tests, sweeps and warmup/decay fine-tunes."""

@@ -1,0 +1,454 @@
+"""The trainer's contract: what it reads (``TrainerConfig``) and what it reports (the result models).
+
+Pure pydantic, no torch: the operator imports this module to render trainer configs and to read results,
+and generates its CRDs from these models. Field names are camelCase on the wire (YAML, JSON, Kubernetes)
+and snake_case in Python. Unknown fields are errors.
+
+Cross-field rules are declared once as ``Rule``s: each is both a CEL expression (``x-kubernetes-validations``
+in the CRD, enforced by the API server) and a Python check (enforced by pydantic), with one message.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "finetune.dev"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: ``cel`` for the API server, ``check`` for pydantic, one ``message`` for both."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+
+def _add_cel_rules(schema: dict[str, Any], cls: type) -> None:
+    rules: list[Rule] = getattr(cls, "__rules__", [])
+    if rules:
+        schema["x-kubernetes-validations"] = [
+            {"rule": r.cel, "message": r.message} | ({"fieldPath": r.field_path} if r.field_path else {})
+            for r in rules
+        ]
+
+
+class Spec(BaseModel):
+    """Base of every contract model: camelCase aliases, unknown fields forbidden, field docs as descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        json_schema_extra=_add_cel_rules,
+        validate_default=False,
+    )
+    __rules__: ClassVar[list[Rule]] = []
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Spec:
+        for rule in type(self).__rules__:
+            if not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON-able dict, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+class ModelSpec(Spec):
+    """Which pretrained model to fine-tune."""
+
+    name: str = Field(min_length=1)
+    """Hugging Face model id (e.g. `distilbert-base-uncased`) or a local directory with config and weights."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load; ignored for local directories."""
+    task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
+    """What the model is trained to do: next-token prediction, or classifying a text into labels."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype when loading; `auto` keeps the checkpoint's dtype (float32 on CPU)."""
+    num_labels: int | None = Field(default=None, ge=2, le=100000)
+    """Number of classes for sequence classification; inferred from the label field when unset."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub repository to run. Leave off unless you trust the repository."""
+
+
+class DatasetSpec(Spec):
+    """Where the training text comes from, and how it is split."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="has(self.name) != (has(self.files) && size(self.files) > 0)",
+            message="set exactly one of dataset.name (a hub dataset) or dataset.files (local files)",
+            check=lambda s: (s.name is not None) != bool(s.files),
+        ),
+    ]
+
+    name: str | None = None
+    """Hugging Face dataset name (e.g. `imdb`). Exclusive with `files`."""
+    files: list[str] | None = Field(default=None, max_length=256)
+    """Local data files (JSONL, JSON, CSV, Parquet or plain text). Exclusive with `name`."""
+    format: Literal["auto", "json", "csv", "parquet", "text"] = "auto"
+    """File format; `auto` picks it from the first file's extension (`.jsonl` is json)."""
+    split: str = "train"
+    """Split to train on."""
+    validation_split: str | None = None
+    """Split to evaluate on; when unset, `validationFraction` of the training split is held out."""
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Fraction of the training split held out for validation when there is no `validationSplit`."""
+    text_field: str = "text"
+    """Column holding the input text."""
+    label_field: str | None = None
+    """Column holding the class label (sequence classification only)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
+    packing: bool = True
+    """Causal LM: concatenate texts and cut them into full-length blocks instead of padding each text."""
+    seed: int = Field(default=42, ge=0)
+    """Seed for the validation split and the `maxSamples` subset."""
+
+
+class AdapterSpec(Spec):
+    """What is trained: every weight, a LoRA/QLoRA adapter (peft), or only the top layers."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="self.type != 'top-layers' || has(self.topLayers)",
+            message="adapter.topLayers is required when adapter.type is top-layers",
+            check=lambda s: s.type != "top-layers" or s.top_layers is not None,
+        ),
+    ]
+
+    type: Literal["none", "lora", "qlora", "top-layers"] = "none"
+    """`none` trains all weights; `lora`/`qlora` train a low-rank adapter (QLoRA: 4-bit base, CUDA only);
+    `top-layers` trains only the last `topLayers` transformer blocks and the head."""
+    r: int = Field(default=16, ge=1, le=1024)
+    """LoRA rank."""
+    alpha: int = Field(default=32, ge=1, le=4096)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] | None = Field(default=None, max_length=64)
+    """Module names to adapt (e.g. `q_proj`, `v_proj`); unset means every linear layer."""
+    top_layers: int | None = Field(default=None, ge=1, le=1000)
+    """With `top-layers`: how many of the last transformer blocks are trained."""
+
+
+class OptimizationSpec(Spec):
+    """Optimiser, batch and length of training."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="self.optimizer != 'sgd' || self.momentum < 1.0",
+            message="optimization.momentum must be below 1",
+            check=lambda s: s.momentum < 1.0,
+        ),
+    ]
+
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    """Optimiser."""
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Decoupled weight decay."""
+    momentum: float = Field(default=0.9, ge=0.0, le=1.0)
+    """SGD momentum (ignored by the other optimisers)."""
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    """Clip gradients to this global norm; 0 disables clipping."""
+    batch_size: int = Field(default=8, ge=1, le=65536)
+    """Examples per device per step."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    """Steps whose gradients are summed before an optimiser update."""
+    max_seq_length: int = Field(default=512, ge=8, le=131072)
+    """Tokens per example (longer texts are cut; packed blocks have this length)."""
+    epochs: float = Field(default=1.0, gt=0.0, le=1000.0)
+    """Passes over the training data (ignored when `maxSteps` is set)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimiser updates; overrides `epochs`."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Compute precision; `auto` is bf16 on GPUs that support it, else fp32."""
+    seed: int = Field(default=42, ge=0)
+    """Seed for weight init of new heads, data order and dropout."""
+
+    def effective_batch_size(self, world_size: int = 1) -> int:
+        """Examples per optimiser update across all processes."""
+        return self.batch_size * self.gradient_accumulation_steps * world_size
+
+
+ScheduleType = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+    "step",
+    "exponential",
+    "cyclical",
+]
+
+
+class ScheduleSpec(Spec):
+    """How the learning rate moves: warmup, then the decay shape."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!(has(self.warmupRatio) && has(self.warmupSteps))",
+            message="set at most one of schedule.warmupRatio or schedule.warmupSteps",
+            check=lambda s: s.warmup_ratio is None or s.warmup_steps is None,
+        ),
+    ]
+
+    type: ScheduleType = "cosine"
+    """Shape after warmup. Hugging Face shapes: linear, cosine, cosine_with_restarts, cosine_with_min_lr,
+    polynomial, constant, constant_with_warmup, inverse_sqrt, warmup_stable_decay. Ours: step (multiply by
+    `gamma` every `stepSize` steps), exponential (multiply by `gamma` per step), cyclical (triangular
+    between `minLearningRate` and the learning rate, half-period `stepSize`)."""
+    warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Warmup length as a fraction of all steps. Exclusive with `warmupSteps`."""
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """Warmup length in steps. Exclusive with `warmupRatio`."""
+    min_learning_rate: float = Field(default=0.0, ge=0.0)
+    """Floor under the schedule (e.g. 3e-4 decaying to 1e-7); also the low end of `cyclical`."""
+    num_cycles: float | None = Field(default=None, gt=0.0, le=1000.0)
+    """cosine: half-waves (default 0.5); cosine_with_restarts: hard restarts (default 1)."""
+    power: float = Field(default=1.0, gt=0.0, le=100.0)
+    """polynomial: decay exponent."""
+    step_size: int | None = Field(default=None, ge=1)
+    """step: steps between drops; cyclical: half-period (default: a tenth of training)."""
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    """step: factor per drop; exponential: factor per step is `gamma ** (1 / decay steps)`."""
+    decay_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    """warmup_stable_decay: fraction of training spent in the final decay."""
+
+
+RuleName = Literal["steepest", "valley", "minimum-over-10", "max-over-3"]
+SUGGESTION_RULES: tuple[str, ...] = ("steepest", "valley", "minimum-over-10", "max-over-3")
+
+
+class RangeTestSpec(Spec):
+    """Learning-rate range test: ramp the LR up over a short run and read the loss curve."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="self.minLearningRate < self.maxLearningRate",
+            message="rangeTest.minLearningRate must be below rangeTest.maxLearningRate",
+            check=lambda s: s.min_learning_rate < s.max_learning_rate,
+        ),
+    ]
+
+    min_learning_rate: float = Field(default=1e-7, gt=0.0, le=10.0)
+    """Where the ramp starts."""
+    max_learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    """Where the ramp ends (the test stops earlier on divergence)."""
+    steps: int = Field(default=100, ge=10, le=10000)
+    """Optimiser steps in the ramp."""
+    mode: Literal["exponential", "linear"] = "exponential"
+    """Ramp shape; exponential spends equal steps per decade."""
+    smoothing: float = Field(default=0.05, gt=0.0, le=1.0)
+    """Weight of the newest loss in the bias-corrected exponential moving average (1 = no smoothing)."""
+    divergence_factor: float = Field(default=4.0, gt=1.0, le=1000.0)
+    """Stop once the smoothed loss exceeds this many times the best smoothed loss."""
+    use_validation_loss: bool = False
+    """Evaluate on a validation batch at each step instead of using the training loss (slower, less noisy)."""
+    rule: RuleName = "valley"
+    """Suggestion rule whose value becomes the recommendation; every rule's value is reported."""
+    widen_by_prior: bool = False
+    """Widen the window so it spans 30x around the model family's usual learning rate."""
+
+
+class EvaluationSpec(Spec):
+    """When validation loss is measured."""
+
+    every_steps: int = Field(default=50, ge=1)
+    """Evaluate every this many optimiser steps (and at the end)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Evaluate on at most this many validation examples."""
+
+
+class EarlyStoppingSpec(Spec):
+    """Stop when validation loss stops improving."""
+
+    enabled: bool = False
+    """Turn early stopping on."""
+    patience: int = Field(default=3, ge=1, le=1000)
+    """Evaluations without improvement before stopping."""
+    min_delta: float = Field(default=0.0, ge=0.0)
+    """Smallest drop in validation loss that counts as improvement."""
+
+
+class CheckpointSpec(Spec):
+    """Checkpoints: how often, how many, and whether the final model is saved."""
+
+    every_steps: int = Field(default=100, ge=1)
+    """Save a checkpoint every this many steps; a restarted run resumes from the newest one."""
+    keep: int = Field(default=2, ge=1, le=100)
+    """Checkpoints kept on disk (the oldest are removed)."""
+    save_final_model: bool = True
+    """Save the final model (or adapter) to `<outputDir>/final`."""
+
+
+class TrainerConfig(Spec):
+    """Everything the trainer needs for `range-test`, `trial` and `train`."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="self.model.task != 'sequence-classification' || has(self.dataset.labelField)",
+            message="dataset.labelField is required when model.task is sequence-classification",
+            check=lambda s: s.model.task != "sequence-classification" or s.dataset.label_field is not None,
+        ),
+        Rule(
+            cel="!has(self.schedule.warmupSteps) || !has(self.optimization.maxSteps)"
+            " || self.schedule.warmupSteps < self.optimization.maxSteps",
+            message="schedule.warmupSteps must be below optimization.maxSteps (warmup longer than training)",
+            check=lambda s: s.schedule.warmup_steps is None
+            or s.optimization.max_steps is None
+            or s.schedule.warmup_steps < s.optimization.max_steps,
+        ),
+    ]
+
+    model: ModelSpec
+    """The pretrained model."""
+    dataset: DatasetSpec
+    """The training (and validation) data."""
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    """Full fine-tune, LoRA/QLoRA, or top layers only."""
+    optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
+    """Optimiser, batch size, training length, precision."""
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    """Warmup and decay of the learning rate."""
+    range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
+    """Range-test settings (used by `range-test`)."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Validation cadence."""
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    """Early stopping on validation loss."""
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpoint cadence and retention."""
+    learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
+    """Peak learning rate for `train` and `trial` (the CLI's `--learning-rate` overrides it)."""
+    output_dir: str = "./output"
+    """Where checkpoints, the final model, the full result and plots are written."""
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+class ExitCode(enum.IntEnum):
+    """The trainer's exit codes; the operator's pod failure policy keys on them."""
+
+    OK = 0
+    ERROR = 1
+    BAD_CONFIG = 2
+    DIVERGED = 3
+    OUT_OF_MEMORY = 4
+    INTERRUPTED = 5
+
+
+class CurvePoint(Spec):
+    """One point of the range test's curve."""
+
+    lr: float
+    """Learning rate at this step."""
+    loss: float
+    """Smoothed loss at this step."""
+
+
+class RangeTestResult(Spec):
+    """What `range-test` reports."""
+
+    kind: Literal["rangeTest"] = "rangeTest"
+    """Result type tag."""
+    recommended_learning_rate: float | None = None
+    """The recommended learning rate (the value of `rule`), unset when no rule could decide."""
+    rule: str
+    """The rule the recommendation comes from."""
+    suggestions: dict[str, float | None] = Field(default_factory=dict)
+    """Every rule's suggestion by rule name (unset where a rule found nothing)."""
+    curve: list[CurvePoint] = Field(default_factory=list, max_length=200)
+    """Downsampled (learning rate, smoothed loss) curve."""
+    stop_reason: Literal["completed", "diverged", "nan"] = "completed"
+    """Why the ramp ended."""
+    steps: int = Field(default=0, ge=0)
+    """Steps the ramp ran."""
+    best_loss: float | None = None
+    """Lowest smoothed loss seen."""
+    effective_batch_size: int = Field(default=1, ge=1)
+    """Examples per optimiser update during the test: scale the LR from here for other batch sizes."""
+    adapter: str = "none"
+    """Adapter type the test ran with (a LoRA LR does not transfer to a full fine-tune)."""
+    warnings: list[str] = Field(default_factory=list, max_length=16)
+    """Sanity-check warnings (e.g. far from the model family's usual learning rate)."""
+
+
+class TrialResult(Spec):
+    """What `trial` reports: one short fine-tune at one learning rate."""
+
+    kind: Literal["trial"] = "trial"
+    """Result type tag."""
+    learning_rate: float
+    """The learning rate tried."""
+    eval_loss: float | None = None
+    """Final validation loss (unset when the run diverged)."""
+    train_loss: float | None = None
+    """Mean training loss over the last steps."""
+    steps: int = Field(default=0, ge=0)
+    """Optimiser steps run."""
+    diverged: bool = False
+    """True when the loss became NaN/inf or exploded."""
+    effective_batch_size: int = Field(default=1, ge=1)
+    """Examples per optimiser update."""
+
+
+class TrainResult(Spec):
+    """What `train` reports."""
+
+    kind: Literal["train"] = "train"
+    """Result type tag."""
+    learning_rate: float
+    """Peak learning rate used."""
+    steps: int = Field(default=0, ge=0)
+    """Optimiser steps completed."""
+    total_steps: int = Field(default=0, ge=0)
+    """Optimiser steps planned."""
+    epochs: float = 0.0
+    """Epochs completed."""
+    train_loss: float | None = None
+    """Mean training loss."""
+    eval_loss: float | None = None
+    """Final validation loss."""
+    best_eval_loss: float | None = None
+    """Best validation loss seen."""
+    best_checkpoint: str | None = None
+    """Path of the best checkpoint, relative to the output directory."""
+    early_stopped: bool = False
+    """True when early stopping ended the run."""
+    resumed_from_step: int | None = None
+    """Step of the checkpoint this run resumed from, if any."""
+    runtime_seconds: float | None = None
+    """Wall time of this run."""
+
+
+TrainerResult = RangeTestResult | TrialResult | TrainResult
+
+
+def parse_result(data: dict[str, Any]) -> TrainerResult:
+    """Read any result by its `kind` tag."""
+    kinds: dict[str, type[Spec]] = {"rangeTest": RangeTestResult, "trial": TrialResult, "train": TrainResult}
+    kind = data.get("kind")
+    if kind not in kinds:
+        raise ValueError(f"result.kind must be one of {sorted(kinds)}, got {kind!r}")
+    return kinds[kind].model_validate(data)  # type: ignore[return-value]
