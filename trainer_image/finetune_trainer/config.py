@@ -41,7 +41,7 @@ def _add_cel_rules(schema: dict[str, Any], cls: type) -> None:
 
 
 class Spec(BaseModel):
-    """Base of every contract model: camelCase aliases, unknown fields forbidden, field docs as descriptions."""
+    """Base of every contract model: camelCase aliases, unknown fields forbidden, docs as descriptions."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -149,19 +149,11 @@ class AdapterSpec(Spec):
 class OptimizationSpec(Spec):
     """Optimiser, batch and length of training."""
 
-    __rules__: ClassVar[list[Rule]] = [
-        Rule(
-            cel="self.optimizer != 'sgd' || self.momentum < 1.0",
-            message="optimization.momentum must be below 1",
-            check=lambda s: s.momentum < 1.0,
-        ),
-    ]
-
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
     """Optimiser."""
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
     """Decoupled weight decay."""
-    momentum: float = Field(default=0.9, ge=0.0, le=1.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     """SGD momentum (ignored by the other optimisers)."""
     max_grad_norm: float = Field(default=1.0, ge=0.0)
     """Clip gradients to this global norm; 0 disables clipping."""
@@ -301,24 +293,30 @@ class CheckpointSpec(Spec):
     """Save the final model (or adapter) to `<outputDir>/final`."""
 
 
+# Rules over sections shared by every config that trains (TrainerConfig, LRSweep, FineTuneJob).
+TRAINING_RULES: list[Rule] = [
+    Rule(
+        cel="self.model.task != 'sequence-classification' || has(self.dataset.labelField)",
+        message="dataset.labelField is required when model.task is sequence-classification",
+        check=lambda s: s.model.task != "sequence-classification" or s.dataset.label_field is not None,
+    ),
+    Rule(
+        cel="!has(self.schedule.warmupSteps) || !has(self.optimization.maxSteps)"
+        " || self.schedule.warmupSteps < self.optimization.maxSteps",
+        message="schedule.warmupSteps must be below optimization.maxSteps (warmup longer than training)",
+        check=lambda s: (
+            s.schedule.warmup_steps is None
+            or s.optimization.max_steps is None
+            or s.schedule.warmup_steps < s.optimization.max_steps
+        ),
+    ),
+]
+
+
 class TrainerConfig(Spec):
     """Everything the trainer needs for `range-test`, `trial` and `train`."""
 
-    __rules__: ClassVar[list[Rule]] = [
-        Rule(
-            cel="self.model.task != 'sequence-classification' || has(self.dataset.labelField)",
-            message="dataset.labelField is required when model.task is sequence-classification",
-            check=lambda s: s.model.task != "sequence-classification" or s.dataset.label_field is not None,
-        ),
-        Rule(
-            cel="!has(self.schedule.warmupSteps) || !has(self.optimization.maxSteps)"
-            " || self.schedule.warmupSteps < self.optimization.maxSteps",
-            message="schedule.warmupSteps must be below optimization.maxSteps (warmup longer than training)",
-            check=lambda s: s.schedule.warmup_steps is None
-            or s.optimization.max_steps is None
-            or s.schedule.warmup_steps < s.optimization.max_steps,
-        ),
-    ]
+    __rules__: ClassVar[list[Rule]] = TRAINING_RULES
 
     model: ModelSpec
     """The pretrained model."""

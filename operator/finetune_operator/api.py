@@ -1,0 +1,433 @@
+"""The v1alpha1 API: LRSweep and FineTuneJob as pydantic models, the single source of the CRDs and docs.
+
+Sub-structures shared with the trainer (model, dataset, adapter, optimisation, schedule, range test, …) are
+the trainer's own config models, reused here. Field docs become `kubectl explain` text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from finetune_trainer.config import (
+    API_GROUP,
+    TRAINING_RULES,
+    AdapterSpec,
+    CheckpointSpec,
+    CurvePoint,
+    DatasetSpec,
+    EarlyStoppingSpec,
+    EvaluationSpec,
+    ModelSpec,
+    OptimizationSpec,
+    RangeTestSpec,
+    Rule,
+    ScheduleSpec,
+    Spec,
+)
+
+VERSION = "v1alpha1"
+API_VERSION = f"{API_GROUP}/{VERSION}"
+
+# ---------------------------------------------------------------------------------------------- pod settings
+
+
+class Toleration(Spec):
+    """A Kubernetes toleration, copied to trainer pods."""
+
+    key: str | None = None
+    """Taint key to tolerate (empty with operator Exists tolerates everything)."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """How `value` is compared."""
+    value: str | None = None
+    """Taint value to match with operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; unset matches every effect."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """With NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class ResourcesSpec(Spec):
+    """What each trainer pod asks for and where it may run."""
+
+    gpus: int = Field(default=1, ge=0, le=64)
+    """`nvidia.com/gpu` per trainer pod (0 runs on CPU)."""
+    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    """CPU request and limit (e.g. `4` or `500m`); unset uses the operator's default."""
+    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$")
+    """Memory request and limit (e.g. `32Gi`); unset uses the operator's default."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the trainer pods must match (e.g. a GPU type)."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Tolerations for tainted GPU nodes."""
+
+
+class SecretKeyRef(Spec):
+    """A key of a Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Secret name."""
+    key: str = Field(default="token", min_length=1, max_length=253)
+    """Key within the Secret."""
+
+
+class OutputSpec(Spec):
+    """Where checkpoints and the final model go."""
+
+    persistent_volume_claim: str | None = Field(default=None, min_length=1, max_length=253)
+    """An existing PVC mounted at /output; without one, output lives in an emptyDir and is lost with the
+    pod (retries then start from scratch)."""
+    sub_path: str | None = Field(default=None, max_length=1024)
+    """Folder inside the claim; defaults to `<kind>/<name>`."""
+
+
+class WorkloadSpec(Spec):
+    """Fields every resource that runs trainer pods shares."""
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """GPUs, CPU, memory and placement of trainer pods."""
+    image: str | None = Field(default=None, max_length=1024)
+    """Trainer image; unset uses the operator's default."""
+    service_account_name: str | None = Field(default=None, max_length=253)
+    """Service account of trainer pods (its token is never mounted)."""
+    hub_token_secret: SecretKeyRef | None = None
+    """Secret holding a Hugging Face token, passed to the trainer as HF_TOKEN."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where checkpoints and models are written."""
+    suspend: bool = False
+    """Create trainer Jobs suspended (for Kueue and other admission queues)."""
+    backoff_limit: int = Field(default=2, ge=0, le=100)
+    """Retries of a trainer pod after evictions or out-of-memory; bad configs and divergence never retry."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail a trainer Job that runs longer than this."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete finished trainer Jobs after this long (the resource keeps its results)."""
+
+
+# ---------------------------------------------------------------------------------------------- status parts
+
+
+class Condition(Spec):
+    """A Kubernetes-style condition."""
+
+    type: str
+    """Condition type (Ready, Succeeded, Failed, Diverged, WaitingForSweep)."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str
+    """CamelCase reason for the last transition."""
+    message: str = ""
+    """Human-readable details."""
+    last_transition_time: str
+    """When `status` last changed (RFC 3339)."""
+    observed_generation: int | None = None
+    """The spec generation this condition was computed from."""
+
+
+CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+Phase = Literal["Pending", "WaitingForSweep", "Sweeping", "Running", "Succeeded", "Failed"]
+
+
+class Progress(Spec):
+    """Live progress of the running trainer (polled from its metrics)."""
+
+    step: int = Field(default=0, ge=0)
+    """Optimiser steps done."""
+    total_steps: int | None = Field(default=None, ge=0)
+    """Optimiser steps planned."""
+    percent: int = Field(default=0, ge=0, le=100)
+    """Steps done as a percentage."""
+    epoch: float | None = None
+    """Epochs done."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    loss: float | None = None
+    """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest validation loss."""
+    eta_seconds: int | None = Field(default=None, ge=0)
+    """Estimated seconds to finish."""
+
+
+class ResourceStatus(Spec):
+    """Status fields both kinds share."""
+
+    phase: Phase = "Pending"
+    """Pending, WaitingForSweep, Sweeping, Running, Succeeded or Failed."""
+    message: str | None = None
+    """The latest noteworthy event, in words."""
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
+    )
+    """Ready, Succeeded, Failed, Diverged, WaitingForSweep."""
+    observed_generation: int | None = None
+    """The spec generation the status describes."""
+    start_time: str | None = None
+    """When the first trainer Job was created."""
+    completion_time: str | None = None
+    """When the resource reached Succeeded or Failed."""
+    progress: Progress | None = None
+    """Live progress of the running trainer."""
+
+
+# ---------------------------------------------------------------------------------------------- LRSweep
+
+
+class TrialsSpec(Spec):
+    """Grid or random sweeps: short fine-tunes at several learning rates, compared by validation loss."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="has(self.learningRates) || self.minLearningRate < self.maxLearningRate",
+            message="trials.minLearningRate must be below trials.maxLearningRate",
+            check=lambda s: s.learning_rates is not None or s.min_learning_rate < s.max_learning_rate,
+        ),
+    ]
+
+    learning_rates: list[float] | None = Field(default=None, min_length=2, max_length=64)
+    """Explicit learning rates to try (grid only); otherwise `count` log-spaced values in the window."""
+    min_learning_rate: float = Field(default=1e-6, gt=0.0, le=10.0)
+    """Lowest learning rate of the window."""
+    max_learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    """Highest learning rate of the window."""
+    count: int = Field(default=6, ge=2, le=64)
+    """How many trials (grid: log-spaced; random: log-uniform draws)."""
+    steps: int = Field(default=50, ge=1, le=100000)
+    """Optimiser steps per trial."""
+    parallelism: int = Field(default=2, ge=1, le=64)
+    """Trials running at once."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the random draws."""
+
+
+class LRSweepSpec(WorkloadSpec):
+    """Find a learning rate for this model, data and adapter."""
+
+    __rules__: ClassVar[list[Rule]] = TRAINING_RULES
+
+    model: ModelSpec
+    """The pretrained model."""
+    dataset: DatasetSpec
+    """The training (and validation) data."""
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    """Full fine-tune, LoRA/QLoRA or top layers: the recommendation is for this setting."""
+    optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
+    """Optimiser and batch size: the recommendation is for this effective batch size."""
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    """Schedule of each grid/random trial (the range test uses its own ramp)."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Validation cadence of trials."""
+    method: Literal["rangeTest", "grid", "random"] = "rangeTest"
+    """`rangeTest`: one short run with an exponential LR ramp; `grid`/`random`: several short fine-tunes."""
+    range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
+    """Range-test settings (method rangeTest)."""
+    trials: TrialsSpec = Field(default_factory=TrialsSpec)
+    """Trial settings (methods grid and random)."""
+
+
+class TrialStatus(Spec):
+    """One grid/random trial."""
+
+    index: int = Field(ge=0)
+    """Trial number."""
+    learning_rate: float
+    """Learning rate tried."""
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    """Trial state."""
+    eval_loss: float | None = None
+    """Final validation loss."""
+    diverged: bool = False
+    """True when the trial's loss blew up."""
+    job_name: str | None = None
+    """The trial's Job."""
+
+
+class LRSweepStatus(ResourceStatus):
+    """What the sweep found."""
+
+    recommended_learning_rate: float | None = None
+    """The recommended learning rate."""
+    rule: str | None = None
+    """How the recommendation was chosen (a range-test rule, or `best-trial`)."""
+    effective_batch_size: int | None = None
+    """Examples per optimiser update the recommendation was made at."""
+    adapter: str | None = None
+    """Adapter type the recommendation was made with."""
+    suggestions: dict[str, float | None] | None = None
+    """Every range-test rule's suggestion."""
+    best_loss: float | None = None
+    """Lowest (smoothed) loss of the range test, or the best trial's validation loss."""
+    stop_reason: str | None = None
+    """Why the range test stopped (completed, diverged, nan)."""
+    curve: list[CurvePoint] | None = Field(default=None, max_length=200)
+    """Downsampled loss-vs-learning-rate curve of the range test."""
+    trials: list[TrialStatus] | None = Field(default=None, max_length=64)
+    """Per-trial results of grid/random sweeps."""
+    warnings: list[str] | None = Field(default=None, max_length=16)
+    """Sanity-check warnings about the recommendation."""
+
+
+# ---------------------------------------------------------------------------------------------- FineTuneJob
+
+
+class FromSweep(Spec):
+    """Take the learning rate from a finished LRSweep in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """LRSweep name."""
+    scale: Literal["none", "sqrt", "linear"] = "sqrt"
+    """Scale the recommendation from the sweep's effective batch size to this job's: `linear`
+    (x batch ratio), `sqrt` (x sqrt of it, Adam's rule of thumb) or `none`."""
+
+
+class AutoSweep(Spec):
+    """Run a range test on this job's model, data and adapter first, then train with its recommendation."""
+
+    range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
+    """Range-test settings of the sweep the job creates."""
+
+
+class LearningRateSpec(Spec):
+    """Exactly one of a value, a named sweep's result, or an automatic sweep."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="(has(self.value) ? 1 : 0) + (has(self.fromSweep) ? 1 : 0) + (has(self.auto) ? 1 : 0) == 1",
+            message="learningRate needs exactly one of value, fromSweep or auto",
+            check=lambda s: [s.value, s.from_sweep, s.auto].count(None) == 2,
+        ),
+    ]
+
+    value: float | None = Field(default=None, gt=0.0, le=10.0)
+    """A fixed peak learning rate."""
+    from_sweep: FromSweep | None = None
+    """Use an LRSweep's recommendation."""
+    auto: AutoSweep | None = None
+    """Run a sweep first (`auto: {}` takes the defaults)."""
+
+
+class FineTuneJobSpec(WorkloadSpec):
+    """Fine-tune a model with a warmup + decay schedule."""
+
+    __rules__: ClassVar[list[Rule]] = TRAINING_RULES
+
+    model: ModelSpec
+    """The pretrained model."""
+    dataset: DatasetSpec
+    """The training (and validation) data."""
+    learning_rate: LearningRateSpec
+    """Peak learning rate: a value, `fromSweep`, or `auto`."""
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    """Full fine-tune, LoRA/QLoRA, or top layers only."""
+    optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
+    """Optimiser, batch size, training length, precision."""
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    """Warmup and decay."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Validation cadence."""
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    """Early stopping on validation loss."""
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpoint cadence and retention."""
+
+
+class FineTuneJobStatus(ResourceStatus):
+    """How the fine-tune went."""
+
+    learning_rate: float | None = None
+    """The resolved peak learning rate."""
+    learning_rate_source: str | None = None
+    """Where it came from: `value`, `sweep/<name>` or `auto/<name>`."""
+    sweep_name: str | None = None
+    """The LRSweep consulted (fromSweep) or created (auto)."""
+    job_name: str | None = None
+    """The training Job."""
+    eval_loss: float | None = None
+    """Final validation loss."""
+    best_eval_loss: float | None = None
+    """Best validation loss seen."""
+    train_loss: float | None = None
+    """Mean training loss."""
+    checkpoint: str | None = None
+    """Best or latest checkpoint, relative to the output volume."""
+    early_stopped: bool | None = None
+    """True when early stopping ended training."""
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+
+
+class KindInfo:
+    """Names and printer columns of one custom resource kind."""
+
+    def __init__(
+        self,
+        kind: str,
+        plural: str,
+        short: str,
+        spec: type[Spec],
+        status: type[Spec],
+        columns: list[dict[str, Any]],
+        description: str,
+    ) -> None:
+        self.kind, self.plural, self.short = kind, plural, short
+        self.singular = kind.lower()
+        self.spec, self.status, self.columns, self.description = spec, status, columns, description
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{API_GROUP}"
+
+
+_PHASE = {"name": "Phase", "type": "string", "jsonPath": ".status.phase"}
+_PROGRESS = {
+    "name": "Progress",
+    "type": "integer",
+    "jsonPath": ".status.progress.percent",
+    "description": "Percent of steps done",
+}
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+LRSWEEP = KindInfo(
+    kind="LRSweep",
+    plural="lrsweeps",
+    short="lrs",
+    spec=LRSweepSpec,
+    status=LRSweepStatus,
+    description="Finds a learning rate: a range test or a grid/random sweep of short fine-tunes.",
+    columns=[
+        _PHASE,
+        {"name": "Method", "type": "string", "jsonPath": ".spec.method"},
+        {"name": "Recommended LR", "type": "number", "jsonPath": ".status.recommendedLearningRate"},
+        {"name": "Rule", "type": "string", "jsonPath": ".status.rule", "priority": 1},
+        {"name": "Best Loss", "type": "number", "jsonPath": ".status.bestLoss"},
+        _PROGRESS,
+        _AGE,
+    ],
+)
+
+FINETUNEJOB = KindInfo(
+    kind="FineTuneJob",
+    plural="finetunejobs",
+    short="ftj",
+    spec=FineTuneJobSpec,
+    status=FineTuneJobStatus,
+    description="Fine-tunes a model with a warmup + decay schedule at a given, swept or automatic LR.",
+    columns=[
+        _PHASE,
+        {"name": "LR", "type": "number", "jsonPath": ".status.learningRate"},
+        {"name": "LR Source", "type": "string", "jsonPath": ".status.learningRateSource", "priority": 1},
+        _PROGRESS,
+        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+        {"name": "Eval Loss", "type": "number", "jsonPath": ".status.evalLoss"},
+        _AGE,
+    ],
+)
+
+KINDS: tuple[KindInfo, ...] = (LRSWEEP, FINETUNEJOB)
+CATEGORY = "finetune"
