@@ -1,0 +1,100 @@
+"""Suggestion rules on synthetic curves whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from finetune_trainer.suggest import (
+    EmaSmoother,
+    all_suggestions,
+    max_over_3,
+    minimum_over_10,
+    recommend,
+    smooth,
+    steepest,
+    valley,
+)
+
+
+def classic_curve(n: int = 121) -> tuple[list[float], list[float]]:
+    """Plateau at 2.0, a sigmoid drop to 0.5 centred at 1e-4, an explosion from ~1e-2.
+
+    x = log10(lr) from -7 to -1 in steps of 0.05.
+    """
+    xs = [-7 + 6 * i / (n - 1) for i in range(n)]
+    lrs = [10**x for x in xs]
+    losses = [0.5 + 1.5 / (1 + math.exp(3 * (x + 4))) + math.exp(4 * (x + 2)) for x in xs]
+    return lrs, losses
+
+
+def test_steepest_is_the_sigmoid_centre() -> None:
+    lrs, losses = classic_curve()
+    assert steepest(lrs, losses) == pytest.approx(1e-4, rel=0.01)
+
+
+def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
+    lrs, losses = classic_curve()
+    i = losses.index(min(losses))
+    assert minimum_over_10(lrs, losses) == pytest.approx(lrs[i] / 10)
+    assert 1e-4 < lrs[i] < 1e-2
+
+
+def test_max_over_3_is_a_third_of_where_loss_climbs_back_above_its_start() -> None:
+    lrs, losses = classic_curve()
+    i_min = losses.index(min(losses))
+    i_div = next(i for i in range(i_min, len(losses)) if losses[i] >= losses[0])
+    assert max_over_3(lrs, losses) == pytest.approx(lrs[i_div] / 3)
+    assert 1e-2 < lrs[i_div] < 1e-1
+
+
+def test_max_over_3_without_divergence_uses_the_last_point() -> None:
+    lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert max_over_3(lrs, [5, 4, 3, 2, 1]) == pytest.approx(1e-1 / 3)
+
+
+def test_valley_is_the_middle_of_the_longest_decreasing_run() -> None:
+    lrs = [float(10**-i) for i in range(10, 0, -1)]  # 1e-10 .. 1e-1
+    # a noisy descent (bumps at 1 and 4 are skipped by the subsequence), then a rise
+    losses = [3.0, 3.1, 2.9, 2.5, 2.7, 2.0, 1.5, 1.0, 2.0, 4.0]
+    # longest decreasing subsequence: 3.0, 2.9, 2.5, 2.0, 1.5, 1.0 (indices 0 … 7) → middle index 3
+    assert valley(lrs, losses) == lrs[3]
+
+
+def test_valley_on_the_classic_curve_sits_inside_the_drop() -> None:
+    lrs, losses = classic_curve()
+    got = valley(lrs, losses)
+    assert got is not None
+    assert 1e-6 < got < lrs[losses.index(min(losses))]
+
+
+@pytest.mark.parametrize("rule", [steepest, valley, minimum_over_10, max_over_3])
+def test_rules_return_none_when_the_curve_says_nothing(rule: object) -> None:
+    assert rule([1e-5, 1e-4], [1.0, 0.9]) is None  # type: ignore[operator]  # too short
+    rising = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
+    lrs = [10.0**-i for i in range(6, 0, -1)]
+    assert rule(lrs, rising) is None  # type: ignore[operator]  # never falls
+    assert rule(lrs, [1.0, 0.9, float("nan"), 0.7, 0.6, 0.5]) is None  # type: ignore[operator]
+
+
+def test_all_suggestions_names_every_rule() -> None:
+    lrs, losses = classic_curve()
+    got = all_suggestions(lrs, losses)
+    assert set(got) == {"steepest", "valley", "minimum-over-10", "max-over-3"}
+    assert all(v is not None and v > 0 for v in got.values())
+
+
+def test_recommend_falls_back_in_contract_order() -> None:
+    assert recommend({"valley": 1e-4, "steepest": 2e-4}, "valley") == ("valley", 1e-4)
+    assert recommend({"valley": None, "steepest": 2e-4}, "valley") == ("steepest", 2e-4)
+    assert recommend({"valley": None}, "valley") == ("valley", None)
+
+
+def test_ema_is_bias_corrected() -> None:
+    ema = EmaSmoother(0.05)
+    assert ema.update(4.0) == pytest.approx(4.0)  # no pull towards zero at the start
+    assert ema.update(4.0) == pytest.approx(4.0)
+    assert smooth([1.0, 3.0], 1.0) == [1.0, 3.0]  # weight 1 = no smoothing
+    got = smooth([2.0, 4.0], 0.5)
+    assert got[1] == pytest.approx((0.5 * 0.5 * 2.0 + 0.5 * 4.0) / (1 - 0.25))

@@ -1,0 +1,145 @@
+"""Suggestion rules: pure functions from a range test's (learning rate, smoothed loss) curve to one LR.
+
+Each rule is named (the names are the contract's ``SUGGESTION_RULES``) and returns ``None`` when the curve
+gives it nothing to go on (too short, never falling). Every rule's value is reported; the configured one
+becomes the recommendation. No torch here: the rules are plain arithmetic over two lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from finetune_trainer.config import SUGGESTION_RULES
+
+Curve = tuple[Sequence[float], Sequence[float]]
+MIN_POINTS = 5
+
+
+class EmaSmoother:
+    """Bias-corrected exponential moving average (as Adam corrects its moments).
+
+    ``weight`` is the share of the newest value (the contract's ``rangeTest.smoothing``); the correction
+    ``/(1 - beta^n)`` keeps the first values from being pulled towards zero.
+    """
+
+    def __init__(self, weight: float) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"smoothing weight must be in (0, 1], got {weight}")
+        self.beta = 1.0 - weight
+        self._avg = 0.0
+        self._n = 0
+
+    def update(self, value: float) -> float:
+        self._n += 1
+        self._avg = self.beta * self._avg + (1.0 - self.beta) * value
+        return self._avg / (1.0 - self.beta**self._n) if self.beta > 0 else self._avg
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+    """Bias-corrected EMA of a whole series."""
+    ema = EmaSmoother(weight)
+    return [ema.update(v) for v in values]
+
+
+def _usable(lrs: Sequence[float], losses: Sequence[float]) -> bool:
+    return len(lrs) == len(losses) and len(lrs) >= MIN_POINTS and all(math.isfinite(x) for x in losses)
+
+
+def _argmin(values: Sequence[float]) -> int:
+    return min(range(len(values)), key=values.__getitem__)
+
+
+def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """The LR where the loss falls fastest per unit of log-LR, looking only before the loss minimum."""
+    if not _usable(lrs, losses):
+        return None
+    end = _argmin(losses)
+    if end < 2:
+        return None
+    logs = [math.log10(x) for x in lrs[: end + 1]]
+    ys = list(losses[: end + 1])
+    best_i, best_slope = None, 0.0
+    for i in range(1, end):  # central differences, like numpy.gradient on the interior
+        dx = logs[i + 1] - logs[i - 1]
+        if dx <= 0:
+            continue
+        slope = (ys[i + 1] - ys[i - 1]) / dx
+        if slope < best_slope:
+            best_i, best_slope = i, slope
+    return None if best_i is None else float(lrs[best_i])
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """Middle of the longest decreasing run (fastai's "valley").
+
+    The run is the longest strictly decreasing subsequence of the curve, which tolerates the small
+    bumps a contiguous run would break on; the suggestion is the point half-way along it.
+    """
+    if not _usable(lrs, losses):
+        return None
+    n = len(losses)
+    length = [1] * n
+    start = list(range(n))
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and length[j] + 1 > length[i]:
+                length[i] = length[j] + 1
+                start[i] = start[j]
+    end = max(range(n), key=lambda i: (length[i], -i))
+    if length[end] < 3:
+        return None
+    return float(lrs[start[end] + (end - start[end]) // 2])
+
+
+def minimum_over_10(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """A tenth of the LR at the loss minimum (one decade below where things start to go wrong)."""
+    if not _usable(lrs, losses):
+        return None
+    i = _argmin(losses)
+    if i == 0:
+        return None
+    return float(lrs[i]) / 10.0
+
+
+def max_over_3(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """Smith's rule: a third of the divergence point.
+
+    The divergence point is the first LR after the loss minimum where the smoothed loss climbs back
+    above where it started (training is doing harm); a curve that never gets there diverges, at the
+    latest, at its last point.
+    """
+    if not _usable(lrs, losses):
+        return None
+    i_min = _argmin(losses)
+    if i_min == 0:
+        return None
+    start_loss = losses[0]
+    for i in range(i_min + 1, len(losses)):
+        if losses[i] >= start_loss:
+            return float(lrs[i]) / 3.0
+    return float(lrs[-1]) / 3.0
+
+
+RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
+    "steepest": steepest,
+    "valley": valley,
+    "minimum-over-10": minimum_over_10,
+    "max-over-3": max_over_3,
+}
+assert tuple(RULES) == SUGGESTION_RULES, "rule names must match the contract"
+
+
+def all_suggestions(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float | None]:
+    """Every rule's suggestion, by name."""
+    return {name: rule(lrs, losses) for name, rule in RULES.items()}
+
+
+def recommend(suggestions: dict[str, float | None], rule: str) -> tuple[str, float | None]:
+    """The configured rule's value; when it found nothing, the first rule (in contract order) that did."""
+    if suggestions.get(rule) is not None:
+        return rule, suggestions[rule]
+    for name in SUGGESTION_RULES:
+        if suggestions.get(name) is not None:
+            return name, suggestions[name]
+    return rule, None
