@@ -1,0 +1,256 @@
+"""The pure rules of the local cluster: go.mod parsing, ldflags, path substitution, env, resource fit."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from finetune_operator.localcluster import binaries, podspec
+
+GOMOD = """module k8s.io/kubernetes
+
+go 1.26.0
+
+require (
+\tk8s.io/api v0.0.0
+\tgithub.com/foo/bar v1.2.3
+)
+
+replace k8s.io/single => ./staging/src/k8s.io/single // a comment
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/apimachinery => ./staging/src/k8s.io/apimachinery
+\t// k8s.io/commented => ./staging/src/k8s.io/commented
+\tgithub.com/other/mod v1.0.0 => github.com/fork/mod v1.0.1
+\tk8s.io/parent => ../parent
+)
+"""
+
+
+class TestGoModParsing:
+    def test_local_replaces_from_blocks_and_single_lines_only(self) -> None:
+        assert binaries.parse_local_replaces(GOMOD) == [
+            "k8s.io/single",
+            "k8s.io/api",
+            "k8s.io/apimachinery",
+            "k8s.io/parent",
+        ]
+
+    def test_staging_version_follows_the_kubernetes_release(self) -> None:
+        assert binaries.staging_version("1.37.2") == "v0.37.2"
+        assert binaries.staging_version("v1.35.4") == "v0.35.4"
+
+    def test_wrapper_gomod_requires_and_pins_each_staging_module(self) -> None:
+        text = binaries.wrapper_gomod(
+            {"k8s.io/kubernetes": "v1.37.2", "k8s.io/api": "v0.37.2"}, {"k8s.io/api": "v0.37.2"}, "1.26"
+        )
+        assert "go 1.26" in text
+        assert "\tk8s.io/kubernetes v1.37.2" in text
+        assert "\tk8s.io/api => k8s.io/api v0.37.2" in text
+
+    def test_version_ldflags_cover_component_base_and_client_go(self) -> None:
+        flags = binaries.kubernetes_ldflags("1.37.2", build_date="2026-01-01T00:00:00Z")
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+            assert f"-X {pkg}.gitVersion=v1.37.2" in flags
+            assert f"-X {pkg}.gitMinor=37" in flags
+
+    def test_kubebuilder_assets_win_over_the_cache(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assets, cache = tmp_path / "assets", tmp_path / "cache"
+        assets.mkdir()
+        (assets / "etcd").write_text("#!/bin/sh\n")
+        (assets / "etcd").chmod(0o755)
+        monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+        monkeypatch.setenv("FINETUNE_CACHE", str(cache))
+        found, missing = binaries.find_binaries()
+        assert found == {"etcd": (assets / "etcd").resolve()}
+        assert "kube-apiserver" in missing
+        with pytest.raises(binaries.BinariesError, match="KUBEBUILDER_ASSETS"):
+            binaries.ensure_binaries(build=False)
+
+
+class TestPathSubstitution:
+    def mapping(self) -> podspec.MountMap:
+        m = podspec.MountMap()
+        m.add("/data", "/tmp/pod/volumes/data")
+        m.add("/data/models", "/tmp/pvc/models")
+        m.add("/dev/termination-log", "/tmp/pod/term")
+        return m
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("/data", "/tmp/pod/volumes/data"),
+            ("/data/x.json", "/tmp/pod/volumes/data/x.json"),
+            ("--out=/data/run", "--out=/tmp/pod/volumes/data/run"),
+            ("/data/models/m1", "/tmp/pvc/models/m1"),  # the longest mount wins
+            ("--result-file /dev/termination-log", "--result-file /tmp/pod/term"),
+            ("/database", "/database"),  # not a path prefix
+            ("/srv/data/x", "/srv/data/x"),  # inside another path
+            ("a:/data:b", "a:/tmp/pod/volumes/data:b"),
+        ],
+    )
+    def test_mount_paths_are_replaced_as_whole_paths(self, text: str, expected: str) -> None:
+        assert self.mapping().substitute(text) == expected
+
+    def test_resolve_maps_container_paths_under_mounts(self) -> None:
+        assert self.mapping().resolve("/data/models/a") == "/tmp/pvc/models/a"
+        assert self.mapping().resolve("/etc/passwd") is None
+
+    def test_mount_map_uses_subpath_and_default_termination_path(self, tmp_path: Path) -> None:
+        container = {
+            "name": "c",
+            "volumeMounts": [
+                {"name": "work", "mountPath": "/work", "subPath": "run-1"},
+                {"name": "missing", "mountPath": "/x"},
+            ],
+        }
+        mapping = podspec.mount_map(container, {"work": tmp_path / "vol"}, tmp_path / "term")
+        assert mapping.mounts == {
+            "/work": str(tmp_path / "vol" / "run-1"),
+            "/dev/termination-log": str(tmp_path / "term"),
+        }
+
+    def test_pvc_folder_is_stable_per_namespace_and_claim(self, tmp_path: Path) -> None:
+        assert podspec.pvc_folder(tmp_path, "ns", "ckpt") == tmp_path / "pvc" / "ns" / "ckpt"
+
+
+POD = {
+    "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "x"}},
+    "spec": {"serviceAccountName": "sa"},
+}
+
+
+class TestEnvironment:
+    def env(self, container: dict, **kw) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        cms = {"cm": {"A": "1", "B": "2"}}
+        secrets = {"s": {"TOKEN": "t0k"}}
+        return podspec.container_env(
+            POD,
+            container,
+            base=kw.get("base", {"PATH": "/bin"}),
+            config_map=cms.get,
+            secret=secrets.get,
+            pod_ip="127.0.0.7",
+            node_name="local-runner",
+        )
+
+    def test_values_refs_and_downward_api(self) -> None:
+        env = self.env(
+            {
+                "env": [
+                    {"name": "PLAIN", "value": "v"},
+                    {"name": "EXPANDED", "value": "$(PLAIN)-$(NOPE)-$$(PLAIN)"},
+                    {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "A"}}},
+                    {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "TOKEN"}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "LABEL", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                ]
+            }
+        )
+        assert env["EXPANDED"] == "v-$(NOPE)-$(PLAIN)"
+        assert (env["FROM_CM"], env["FROM_SECRET"]) == ("1", "t0k")
+        assert (env["POD"], env["NS"], env["IP"], env["NODE"], env["LABEL"]) == (
+            "p",
+            "ns",
+            "127.0.0.7",
+            "local-runner",
+            "x",
+        )
+        assert env["PATH"] == "/bin"
+
+    def test_env_from_with_prefix_and_env_wins(self) -> None:
+        env = self.env(
+            {
+                "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "P_"}],
+                "env": [{"name": "P_A", "value": "override"}],
+            }
+        )
+        assert (env["P_A"], env["P_B"]) == ("override", "2")
+
+    def test_missing_reference_blocks_start_unless_optional(self) -> None:
+        ref = {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}
+        with pytest.raises(podspec.MissingReference, match='configmap "nope" not found'):
+            self.env({"env": [ref]})
+        ref["valueFrom"]["configMapKeyRef"]["optional"] = True
+        assert "X" not in self.env({"env": [ref]})
+
+    def test_resource_field_ref_rounds_up(self) -> None:
+        container = {"resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}}}
+        assert podspec.resource_ref(container, {"resource": "limits.cpu"}) == "2"
+        assert podspec.resource_ref(container, {"resource": "limits.memory", "divisor": "1Mi"}) == "1024"
+
+
+class TestResourceFit:
+    ALLOCATABLE = {"cpu": "2", "memory": "4Gi", "pods": "110", podspec.GPU: "1"}
+
+    def pod(
+        self,
+        requests: dict[str, str] | None = None,
+        limits: dict[str, str] | None = None,
+        selector: dict[str, str] | None = None,
+    ) -> dict:
+        resources: dict[str, dict[str, str]] = {}
+        if requests:
+            resources["requests"] = requests
+        if limits:
+            resources["limits"] = limits
+        return {
+            "spec": {"containers": [{"name": "c", "resources": resources}], "nodeSelector": selector or {}}
+        }
+
+    def test_requests_default_to_limits_and_init_containers_take_the_max(self) -> None:
+        pod = self.pod(limits={podspec.GPU: "1"}, requests={"cpu": "500m"})
+        pod["spec"]["initContainers"] = [{"name": "i", "resources": {"requests": {"cpu": "1"}}}]
+        assert podspec.pod_requests(pod) == {podspec.GPU: Decimal(1), "cpu": Decimal(1)}
+
+    def test_fits_when_free(self) -> None:
+        assert (
+            podspec.fit_problems(self.pod({"cpu": "1", podspec.GPU: "1"}), self.ALLOCATABLE, {}, {}, 0) == []
+        )
+
+    def test_too_many_gpus_is_reported_like_the_scheduler(self) -> None:
+        problems = podspec.fit_problems(self.pod(limits={podspec.GPU: "2"}), self.ALLOCATABLE, {}, {}, 0)
+        assert problems == ["Insufficient nvidia.com/gpu"]
+        assert (
+            podspec.unschedulable_message(problems)
+            == "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        )
+
+    def test_used_resources_count(self) -> None:
+        used = {"cpu": Decimal("1.5")}
+        assert podspec.fit_problems(self.pod({"cpu": "1"}), self.ALLOCATABLE, used, {}, 0) == [
+            "Insufficient cpu"
+        ]
+
+    def test_unknown_resource_counts_as_zero_capacity(self) -> None:
+        pod = self.pod({"example.com/fpga": "1"})
+        assert podspec.fit_problems(pod, self.ALLOCATABLE, {}, {}, 0) == ["Insufficient example.com/fpga"]
+
+    def test_node_selector_must_match(self) -> None:
+        pod = self.pod(selector={"gpu": "a100"})
+        assert podspec.fit_problems(pod, self.ALLOCATABLE, {}, {"gpu": "h100"}, 0) == [
+            "node(s) didn't match Pod's node affinity/selector"
+        ]
+
+
+class TestTerminationMessage:
+    def test_file_is_read_and_capped(self, tmp_path: Path) -> None:
+        path = tmp_path / "term"
+        path.write_text("x" * 5000)
+        assert len(podspec.read_termination_message(path, None, 0, None)) == podspec.MAX_TERMINATION_MESSAGE
+
+    def test_fallback_to_logs_only_on_error(self, tmp_path: Path) -> None:
+        logfile = tmp_path / "log"
+        logfile.write_text("line1\nboom\n")
+        missing = tmp_path / "none"
+        assert podspec.read_termination_message(missing, "FallbackToLogsOnError", 1, logfile) == "line1\nboom"
+        assert podspec.read_termination_message(missing, "FallbackToLogsOnError", 0, logfile) == ""
+        assert podspec.read_termination_message(missing, "File", 1, logfile) == ""
