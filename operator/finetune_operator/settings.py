@@ -52,11 +52,14 @@ def parser() -> argparse.ArgumentParser:
         "--namespace",
         action="append",
         dest="namespaces",
-        help="namespace to watch (repeat for several); default: all (env FINETUNE_NAMESPACES, comma-separated)",
+        help="namespace to watch (repeatable); default: all (env FINETUNE_NAMESPACES, comma-separated)",
     )
     p.add_argument("--trainer-image", default=_env("TRAINER_IMAGE", d.trainer_image))
-    p.add_argument("--image-pull-policy", default=_env("IMAGE_PULL_POLICY", d.image_pull_policy),
-                   choices=["Always", "IfNotPresent", "Never"])
+    p.add_argument(
+        "--image-pull-policy",
+        default=_env("IMAGE_PULL_POLICY", d.image_pull_policy),
+        choices=["Always", "IfNotPresent", "Never"],
+    )
     p.add_argument("--default-cpu", default=_env("DEFAULT_CPU", d.default_cpu))
     p.add_argument("--default-memory", default=_env("DEFAULT_MEMORY", d.default_memory))
     p.add_argument("--node-selector", default=_env("NODE_SELECTOR", "{}"), help="JSON object")
@@ -65,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", str(d.metrics_port))))
     p.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", str(d.health_port))))
     p.add_argument(
-        "--trainer-metrics-port", type=int, default=int(_env("TRAINER_METRICS_PORT", str(d.trainer_metrics_port)))
+        "--trainer-metrics-port",
+        type=int,
+        default=int(_env("TRAINER_METRICS_PORT", str(d.trainer_metrics_port))),
     )
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -75,7 +80,10 @@ def from_args(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags; a bad JSON value is a usage error naming the flag."""
     namespaces = args.namespaces or [n for n in _env("NAMESPACES", "").split(",") if n.strip()]
     parsed: dict[str, Any] = {}
-    for flag, raw, kind in (("--node-selector", args.node_selector, dict), ("--tolerations", args.tolerations, list)):
+    for flag, raw, kind in (
+        ("--node-selector", args.node_selector, dict),
+        ("--tolerations", args.tolerations, list),
+    ):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as e:

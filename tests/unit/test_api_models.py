@@ -54,7 +54,12 @@ def test_examples_validate_against_crd_schema_and_models(doc):
 
 def test_every_documented_example_exists():
     names = {p.name for p in EXAMPLES}
-    assert {"lrsweep-range-test.yaml", "lrsweep-grid.yaml", "finetunejob-cosine.yaml", "finetunejob-auto.yaml"} <= names
+    assert {
+        "lrsweep-range-test.yaml",
+        "lrsweep-grid.yaml",
+        "finetunejob-cosine.yaml",
+        "finetunejob-auto.yaml",
+    } <= names
 
 
 MINIMAL = {"model": {"name": "gpt2"}, "dataset": {"files": ["train.jsonl"]}}
@@ -69,23 +74,54 @@ def _error(model, data) -> str:
 @pytest.mark.parametrize(
     ("model", "patch", "expected"),
     [
-        (LRSweepSpec, {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}},
-         "rangeTest.minLearningRate must be below rangeTest.maxLearningRate"),
+        (
+            LRSweepSpec,
+            {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}},
+            "rangeTest.minLearningRate must be below rangeTest.maxLearningRate",
+        ),
         (LRSweepSpec, {"method": "bayesian"}, "method\n  Input should be 'rangeTest', 'grid' or 'random'"),
-        (LRSweepSpec, {"rangeTest": {"steps": 3}}, "rangeTest.steps\n  Input should be greater than or equal to 10"),
+        (
+            LRSweepSpec,
+            {"rangeTest": {"steps": 3}},
+            "rangeTest.steps\n  Input should be greater than or equal to 10",
+        ),
         (LRSweepSpec, {"dataset": {"files": ["a"], "name": "imdb"}}, "set exactly one of dataset.name"),
-        (LRSweepSpec, {"model": {"name": "m", "task": "sequence-classification"}},
-         "dataset.labelField is required when model.task is sequence-classification"),
-        (LRSweepSpec, {"schedule": {"warmupRatio": 0.1, "warmupSteps": 10}}, "at most one of schedule.warmupRatio"),
-        (LRSweepSpec, {"schedule": {"warmupRatio": 1.0}}, "schedule.warmupRatio\n  Input should be less than 1"),
+        (
+            LRSweepSpec,
+            {"model": {"name": "m", "task": "sequence-classification"}},
+            "dataset.labelField is required when model.task is sequence-classification",
+        ),
+        (
+            LRSweepSpec,
+            {"schedule": {"warmupRatio": 0.1, "warmupSteps": 10}},
+            "at most one of schedule.warmupRatio",
+        ),
+        (
+            LRSweepSpec,
+            {"schedule": {"warmupRatio": 1.0}},
+            "schedule.warmupRatio\n  Input should be less than 1",
+        ),
         (LRSweepSpec, {"modle": {"name": "x"}}, "modle\n  Extra inputs are not permitted"),
-        (FineTuneJobSpec, {"learningRate": {"value": 1e-4, "auto": {}}},
-         "learningRate needs exactly one of value, fromSweep or auto"),
+        (
+            FineTuneJobSpec,
+            {"learningRate": {"value": 1e-4, "auto": {}}},
+            "learningRate needs exactly one of value, fromSweep or auto",
+        ),
         (FineTuneJobSpec, {"learningRate": {}}, "learningRate needs exactly one of value, fromSweep or auto"),
-        (FineTuneJobSpec, {"learningRate": {"fromSweep": {"name": "s", "scale": "cube"}}},
-         "learningRate.fromSweep.scale\n  Input should be 'none', 'sqrt' or 'linear'"),
-        (FineTuneJobSpec, {"learningRate": {"value": 1e-4}, "schedule": {"warmupSteps": 50},
-                           "optimization": {"maxSteps": 20}}, "warmup longer than training"),
+        (
+            FineTuneJobSpec,
+            {"learningRate": {"fromSweep": {"name": "s", "scale": "cube"}}},
+            "learningRate.fromSweep.scale\n  Input should be 'none', 'sqrt' or 'linear'",
+        ),
+        (
+            FineTuneJobSpec,
+            {
+                "learningRate": {"value": 1e-4},
+                "schedule": {"warmupSteps": 50},
+                "optimization": {"maxSteps": 20},
+            },
+            "warmup longer than training",
+        ),
     ],
 )
 def test_bad_input_names_the_field_and_the_fix(model, patch, expected):
@@ -96,9 +132,16 @@ def test_bad_input_names_the_field_and_the_fix(model, patch, expected):
 @pytest.mark.parametrize(
     ("kind", "patch", "message"),
     [
-        (LRSWEEP, {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}},
-         "rangeTest.minLearningRate must be below"),
-        (FINETUNEJOB, {"learningRate": {"value": 1e-4, "auto": {}}}, "exactly one of value, fromSweep or auto"),
+        (
+            LRSWEEP,
+            {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}},
+            "rangeTest.minLearningRate must be below",
+        ),
+        (
+            FINETUNEJOB,
+            {"learningRate": {"value": 1e-4, "auto": {}}},
+            "exactly one of value, fromSweep or auto",
+        ),
     ],
 )
 def test_cel_rules_are_in_the_crd_with_the_same_message(kind, patch, message):

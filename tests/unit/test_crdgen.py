@@ -76,7 +76,12 @@ def test_enums_bounds_and_defaults(schema):
     low = schema["properties"]["low"]
     assert low["minimum"] == -1.0 and low["exclusiveMinimum"] is True
     colour = schema["properties"]["leaf"]["properties"]["colour"]
-    assert colour == {"type": "string", "description": "Which colour.", "default": "red", "enum": ["red", "green"]}
+    assert colour == {
+        "type": "string",
+        "description": "Which colour.",
+        "default": "red",
+        "enum": ["red", "green"],
+    }
 
 
 def test_defaults_bearing_object_fields_default_to_empty_object(schema):
@@ -89,7 +94,9 @@ def test_lists_of_models_and_required_and_cel(schema):
     assert leaves["type"] == "array" and leaves["maxItems"] == 4
     assert leaves["items"]["properties"]["colour"]["enum"] == ["red", "green"]
     assert schema["required"] == ["name"]
-    assert schema["x-kubernetes-validations"] == [{"rule": "self.low < self.high", "message": "low must be below high"}]
+    assert schema["x-kubernetes-validations"] == [
+        {"rule": "self.low < self.high", "message": "low must be below high"}
+    ]
     assert schema["properties"]["name"]["minLength"] == 1
 
 
@@ -129,14 +136,18 @@ def test_project_crds_are_structural(kind):
         assert node.get("additionalProperties") is not False, path
         if path.startswith("$.spec") or path.startswith("$.status"):
             assert "x-kubernetes-preserve-unknown-fields" not in node, path
-            assert node.get("description") or path.endswith("{}") or path.endswith("[]"), f"{path}: no description"
+            assert node.get("description") or path.endswith("{}") or path.endswith("[]"), (
+                f"{path}: no description"
+            )
     assert version["subresources"] == {"status": {}}
     names = crd["spec"]["names"]
     assert names["shortNames"] == [kind.short] and names["categories"] == ["finetune"]
     columns = {c["name"] for c in version["additionalPrinterColumns"]}
     assert {"Phase", "Progress", "Age"} <= columns
     conditions = root["properties"]["status"]["properties"]["conditions"]
-    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == [
+        "type"
+    ]
 
 
 def test_generated_files_are_up_to_date():
@@ -146,5 +157,9 @@ def test_generated_files_are_up_to_date():
 
 def test_api_doc_lists_every_spec_field():
     doc = crdgen.render_api_doc()
-    for field in ("spec.learningRate.fromSweep.scale", "spec.rangeTest.divergenceFactor", "status.curve[].lr"):
+    for field in (
+        "spec.learningRate.fromSweep.scale",
+        "spec.rangeTest.divergenceFactor",
+        "status.curve[].lr",
+    ):
         assert f"`{field}`" in doc

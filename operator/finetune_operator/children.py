@@ -1,0 +1,138 @@
+"""What a child Job and its pods say, boiled down to one `ChildState` (pure; input is API dicts)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from finetune_trainer.config import ExitCode
+
+ChildPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+FAILURE_REASONS = {
+    int(ExitCode.BAD_CONFIG): "InvalidConfig",
+    int(ExitCode.DIVERGED): "Diverged",
+    int(ExitCode.OUT_OF_MEMORY): "OutOfMemory",
+    int(ExitCode.INTERRUPTED): "Interrupted",
+    137: "Killed",
+}
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """One trainer Job as the operator sees it."""
+
+    name: str
+    phase: ChildPhase
+    result: dict[str, Any] | None = None
+    """The trainer's result JSON (from the termination message), when it wrote one."""
+    reason: str | None = None
+    """CamelCase reason when Failed (InvalidConfig, Diverged, OutOfMemory, BackoffLimitExceeded, …)."""
+    message: str = ""
+    """The trainer's last words, or the Job's failure message."""
+    exit_code: int | None = None
+    pod_ip: str | None = None
+    """IP of the running pod (for polling its metrics)."""
+    failed_pods: int = 0
+    start_time: str | None = None
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if "terminated" in state:
+            return state["terminated"]
+    return None
+
+
+def parse_termination_message(message: str | None) -> tuple[dict[str, Any] | None, str]:
+    """(result JSON, text): the trainer writes compact JSON; anything else is an error text (log tail)."""
+    if not message:
+        return None, ""
+    text = message.strip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None, text.splitlines()[-1] if text else ""
+    if isinstance(data, dict):
+        return data, str(data.get("error", ""))
+    return None, text
+
+
+def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
+    """Combine a Job and its pods into one state; the newest pod speaks for the Job."""
+    name = job["metadata"]["name"]
+    status = job.get("status") or {}
+    failed_pods = int(status.get("failed") or 0)
+    pod = _newest(pods)
+    terminated = _terminated(pod) if pod else None
+    result, text = parse_termination_message(terminated.get("message") if terminated else None)
+    exit_code = terminated.get("exitCode") if terminated else None
+    start = status.get("startTime")
+
+    if _condition(job, "Complete"):
+        return ChildState(
+            name,
+            "Succeeded",
+            result=result,
+            message=text,
+            exit_code=exit_code,
+            failed_pods=failed_pods,
+            start_time=start,
+        )
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if failed:
+        reason = FAILURE_REASONS.get(exit_code or -1) or failed.get("reason") or "JobFailed"
+        message = text or failed.get("message") or ""
+        return ChildState(
+            name,
+            "Failed",
+            result=result,
+            reason=reason,
+            message=message,
+            exit_code=exit_code,
+            failed_pods=failed_pods,
+            start_time=start,
+        )
+    pod_phase = (pod or {}).get("status", {}).get("phase")
+    if pod_phase == "Running" or (status.get("active") and pod_phase not in (None, "Pending")):
+        return ChildState(
+            name,
+            "Running",
+            pod_ip=pod["status"].get("podIP") if pod else None,
+            failed_pods=failed_pods,
+            start_time=start,
+        )
+    reason = "Suspended" if _condition(job, "Suspended") else None
+    return ChildState(
+        name,
+        "Pending",
+        reason=reason,
+        message=_pending_message(pod),
+        failed_pods=failed_pods,
+        start_time=start,
+    )
+
+
+def _pending_message(pod: dict[str, Any] | None) -> str:
+    """Why a pod is not running yet (e.g. `Unschedulable: 0/1 nodes have nvidia.com/gpu`)."""
+    if not pod:
+        return ""
+    cond = next(
+        (c for c in pod.get("status", {}).get("conditions") or [] if c.get("type") == "PodScheduled"), None
+    )
+    if cond and cond.get("status") == "False":
+        return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".strip()
+    return ""

@@ -1,0 +1,49 @@
+"""Deterministic names and labels of the objects the operator creates.
+
+Names depend only on the owner and the child's role, so an operator restart finds, never duplicates, them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+GROUP = "finetune.dev"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "finetune-operator"}
+ROLE_LABEL = f"{GROUP}/role"
+TRIAL_LABEL = f"{GROUP}/trial"
+KIND_LABELS = {"LRSweep": f"{GROUP}/lrsweep", "FineTuneJob": f"{GROUP}/finetunejob"}
+MAX_NAME = 63  # Job names become pod label values: at most 63 characters
+
+
+def child_name(owner: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """`<owner>-<suffix>`, shortened with a stable hash when too long for a label value."""
+    name = f"{owner}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{owner[:keep].rstrip('-.')}-{digest}-{suffix}"
+
+
+def range_test_job(sweep: str) -> str:
+    return child_name(sweep, "range-test")
+
+
+def trial_job(sweep: str, index: int) -> str:
+    return child_name(sweep, f"trial-{index}")
+
+
+def train_job(finetunejob: str) -> str:
+    return child_name(finetunejob, "train")
+
+
+def auto_sweep(finetunejob: str) -> str:
+    """The LRSweep an `auto` FineTuneJob creates and owns."""
+    return child_name(finetunejob, "lr", limit=253 - 20)
+
+
+def child_labels(kind: str, owner: str, role: str, trial: int | None = None) -> dict[str, str]:
+    labels = {**MANAGED_BY, KIND_LABELS[kind]: owner, ROLE_LABEL: role}
+    if trial is not None:
+        labels[TRIAL_LABEL] = str(trial)
+    return labels

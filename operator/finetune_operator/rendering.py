@@ -1,0 +1,249 @@
+"""Pure rendering: a resource's spec in, the trainer config, ConfigMap and batch/v1 Job out.
+
+Nothing here talks to the API server; everything is a function of its arguments (unit-tested).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from finetune_operator import naming
+from finetune_operator.api import API_VERSION, FineTuneJobSpec, LRSweepSpec, WorkloadSpec
+from finetune_operator.settings import Settings
+from finetune_trainer.config import ExitCode, TrainerConfig
+
+CONTAINER = "trainer"
+CONFIG_DIR = "/etc/finetune"
+CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+OUTPUT_DIR = "/output"
+TERMINATION_LOG = "/dev/termination-log"
+METRICS_PORT_NAME = "metrics"
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+# ------------------------------------------------------------------------------------------ trainer configs
+
+
+def _shared_sections(spec: LRSweepSpec | FineTuneJobSpec) -> dict[str, Any]:
+    return {
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "adapter": spec.adapter,
+        "optimization": spec.optimization,
+        "schedule": spec.schedule,
+        "evaluation": spec.evaluation,
+        "output_dir": OUTPUT_DIR,
+    }
+
+
+def range_test_config(spec: LRSweepSpec) -> TrainerConfig:
+    return TrainerConfig(**_shared_sections(spec), range_test=spec.range_test)
+
+
+def trial_config(spec: LRSweepSpec, learning_rate: float) -> TrainerConfig:
+    """A short fine-tune at one LR: the sweep's recipe, cut to `trials.steps` steps."""
+    optimization = spec.optimization.model_copy(update={"max_steps": spec.trials.steps})
+    schedule = spec.schedule
+    if schedule.warmup_steps is not None and schedule.warmup_steps >= spec.trials.steps:
+        schedule = schedule.model_copy(update={"warmup_steps": None, "warmup_ratio": 0.1})
+    evaluation = spec.evaluation.model_copy(
+        update={"every_steps": min(spec.evaluation.every_steps, spec.trials.steps)}
+    )
+    sections = _shared_sections(spec) | {
+        "optimization": optimization,
+        "schedule": schedule,
+        "evaluation": evaluation,
+    }
+    return TrainerConfig(**sections, learning_rate=learning_rate)
+
+
+def train_config(spec: FineTuneJobSpec, learning_rate: float) -> TrainerConfig:
+    return TrainerConfig(
+        **_shared_sections(spec),
+        early_stopping=spec.early_stopping,
+        checkpoints=spec.checkpoints,
+        learning_rate=learning_rate,
+    )
+
+
+def sweep_spec_for_auto(job: FineTuneJobSpec) -> LRSweepSpec:
+    """The LRSweep an `auto` FineTuneJob creates: same model, data, adapter, batch and placement."""
+    assert job.learning_rate.auto is not None
+    workload = {f: getattr(job, f) for f in WorkloadSpec.model_fields}
+    return LRSweepSpec(
+        **workload,
+        model=job.model,
+        dataset=job.dataset,
+        adapter=job.adapter,
+        optimization=job.optimization,
+        schedule=job.schedule,
+        evaluation=job.evaluation,
+        method="rangeTest",
+        range_test=job.learning_rate.auto.range_test,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+
+
+def config_map(
+    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any], config: TrainerConfig
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "data": {"config.json": json.dumps(config.to_wire(), indent=1, sort_keys=True)},
+    }
+
+
+def _resources(workload: WorkloadSpec, settings: Settings) -> dict[str, Any]:
+    amounts: dict[str, str] = {
+        "cpu": workload.resources.cpu or settings.default_cpu,
+        "memory": workload.resources.memory or settings.default_memory,
+    }
+    if workload.resources.gpus:
+        amounts["nvidia.com/gpu"] = str(workload.resources.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _output_volume(workload: WorkloadSpec, kind: str, owner_name: str, role: str) -> tuple[dict, dict]:
+    mount = {"name": "output", "mountPath": OUTPUT_DIR}
+    if workload.output.persistent_volume_claim:
+        volume = {
+            "name": "output",
+            "persistentVolumeClaim": {"claimName": workload.output.persistent_volume_claim},
+        }
+        mount["subPath"] = workload.output.sub_path or f"{kind.lower()}/{owner_name}/{role}"
+    else:
+        volume = {"name": "output", "emptyDir": {}}
+    return volume, mount
+
+
+def trainer_job(
+    *,
+    name: str,
+    namespace: str,
+    kind: str,
+    owner_name: str,
+    owner: dict[str, Any],
+    role: str,
+    args: list[str],
+    workload: WorkloadSpec,
+    settings: Settings,
+    trial: int | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs one trainer command (`range-test`, `trial` or `train`)."""
+    labels = naming.child_labels(kind, owner_name, role, trial)
+    output_volume, output_mount = _output_volume(workload, kind, owner_name, role)
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HF_HOME", "value": "/tmp/hf-home"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if workload.hub_token_secret:
+        ref = workload.hub_token_secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    container = {
+        "name": CONTAINER,
+        "image": workload.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.trainer_command),
+        "args": [
+            *args,
+            "--config",
+            CONFIG_FILE,
+            "--output-dir",
+            OUTPUT_DIR,
+            "--result-file",
+            TERMINATION_LOG,
+            "--metrics-port",
+            str(settings.trainer_metrics_port),
+        ],
+        "env": env,
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": settings.trainer_metrics_port}],
+        "resources": _resources(workload, settings),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            output_mount,
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    tolerations = [*settings.tolerations, *(t.to_wire() for t in workload.resources.tolerations or [])]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name}},
+            output_volume,
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    node_selector = {**settings.node_selector, **(workload.resources.node_selector or {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if workload.service_account_name:
+        pod_spec["serviceAccountName"] = workload.service_account_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": workload.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "suspend": workload.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                {  # a bad config or a diverged run fails the same way every time: never retry
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [int(ExitCode.BAD_CONFIG), int(ExitCode.DIVERGED)],
+                    },
+                },
+                {  # evictions and preemptions do not count against backoffLimit
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if workload.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = workload.active_deadline_seconds
+    if workload.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = workload.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "spec": job_spec,
+    }

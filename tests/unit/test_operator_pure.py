@@ -1,0 +1,432 @@
+"""The operator's decisions, as pure functions: names, LR choices, rendering, child observation, planning."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from finetune_operator import naming, rendering
+from finetune_operator.api import FineTuneJobSpec, LRSweepSpec, TrialsSpec
+from finetune_operator.children import observe, parse_termination_message
+from finetune_operator.handlers import parse_trainer_metrics
+from finetune_operator.planning import plan_finetune, plan_sweep, progress_from_sample, set_condition
+from finetune_operator.settings import Settings
+from finetune_operator.sweeps import best_learning_rate, scale_learning_rate, trial_learning_rates
+
+SPEC = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
+NOW = "2026-01-01T00:00:10Z"
+
+
+# ------------------------------------------------------------------ naming
+
+
+def test_child_names_are_deterministic_and_fit_a_label_value():
+    assert naming.range_test_job("bert") == "bert-range-test"
+    long = "x" * 80
+    name = naming.trial_job(long, 12)
+    assert len(name) <= 63 and name.endswith("-trial-12")
+    assert name == naming.trial_job(long, 12)
+    assert naming.trial_job(long, 12) != naming.trial_job("x" * 79 + "y", 12)
+
+
+# ------------------------------------------------------------------ sweeps
+
+
+def test_grid_is_log_spaced_and_random_is_seeded():
+    grid = trial_learning_rates("grid", TrialsSpec(min_learning_rate=1e-5, max_learning_rate=1e-3, count=3))
+    assert grid == pytest.approx([1e-5, 1e-4, 1e-3])
+    a = trial_learning_rates("random", TrialsSpec(count=5, seed=7))
+    assert a == trial_learning_rates("random", TrialsSpec(count=5, seed=7)) and a == sorted(a)
+    assert all(1e-6 <= x <= 1e-3 for x in a)
+    assert trial_learning_rates("grid", TrialsSpec(learning_rates=[3e-4, 1e-5])) == [1e-5, 3e-4]
+
+
+def test_best_trial_is_refined_by_a_parabola_in_log_lr():
+    # loss = (log10(lr) + 4.3)^2: true optimum at 10**-4.3, grid points at -5, -4, -3
+    results = [(10.0**e, (e + 4.3) ** 2) for e in (-5, -4, -3)]
+    lr, loss = best_learning_rate(results)
+    assert math.log10(lr) == pytest.approx(-4.3, abs=1e-9)
+    assert loss == pytest.approx(0.09)
+
+
+def test_best_trial_at_the_edge_or_with_failures():
+    assert best_learning_rate([(1e-5, 1.0), (1e-4, 2.0), (1e-3, None)]) == (1e-5, 1.0)
+    assert best_learning_rate([(1e-5, None), (1e-4, float("nan"))]) is None
+
+
+def test_learning_rate_scaling_rules():
+    assert scale_learning_rate(1e-4, 8, 32, "none") == 1e-4
+    assert scale_learning_rate(1e-4, 8, 32, "sqrt") == pytest.approx(2e-4)
+    assert scale_learning_rate(1e-4, 8, 32, "linear") == pytest.approx(4e-4)
+    with pytest.raises(ValueError, match=r"fromSweep\.scale"):
+        scale_learning_rate(1e-4, 8, 32, "cube")
+
+
+# ------------------------------------------------------------------ rendering
+
+OWNER = rendering.owner_reference("LRSweep", "s", "uid-1")
+
+
+def _job(spec: dict, **kw) -> dict:
+    sweep = LRSweepSpec.model_validate(spec)
+    return rendering.trainer_job(
+        name="s-range-test",
+        namespace="ns",
+        kind="LRSweep",
+        owner_name="s",
+        owner=OWNER,
+        role="range-test",
+        args=["range-test"],
+        workload=sweep,
+        settings=kw.pop("settings", Settings()),
+        **kw,
+    )
+
+
+def test_job_is_locked_down_owned_labelled_and_asks_for_gpus():
+    job = _job({**SPEC, "resources": {"gpus": 2, "nodeSelector": {"gpu": "a100"}}})
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert job["metadata"]["ownerReferences"] == [OWNER]
+    assert job["metadata"]["labels"]["finetune.dev/lrsweep"] == "s"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["restartPolicy"] == "Never"
+    assert container["args"][:3] == ["range-test", "--config", "/etc/finetune/config.json"]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+
+
+def test_job_failure_policy_never_retries_bad_config_or_divergence():
+    rules = _job(SPEC)["spec"]["podFailurePolicy"]["rules"]
+    fail = next(r for r in rules if r["action"] == "FailJob")
+    assert fail["onExitCodes"]["values"] == [2, 3]
+    assert any(r["action"] == "Ignore" for r in rules)
+
+
+def test_job_passes_through_suspend_deadlines_secret_and_pvc():
+    job = _job(
+        {
+            **SPEC,
+            "suspend": True,
+            "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": 60,
+            "backoffLimit": 5,
+            "hubTokenSecret": {"name": "hf"},
+            "output": {"persistentVolumeClaim": "out"},
+        }
+    )
+    spec = job["spec"]
+    assert (
+        spec["suspend"],
+        spec["activeDeadlineSeconds"],
+        spec["ttlSecondsAfterFinished"],
+        spec["backoffLimit"],
+    ) == (True, 600, 60, 5)
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    mount = next(
+        m for m in spec["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "output"
+    )
+    assert mount["subPath"] == "lrsweep/s/range-test"
+
+
+def test_cpu_only_job_asks_no_gpu_and_uses_operator_defaults():
+    job = _job({**SPEC, "resources": {"gpus": 0}}, settings=Settings(default_cpu="2", default_memory="4Gi"))
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "2", "memory": "4Gi"}
+
+
+def test_trial_config_is_cut_to_trial_steps_and_warmup_fits():
+    sweep = LRSweepSpec.model_validate(
+        {**SPEC, "method": "grid", "trials": {"steps": 20}, "schedule": {"warmupSteps": 50}}
+    )
+    cfg = rendering.trial_config(sweep, 1e-4)
+    assert cfg.optimization.max_steps == 20 and cfg.learning_rate == 1e-4
+    assert cfg.schedule.warmup_steps is None and cfg.schedule.warmup_ratio == 0.1
+
+
+def test_auto_sweep_copies_model_data_adapter_batch_and_placement():
+    job = FineTuneJobSpec.model_validate(
+        {
+            **SPEC,
+            "learningRate": {"auto": {"rangeTest": {"steps": 40}}},
+            "adapter": {"type": "lora"},
+            "optimization": {"batchSize": 4},
+            "resources": {"gpus": 0},
+        }
+    )
+    sweep = rendering.sweep_spec_for_auto(job)
+    assert (
+        sweep.adapter.type,
+        sweep.optimization.batch_size,
+        sweep.range_test.steps,
+        sweep.resources.gpus,
+    ) == ("lora", 4, 40, 0)
+
+
+def test_config_map_carries_the_trainer_config():
+    cfg = rendering.range_test_config(LRSweepSpec.model_validate(SPEC))
+    cm = rendering.config_map("s-range-test", "ns", {}, OWNER, cfg)
+    assert json.loads(cm["data"]["config.json"])["model"]["name"] == "/models/tiny"
+
+
+# ------------------------------------------------------------------ children
+
+
+def _pod(phase="Running", exit_code=None, message=None, ip="127.0.0.5"):
+    status = {"phase": phase, "podIP": ip}
+    if exit_code is not None:
+        status["containerStatuses"] = [{"state": {"terminated": {"exitCode": exit_code, "message": message}}}]
+    return {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "status": status}
+
+
+def _jobobj(cond=None, active=0, reason=None):
+    status = {"active": active, "startTime": "2026-01-01T00:00:00Z"}
+    if cond:
+        status["conditions"] = [{"type": cond, "status": "True", "reason": reason or cond}]
+    return {"metadata": {"name": "j"}, "status": status}
+
+
+def test_observe_reads_result_exit_codes_and_running_ip():
+    done = observe(_jobobj("Complete"), [_pod("Succeeded", 0, '{"kind":"trial","learningRate":0.001}')])
+    assert done.phase == "Succeeded" and done.result["learningRate"] == 0.001
+    bad = observe(
+        _jobobj("Failed", reason="PodFailurePolicy"),
+        [_pod("Failed", 2, "Traceback\nmodel.name: no such dir")],
+    )
+    assert (bad.phase, bad.reason, bad.message) == ("Failed", "InvalidConfig", "model.name: no such dir")
+    running = observe(_jobobj(active=1), [_pod("Running")])
+    assert running.phase == "Running" and running.pod_ip == "127.0.0.5"
+    assert observe(_jobobj(), []).phase == "Pending"
+
+
+def test_termination_message_parsing():
+    assert parse_termination_message('{"kind": "train"}') == ({"kind": "train"}, "")
+    assert parse_termination_message("oops\nlast line") == (None, "last line")
+    assert parse_termination_message(None) == (None, "")
+
+
+# ------------------------------------------------------------------ planning
+
+
+def test_conditions_keep_transition_time_until_status_flips():
+    c = set_condition([], "Ready", True, "A", "", 1, "t1")
+    c = set_condition(c, "Ready", True, "B", "", 1, "t2")
+    assert c[0]["lastTransitionTime"] == "t1" and c[0]["reason"] == "B"
+    c = set_condition(c, "Ready", False, "C", "", 1, "t3")
+    assert c[0]["lastTransitionTime"] == "t3" and len(c) == 1
+
+
+def test_new_range_test_sweep_creates_one_job():
+    plan = plan_sweep("s", SPEC, None, 1, {}, now=NOW)
+    assert [c.name for c in plan.create] == ["s-range-test"]
+    assert plan.status["phase"] == "Pending" and plan.status["startTime"] == NOW
+    assert plan.status["observedGeneration"] == 1
+
+
+def _child(phase, result=None, reason=None, message=""):
+    from finetune_operator.children import ChildState
+
+    return ChildState(
+        "s-range-test",
+        phase,
+        result=result,
+        reason=reason,
+        message=message,
+        pod_ip="127.0.0.9",
+        start_time="2026-01-01T00:00:00Z",
+    )
+
+
+RESULT = {
+    "kind": "rangeTest",
+    "recommendedLearningRate": 3e-4,
+    "rule": "valley",
+    "suggestions": {"valley": 3e-4, "steepest": 1e-4, "minimum-over-10": 5e-4, "max-over-3": None},
+    "curve": [{"lr": 1e-7, "loss": 3.0}, {"lr": 1e-4, "loss": 2.0}, {"lr": 1e-2, "loss": 9.0}],
+    "stopReason": "diverged",
+    "steps": 80,
+    "bestLoss": 2.0,
+    "effectiveBatchSize": 16,
+    "adapter": "lora",
+}
+
+
+def test_running_range_test_reports_progress_from_metrics():
+    plan = plan_sweep(
+        "s",
+        SPEC,
+        None,
+        1,
+        {"s-range-test": _child("Running")},
+        samples={"s-range-test": {"step": 25, "total_steps": 100, "loss": 2.5, "learning_rate": 1e-5}},
+        now=NOW,
+    )
+    p = plan.status["progress"]
+    assert (plan.status["phase"], p["step"], p["percent"], p["loss"], p["etaSeconds"]) == (
+        "Running",
+        25,
+        25,
+        2.5,
+        30,
+    )
+    assert not plan.create
+
+
+def test_finished_range_test_writes_recommendation_curve_and_conditions():
+    plan = plan_sweep(
+        "s", SPEC, {"phase": "Running"}, 1, {"s-range-test": _child("Succeeded", RESULT)}, now=NOW
+    )
+    s = plan.status
+    assert (s["phase"], s["recommendedLearningRate"], s["rule"], s["effectiveBatchSize"]) == (
+        "Succeeded",
+        3e-4,
+        "valley",
+        16,
+    )
+    assert s["suggestions"]["steepest"] == 1e-4 and len(s["curve"]) == 3
+    conds = {c["type"]: c for c in s["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Diverged"]["status"] == "True"
+    assert s["completionTime"] == NOW
+    assert any(e.reason == "Recommended" for e in plan.events)
+
+
+def test_divergence_at_the_start_of_the_ramp_fails_with_the_fix():
+    early = {**RESULT, "curve": [{"lr": 1e-7, "loss": 3.0}, {"lr": 5e-7, "loss": 30.0}]}
+    plan = plan_sweep("s", SPEC, None, 1, {"s-range-test": _child("Succeeded", early)}, now=NOW)
+    assert plan.status["phase"] == "Failed"
+    assert "lower rangeTest.minLearningRate" in plan.status["message"]
+
+
+def test_failed_trainer_explains_the_reason_and_fix():
+    plan = plan_sweep(
+        "s",
+        SPEC,
+        None,
+        1,
+        {"s-range-test": _child("Failed", reason="InvalidConfig", message="model.name: not found")},
+        now=NOW,
+    )
+    assert plan.status["phase"] == "Failed"
+    assert "model.name: not found" in plan.status["message"]
+    assert plan.events[-1].type == "Warning"
+
+
+def test_finished_resources_are_left_alone():
+    done = {"phase": "Succeeded", "observedGeneration": 1, "recommendedLearningRate": 1e-4}
+    plan = plan_sweep("s", SPEC, done, 1, {}, now=NOW)
+    assert plan.status == done and not plan.create
+
+
+def test_grid_respects_parallelism_then_picks_the_best_trial():
+    spec = {**SPEC, "method": "grid", "trials": {"learningRates": [1e-5, 1e-4, 1e-3], "parallelism": 2}}
+    first = plan_sweep("g", spec, None, 1, {}, now=NOW)
+    assert [c.trial for c in first.create] == [0, 1]
+    assert first.create[0].args == ["trial", "--learning-rate", "1e-05"]
+    from finetune_operator.children import ChildState
+
+    def trial(i, loss):
+        return ChildState(
+            naming.trial_job("g", i),
+            "Succeeded",
+            result={"kind": "trial", "learningRate": [1e-5, 1e-4, 1e-3][i], "evalLoss": loss},
+        )
+
+    mid = plan_sweep(
+        "g",
+        spec,
+        first.status,
+        1,
+        {"g-trial-0": trial(0, 2.0), "g-trial-1": ChildState("g-trial-1", "Running")},
+        now=NOW,
+    )
+    assert [c.trial for c in mid.create] == [2]
+    children = {f"g-trial-{i}": trial(i, loss) for i, loss in enumerate([2.0, 1.0, 3.0])}
+    done = plan_sweep("g", spec, mid.status, 1, children, now=NOW)
+    assert done.status["phase"] == "Succeeded" and done.status["rule"] == "best-trial"
+    assert 1e-5 < done.status["recommendedLearningRate"] < 1e-3
+    assert [t["evalLoss"] for t in done.status["trials"]] == [2.0, 1.0, 3.0]
+
+
+def test_invalid_spec_fails_with_the_field_named():
+    plan = plan_sweep("s", {**SPEC, "rangeTest": {"steps": 1}}, None, 1, {}, now=NOW)
+    assert plan.status["phase"] == "Failed" and "rangeTest.steps" in plan.status["message"]
+
+
+FTJ = {**SPEC, "optimization": {"batchSize": 32}}
+
+
+def test_finetune_with_a_value_creates_the_training_job():
+    plan = plan_finetune("f", {**FTJ, "learningRate": {"value": 2e-5}}, None, 1, {}, None, now=NOW)
+    assert plan.status["learningRate"] == 2e-5 and plan.status["learningRateSource"] == "value"
+    assert plan.create[0].config.learning_rate == 2e-5 and plan.create[0].args == ["train"]
+
+
+def test_finetune_waits_for_a_missing_sweep_then_scales_its_result():
+    spec = {**FTJ, "learningRate": {"fromSweep": {"name": "s", "scale": "sqrt"}}}
+    waiting = plan_finetune("f", spec, None, 1, {}, None, now=NOW)
+    assert waiting.status["phase"] == "WaitingForSweep" and not waiting.create
+    assert "LRSweep s not found" in waiting.status["message"]
+    sweep = {"status": {"phase": "Succeeded", "recommendedLearningRate": 1e-4, "effectiveBatchSize": 8}}
+    go = plan_finetune("f", spec, waiting.status, 1, {}, sweep, now=NOW)
+    assert go.status["learningRate"] == pytest.approx(2e-4) and go.status["learningRateSource"] == "sweep/s"
+    conds = {c["type"]: c["status"] for c in go.status["conditions"]}
+    assert conds["WaitingForSweep"] == "False"
+    failed = plan_finetune(
+        "f", spec, None, 1, {}, {"status": {"phase": "Failed", "message": "boom"}}, now=NOW
+    )
+    assert failed.status["phase"] == "Failed" and "boom" in failed.status["message"]
+
+
+def test_auto_finetune_creates_its_sweep_first():
+    plan = plan_finetune("f", {**FTJ, "learningRate": {"auto": {}}}, None, 1, {}, None, now=NOW)
+    assert plan.status["phase"] == "Sweeping" and plan.create_sweep is not None and not plan.create
+    assert plan.create_sweep["optimization"]["batchSize"] == 32
+
+
+def test_finished_training_reports_losses():
+    from finetune_operator.children import ChildState
+
+    result = {
+        "kind": "train",
+        "learningRate": 2e-5,
+        "steps": 50,
+        "totalSteps": 50,
+        "evalLoss": 1.5,
+        "bestEvalLoss": 1.4,
+        "trainLoss": 1.6,
+    }
+    plan = plan_finetune(
+        "f",
+        {**FTJ, "learningRate": {"value": 2e-5}},
+        {"learningRate": 2e-5},
+        1,
+        {"f-train": ChildState("f-train", "Succeeded", result=result)},
+        None,
+        now=NOW,
+    )
+    s = plan.status
+    assert (s["phase"], s["evalLoss"], s["bestEvalLoss"], s["progress"]["percent"]) == (
+        "Succeeded",
+        1.5,
+        1.4,
+        100,
+    )
+
+
+def test_progress_and_trainer_metrics_parsing():
+    text = (
+        "# TYPE finetune_trainer_step gauge\nfinetune_trainer_step 10.0\nfinetune_trainer_total_steps 40.0\n"
+        "finetune_trainer_loss 2.5\nfinetune_trainer_learning_rate 0.0001\nother_metric 1\n"
+    )
+    sample = parse_trainer_metrics(text)
+    assert sample == {"step": 10.0, "total_steps": 40.0, "loss": 2.5, "learning_rate": 1e-4}
+    p = progress_from_sample(sample, "2026-01-01T00:00:00Z", NOW)
+    assert (p.percent, p.eta_seconds) == (25, 30)
+    assert progress_from_sample({}, None, NOW) is None
