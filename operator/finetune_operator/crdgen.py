@@ -136,9 +136,18 @@ def _default_nested_objects(out: dict[str, Any]) -> None:
             prop["default"] = {}
 
 
+IMMUTABLE_SPEC = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable once created (a run cannot change under its trainer): "
+    "delete and re-create the resource, or create one with a new name",
+}
+"""Both kinds run to completion, like a Job's pod template: a changed spec is refused, not half-applied."""
+
+
 def crd_for(kind: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     spec_schema = structural_schema(kind.spec)
+    spec_schema.setdefault("x-kubernetes-validations", []).insert(0, IMMUTABLE_SPEC)
     status_schema = structural_schema(kind.status)
     status_schema.pop("default", None)
     root = {

@@ -1,0 +1,193 @@
+"""`make demo`: the whole product on this machine, no cluster needed.
+
+Starts the local control plane and pod runner, installs the CRDs, runs the operator (a subprocess, as in a
+cluster), builds a tiny random-weight GPT-2 and a toy dataset, applies `examples/demo/` (an LRSweep and a
+FineTuneJob with `learningRate: auto`), waits, and prints what the operator found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from finetune_operator.api import API_GROUP, VERSION
+from finetune_operator.localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
+from finetune_operator.localcluster.processes import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+PLURALS = {"LRSweep": "lrsweeps", "FineTuneJob": "finetunejobs"}
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def render_examples(demo_dir: Path) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((REPO / "examples" / "demo").glob("*.yaml")):
+        text = string.Template(path.read_text()).substitute(DEMO_DIR=str(demo_dir))
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def prepare_model(demo_dir: Path) -> None:
+    """A tiny GPT-2 and a toy dataset, made by the trainer package (the operator never imports it)."""
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    if not (demo_dir / "tiny-gpt2" / "config.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "finetune_trainer.tiny_model", str(demo_dir / "tiny-gpt2")], check=True
+        )
+    if not (demo_dir / "toy.jsonl").exists():
+        subprocess.run(
+            [sys.executable, "-m", "finetune_trainer.tiny_model", "--data", str(demo_dir / "toy.jsonl")],
+            check=True,
+        )
+
+
+def wait_terminal(api: client.CustomObjectsApi, namespace: str, kind: str, name: str, timeout: float) -> dict:
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        obj = api.get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURALS[kind], name)
+        status = obj.get("status") or {}
+        line = f"{kind} {name}: {status.get('phase', 'Pending')} {status.get('message') or ''}".strip()
+        if line != last:
+            say(line)
+            last = line
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return obj
+        time.sleep(1)
+    raise TimeoutError(f"{kind} {name} did not finish in {timeout:.0f}s")
+
+
+def plot_curve(status: dict[str, Any], out: Path) -> Path | None:
+    """Write the sweep's loss-vs-LR curve as PNG with the trainer's own plotter."""
+    if not status.get("curve"):
+        return None
+    result = {
+        "kind": "rangeTest",
+        **{
+            k: status[k]
+            for k in ("recommendedLearningRate", "rule", "suggestions", "curve", "effectiveBatchSize")
+            if k in status
+        },
+    }
+    result_file = out.with_suffix(".json")
+    result_file.write_text(json.dumps(result))
+    subprocess.run(
+        ["finetune-trainer", "plot", str(result_file), "-o", str(out)],
+        check=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
+    )
+    return out
+
+
+def run(demo_dir: Path, timeout: float) -> int:
+    prepare_model(demo_dir)
+    docs = render_examples(demo_dir)
+    say("starting the local control plane and pod runner (the first run builds the binaries: minutes)")
+    with local_cluster(runner=True, gpus=0, use_kubeconfig_env=False) as cluster:
+        say(f"control plane up in {cluster.start_seconds:.1f}s; kubeconfig: {cluster.kubeconfig}")
+        say(f"  try: kubectl --kubeconfig {cluster.kubeconfig} get lrs,ftj,jobs,pods -A")
+        api_client = cluster.api_client()
+        apply_crds(api_client, load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
+        metrics_port = free_port()
+        env = {**cluster.env(), "FINETUNE_RECONCILE_INTERVAL": "1", "PYTHONUNBUFFERED": "1"}
+        log = (demo_dir / "operator.log").open("w")
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "finetune_operator",
+                "run",
+                "--metrics-port",
+                str(metrics_port),
+                "--health-port",
+                "0",
+                "--poll-interval",
+                "2",
+                "--default-cpu",
+                "1",
+                "--default-memory",
+                "2Gi",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        say(f"operator running (log {log.name}, metrics http://127.0.0.1:{metrics_port}/metrics)")
+        try:
+            custom = client.CustomObjectsApi(api_client)
+            for doc in docs:
+                custom.create_namespaced_custom_object(
+                    API_GROUP, VERSION, "default", PLURALS[doc["kind"]], doc
+                )
+                say(f"applied {doc['kind']} {doc['metadata']['name']}")
+            results = {
+                d["metadata"]["name"]: wait_terminal(
+                    custom, "default", d["kind"], d["metadata"]["name"], timeout
+                )
+                for d in docs
+            }
+        finally:
+            operator.terminate()
+            operator.wait(timeout=30)
+            log.close()
+    return report(results, demo_dir)
+
+
+def report(results: dict[str, dict], demo_dir: Path) -> int:
+    ok = True
+    print()
+    for name, obj in results.items():
+        status = obj.get("status") or {}
+        ok &= status.get("phase") == "Succeeded"
+        if obj["kind"] == "LRSweep":
+            say(
+                f"LRSweep {name}: {status.get('phase')}: recommended learning rate "
+                f"{status.get('recommendedLearningRate')} (rule {status.get('rule')}, "
+                f"effective batch size {status.get('effectiveBatchSize')})"
+            )
+            for rule, value in (status.get("suggestions") or {}).items():
+                say(f"    rule {rule:<16} suggests {value}")
+            png = plot_curve(status, demo_dir / f"{name}-curve.png")
+            if png:
+                say(f"    loss-vs-LR plot: {png}")
+        else:
+            say(
+                f"FineTuneJob {name}: {status.get('phase')}: learning rate {status.get('learningRate')} "
+                f"from {status.get('learningRateSource')}; final eval loss {status.get('evalLoss')} "
+                f"(best {status.get('bestEvalLoss')}, train loss {status.get('trainLoss')})"
+            )
+        if status.get("phase") != "Succeeded":
+            say(f"    message: {status.get('message')}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m finetune_operator.demo", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("FINETUNE_DEMO_DIR", "/tmp/finetune-demo")),
+        help="where the tiny model, data, logs and plots go",
+    )
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for each resource")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    code = run(args.dir.resolve(), args.timeout)
+    say(f"done in {time.monotonic() - started:.0f}s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The operator against a real API server: children, status, conditions, events, restarts, deletion.
+
+Trainer Jobs here are created suspended (as a Kueue queue would hold them), so no trainer runs: these tests
+are about what the operator does with the API. tests/e2e runs real trainers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from finetune_operator import handlers
+from finetune_operator.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+GROUP, VERSION = "finetune.dev", "v1alpha1"
+OPERATOR = "finetune_operator.handlers"
+BASE = {
+    "model": {"name": "/nonexistent/model"},
+    "dataset": {"files": ["/nonexistent/train.jsonl"]},
+    "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
+    "suspend": True,
+}
+
+
+@pytest.fixture(autouse=True)
+def operator_settings():
+    handlers.configure(Settings(metrics_port=0, health_port=0, poll_interval=1.0))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def create(api: client.ApiClient, namespace: str, plural: str, kind: str, name: str, spec: dict) -> dict:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    return client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body
+    )
+
+
+def get(api: client.ApiClient, namespace: str, plural: str, name: str) -> dict:
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+
+def jobs(api: client.ApiClient, namespace: str, selector: str) -> list:
+    return client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=selector).items
+
+
+def events(api: client.ApiClient, namespace: str, name: str) -> list[str]:
+    items = (
+        client.CoreV1Api(api)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        .items
+    )
+    return [e.reason for e in items]
+
+
+def test_range_test_sweep_gets_one_owned_job_and_pending_status(
+    kube_api, namespace, crds_installed, run_operator
+):
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "sweep", BASE)
+        job = wait_for(lambda: jobs(kube_api, namespace, "finetune.dev/lrsweep=sweep"), what="the Job")[0]
+        status = wait_for(
+            lambda: (
+                get(kube_api, namespace, "lrsweeps", "sweep").get("status", {}).get("phase")
+                and get(kube_api, namespace, "lrsweeps", "sweep")["status"]
+            ),
+            what="status",
+        )
+    assert runner.exception is None, runner.output
+    sweep = get(kube_api, namespace, "lrsweeps", "sweep")
+    assert job.metadata.name == "sweep-range-test"
+    assert job.spec.suspend is True
+    assert job.metadata.owner_references[0].uid == sweep["metadata"]["uid"]
+    assert job.spec.template.spec.containers[0].args[0] == "range-test"
+    cm = client.CoreV1Api(kube_api).read_namespaced_config_map("sweep-range-test", namespace)
+    assert '"/nonexistent/model"' in cm.data["config.json"]
+    assert status["phase"] == "Pending" and status["observedGeneration"] == 1
+    assert "JobCreated" in events(kube_api, namespace, "sweep")
+    assert sweep["spec"] == {**sweep["spec"], **BASE}, "the operator must never change spec"
+
+
+def test_restart_never_duplicates_children(kube_api, namespace, crds_installed, run_operator):
+    spec = {**BASE, "method": "grid", "trials": {"learningRates": [1e-5, 1e-4, 1e-3], "parallelism": 2}}
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "grid", spec)
+        wait_for(
+            lambda: len(jobs(kube_api, namespace, "finetune.dev/lrsweep=grid")) == 2, what="2 trial Jobs"
+        )
+    assert runner.exception is None, runner.output
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        time.sleep(3)  # resume handlers and a few timer rounds
+    assert runner.exception is None, runner.output
+    names = sorted(j.metadata.name for j in jobs(kube_api, namespace, "finetune.dev/lrsweep=grid"))
+    assert names == ["grid-trial-0", "grid-trial-1"], "parallelism 2 holds and nothing is created twice"
+    trials = get(kube_api, namespace, "lrsweeps", "grid")["status"]["trials"]
+    assert [t["learningRate"] for t in trials] == pytest.approx([1e-5, 1e-4, 1e-3])
+
+
+def test_from_sweep_waits_with_a_condition_and_event(kube_api, namespace, crds_installed, run_operator):
+    spec = {**BASE, "learningRate": {"fromSweep": {"name": "missing"}}}
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "finetunejobs", "FineTuneJob", "ftj", spec)
+        status = wait_for(
+            lambda: (
+                get(kube_api, namespace, "finetunejobs", "ftj").get("status", {}).get("phase")
+                == "WaitingForSweep"
+                and get(kube_api, namespace, "finetunejobs", "ftj")["status"]
+            ),
+            what="WaitingForSweep",
+        )
+        assert not jobs(kube_api, namespace, "finetune.dev/finetunejob=ftj")
+        wait_for(lambda: "WaitingForSweep" in events(kube_api, namespace, "ftj"), what="the event")
+    assert runner.exception is None, runner.output
+    cond = next(c for c in status["conditions"] if c["type"] == "WaitingForSweep")
+    assert cond["status"] == "True" and cond["reason"] == "SweepNotFound"
+    assert "learningRate.fromSweep.name" in cond["message"]
+
+
+def test_auto_finetune_creates_and_owns_its_sweep(kube_api, namespace, crds_installed, run_operator):
+    spec = {**BASE, "learningRate": {"auto": {"rangeTest": {"steps": 20}}}}
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        ftj = create(kube_api, namespace, "finetunejobs", "FineTuneJob", "auto", spec)
+        sweep = wait_for(
+            lambda: _maybe_get(kube_api, namespace, "lrsweeps", "auto-lr"), what="the owned LRSweep"
+        )
+        wait_for(lambda: jobs(kube_api, namespace, "finetune.dev/lrsweep=auto-lr"), what="the sweep's Job")
+        status = wait_for(
+            lambda: get(kube_api, namespace, "finetunejobs", "auto").get("status"), what="status"
+        )
+    assert runner.exception is None, runner.output
+    assert sweep["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
+    assert sweep["spec"]["rangeTest"]["steps"] == 20 and sweep["spec"]["suspend"] is True
+    assert status["phase"] == "Sweeping" and status["sweepName"] == "auto-lr"
+
+
+def _maybe_get(api, namespace, plural, name):
+    try:
+        return get(api, namespace, plural, name)
+    except client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def test_deleting_a_sweep_garbage_collects_its_jobs_and_metrics(
+    kube_api, namespace, crds_installed, run_operator
+):
+    from prometheus_client import generate_latest
+
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "gone", BASE)
+        wait_for(lambda: jobs(kube_api, namespace, "finetune.dev/lrsweep=gone"), what="the Job")
+        wait_for(
+            lambda: 'name="gone"' in generate_latest(handlers.State.metrics.registry).decode(),
+            what="the sweep's series",
+        )
+        client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "lrsweeps", "gone"
+        )
+        wait_for(
+            lambda: not jobs(kube_api, namespace, "finetune.dev/lrsweep=gone"),
+            timeout=60,
+            what="garbage collection of the Job",
+        )
+        wait_for(
+            lambda: 'name="gone"' not in generate_latest(handlers.State.metrics.registry).decode(),
+            what="the sweep's series to go",
+        )
+    assert runner.exception is None, runner.output
+
+
+def test_schema_rejects_bad_specs_with_the_cel_message(kube_api, namespace, crds_installed):
+    bad = {**BASE, "rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}}
+    with pytest.raises(client.ApiException) as e:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "bad", bad)
+    assert e.value.status == 422
+    assert "rangeTest.minLearningRate must be below rangeTest.maxLearningRate" in e.value.body
+    with pytest.raises(client.ApiException) as e:
+        create(kube_api, namespace, "finetunejobs", "FineTuneJob", "bad", {**BASE, "learningRate": {}})
+    assert "learningRate needs exactly one of value, fromSweep or auto" in e.value.body
+
+
+def test_spec_is_immutable_but_status_and_metadata_are_not(kube_api, namespace, crds_installed):
+    create(kube_api, namespace, "lrsweeps", "LRSweep", "fixed", BASE)
+    api = client.CustomObjectsApi(kube_api)
+    with pytest.raises(client.ApiException) as e:
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "lrsweeps", "fixed", {"spec": {"rangeTest": {"steps": 50}}}
+        )
+    assert "spec is immutable" in e.value.body
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "lrsweeps", "fixed", {"metadata": {"labels": {"team": "nlp"}}}
+    )
