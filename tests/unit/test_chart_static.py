@@ -1,0 +1,360 @@
+"""The Helm chart, dashboards and alert rules agree with the code they describe (no cluster, no binaries).
+
+- the chart's CRDs are the generated ones, byte for byte; its versions are the package's;
+- every metric a dashboard or alert queries is one `OperatorMetrics` exports (or `up`);
+- the generated dashboards and rule file are up to date; values.yaml obeys the strict schema and
+  documents every value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from finetune_operator import alerts, dashboards, settings
+from finetune_operator.metrics import OperatorMetrics
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "finetune-operator"
+
+
+def _load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One source of truth
+
+
+def test_chart_crds_are_the_generated_crds_byte_for_byte():
+    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert generated, "crds/ is empty: run python -m finetune_operator.crdgen"
+    assert shipped == generated
+    for name in generated:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), name
+
+
+def test_chart_version_and_app_version_are_the_package_version():
+    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = _load_yaml(CHART / "Chart.yaml")
+    assert chart["version"] == package
+    assert str(chart["appVersion"]) == package
+
+
+def test_default_images_are_the_operator_image_at_app_version_and_the_settings_trainer_image():
+    values = _load_yaml(CHART / "values.yaml")
+    assert values["image"]["repository"] == "ghcr.io/finetune-dev/finetune-operator"
+    assert values["image"]["tag"] == ""  # empty -> appVersion (see _helpers.tpl "finetune-operator.image")
+    assert values["trainer"]["image"] == settings.DEFAULT_TRAINER_IMAGE
+
+
+def test_chart_passes_every_setting_the_operator_reads_from_the_environment():
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    read = set(
+        re.findall(r'_env\("([A-Z_]+)"', (REPO / "operator/finetune_operator/settings.py").read_text())
+    )
+    read.add("NAMESPACES")
+    passed = set(re.findall(r"name: FINETUNE_([A-Z_]+)", deployment))
+    assert read - passed == set(), f"settings the chart never sets: {sorted(read - passed)}"
+
+
+@pytest.mark.parametrize("module", [dashboards, alerts], ids=["dashboards", "alerts"])
+def test_generated_files_are_up_to_date(module, capsys):
+    assert module.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_rule_file_is_what_the_alerts_module_says():
+    assert _load_yaml(alerts.RULES_FILE) == alerts.rule_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Queries name only exported series
+
+
+def exported_series() -> set[str]:
+    """Every series name OperatorMetrics can expose, with the suffixes prometheus-client adds."""
+    names: set[str] = set()
+    for family in OperatorMetrics().registry.collect():
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "summary": ("_sum", "_count", "_created"),
+        }.get(family.type, ("",))
+        names.update(family.name + s for s in suffixes)
+    return names
+
+
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression reads: identifiers that are not functions, keywords or labels."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)  # label lists
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group(0)
+        rest = text[match.end() :].lstrip()
+        if word.lower() in _KEYWORDS or rest.startswith("("):
+            continue
+        if match.start() > 0 and (text[match.start() - 1].isdigit() or text[match.start() - 1] == "."):
+            continue  # e.g. the "e" of 1e-3, the unit of 5m
+        names.add(word)
+    return names
+
+
+def all_queries() -> list[tuple[str, str]]:
+    out = [(f"{f} / {title}", dashboards.as_promql(e)) for f, title, e in dashboards.iter_queries()]
+    out += [(f"alert {name}", expr) for name, expr in alerts.expressions().items()]
+    return out
+
+
+def test_metric_name_extraction_finds_names_and_ignores_functions_labels_and_keywords():
+    expr = (
+        "histogram_quantile(0.95, sum by (le, kind) (rate(finetune_reconcile_duration_seconds_bucket[5m])))"
+        ' / on (kind) group_left sum(up{job="x"}) > 1e-3 and absent(foo_bar)'
+    )
+    assert metric_names(expr) == {"finetune_reconcile_duration_seconds_bucket", "up", "foo_bar"}
+
+
+def test_a_query_naming_an_unknown_metric_is_caught():
+    known = exported_series() | {"up"}
+    assert metric_names("rate(finetune_reconciles_total[5m])") - known == {"finetune_reconciles_total"}
+    assert metric_names("finetune_jobs_created") - known == {
+        "finetune_jobs_created"
+    }  # counter without _total
+
+
+def test_exported_series_include_prometheus_client_suffixes():
+    names = exported_series()
+    assert {
+        "finetune_jobs_created_total",
+        "finetune_reconcile_duration_seconds_bucket",
+        "finetune_reconcile_duration_seconds_count",
+        "finetune_range_test_loss",
+    } <= names
+    assert "finetune_jobs_created" not in names
+
+
+@pytest.mark.parametrize(("where", "expr"), all_queries(), ids=[w for w, _ in all_queries()])
+def test_every_query_reads_only_series_the_operator_exports(where, expr):
+    names = metric_names(expr)
+    assert names, f"{where}: no metric in {expr!r}"
+    unknown = names - exported_series() - {"up"}
+    assert not unknown, f"{where} queries {sorted(unknown)}, which OperatorMetrics does not export"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Alerts
+
+
+def test_alerts_are_the_documented_set_with_severity_summary_description_and_runbook():
+    runbooks = (REPO / "docs" / "runbooks.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", runbooks, re.M)
+    }
+    rules = alerts.rule_file()["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == [
+        "FineTuneJobFailed",
+        "LRSweepDivergedAtMinimumLearningRate",
+        "FineTuneNoProgress",
+        "FinetuneOperatorDown",
+        "FinetuneReconcileErrorsRising",
+    ]
+    for rule in rules:
+        assert re.fullmatch(r"(?:[A-Z][a-z0-9]*|LR)+", rule["alert"]), rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith(alerts.RUNBOOK_BASE_URL + "#")
+        assert url.split("#", 1)[1] in anchors, f"docs/runbooks.md has no section for {rule['alert']}"
+
+
+def test_no_progress_threshold_comes_from_the_config():
+    expr = dict(alerts.expressions())["FineTuneNoProgress"]
+    assert f"> {alerts.CONFIG['no_progress_minutes'] * 60}" in expr
+    assert "> 300" in alerts.alerts({"no_progress_minutes": 5})[2].expr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dashboards
+
+
+def test_dashboards_are_well_formed():
+    uids = set()
+    for fname, dash in dashboards.dashboards().items():
+        assert dash["uid"] not in uids
+        uids.add(dash["uid"])
+        assert len(dash["uid"]) <= 40
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), fname
+        for panel in dash["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] + pos["w"] <= 24, (fname, panel["title"])
+            if panel["type"] != "row":
+                assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+                assert panel["targets"], (fname, panel["title"])
+
+
+def test_dashboards_have_the_panels_the_issue_asks_for():
+    titles = {f: {p["title"] for p in d["panels"]} for f, d in dashboards.dashboards().items()}
+    assert {
+        "LRSweeps by phase",
+        "FineTuneJobs by phase",
+        "Running trainers",
+        "Failed resources",
+        "Reconcile latency",
+        "Reconcile errors per second",
+    } <= titles["overview.json"]
+    assert {"Learning rate schedule", "Loss", "Throughput", "Progress", "ETA"} <= titles["finetune.json"]
+    assert {
+        "Range test: loss vs learning rate",
+        "Suggestions by rule",
+        "Recommended learning rate",
+        "Trials: eval loss vs learning rate",
+    } <= titles["lrsweep.json"]
+    variables = {f: [v["name"] for v in d["templating"]["list"]] for f, d in dashboards.dashboards().items()}
+    assert variables["finetune.json"] == ["datasource", "namespace", "job"]
+    assert variables["lrsweep.json"] == ["datasource", "namespace", "sweep"]
+
+
+def test_range_test_panel_is_an_xy_chart_of_loss_over_the_numeric_learning_rate_label():
+    panel = next(p for p in dashboards.lr_sweep()["panels"] if p["title"].startswith("Range test"))
+    assert panel["type"] == "xychart"
+    assert panel["targets"][0]["expr"].startswith("finetune_range_test_loss{")
+    assert panel["targets"][0]["format"] == "table" and panel["targets"][0]["instant"]
+    conversion = panel["transformations"][0]
+    assert conversion["id"] == "convertFieldType"
+    assert conversion["options"]["conversions"] == [
+        {"targetField": "learning_rate", "destinationType": "number"}
+    ]
+    assert panel["options"]["series"][0]["x"]["matcher"]["options"] == "learning_rate"
+
+
+def test_grafana_variables_become_plain_promql():
+    assert (
+        dashboards.as_promql('rate(x{name=~"$job"}[$__rate_interval])', {"job": "a"})
+        == 'rate(x{name=~"a"}[1m])'
+    )
+    assert dashboards.as_promql('label_values(x{kind="A"}, namespace)') == 'x{kind="A"}'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# values.yaml and its schema
+
+
+def _schema() -> dict:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+def _walk(node: dict, path: str = ""):
+    yield path, node
+    for key, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+
+
+def test_schema_is_strict_everywhere():
+    loose = [
+        p or "<root>"
+        for p, n in _walk(_schema())
+        if "properties" in n and n.get("additionalProperties") is not False
+    ]
+    assert not loose, f"objects without additionalProperties: false: {loose}"
+
+
+@pytest.mark.parametrize(
+    "values_file",
+    [*sorted((CHART / "ci").glob("*-values.yaml")), CHART / "values.yaml"],
+    ids=lambda p: p.name,
+)
+def test_values_files_obey_the_schema(values_file):
+    defaults = _load_yaml(CHART / "values.yaml")
+    merged = _deep_merge(defaults, _load_yaml(values_file) or {})
+    jsonschema.validate(merged, _schema())
+
+
+def test_ci_values_cover_default_namespaced_and_monitoring():
+    assert {p.name for p in (CHART / "ci").glob("*-values.yaml")} >= {
+        "default-values.yaml",
+        "namespaced-values.yaml",
+        "monitoring-values.yaml",
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "does not match"),
+        ({"operator": {"pollIntervall": 5}}, "Additional properties"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "is not one of"),
+    ],
+)
+def test_schema_rejects_bad_values(override, message):
+    merged = _deep_merge(_load_yaml(CHART / "values.yaml"), override)
+    with pytest.raises(jsonschema.ValidationError, match=message):
+        jsonschema.validate(merged, _schema())
+
+
+def test_every_value_in_values_yaml_has_a_comment():
+    schema = _schema()
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [key]
+        stack.append((indent, key))
+        node = schema
+        for part in path:  # only keys the schema declares; free-form objects (resources, ...) are Kubernetes'
+            node = node.get("properties", {}).get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is None:
+            continue
+        previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        if not previous.startswith("#"):
+            undocumented.append(".".join(path))
+        assert node.get("description") or node.get("properties"), f"schema has no description for {path}"
+    assert not undocumented, f"values without a comment: {undocumented}"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (
+            _deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
