@@ -1,0 +1,238 @@
+"""Datasets: read (local files or a hub name), check, split, subset and tokenise.
+
+Everything here raises :class:`ConfigError` naming the ``dataset.*`` field at fault, and writes nothing
+but the ``datasets`` cache, so it can run before any output exists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import DatasetSpec, TrainerConfig
+from finetune_trainer.exitcodes import ConfigError
+
+FORMAT_BY_SUFFIX = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+}
+
+
+@dataclass
+class PreparedData:
+    """Tokenised splits ready for a ``Trainer``."""
+
+    train: Any
+    """Training split (a ``datasets.Dataset`` of model inputs)."""
+    eval: Any | None
+    """Validation split, or ``None`` when nothing is held out."""
+    collator: Any
+    """Batches examples (pads; builds causal-LM labels)."""
+    num_labels: int | None = None
+    label_names: list[str] | None = None
+    tokens_per_example: int | None = None
+    """Exact tokens per training example when every example has the same length (packing)."""
+    columns: list[str] = field(default_factory=list)
+
+
+def file_format(spec: DatasetSpec) -> str:
+    """The ``datasets`` builder for the spec's files (``auto`` → by the first file's extension)."""
+    if spec.format != "auto":
+        return spec.format
+    assert spec.files
+    suffix = Path(spec.files[0]).suffix.lower()
+    if suffix not in FORMAT_BY_SUFFIX:
+        raise ConfigError(
+            "dataset.format",
+            f"cannot tell the format of {spec.files[0]!r} from its extension",
+            f"set dataset.format to one of json, csv, parquet, text",
+        )
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+def check_files(spec: DatasetSpec) -> None:
+    """Every local file exists and is readable."""
+    for i, name in enumerate(spec.files or []):
+        path = Path(name)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            problem = "does not exist" if not path.exists() else "is not a readable file"
+            raise ConfigError(f"dataset.files[{i}]", f"{name!r} {problem}", "point it at a readable data file")
+
+
+def load_raw(spec: DatasetSpec) -> tuple[Any, Any | None]:
+    """(train split, validation split or ``None``) as read, before any subsetting or tokenising."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if spec.files:
+        check_files(spec)
+        builder = file_format(spec)
+        kwargs: dict[str, Any] = {"delimiter": "\t"} if builder == "csv" and spec.files[0].endswith(".tsv") else {}
+        try:
+            train = datasets.load_dataset(builder, data_files=list(spec.files), split="train", **kwargs)
+        except Exception as exc:  # the library raises many types for unreadable data
+            raise ConfigError(
+                "dataset.files",
+                f"cannot read {', '.join(spec.files)} as {builder}: {_first_line(exc)}",
+                "check the file contents or set dataset.format",
+            ) from exc
+        if spec.validation_split:
+            raise ConfigError(
+                "dataset.validationSplit",
+                "local files have a single split",
+                "remove validationSplit and use validationFraction",
+            )
+        return train, None
+    assert spec.name
+    try:
+        train = datasets.load_dataset(spec.name, split=spec.split)
+        val = datasets.load_dataset(spec.name, split=spec.validation_split) if spec.validation_split else None
+    except Exception as exc:
+        raise ConfigError(
+            "dataset.name",
+            f"cannot load {spec.name!r} (split {spec.split!r}): {_first_line(exc)}",
+            "check the dataset name, its splits, and network access to the hub",
+        ) from exc
+    return train, val
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def check_columns(dataset: Any, spec: DatasetSpec, task: str) -> None:
+    """The text (and, for classification, label) columns exist."""
+    columns = list(dataset.column_names)
+    if spec.text_field not in columns:
+        raise ConfigError(
+            "dataset.textField",
+            f"column {spec.text_field!r} not found (columns: {', '.join(columns)})",
+            "set dataset.textField to the column holding the text",
+        )
+    if task == "sequence-classification":
+        if spec.label_field is None:
+            raise ConfigError("dataset.labelField", "is required for sequence-classification", "set it")
+        if spec.label_field not in columns:
+            raise ConfigError(
+                "dataset.labelField",
+                f"column {spec.label_field!r} not found (columns: {', '.join(columns)})",
+                "set dataset.labelField to the column holding the class label",
+            )
+
+
+def label_mapping(values: Iterable[Any], num_labels: int | None) -> tuple[dict[Any, int], list[str]]:
+    """Label value → id. Strings are sorted and numbered; integers are their own ids."""
+    distinct = set(values)
+    if all(isinstance(v, bool) or isinstance(v, int) for v in distinct):
+        ints = sorted(int(v) for v in distinct)
+        if ints and ints[0] < 0:
+            raise ConfigError("dataset.labelField", f"integer labels must be ≥ 0, found {ints[0]}", "renumber them")
+        count = max(num_labels or 0, (ints[-1] + 1) if ints else 0)
+        return {v: int(v) for v in distinct}, [str(i) for i in range(count)]
+    names = sorted(str(v) for v in distinct)
+    if num_labels is not None and len(names) > num_labels:
+        raise ConfigError(
+            "model.numLabels",
+            f"is {num_labels} but the data has {len(names)} distinct labels",
+            "raise model.numLabels or leave it unset",
+        )
+    return {v: names.index(str(v)) for v in distinct}, names
+
+
+def split_and_subset(train: Any, val: Any | None, cfg: TrainerConfig) -> tuple[Any, Any | None]:
+    """Hold out validation (when no validation split), then take the seeded ``maxSamples`` subset."""
+    spec = cfg.dataset
+    if val is None and spec.validation_fraction > 0 and len(train) >= 2:
+        parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
+        train, val = parts["train"], parts["test"]
+    if spec.max_samples is not None and spec.max_samples < len(train):
+        train = train.shuffle(seed=spec.seed).select(range(spec.max_samples))
+    limit = cfg.evaluation.max_samples
+    if val is not None and limit is not None and limit < len(val):
+        val = val.shuffle(seed=spec.seed).select(range(limit))
+    return train, val
+
+
+def _tokenize_causal(dataset: Any, tokenizer: Any, spec: DatasetSpec, max_len: int) -> Any:
+    text = spec.text_field
+    eos = tokenizer.eos_token_id
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        out = tokenizer([str(t) for t in batch[text]], truncation=not spec.packing, max_length=max_len)
+        if spec.packing and eos is not None:
+            out["input_ids"] = [ids if ids and ids[-1] == eos else [*ids, eos] for ids in out["input_ids"]]
+        return {"input_ids": out["input_ids"]}
+
+    tokenized = dataset.map(encode, batched=True, remove_columns=list(dataset.column_names))
+    if not spec.packing:
+        return tokenized
+
+    def pack(batch: dict[str, list[list[int]]]) -> dict[str, Any]:
+        flat = [tok for ids in batch["input_ids"] for tok in ids]
+        usable = (len(flat) // max_len) * max_len
+        blocks = [flat[i : i + max_len] for i in range(0, usable, max_len)]
+        return {"input_ids": blocks, "attention_mask": [[1] * max_len for _ in blocks], "labels": blocks}
+
+    # One map batch over everything keeps the packing deterministic and loses at most one partial block.
+    return tokenized.map(pack, batched=True, batch_size=max(1, len(tokenized)), remove_columns=["input_ids"])
+
+
+def _tokenize_classification(
+    dataset: Any, tokenizer: Any, spec: DatasetSpec, max_len: int, mapping: dict[Any, int]
+) -> Any:
+    text, label = spec.text_field, spec.label_field
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        out = tokenizer([str(t) for t in batch[text]], truncation=True, max_length=max_len)
+        return {
+            "input_ids": out["input_ids"],
+            "attention_mask": out["attention_mask"],
+            "labels": [mapping[v] for v in batch[label]],
+        }
+
+    return dataset.map(encode, batched=True, remove_columns=list(dataset.column_names))
+
+
+def prepare(cfg: TrainerConfig, tokenizer: Any) -> PreparedData:
+    """Read, check, split, subset and tokenise the configured dataset."""
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+
+    spec, task, max_len = cfg.dataset, cfg.model.task, cfg.optimization.max_seq_length
+    train_raw, val_raw = load_raw(spec)
+    if len(train_raw) == 0:
+        raise ConfigError("dataset", "the training split is empty", "point dataset.files/name at data with rows")
+    check_columns(train_raw, spec, task)
+    if val_raw is not None:
+        check_columns(val_raw, spec, task)
+    train_raw, val_raw = split_and_subset(train_raw, val_raw, cfg)
+
+    if task == "sequence-classification":
+        values = list(train_raw[spec.label_field]) + (list(val_raw[spec.label_field]) if val_raw is not None else [])
+        if any(v is None for v in values):
+            raise ConfigError("dataset.labelField", "some rows have no label", "fill or drop unlabelled rows")
+        mapping, names = label_mapping(values, cfg.model.num_labels)
+        train = _tokenize_classification(train_raw, tokenizer, spec, max_len, mapping)
+        val = _tokenize_classification(val_raw, tokenizer, spec, max_len, mapping) if val_raw is not None else None
+        collator = DataCollatorWithPadding(tokenizer)
+        return PreparedData(train, val, collator, num_labels=cfg.model.num_labels or len(names), label_names=names)
+
+    train = _tokenize_causal(train_raw, tokenizer, spec, max_len)
+    val = _tokenize_causal(val_raw, tokenizer, spec, max_len) if val_raw is not None else None
+    if val is not None and len(val) == 0:
+        val = None
+    if spec.packing:
+        from transformers import default_data_collator
+
+        collator = default_data_collator
+    else:
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    return PreparedData(train, val, collator, tokens_per_example=max_len if spec.packing else None)

@@ -1,0 +1,89 @@
+"""Prometheus metrics of one trainer process: what the operator polls for live progress.
+
+Gauges on a private ``CollectorRegistry`` (no process/platform collectors, nothing global), served on
+``--metrics-address`` (default: env ``POD_IP``, else ``0.0.0.0``) and ``--metrics-port`` (default 9400;
+0 turns the server off). Names carry the ``finetune_trainer_`` prefix and base units.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
+
+DEFAULT_PORT = 9400
+PHASES = ("loading", "range_test", "training", "evaluating", "saving", "done", "failed")
+"""Values of the ``phase`` label of ``finetune_trainer_phase`` (1 for the current phase, 0 otherwise)."""
+
+
+def default_address() -> str:
+    """The bind address: ``POD_IP`` when the pod sets it (downward API), else every interface."""
+    return os.environ.get("POD_IP") or "0.0.0.0"
+
+
+@dataclass
+class TrainerMetrics:
+    """The trainer's gauges. ``command`` labels every series (``range-test``, ``train``, ``trial``)."""
+
+    registry: CollectorRegistry
+    step: Gauge
+    total_steps: Gauge
+    learning_rate: Gauge
+    loss: Gauge
+    smoothed_loss: Gauge
+    eval_loss: Gauge
+    samples_per_second: Gauge
+    tokens_per_second: Gauge
+    epoch: Gauge
+    phase: Gauge
+    command: str
+    server: Any = None
+
+    @classmethod
+    def create(cls, command: str) -> TrainerMetrics:
+        registry = CollectorRegistry(auto_describe=True)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("command",)) -> Gauge:
+            return Gauge(f"finetune_trainer_{name}", doc, labels, registry=registry)
+
+        return cls(
+            registry=registry,
+            step=gauge("step", "Optimizer steps completed."),
+            total_steps=gauge("total_steps", "Optimizer steps planned for this run."),
+            learning_rate=gauge("learning_rate", "Learning rate of the latest optimizer step."),
+            loss=gauge("loss", "Training loss of the latest logged step."),
+            smoothed_loss=gauge("smoothed_loss", "Bias-corrected EMA of the training (range test) loss."),
+            eval_loss=gauge("eval_loss", "Latest validation loss."),
+            samples_per_second=gauge("samples_per_second", "Training examples processed per second."),
+            tokens_per_second=gauge("tokens_per_second", "Training tokens processed per second (causal LM)."),
+            epoch=gauge("epoch", "Epochs completed (fractional)."),
+            phase=gauge("phase", "1 for the trainer's current phase, 0 for the others.", ("command", "phase")),
+            command=command,
+        )
+
+    def serve(self, port: int = DEFAULT_PORT, address: str | None = None) -> None:
+        """Start the HTTP server in a daemon thread (``port`` 0: no server)."""
+        if port:
+            self.server = start_http_server(port, addr=address or default_address(), registry=self.registry)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            server, _thread = self.server
+            server.shutdown()
+            self.server = None
+
+    def set(self, **values: float | None) -> None:
+        """Set gauges by field name (``None`` values are skipped)."""
+        for name, value in values.items():
+            if value is not None:
+                getattr(self, name).labels(self.command).set(float(value))
+
+    def set_phase(self, phase: str) -> None:
+        for p in PHASES:
+            self.phase.labels(self.command, p).set(1.0 if p == phase else 0.0)
+
+    def exposition(self) -> bytes:
+        """The text exposition (what a scrape returns)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,154 @@
+"""Where results go: JSON-lines progress on stdout, the compact result file, the full result on disk.
+
+* stdout carries only JSON lines (``{"event": ..., ...}``); library chatter is sent to stderr.
+* ``--result-file`` (default ``/dev/termination-log`` when it exists and is writable) gets the result as
+  compact JSON, always ≤ 4096 bytes: floats rounded to 4 significant digits, the curve downsampled to
+  ≤ 100 points, and shrunk further if it still does not fit.
+* The output directory gets ``result.json`` (the same model, curve ≤ 200 points), ``curve.csv`` (every
+  point) and ``curve.png`` for a range test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from finetune_trainer.config import CurvePoint, RangeTestResult, Spec
+
+TERMINATION_LOG = "/dev/termination-log"
+RESULT_LIMIT = 4096
+TERMINATION_CURVE_POINTS = 100
+FULL_CURVE_POINTS = 200
+
+
+def default_result_file() -> str | None:
+    """``/dev/termination-log`` when it exists and is writable (a Kubernetes container), else ``None``."""
+    path = Path(TERMINATION_LOG)
+    if path.exists() and os.access(path, os.W_OK):
+        return str(path)
+    return None
+
+
+def round_sig(value: Any, digits: int = 4) -> Any:
+    """Round floats (recursively, in dicts and lists) to ``digits`` significant digits."""
+    if isinstance(value, float):
+        if value == 0.0 or not math.isfinite(value):
+            return value
+        return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+    if isinstance(value, dict):
+        return {k: round_sig(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [round_sig(v, digits) for v in value]
+    return value
+
+
+def downsample_indices(n: int, limit: int) -> list[int]:
+    """At most ``limit`` indices of ``range(n)``, evenly spread, first and last included."""
+    if n <= limit:
+        return list(range(n))
+    if limit <= 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
+
+
+def downsample(points: Sequence[CurvePoint], limit: int) -> list[CurvePoint]:
+    return [points[i] for i in downsample_indices(len(points), limit)]
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _finite(data: Any) -> Any:
+    """NaN/inf are not JSON: replace them with ``None``."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data
+
+
+def compact_json(result: Spec, limit: int = RESULT_LIMIT) -> str:
+    """The result as compact JSON of at most ``limit`` bytes (curve thinned and warnings cut as needed)."""
+    if isinstance(result, RangeTestResult):
+        result = result.model_copy(update={"curve": downsample(result.curve, TERMINATION_CURVE_POINTS)})
+    data = round_sig(_finite(result.to_wire()))
+    text = _dumps(data)
+    while len(text.encode()) > limit:
+        curve = data.get("curve") or []
+        warnings = data.get("warnings") or []
+        if len(curve) > 10:
+            data["curve"] = [curve[i] for i in downsample_indices(len(curve), len(curve) * 2 // 3)]
+        elif warnings:
+            data["warnings"] = [w[:120] for w in warnings[: len(warnings) // 2]]
+        elif curve:
+            data["curve"] = []
+        else:  # nothing left to cut: keep the valid-JSON promise with the essentials
+            data = {k: v for k, v in data.items() if not isinstance(v, list | dict)}
+            text = _dumps(data)[:limit]
+            break
+        text = _dumps(data)
+    return text
+
+
+def write_result_file(path: str | None, result: Spec) -> None:
+    """Write the compact result to ``path`` (no-op for ``None``)."""
+    if not path:
+        return
+    text = compact_json(result)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+class Progress:
+    """JSON-lines progress on the real stdout; everything else that prints goes to stderr."""
+
+    def __init__(self, stream: IO[str] | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.started = time.monotonic()
+
+    @classmethod
+    def take_stdout(cls, enabled: bool = True) -> Progress:
+        """Own stdout for JSON lines and point ``sys.stdout`` at stderr, so stray prints cannot corrupt it."""
+        progress = cls(sys.stdout, enabled)
+        sys.stdout = sys.stderr
+        return progress
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"event": event, "t": round(time.monotonic() - self.started, 3)}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        self.stream.write(_dumps(round_sig(_finite(record), 6)) + "\n")
+        self.stream.flush()
+
+
+def write_outputs(
+    output_dir: str | Path,
+    result: Spec,
+    raw_curve: Sequence[dict[str, float]] | None = None,
+) -> Path:
+    """``result.json`` (+ ``curve.csv`` and ``curve.png`` for a range test) in ``output_dir``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, RangeTestResult):
+        result = result.model_copy(update={"curve": downsample(result.curve, FULL_CURVE_POINTS)})
+    (out / "result.json").write_text(json.dumps(_finite(result.to_wire()), indent=2) + "\n")
+    if raw_curve:
+        keys = list(raw_curve[0])
+        lines = [",".join(keys)] + [",".join(repr(row[k]) for k in keys) for row in raw_curve]
+        (out / "curve.csv").write_text("\n".join(lines) + "\n")
+    if isinstance(result, RangeTestResult):
+        from finetune_trainer.plot import plot_range_test
+
+        plot_range_test(result, out / "curve.png", raw_curve)
+    return out / "result.json"

@@ -1,0 +1,78 @@
+"""Process-level facts and plumbing: distributed rank, termination signals.
+
+A SIGTERM/SIGINT sets a flag; the training loop checks it after each optimizer step (saving a checkpoint
+when it trains) and stops, and the CLI exits with ``INTERRUPTED``. Outside the loop (loading, tokenising)
+the signal raises :class:`Interrupted` at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+from finetune_trainer.exitcodes import Interrupted
+
+
+def world_size() -> int:
+    """Processes in the job (``torchrun`` sets ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 writes progress, results and serves metrics; the other ranks only train."""
+    return rank() == 0
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT. ``in_loop`` defers the stop to the training loop's next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_loop = False
+        self._lock = threading.Lock()
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        with self._lock:
+            self.signum = signum
+        if not self.in_loop:
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} before training started")
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.handle)
+            signal.signal(signal.SIGINT, self.handle)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal arrived."""
+        if self.signum is not None:
+            raise Interrupted(f"stopped by {signal.Signals(self.signum).name}")
+
+
+STOP = StopFlag()
+
+
+def configure_cpu_threads() -> int | None:
+    """On a CPU-only machine use one intra-op thread unless ``OMP_NUM_THREADS`` says otherwise.
+
+    Tiny CPU models gain nothing from threads and lose a lot when the cores are shared: measured on this
+    project's 2-core CI machine under load, a 2-layer GPT-2 step took 0.88 s with 2 threads, 0.023 s with 1.
+    Returns the thread count set, or ``None`` when left alone (a GPU is present or the env decides).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    torch.set_num_threads(1)
+    return 1

@@ -1,0 +1,514 @@
+"""Fine-tuning on Hugging Face ``Trainer``: the run plan, the ``Trainer`` it builds, ``train`` and ``trial``.
+
+:func:`prepare_run` checks everything a run needs (model source, hardware, data, batch and warmup against
+the run's length) before anything is written; :func:`build_trainer` plugs our schedules into ``Trainer``
+through :meth:`FineTuneTrainer.create_scheduler`; :func:`run_train` resumes from the newest checkpoint in
+the output directory automatically (that is how a retried pod continues).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import TrainerConfig, TrainResult, TrialResult
+from finetune_trainer.data import PreparedData, prepare
+from finetune_trainer.exitcodes import ConfigError, DivergedError
+from finetune_trainer.metrics import TrainerMetrics
+from finetune_trainer.modeling import (
+    check_hardware,
+    check_model_source,
+    cuda_available,
+    load_model,
+    load_tokenizer,
+    parameter_counts,
+    resolve_precision,
+)
+from finetune_trainer.report import Progress
+from finetune_trainer.runtime import STOP, world_size
+from finetune_trainer.schedules import build_scheduler, plan_from_spec, warmup_steps_for
+
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
+
+
+@dataclass
+class RunPlan:
+    """A checked run: data tokenised, lengths resolved. Nothing has been written yet."""
+
+    cfg: TrainerConfig
+    command: str
+    learning_rate: float
+    tokenizer: Any
+    data: PreparedData
+    precision: str
+    world_size: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.cfg.optimization.effective_batch_size(self.world_size)
+
+
+def steps_per_epoch(examples: int, batch_size: int, world: int, accumulation: int) -> int:
+    """Optimizer updates per epoch, as ``Trainer`` counts them."""
+    batches = math.ceil(examples / (batch_size * world))
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -> RunPlan:
+    """Validate fully and tokenise; raises :class:`ConfigError` naming the field at fault."""
+    check_model_source(cfg.model)
+    check_hardware(cfg)
+    if command in ("train", "trial") and learning_rate is None:
+        raise ConfigError(
+            "learningRate", f"{command} needs a learning rate", "set learningRate in the config or --learning-rate"
+        )
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare(cfg, tokenizer)
+    opt = cfg.optimization
+    world = world_size()
+    if len(data.train) < opt.batch_size * world:
+        unit = "blocks of maxSeqLength tokens" if cfg.model.task == "causal-lm" and cfg.dataset.packing else "examples"
+        raise ConfigError(
+            "optimization.batchSize",
+            f"{opt.batch_size} per device × {world} processes is more than the {len(data.train)} training {unit}",
+            "lower optimization.batchSize (or maxSeqLength), or add data",
+        )
+    per_epoch = steps_per_epoch(len(data.train), opt.batch_size, world, opt.gradient_accumulation_steps)
+    if command == "range-test":
+        total, warmup = cfg.range_test.steps, 0
+        if cfg.range_test.use_validation_loss and data.eval is None:
+            raise ConfigError(
+                "rangeTest.useValidationLoss",
+                "there is no validation data",
+                "set dataset.validationFraction above 0 or dataset.validationSplit",
+            )
+    else:
+        total = opt.max_steps or max(1, math.ceil(opt.epochs * per_epoch))
+        warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio)
+        if warmup >= total:
+            raise ConfigError(
+                "schedule.warmupSteps",
+                f"warmup of {warmup} steps is not shorter than training ({total} steps)",
+                "lower schedule.warmupSteps (or use warmupRatio), or train longer",
+            )
+    if cfg.early_stopping.enabled and data.eval is None and command != "range-test":
+        raise ConfigError(
+            "earlyStopping.enabled", "needs validation data", "set dataset.validationFraction above 0"
+        )
+    return RunPlan(
+        cfg=cfg,
+        command=command,
+        learning_rate=learning_rate if learning_rate is not None else cfg.range_test.max_learning_rate,
+        tokenizer=tokenizer,
+        data=data,
+        precision=resolve_precision(cfg),
+        world_size=world,
+        steps_per_epoch=per_epoch,
+        total_steps=total,
+        warmup_steps=warmup,
+    )
+
+
+# --- Trainer ----------------------------------------------------------------------------------------------
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class FineTuneTrainer(Trainer):
+        """``Trainer`` whose LR schedule comes from :mod:`finetune_trainer.schedules`."""
+
+        def __init__(self, *args: Any, schedule_factory: Callable[[Any, int], Any], **kwargs: Any) -> None:
+            self._schedule_factory = schedule_factory
+            super().__init__(*args, **kwargs)
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                self.lr_scheduler = self._schedule_factory(optimizer or self.optimizer, num_training_steps)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return FineTuneTrainer
+
+
+def training_arguments(
+    plan: RunPlan,
+    output_dir: str | Path,
+    *,
+    max_steps: int | None,
+    evaluate: bool,
+    save: bool,
+    logging_steps: int = 1,
+) -> Any:
+    from transformers import TrainingArguments
+
+    cfg, opt = plan.cfg, plan.cfg.optimization
+    cpu = not cuda_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=opt.batch_size,
+        per_device_eval_batch_size=opt.batch_size,
+        gradient_accumulation_steps=opt.gradient_accumulation_steps,
+        learning_rate=plan.learning_rate,
+        weight_decay=opt.weight_decay,
+        max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
+        num_train_epochs=opt.epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        optim=OPTIMIZERS[opt.optimizer],
+        optim_args=f"momentum={opt.momentum}" if opt.optimizer == "sgd" else None,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must reach us, not be averaged away
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.evaluation.every_steps if evaluate else None,
+        metric_for_best_model="eval_loss" if evaluate else None,
+        greater_is_better=False if evaluate else None,
+        save_strategy="steps" if save else "no",
+        save_steps=cfg.checkpoints.every_steps,
+        save_total_limit=cfg.checkpoints.keep,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
+        ddp_find_unused_parameters=False if plan.world_size > 1 else None,
+        seed=opt.seed,
+        data_seed=cfg.dataset.seed,
+        report_to="none",
+        disable_tqdm=True,
+        log_level="warning",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def build_trainer(
+    plan: RunPlan,
+    model: Any,
+    args: Any,
+    schedule_factory: Callable[[Any, int], Any],
+    callbacks: list[Any],
+) -> Any:
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        data_collator=plan.data.collator,
+        train_dataset=plan.data.train,
+        eval_dataset=plan.data.eval if args.eval_strategy != "no" else None,
+        processing_class=plan.tokenizer,
+        callbacks=callbacks,
+        schedule_factory=schedule_factory,
+    )
+    trainer.remove_callback(PrinterCallback)  # stdout is ours (JSON lines)
+    return trainer
+
+
+def fine_tune_schedule(plan: RunPlan) -> Callable[[Any, int], Any]:
+    """The configured warmup/decay, resolved against the step count ``Trainer`` computes."""
+
+    def factory(optimizer: Any, num_training_steps: int) -> Any:
+        spec_plan = plan_from_spec(plan.cfg.schedule, num_training_steps)
+        return build_scheduler(optimizer, spec_plan)
+
+    return factory
+
+
+# --- callbacks --------------------------------------------------------------------------------------------
+
+
+def _callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+@dataclass
+class RunLog:
+    """What the callbacks saw: losses, evaluations, why the run stopped."""
+
+    losses: list[float] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    diverged: str | None = None
+    early_stopped: bool = False
+    interrupted: bool = False
+
+
+def make_callbacks(
+    plan: RunPlan,
+    progress: Progress,
+    metrics: TrainerMetrics | None,
+    log: RunLog,
+    *,
+    save_on_signal: bool,
+    explode_factor: float | None = None,
+) -> list[Any]:
+    """Progress/metrics reporting, NaN (and optionally explosion) detection, signal stop, early stopping."""
+    base = _callback_base()
+    cfg = plan.cfg
+    tokens = plan.data.tokens_per_example
+
+    class Report(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.last_time = time.monotonic()
+            self.last_step = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.last_time, self.last_step = time.monotonic(), state.global_step
+            if metrics:
+                metrics.set(total_steps=state.max_steps)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            loss = float(logs["loss"])
+            now = time.monotonic()
+            steps = state.global_step - self.last_step
+            sps = steps * plan.effective_batch_size / (now - self.last_time) if steps > 0 and now > self.last_time else None
+            self.last_time, self.last_step = now, state.global_step
+            log.losses.append(loss)
+            progress.emit(
+                "step",
+                step=state.global_step,
+                totalSteps=state.max_steps,
+                loss=loss,
+                learningRate=logs.get("learning_rate"),
+                epoch=logs.get("epoch"),
+                gradNorm=logs.get("grad_norm"),
+                samplesPerSecond=sps,
+            )
+            if metrics:
+                metrics.set(
+                    step=state.global_step,
+                    loss=loss if math.isfinite(loss) else None,
+                    learning_rate=logs.get("learning_rate"),
+                    epoch=logs.get("epoch"),
+                    samples_per_second=sps,
+                    tokens_per_second=sps * tokens if sps is not None and tokens else None,
+                )
+            if not math.isfinite(loss):
+                log.diverged = f"training loss became {loss} at step {state.global_step}"
+            elif explode_factor and log.losses and loss > explode_factor * log.losses[0]:
+                log.diverged = f"training loss {loss:.4g} exceeded {explode_factor}× its start ({log.losses[0]:.4g})"
+            if log.diverged:
+                control.should_training_stop = True
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any) -> None:
+            value = (metrics or {}).get("eval_loss")
+            if value is None:
+                return
+            log.evals.append((state.global_step, float(value)))
+            progress.emit("eval", step=state.global_step, evalLoss=float(value))
+            if metrics_ref:
+                metrics_ref.set(eval_loss=value)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            progress.emit("checkpoint", step=state.global_step, path=f"checkpoint-{state.global_step}")
+
+    metrics_ref = metrics
+
+    class StopOnSignal(base):  # type: ignore[misc, valid-type]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if STOP.requested:
+                log.interrupted = True
+                control.should_save = save_on_signal
+                control.should_training_stop = True
+
+    class EarlyStop(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.best = math.inf
+            self.bad = 0
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any) -> None:
+            value = (metrics or {}).get("eval_loss")
+            if value is None:
+                return
+            if value < self.best - cfg.early_stopping.min_delta:
+                self.best, self.bad = value, 0
+                return
+            self.bad += 1
+            if self.bad >= cfg.early_stopping.patience:
+                log.early_stopped = True
+                progress.emit("earlyStop", step=state.global_step, bestEvalLoss=self.best)
+                control.should_training_stop = True
+
+    callbacks: list[Any] = [Report(), StopOnSignal()]
+    if cfg.early_stopping.enabled:
+        callbacks.append(EarlyStop())
+    return callbacks
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(output_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(output_dir)
+    return get_last_checkpoint(str(path)) if path.is_dir() else None
+
+
+def _final_eval(trainer: Any, log: RunLog, step: int) -> float | None:
+    if trainer.eval_dataset is None:
+        return None
+    if log.evals and log.evals[-1][0] == step:
+        return log.evals[-1][1]  # just evaluated at this step: no duplicate work
+    value = trainer.evaluate().get("eval_loss")
+    return None if value is None else float(value)
+
+
+def run_train(
+    cfg: TrainerConfig,
+    learning_rate: float | None,
+    progress: Progress,
+    metrics: TrainerMetrics | None,
+    *,
+    main_process: bool = True,
+) -> TrainResult:
+    """Fine-tune with warmup/decay; resume from the newest checkpoint in ``cfg.output_dir`` if there is one."""
+    started = time.monotonic()
+    if metrics:
+        metrics.set_phase("loading")
+    plan = prepare_run(cfg, "train", learning_rate if learning_rate is not None else cfg.learning_rate)
+    model = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
+    trainable, total = parameter_counts(model)
+    out = Path(cfg.output_dir)
+    resume = latest_checkpoint(out)
+    resumed_step = int(Path(resume).name.split("-")[-1]) if resume else None
+    progress.emit(
+        "start",
+        command="train",
+        learningRate=plan.learning_rate,
+        totalSteps=plan.total_steps,
+        warmupSteps=plan.warmup_steps,
+        effectiveBatchSize=plan.effective_batch_size,
+        trainExamples=len(plan.data.train),
+        evalExamples=len(plan.data.eval) if plan.data.eval is not None else 0,
+        trainableParameters=trainable,
+        parameters=total,
+        precision=plan.precision,
+        resumeFrom=resume and Path(resume).name,
+    )
+    log = RunLog()
+    evaluate = plan.data.eval is not None
+    args = training_arguments(
+        plan,
+        out,
+        max_steps=cfg.optimization.max_steps,
+        evaluate=evaluate,
+        save=True,
+        logging_steps=max(1, min(10, plan.total_steps // 200)),
+    )
+    callbacks = make_callbacks(plan, progress, metrics, log, save_on_signal=True)
+    trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), callbacks)
+    if metrics:
+        metrics.set_phase("training")
+        metrics.set(total_steps=plan.total_steps)
+    STOP.in_loop = True
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        STOP.in_loop = False
+    state = trainer.state
+    if log.interrupted:
+        STOP.check()
+    if log.diverged:
+        raise DivergedError(f"{log.diverged}: lower the learning rate ({plan.learning_rate:g})")
+    if metrics:
+        metrics.set_phase("evaluating")
+    eval_loss = _final_eval(trainer, log, state.global_step)
+    if metrics:
+        metrics.set(eval_loss=eval_loss)
+        metrics.set_phase("saving")
+    if cfg.checkpoints.save_final_model:
+        trainer.save_model(str(out / "final"))
+        if main_process:
+            plan.tokenizer.save_pretrained(str(out / "final"))
+    evals = [v for _, v in log.evals] + ([eval_loss] if eval_loss is not None else [])
+    best_ckpt = state.best_model_checkpoint
+    return TrainResult(
+        learning_rate=plan.learning_rate,
+        steps=state.global_step,
+        total_steps=state.max_steps,
+        epochs=round(float(state.epoch or 0.0), 4),
+        train_loss=float(output.training_loss) if output.training_loss is not None else None,
+        eval_loss=eval_loss,
+        best_eval_loss=min(evals) if evals else None,
+        best_checkpoint=str(Path(best_ckpt).relative_to(out)) if best_ckpt and Path(best_ckpt).exists() else None,
+        early_stopped=log.early_stopped,
+        resumed_from_step=resumed_step,
+        runtime_seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def run_trial(
+    cfg: TrainerConfig,
+    learning_rate: float,
+    progress: Progress,
+    metrics: TrainerMetrics | None,
+    scratch_dir: str | Path,
+) -> TrialResult:
+    """A short fine-tune at one LR (no checkpoints) reporting the final validation loss."""
+    if metrics:
+        metrics.set_phase("loading")
+    plan = prepare_run(cfg, "trial", learning_rate)
+    if plan.data.eval is None:
+        raise ConfigError("dataset.validationFraction", "a trial needs validation data", "set it above 0")
+    model = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
+    progress.emit(
+        "start",
+        command="trial",
+        learningRate=plan.learning_rate,
+        totalSteps=plan.total_steps,
+        effectiveBatchSize=plan.effective_batch_size,
+    )
+    log = RunLog()
+    args = training_arguments(
+        plan,
+        scratch_dir,
+        max_steps=cfg.optimization.max_steps,
+        evaluate=True,
+        save=False,
+        logging_steps=1,
+    )
+    callbacks = make_callbacks(
+        plan, progress, metrics, log, save_on_signal=False, explode_factor=cfg.range_test.divergence_factor
+    )
+    trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), callbacks)
+    if metrics:
+        metrics.set_phase("training")
+    STOP.in_loop = True
+    try:
+        trainer.train()
+    finally:
+        STOP.in_loop = False
+    if log.interrupted:
+        STOP.check()
+    step = trainer.state.global_step
+    tail = [x for x in log.losses[-10:] if math.isfinite(x)]
+    if log.diverged:
+        return TrialResult(
+            learning_rate=plan.learning_rate,
+            steps=step,
+            diverged=True,
+            train_loss=sum(tail) / len(tail) if tail else None,
+            effective_batch_size=plan.effective_batch_size,
+        )
+    eval_loss = _final_eval(trainer, log, step)
+    diverged = eval_loss is None or not math.isfinite(eval_loss)
+    return TrialResult(
+        learning_rate=plan.learning_rate,
+        eval_loss=None if diverged else eval_loss,
+        train_loss=sum(tail) / len(tail) if tail else None,
+        steps=step,
+        diverged=diverged,
+        effective_batch_size=plan.effective_batch_size,
+    )
