@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from finetune_operator.localcluster import binaries, podspec
+from finetune_operator.localcluster import binaries, podrunner, podspec, processes
 
 GOMOD = """module k8s.io/kubernetes
 
@@ -254,3 +255,28 @@ class TestTerminationMessage:
         assert podspec.read_termination_message(missing, "FallbackToLogsOnError", 1, logfile) == "line1\nboom"
         assert podspec.read_termination_message(missing, "FallbackToLogsOnError", 0, logfile) == ""
         assert podspec.read_termination_message(missing, "File", 1, logfile) == ""
+
+
+class TestProcesses:
+    def test_kill_group_ends_the_whole_process_group(self, tmp_path: Path) -> None:
+        log = tmp_path / "log"
+        proc = processes.spawn(["sh", "-c", "sleep 60 & echo child $!; wait"], log)
+        child = int(processes.wait_for(lambda: log.read_text().split()[1:2], timeout=10, what="child pid")[0])
+        assert processes.kill_group(proc, grace=2) is not None
+        with pytest.raises(ProcessLookupError):
+            processes.wait_for(lambda: os.kill(child, 0) or None, timeout=5, what="child exit")
+
+    def test_free_ports_differ_and_tail_reads_the_end(self, tmp_path: Path) -> None:
+        assert processes.free_port() > 0
+        path = tmp_path / "log"
+        path.write_text("\n".join(str(i) for i in range(100)))
+        assert processes.tail(path, 3) == "97\n98\n99"
+        assert processes.tail(tmp_path / "missing") == ""
+
+
+def test_pod_ips_are_loopback_unique_and_not_reused_at_once() -> None:
+    pool = podrunner._IPPool()
+    first, second = pool.take(), pool.take()
+    assert (first, second) == ("127.0.0.2", "127.0.0.3")
+    pool.release(first)
+    assert pool.take() == "127.0.0.4"

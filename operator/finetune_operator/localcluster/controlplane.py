@@ -261,6 +261,9 @@ class ControlPlane:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # 1.37 refuses a loopback advertise address for the kubernetes Service's endpoints; nothing
+                # here routes Service IPs anyway, so leave that Service without endpoints.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={port}",
                 f"--cert-dir={pki('')}",
                 f"--tls-cert-file={pki('apiserver.crt')}",

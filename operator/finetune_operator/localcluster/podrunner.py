@@ -162,16 +162,20 @@ class _Pod:
 
 
 class _IPPool:
-    """127.0.x.y addresses for pods (127.0.0.1 stays the node's)."""
+    """127.0.x.y addresses for pods (127.0.0.1 stays the node's), handed out round-robin so a finished
+    pod's address (still shown in its status) is not reused soon."""
 
     def __init__(self) -> None:
-        self._free = [f"127.0.{a}.{b}" for a, b in itertools.product(range(256), range(1, 255))][1:]
+        self._all = [f"127.0.{a}.{b}" for a, b in itertools.product(range(256), range(1, 255))][1:]
+        self._next = 0
         self._used: set[str] = set()
 
     def take(self) -> str:
-        for ip in self._free:
+        for step in range(len(self._all)):
+            ip = self._all[(self._next + step) % len(self._all)]
             if ip not in self._used:
                 self._used.add(ip)
+                self._next = (self._next + step + 1) % len(self._all)
                 return ip
         raise RuntimeError("out of loopback pod IPs")
 

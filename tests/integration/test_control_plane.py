@@ -1,0 +1,414 @@
+"""The local control plane and pod runner behave like Kubernetes where the operator depends on it.
+
+Runs against the local control plane (or ``KUBECONFIG``'s cluster). Pods use a public Python image so the
+same tests pass on a real cluster; the local runner ignores the image and runs the command locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from finetune_operator.localcluster.cluster import LocalCluster, apply_crds
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "python:3.12-slim"
+LOCKED_DOWN = {
+    "runAsNonRoot": True,
+    "runAsUser": 65534,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def python_container(code: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "main",
+        "image": IMAGE,
+        "command": ["python3", "-c", code],
+        "securityContext": LOCKED_DOWN,
+        **extra,
+    }
+
+
+def message(exc: client.ApiException) -> str:
+    """The API's human-readable error message (the body is a JSON Status)."""
+    return str(json.loads(exc.body)["message"])
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    return json.loads(core.read_namespaced_pod(name, namespace, _preload_content=False).data)
+
+
+def pods_of(core: client.CoreV1Api, namespace: str, selector: str) -> list[dict[str, Any]]:
+    resp = core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+    return json.loads(resp.data)["items"]
+
+
+def test_version_is_the_built_release(kube_cluster: LocalCluster) -> None:
+    if kube_cluster.control_plane is None:
+        pytest.skip("external cluster")
+    assert kube_cluster.control_plane.version()["gitVersion"].startswith("v1.")
+    assert kube_cluster.control_plane.version()["gitVersion"] != "v0.0.0"
+
+
+WIDGET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.test.finetune.dev"},
+    "spec": {
+        "group": "test.finetune.dev",
+        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["replicas"],
+                                "properties": {"replicas": {"type": "integer", "minimum": 1}},
+                                "x-kubernetes-validations": [
+                                    {"rule": "self.replicas <= 8", "message": "at most 8 replicas"}
+                                ],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_crd_installs_and_rejects_an_invalid_object_with_the_schema_message(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    assert apply_crds(kube_api, [WIDGET_CRD]) == ["widgets.test.finetune.dev"]
+    custom = client.CustomObjectsApi(kube_api)
+
+    def widget(replicas: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "test.finetune.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": f"w{replicas}"},
+            "spec": {"replicas": replicas},
+        }
+
+    custom.create_namespaced_custom_object("test.finetune.dev", "v1", namespace, "widgets", widget(2))
+    with pytest.raises(client.ApiException) as below_minimum:
+        custom.create_namespaced_custom_object("test.finetune.dev", "v1", namespace, "widgets", widget(0))
+    assert below_minimum.value.status == 422
+    assert "spec.replicas in body should be greater than or equal to 1" in message(below_minimum.value)
+    with pytest.raises(client.ApiException) as cel:
+        custom.create_namespaced_custom_object("test.finetune.dev", "v1", namespace, "widgets", widget(9))
+    assert cel.value.status == 422
+    assert "at most 8 replicas" in message(cel.value)
+
+
+@pytest.mark.e2e
+def test_job_pod_runs_to_success_and_reports_its_termination_message(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    code = (
+        "import os, pathlib;"
+        "pathlib.Path('/scratch/note').write_text('scratch ok');"
+        "note = pathlib.Path('/scratch/note').read_text();"
+        "env = os.environ;"
+        "open('/dev/termination-log', 'w').write(f\"{note} from {env['POD_NAME']} at {env['POD_IP']}\")"
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "hello"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "volumes": [{"name": "scratch", "emptyDir": {}}],
+                    "containers": [
+                        python_container(
+                            code,
+                            volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
+                            env=[
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            ],
+                        )
+                    ],
+                }
+            },
+        },
+    }
+    batch.create_namespaced_job(namespace, job)
+    done = wait_for(
+        "the Job to complete",
+        lambda: (batch.read_namespaced_job_status("hello", namespace).status.succeeded or 0) >= 1,
+        timeout=120,
+    )
+    assert done
+    (pod,) = pods_of(core, namespace, "job-name=hello")
+    assert pod["status"]["phase"] == "Succeeded"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0
+    assert terminated["reason"] == "Completed"
+    ip = pod["status"]["podIP"]
+    assert terminated["message"] == f"scratch ok from {pod['metadata']['name']} at {ip}"
+    conditions = {
+        c["type"]: c["status"]
+        for c in batch.read_namespaced_job_status("hello", namespace).to_dict()["status"]["conditions"]
+    }
+    assert conditions.get("Complete") == "True"
+
+
+@pytest.mark.e2e
+def test_pod_sees_configmap_and_secret_as_env_and_files(kube_api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"}, "data": {"lr": "0.001"}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}
+    )
+    code = (
+        "import os;"
+        "print('hello from the pod');"
+        "lr = open('/etc/settings/lr').read();"
+        "open(os.environ['RESULT'], 'w').write(f\"{lr} {os.environ['TOKEN']} {os.environ['NS']}\")"
+    )
+    container = python_container(
+        code,
+        terminationMessagePath="/results/out",
+        env=[
+            {"name": "RESULT", "value": "/results/out"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        volumeMounts=[{"name": "settings", "mountPath": "/etc/settings", "readOnly": True}],
+    )
+    pod = {
+        "metadata": {"name": "reader"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": [{"name": "settings", "configMap": {"name": "settings"}}],
+        },
+    }
+    core.create_namespaced_pod(namespace, pod)
+    status = wait_for(
+        "the pod to finish",
+        lambda: (
+            read_pod(core, namespace, "reader")["status"]
+            if read_pod(core, namespace, "reader")["status"].get("phase") in ("Succeeded", "Failed")
+            else None
+        ),
+    )
+    assert status["phase"] == "Succeeded", status
+    assert status["containerStatuses"][0]["state"]["terminated"]["message"] == f"0.001 s3cr3t {namespace}"
+
+
+@pytest.mark.e2e
+def test_deleting_the_jobs_owner_garbage_collects_the_job_its_pods_and_their_processes(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "sleeper",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+            ],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [python_container("import time; time.sleep(600)")],
+                }
+            },
+        },
+    }
+    batch.create_namespaced_job(namespace, job)
+
+    def running_pod() -> dict[str, Any] | None:
+        pods = pods_of(core, namespace, "job-name=sleeper")
+        return pods[0] if pods and pods[0]["status"].get("phase") == "Running" else None
+
+    pod = wait_for("the Job's pod to run", running_pod, timeout=90)
+    container_id = pod["status"]["containerStatuses"][0].get("containerID", "")
+    core.delete_namespaced_config_map("owner", namespace)
+
+    def job_gone() -> bool:
+        try:
+            batch.read_namespaced_job("sleeper", namespace)
+            return False
+        except client.ApiException as exc:
+            return exc.status == 404
+
+    wait_for("the garbage collector to delete the Job", job_gone, timeout=90)
+    wait_for(
+        "the garbage collector to delete the pod",
+        lambda: not pods_of(core, namespace, "job-name=sleeper"),
+        timeout=90,
+    )
+    if container_id.startswith("local-process://"):
+        pid = int(container_id.rsplit("/", 1)[1])
+
+        def process_gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(f"process {pid} to exit", process_gone, timeout=30)
+
+
+def test_rbac_refuses_an_unprivileged_impersonated_user(kube_cluster: LocalCluster, namespace: str) -> None:
+    user = f"alice-{uuid.uuid4().hex[:6]}"
+    api = kube_cluster.api_client()
+    api.set_default_header("Impersonate-User", user)
+    try:
+        as_alice = client.CoreV1Api(api)
+        with pytest.raises(client.ApiException) as refused:
+            as_alice.list_namespaced_pod(namespace)
+        assert refused.value.status == 403
+        assert f'User "{user}" cannot list resource "pods"' in message(refused.value)
+
+        rbac = client.RbacAuthorizationV1Api(kube_cluster.api_client())
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "alice-reads-pods"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            },
+        )
+
+        def allowed() -> bool:
+            try:
+                as_alice.list_namespaced_pod(namespace)
+                return True
+            except client.ApiException:
+                return False
+
+        wait_for("the RoleBinding to take effect", allowed, timeout=30)
+        with pytest.raises(client.ApiException) as still_refused:
+            as_alice.delete_collection_namespaced_pod(namespace)
+        assert still_refused.value.status == 403
+    finally:
+        api.close()
+
+
+def test_pod_security_restricted_refuses_a_pod_that_is_not_locked_down(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    loose = {
+        "metadata": {"name": "loose"},
+        "spec": {"containers": [{"name": "main", "image": IMAGE, "command": ["python3", "-c", "pass"]}]},
+    }
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, loose)
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "restricted:latest"' in message(refused.value)
+    assert "runAsNonRoot" in message(refused.value)
+
+
+@pytest.mark.e2e
+def test_pod_whose_command_does_not_exist_fails_with_a_reason(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    container = {
+        "name": "main",
+        "image": IMAGE,
+        "command": ["no-such-command-xyz"],
+        "securityContext": LOCKED_DOWN,
+    }
+    core.create_namespaced_pod(
+        namespace,
+        {"metadata": {"name": "broken"}, "spec": {"restartPolicy": "Never", "containers": [container]}},
+    )
+    status = wait_for(
+        "the pod to fail",
+        lambda: (
+            read_pod(core, namespace, "broken")["status"]
+            if read_pod(core, namespace, "broken")["status"].get("phase") == "Failed"
+            else None
+        ),
+    )
+    terminated = status["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] != 0
+    assert terminated["reason"] in ("ContainerCannotRun", "StartError")
+    assert "no-such-command-xyz" in terminated["message"]
+
+
+def test_pod_requesting_more_gpus_than_the_node_has_stays_pending(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    most = max(
+        (int(n.status.allocatable.get("nvidia.com/gpu", "0")) for n in core.list_node().items), default=0
+    )
+    container = python_container("pass", resources={"limits": {"nvidia.com/gpu": str(most + 1)}})
+    core.create_namespaced_pod(
+        namespace,
+        {"metadata": {"name": "greedy"}, "spec": {"restartPolicy": "Never", "containers": [container]}},
+    )
+
+    def unschedulable() -> dict[str, Any] | None:
+        pod = read_pod(core, namespace, "greedy")
+        for cond in pod["status"].get("conditions") or []:
+            if cond["type"] == "PodScheduled" and cond["status"] == "False":
+                return pod
+        return None
+
+    pod = wait_for("the scheduling verdict", unschedulable, timeout=60)
+    cond = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert cond["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+    time.sleep(2)
+    pod = read_pod(core, namespace, "greedy")
+    assert pod["status"]["phase"] == "Pending"
+    assert not pod["spec"].get("nodeName")
