@@ -350,8 +350,12 @@ def test_every_value_in_values_yaml_has_a_comment():
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
+    """Helm's value merge: maps merge, everything else replaces, null deletes the key."""
     out = dict(base)
     for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+            continue
         out[key] = (
             _deep_merge(out[key], value)
             if isinstance(value, dict) and isinstance(out.get(key), dict)
