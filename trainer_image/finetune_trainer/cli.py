@@ -161,7 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_process = is_main_process()
     progress = Progress.take_stdout(enabled=main_process)
     STOP.install()
-    result_path = (_result_file(args) if main_process else None)
+    try:
+        return _guarded(args, progress, main_process)
+    finally:
+        STOP.uninstall()
+        progress.release_stdout()
+
+
+def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -> int:
+    """Run a command; turn every failure into its exit code, a stderr line and an error result."""
+    result_path = _result_file(args) if main_process else None
     try:
         return _run(args, progress, main_process)
     except ConfigError as exc:
@@ -176,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"out of memory: {str(exc).splitlines()[0][:300]}; lower optimization.batchSize or maxSeqLength"
         else:
             traceback.print_exc(file=sys.stderr)
-            code, message = ExitCode.ERROR, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            code, message = ExitCode.ERROR, f"{type(exc).__name__}: {first}"
     print(f"error: {message}", file=sys.stderr)
     if main_process:
         progress.emit("error", exitCode=int(code), reason=code.name, message=message)

@@ -115,13 +115,21 @@ class Progress:
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.started = time.monotonic()
+        self._taken = False
 
     @classmethod
     def take_stdout(cls, enabled: bool = True) -> Progress:
         """Own stdout for JSON lines and point ``sys.stdout`` at stderr, so stray prints cannot corrupt it."""
         progress = cls(sys.stdout, enabled)
         sys.stdout = sys.stderr
+        progress._taken = True
         return progress
+
+    def release_stdout(self) -> None:
+        """Undo :meth:`take_stdout` (for callers that run the CLI in-process)."""
+        if self._taken:
+            sys.stdout = self.stream  # type: ignore[assignment]
+            self._taken = False
 
     def emit(self, event: str, **fields: Any) -> None:
         if not self.enabled:

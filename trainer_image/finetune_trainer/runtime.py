@@ -48,9 +48,18 @@ class StopFlag:
             raise Interrupted(f"stopped by {signal.Signals(signum).name} before training started")
 
     def install(self) -> None:
+        """Handle SIGTERM/SIGINT (main thread only); :meth:`uninstall` puts the previous handlers back."""
+        self.signum = None
+        self.in_loop = False
+        self._previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.handle)
-            signal.signal(signal.SIGINT, self.handle)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self.handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous = {}
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a signal arrived."""

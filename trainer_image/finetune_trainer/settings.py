@@ -7,6 +7,7 @@ Keys may be camelCase (as in the CRDs) or snake_case; unknown keys are errors. E
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,13 @@ def describe(error: ValidationError) -> ConfigError:
         return ConfigError(loc, "unknown field", "remove it or fix its spelling (see the TrainerConfig reference)")
     if kind == "missing":
         return ConfigError(loc, "is required", "set it")
+    named = _LEADING_FIELD.match(msg)
+    if kind == "value_error" and named:  # a cross-field rule whose message starts with the field it is about
+        return ConfigError(named.group(1), msg[named.end() :].strip(), "change one of the values")
     return ConfigError(loc or "config", msg, "fix the value")
+
+
+_LEADING_FIELD = re.compile(r"^([a-z][A-Za-z0-9]*(?:\.[a-z][A-Za-z0-9]*)+)\b")
 
 
 def load_config(

@@ -1,0 +1,226 @@
+"""The CLI as a specification, run in-process on a tiny random-weight model (imports are paid once).
+
+Bad input exits 2 with the field named and nothing in the output directory; a range test yields a curve,
+every rule's suggestion, a recommendation and curve.png; train converges; trial reports an eval loss or
+divergence (exit 3); the result file always fits a termination message (≤ 4 KiB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_trainer import cli
+from finetune_trainer.config import ExitCode, parse_result
+from finetune_trainer.tiny_model import build_model_dir
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "examples" / "data" / "tiny-sentiment.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("models") / "gpt2", "gpt2")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("models") / "bert", "bert")
+
+
+def base_config(model_dir: Path, out: Path, **sections: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "model": {"name": str(model_dir), "task": "causal-lm"},
+        "dataset": {"files": [str(DATA)], "textField": "text", "validationFraction": 0.1},
+        "optimization": {"batchSize": 8, "maxSeqLength": 32, "maxSteps": 30},
+        "schedule": {"type": "linear", "warmupSteps": 3},
+        "learningRate": 3e-3,
+        "evaluation": {"everySteps": 10},
+        "checkpoints": {"everySteps": 10, "keep": 2},
+        "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 40, "smoothing": 0.1},
+        "outputDir": str(out),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def run_cli(tmp_path: Path, cfg: dict[str, Any], command: str, *extra: str) -> tuple[int, list[dict[str, Any]], Path]:
+    config = tmp_path / f"{command}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result_file = tmp_path / f"{command}-result.json"
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main([command, "--config", str(config), "--result-file", str(result_file), "--metrics-port", "0", *extra])
+    events = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    return code, events, result_file
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+BAD_INPUTS = [
+    pytest.param({"model": {"name": "/nonexistent/model"}}, "model.name", id="missing-model-path"),
+    pytest.param({"dataset": {"files": ["/nonexistent/data.jsonl"]}}, "dataset.files[0]", id="missing-dataset"),
+    pytest.param({"dataset": {"textField": "body"}}, "dataset.textField", id="text-field-absent"),
+    pytest.param(
+        {"model": {"task": "sequence-classification"}, "dataset": {"labelField": "sentiment"}},
+        "dataset.labelField",
+        id="label-field-absent",
+    ),
+    pytest.param(
+        {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}}, "rangeTest", id="min-lr-not-below-max"
+    ),
+    pytest.param({"schedule": {"warmupSteps": 40}}, "schedule.warmupSteps", id="warmup-longer-than-training"),
+    pytest.param({"adapter": {"type": "qlora"}}, "adapter.type", id="qlora-without-cuda"),
+    pytest.param({"optimization": {"batchSize": 4096}}, "optimization.batchSize", id="batch-larger-than-dataset"),
+    pytest.param({"optimizaton": {"batchSize": 8}}, "optimizaton", id="unknown-key"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_INPUTS)
+def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
+    tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], field: str
+) -> None:
+    out = tmp_path / "out"
+    cfg = base_config(tiny_gpt2, out, **change)
+    command = "range-test" if "rangeTest" in change else "train"
+    code, events, result_file = run_cli(tmp_path, cfg, command)
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == ExitCode.BAD_CONFIG
+    assert len(error_lines) == 1 and error_lines[0].startswith(f"error: {field}"), err[-2000:]
+    assert not out.exists(), "nothing may be written to the output directory"
+    error = json.loads(result_file.read_text())
+    assert error["kind"] == "error" and error["exitCode"] == 2 and field in error["message"]
+    assert events[-1]["event"] == "error"
+
+
+def test_set_overrides_and_unknown_override(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(tiny_gpt2, tmp_path / "out")
+    code, _, _ = run_cli(tmp_path, cfg, "train", "--set", "optimization.batchSiz=8")
+    assert code == ExitCode.BAD_CONFIG
+    code, _, _ = run_cli(tmp_path, cfg, "train", "--set", "optimization.batchSize=4096")
+    assert code == ExitCode.BAD_CONFIG  # the override took effect (and is too large)
+
+
+# --- range test ---------------------------------------------------------------------------------------------
+
+
+def test_range_test_reports_curve_rules_recommendation_and_plot(tiny_gpt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, events, result_file = run_cli(tmp_path, base_config(tiny_gpt2, out), "range-test")
+    assert code == ExitCode.OK
+    compact = result_file.read_bytes()
+    assert len(compact) <= 4096
+    result = parse_result(json.loads(compact))
+    assert result.kind == "rangeTest"
+    assert set(result.suggestions) == {"steepest", "valley", "minimum-over-10", "max-over-3"}
+    assert result.recommended_learning_rate is not None and 1e-6 <= result.recommended_learning_rate <= 1.0
+    assert 10 <= len(result.curve) <= 100
+    assert result.effective_batch_size == 8 and result.adapter == "none"
+    full = json.loads((out / "result.json").read_text())
+    assert full["suggestions"] == pytest.approx(result.suggestions, rel=1e-3)
+    assert (out / "curve.png").stat().st_size > 10_000
+    assert (out / "curve.csv").read_text().startswith("step,lr,loss,smoothedLoss")
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[0]["learningRate"] == pytest.approx(1e-6)
+    assert all("smoothedLoss" in e for e in steps)
+    assert not [p for p in out.iterdir() if p.name.startswith("checkpoint-")]  # the test's weights are discarded
+
+
+def test_range_test_in_validation_loss_mode_with_lora(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        rangeTest={"useValidationLoss": True, "steps": 20, "widenByPrior": True},
+        adapter={"type": "lora", "r": 4, "alpha": 8},
+    )
+    code, events, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.adapter == "lora"
+    start = next(e for e in events if e["event"] == "start")
+    assert start["validationLoss"] is True
+    assert start["maxLearningRate"] == 1.0  # widening never narrows
+
+
+def test_plot_command_redraws_from_a_result(tiny_gpt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = base_config(tiny_gpt2, out, rangeTest={"steps": 20})
+    code, _, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    png = tmp_path / "again.png"
+    assert cli.main(["plot", str(result_file), "-o", str(png)]) == ExitCode.OK
+    assert png.stat().st_size > 10_000
+    assert cli.main(["plot", str(tmp_path / "missing.json"), "-o", str(png)]) == ExitCode.BAD_CONFIG
+
+
+# --- train and trial ----------------------------------------------------------------------------------------
+
+
+def test_train_converges_and_saves_the_final_model(tiny_gpt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = base_config(tiny_gpt2, out, schedule={"type": "cosine_with_min_lr", "minLearningRate": 1e-5})
+    code, events, result_file = run_cli(tmp_path, cfg, "train")
+    assert code == ExitCode.OK
+    evals = [e["evalLoss"] for e in events if e["event"] == "eval"]
+    assert len(evals) == 3 and evals[-1] < evals[0] * 0.8, evals
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.kind == "train" and result.steps == 30 and result.resumed_from_step is None
+    assert result.eval_loss == pytest.approx(evals[-1], rel=1e-3)
+    assert (out / "final" / "model.safetensors").exists()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]  # keep 2
+
+
+def test_train_classification_with_top_layers(tiny_bert: Path, tmp_path: Path) -> None:
+    cfg = base_config(
+        tiny_bert,
+        tmp_path / "out",
+        model={"task": "sequence-classification"},
+        dataset={"labelField": "label"},
+        adapter={"type": "top-layers", "topLayers": 1},
+        optimization={"maxSteps": 20, "optimizer": "sgd", "momentum": 0.9},
+        checkpoints={"saveFinalModel": False},
+        learningRate=0.05,
+    )
+    code, events, _ = run_cli(tmp_path, cfg, "train")
+    assert code == ExitCode.OK
+    start = next(e for e in events if e["event"] == "start")
+    assert 0 < start["trainableParameters"] < start["parameters"]
+
+
+def test_trial_reports_eval_loss(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 15})
+    code, _, result_file = run_cli(tmp_path, cfg, "trial", "--learning-rate", "3e-3")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.kind == "trial" and result.learning_rate == 3e-3 and not result.diverged
+    assert result.eval_loss is not None and result.steps == 15
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_trial_at_an_absurd_lr_diverges_with_exit_3(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 15, "maxGradNorm": 0})
+    code, _, result_file = run_cli(tmp_path, cfg, "trial", "--learning-rate", "10")
+    assert code == ExitCode.DIVERGED
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.diverged and result.eval_loss is None
+
+
+def test_default_result_file_is_none_outside_kubernetes() -> None:
+    from finetune_trainer.report import default_result_file
+
+    expected = "/dev/termination-log" if os.access("/dev/termination-log", os.W_OK) else None
+    assert default_result_file() == expected
