@@ -126,14 +126,17 @@ def _ordered(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_nested_objects(out: dict[str, Any]) -> None:
-    """Give object fields that have defaults-bearing children `default: {}` so the API server fills them."""
+    """Object fields whose children have defaults get a default built from them, so the API server fills
+    in `spec.adapter` etc. even when omitted. The default is the full object (not `{}`): the API server
+    checks defaults against the object's CEL rules without defaulting inside them first."""
     for name, prop in out.get("properties", {}).items():
         if prop.get("type") != "object" or "default" in prop or prop.get("nullable"):
             continue
         if name in out.get("required", []):
             continue
-        if any("default" in child for child in prop.get("properties", {}).values()):
-            prop["default"] = {}
+        children = {k: v["default"] for k, v in prop.get("properties", {}).items() if "default" in v}
+        if children:
+            prop["default"] = children
 
 
 IMMUTABLE_SPEC = {

@@ -47,7 +47,8 @@ class State:
             try:
                 kubernetes.config.load_incluster_config()
             except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
+                # KUBECONFIG is read now, not at import (the client library caches it at import time)
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             cls._api = kubernetes.client.ApiClient()
         return cls._api
 

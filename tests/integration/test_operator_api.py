@@ -71,7 +71,7 @@ def test_range_test_sweep_gets_one_owned_job_and_pending_status(
     kube_api, namespace, crds_installed, run_operator
 ):
     with run_operator(OPERATOR, namespace=namespace) as runner:
-        create(kube_api, namespace, "lrsweeps", "LRSweep", "sweep", BASE)
+        created = create(kube_api, namespace, "lrsweeps", "LRSweep", "sweep", BASE)
         job = wait_for(lambda: jobs(kube_api, namespace, "finetune.dev/lrsweep=sweep"), what="the Job")[0]
         status = wait_for(
             lambda: (
@@ -90,7 +90,8 @@ def test_range_test_sweep_gets_one_owned_job_and_pending_status(
     assert '"/nonexistent/model"' in cm.data["config.json"]
     assert status["phase"] == "Pending" and status["observedGeneration"] == 1
     assert "JobCreated" in events(kube_api, namespace, "sweep")
-    assert sweep["spec"] == {**sweep["spec"], **BASE}, "the operator must never change spec"
+    assert sweep["spec"] == created["spec"], "the operator must never change spec"
+    assert sweep["metadata"]["generation"] == 1
 
 
 def test_restart_never_duplicates_children(kube_api, namespace, crds_installed, run_operator):

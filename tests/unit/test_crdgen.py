@@ -85,7 +85,7 @@ def test_enums_bounds_and_defaults(schema):
 
 
 def test_defaults_bearing_object_fields_default_to_empty_object(schema):
-    assert schema["properties"]["leaf"]["default"] == {}
+    assert schema["properties"]["leaf"]["default"] == {"size": 3, "colour": "red"}
     assert "default" not in schema["properties"]["maybeLeaf"]
 
 

@@ -1,0 +1,137 @@
+"""End to end: the operator on a real API server, trainer pods really running (local pod runner, CPU).
+
+A tiny random-weight GPT-2 on a toy dataset keeps each trainer run to seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from prometheus_client import generate_latest
+
+from finetune_operator import handlers
+from finetune_operator.settings import Settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+GROUP, VERSION = "finetune.dev", "v1alpha1"
+OPERATOR = "finetune_operator.handlers"
+PLURALS = {"LRSweep": "lrsweeps", "FineTuneJob": "finetunejobs"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("tiny")
+    subprocess.run([sys.executable, "-m", "finetune_trainer.tiny_model", str(root / "model")], check=True)
+    subprocess.run([sys.executable, "-m", "finetune_trainer.tiny_model", "--data", str(root / "toy.jsonl")],
+                   check=True)
+    return {
+        "model": {"name": str(root / "model")},
+        "dataset": {"files": [str(root / "toy.jsonl")]},
+        "optimization": {"batchSize": 16, "maxSeqLength": 32},
+        "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+        "backoffLimit": 0,
+    }
+
+
+@pytest.fixture(autouse=True)
+def operator_settings():
+    handlers.configure(Settings(metrics_port=0, health_port=0, poll_interval=1.0))
+
+
+def apply(api, namespace: str, kind: str, name: str, spec: dict) -> dict:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    return client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
+
+
+def status_of(api, namespace: str, kind: str, name: str) -> dict:
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+    return obj.get("status") or {}
+
+
+def wait_phase(api, namespace, kind, name, phases=("Succeeded", "Failed"), timeout=300, runner=None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = status_of(api, namespace, kind, name)
+        if status.get("phase") in phases:
+            return status
+        if runner is not None and runner.exception is not None:
+            raise runner.exception
+        time.sleep(0.5)
+    raise AssertionError(f"{kind} {name} not in {phases} after {timeout}s: {status}")
+
+
+def job_names(api, namespace: str) -> list[str]:
+    return sorted(j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(namespace).items)
+
+
+def test_range_test_sweep_recommends_a_learning_rate(kube_api, namespace, crds_installed, run_operator, tiny):
+    spec = {**tiny, "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 40}}
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "rt", spec)
+        status = wait_phase(kube_api, namespace, "LRSweep", "rt", runner=runner)
+        text = generate_latest(handlers.State.metrics.registry).decode()
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert 1e-6 <= status["recommendedLearningRate"] <= 1.0
+    assert set(status["suggestions"]) >= {"steepest", "valley", "minimum-over-10", "max-over-3"}
+    assert 5 <= len(status["curve"]) <= 200
+    assert status["effectiveBatchSize"] == 16
+    assert f'finetune_recommended_learning_rate{{name="rt",namespace="{namespace}"' in text
+
+
+def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installed, run_operator, tiny):
+    spec = {**tiny, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "steps": 10, "parallelism": 2}}
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "grid", spec)
+        status = wait_phase(kube_api, namespace, "LRSweep", "grid", runner=runner)
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
+    assert all(t["evalLoss"] is not None for t in status["trials"])
+    assert status["rule"] == "best-trial"
+    assert job_names(kube_api, namespace) == ["grid-trial-0", "grid-trial-1", "grid-trial-2"]
+
+
+def test_auto_finetune_sweeps_then_trains_and_survives_an_operator_restart(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    spec = {
+        **tiny,
+        "learningRate": {"auto": {"rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30}}},
+        "optimization": {**tiny["optimization"], "maxSteps": 40},
+        "evaluation": {"everySteps": 20},
+        "checkpoints": {"everySteps": 20},
+    }
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "FineTuneJob", "auto", spec)
+        wait_phase(kube_api, namespace, "LRSweep", "auto-lr", phases=("Running", "Succeeded"), runner=runner)
+    assert runner.exception is None, runner.output
+    # the operator was stopped mid-run; a new one picks up where it left off
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "auto", timeout=400, runner=runner)
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    sweep = status_of(kube_api, namespace, "LRSweep", "auto-lr")
+    assert status["learningRate"] == pytest.approx(sweep["recommendedLearningRate"])
+    assert status["learningRateSource"] == "auto/auto-lr"
+    assert status["evalLoss"] is not None and status["progress"]["percent"] == 100
+    assert job_names(kube_api, namespace) == ["auto-lr-range-test", "auto-train"], "no duplicate Jobs"
+
+
+def test_bad_model_path_fails_with_the_trainers_message(kube_api, namespace, crds_installed, run_operator, tiny):
+    spec = {**tiny, "model": {"name": str(Path(tiny["model"]["name"]).parent / "missing")}}
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "bad", spec)
+        status = wait_phase(kube_api, namespace, "LRSweep", "bad", runner=runner)
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidConfig", status
+    assert "model.name" in status["message"]
