@@ -1,0 +1,197 @@
+"""The trainer as a real process: the shipped examples, kill/restart resumption, and DDP under torchrun.
+
+Each test starts fresh interpreters (≈ 20–30 s of imports each on the CI machine), so all are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_trainer.config import ExitCode, parse_result
+from finetune_trainer.tiny_model import build_model_dir
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "examples" / "data" / "tiny-sentiment.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("models") / "gpt2", "gpt2")
+
+
+def trainer_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "finetune_trainer", *args, "--metrics-port", "0"]
+
+
+def events_of(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def run(cmd: list[str], timeout: float = 300) -> tuple[int, list[dict[str, Any]], str, float]:
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    return proc.returncode, events_of(proc.stdout), proc.stderr, time.monotonic() - started
+
+
+def test_range_test_example(tiny_gpt2: Path, tmp_path: Path) -> None:
+    result_file = tmp_path / "out.json"
+    code, events, err, wall = run(
+        trainer_cmd(
+            "range-test",
+            "--config",
+            "examples/trainer/range-test-tiny.yaml",
+            "--set",
+            f"model.name={tiny_gpt2}",
+            "--output-dir",
+            str(tmp_path / "rt"),
+            "--result-file",
+            str(result_file),
+        )
+    )
+    assert code == ExitCode.OK, err[-3000:]
+    assert len(result_file.read_bytes()) <= 4096
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.recommended_learning_rate and all(v is not None for v in result.suggestions.values())
+    assert (tmp_path / "rt" / "curve.png").exists()
+    print(f"range-test example: {wall:.1f} s wall; suggestions {result.suggestions}")
+
+
+def test_train_example_converges(tiny_gpt2: Path, tmp_path: Path) -> None:
+    result_file = tmp_path / "out.json"
+    code, events, err, wall = run(
+        trainer_cmd(
+            "train",
+            "--config",
+            "examples/trainer/train-tiny.yaml",
+            "--set",
+            f"model.name={tiny_gpt2}",
+            "--output-dir",
+            str(tmp_path / "train"),
+            "--result-file",
+            str(result_file),
+        )
+    )
+    assert code == ExitCode.OK, err[-3000:]
+    evals = [e["evalLoss"] for e in events if e["event"] == "eval"]
+    assert evals[-1] < evals[0]
+    print(f"train example: {wall:.1f} s wall; eval losses {evals}")
+
+
+def _config(tmp_path: Path, model: Path, out: Path, max_steps: int) -> Path:
+    cfg = {
+        "model": {"name": str(model)},
+        "dataset": {"files": [str(DATA)], "validationFraction": 0.1},
+        "optimization": {"batchSize": 8, "maxSeqLength": 32, "maxSteps": max_steps},
+        "schedule": {"type": "linear", "warmupRatio": 0.05},
+        "learningRate": 1e-3,
+        "evaluation": {"everySteps": 100},
+        "checkpoints": {"everySteps": 25, "keep": 3},
+        "outputDir": str(out),
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run_until(cmd: list[str], stop_when: Any, sig: int) -> tuple[int, list[dict[str, Any]]]:
+    """Run ``cmd``, send ``sig`` once an event satisfies ``stop_when``; return (exit code, events)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    events: list[dict[str, Any]] = []
+    assert proc.stdout is not None
+    sent = False
+    for line in proc.stdout:
+        event = json.loads(line)
+        events.append(event)
+        if not sent and stop_when(event):
+            proc.send_signal(sig)
+            sent = True
+    return proc.wait(timeout=120), events
+
+
+def test_killed_run_resumes_from_its_checkpoint_without_repeating_steps(tiny_gpt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = _config(tmp_path, tiny_gpt2, out, max_steps=300)
+    cmd = trainer_cmd("train", "--config", str(config), "--result-file", str(tmp_path / "r.json"))
+
+    # 1. SIGKILL right after the first checkpoint: no chance to clean up.
+    code, first = _run_until(cmd, lambda e: e["event"] == "checkpoint", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert saved and saved[-1] % 25 == 0
+    resume_a = saved[-1]
+
+    # 2. Restart: continues at the checkpoint's next step; SIGTERM later saves a checkpoint and exits 5.
+    code, second = _run_until(
+        cmd, lambda e: e["event"] == "step" and e["step"] >= resume_a + 10, signal.SIGTERM
+    )
+    assert code == ExitCode.INTERRUPTED
+    start = next(e for e in second if e["event"] == "start")
+    assert start["resumeFrom"] == f"checkpoint-{resume_a}"
+    steps2 = [e["step"] for e in second if e["event"] == "step"]
+    assert steps2[0] == resume_a + 1, "the restarted run must not redo finished steps"
+    resume_b = steps2[-1]
+    assert (out / f"checkpoint-{resume_b}").is_dir(), "SIGTERM saves a checkpoint at the step it stopped"
+
+    # 3. Restart again: runs exactly the remaining steps.
+    code, third = _run_until(cmd, lambda e: False, signal.SIGTERM)
+    assert code == ExitCode.OK
+    steps3 = [e["step"] for e in third if e["event"] == "step"]
+    assert steps3[0] == resume_b + 1 and steps3[-1] == 300
+    assert len(steps3) == 300 - resume_b
+    result = parse_result(json.loads((tmp_path / "r.json").read_text()))
+    assert result.kind == "train" and result.steps == 300 and result.resumed_from_step == resume_b
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ddp_with_two_gloo_processes(tiny_gpt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = _config(tmp_path, tiny_gpt2, out, max_steps=10)
+    result_file = tmp_path / "r.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "finetune_trainer",
+        "train",
+        "--config",
+        str(config),
+        "--result-file",
+        str(result_file),
+        "--metrics-port",
+        "0",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    events = events_of(proc.stdout)
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 1, "only rank 0 reports"
+    assert starts[0]["effectiveBatchSize"] == 16  # 8 per device × 2 processes
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.kind == "train" and result.steps == 10
+    assert (out / "final" / "model.safetensors").exists()
