@@ -412,3 +412,38 @@ def test_pod_requesting_more_gpus_than_the_node_has_stays_pending(
     pod = read_pod(core, namespace, "greedy")
     assert pod["status"]["phase"] == "Pending"
     assert not pod["spec"].get("nodeName")
+
+
+TINY_OPERATOR = """
+import kopf
+
+@kopf.on.create("configmaps", labels={"finetune.dev/kopf-smoke": "yes"})
+def seen(patch, name, **_):
+    patch.metadata.annotations["finetune.dev/seen-by"] = "tiny-operator"
+"""
+
+
+def test_run_operator_runs_a_kopf_module_in_process_against_the_cluster(
+    run_operator: Callable[..., Any],
+    kube_api: client.ApiClient,
+    namespace: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = f"tiny_operator_{uuid.uuid4().hex[:6]}"
+    (tmp_path / f"{module}.py").write_text(TINY_OPERATOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    core = client.CoreV1Api(kube_api)
+    with run_operator(module, namespace=namespace) as runner:
+        core.create_namespaced_config_map(
+            namespace, {"metadata": {"name": "watched", "labels": {"finetune.dev/kopf-smoke": "yes"}}}
+        )
+        annotations = wait_for(
+            "the operator's annotation",
+            lambda: (core.read_namespaced_config_map("watched", namespace).metadata.annotations or {}).get(
+                "finetune.dev/seen-by"
+            ),
+            timeout=30,
+        )
+    assert annotations == "tiny-operator"
+    assert runner.exception is None, runner.output

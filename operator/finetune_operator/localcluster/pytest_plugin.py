@@ -120,16 +120,21 @@ def crds_installed(kube_api: client.ApiClient) -> list[str]:
 
 
 @contextlib.contextmanager
-def _kubeconfig_env(path: Path) -> Iterator[None]:
-    old = os.environ.get("KUBECONFIG")
+def kubeconfig_env(path: Path) -> Iterator[None]:
+    """Point ``KUBECONFIG`` (and the kubernetes client's default, read once at import) at ``path``."""
+    from kubernetes.config import kube_config
+
+    old_env, old_default = os.environ.get("KUBECONFIG"), kube_config.KUBE_CONFIG_DEFAULT_LOCATION
     os.environ["KUBECONFIG"] = str(path)
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
     try:
         yield
     finally:
-        if old is None:
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_default
+        if old_env is None:
             os.environ.pop("KUBECONFIG", None)
         else:
-            os.environ["KUBECONFIG"] = old
+            os.environ["KUBECONFIG"] = old_env
 
 
 @contextlib.contextmanager
@@ -145,7 +150,7 @@ def operator_in_process(
 
     scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
     args = ["run", "--standalone", "-m", module, *scope, *extra_args]
-    with _kubeconfig_env(cluster.kubeconfig), KopfRunner(args, timeout=timeout) as runner:
+    with kubeconfig_env(cluster.kubeconfig), KopfRunner(args, timeout=timeout) as runner:
         yield runner
 
 
