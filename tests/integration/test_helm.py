@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -388,6 +389,12 @@ def test_helm_install_creates_the_operator_objects(kube_cluster, kube_api, names
     assert out.returncode == 0, out.stdout + out.stderr
     try:
         assert "kubectl get lrs -w" in out.stdout  # NOTES.txt
+        first_sweep = re.search(r"<<'YAML'.*?\n(.*?)\n\s*YAML\n", out.stdout, re.S)
+        assert first_sweep, out.stdout
+        sweep = yaml.safe_load(textwrap.dedent(first_sweep.group(1)))
+        assert sweep["kind"] == "LRSweep" and sweep["spec"]["method"] == "rangeTest"
+        applied = dry_run_server(kube_cluster, yaml.safe_dump(sweep), namespace)
+        assert applied.returncode == 0, f"the LRSweep NOTES.txt suggests is rejected: {applied.stderr}"
         fullname = f"{release}-finetune-operator"
         apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
         rbac, ext = client.RbacAuthorizationV1Api(kube_api), client.ApiextensionsV1Api(kube_api)
