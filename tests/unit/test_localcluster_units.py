@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from finetune_operator.localcluster import binaries, podrunner, podspec, processes
+from finetune_operator.localcluster import binaries, controlplane, podrunner, podspec, processes
 
 GOMOD = """module k8s.io/kubernetes
 
@@ -280,3 +281,18 @@ def test_pod_ips_are_loopback_unique_and_not_reused_at_once() -> None:
     assert (first, second) == ("127.0.0.2", "127.0.0.3")
     pool.release(first)
     assert pool.take() == "127.0.0.4"
+
+
+def test_a_crashing_etcd_fails_fast_with_its_log_tail(tmp_path: Path) -> None:
+    fake = tmp_path / "etcd"
+    fake.write_text("#!/bin/sh\necho 'etcd: cannot open data dir: disk on fire' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    bins = binaries.Binaries(
+        etcd=fake, kube_apiserver=fake, kube_controller_manager=fake, kubectl=fake, helm=fake
+    )
+    plane = controlplane.ControlPlane(binaries=bins, workdir=tmp_path / "work")
+    started = time.monotonic()
+    with pytest.raises(controlplane.ControlPlaneError, match=r"(?s)etcd exited with code 3.*disk on fire"):
+        plane.start()
+    assert time.monotonic() - started < 10
+    assert plane._procs == []

@@ -66,6 +66,7 @@ class ControlPlane:
     server: str = field(init=False, default="")
     kubeconfig: Path = field(init=False, default=Path())
     start_seconds: float = field(init=False, default=0.0)
+    timings: dict[str, float] = field(init=False, default_factory=dict)  # seconds per component
     _procs: list[_Proc] = field(init=False, default_factory=list)
     _own_workdir: bool = field(init=False, default=False)
     _ssl: ssl.SSLContext | None = field(init=False, default=None)
@@ -90,10 +91,15 @@ class ControlPlane:
         atexit.register(self.stop)
         try:
             self._write_pki()
+            self.timings["pki"] = time.monotonic() - started
+            mark = time.monotonic()
             etcd_url = self._start_with_port_retries(self._start_etcd)
+            self.timings["etcd"], mark = time.monotonic() - mark, time.monotonic()
             self._start_with_port_retries(lambda: self._start_apiserver(etcd_url))
+            self.timings["kube-apiserver"], mark = time.monotonic() - mark, time.monotonic()
             if self.controller_manager:
                 self._start_with_port_retries(self._start_controller_manager)
+                self.timings["kube-controller-manager"] = time.monotonic() - mark
         except BaseException:
             self.stop()
             raise
@@ -157,7 +163,9 @@ class ControlPlane:
             ip_addresses=("127.0.0.1", SERVICE_IP),
         ).write(pki, "apiserver")
         ca.issue("kubernetes-admin", organization="system:masters", client=True).write(pki, "admin")
-        ca.issue("system:kube-controller-manager", client=True).write(pki, "controller-manager")
+        ca.issue("system:kube-controller-manager", organization="system:masters", client=True).write(
+            pki, "controller-manager"
+        )
         private, public = service_account_key()
         (pki / "sa.key").write_bytes(private)
         (pki / "sa.key").chmod(0o600)
@@ -343,7 +351,9 @@ class ControlPlane:
                 f"--service-account-private-key-file={self._pki('sa.key')}",
                 f"--root-ca-file={self._pki('ca.crt')}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--use-service-account-credentials=true",
+                # One identity (in system:masters) for all controllers: per-controller service-account
+                # credentials cost ~5 s of start-up, and the controllers' own RBAC is not under test.
+                "--use-service-account-credentials=false",
                 "--concurrent-job-syncs=5",
                 "--concurrent-gc-syncs=10",
                 "--v=1",

@@ -46,9 +46,11 @@ def kube_cluster() -> Iterator[LocalCluster]:
         cluster = stack.enter_context(local_cluster(runner=True, gpus=gpus))
         _CLUSTER = cluster
         if cluster.control_plane is not None:
+            plane = cluster.control_plane
+            parts = ", ".join(f"{name} {secs:.1f}s" for name, secs in plane.timings.items())
             print(
-                f"\n[localcluster] control plane up in {cluster.control_plane.start_seconds:.1f}s "
-                f"(kubeconfig {cluster.kubeconfig})"
+                f"\n[localcluster] control plane up in {plane.start_seconds:.1f}s ({parts}); "
+                f"kubeconfig {cluster.kubeconfig}"
             )
         try:
             yield cluster
