@@ -447,3 +447,62 @@ def test_run_operator_runs_a_kopf_module_in_process_against_the_cluster(
         )
     assert annotations == "tiny-operator"
     assert runner.exception is None, runner.output
+
+
+@pytest.mark.e2e
+def test_a_claim_folder_outlives_its_pod_and_mount_paths_are_rewritten_in_args_and_env(
+    kube_cluster: LocalCluster, kube_api: client.ApiClient, namespace: str
+) -> None:
+    if kube_cluster.runner is None:
+        pytest.skip("the claim-as-folder contract is the local runner's")
+    core = client.CoreV1Api(kube_api)
+    code = (
+        "import os, sys, pathlib;"
+        "args = dict(zip(sys.argv[1::2], sys.argv[2::2]));"
+        "out = pathlib.Path(args['--output-dir']);"
+        "ckpt = out / 'ckpt.txt';"
+        "previous = ckpt.read_text() if ckpt.exists() else 'none';"
+        "ckpt.write_text(os.environ['STEP']);"
+        "same_tmp = os.path.dirname(os.environ['HF_HOME']) == os.environ['TMPDIR'];"
+        "open(args['--result-file'], 'w').write(f'{previous} {same_tmp} {args[\"--ip\"]}')"
+    )
+
+    def pod(name: str, step: str) -> dict[str, Any]:
+        container = python_container(
+            code,
+            args=["--output-dir", "/output", "--result-file", "/dev/termination-log", "--ip", "$(POD_IP)"],
+            env=[
+                {"name": "STEP", "value": step},
+                {"name": "HF_HOME", "value": "/tmp/hf-home"},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            ],
+            volumeMounts=[
+                {"name": "output", "mountPath": "/output", "subPath": "runs/a"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        )
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container],
+                "volumes": [
+                    {"name": "output", "persistentVolumeClaim": {"claimName": "ckpt"}},
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            },
+        }
+
+    def finished(name: str) -> dict[str, Any] | None:
+        status = read_pod(core, namespace, name)["status"]
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    core.create_namespaced_pod(namespace, pod("first", "step-10"))
+    first = wait_for("the first pod", lambda: finished("first"))
+    core.create_namespaced_pod(namespace, pod("retry", "step-20"))
+    retry = wait_for("the retry pod", lambda: finished("retry"))
+    for status in (first, retry):
+        assert status["phase"] == "Succeeded", status
+    assert first["containerStatuses"][0]["state"]["terminated"]["message"] == f"none True {first['podIP']}"
+    assert retry["containerStatuses"][0]["state"]["terminated"]["message"] == f"step-10 True {retry['podIP']}"
+    assert first["podIP"] != retry["podIP"]

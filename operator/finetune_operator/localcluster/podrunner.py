@@ -725,31 +725,38 @@ class PodRunner:
         cdir.mkdir(parents=True, exist_ok=True)
         term_file = cdir / "termination-log"
         mounts = podspec.mount_map(spec, volume_dirs, term_file)
-        base = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "/usr/bin:/bin")])
-        base.update(
-            {
+        for mount in spec.get("volumeMounts") or []:
+            if mount.get("subPath") and mount["name"] in volume_dirs:  # the kubelet creates subPath dirs
+                target = volume_dirs[mount["name"]] / mount["subPath"]
+                if not target.exists():
+                    target.mkdir(parents=True, exist_ok=True)
+        # What the container itself defines; $(VAR) expansion and path substitution apply to this only,
+        # never to the runner's own environment (its paths are local already).
+        pod_env = podspec.container_env(
+            pod,
+            spec,
+            base={
                 "HOSTNAME": meta["name"],
                 "KUBERNETES_SERVICE_HOST": self._service_host,
                 "KUBERNETES_SERVICE_PORT": self._service_port,
-                "FINETUNE_LOCAL_ROOT": str(pod_dir),
-                "FINETUNE_LOCAL_MOUNTS": mounts.as_json(),
-            }
-        )
-        env = podspec.container_env(
-            pod,
-            spec,
-            base=base,
+            },
             config_map=self._config_map(meta["namespace"]),
             secret=self._secret(meta["namespace"]),
             pod_ip=ip,
             node_name=self.config.node_name,
         )
-        env = {k: mounts.substitute(v) for k, v in env.items()}
         argv = [
-            mounts.substitute(podspec.expand_vars(a, env))
+            mounts.substitute(podspec.expand_vars(a, pod_env))
             for a in (spec.get("command") or []) + (spec.get("args") or [])
         ]
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")])
+        env["FINETUNE_LOCAL_ROOT"] = str(pod_dir)
+        env["FINETUNE_LOCAL_MOUNTS"] = mounts.as_json()
+        tmp = mounts.resolve("/tmp")
+        if tmp:  # a volume mounted at /tmp: temp files go there, as they would in the container
+            env["TMPDIR"] = tmp
+        env.update({k: mounts.substitute(v) for k, v in pod_env.items()})
         cwd = cdir / "workdir"
         if spec.get("workingDir"):
             wanted = mounts.substitute(spec["workingDir"])
