@@ -53,7 +53,9 @@ def base_config(model_dir: Path, out: Path, **sections: Any) -> dict[str, Any]:
     return cfg
 
 
-def run_cli(tmp_path: Path, cfg: dict[str, Any], command: str, *extra: str) -> tuple[int, list[dict[str, Any]], Path]:
+def run_cli(
+    tmp_path: Path, cfg: dict[str, Any], command: str, *extra: str
+) -> tuple[int, list[dict[str, Any]], Path]:
     config = tmp_path / f"{command}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     result_file = tmp_path / f"{command}-result.json"
@@ -62,7 +64,18 @@ def run_cli(tmp_path: Path, cfg: dict[str, Any], command: str, *extra: str) -> t
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = cli.main([command, "--config", str(config), "--result-file", str(result_file), "--metrics-port", "0", *extra])
+        code = cli.main(
+            [
+                command,
+                "--config",
+                str(config),
+                "--result-file",
+                str(result_file),
+                "--metrics-port",
+                "0",
+                *extra,
+            ]
+        )
     events = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     return code, events, result_file
 
@@ -72,7 +85,9 @@ def run_cli(tmp_path: Path, cfg: dict[str, Any], command: str, *extra: str) -> t
 
 BAD_INPUTS = [
     pytest.param({"model": {"name": "/nonexistent/model"}}, "model.name", id="missing-model-path"),
-    pytest.param({"dataset": {"files": ["/nonexistent/data.jsonl"]}}, "dataset.files[0]", id="missing-dataset"),
+    pytest.param(
+        {"dataset": {"files": ["/nonexistent/data.jsonl"]}}, "dataset.files[0]", id="missing-dataset"
+    ),
     pytest.param({"dataset": {"textField": "body"}}, "dataset.textField", id="text-field-absent"),
     pytest.param(
         {"model": {"task": "sequence-classification"}, "dataset": {"labelField": "sentiment"}},
@@ -80,11 +95,15 @@ BAD_INPUTS = [
         id="label-field-absent",
     ),
     pytest.param(
-        {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}}, "rangeTest", id="min-lr-not-below-max"
+        {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}},
+        "rangeTest",
+        id="min-lr-not-below-max",
     ),
     pytest.param({"schedule": {"warmupSteps": 40}}, "schedule.warmupSteps", id="warmup-longer-than-training"),
     pytest.param({"adapter": {"type": "qlora"}}, "adapter.type", id="qlora-without-cuda"),
-    pytest.param({"optimization": {"batchSize": 4096}}, "optimization.batchSize", id="batch-larger-than-dataset"),
+    pytest.param(
+        {"optimization": {"batchSize": 4096}}, "optimization.batchSize", id="batch-larger-than-dataset"
+    ),
     pytest.param({"optimizaton": {"batchSize": 8}}, "optimizaton", id="unknown-key"),
 ]
 
@@ -137,7 +156,9 @@ def test_range_test_reports_curve_rules_recommendation_and_plot(tiny_gpt2: Path,
     steps = [e for e in events if e["event"] == "step"]
     assert steps[0]["learningRate"] == pytest.approx(1e-6)
     assert all("smoothedLoss" in e for e in steps)
-    assert not [p for p in out.iterdir() if p.name.startswith("checkpoint-")]  # the test's weights are discarded
+    assert not [
+        p for p in out.iterdir() if p.name.startswith("checkpoint-")
+    ]  # the test's weights are discarded
 
 
 def test_range_test_in_validation_loss_mode_with_lora(tiny_gpt2: Path, tmp_path: Path) -> None:

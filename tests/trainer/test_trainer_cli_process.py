@@ -1,6 +1,6 @@
 """The trainer as a real process: the shipped examples, kill/restart resumption, and DDP under torchrun.
 
-Each test starts fresh interpreters (≈ 20–30 s of imports each on the CI machine), so all are ``slow``.
+Each test starts fresh interpreters (≈ 20-30 s of imports each on the CI machine), so all are ``slow``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run(cmd: list[str], timeout: float = 300) -> tuple[int, list[dict[str, Any]]
 
 def test_range_test_example(tiny_gpt2: Path, tmp_path: Path) -> None:
     result_file = tmp_path / "out.json"
-    code, events, err, wall = run(
+    code, _, err, wall = run(
         trainer_cmd(
             "range-test",
             "--config",
@@ -121,13 +121,15 @@ def _run_until(cmd: list[str], stop_when: Any, sig: int) -> tuple[int, list[dict
     return proc.wait(timeout=120), events
 
 
-def test_killed_run_resumes_from_its_checkpoint_without_repeating_steps(tiny_gpt2: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_from_its_checkpoint_without_repeating_steps(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     config = _config(tmp_path, tiny_gpt2, out, max_steps=300)
     cmd = trainer_cmd("train", "--config", str(config), "--result-file", str(tmp_path / "r.json"))
 
     # 1. SIGKILL right after the first checkpoint: no chance to clean up.
-    code, first = _run_until(cmd, lambda e: e["event"] == "checkpoint", signal.SIGKILL)
+    code, _ = _run_until(cmd, lambda e: e["event"] == "checkpoint", signal.SIGKILL)
     assert code == -signal.SIGKILL
     saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert saved and saved[-1] % 25 == 0
@@ -191,7 +193,7 @@ def test_ddp_with_two_gloo_processes(tiny_gpt2: Path, tmp_path: Path) -> None:
     events = events_of(proc.stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert len(starts) == 1, "only rank 0 reports"
-    assert starts[0]["effectiveBatchSize"] == 16  # 8 per device × 2 processes
+    assert starts[0]["effectiveBatchSize"] == 16  # 8 per device x 2 processes
     result = parse_result(json.loads(result_file.read_text()))
     assert result.kind == "train" and result.steps == 10
     assert (out / "final" / "model.safetensors").exists()

@@ -38,13 +38,21 @@ def _add_run_flags(p: argparse.ArgumentParser, *, lr_required: bool = False) -> 
         metavar="PATH=VALUE",
         help="override a config field, e.g. --set optimization.batchSize=8 (repeatable)",
     )
-    p.add_argument("--output-dir", help="overrides outputDir: checkpoints, final model, result.json, curve.png")
+    p.add_argument(
+        "--output-dir", help="overrides outputDir: checkpoints, final model, result.json, curve.png"
+    )
     p.add_argument("--result-file", help=f"compact result JSON, ≤ 4 KiB (default: {RESULT_FILE_DEFAULT})")
     p.add_argument(
-        "--learning-rate", type=float, required=lr_required, help="peak learning rate (overrides learningRate)"
+        "--learning-rate",
+        type=float,
+        required=lr_required,
+        help="peak learning rate (overrides learningRate)",
     )
     p.add_argument(
-        "--metrics-port", type=int, default=DEFAULT_PORT, help=f"Prometheus port (default {DEFAULT_PORT}; 0 = off)"
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"Prometheus port (default {DEFAULT_PORT}; 0 = off)",
     )
     p.add_argument("--metrics-address", help="bind address for metrics (default: $POD_IP, else 0.0.0.0)")
 
@@ -55,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the learning rate (range test, trials), then fine-tune with it.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_run_flags(sub.add_parser("range-test", help="LR range test: a curve, every rule's suggestion, a pick"))
-    _add_run_flags(sub.add_parser("train", help="fine-tune with warmup/decay; resumes from the latest checkpoint"))
-    _add_run_flags(sub.add_parser("trial", help="a short fine-tune at one LR: final validation loss"), lr_required=True)
+    _add_run_flags(
+        sub.add_parser("range-test", help="LR range test: a curve, every rule's suggestion, a pick")
+    )
+    _add_run_flags(
+        sub.add_parser("train", help="fine-tune with warmup/decay; resumes from the latest checkpoint")
+    )
+    _add_run_flags(
+        sub.add_parser("trial", help="a short fine-tune at one LR: final validation loss"), lr_required=True
+    )
     plot = sub.add_parser("plot", help="draw loss vs LR from a range-test result")
     plot.add_argument("result", help="result.json (or a compact result file) of a range test")
     plot.add_argument("-o", "--output", default="curve.png", help="PNG to write (default curve.png)")
@@ -73,13 +87,19 @@ def _write_error(path: str | None, code: ExitCode, message: str) -> None:
         return
     try:
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"kind": "error", "exitCode": int(code), "reason": code.name, "message": message[:3800]}))
+            fh.write(
+                json.dumps(
+                    {"kind": "error", "exitCode": int(code), "reason": code.name, "message": message[:3800]}
+                )
+            )
     except OSError:
         pass
 
 
 def _run(args: argparse.Namespace, progress: Progress, main: bool) -> int:
-    cfg = load_config(args.config, args.overrides, output_dir=args.output_dir, learning_rate=args.learning_rate)
+    cfg = load_config(
+        args.config, args.overrides, output_dir=args.output_dir, learning_rate=args.learning_rate
+    )
     configure_cpu_threads()
     metrics = TrainerMetrics.create(args.command) if main else None
     if metrics:
@@ -98,7 +118,12 @@ def _run(args: argparse.Namespace, progress: Progress, main: bool) -> int:
 
 
 def _dispatch(
-    command: str, cfg: Any, progress: Progress, metrics: TrainerMetrics | None, result_path: str | None, main: bool
+    command: str,
+    cfg: Any,
+    progress: Progress,
+    metrics: TrainerMetrics | None,
+    result_path: str | None,
+    main: bool,
 ) -> int:
     import tempfile
 
@@ -182,7 +207,8 @@ def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -
     except Exception as exc:
         if _is_oom(exc):
             code = ExitCode.OUT_OF_MEMORY
-            message = f"out of memory: {str(exc).splitlines()[0][:300]}; lower optimization.batchSize or maxSeqLength"
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            message = f"out of memory: {first}; lower optimization.batchSize or maxSeqLength"
         else:
             traceback.print_exc(file=sys.stderr)
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
@@ -200,4 +226,3 @@ def entrypoint() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     entrypoint()
-

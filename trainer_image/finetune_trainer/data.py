@@ -53,7 +53,7 @@ def file_format(spec: DatasetSpec) -> str:
         raise ConfigError(
             "dataset.format",
             f"cannot tell the format of {spec.files[0]!r} from its extension",
-            f"set dataset.format to one of json, csv, parquet, text",
+            "set dataset.format to one of json, csv, parquet, text",
         )
     return FORMAT_BY_SUFFIX[suffix]
 
@@ -64,7 +64,9 @@ def check_files(spec: DatasetSpec) -> None:
         path = Path(name)
         if not path.is_file() or not os.access(path, os.R_OK):
             problem = "does not exist" if not path.exists() else "is not a readable file"
-            raise ConfigError(f"dataset.files[{i}]", f"{name!r} {problem}", "point it at a readable data file")
+            raise ConfigError(
+                f"dataset.files[{i}]", f"{name!r} {problem}", "point it at a readable data file"
+            )
 
 
 def load_raw(spec: DatasetSpec) -> tuple[Any, Any | None]:
@@ -75,7 +77,9 @@ def load_raw(spec: DatasetSpec) -> tuple[Any, Any | None]:
     if spec.files:
         check_files(spec)
         builder = file_format(spec)
-        kwargs: dict[str, Any] = {"delimiter": "\t"} if builder == "csv" and spec.files[0].endswith(".tsv") else {}
+        kwargs: dict[str, Any] = (
+            {"delimiter": "\t"} if builder == "csv" and spec.files[0].endswith(".tsv") else {}
+        )
         try:
             train = datasets.load_dataset(builder, data_files=list(spec.files), split="train", **kwargs)
         except Exception as exc:  # the library raises many types for unreadable data
@@ -132,10 +136,12 @@ def check_columns(dataset: Any, spec: DatasetSpec, task: str) -> None:
 def label_mapping(values: Iterable[Any], num_labels: int | None) -> tuple[dict[Any, int], list[str]]:
     """Label value → id. Strings are sorted and numbered; integers are their own ids."""
     distinct = set(values)
-    if all(isinstance(v, bool) or isinstance(v, int) for v in distinct):
+    if all(isinstance(v, bool | int) for v in distinct):
         ints = sorted(int(v) for v in distinct)
         if ints and ints[0] < 0:
-            raise ConfigError("dataset.labelField", f"integer labels must be ≥ 0, found {ints[0]}", "renumber them")
+            raise ConfigError(
+                "dataset.labelField", f"integer labels must be ≥ 0, found {ints[0]}", "renumber them"
+            )
         count = max(num_labels or 0, (ints[-1] + 1) if ints else 0)
         return {v: int(v) for v in distinct}, [str(i) for i in range(count)]
     names = sorted(str(v) for v in distinct)
@@ -209,21 +215,31 @@ def prepare(cfg: TrainerConfig, tokenizer: Any) -> PreparedData:
     spec, task, max_len = cfg.dataset, cfg.model.task, cfg.optimization.max_seq_length
     train_raw, val_raw = load_raw(spec)
     if len(train_raw) == 0:
-        raise ConfigError("dataset", "the training split is empty", "point dataset.files/name at data with rows")
+        raise ConfigError(
+            "dataset", "the training split is empty", "point dataset.files/name at data with rows"
+        )
     check_columns(train_raw, spec, task)
     if val_raw is not None:
         check_columns(val_raw, spec, task)
     train_raw, val_raw = split_and_subset(train_raw, val_raw, cfg)
 
     if task == "sequence-classification":
-        values = list(train_raw[spec.label_field]) + (list(val_raw[spec.label_field]) if val_raw is not None else [])
+        values = list(train_raw[spec.label_field]) + (
+            list(val_raw[spec.label_field]) if val_raw is not None else []
+        )
         if any(v is None for v in values):
             raise ConfigError("dataset.labelField", "some rows have no label", "fill or drop unlabelled rows")
         mapping, names = label_mapping(values, cfg.model.num_labels)
         train = _tokenize_classification(train_raw, tokenizer, spec, max_len, mapping)
-        val = _tokenize_classification(val_raw, tokenizer, spec, max_len, mapping) if val_raw is not None else None
+        val = (
+            _tokenize_classification(val_raw, tokenizer, spec, max_len, mapping)
+            if val_raw is not None
+            else None
+        )
         collator = DataCollatorWithPadding(tokenizer)
-        return PreparedData(train, val, collator, num_labels=cfg.model.num_labels or len(names), label_names=names)
+        return PreparedData(
+            train, val, collator, num_labels=cfg.model.num_labels or len(names), label_names=names
+        )
 
     train = _tokenize_causal(train_raw, tokenizer, spec, max_len)
     val = _tokenize_causal(val_raw, tokenizer, spec, max_len) if val_raw is not None else None

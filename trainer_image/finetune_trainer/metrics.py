@@ -59,7 +59,9 @@ class TrainerMetrics:
             samples_per_second=gauge("samples_per_second", "Training examples processed per second."),
             tokens_per_second=gauge("tokens_per_second", "Training tokens processed per second (causal LM)."),
             epoch=gauge("epoch", "Epochs completed (fractional)."),
-            phase=gauge("phase", "1 for the trainer's current phase, 0 for the others.", ("command", "phase")),
+            phase=gauge(
+                "phase", "1 for the trainer's current phase, 0 for the others.", ("command", "phase")
+            ),
             command=command,
         )
 

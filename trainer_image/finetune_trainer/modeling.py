@@ -53,7 +53,9 @@ def check_hardware(cfg: TrainerConfig) -> None:
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError(
-                "adapter.type", "qlora needs the bitsandbytes package", "pip install bitsandbytes, or use lora"
+                "adapter.type",
+                "qlora needs the bitsandbytes package",
+                "pip install bitsandbytes, or use lora",
             )
     if cfg.optimization.precision == "fp16" and not cuda_available():
         raise ConfigError("optimization.precision", "fp16 needs a CUDA GPU", "use bf16 or fp32 on CPU")
@@ -83,14 +85,21 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     except Exception as exc:
         raise ConfigError(
             "model.name",
-            f"cannot load a tokenizer from {spec.name!r}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}",
+            f"cannot load a tokenizer from {spec.name!r}: {_first_line(exc)}",
             "point it at a model directory with tokenizer files, or a hub id reachable from here",
         ) from exc
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ConfigError("model.name", "the tokenizer has neither a pad nor an EOS token", "add a pad token")
+            raise ConfigError(
+                "model.name", "the tokenizer has neither a pad nor an EOS token", "add a pad token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _dtype(spec: ModelSpec) -> Any:
@@ -139,7 +148,7 @@ def load_model(
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
             "model.name",
-            f"cannot load {spec.name!r} as {spec.task}: {str(exc).strip().splitlines()[0][:200]}",
+            f"cannot load {spec.name!r} as {spec.task}: {_first_line(exc)}",
             "check the path/id and that the architecture supports this task",
         ) from exc
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
@@ -178,16 +187,22 @@ def transformer_blocks(model: Any) -> tuple[str, Any]:
 
     best: tuple[str, Any] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and (best is None or len(module) > len(best[1])):
+        if (
+            isinstance(module, torch.nn.ModuleList)
+            and len(module) > 0
+            and (best is None or len(module) > len(best[1]))
+        ):
             best = (name, module)
     if best is None:
-        raise ConfigError("adapter.type", "top-layers: the model has no list of transformer blocks", "use lora")
+        raise ConfigError(
+            "adapter.type", "top-layers: the model has no list of transformer blocks", "use lora"
+        )
     return best
 
 
 def freeze_all_but_top(model: Any, n: int) -> Any:
     """Train only the last ``n`` transformer blocks and whatever sits outside the base model (the head)."""
-    name, blocks = transformer_blocks(model)
+    _, blocks = transformer_blocks(model)
     if n > len(blocks):
         raise ConfigError(
             "adapter.topLayers", f"is {n} but the model has {len(blocks)} blocks", f"use 1..{len(blocks)}"

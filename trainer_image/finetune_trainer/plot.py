@@ -8,7 +8,12 @@ from pathlib import Path
 
 from finetune_trainer.config import RangeTestResult, parse_result
 
-RULE_COLOURS = {"steepest": "tab:orange", "valley": "tab:green", "minimum-over-10": "tab:purple", "max-over-3": "tab:red"}
+RULE_COLOURS = {
+    "steepest": "tab:orange",
+    "valley": "tab:green",
+    "minimum-over-10": "tab:purple",
+    "max-over-3": "tab:red",
+}
 
 
 def plot_range_test(
@@ -22,8 +27,16 @@ def plot_range_test(
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     if raw_curve:
-        ax.plot([p["lr"] for p in raw_curve], [p["loss"] for p in raw_curve], color="0.8", lw=0.8, label="loss")
-    ax.plot([p.lr for p in result.curve], [p.loss for p in result.curve], color="tab:blue", lw=1.6, label="smoothed")
+        ax.plot(
+            [p["lr"] for p in raw_curve], [p["loss"] for p in raw_curve], color="0.8", lw=0.8, label="loss"
+        )
+    ax.plot(
+        [p.lr for p in result.curve],
+        [p.loss for p in result.curve],
+        color="tab:blue",
+        lw=1.6,
+        label="smoothed",
+    )
     for name, lr in result.suggestions.items():
         if lr is not None:
             style = "-" if name == result.rule else "--"
@@ -32,8 +45,12 @@ def plot_range_test(
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     recommended = result.recommended_learning_rate
-    title = f"LR range test — recommended {recommended:.2e} ({result.rule})" if recommended else "LR range test"
-    ax.set_title(f"{title}\nbatch {result.effective_batch_size}, adapter {result.adapter}, {result.stop_reason}")
+    title = (
+        f"LR range test — recommended {recommended:.2e} ({result.rule})" if recommended else "LR range test"
+    )
+    ax.set_title(
+        f"{title}\nbatch {result.effective_batch_size}, adapter {result.adapter}, {result.stop_reason}"
+    )
     losses = [p.loss for p in result.curve]
     if losses:
         low, first = min(losses), losses[0]
@@ -48,7 +65,9 @@ def plot_range_test(
 
 
 def plot_file(result_path: str | Path, out: str | Path) -> Path:
-    """Plot a saved range-test result (``result.json`` or a compact result file); uses ``curve.csv`` beside it."""
+    """Plot a saved range-test result (``result.json`` or a compact result file).
+
+    The raw loss is drawn too when ``curve.csv`` lies beside the result."""
     data = json.loads(Path(result_path).read_text())
     result = parse_result(data)
     if not isinstance(result, RangeTestResult):

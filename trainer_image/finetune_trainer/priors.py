@@ -3,7 +3,7 @@
 Used to centre or widen a range-test window and to sanity-check a recommendation: a recommendation far
 from the prior is reported as a warning, never vetoed (the curve is the evidence; the prior is folklore).
 Values are the customary full fine-tune peak LRs (BERT paper, RoBERTa paper, T5 paper, GPT-2/Llama
-fine-tuning recipes); LoRA-style adapters train few weights and take about 10× higher rates.
+fine-tuning recipes); LoRA-style adapters train few weights and take about 10x higher rates.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LORA_FACTOR = 10.0
-"""LoRA/QLoRA adapters usually want ~10× the full fine-tune LR."""
+"""LoRA/QLoRA adapters usually want ~10x the full fine-tune LR."""
 FAR_FACTOR = 30.0
 """A recommendation more than this factor away from the prior's range draws a warning."""
 
@@ -60,7 +60,9 @@ def model_type_of(model_name: str) -> str | None:
 
 def prior_for(model_name: str, adapter: str = "none", model_type: str | None = None) -> Prior:
     """The prior for a model (by its ``model_type`` when known, else by name), scaled for adapters."""
-    keys = [k.lower() for k in (model_type or model_type_of(model_name), Path(model_name).name, model_name) if k]
+    keys = [
+        k.lower() for k in (model_type or model_type_of(model_name), Path(model_name).name, model_name) if k
+    ]
     found = DEFAULT
     for key in keys:
         hit = next((p for names, p in PRIORS if any(n in key for n in names)), None)
@@ -73,17 +75,17 @@ def prior_for(model_name: str, adapter: str = "none", model_type: str | None = N
 
 
 def widen_window(min_lr: float, max_lr: float, prior: Prior, span: float = 30.0) -> tuple[float, float]:
-    """A range-test window that contains ``[min_lr, max_lr]`` and spans ``span``× either side of the prior."""
+    """A range-test window that contains ``[min_lr, max_lr]`` and spans ``span``x either side of the prior."""
     return min(min_lr, prior.low / span), max(max_lr, prior.high * span)
 
 
 def sanity_warning(lr: float | None, prior: Prior, factor: float = FAR_FACTOR) -> str | None:
-    """A warning when ``lr`` is more than ``factor``× outside the prior's range; ``None`` when plausible."""
+    """A warning when ``lr`` is more than ``factor``x outside the prior's range; ``None`` when plausible."""
     if lr is None or prior.family == "unknown":
         return None
     if lr > prior.high * factor or lr < prior.low / factor:
         return (
-            f"recommended learning rate {lr:.3g} is far from the usual {prior.low:.3g}–{prior.high:.3g} for "
+            f"recommended learning rate {lr:.3g} is far from the usual {prior.low:.3g}-{prior.high:.3g} for "
             f"{prior.family} models; check the curve before trusting it"
         )
     return None

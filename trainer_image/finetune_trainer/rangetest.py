@@ -3,7 +3,7 @@
 It runs on the same ``Trainer`` (optimizer, precision, clipping, accumulation, DDP) as the fine-tune it
 prepares, so the LR it finds is an LR for that setup; only the schedule differs (the ramp). Each step's
 loss (the training loss, or a fixed validation batch's loss in validation mode) is smoothed by a
-bias-corrected EMA; the test stops on NaN/inf or when the smoothed loss exceeds ``divergenceFactor`` × the
+bias-corrected EMA; the test stops on NaN/inf or when the smoothed loss exceeds ``divergenceFactor`` x the
 best so far. The model and optimizer are thrown away afterwards: only the curve is kept.
 """
 
@@ -68,7 +68,9 @@ def _validation_loss_fn(plan: RunPlan) -> Any:
     """Loss of a fixed validation batch (same batch every step, so the curve moves only with the weights)."""
     import torch
 
-    examples = [plan.data.eval[i] for i in range(min(len(plan.data.eval), plan.cfg.optimization.batch_size * 2))]
+    examples = [
+        plan.data.eval[i] for i in range(min(len(plan.data.eval), plan.cfg.optimization.batch_size * 2))
+    ]
     batch = plan.data.collator(examples)
 
     def loss_of(model: Any) -> float:
@@ -84,7 +86,9 @@ def _validation_loss_fn(plan: RunPlan) -> Any:
     return loss_of
 
 
-def run_range_test(cfg: TrainerConfig, progress: Progress, metrics: TrainerMetrics | None) -> tuple[RangeTestResult, RangeCurve]:
+def run_range_test(
+    cfg: TrainerConfig, progress: Progress, metrics: TrainerMetrics | None
+) -> tuple[RangeTestResult, RangeCurve]:
     """Run the test; returns the result (curve ≤ 200 points) and the full-resolution record."""
     rt = cfg.range_test
     if metrics:
@@ -127,7 +131,12 @@ def run_range_test(cfg: TrainerConfig, progress: Progress, metrics: TrainerMetri
             smoothed = curve.smoothed[-1] if curve.smoothed and math.isfinite(loss) else None
             lr = curve.lr_of_step(state.global_step)
             progress.emit(
-                "step", step=state.global_step, totalSteps=rt.steps, learningRate=lr, loss=loss, smoothedLoss=smoothed
+                "step",
+                step=state.global_step,
+                totalSteps=rt.steps,
+                learningRate=lr,
+                loss=loss,
+                smoothedLoss=smoothed,
             )
             if metrics:
                 metrics.set(
@@ -141,7 +150,9 @@ def run_range_test(cfg: TrainerConfig, progress: Progress, metrics: TrainerMetri
                 control.should_training_stop = True
 
     with tempfile.TemporaryDirectory(prefix="range-test-") as scratch:
-        args = training_arguments(plan, scratch, max_steps=rt.steps, evaluate=False, save=False, logging_steps=1)
+        args = training_arguments(
+            plan, scratch, max_steps=rt.steps, evaluate=False, save=False, logging_steps=1
+        )
         trainer = build_trainer(
             plan, model, args, lambda opt, _n: build_ramp(opt, lo, hi, rt.steps, rt.mode), [Record()]
         )

@@ -82,21 +82,41 @@ def compact_json(result: Spec, limit: int = RESULT_LIMIT) -> str:
         result = result.model_copy(update={"curve": downsample(result.curve, TERMINATION_CURVE_POINTS)})
     data = round_sig(_finite(result.to_wire()))
     text = _dumps(data)
-    while len(text.encode()) > limit:
-        curve = data.get("curve") or []
-        warnings = data.get("warnings") or []
-        if len(curve) > 10:
-            data["curve"] = [curve[i] for i in downsample_indices(len(curve), len(curve) * 2 // 3)]
-        elif warnings:
-            data["warnings"] = [w[:120] for w in warnings[: len(warnings) // 2]]
-        elif curve:
-            data["curve"] = []
-        else:  # nothing left to cut: keep the valid-JSON promise with the essentials
-            data = {k: v for k, v in data.items() if not isinstance(v, list | dict)}
-            text = _dumps(data)[:limit]
-            break
-        text = _dumps(data)
+    # Cut in order of least value lost: long warnings, then curve resolution down to 30 points, then
+    # warnings, then the rest of the curve.
+    steps = (
+        lambda d: _cap_warnings(d, 160),
+        lambda d: _thin_curve(d, 30),
+        lambda d: _cap_warnings(d, 160, keep=len(d.get("warnings") or []) // 2),
+        lambda d: _thin_curve(d, 10),
+        lambda d: _thin_curve(d, 0),
+    )
+    for step in steps:
+        while len(text.encode()) > limit and step(data):
+            text = _dumps(data)
+    if len(text.encode()) > limit:  # keep the valid-JSON promise with the scalar essentials
+        text = _dumps({k: v for k, v in data.items() if not isinstance(v, list | dict)})
     return text
+
+
+def _cap_warnings(data: dict[str, Any], chars: int, keep: int | None = None) -> bool:
+    """Shorten warnings to ``chars`` and keep the first ``keep``; ``False`` when that changes nothing."""
+    warnings = data.get("warnings") or []
+    cut = [w[:chars] for w in warnings[: len(warnings) if keep is None else keep]]
+    if cut == warnings:
+        return False
+    data["warnings"] = cut
+    return True
+
+
+def _thin_curve(data: dict[str, Any], floor: int) -> bool:
+    """Drop a third of the curve's points, not below ``floor``; ``False`` when at the floor already."""
+    curve = data.get("curve") or []
+    if len(curve) <= floor:
+        return False
+    target = max(floor, len(curve) * 2 // 3)
+    data["curve"] = [curve[i] for i in downsample_indices(len(curve), target)] if target else []
+    return True
 
 
 def write_result_file(path: str | None, result: Spec) -> None:

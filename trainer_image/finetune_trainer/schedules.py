@@ -94,8 +94,10 @@ def plan_from_spec(spec: ScheduleSpec, total_steps: int) -> SchedulePlan:
     )
 
 
-def warmup_steps_for(total_steps: int, warmup_steps: int | None = None, warmup_ratio: float | None = None) -> int:
-    """Warmup in steps: explicit steps win, else ``ceil(ratio × total)``, else 0."""
+def warmup_steps_for(
+    total_steps: int, warmup_steps: int | None = None, warmup_ratio: float | None = None
+) -> int:
+    """Warmup in steps: explicit steps win, else ``ceil(ratio x total)``, else 0."""
     if warmup_steps is not None:
         return int(warmup_steps)
     if warmup_ratio:
@@ -210,7 +212,7 @@ def lr_at(plan: SchedulePlan, base_lr: float, step: int) -> float:
 def ramp_lr(min_lr: float, max_lr: float, num_steps: int, step: int, mode: str = "exponential") -> float:
     """LR of ramp step ``step`` (0-based) going from ``min_lr`` at 0 to ``max_lr`` at ``num_steps - 1``.
 
-    ``exponential`` spaces the LRs evenly in log space (``min × (max/min)^(s/(N-1))``), ``linear`` evenly.
+    ``exponential`` spaces the LRs evenly in log space (``min x (max/min)^(s/(N-1))``), ``linear`` evenly.
     """
     if num_steps <= 1:
         return min_lr
@@ -222,7 +224,9 @@ def ramp_lr(min_lr: float, max_lr: float, num_steps: int, step: int, mode: str =
     raise ValueError(f"unknown ramp mode {mode!r}; expected 'exponential' or 'linear'")
 
 
-def build_ramp(optimizer: torch.optim.Optimizer, min_lr: float, max_lr: float, num_steps: int, mode: str) -> LambdaLR:
+def build_ramp(
+    optimizer: torch.optim.Optimizer, min_lr: float, max_lr: float, num_steps: int, mode: str
+) -> LambdaLR:
     """A ``LambdaLR`` on an optimizer whose ``lr`` is ``max_lr`` that ramps ``min_lr → max_lr``."""
     base_lr = float(optimizer.defaults.get("lr") or optimizer.param_groups[0]["lr"])
     return LambdaLR(optimizer, lambda s: ramp_lr(min_lr, max_lr, num_steps, s, mode) / base_lr)

@@ -25,27 +25,37 @@ def read_file(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError("--config", f"cannot read {str(path)!r} ({exc.strerror})", "pass a readable file") from exc
+        raise ConfigError(
+            "--config", f"cannot read {str(path)!r} ({exc.strerror})", "pass a readable file"
+        ) from exc
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("--config", f"{str(path)!r} is not valid YAML/JSON ({first})", "fix its syntax") from exc
+        raise ConfigError(
+            "--config", f"{str(path)!r} is not valid YAML/JSON ({first})", "fix its syntax"
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("--config", f"{str(path)!r} must hold a mapping at the top", "write key: value pairs")
+        raise ConfigError(
+            "--config", f"{str(path)!r} must hold a mapping at the top", "write key: value pairs"
+        )
     return data
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML: numbers, booleans, lists) to ``data`` in place."""
     if "=" not in assignment:
-        raise ConfigError("--set", f"{assignment!r} is not path=value", "write e.g. --set optimization.batchSize=8")
+        raise ConfigError(
+            "--set", f"{assignment!r} is not path=value", "write e.g. --set optimization.batchSize=8"
+        )
     path, raw = assignment.split("=", 1)
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
-        raise ConfigError("--set", f"{assignment!r} has an empty path", "write e.g. --set optimization.batchSize=8")
+        raise ConfigError(
+            "--set", f"{assignment!r} has an empty path", "write e.g. --set optimization.batchSize=8"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -57,7 +67,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             child = {}
             node[key] = child
         if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(keys)}", f"{key} is not a section", "override a field inside a section")
+            raise ConfigError(
+                f"{'.'.join(keys)}", f"{key} is not a section", "override a field inside a section"
+            )
         node = child
     existing = next((k for k in node if _same(k, keys[-1])), keys[-1])
     node[existing] = value
@@ -77,11 +89,15 @@ def _get(node: dict[str, Any], key: str) -> Any:
 def describe(error: ValidationError) -> ConfigError:
     """The first validation error as a ConfigError with a camelCase dotted field path."""
     err = error.errors()[0]
-    loc = ".".join(to_camel(str(p)) if isinstance(p, str) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    loc = ".".join(to_camel(str(p)) if isinstance(p, str) else f"[{p}]" for p in err["loc"]).replace(
+        ".[", "["
+    )
     msg = err["msg"].removeprefix("Value error, ")
     kind = err["type"]
     if kind == "extra_forbidden":
-        return ConfigError(loc, "unknown field", "remove it or fix its spelling (see the TrainerConfig reference)")
+        return ConfigError(
+            loc, "unknown field", "remove it or fix its spelling (see the TrainerConfig reference)"
+        )
     if kind == "missing":
         return ConfigError(loc, "is required", "set it")
     named = _LEADING_FIELD.match(msg)

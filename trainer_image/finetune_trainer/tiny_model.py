@@ -44,7 +44,8 @@ def toy_sentences(n: int, seed: int = 0) -> list[dict[str, str]]:
     for _ in range(n):
         positive = rng.random() < 0.5
         adjective = rng.choice(POSITIVE if positive else NEGATIVE)
-        text = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} the {adjective} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)} ."
+        subject, verb = rng.choice(SUBJECTS), rng.choice(VERBS)
+        text = f"{subject} {verb} the {adjective} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)} ."
         rows.append({"text": text, "label": "positive" if positive else "negative"})
     return rows
 
@@ -122,8 +123,12 @@ def build_model_dir(out_dir: str | Path, arch: str = "gpt2", seed: int = 0) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune_trainer.tiny_model", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir", nargs="?", default=DEFAULT_DIR, help=f"model directory (default {DEFAULT_DIR})")
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_trainer.tiny_model", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "out_dir", nargs="?", default=DEFAULT_DIR, help=f"model directory (default {DEFAULT_DIR})"
+    )
     parser.add_argument("--arch", choices=["gpt2", "bert"], default="gpt2", help="gpt2 (causal LM) or bert")
     parser.add_argument("--data", help="write the toy dataset (JSONL) here instead of building a model")
     parser.add_argument("--lines", type=int, default=400, help="toy dataset size")

@@ -67,17 +67,23 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
     check_hardware(cfg)
     if command in ("train", "trial") and learning_rate is None:
         raise ConfigError(
-            "learningRate", f"{command} needs a learning rate", "set learningRate in the config or --learning-rate"
+            "learningRate",
+            f"{command} needs a learning rate",
+            "set learningRate in the config or --learning-rate",
         )
     tokenizer = load_tokenizer(cfg.model)
     data = prepare(cfg, tokenizer)
     opt = cfg.optimization
     world = world_size()
     if len(data.train) < opt.batch_size * world:
-        unit = "blocks of maxSeqLength tokens" if cfg.model.task == "causal-lm" and cfg.dataset.packing else "examples"
+        unit = (
+            "blocks of maxSeqLength tokens"
+            if cfg.model.task == "causal-lm" and cfg.dataset.packing
+            else "examples"
+        )
         raise ConfigError(
             "optimization.batchSize",
-            f"{opt.batch_size} per device × {world} processes is more than the {len(data.train)} training {unit}",
+            f"{opt.batch_size} per device x {world} processes exceeds the {len(data.train)} training {unit}",
             "lower optimization.batchSize (or maxSeqLength), or add data",
         )
     per_epoch = steps_per_epoch(len(data.train), opt.batch_size, world, opt.gradient_accumulation_steps)
@@ -272,7 +278,11 @@ def make_callbacks(
             loss = float(logs["loss"])
             now = time.monotonic()
             steps = state.global_step - self.last_step
-            sps = steps * plan.effective_batch_size / (now - self.last_time) if steps > 0 and now > self.last_time else None
+            sps = (
+                steps * plan.effective_batch_size / (now - self.last_time)
+                if steps > 0 and now > self.last_time
+                else None
+            )
             self.last_time, self.last_step = now, state.global_step
             log.losses.append(loss)
             progress.emit(
@@ -297,7 +307,9 @@ def make_callbacks(
             if not math.isfinite(loss):
                 log.diverged = f"training loss became {loss} at step {state.global_step}"
             elif explode_factor and log.losses and loss > explode_factor * log.losses[0]:
-                log.diverged = f"training loss {loss:.4g} exceeded {explode_factor}× its start ({log.losses[0]:.4g})"
+                log.diverged = (
+                    f"training loss {loss:.4g} exceeded {explode_factor}x its start ({log.losses[0]:.4g})"
+                )
             if log.diverged:
                 control.should_training_stop = True
 
@@ -373,7 +385,7 @@ def run_train(
     *,
     main_process: bool = True,
 ) -> TrainResult:
-    """Fine-tune with warmup/decay; resume from the newest checkpoint in ``cfg.output_dir`` if there is one."""
+    """Fine-tune with warmup/decay, resuming from the newest checkpoint in ``cfg.output_dir`` if any."""
     started = time.monotonic()
     if metrics:
         metrics.set_phase("loading")
@@ -442,7 +454,9 @@ def run_train(
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
         eval_loss=eval_loss,
         best_eval_loss=min(evals) if evals else None,
-        best_checkpoint=str(Path(best_ckpt).relative_to(out)) if best_ckpt and Path(best_ckpt).exists() else None,
+        best_checkpoint=str(Path(best_ckpt).relative_to(out))
+        if best_ckpt and Path(best_ckpt).exists()
+        else None,
         early_stopped=log.early_stopped,
         resumed_from_step=resumed_step,
         runtime_seconds=round(time.monotonic() - started, 2),

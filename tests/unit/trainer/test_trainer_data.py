@@ -1,0 +1,89 @@
+"""Data preparation: formats, labels, splits, subsets, packing, and the step arithmetic Trainer uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune_trainer.config import DatasetSpec, TrainerConfig
+from finetune_trainer.data import file_format, label_mapping, prepare
+from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.tiny_model import build_tokenizer, toy_sentences, vocabulary
+from finetune_trainer.training import steps_per_epoch
+
+
+def test_steps_per_epoch_matches_trainer_counting() -> None:
+    assert steps_per_epoch(100, 8, 1, 1) == 13  # ceil(100/8)
+    assert steps_per_epoch(100, 8, 2, 1) == 7  # per rank: ceil(100/16)
+    assert steps_per_epoch(100, 8, 1, 4) == 4  # 13 batches → 3 full accumulations + 1 partial
+    assert steps_per_epoch(3, 8, 1, 4) == 1
+
+
+def test_file_format_by_extension() -> None:
+    assert file_format(DatasetSpec(files=["a.jsonl"])) == "json"
+    assert file_format(DatasetSpec(files=["a.parquet"])) == "parquet"
+    assert file_format(DatasetSpec(files=["a.txt"])) == "text"
+    assert file_format(DatasetSpec(files=["a.weird"], format="csv")) == "csv"
+    with pytest.raises(ConfigError, match=r"^dataset\.format"):
+        file_format(DatasetSpec(files=["a.weird"]))
+
+
+def test_label_mapping_strings_and_ints() -> None:
+    mapping, names = label_mapping(["neg", "pos", "neg"], None)
+    assert names == ["neg", "pos"] and mapping == {"neg": 0, "pos": 1}
+    mapping, names = label_mapping([0, 2, 1], None)
+    assert names == ["0", "1", "2"] and mapping[2] == 2
+    with pytest.raises(ConfigError, match=r"^model\.numLabels"):
+        label_mapping(["a", "b", "c"], 2)
+
+
+def test_toy_data_is_all_in_vocabulary() -> None:
+    words = set(vocabulary())
+    for row in toy_sentences(50):
+        assert set(row["text"].split()) <= words
+
+
+@pytest.fixture(scope="module")
+def jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in toy_sentences(100)))
+    return path
+
+
+def cfg_for(path: Path, **dataset: object) -> TrainerConfig:
+    return TrainerConfig.model_validate(
+        {
+            "model": {"name": "tiny", "task": dataset.pop("task", "causal-lm")},
+            "dataset": {"files": [str(path)], **dataset},
+            "optimization": {"maxSeqLength": 16},
+        }
+    )
+
+
+def test_causal_packing_makes_full_blocks_and_holds_out_validation(jsonl: Path) -> None:
+    data = prepare(cfg_for(jsonl, validationFraction=0.2), build_tokenizer())
+    assert len(data.eval) > 0
+    row = data.train[0]
+    assert len(row["input_ids"]) == 16 and row["labels"] == row["input_ids"]
+    assert data.tokens_per_example == 16
+
+
+def test_max_samples_is_a_seeded_subset(jsonl: Path) -> None:
+    a = prepare(cfg_for(jsonl, maxSamples=10, packing=False), build_tokenizer())
+    b = prepare(cfg_for(jsonl, maxSamples=10, packing=False), build_tokenizer())
+    assert len(a.train) == 10 and a.train["input_ids"] == b.train["input_ids"]
+
+
+def test_classification_labels_become_ids(jsonl: Path) -> None:
+    data = prepare(cfg_for(jsonl, task="sequence-classification", labelField="label"), build_tokenizer())
+    assert data.label_names == ["negative", "positive"] and data.num_labels == 2
+    assert set(data.train["labels"]) == {0, 1}
+
+
+def test_unreadable_dataset_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(ConfigError, match=r"^dataset\.files"):
+        prepare(cfg_for(bad), build_tokenizer())
