@@ -506,3 +506,54 @@ def test_a_claim_folder_outlives_its_pod_and_mount_paths_are_rewritten_in_args_a
     assert first["containerStatuses"][0]["state"]["terminated"]["message"] == f"none True {first['podIP']}"
     assert retry["containerStatuses"][0]["state"]["terminated"]["message"] == f"step-10 True {retry['podIP']}"
     assert first["podIP"] != retry["podIP"]
+
+
+@pytest.mark.e2e
+def test_a_pod_talks_to_the_api_as_its_service_account_and_rbac_applies(
+    kube_cluster: LocalCluster, kube_api: client.ApiClient, namespace: str
+) -> None:
+    if kube_cluster.runner is None:
+        pytest.skip("needs the kubernetes package inside the pod (the local runner's environment)")
+    core = client.CoreV1Api(kube_api)
+    code = (
+        "from kubernetes import client, config;"
+        "config.load_kube_config();"
+        "api = client.CoreV1Api();"
+        "own = api.read_namespaced_config_map('kube-root-ca.crt', 'NS').metadata.name;"
+        "\ntry:\n    api.list_namespaced_secret('NS'); verdict = 'allowed'"
+        "\nexcept client.ApiException as exc:\n    verdict = str(exc.status)"
+        "\nopen('/dev/termination-log', 'w').write(f'{own} secrets:{verdict}')"
+    ).replace("NS", namespace)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "cm-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "default-reads-cm"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}],
+        },
+    )
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "client"},
+            "spec": {"restartPolicy": "Never", "containers": [python_container(code)]},
+        },
+    )
+    status = wait_for(
+        "the pod to finish",
+        lambda: (
+            read_pod(core, namespace, "client")["status"]
+            if read_pod(core, namespace, "client")["status"].get("phase") in ("Succeeded", "Failed")
+            else None
+        ),
+    )
+    assert status["phase"] == "Succeeded", status
+    assert status["containerStatuses"][0]["state"]["terminated"]["message"] == "kube-root-ca.crt secrets:403"

@@ -33,6 +33,7 @@ from .processes import free_port, kill_group, spawn, tail
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
 CONTROLLERS = "*"  # all default controllers: job, garbagecollector, namespace, serviceaccount(-token), ...
+WORKDIR_PREFIX = "finetune-localcluster-"
 _PORT_IN_USE = ("address already in use", "bind: address")
 
 
@@ -84,8 +85,10 @@ class ControlPlane:
         if self.binaries is None:
             self.binaries = ensure_binaries(build=False)
         if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="finetune-localcluster-"))
+            sweep_stale_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
             self._own_workdir = True
+            (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         atexit.register(self.stop)
@@ -376,6 +379,17 @@ class ControlPlane:
         if code != 200:
             raise ControlPlaneError(f"/version returned {code}: {body}")
         return json.loads(body)
+
+
+def sweep_stale_workdirs() -> None:
+    """Remove temp work dirs left by runs that were SIGKILLed (their owner process is gone)."""
+    for owner in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*/owner.pid"):
+        try:
+            os.kill(int(owner.read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(owner.parent, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
 
 
 def environment_for(plane: ControlPlane) -> dict[str, str]:

@@ -14,7 +14,9 @@ each bound pod:
 * **Environment**: the runner's own environment (minus ``KUBECONFIG``), then ``KUBERNETES_SERVICE_*``,
   ``HOSTNAME``, ``FINETUNE_LOCAL_ROOT`` and ``FINETUNE_LOCAL_MOUNTS``, then ``envFrom`` and ``env``
   (values with ``$(VAR)`` expansion, ConfigMap/Secret key refs, downward-API field refs such as
-  ``metadata.name``, ``metadata.namespace``, ``status.podIP``, ``spec.nodeName``).
+  ``metadata.name``, ``metadata.namespace``, ``status.podIP``, ``spec.nodeName``). A pod with a
+  service-account token volume also gets ``KUBECONFIG``: a kubeconfig that authenticates with that token,
+  since in-cluster config reads a fixed path the runner cannot provide.
 * **Volumes** become local folders: ``emptyDir`` (per pod), ``configMap``/``secret``/``downwardAPI``/
   ``projected`` (files written), ``persistentVolumeClaim`` (a stable folder per namespace/claim under
   the runner root, so a retried pod sees the same checkpoints), ``hostPath`` (the path itself). Mount
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SMP = "application/strategic-merge-patch+json"
 TERMINAL = ("Succeeded", "Failed")
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 IMAGE_NOTE = "image ignored: the local runner runs the container's command in the local Python environment"
 
 
@@ -757,6 +760,10 @@ class PodRunner:
         if tmp:  # a volume mounted at /tmp: temp files go there, as they would in the container
             env["TMPDIR"] = tmp
         env.update({k: mounts.substitute(v) for k, v in pod_env.items()})
+        if "KUBECONFIG" not in pod_env:
+            kubeconfig = self._service_account_kubeconfig(mounts, cdir, meta["namespace"])
+            if kubeconfig is not None:
+                env["KUBECONFIG"] = str(kubeconfig)
         cwd = cdir / "workdir"
         if spec.get("workingDir"):
             wanted = mounts.substitute(spec["workingDir"])
@@ -775,6 +782,36 @@ class PodRunner:
             term_file=term_file,
             init=init,
         )
+
+    def _service_account_kubeconfig(
+        self, mounts: podspec.MountMap, cdir: Path, namespace: str
+    ) -> Path | None:
+        """In-cluster config cannot work (its token path is fixed), so hand the process a kubeconfig that
+        authenticates with the pod's own service-account token: RBAC applies to it as in a cluster."""
+        folder = mounts.resolve(SERVICE_ACCOUNT_DIR)
+        if folder is None or not (Path(folder) / "token").is_file():
+            return None
+        token = (Path(folder) / "token").read_text().strip()
+        if not token:
+            return None
+        server = self.api.configuration.host
+        cluster: dict[str, Any] = {"server": server}
+        if (Path(folder) / "ca.crt").is_file():
+            cluster["certificate-authority"] = str(Path(folder) / "ca.crt")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": "pod", "user": {"token": token}}],
+            "contexts": [
+                {"name": "pod", "context": {"cluster": "local", "user": "pod", "namespace": namespace}}
+            ],
+            "current-context": "pod",
+        }
+        path = cdir / "kubeconfig"
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        return path
 
     def _start_pod(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
