@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,10 +52,12 @@ def plot_range_test(
     ax.set_title(
         f"{title}\nbatch {result.effective_batch_size}, adapter {result.adapter}, {result.stop_reason}"
     )
-    losses = [p.loss for p in result.curve]
+    losses = [p.loss for p in result.curve] + [p["loss"] for p in raw_curve or [] if math.isfinite(p["loss"])]
     if losses:
-        low, first = min(losses), losses[0]
-        ax.set_ylim(low - 0.1 * abs(first - low) - 1e-3, max(first, low) + 0.6 * abs(first - low) + 1e-3)
+        # Frame the interesting part: from the lowest loss to a little above the start; the blow-up is cut.
+        low, first = min(losses), result.curve[0].loss if result.curve else losses[0]
+        span = abs(first - low) or 1.0
+        ax.set_ylim(low - 0.1 * span, first + 0.6 * span)
     ax.legend(fontsize=8, loc="best")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
