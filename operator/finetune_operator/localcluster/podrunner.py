@@ -195,6 +195,7 @@ class PodRunner:
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="finetune-podrunner-"))
         self._pods: dict[str, _Pod] = {}
         self._unschedulable: dict[str, str] = {}
+        self._confirmed: set[str] = set()
         self._ips = _IPPool()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -519,6 +520,10 @@ class PodRunner:
         self._start_pod(pod)
 
     def _confirm_deletion(self, meta: dict[str, Any]) -> None:
+        # Once per pod: a finalizer (e.g. the Job controller's) may keep it visible for a while after.
+        if meta["uid"] in self._confirmed:
+            return
+        self._confirmed.add(meta["uid"])
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_pod(
                 meta["name"],
