@@ -75,6 +75,20 @@ class TestGoModParsing:
             binaries.ensure_binaries(build=False)
 
 
+def test_without_go_or_assets_the_error_says_what_to_install_or_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.delenv("GO", raising=False)
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(binaries, "GO_FALLBACKS", ())
+    with pytest.raises(binaries.BinariesError) as err:
+        binaries.ensure_binaries(build=True)
+    assert "no Go toolchain found" in str(err.value)
+    assert "KUBEBUILDER_ASSETS" in str(err.value)
+
+
 class TestPathSubstitution:
     def mapping(self) -> podspec.MountMap:
         m = podspec.MountMap()

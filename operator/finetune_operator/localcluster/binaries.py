@@ -37,6 +37,7 @@ K8S_VERSION = "1.37.2"
 ETCD_VERSION = "3.7.3"  # the etcd client line Kubernetes 1.37 requires (go.etcd.io/etcd/client/v3 v3.7.x)
 HELM_VERSION = "3.22.0"
 
+GO_FALLBACKS = ("/usr/local/go/bin/go",)  # the official tarball's location, often not on PATH
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 
@@ -227,7 +228,7 @@ def binary_version(name: str, path: Path) -> str:
 
 
 def find_go() -> Path:
-    for candidate in (os.environ.get("GO"), shutil.which("go"), "/usr/local/go/bin/go"):
+    for candidate in (os.environ.get("GO"), shutil.which("go"), *GO_FALLBACKS):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise BinariesError(
@@ -285,6 +286,11 @@ class Builder:
             hint = ""
             if re.search(r"dial tcp|no such host|proxy\.golang\.org|i/o timeout|connection refused", output):
                 hint = "\n(network problem reaching the Go module proxy? check GOPROXY and connectivity)"
+            elif re.search(r"requires go >= ?[0-9.]+|go: updates to go\.mod needed|toolchain", output):
+                hint = (
+                    f"\n(this Go is too old for these releases: install a newer Go, or set "
+                    f"KUBEBUILDER_ASSETS to prebuilt binaries; wanted Kubernetes {self.k8s_version})"
+                )
             tail = "\n".join(lines[-40:])
             raise BinariesError(f"`go {' '.join(args[:2])}` failed while {what} (exit {rc}):\n{tail}{hint}")
         return output
