@@ -245,3 +245,77 @@ def test_default_result_file_is_none_outside_kubernetes() -> None:
 
     expected = "/dev/termination-log" if os.access("/dev/termination-log", os.W_OK) else None
     assert default_result_file() == expected
+
+
+def test_early_stopping_ends_the_run(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        optimization={"maxSteps": 60},
+        evaluation={"everySteps": 5},
+        earlyStopping={"enabled": True, "patience": 1, "minDelta": 100.0},  # nothing counts as improvement
+        checkpoints={"saveFinalModel": False},
+    )
+    code, events, result_file = run_cli(tmp_path, cfg, "train")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_text()))
+    assert (
+        result.early_stopped and result.steps == 10
+    )  # first eval sets the best, the second runs out of patience
+    assert [e["event"] for e in events].count("earlyStop") == 1
+
+
+@pytest.mark.parametrize(
+    "optimization",
+    [{"optimizer": "adafactor"}, {"optimizer": "sgd", "momentum": 0.5}, {"precision": "bf16"}],
+    ids=["adafactor", "sgd", "bf16-on-cpu"],
+)
+def test_trial_with_other_optimizers_and_precisions(
+    tiny_gpt2: Path, tmp_path: Path, optimization: dict[str, Any]
+) -> None:
+    cfg = base_config(tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 8, **optimization})
+    code, events, _ = run_cli(tmp_path, cfg, "trial", "--learning-rate", "1e-3")
+    assert code == ExitCode.OK
+    lrs = [e["learningRate"] for e in events if e["event"] == "step"]
+    assert max(lrs) == pytest.approx(1e-3)  # the warmup reaches the peak, then the schedule decays it
+    assert lrs[-1] < 1e-3
+
+
+def test_train_that_diverges_exits_3(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(
+        tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 30, "maxGradNorm": 0}, learningRate=10.0
+    )
+    code, events, _ = run_cli(tmp_path, cfg, "train")
+    assert code == ExitCode.DIVERGED
+    assert events[-1]["event"] == "error" and "learning rate" in events[-1]["message"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        ("oom", ExitCode.OUT_OF_MEMORY),
+        ("interrupt", ExitCode.INTERRUPTED),
+        ("bug", ExitCode.ERROR),
+    ],
+)
+def test_failures_map_to_exit_codes(
+    tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: str, code: ExitCode
+) -> None:
+    import torch
+
+    from finetune_trainer import training
+    from finetune_trainer.exitcodes import Interrupted
+
+    errors = {
+        "oom": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        "interrupt": Interrupted("stopped by SIGTERM"),
+        "bug": RuntimeError("something else"),
+    }
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise errors[exc]
+
+    monkeypatch.setattr(training, "run_train", boom)
+    got, _, result_file = run_cli(tmp_path, base_config(tiny_gpt2, tmp_path / "out"), "train")
+    assert got == code
+    assert json.loads(result_file.read_text())["exitCode"] == int(code)

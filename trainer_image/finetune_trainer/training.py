@@ -31,6 +31,7 @@ from finetune_trainer.modeling import (
 from finetune_trainer.report import Progress
 from finetune_trainer.runtime import STOP, world_size
 from finetune_trainer.schedules import build_scheduler, plan_from_spec, warmup_steps_for
+from finetune_trainer.suggest import EmaSmoother
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
 
@@ -256,7 +257,11 @@ def make_callbacks(
     save_on_signal: bool,
     explode_factor: float | None = None,
 ) -> list[Any]:
-    """Progress/metrics reporting, NaN (and optionally explosion) detection, signal stop, early stopping."""
+    """Progress/metrics reporting, divergence detection, signal stop, early stopping.
+
+    Divergence: a NaN/inf loss, or (with ``explode_factor``) an EMA of the loss above that many times the
+    first logged loss.
+    """
     base = _callback_base()
     cfg = plan.cfg
     tokens = plan.data.tokens_per_example
@@ -265,6 +270,7 @@ def make_callbacks(
         def __init__(self) -> None:
             self.last_time = time.monotonic()
             self.last_step = 0
+            self.ema = EmaSmoother(0.1)  # a single spike must not end a long run
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.last_time, self.last_step = time.monotonic(), state.global_step
@@ -306,10 +312,13 @@ def make_callbacks(
                 )
             if not math.isfinite(loss):
                 log.diverged = f"training loss became {loss} at step {state.global_step}"
-            elif explode_factor and log.losses and loss > explode_factor * log.losses[0]:
-                log.diverged = (
-                    f"training loss {loss:.4g} exceeded {explode_factor}x its start ({log.losses[0]:.4g})"
-                )
+            else:
+                smoothed = self.ema.update(loss)
+                if explode_factor and smoothed > explode_factor * log.losses[0]:
+                    log.diverged = (
+                        f"smoothed training loss {smoothed:.4g} exceeded {explode_factor:g}x its start "
+                        f"({log.losses[0]:.4g})"
+                    )
             if log.diverged:
                 control.should_training_stop = True
 
@@ -419,7 +428,9 @@ def run_train(
         save=True,
         logging_steps=max(1, min(10, plan.total_steps // 200)),
     )
-    callbacks = make_callbacks(plan, progress, metrics, log, save_on_signal=True)
+    callbacks = make_callbacks(
+        plan, progress, metrics, log, save_on_signal=True, explode_factor=cfg.range_test.divergence_factor
+    )
     trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), callbacks)
     if metrics:
         metrics.set_phase("training")
