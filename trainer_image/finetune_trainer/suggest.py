@@ -7,6 +7,7 @@ becomes the recommendation. No torch here: the rules are plain arithmetic over t
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 
@@ -79,13 +80,21 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     if not _usable(lrs, losses):
         return None
     n = len(losses)
-    length = [1] * n
-    start = list(range(n))
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and length[j] + 1 > length[i]:
-                length[i] = length[j] + 1
-                start[i] = start[j]
+    # Longest strictly decreasing subsequence in O(n log n) (patience sorting on the negated losses),
+    # remembering where each subsequence starts.
+    length, start = [1] * n, list(range(n))
+    tails: list[float] = []  # tails[k]: smallest negated loss ending a run of length k + 1
+    tail_index: list[int] = []
+    for i, loss in enumerate(losses):
+        k = bisect.bisect_left(tails, -loss)
+        length[i] = k + 1
+        if k > 0:
+            start[i] = start[tail_index[k - 1]]
+        if k == len(tails):
+            tails.append(-loss)
+            tail_index.append(i)
+        else:
+            tails[k], tail_index[k] = -loss, i
     end = max(range(n), key=lambda i: (length[i], -i))
     if length[end] < 3:
         return None

@@ -58,8 +58,18 @@ def test_valley_is_the_middle_of_the_longest_decreasing_run() -> None:
     lrs = [float(10**-i) for i in range(10, 0, -1)]  # 1e-10 .. 1e-1
     # a noisy descent (bumps at 1 and 4 are skipped by the subsequence), then a rise
     losses = [3.0, 3.1, 2.9, 2.5, 2.7, 2.0, 1.5, 1.0, 2.0, 4.0]
-    # longest decreasing subsequence: 3.0, 2.9, 2.5, 2.0, 1.5, 1.0 (indices 0 … 7) → middle index 3
-    assert valley(lrs, losses) == lrs[3]
+    # longest decreasing subsequences (length 6) end at index 7 and start at 0 or 1; the one through the
+    # higher loss 3.1 (index 1) is kept, as it can be extended furthest → indices 1 … 7, middle index 4
+    assert valley(lrs, losses) == lrs[4]
+
+
+def test_valley_is_fast_on_long_curves() -> None:
+    import time
+
+    lrs, losses = classic_curve(20001)
+    started = time.perf_counter()
+    assert valley(lrs, losses) is not None
+    assert time.perf_counter() - started < 1.0  # O(n log n): a 10,000-step range test is not a bottleneck
 
 
 def test_valley_on_the_classic_curve_sits_inside_the_drop() -> None:
