@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
 
+from finetune_trainer.exitcodes import ConfigError
+
 DEFAULT_PORT = 9400
 PHASES = ("loading", "range_test", "training", "evaluating", "saving", "done", "failed")
 """Values of the ``phase`` label of ``finetune_trainer_phase`` (1 for the current phase, 0 otherwise)."""
@@ -67,8 +69,17 @@ class TrainerMetrics:
 
     def serve(self, port: int = DEFAULT_PORT, address: str | None = None) -> None:
         """Start the HTTP server in a daemon thread (``port`` 0: no server)."""
-        if port:
-            self.server = start_http_server(port, addr=address or default_address(), registry=self.registry)
+        if not port:
+            return
+        addr = address or default_address()
+        try:
+            self.server = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                "--metrics-port",
+                f"cannot listen on {addr}:{port} ({exc.strerror or exc})",
+                "choose a free port, or 0 to turn metrics off",
+            ) from exc
 
     def stop(self) -> None:
         if self.server is not None:

@@ -167,3 +167,14 @@ def test_compact_result_under_a_tiny_limit_is_still_json() -> None:
     text = compact_json(big_result(), limit=400)
     assert len(text.encode()) <= 400
     assert json.loads(text)["rule"] == "valley"
+
+
+def test_metrics_port_in_use_is_a_config_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=r"^--metrics-port"):
+            TrainerMetrics.create("train").serve(port, "127.0.0.1")
