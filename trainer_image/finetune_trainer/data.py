@@ -6,6 +6,7 @@ but the ``datasets`` cache, so it can run before any output exists.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,8 +60,12 @@ def file_format(spec: DatasetSpec) -> str:
 
 
 def check_files(spec: DatasetSpec) -> None:
-    """Every local file exists and is readable."""
+    """Every local file exists and is readable; every glob pattern matches something."""
     for i, name in enumerate(spec.files or []):
+        if any(c in name for c in "*?["):
+            if not glob.glob(name, recursive=True):
+                raise ConfigError(f"dataset.files[{i}]", f"{name!r} matches no file", "fix the pattern")
+            continue
         path = Path(name)
         if not path.is_file() or not os.access(path, os.R_OK):
             problem = "does not exist" if not path.exists() else "is not a readable file"

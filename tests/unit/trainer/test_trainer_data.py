@@ -87,3 +87,11 @@ def test_unreadable_dataset_names_the_field(tmp_path: Path) -> None:
     bad.write_text("{not json\n")
     with pytest.raises(ConfigError, match=r"^dataset\.files"):
         prepare(cfg_for(bad), build_tokenizer())
+
+
+def test_glob_patterns_are_accepted_when_they_match(jsonl: Path) -> None:
+    from finetune_trainer.data import check_files
+
+    check_files(DatasetSpec(files=[str(jsonl.parent / "*.jsonl")]))
+    with pytest.raises(ConfigError, match=r"^dataset\.files\[0\]"):
+        check_files(DatasetSpec(files=[str(jsonl.parent / "*.parquet")]))
