@@ -122,7 +122,7 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
     assert len(error_lines) == 1 and error_lines[0].startswith(f"error: {field}"), err[-2000:]
     assert not out.exists(), "nothing may be written to the output directory"
     error = json.loads(result_file.read_text())
-    assert error["kind"] == "error" and error["exitCode"] == 2 and field in error["message"]
+    assert error["kind"] == "error" and error["exitCode"] == 2 and field in error["error"]
     assert events[-1]["event"] == "error"
 
 

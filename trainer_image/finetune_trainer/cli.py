@@ -89,7 +89,7 @@ def _write_error(path: str | None, code: ExitCode, message: str) -> None:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(
                 json.dumps(
-                    {"kind": "error", "exitCode": int(code), "reason": code.name, "message": message[:3800]}
+                    {"kind": "error", "exitCode": int(code), "reason": code.name, "error": message[:3800]}
                 )
             )
     except OSError:
