@@ -95,3 +95,18 @@ def test_glob_patterns_are_accepted_when_they_match(jsonl: Path) -> None:
     check_files(DatasetSpec(files=[str(jsonl.parent / "*.jsonl")]))
     with pytest.raises(ConfigError, match=r"^dataset\.files\[0\]"):
         check_files(DatasetSpec(files=[str(jsonl.parent / "*.parquet")]))
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv", ".parquet"])
+def test_text_csv_and_parquet_files_load(tmp_path: Path, suffix: str) -> None:
+    rows = toy_sentences(60)
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".txt":
+        path.write_text("".join(r["text"] + "\n" for r in rows))
+    else:
+        import pandas as pd
+
+        frame = pd.DataFrame(rows)
+        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    data = prepare(cfg_for(path, validationFraction=0.1), build_tokenizer())
+    assert len(data.train) > 0 and len(data.eval) > 0
