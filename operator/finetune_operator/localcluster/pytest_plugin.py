@@ -11,7 +11,9 @@ Fixtures:
 * ``crds_installed`` (session) -> names of the CRDs applied from ``<repo>/crds/*.yaml`` (all Established).
 * ``run_operator`` (function) -> ``run_operator(module="finetune_operator.operator", namespace=None,
   extra_args=())``: a context manager running that kopf module in-process with ``kopf.testing.KopfRunner``
-  against ``kube_cluster``; it yields the runner (check ``runner.exception``/``runner.output`` after).
+  against ``kube_cluster``; it yields the runner. Check ``runner.exception``/``runner.output`` only after
+  the ``with`` block: kopf's ``KopfRunner.exception`` blocks until the operator has stopped.
+* ``local_runner_config`` (session) -> the pod runner's ``RunnerConfig`` (skips on external clusters).
 
 When a test that used ``kube_cluster`` fails, the control plane's log tails are added to its report.
 """
@@ -170,12 +172,11 @@ def run_operator(kube_cluster: LocalCluster) -> Callable[..., contextlib.Abstrac
 
 
 @pytest.fixture(scope="session")
-def local_runner_config() -> RunnerConfig:
-    """The pod runner's node settings (read-only; for tests that reason about capacity)."""
-    cluster = _CLUSTER
-    if cluster is None or cluster.runner is None:
+def local_runner_config(kube_cluster: LocalCluster) -> RunnerConfig:
+    """The pod runner's node settings (for tests that reason about capacity); skips on external clusters."""
+    if kube_cluster.runner is None:
         pytest.skip("no local pod runner (using an external cluster)")
-    return cluster.runner.config
+    return kube_cluster.runner.config
 
 
 @pytest.hookimpl(hookwrapper=True)
