@@ -89,6 +89,22 @@ def test_without_go_or_assets_the_error_says_what_to_install_or_set(
     assert "KUBEBUILDER_ASSETS" in str(err.value)
 
 
+def test_a_cached_binary_built_at_another_version_counts_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path))
+    cache = binaries.cache_bin_dir()
+    cache.mkdir(parents=True)
+    for name in binaries.NAMES:
+        (cache / name).write_text("#!/bin/sh\n")
+        (cache / name).chmod(0o755)
+        binaries.record_version(cache, name, binaries.wanted_version(name))
+    assert binaries.find_binaries()[1] == []
+    binaries.record_version(cache, "etcd", "3.0.0")
+    assert binaries.find_binaries()[1] == ["etcd"]
+
+
 class TestPathSubstitution:
     def mapping(self) -> podspec.MountMap:
         m = podspec.MountMap()

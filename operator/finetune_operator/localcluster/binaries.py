@@ -37,6 +37,7 @@ K8S_VERSION = "1.37.2"
 ETCD_VERSION = "3.7.3"  # the etcd client line Kubernetes 1.37 requires (go.etcd.io/etcd/client/v3 v3.7.x)
 HELM_VERSION = "3.22.0"
 
+VERSIONS_FILE = "VERSIONS.json"
 GO_FALLBACKS = ("/usr/local/go/bin/go",)  # the official tarball's location, often not on PATH
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
@@ -170,10 +171,42 @@ def _candidates(name: str, k8s_version: str) -> Iterable[Path]:
     yield cache_bin_dir(k8s_version) / name
 
 
+def wanted_version(
+    name: str,
+    k8s_version: str = K8S_VERSION,
+    etcd_version: str = ETCD_VERSION,
+    helm_version: str = HELM_VERSION,
+) -> str:
+    return {"etcd": etcd_version, "helm": helm_version}.get(name, k8s_version)
+
+
+def _stamps(directory: Path) -> dict[str, str]:
+    try:
+        data = json.loads((directory / VERSIONS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_version(directory: Path, name: str, version: str) -> None:
+    """Note which version a cached binary was built at (a version bump then rebuilds just that one)."""
+    stamps = _stamps(directory)
+    stamps[name] = version
+    tmp = directory / f".{VERSIONS_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(stamps, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, directory / VERSIONS_FILE)
+
+
 def find_binary(name: str, k8s_version: str = K8S_VERSION) -> Path | None:
+    cache = cache_bin_dir(k8s_version)
     for path in _candidates(name, k8s_version):
-        if path.is_file() and os.access(path, os.X_OK):
-            return path.resolve()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        if path.parent == cache and _stamps(cache).get(
+            name, wanted_version(name, k8s_version)
+        ) != wanted_version(name, k8s_version):
+            continue  # built at another etcd/helm version than this code wants
+        return path.resolve()
     return None
 
 
@@ -323,6 +356,9 @@ class Builder:
                 f"building {name}",
             )
             os.replace(tmp, self.dest / name)
+            record_version(
+                self.dest, name, wanted_version(name, self.k8s_version, self.etcd_version, self.helm_version)
+            )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -388,17 +424,4 @@ class Builder:
             if k8s:
                 (work / "k8s").mkdir()
                 self.build_kubernetes(k8s, work / "k8s")
-        stamp = self.dest / "VERSIONS.json"
-        stamp.write_text(
-            json.dumps(
-                {
-                    "kubernetes": self.k8s_version,
-                    "etcd": self.etcd_version,
-                    "helm": self.helm_version,
-                    "go": self._go(["env", "GOVERSION"], self.dest, "checking Go").strip(),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
         self.log(f"build finished in {time.monotonic() - started:.0f}s")
