@@ -8,7 +8,9 @@ the output directory automatically (that is how a retried pod continues).
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -371,10 +373,27 @@ def make_callbacks(
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* ``checkpoint-N`` in ``output_dir``, or ``None``.
 
+    ``Trainer`` writes ``trainer_state.json`` last, so a checkpoint without a readable one was cut off
+    mid-save (a pod killed while saving); it is skipped rather than resumed from, which would fail on
+    every retry.
+    """
     path = Path(output_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    if not path.is_dir():
+        return None
+    steps = []
+    for child in path.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if match and child.is_dir():
+            steps.append((int(match.group(1)), child))
+    for _, child in sorted(steps, reverse=True):
+        try:
+            json.loads((child / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(child)
+    return None
 
 
 def _final_eval(trainer: Any, log: RunLog, step: int) -> float | None:

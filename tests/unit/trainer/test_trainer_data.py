@@ -110,3 +110,18 @@ def test_text_csv_and_parquet_files_load(tmp_path: Path, suffix: str) -> None:
         frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
     data = prepare(cfg_for(path, validationFraction=0.1), build_tokenizer())
     assert len(data.train) > 0 and len(data.eval) > 0
+
+
+def test_latest_checkpoint_skips_ones_cut_off_mid_save(tmp_path: Path) -> None:
+    from finetune_trainer.training import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "missing") is None
+    for step, complete in ((25, True), (50, True), (75, False), (100, False)):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-100" / "trainer_state.json").write_text('{"global_st')  # torn write
+    (tmp_path / "checkpoint-notanumber").mkdir()
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-50")
