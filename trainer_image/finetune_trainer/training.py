@@ -267,6 +267,7 @@ def make_callbacks(
     base = _callback_base()
     cfg = plan.cfg
     tokens = plan.data.tokens_per_example
+    gauges = metrics  # HF passes evaluation results as ``metrics=``: keep the names apart
 
     class Report(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
@@ -276,8 +277,8 @@ def make_callbacks(
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.last_time, self.last_step = time.monotonic(), state.global_step
-            if metrics:
-                metrics.set(total_steps=state.max_steps)
+            if gauges:
+                gauges.set(total_steps=state.max_steps)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             logs = logs or {}
@@ -303,8 +304,8 @@ def make_callbacks(
                 gradNorm=logs.get("grad_norm"),
                 samplesPerSecond=sps,
             )
-            if metrics:
-                metrics.set(
+            if gauges:
+                gauges.set(
                     step=state.global_step,
                     loss=loss if math.isfinite(loss) else None,
                     learning_rate=logs.get("learning_rate"),
@@ -330,13 +331,11 @@ def make_callbacks(
                 return
             log.evals.append((state.global_step, float(value)))
             progress.emit("eval", step=state.global_step, evalLoss=float(value))
-            if metrics_ref:
-                metrics_ref.set(eval_loss=value)
+            if gauges:
+                gauges.set(eval_loss=value)
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             progress.emit("checkpoint", step=state.global_step, path=f"checkpoint-{state.global_step}")
-
-    metrics_ref = metrics
 
     class StopOnSignal(base):  # type: ignore[misc, valid-type]
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
