@@ -319,3 +319,20 @@ def test_failures_map_to_exit_codes(
     got, _, result_file = run_cli(tmp_path, base_config(tiny_gpt2, tmp_path / "out"), "train")
     assert got == code
     assert json.loads(result_file.read_text())["exitCode"] == int(code)
+
+
+def test_lora_train_saves_only_the_adapter(tiny_gpt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = base_config(
+        tiny_gpt2,
+        out,
+        adapter={"type": "lora", "r": 4, "alpha": 8, "targetModules": ["c_attn"]},
+        optimization={"maxSteps": 10},
+    )
+    code, events, _ = run_cli(tmp_path, cfg, "train")
+    assert code == ExitCode.OK
+    start = next(e for e in events if e["event"] == "start")
+    assert start["trainableParameters"] < start["parameters"] / 10
+    final = out / "final"
+    assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
+    assert not (final / "model.safetensors").exists()
