@@ -100,6 +100,11 @@ BAD_INPUTS = [
         id="min-lr-not-below-max",
     ),
     pytest.param({"schedule": {"warmupSteps": 40}}, "schedule.warmupSteps", id="warmup-longer-than-training"),
+    pytest.param(
+        {"optimization": {"maxSteps": None, "epochs": 1}, "schedule": {"warmupSteps": 40}},
+        "schedule.warmupSteps",
+        id="warmup-longer-than-an-epoch-of-data",
+    ),
     pytest.param({"adapter": {"type": "qlora"}}, "adapter.type", id="qlora-without-cuda"),
     pytest.param(
         {"optimization": {"batchSize": 4096}}, "optimization.batchSize", id="batch-larger-than-dataset"
