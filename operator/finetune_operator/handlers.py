@@ -112,6 +112,12 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         State.metrics.serve(State.settings.metrics_port)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, else `$KUBECONFIG` (read now, not at import)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.probe(id="ready")
 def ready(**_: Any) -> bool:
     return True

@@ -29,8 +29,9 @@ PLURALS = {"LRSweep": "lrsweeps", "FineTuneJob": "finetunejobs"}
 def tiny(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("tiny")
     subprocess.run([sys.executable, "-m", "finetune_trainer.tiny_model", str(root / "model")], check=True)
-    subprocess.run([sys.executable, "-m", "finetune_trainer.tiny_model", "--data", str(root / "toy.jsonl")],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "finetune_trainer.tiny_model", "--data", str(root / "toy.jsonl")], check=True
+    )
     return {
         "model": {"name": str(root / "model")},
         "dataset": {"files": [str(root / "toy.jsonl")]},
@@ -47,22 +48,31 @@ def operator_settings():
 
 def apply(api, namespace: str, kind: str, name: str, spec: dict) -> dict:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
+    return client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS[kind], body
+    )
 
 
 def status_of(api, namespace: str, kind: str, name: str) -> dict:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+    """The resource's status; empty while it does not exist yet."""
+    try:
+        obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURALS[kind], name
+        )
+    except client.ApiException as e:
+        if e.status == 404:
+            return {}
+        raise
     return obj.get("status") or {}
 
 
-def wait_phase(api, namespace, kind, name, phases=("Succeeded", "Failed"), timeout=300, runner=None) -> dict:
-    deadline = time.monotonic() + timeout
+def wait_phase(api, namespace, kind, name, phases=("Succeeded", "Failed"), timeout=300) -> dict:
+    """Poll the status (KopfRunner.exception blocks until the operator stops: check it after the run)."""
+    deadline, status = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
         status = status_of(api, namespace, kind, name)
         if status.get("phase") in phases:
             return status
-        if runner is not None and runner.exception is not None:
-            raise runner.exception
         time.sleep(0.5)
     raise AssertionError(f"{kind} {name} not in {phases} after {timeout}s: {status}")
 
@@ -75,7 +85,7 @@ def test_range_test_sweep_recommends_a_learning_rate(kube_api, namespace, crds_i
     spec = {**tiny, "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 40}}
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         apply(kube_api, namespace, "LRSweep", "rt", spec)
-        status = wait_phase(kube_api, namespace, "LRSweep", "rt", runner=runner)
+        status = wait_phase(kube_api, namespace, "LRSweep", "rt")
         text = generate_latest(handlers.State.metrics.registry).decode()
     assert runner.exception is None, runner.output
     assert status["phase"] == "Succeeded", status.get("message")
@@ -87,10 +97,14 @@ def test_range_test_sweep_recommends_a_learning_rate(kube_api, namespace, crds_i
 
 
 def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installed, run_operator, tiny):
-    spec = {**tiny, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "steps": 10, "parallelism": 2}}
+    spec = {
+        **tiny,
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "steps": 10, "parallelism": 2},
+    }
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         apply(kube_api, namespace, "LRSweep", "grid", spec)
-        status = wait_phase(kube_api, namespace, "LRSweep", "grid", runner=runner)
+        status = wait_phase(kube_api, namespace, "LRSweep", "grid")
     assert runner.exception is None, runner.output
     assert status["phase"] == "Succeeded", status.get("message")
     assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
@@ -104,18 +118,20 @@ def test_auto_finetune_sweeps_then_trains_and_survives_an_operator_restart(
 ):
     spec = {
         **tiny,
-        "learningRate": {"auto": {"rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30}}},
+        "learningRate": {
+            "auto": {"rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30}}
+        },
         "optimization": {**tiny["optimization"], "maxSteps": 40},
         "evaluation": {"everySteps": 20},
         "checkpoints": {"everySteps": 20},
     }
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         apply(kube_api, namespace, "FineTuneJob", "auto", spec)
-        wait_phase(kube_api, namespace, "LRSweep", "auto-lr", phases=("Running", "Succeeded"), runner=runner)
+        wait_phase(kube_api, namespace, "LRSweep", "auto-lr", phases=("Running", "Succeeded"))
     assert runner.exception is None, runner.output
     # the operator was stopped mid-run; a new one picks up where it left off
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
-        status = wait_phase(kube_api, namespace, "FineTuneJob", "auto", timeout=400, runner=runner)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "auto", timeout=400)
     assert runner.exception is None, runner.output
     assert status["phase"] == "Succeeded", status.get("message")
     sweep = status_of(kube_api, namespace, "LRSweep", "auto-lr")
@@ -125,11 +141,13 @@ def test_auto_finetune_sweeps_then_trains_and_survives_an_operator_restart(
     assert job_names(kube_api, namespace) == ["auto-lr-range-test", "auto-train"], "no duplicate Jobs"
 
 
-def test_bad_model_path_fails_with_the_trainers_message(kube_api, namespace, crds_installed, run_operator, tiny):
+def test_bad_model_path_fails_with_the_trainers_message(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
     spec = {**tiny, "model": {"name": str(Path(tiny["model"]["name"]).parent / "missing")}}
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         apply(kube_api, namespace, "LRSweep", "bad", spec)
-        status = wait_phase(kube_api, namespace, "LRSweep", "bad", runner=runner)
+        status = wait_phase(kube_api, namespace, "LRSweep", "bad")
     assert runner.exception is None, runner.output
     assert status["phase"] == "Failed"
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
