@@ -1,0 +1,1 @@
+"""Benchmarks: recommendation quality, trainer overhead, operator scale, range-test cost (see README.md)."""
