@@ -532,7 +532,7 @@ def our_range_test(task: Task, seed: int, rt: dict[str, Any]) -> tuple[list[floa
     for step in range(1, n + 1):
         loss = net(**next(batches)).loss
         used += 1
-        if curve.add(step, float(loss)):
+        if curve.add(step, float(loss.detach())):
             break
         loss.backward()
         if task.max_grad_norm > 0:
