@@ -1,8 +1,11 @@
 # One entry point for developers and CI. Every target creates/refreshes the environment first
 # (scripts/ensure-env: a cached venv outside the clone, keyed by pyproject.toml).
 SHELL := /bin/bash
-VENV = $(shell scripts/ensure-env)
-PY = $(VENV)/bin/python
+VENV := $(shell scripts/ensure-env)
+ifeq ($(VENV),)
+$(error scripts/ensure-env failed: see the messages above)
+endif
+PY := $(VENV)/bin/python
 
 .PHONY: test lint unit demo crds cluster-bins
 

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+        liveness_endpoint=(
+            f"http://{settings.bind_address}:{settings.health_port}/healthz" if settings.health_port else None
+        ),
     )
     return 0
 

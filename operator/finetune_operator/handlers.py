@@ -109,7 +109,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     State.api()
     if State.settings.metrics_port:
-        State.metrics.serve(State.settings.metrics_port)
+        State.metrics.serve(State.settings.metrics_port, State.settings.bind_address)
 
 
 @kopf.on.login()

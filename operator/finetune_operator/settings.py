@@ -37,6 +37,8 @@ class Settings:
     """Port of the operator's /healthz liveness endpoint (0 disables it)."""
     trainer_metrics_port: int = 9400
     """Port trainer pods serve their metrics on."""
+    bind_address: str = "0.0.0.0"
+    """Address the metrics and health endpoints listen on (the pod IP in a cluster)."""
     trainer_command: tuple[str, ...] = ("finetune-trainer",)
     """Command that starts the trainer inside the trainer image."""
 
@@ -72,6 +74,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("TRAINER_METRICS_PORT", str(d.trainer_metrics_port))),
     )
+    p.add_argument(
+        "--bind-address",
+        default=os.environ.get("POD_IP") or d.bind_address,
+        help="address of the metrics and health endpoints (default: $POD_IP, else 0.0.0.0)",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -105,4 +112,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         trainer_metrics_port=args.trainer_metrics_port,
+        bind_address=args.bind_address,
     )

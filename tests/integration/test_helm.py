@@ -38,7 +38,10 @@ NAMESPACED_RULES = {
     ("finetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "create"},
     ("finetune.dev", "lrsweeps/status"): {"get", "patch", "update"},
     ("finetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("finetune.dev", "lrsweeps/finalizers"): {"update"},  # ownerReferences with blockOwnerDeletion
+    ("finetune.dev", "finetunejobs/finalizers"): {"update"},
+    ("batch", "jobs"): {"get", "list", "watch", "create"},
+    ("", "configmaps"): {"create"},  # each trainer Job's config
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -96,7 +99,7 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 def container_env(docs: list[dict[str, Any]]) -> dict[str, str]:
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 # ---------------------------------------------------------------------------------------------------------
