@@ -86,6 +86,7 @@ def plot_curve(status: dict[str, Any], out: Path) -> Path | None:
     subprocess.run(
         ["finetune-trainer", "plot", str(result_file), "-o", str(out)],
         check=True,
+        stdout=subprocess.DEVNULL,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
     )
     return out
