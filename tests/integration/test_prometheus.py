@@ -11,17 +11,11 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.server
-import json
 import math
-import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,37 +24,21 @@ import yaml
 from prometheus_client import generate_latest
 
 from finetune_operator import alerts, dashboards
+from finetune_operator.localcluster.prometheus import Prometheus, prometheus_binaries, running_prometheus
 from finetune_operator.metrics import OperatorMetrics
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "scripts" / "install-prometheus"
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Binaries
 
 
-@functools.cache
-def _prometheus_binaries() -> tuple[str, str] | None:
-    """(prometheus, promtool): from PATH, else installed from Debian's package into the cache."""
-    on_path = shutil.which("prometheus"), shutil.which("promtool")
-    if all(on_path):
-        return on_path  # type: ignore[return-value]
-    try:
-        out = subprocess.run(
-            [str(INSTALL), "prometheus"], capture_output=True, text=True, timeout=600, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    paths = out.stdout.split()
-    return (paths[0], paths[1]) if len(paths) >= 2 else None
-
-
 @pytest.fixture(scope="session")
 def prometheus_bins() -> tuple[str, str]:
-    bins = _prometheus_binaries()
+    bins = prometheus_binaries()
     if bins is None:
         pytest.skip(
             "no prometheus/promtool: not on PATH and scripts/install-prometheus could not install them"
@@ -221,80 +199,21 @@ def metrics_target() -> Iterator[str]:
         server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Prometheus:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get(self, path: str, **params: str) -> dict:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as resp:
-                return json.load(resp)
-        except urllib.error.HTTPError as exc:  # 400 for a bad query: the body says why
-            return json.load(exc)
-
-    def query(self, expr: str) -> dict:
-        return self.get("/api/v1/query", query=expr)
-
-    def wait_for(self, expr: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if self.query(expr).get("data", {}).get("result"):
-                    return
-            time.sleep(0.25)
-        raise TimeoutError(f"Prometheus never returned data for {expr}")
-
-
 @pytest.fixture(scope="module")
 def prometheus(prometheus_bins, tmp_path_factory) -> Iterator[Prometheus]:
     work = tmp_path_factory.mktemp("prometheus")
-    with metrics_target() as target:
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-            "rule_files": [str(alerts.RULES_FILE)],
-            "scrape_configs": [{"job_name": "finetune-operator", "static_configs": [{"targets": [target]}]}],
-        }
-        (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = _free_port()
-        log = (work / "prometheus.log").open("w")
-        proc = subprocess.Popen(
-            [
-                prometheus_bins[0],
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    with (
+        metrics_target() as target,
+        running_prometheus(prometheus_bins[0], work, [target], rule_files=[alerts.RULES_FILE]) as prom,
+    ):
         try:
-            prom = Prometheus(f"http://127.0.0.1:{port}")
-            try:
-                # Enough samples for rate() over [1m] and a couple of rule evaluations.
-                prom.wait_for('count_over_time(up{job="finetune-operator"}[1m]) >= 4', timeout=60)
-            except TimeoutError:
-                proc.terminate()
-                proc.wait(10)
-                pytest.fail(
-                    f"Prometheus did not scrape the target; its log:\n{(work / 'prometheus.log').read_text()}"
-                )
-            yield prom
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            # Enough samples for rate() over [1m] and a couple of rule evaluations.
+            prom.wait_for('count_over_time(up{job="finetune-operator"}[1m]) >= 4', timeout=60)
+        except TimeoutError:
+            pytest.fail(
+                f"Prometheus did not scrape the target; its log:\n{(work / 'prometheus.log').read_text()}"
+            )
+        yield prom
 
 
 # ---------------------------------------------------------------------------------------------------------
