@@ -115,24 +115,21 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
             failed_pods=failed_pods,
             start_time=start,
         )
-    reason = "Suspended" if _condition(job, "Suspended") else None
+    unscheduled = _unscheduled(pod)
+    reason = (
+        "Suspended"
+        if _condition(job, "Suspended")
+        else unscheduled and unscheduled.get("reason", "Unschedulable")
+    )
+    message = f"{reason}: {unscheduled.get('message', '')}".strip() if unscheduled else ""
     return ChildState(
-        name,
-        "Pending",
-        reason=reason,
-        message=_pending_message(pod),
-        failed_pods=failed_pods,
-        start_time=start,
+        name, "Pending", reason=reason or None, message=message, failed_pods=failed_pods, start_time=start
     )
 
 
-def _pending_message(pod: dict[str, Any] | None) -> str:
-    """Why a pod is not running yet (e.g. `Unschedulable: 0/1 nodes have nvidia.com/gpu`)."""
-    if not pod:
-        return ""
-    cond = next(
-        (c for c in pod.get("status", {}).get("conditions") or [] if c.get("type") == "PodScheduled"), None
-    )
-    if cond and cond.get("status") == "False":
-        return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".strip()
-    return ""
+def _unscheduled(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pod's PodScheduled=False condition (e.g. no node has the GPUs it asks for), if any."""
+    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return cond
+    return None

@@ -27,6 +27,7 @@ from finetune_operator.sweeps import best_learning_rate, scale_learning_rate, tr
 from finetune_trainer.config import RangeTestResult, Spec, TrainerConfig, TrainResult, TrialResult
 
 TERMINAL = ("Succeeded", "Failed")
+WARNING_REASONS = {"WaitingForSweep", "Unschedulable"}
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,10 @@ class _StatusBuilder:
         )
 
     def phase(self, phase: str, reason: str, message: str = "", event: bool = True) -> None:
-        if self.status.get("phase") != phase and event:
-            warn = phase == "Failed" or reason.startswith("Waiting")
+        """Set the phase; a Kubernetes event goes out when the phase or its reason changes."""
+        last_reason = next((c["reason"] for c in self.status["conditions"] if c["type"] == "Ready"), None)
+        if event and (self.status.get("phase") != phase or last_reason != reason):
+            warn = phase == "Failed" or reason in WARNING_REASONS
             self.events.append(Event("Warning" if warn else "Normal", reason, message or phase))
         self.status["phase"] = phase
         self.status["message"] = message or None

@@ -206,3 +206,26 @@ def test_spec_is_immutable_but_status_and_metadata_are_not(kube_api, namespace, 
     api.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "lrsweeps", "fixed", {"metadata": {"labels": {"team": "nlp"}}}
     )
+
+
+def test_gpus_that_no_node_has_are_reported_not_hidden(kube_api, namespace, crds_installed, run_operator):
+    spec = {**BASE, "suspend": False, "resources": {**BASE["resources"], "gpus": 8}}
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "greedy", spec)
+        status = wait_for(
+            lambda: (
+                "nvidia.com/gpu"
+                in (
+                    (s := get(kube_api, namespace, "lrsweeps", "greedy").get("status", {})).get("message")
+                    or ""
+                )
+                and s
+            ),
+            timeout=60,
+            what="an Unschedulable message naming the GPUs",
+        )
+        wait_for(lambda: "Unschedulable" in events(kube_api, namespace, "greedy"), what="the Warning event")
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Pending"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "Unschedulable"

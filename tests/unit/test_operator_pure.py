@@ -430,3 +430,36 @@ def test_progress_and_trainer_metrics_parsing():
     p = progress_from_sample(sample, "2026-01-01T00:00:00Z", NOW)
     assert (p.percent, p.eta_seconds) == (25, 30)
     assert progress_from_sample({}, None, NOW) is None
+
+
+def test_events_go_out_on_phase_or_reason_changes_only():
+    from finetune_operator.children import ChildState
+
+    pending = ChildState("s-range-test", "Pending", reason="Unschedulable", message="Unschedulable: no GPU")
+    first = plan_sweep("s", SPEC, {"phase": "Pending"}, 1, {"s-range-test": pending}, now=NOW)
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "Unschedulable")]
+    again = plan_sweep("s", SPEC, first.status, 1, {"s-range-test": pending}, now=NOW)
+    assert again.events == []
+
+
+def test_observe_reports_why_a_pod_cannot_be_scheduled():
+    pod = {
+        "metadata": {},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes: nvidia.com/gpu",
+                }
+            ],
+        },
+    }
+    state = observe(_jobobj(active=1), [pod])
+    assert (state.phase, state.reason, state.message) == (
+        "Pending",
+        "Unschedulable",
+        "Unschedulable: 0/1 nodes: nvidia.com/gpu",
+    )
