@@ -12,19 +12,13 @@ from pydantic import Field
 
 from finetune_trainer.config import (
     API_GROUP,
-    TRAINING_RULES,
-    AdapterSpec,
     CheckpointSpec,
     CurvePoint,
-    DatasetSpec,
     EarlyStoppingSpec,
-    EvaluationSpec,
-    ModelSpec,
-    OptimizationSpec,
     RangeTestSpec,
     Rule,
-    ScheduleSpec,
     Spec,
+    TrainingSections,
 )
 
 VERSION = "v1alpha1"
@@ -205,23 +199,9 @@ class TrialsSpec(Spec):
     """Seed of the random draws."""
 
 
-class LRSweepSpec(WorkloadSpec):
-    """Find a learning rate for this model, data and adapter."""
+class LRSweepSpec(TrainingSections, WorkloadSpec):
+    """Find a learning rate for this model, data, adapter and batch size."""
 
-    __rules__: ClassVar[list[Rule]] = TRAINING_RULES
-
-    model: ModelSpec
-    """The pretrained model."""
-    dataset: DatasetSpec
-    """The training (and validation) data."""
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
-    """Full fine-tune, LoRA/QLoRA or top layers: the recommendation is for this setting."""
-    optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
-    """Optimiser and batch size: the recommendation is for this effective batch size."""
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    """Schedule of each grid/random trial (the range test uses its own ramp)."""
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    """Validation cadence of trials."""
     method: Literal["rangeTest", "grid", "random"] = "rangeTest"
     """`rangeTest`: one short run with an exponential LR ramp; `grid`/`random`: several short fine-tunes."""
     range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
@@ -311,25 +291,11 @@ class LearningRateSpec(Spec):
     """Run a sweep first (`auto: {}` takes the defaults)."""
 
 
-class FineTuneJobSpec(WorkloadSpec):
+class FineTuneJobSpec(TrainingSections, WorkloadSpec):
     """Fine-tune a model with a warmup + decay schedule."""
 
-    __rules__: ClassVar[list[Rule]] = TRAINING_RULES
-
-    model: ModelSpec
-    """The pretrained model."""
-    dataset: DatasetSpec
-    """The training (and validation) data."""
     learning_rate: LearningRateSpec
     """Peak learning rate: a value, `fromSweep`, or `auto`."""
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
-    """Full fine-tune, LoRA/QLoRA, or top layers only."""
-    optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
-    """Optimiser, batch size, training length, precision."""
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    """Warmup and decay."""
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    """Validation cadence."""
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     """Early stopping on validation loss."""
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)

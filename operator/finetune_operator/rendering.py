@@ -11,7 +11,7 @@ from typing import Any
 from finetune_operator import naming
 from finetune_operator.api import API_VERSION, FineTuneJobSpec, LRSweepSpec, WorkloadSpec
 from finetune_operator.settings import Settings
-from finetune_trainer.config import ExitCode, TrainerConfig
+from finetune_trainer.config import ExitCode, Spec, TrainerConfig, TrainingSections
 
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/finetune"
@@ -35,16 +35,13 @@ def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ trainer configs
 
 
+def _sections(spec: Spec, of: type[Spec]) -> dict[str, Any]:
+    """The fields of `of` (a base class of `spec`'s model) as keyword arguments."""
+    return {f: getattr(spec, f) for f in of.model_fields}
+
+
 def _shared_sections(spec: LRSweepSpec | FineTuneJobSpec) -> dict[str, Any]:
-    return {
-        "model": spec.model,
-        "dataset": spec.dataset,
-        "adapter": spec.adapter,
-        "optimization": spec.optimization,
-        "schedule": spec.schedule,
-        "evaluation": spec.evaluation,
-        "output_dir": OUTPUT_DIR,
-    }
+    return _sections(spec, TrainingSections) | {"output_dir": OUTPUT_DIR}
 
 
 def range_test_config(spec: LRSweepSpec) -> TrainerConfig:
@@ -80,15 +77,9 @@ def train_config(spec: FineTuneJobSpec, learning_rate: float) -> TrainerConfig:
 def sweep_spec_for_auto(job: FineTuneJobSpec) -> LRSweepSpec:
     """The LRSweep an `auto` FineTuneJob creates: same model, data, adapter, batch and placement."""
     assert job.learning_rate.auto is not None
-    workload = {f: getattr(job, f) for f in WorkloadSpec.model_fields}
     return LRSweepSpec(
-        **workload,
-        model=job.model,
-        dataset=job.dataset,
-        adapter=job.adapter,
-        optimization=job.optimization,
-        schedule=job.schedule,
-        evaluation=job.evaluation,
+        **_sections(job, WorkloadSpec),
+        **_sections(job, TrainingSections),
         method="rangeTest",
         range_test=job.learning_rate.auto.range_test,
     )

@@ -313,8 +313,8 @@ TRAINING_RULES: list[Rule] = [
 ]
 
 
-class TrainerConfig(Spec):
-    """Everything the trainer needs for `range-test`, `trial` and `train`."""
+class TrainingSections(Spec):
+    """The sections every config that trains shares: the trainer's config, LRSweep and FineTuneJob."""
 
     __rules__: ClassVar[list[Rule]] = TRAINING_RULES
 
@@ -323,15 +323,20 @@ class TrainerConfig(Spec):
     dataset: DatasetSpec
     """The training (and validation) data."""
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
-    """Full fine-tune, LoRA/QLoRA, or top layers only."""
+    """Full fine-tune, LoRA/QLoRA, or top layers only: an LR found for one does not fit the others."""
     optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
     """Optimiser, batch size, training length, precision."""
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    """Warmup and decay of the learning rate."""
-    range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
-    """Range-test settings (used by `range-test`)."""
+    """Warmup and decay of the learning rate (range tests use their own ramp)."""
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     """Validation cadence."""
+
+
+class TrainerConfig(TrainingSections):
+    """Everything the trainer needs for `range-test`, `trial` and `train`."""
+
+    range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
+    """Range-test settings (used by `range-test`)."""
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     """Early stopping on validation loss."""
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
