@@ -9,7 +9,7 @@ steps) → mean eval loss per LR, the best ``L*`` and the seed spread ``σ``. Th
 
 * ``ours:<rule>`` — our range test (the trainer's ramp, EMA smoothing, divergence stop and rules:
   ``finetune_trainer.schedules.build_ramp``, ``rangetest.RangeCurve``, ``suggest.RULES``), every rule;
-* ``ours:<rule>+bracket`` — the best rule's LR, then short trials at x1/3, x1, x3 (a candidate method);
+* ``ours:<default>+bracket`` — the default rule's LR, then short trials at x1/3, x1, x3 (a candidate);
 * ``torch-lr-finder:steepest`` — the PyPI package's own range test on the same model/data/optimizer, with
   its published suggestion (steepest ``np.gradient`` after skipping 10 first / 5 last points);
 * ``fastai:<valley|slide|minimum|steep>`` — fastai's published rules applied to our curve (pure
@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import math
 import os
 import random
@@ -44,7 +45,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fmt, table, write_results
+from benchmarks.common import RESULTS, fmt, table, write_results
 
 TASKS_FILE = Path(__file__).resolve().parent / "tasks.yaml"
 
@@ -279,15 +280,15 @@ def rule_lm_texts(n: int, seed: int) -> list[str]:
     return rows
 
 
-def negation_sentiment(n: int, seed: int, noise: float) -> list[tuple[str, int]]:
-    """Sentences whose label is the adjective's sentiment, flipped by a negation; ``noise`` of labels
-    flipped at random (so the best eval loss stays well above zero)."""
+def negation_sentiment(n: int, seed: int, noise: float, negation: float = 0.5) -> list[tuple[str, int]]:
+    """Sentences whose label is the adjective's sentiment, flipped by a negation (in a ``negation`` share
+    of them); ``noise`` of labels flipped at random (so the best eval loss stays well above zero)."""
     from finetune_trainer.tiny_model import ENDINGS, NEGATIVE, OBJECTS, POSITIVE, SUBJECTS
 
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        positive, negated = rng.random() < 0.5, rng.random() < 0.5
+        positive, negated = rng.random() < 0.5, rng.random() < negation
         adjective = rng.choice(POSITIVE if positive else NEGATIVE)
         verb = "does not like" if negated else "likes"
         text = f"{rng.choice(SUBJECTS)} {verb} the {adjective} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)} ."
@@ -411,9 +412,10 @@ def build_task(spec: dict[str, Any]) -> Task:
         source = str(minilm_dir())
         tokenizer = AutoTokenizer.from_pretrained(source)
         noise = float(data.get("labelNoise", 0.0))
+        negation = float(data.get("negationRate", 0.5))
 
         def cls_tensors(n: int, seed: int) -> dict[str, Any]:
-            rows = negation_sentiment(n, seed, noise)
+            rows = negation_sentiment(n, seed, noise, negation)
             enc = tokenizer(
                 [t for t, _ in rows],
                 padding="max_length",
@@ -576,12 +578,42 @@ def lrfinder_range_test(task: Task, seed: int, rt: dict[str, Any]) -> tuple[list
 
 @dataclass
 class TaskReport:
-    task: Task
+    name: str
+    description: str
+    steps: int
     oracle: Oracle
     oracle_steps: int
     scores: list[Score]
-    curves: dict[str, Any]
     seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "steps": self.steps,
+            "oracle": {
+                "lrs": self.oracle.lrs,
+                "losses": [self.oracle.losses[lr] for lr in self.oracle.lrs],
+                "penalty": self.oracle.penalty,
+            },
+            "oracleSteps": self.oracle_steps,
+            "scores": [{"name": s.name, "lrs": s.lrs, "steps": s.steps} for s in self.scores],
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskReport:
+        o = data["oracle"]
+        oracle = Oracle(o["lrs"], dict(zip(o["lrs"], o["losses"], strict=True)), o["penalty"])
+        return cls(
+            data["name"],
+            data["description"],
+            data["steps"],
+            oracle,
+            data["oracleSteps"],
+            [score(s["name"], s["lrs"], s["steps"], oracle) for s in data["scores"]],
+            data["seconds"],
+        )
 
 
 def run_task(task: Task, spec: dict[str, Any], log: Callable[[str], None]) -> TaskReport:
@@ -640,11 +672,17 @@ def run_task(task: Task, spec: dict[str, Any], log: Callable[[str], None]) -> Ta
     scores.append(
         score(f"short-grid ({len(grid_lrs)}x{short})", picks, short * len(grid_lrs) * len(rseeds), oracle)
     )
-    curves = {"ours": ours, "torch-lr-finder": peer}
-    return TaskReport(task, oracle, oracle_steps, scores, curves, time.monotonic() - started)
+    report = TaskReport(task.name, task.description, task.steps, oracle, oracle_steps, scores, 0.0)
+    from finetune_trainer.config import RangeTestSpec
+
+    add_bracket(task, report, RangeTestSpec().rule, spec, log)
+    report.seconds = time.monotonic() - started
+    return report
 
 
-def add_bracket(report: TaskReport, rule: str, spec: dict[str, Any], log: Callable[[str], None]) -> None:
+def add_bracket(
+    task: Task, report: TaskReport, rule: str, spec: dict[str, Any], log: Callable[[str], None]
+) -> None:
     """``ours:<rule>+bracket``: the rule's suggestion, then short trials around it; lowest eval loss wins."""
     base = next(s for s in report.scores if s.name == f"ours:{rule}")
     factors = [float(f) for f in spec["bracket"]["factors"]]
@@ -654,7 +692,7 @@ def add_bracket(report: TaskReport, rule: str, spec: dict[str, Any], log: Callab
         if center is None:
             picks.append(None)
             continue
-        results = [(fine_tune(report.task, center * f, int(seed), steps), center * f) for f in factors]
+        results = [(fine_tune(task, center * f, int(seed), steps), center * f) for f in factors]
         ok = [(v, lr) for v, lr in results if v is not None]
         picks.append(min(ok)[1] if ok else None)
     spent = base.steps + steps * len(factors) * len(spec["recommenderSeeds"])
@@ -760,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-points", type=int, help="override oracle.points (bigger: finer truth)")
     parser.add_argument("--quick", action="store_true", help="smoke setting: 5 LRs, 1 seed, few steps")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep tasks already in results/lr_quality.json (per-task cache)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -789,17 +830,19 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_trainer.config import RangeTestSpec
 
     current = RangeTestSpec().rule
-    reports = []
+    cache_path = RESULTS / "lr_quality.json"
+    cache: dict[str, Any] = {}
+    if args.resume and cache_path.exists():
+        cache = json.loads(cache_path.read_text())
     for t in specs:
+        if t["name"] in cache:
+            log(f"task {t['name']}: kept from {cache_path.name}")
+            continue
         log(f"task {t['name']}")
-        reports.append(run_task(build_task(t), spec, log))
-    overall, by = summary(reports)
-    best_plain = min(
-        (k[5:] for k in by if k.startswith("ours:") and "+" not in k),
-        key=lambda r: (-by[f"ours:{r}"]["hits"], by[f"ours:{r}"]["rs"]),
-    )
-    for r in reports:
-        add_bracket(r, best_plain, spec, log)
+        cache[t["name"]] = run_task(build_task(t), spec, log).to_json()
+        if not args.quick and not args.no_write:
+            cache_path.write_text(json.dumps(cache, indent=1))  # each finished task survives an interruption
+    reports = [TaskReport.from_json(cache[t["name"]]) for t in specs if t["name"] in cache]
     overall, by = summary(reports)
     rule, why = choose_rule(by, current)
 
@@ -826,12 +869,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in reports:
         best_lr, lstar = r.oracle.best
         parts += [
-            f"## {r.task.name}",
+            f"## {r.name}",
             "",
-            r.task.description,
+            r.description,
             "",
             f"Oracle best LR {fmt(best_lr)}, L* = {fmt(lstar, 4)}, σ = {fmt(r.oracle.sigma)}, "
-            f"oracle steps {r.oracle_steps}, fine-tune {r.task.steps} steps; task time {r.seconds:.0f} s.",
+            f"oracle steps {r.oracle_steps}, fine-tune {r.steps} steps; task time {r.seconds:.0f} s.",
             "",
             task_table(r),
             "",
