@@ -9,10 +9,12 @@ running trainer's metrics endpoint, throttled to one poll per `poll_interval` pe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -24,9 +26,8 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import API_GROUP, FINETUNEJOB, LRSWEEP, VERSION
 from finetune_operator.children import ChildState, observe
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.planning import TERMINAL, Plan, diverged_at_minimum, plan_finetune, plan_sweep
+from finetune_operator.planning import TERMINAL, Plan, plan_finetune, plan_sweep
 from finetune_operator.settings import Settings
-from finetune_trainer.config import RangeTestResult
 
 RECONCILE_INTERVAL = float(os.environ.get("FINETUNE_RECONCILE_INTERVAL", "5"))
 """Seconds between reconciles of an unfinished resource (read at import: kopf fixes timers then)."""
@@ -87,6 +88,14 @@ def sweeps_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict
     return {(namespace, name): {"status": dict(body.get("status") or {}), "uid": body.metadata.uid}}
 
 
+@contextlib.contextmanager
+def _reconciling(kind: str) -> Iterator[None]:
+    """Time one reconcile and count it as an error if it raises."""
+    m = State.metrics
+    with m.reconcile_seconds.labels(kind).time(), m.reconcile_errors.labels(kind).count_exceptions():
+        yield
+
+
 def _children(
     kind: str, namespace: str, name: str, jobs: kopf.Index, pods: kopf.Index
 ) -> dict[str, ChildState]:
@@ -139,8 +148,7 @@ def reconcile_lrsweep(
     pods_by_job: kopf.Index,
     **_: Any,
 ) -> None:
-    started = time.perf_counter()
-    try:
+    with _reconciling(LRSWEEP.kind):
         children = _children(LRSWEEP.kind, namespace, name, jobs_by_owner, pods_by_job)
         plan = plan_sweep(
             name,
@@ -149,43 +157,24 @@ def reconcile_lrsweep(
             body.metadata.get("generation", 1),
             children,
             samples=_poll_running(memo, children),
-            now=None,
         )
         _apply(LRSWEEP.kind, body, plan, patch)
-        _export_sweep(namespace, name, plan.status, body.spec)
-    except Exception:
-        State.metrics.reconcile_errors.labels(LRSWEEP.kind).inc()
-        raise
-    finally:
-        State.metrics.reconcile_seconds.labels(LRSWEEP.kind).observe(time.perf_counter() - started)
+        _export_sweep(namespace, name, plan.status)
 
 
-def _export_sweep(namespace: str, name: str, status: dict[str, Any], spec: dict[str, Any]) -> None:
+def _export_sweep(namespace: str, name: str, status: dict[str, Any]) -> None:
     m = State.metrics
     m.set_phase(LRSWEEP.kind, namespace, name, status.get("phase", "Pending"))
     _export_progress(LRSWEEP.kind, namespace, name, status)
-    if status.get("phase") == "Succeeded":
-        curve = [(p["lr"], p["loss"]) for p in status.get("curve") or []]
-        at_min = False
-        if status.get("curve"):
-            result = RangeTestResult(
-                rule=status.get("rule") or "",
-                curve=status["curve"],
-                stop_reason=status.get("stopReason") or "completed",
-            )
-            at_min = diverged_at_minimum(result, (spec.get("rangeTest") or {}).get("minLearningRate", 1e-7))
+    if status.get("phase") in TERMINAL:
         m.set_sweep_result(
             namespace,
             name,
             recommended=status.get("recommendedLearningRate"),
             rule=status.get("rule"),
             suggestions=status.get("suggestions"),
-            curve=curve,
-            diverged_at_min=at_min,
-        )
-    elif status.get("phase") == "Failed" and status.get("curve"):
-        m.diverged_at_min.labels(namespace, name).set(
-            1.0 if _reason(status) == "DivergedAtMinimumLearningRate" else 0.0
+            curve=[(p["lr"], p["loss"]) for p in status.get("curve") or []],
+            diverged_at_min=_reason(status) == "DivergedAtMinimumLearningRate",
         )
     for trial in status.get("trials") or []:
         if trial.get("evalLoss") is not None:
@@ -234,8 +223,7 @@ def reconcile_finetunejob(
     sweeps_by_name: kopf.Index,
     **_: Any,
 ) -> None:
-    started = time.perf_counter()
-    try:
+    with _reconciling(FINETUNEJOB.kind):
         children = _children(FINETUNEJOB.kind, namespace, name, jobs_by_owner, pods_by_job)
         lr_spec = body.spec.get("learningRate") or {}
         sweep_name = (lr_spec.get("fromSweep") or {}).get("name") or (
@@ -261,11 +249,6 @@ def reconcile_finetunejob(
             m.set_resolved_lr(
                 namespace, name, plan.status.get("learningRateSource", ""), plan.status["learningRate"]
             )
-    except Exception:
-        State.metrics.reconcile_errors.labels(FINETUNEJOB.kind).inc()
-        raise
-    finally:
-        State.metrics.reconcile_seconds.labels(FINETUNEJOB.kind).observe(time.perf_counter() - started)
 
 
 @kopf.on.delete(API_GROUP, VERSION, "finetunejobs", optional=True)

@@ -48,6 +48,7 @@ def test_prometheus_scrapes_the_operator_during_a_run(
         "model": {"name": str(tmp_path / "model")},
         "dataset": {"files": [str(tmp_path / "toy.jsonl")]},
         "optimization": {"batchSize": 16, "maxSeqLength": 32, "maxSteps": 30},
+        "evaluation": {"everySteps": 10},
         "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
     }
     port = free_port()
@@ -66,7 +67,13 @@ def test_prometheus_scrapes_the_operator_during_a_run(
                 "sweep",
                 {"rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30}},
             ),
-            ("FineTuneJob", "finetunejobs", "tune", {"learningRate": {"value": 1e-3}}),
+            # long enough (a few seconds of steps) for the operator to poll the running trainer's metrics
+            (
+                "FineTuneJob",
+                "finetunejobs",
+                "tune",
+                {"learningRate": {"value": 1e-3}, "optimization": {**base["optimization"], "maxSteps": 400}},
+            ),
         ):
             body = {
                 "apiVersion": f"{GROUP}/{VERSION}",
@@ -76,6 +83,7 @@ def test_prometheus_scrapes_the_operator_during_a_run(
             }
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
         prom.wait_for(f'finetune_recommended_learning_rate{{namespace="{namespace}"}}', timeout=240)
+        prom.wait_for(f'finetune_learning_rate{{namespace="{namespace}",name="tune"}}', timeout=240)
         prom.wait_for(
             f'finetune_resource_phase{{namespace="{namespace}",name="tune",phase="Succeeded"}} == 1',
             timeout=240,
