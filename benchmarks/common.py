@@ -88,7 +88,7 @@ def write_results(name: str, title: str, body: str, command: str) -> Path:
     facts = machine()
     header = [f"# {title}", ""]
     header += [f"- **{key}**: {value}" for key, value in facts.items()]
-    header += [f"- **command**: `{command}`", ""]
+    header += [f"- **command**: `{command.strip()}`", "", ""]
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(header) + body.rstrip() + "\n")
     return path
