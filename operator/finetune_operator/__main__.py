@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # one line per handler run and object is noise at scale; errors and warnings still show
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     handlers.configure(settings)
     kopf.run(
         standalone=True,

@@ -69,18 +69,28 @@ def _not_finished(status: dict[str, Any], meta: dict[str, Any], **_: Any) -> boo
 # ---------------------------------------------------------------------------------------------- indices
 
 
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """What `children.observe` reads: name, creation time and status; never spec or managedFields.
+    (Indices hold one entry per Job and pod: full bodies would multiply the operator's memory.)"""
+    meta = body.metadata
+    return {
+        "metadata": {"name": meta.name, "creationTimestamp": meta.get("creationTimestamp")},
+        "status": dict(body.get("status") or {}),
+    }
+
+
 @kopf.index("batch", "v1", "jobs", labels=naming.MANAGED_BY)
 def jobs_by_owner(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict | None:
     for kind, label in naming.KIND_LABELS.items():
         if label in labels:
-            return {(namespace, kind, labels[label]): dict(body)}
+            return {(namespace, kind, labels[label]): _slim(body)}
     return None
 
 
 @kopf.index("", "v1", "pods", labels=naming.MANAGED_BY)
 def pods_by_job(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict | None:
     job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
-    return {(namespace, job): dict(body)} if job else None
+    return {(namespace, job): _slim(body)} if job else None
 
 
 @kopf.index(API_GROUP, VERSION, "lrsweeps")
