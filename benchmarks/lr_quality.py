@@ -798,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-points", type=int, help="override oracle.points (bigger: finer truth)")
     parser.add_argument("--quick", action="store_true", help="smoke setting: 5 LRs, 1 seed, few steps")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    parser.add_argument("--current-rule", help="the default rule to judge against (default: the contract's)")
     parser.add_argument(
         "--resume", action="store_true", help="keep tasks already in results/lr_quality.json (per-task cache)"
     )
@@ -829,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune_trainer.config import RangeTestSpec
 
-    current = RangeTestSpec().rule
+    current = args.current_rule or RangeTestSpec().rule
     cache_path = RESULTS / "lr_quality.json"
     cache: dict[str, Any] = {}
     if args.resume and cache_path.exists():

@@ -256,7 +256,7 @@ class RangeTestSpec(Spec):
     """Stop once the smoothed loss exceeds this many times the best smoothed loss."""
     use_validation_loss: bool = False
     """Evaluate on a validation batch at each step instead of using the training loss (slower, less noisy)."""
-    rule: RuleName = "valley"
+    rule: RuleName = "minimum-over-10"
     """Suggestion rule whose value becomes the recommendation; every rule's value is reported."""
     widen_by_prior: bool = False
     """Widen the window so it spans 30x around the model family's usual learning rate."""
