@@ -50,7 +50,9 @@ class State:
             except kubernetes.config.ConfigException:
                 # KUBECONFIG is read now, not at import (the client library caches it at import time)
                 kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            cls._api = kubernetes.client.ApiClient()
+            config = kubernetes.client.Configuration.get_default_copy()
+            config.connection_pool_maxsize = 32  # above kopf's worker count: no waiting for a connection
+            cls._api = kubernetes.client.ApiClient(config)
         return cls._api
 
 
