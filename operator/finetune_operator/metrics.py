@@ -20,6 +20,7 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._serving: set[tuple[str, int]] = set()
         r = self.registry
         res = RESOURCE_LABELS
         self.phase = Gauge(
@@ -217,7 +218,12 @@ class OperatorMetrics:
         return removed
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve /metrics; a second call for the same address and port is a no-op (operator restarts
+        in one process, as in tests, must not fail on their own server)."""
+        if (address, port) in self._serving:
+            return
         start_http_server(port, addr=address, registry=self.registry)
+        self._serving.add((address, port))
 
 
 def _label_names(metric: Gauge | Counter | Histogram) -> tuple[str, ...]:

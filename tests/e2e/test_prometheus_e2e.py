@@ -99,6 +99,7 @@ def test_prometheus_scrapes_the_operator_during_a_run(
             for f, title, expr in dashboards.iter_queries()
         ]
         alert_answers = {name: prom.query(expr) for name, expr in alerts.expressions().items()}
+    handlers.configure(Settings(metrics_port=0, health_port=0))  # later in-process operators serve nothing
     assert runner.exception is None, runner.output
     for where, _, answer in answers:
         assert answer["status"] == "success", f"{where}: {answer.get('error')}"

@@ -463,3 +463,17 @@ def test_observe_reports_why_a_pod_cannot_be_scheduled():
         "Unschedulable",
         "Unschedulable: 0/1 nodes: nvidia.com/gpu",
     )
+
+
+def test_metrics_server_starts_once_per_address():
+    import urllib.request
+
+    from finetune_operator.localcluster.processes import free_port
+    from finetune_operator.metrics import OperatorMetrics
+
+    m, port = OperatorMetrics(), free_port()
+    m.serve(port, "127.0.0.1")
+    m.serve(port, "127.0.0.1")  # an in-process restart: no "address already in use"
+    m.set_phase("LRSweep", "ns", "s", "Running")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'finetune_resource_phase{kind="LRSweep",name="s",namespace="ns",phase="Running"} 1.0' in body
