@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from finetune_operator.api import API_GROUP, VERSION
+from finetune_operator.api import API_GROUP, KINDS, VERSION
 from finetune_operator.localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
 from finetune_operator.localcluster.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-PLURALS = {"LRSweep": "lrsweeps", "FineTuneJob": "finetunejobs"}
+PLURALS = {k.kind: k.plural for k in KINDS}
 
 
 def say(message: str) -> None:

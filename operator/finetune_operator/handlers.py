@@ -26,7 +26,7 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import API_GROUP, FINETUNEJOB, LRSWEEP, VERSION
 from finetune_operator.children import ChildState, observe
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.planning import TERMINAL, Plan, plan_finetune, plan_sweep
+from finetune_operator.planning import TERMINAL, Plan, is_done, plan_finetune, plan_sweep
 from finetune_operator.settings import Settings
 
 RECONCILE_INTERVAL = float(os.environ.get("FINETUNE_RECONCILE_INTERVAL", "5"))
@@ -63,9 +63,7 @@ def configure(settings: Settings, metrics: OperatorMetrics | None = None) -> Non
 
 
 def _not_finished(status: dict[str, Any], meta: dict[str, Any], **_: Any) -> bool:
-    return not (
-        status.get("phase") in TERMINAL and status.get("observedGeneration") == meta.get("generation")
-    )
+    return not is_done(status, meta.get("generation", 1))
 
 
 # ---------------------------------------------------------------------------------------------- indices

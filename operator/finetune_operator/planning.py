@@ -161,7 +161,8 @@ def _status_keys(model: type[Spec]) -> set[str]:
     return {f.alias or n for n, f in model.model_fields.items()}
 
 
-def _is_done(previous: dict[str, Any], generation: int) -> bool:
+def is_done(previous: dict[str, Any], generation: int) -> bool:
+    """Finished for this spec generation: nothing more to reconcile."""
     return previous.get("phase") in TERMINAL and previous.get("observedGeneration") == generation
 
 
@@ -189,7 +190,7 @@ def plan_sweep(
     """Decide the LRSweep's status and which trainer Jobs to create next."""
     previous = previous or {}
     b = _StatusBuilder(LRSweepStatus, previous, generation, now or now_iso())
-    if _is_done(previous, generation):
+    if is_done(previous, generation):
         return Plan(previous)
     try:
         sweep = LRSweepSpec.model_validate(spec)
@@ -395,7 +396,7 @@ def plan_finetune(
     """
     previous = previous or {}
     b = _StatusBuilder(FineTuneJobStatus, previous, generation, now or now_iso())
-    if _is_done(previous, generation):
+    if is_done(previous, generation):
         return Plan(previous)
     try:
         job_spec = FineTuneJobSpec.model_validate(spec)
