@@ -15,6 +15,8 @@ from finetune_trainer.config import SUGGESTION_RULES
 
 Curve = tuple[Sequence[float], Sequence[float]]
 MIN_POINTS = 5
+START_SKIP = 0.1
+"""Share of a curve's first points that ``steepest`` ignores (the smoothing's start-up)."""
 
 
 class EmaSmoother:
@@ -52,16 +54,23 @@ def _argmin(values: Sequence[float]) -> int:
 
 
 def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The LR where the loss falls fastest per unit of log-LR, looking only before the loss minimum."""
+    """The LR where the loss falls fastest per unit of log-LR, between the start-up and the loss minimum.
+
+    Two stretches of a range test's curve say nothing about the loss's response to the LR, so the search
+    leaves them out: the first ``START_SKIP`` share of the points, where the moving average rests on few
+    losses and each new batch moves it by a large step for a tiny change of LR (a noise "slope" that would
+    win over the real drop), and everything from the loss minimum on (the climb and the divergence).
+    """
     if not _usable(lrs, losses):
         return None
+    first = max(1, math.ceil(START_SKIP * len(lrs)))
     end = _argmin(losses)
-    if end < 2:
+    if end < first + 1:
         return None
     logs = [math.log10(x) for x in lrs[: end + 1]]
     ys = list(losses[: end + 1])
     best_i, best_slope = None, 0.0
-    for i in range(1, end):  # central differences, like numpy.gradient on the interior
+    for i in range(first, end):  # central differences, like numpy.gradient on the interior
         dx = logs[i + 1] - logs[i - 1]
         if dx <= 0:
             continue

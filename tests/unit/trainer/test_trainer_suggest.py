@@ -34,6 +34,34 @@ def test_steepest_is_the_sigmoid_centre() -> None:
     assert steepest(lrs, losses) == pytest.approx(1e-4, rel=0.01)
 
 
+def with_startup_transient(lrs: list[float], losses: list[float]) -> tuple[list[float], list[float]]:
+    """The curve plus a sharp fall over its first few points, as a moving average resting on only a few
+    batches produces: steeper per log-LR than the real drop, and meaningless."""
+    return lrs, [y + 1.0 * math.exp(-i) for i, y in enumerate(losses)]
+
+
+def test_steepest_ignores_the_start_up_transient() -> None:
+    lrs, losses = with_startup_transient(*classic_curve())
+    assert steepest(lrs, losses) == pytest.approx(1e-4, rel=0.01)
+
+
+def test_steepest_on_a_smoothed_noisy_curve_lands_on_the_drop_not_the_first_points() -> None:
+    import random
+
+    lrs, clean = classic_curve()
+    rng = random.Random(0)
+    losses = smooth([y + rng.gauss(0.0, 0.3) for y in clean], 0.05)  # the range test's own smoothing
+    got = steepest(lrs, losses)
+    assert got is not None
+    assert 1e-5 < got < lrs[losses.index(min(losses))]
+
+
+def test_steepest_needs_a_minimum_past_the_start_up() -> None:
+    lrs = [10.0**-i for i in range(20, 0, -1)]
+    losses = [1.0, 0.5, *(0.6 + 0.01 * i for i in range(18))]  # lowest at the second point
+    assert steepest(lrs, losses) is None
+
+
 def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
     lrs, losses = classic_curve()
     i = losses.index(min(losses))
