@@ -109,21 +109,41 @@ def test_lrfinder_steepest_is_argmin_of_numpy_gradient_after_skipping() -> None:
     assert lr_quality.lrfinder_steepest(lrs[:12], losses[:12]) is None
 
 
-def test_default_rule_changes_only_on_a_clear_win() -> None:
+def test_default_rule_is_ranked_by_regret_and_changes_only_on_a_clear_win() -> None:
     def stats(hits: int, rs: float) -> dict[str, float]:
         return {"hits": hits, "n": 6, "rs": rs}
 
     by = {
-        "ours:steepest": stats(3, 6.0),
-        "ours:valley": stats(2, 6.0),
-        "ours:minimum-over-10": stats(1, 12.0),
-        "ours:max-over-3": stats(0, 30.0),
+        "ours:steepest": stats(2, 6 * 66.8),  # two hits, but decades off elsewhere (the old flaw)
+        "ours:valley": stats(0, 6 * 59.1),
+        "ours:minimum-over-10": stats(1, 6 * 3.5),
+        "ours:max-over-3": stats(0, 6 * 55.1),
     }
-    assert lr_quality.choose_rule(by, "valley")[0] == "valley"  # one hit more is not clear
-    by["ours:steepest"] = stats(4, 6.0)
-    assert lr_quality.choose_rule(by, "valley")[0] == "steepest"
-    by["ours:steepest"] = stats(2, 2.9)
-    assert lr_quality.choose_rule(by, "valley")[0] == "steepest"  # same hits, half the regret
+    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "minimum-over-10"  # hits do not outrank regret
+    assert lr_quality.choose_rule(by, "valley")[0] == "minimum-over-10"  # 3.5 vs 59: a clear win
+    by["ours:steepest"] = stats(3, 6 * 2.0)
+    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "minimum-over-10"  # better, but not half
+    by["ours:steepest"] = stats(0, 6 * 1.7)
+    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "steepest"  # under half, 1.8 sigma lower
+    by["ours:minimum-over-10"] = stats(5, 6 * 0.8)
+    by["ours:steepest"] = stats(6, 6 * 0.3)
+    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "minimum-over-10"  # both within a sigma: a tie
+
+
+def test_stored_curves_are_read_again_with_todays_rules() -> None:
+    o = oracle()
+    lrs, losses = u_curve()
+    curves = {"planned": 100, "ours": [[lrs, losses, 100]], "peer": [[lrs, losses, 100]]}
+    scores = {s.name: s for s in lr_quality.curve_scores(curves, o)}
+    assert {"ours:steepest", "ours:minimum-over-10", "fastai:valley", "torch-lr-finder:steepest"} <= set(
+        scores
+    )
+    assert scores["ours:minimum-over-10"].steps == 100
+    report = lr_quality.TaskReport("t", "d", 10, o, 80, [scores["ours:valley"]], 1.0, curves)
+    stored = report.to_json()
+    stored["scores"][0]["lrs"] = [123.0]  # a stale suggestion from an older rule
+    again = lr_quality.TaskReport.from_json(stored)
+    assert again.scores[0].lrs == scores["ours:valley"].lrs
 
 
 def test_tasks_file_is_data_with_the_three_required_tasks() -> None:
