@@ -102,7 +102,7 @@ def run(demo_dir: Path, timeout: float) -> int:
         api_client = cluster.api_client()
         apply_crds(api_client, load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
         metrics_port = free_port()
-        env = {**cluster.env(), "FINETUNE_RECONCILE_INTERVAL": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**cluster.env(), "FINETUNE_POLL_INTERVAL": "2", "PYTHONUNBUFFERED": "1"}
         log = (demo_dir / "operator.log").open("w")
         operator = subprocess.Popen(
             [

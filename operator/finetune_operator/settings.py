@@ -31,6 +31,10 @@ class Settings:
     """Tolerations added to every trainer pod."""
     poll_interval: float = 10.0
     """Seconds between polls of a running trainer's metrics."""
+    resync_interval: float = 300.0
+    """Seconds after which an unfinished resource is reconciled even if nothing changed (a safety net)."""
+    workers: int = 8
+    """Concurrent reconciles (each a thread making blocking API calls)."""
     metrics_port: int = 9090
     """Port of the operator's own /metrics (0 disables it)."""
     health_port: int = 8081
@@ -67,6 +71,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-selector", default=_env("NODE_SELECTOR", "{}"), help="JSON object")
     p.add_argument("--tolerations", default=_env("TOLERATIONS", "[]"), help="JSON list")
     p.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL", str(d.poll_interval))))
+    p.add_argument(
+        "--resync-interval",
+        type=float,
+        default=float(_env("RESYNC_INTERVAL", str(d.resync_interval))),
+        help="seconds before an unchanged, unfinished resource is reconciled again",
+    )
+    p.add_argument("--workers", type=int, default=int(_env("WORKERS", str(d.workers))))
     p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", str(d.metrics_port))))
     p.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", str(d.health_port))))
     p.add_argument(
@@ -100,6 +111,10 @@ def from_args(args: argparse.Namespace) -> Settings:
         parsed[flag] = value
     if args.poll_interval <= 0:
         raise SystemExit("--poll-interval: must be a positive number of seconds")
+    if args.resync_interval <= 0:
+        raise SystemExit("--resync-interval: must be a positive number of seconds")
+    if args.workers < 1:
+        raise SystemExit("--workers: must be at least 1")
     return Settings(
         namespaces=tuple(n.strip() for n in namespaces),
         trainer_image=args.trainer_image,
@@ -109,6 +124,8 @@ def from_args(args: argparse.Namespace) -> Settings:
         node_selector=parsed["--node-selector"],
         tolerations=parsed["--tolerations"],
         poll_interval=args.poll_interval,
+        resync_interval=args.resync_interval,
+        workers=args.workers,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         trainer_metrics_port=args.trainer_metrics_port,

@@ -63,7 +63,6 @@ def test_helm_installed_operator_reconciles_only_its_namespace(
                 "watchNamespaces": [watched],
                 "operator": {
                     "pollInterval": 1,
-                    "extraEnv": [{"name": "FINETUNE_RECONCILE_INTERVAL", "value": "1"}],
                 },
                 # CPU trainers here: drop the default GPU node selector (null, since helm merges maps)
                 "trainer": {"resources": {"cpu": "1", "memory": "2Gi"}, "nodeSelector": None},

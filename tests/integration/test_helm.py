@@ -34,17 +34,16 @@ MONITORING_API = ["--api-versions", "monitoring.coreos.com/v1"]
 
 # The operator's API usage (see templates/rbac.yaml): nothing more may be granted.
 NAMESPACED_RULES = {
-    ("finetune.dev", "lrsweeps"): {"get", "list", "watch", "patch", "create"},
-    ("finetune.dev", "finetunejobs"): {"get", "list", "watch", "patch", "create"},
-    ("finetune.dev", "lrsweeps/status"): {"get", "patch", "update"},
-    ("finetune.dev", "finetunejobs/status"): {"get", "patch", "update"},
+    ("finetune.dev", "lrsweeps"): {"get", "list", "watch", "create"},  # create: `auto` sweeps
+    ("finetune.dev", "finetunejobs"): {"get", "list", "watch"},
+    ("finetune.dev", "lrsweeps/status"): {"patch"},
+    ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "lrsweeps/finalizers"): {"update"},  # ownerReferences with blockOwnerDeletion
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create"},
     ("", "configmaps"): {"create"},  # each trainer Job's config
     ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 NAMESPACE_RULES = {("", "namespaces"): {"get", "list", "watch"}}
@@ -171,7 +170,15 @@ def test_operator_deployment_is_one_standalone_replica_with_probes_and_a_restric
 
 def test_the_env_the_chart_sets_is_what_the_operator_parses(helm, monkeypatch):
     docs = render(
-        helm, "-f", str(CHART / "ci" / "namespaced-values.yaml"), "--set-json", "operator.pollInterval=2.5"
+        helm,
+        "-f",
+        str(CHART / "ci" / "namespaced-values.yaml"),
+        "--set-json",
+        "operator.pollInterval=2.5",
+        "--set-json",
+        "operator.resyncInterval=30",
+        "--set-json",
+        "operator.workers=3",
     )
     for name, value in container_env(docs).items():
         monkeypatch.setenv(name, value)
@@ -182,6 +189,7 @@ def test_the_env_the_chart_sets_is_what_the_operator_parses(helm, monkeypatch):
     assert settings.node_selector == {} and settings.tolerations == []
     assert (settings.default_cpu, settings.default_memory) == ("2", "8Gi")
     assert settings.poll_interval == 2.5
+    assert (settings.resync_interval, settings.workers) == (30, 3)
     assert (settings.metrics_port, settings.health_port, settings.trainer_metrics_port) == (9090, 8081, 9400)
 
 
@@ -419,7 +427,8 @@ def test_helm_install_creates_the_operator_objects(kube_cluster, kube_api, names
         # The ServiceAccount may do what the operator does, and no more (asked of the API server).
         sa = f"system:serviceaccount:{namespace}:{fullname}"
         can = lambda *a: kube_cluster.kubectl("auth", "can-i", *a, "--as", sa, check=False).stdout.strip()  # noqa: E731
-        assert can("patch", "lrsweeps.finetune.dev/status", "-n", "default") == "yes"
+        assert can("patch", "lrsweeps.finetune.dev", "--subresource=status", "-n", "default") == "yes"
+        assert can("patch", "lrsweeps.finetune.dev", "-n", "default") == "no"  # status only
         assert can("create", "jobs.batch", "-n", "default") == "yes"
         assert can("delete", "pods", "-n", "default") == "no"
         assert can("update", "lrsweeps.finetune.dev", "-n", "default") == "no"

@@ -10,7 +10,7 @@ import pytest
 from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec, TrialsSpec
 from finetune_operator.children import observe, parse_termination_message
-from finetune_operator.handlers import parse_trainer_metrics
+from finetune_operator.controller import parse_trainer_metrics
 from finetune_operator.planning import plan_finetune, plan_sweep, progress_from_sample, set_condition
 from finetune_operator.settings import Settings
 from finetune_operator.sweeps import best_learning_rate, scale_learning_rate, trial_learning_rates

@@ -100,11 +100,14 @@ RBAC rules the operator needs in each namespace it watches (see rbac.yaml for wh
 */}}
 {{- define "finetune-operator.namespacedRules" -}}
 - apiGroups: ["finetune.dev"]
-  resources: ["lrsweeps", "finetunejobs"]
-  verbs: ["get", "list", "watch", "patch", "create"]
+  resources: ["lrsweeps"]
+  verbs: ["get", "list", "watch", "create"]
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["finetune.dev"]
   resources: ["lrsweeps/status", "finetunejobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["finetune.dev"]
   resources: ["lrsweeps/finalizers", "finetunejobs/finalizers"]
   verbs: ["update"]
@@ -119,10 +122,7 @@ RBAC rules the operator needs in each namespace it watches (see rbac.yaml for wh
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 {{/*
 RBAC rule for kopf's scan of the served resources (always cluster-scoped).
