@@ -156,6 +156,20 @@ def _count(list_call: Any, namespace: str, selector: str | None = None) -> int:
     return len(list_call(namespace, **kwargs).items)
 
 
+def _until_listed(custom: Any, plural: str, timeout: float = 30.0) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            custom.list_cluster_custom_object(GROUP, VERSION, plural, limit=1)
+            return
+        except ApiException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def run_round(cluster: Any, count: int, timeout: float, steady: float, log: Any) -> Round:
     from kubernetes import client
 
@@ -166,6 +180,8 @@ def run_round(cluster: Any, count: int, timeout: float, steady: float, log: Any)
     custom = client.CustomObjectsApi(api_client)
     namespace = f"scale-{count}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": namespace}})
+    for plural in (PLURAL, "finetunejobs"):  # CRD storage may still be initialising (429) after apply
+        _until_listed(custom, plural)
     env = {**cluster.env(), "PYTHONUNBUFFERED": "1"}
     logfile = open(f"/tmp/operator-scale-{count}.log", "w")  # noqa: SIM115 (closed below)
     operator = subprocess.Popen(

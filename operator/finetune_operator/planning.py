@@ -135,8 +135,7 @@ class _StatusBuilder:
 
     def phase(self, phase: str, reason: str, message: str = "", event: bool = True) -> None:
         """Set the phase; a Kubernetes event goes out when the phase or its reason changes."""
-        last_reason = next((c["reason"] for c in self.status["conditions"] if c["type"] == "Ready"), None)
-        if event and (self.status.get("phase") != phase or last_reason != reason):
+        if event and (self.status.get("phase") != phase or self.reason() != reason):
             warn = phase == "Failed" or reason in WARNING_REASONS
             self.events.append(Event("Warning" if warn else "Normal", reason, message or phase))
         self.status["phase"] = phase
@@ -148,6 +147,10 @@ class _StatusBuilder:
             self.condition("Failed", phase == "Failed", reason, message)
         else:
             self.condition("Ready", phase == "Running", reason, message)
+
+    def reason(self) -> str | None:
+        """The current phase's reason (the Ready condition's)."""
+        return next((c["reason"] for c in self.status["conditions"] if c["type"] == "Ready"), None)
 
     def started(self) -> None:
         self.status["startTime"] = self.status.get("startTime") or self.now
@@ -218,12 +221,7 @@ def _plan_range_test(
         b.phase("Pending", "JobCreated", f"created range-test Job {job}")
         return Plan(b.result(), create=create, events=b.events)
     if child.phase == "Pending":
-        b.phase(
-            "Pending",
-            child.reason or "PodPending",
-            child.message or f"waiting for Job {job} to start",
-            event=bool(child.message),
-        )
+        _child_pending(b, child)
     elif child.phase == "Running":
         b.phase("Running", "RangeTestRunning", f"range test running in Job {job}")
         progress = progress_from_sample(samples.get(job), child.start_time, b.now)
@@ -234,6 +232,19 @@ def _plan_range_test(
     else:
         _child_failed(b, child, "range test")
     return Plan(b.result(), create=create, events=b.events)
+
+
+def _child_pending(b: _StatusBuilder, child: ChildState) -> None:
+    """A Job whose pod has not started: its pod's reason if it has one. A Job that has nothing to say
+    keeps its JobCreated condition (a status write fewer per Job, and the message still holds)."""
+    if not (child.reason or child.message) and b.reason() == "JobCreated":
+        return
+    b.phase(
+        "Pending",
+        child.reason or "PodPending",
+        child.message or f"waiting for Job {child.name} to start",
+        event=bool(child.message),
+    )
 
 
 def diverged_at_minimum(result: RangeTestResult, min_lr: float) -> bool:
@@ -424,12 +435,7 @@ def plan_finetune(
         b.started()
         b.phase("Pending", "JobCreated", f"created training Job {job} at learning rate {lr:.3g}")
     elif child.phase == "Pending":
-        b.phase(
-            "Pending",
-            child.reason or "PodPending",
-            child.message or f"waiting for Job {job} to start",
-            event=bool(child.message),
-        )
+        _child_pending(b, child)
     elif child.phase == "Running":
         b.phase("Running", "Training", f"training in Job {job}")
         progress = progress_from_sample((samples or {}).get(job), child.start_time, b.now)

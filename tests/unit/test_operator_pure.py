@@ -477,3 +477,21 @@ def test_metrics_server_starts_once_per_address():
     m.set_phase("LRSweep", "ns", "s", "Running")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'finetune_resource_phase{kind="LRSweep",name="s",namespace="ns",phase="Running"} 1.0' in body
+
+
+def test_a_fresh_job_keeps_its_jobcreated_condition_until_its_pod_has_news():
+    from finetune_operator.children import ChildState
+
+    created = plan_sweep("s", SPEC, {}, 1, {}, now=NOW).status
+    quiet = plan_sweep(
+        "s", SPEC, created, 1, {"s-range-test": ChildState("s-range-test", "Pending")}, now=NOW
+    )
+    assert quiet.status == created and not quiet.events  # nothing to write
+    stuck = ChildState("s-range-test", "Pending", reason="Unschedulable", message="0/1 nodes: no GPU")
+    told = plan_sweep("s", SPEC, created, 1, {"s-range-test": stuck}, now=NOW)
+    assert told.status["conditions"][0]["reason"] == "Unschedulable" and told.events
+    # once the pod had news, a quiet Pending again reads as waiting for the pod
+    again = plan_sweep(
+        "s", SPEC, told.status, 1, {"s-range-test": ChildState("s-range-test", "Pending")}, now=NOW
+    )
+    assert next(c for c in again.status["conditions"] if c["type"] == "Ready")["reason"] == "PodPending"
