@@ -8,7 +8,7 @@ create→Job latency p50/p95/p99 (client clock: the create call's return → the
 until every sweep has a Job, the operator's peak RSS and CPU seconds (``/proc`` via psutil) during the burst
 and during a steady-state window afterwards (every sweep unfinished, nothing changing: reconciles are
 driven by watch events, so this should be near zero), then the time to delete every sweep and for the
-garbage collector to remove every Job and ConfigMap.
+garbage collector to remove every Job and pod.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def run_round(cluster: Any, count: int, timeout: float, steady: float, log: Any)
         cpu2, _ = sampler.sample()
         steady_window = time.monotonic() - s0
         latencies = [watcher.seen[n] - created[n] for n in done]
-        # Cleanup: delete every sweep; the garbage collector removes Jobs and ConfigMaps.
+        # Cleanup: delete every sweep; the garbage collector removes the Jobs, then their pods.
         t1 = time.monotonic()
         custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         delete_seconds = None
@@ -242,7 +242,7 @@ def run_round(cluster: Any, count: int, timeout: float, steady: float, log: Any)
             left = (
                 len(custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"])
                 + _count(batch.list_namespaced_job, namespace)
-                + _count(core.list_namespaced_config_map, namespace, selector)
+                + _count(core.list_namespaced_pod, namespace, selector)
             )
             if left == 0:
                 delete_seconds = time.monotonic() - t1
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             "operator-process seconds (user + system); *steady CPU %* = the operator's CPU share while "
             "every sweep is unfinished and nothing changes (reconciles are event-driven; the resync safety "
             "net is minutes away). "
-            "Cleanup = delete-collection of the sweeps until no sweep, Job or ConfigMap is left "
+            "Cleanup = delete-collection of the sweeps until no sweep, Job or pod is left "
             "(Kubernetes garbage collector). Control plane, operator and client share this machine's CPUs.",
             "",
             report(rounds),

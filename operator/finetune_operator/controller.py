@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -40,6 +42,7 @@ Key = tuple[str, str, str]
 
 MAX_BACKOFF = 60.0
 COMPONENT = "finetune-operator"
+REPORTING_INSTANCE = os.environ.get("POD_NAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -248,16 +251,10 @@ class Controller:
         namespace, owner_name = meta["namespace"], meta["name"]
         owner = rendering.owner_reference(info.kind, owner_name, meta["uid"])
         api = self._api()
-        core, batch = kubernetes.client.CoreV1Api(api), kubernetes.client.BatchV1Api(api)
+        batch = kubernetes.client.BatchV1Api(api)
         if plan.create:
             workload = info.spec.model_validate(body["spec"])
         for child in plan.create:
-            labels = naming.child_labels(info.kind, owner_name, child.role, child.trial)
-            _create(
-                core.create_namespaced_config_map,
-                namespace,
-                rendering.config_map(child.name, namespace, labels, owner, child.config),
-            )
             job = rendering.trainer_job(
                 name=child.name,
                 namespace=namespace,
@@ -266,14 +263,17 @@ class Controller:
                 owner=owner,
                 role=child.role,
                 args=child.args,
+                config=child.config,
                 workload=workload,
                 settings=self.settings,
                 trial=child.trial,
             )
             if _create(batch.create_namespaced_job, namespace, job):
                 self.metrics.jobs_created.labels(info.kind).inc()
-        for event in plan.events:
-            post_event(core, info, meta, event)
+        if plan.events:
+            events = kubernetes.client.EventsV1Api(api)
+            for event in plan.events:
+                post_event(events, info, meta, event)
         old = body["status"]
         if plan.status.get("phase") == "Failed" and old.get("phase") != "Failed":
             self.metrics.jobs_failed.labels(info.kind, _reason(plan.status) or "Unknown").inc()
@@ -383,9 +383,11 @@ def _reason(status: dict[str, Any]) -> str | None:
 
 
 def _create(call: Callable[..., Any], *args: Any) -> bool:
-    """Create an object; True if created, False if it already existed (a restart or a retry)."""
+    """Create an object; True if created, False if it already existed (a restart or a retry).
+    The response is not turned into client models: building them costs CPU, and importing the
+    generated model modules costs the process ~90 MiB."""
     try:
-        call(*args)
+        call(*args, _preload_content=False).release_conn()
         return True
     except ApiException as e:
         if e.status == 409:
@@ -393,12 +395,15 @@ def _create(call: Callable[..., Any], *args: Any) -> bool:
         raise
 
 
-def post_event(core: kubernetes.client.CoreV1Api, info: KindInfo, meta: dict[str, Any], event: Event) -> None:
-    """A core/v1 Event on the resource (what `kubectl describe` shows); failures are logged, not raised."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def post_event(
+    events: kubernetes.client.EventsV1Api, info: KindInfo, meta: dict[str, Any], event: Event
+) -> None:
+    """An events.k8s.io/v1 Event about the resource (`kubectl describe` and `kubectl events` show it);
+    a failure is logged, not raised: an event is worth less than the reconcile that posts it."""
     body = {
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {
+        # named like client-go's recorder does: <object>.<time in hex nanoseconds>
+        "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+        "regarding": {
             "apiVersion": f"{API_GROUP}/{VERSION}",
             "kind": info.kind,
             "name": meta["name"],
@@ -407,15 +412,14 @@ def post_event(core: kubernetes.client.CoreV1Api, info: KindInfo, meta: dict[str
         },
         "type": event.type,
         "reason": event.reason,
-        "message": event.message[:1024],
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
+        "action": "Reconcile",
+        "note": event.message[:1024],
+        "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "reportingController": f"{API_GROUP}/{COMPONENT}",
+        "reportingInstance": REPORTING_INSTANCE,
     }
     try:
-        core.create_namespaced_event(meta["namespace"], body)
+        events.create_namespaced_event(meta["namespace"], body, _preload_content=False).release_conn()
     except ApiException as e:
         log.warning("posting event %s on %s/%s failed: %s", event.reason, meta["namespace"], meta["name"], e)
 

@@ -1,4 +1,4 @@
-"""Pure rendering: a resource's spec in, the trainer config, ConfigMap and batch/v1 Job out.
+"""Pure rendering: a resource's spec in, the trainer config and the batch/v1 Job that runs it out.
 
 Nothing here talks to the API server; everything is a function of its arguments (unit-tested).
 """
@@ -16,6 +16,9 @@ from finetune_trainer.config import ExitCode, Spec, TrainerConfig, TrainingSecti
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+CONFIG_ANNOTATION = f"{naming.GROUP}/trainer-config"
+"""Pod-template annotation holding the trainer config; a downward-API volume makes it `CONFIG_FILE`.
+(One object per run: nothing to create first, nothing extra for the garbage collector.)"""
 OUTPUT_DIR = "/output"
 TERMINATION_LOG = "/dev/termination-log"
 METRICS_PORT_NAME = "metrics"
@@ -88,17 +91,6 @@ def sweep_spec_for_auto(job: FineTuneJobSpec) -> LRSweepSpec:
 # ---------------------------------------------------------------------------------------------- manifests
 
 
-def config_map(
-    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any], config: TrainerConfig
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
-        "data": {"config.json": json.dumps(config.to_wire(), indent=1, sort_keys=True)},
-    }
-
-
 def _resources(workload: WorkloadSpec, settings: Settings) -> dict[str, Any]:
     amounts: dict[str, str] = {
         "cpu": workload.resources.cpu or settings.default_cpu,
@@ -131,11 +123,12 @@ def trainer_job(
     owner: dict[str, Any],
     role: str,
     args: list[str],
+    config: TrainerConfig,
     workload: WorkloadSpec,
     settings: Settings,
     trial: int | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs one trainer command (`range-test`, `trial` or `train`)."""
+    """The batch/v1 Job that runs one trainer command (`range-test`, `trial` or `train`) on `config`."""
     labels = naming.child_labels(kind, owner_name, role, trial)
     output_volume, output_mount = _output_volume(workload, kind, owner_name, role)
     env: list[dict[str, Any]] = [
@@ -193,7 +186,17 @@ def trainer_job(
         },
         "containers": [container],
         "volumes": [
-            {"name": "config", "configMap": {"name": name}},
+            {
+                "name": "config",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": "config.json",
+                            "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"},
+                        }
+                    ]
+                },
+            },
             output_volume,
             {"name": "tmp", "emptyDir": {}},
         ],
@@ -226,7 +229,13 @@ def trainer_job(
                 },
             ]
         },
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {
+            "metadata": {
+                "labels": labels,
+                "annotations": {CONFIG_ANNOTATION: json.dumps(config.to_wire(), indent=1, sort_keys=True)},
+            },
+            "spec": pod_spec,
+        },
     }
     if workload.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = workload.active_deadline_seconds

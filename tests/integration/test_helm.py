@@ -41,9 +41,9 @@ NAMESPACED_RULES = {
     ("finetune.dev", "lrsweeps/finalizers"): {"update"},  # ownerReferences with blockOwnerDeletion
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create"},
-    ("", "configmaps"): {"create"},  # each trainer Job's config
     ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create"},  # kopf's warnings
+    ("events.k8s.io", "events"): {"create"},  # the operator's phase events
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 NAMESPACE_RULES = {("", "namespaces"): {"get", "list", "watch"}}

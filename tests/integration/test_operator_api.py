@@ -86,8 +86,7 @@ def test_range_test_sweep_gets_one_owned_job_and_pending_status(
     assert job.spec.suspend is True
     assert job.metadata.owner_references[0].uid == sweep["metadata"]["uid"]
     assert job.spec.template.spec.containers[0].args[0] == "range-test"
-    cm = client.CoreV1Api(kube_api).read_namespaced_config_map("sweep-range-test", namespace)
-    assert '"/nonexistent/model"' in cm.data["config.json"]
+    assert '"/nonexistent/model"' in job.spec.template.metadata.annotations["finetune.dev/trainer-config"]
     assert status["phase"] == "Pending" and status["observedGeneration"] == 1
     assert "JobCreated" in events(kube_api, namespace, "sweep")
     assert sweep["spec"] == created["spec"], "the operator must never change spec"

@@ -73,6 +73,7 @@ def _job(spec: dict, **kw) -> dict:
     sweep = LRSweepSpec.model_validate(spec)
     return rendering.trainer_job(
         name="s-range-test",
+        config=rendering.range_test_config(sweep),
         namespace="ns",
         kind="LRSweep",
         owner_name="s",
@@ -170,10 +171,16 @@ def test_auto_sweep_copies_model_data_adapter_batch_and_placement():
     ) == ("lora", 4, 40, 0)
 
 
-def test_config_map_carries_the_trainer_config():
-    cfg = rendering.range_test_config(LRSweepSpec.model_validate(SPEC))
-    cm = rendering.config_map("s-range-test", "ns", {}, OWNER, cfg)
-    assert json.loads(cm["data"]["config.json"])["model"]["name"] == "/models/tiny"
+def test_the_job_carries_the_trainer_config_as_the_file_the_trainer_reads():
+    template = _job(SPEC)["spec"]["template"]
+    config = json.loads(template["metadata"]["annotations"][rendering.CONFIG_ANNOTATION])
+    assert config["model"]["name"] == "/models/tiny"
+    [volume] = [v for v in template["spec"]["volumes"] if v["name"] == "config"]
+    [item] = volume["downwardAPI"]["items"]
+    assert item["fieldRef"]["fieldPath"] == f"metadata.annotations['{rendering.CONFIG_ANNOTATION}']"
+    [mount] = [m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == "config"]
+    assert f"{mount['mountPath']}/{item['path']}" == rendering.CONFIG_FILE
+    assert rendering.CONFIG_FILE in template["spec"]["containers"][0]["args"]
 
 
 # ------------------------------------------------------------------ children
