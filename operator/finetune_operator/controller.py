@@ -382,12 +382,19 @@ def _reason(status: dict[str, Any]) -> str | None:
     return next((c["reason"] for c in status.get("conditions", []) if c["type"] == "Failed"), None)
 
 
+def _discard(response: Any) -> None:
+    """Read an unparsed response to its end and return its connection to the pool (a connection given
+    back with unread bytes would hand them to the next request as its status line)."""
+    response.drain_conn()
+    response.release_conn()
+
+
 def _create(call: Callable[..., Any], *args: Any) -> bool:
     """Create an object; True if created, False if it already existed (a restart or a retry).
     The response is not turned into client models: building them costs CPU, and importing the
     generated model modules costs the process ~90 MiB."""
     try:
-        call(*args, _preload_content=False).release_conn()
+        _discard(call(*args, _preload_content=False))
         return True
     except ApiException as e:
         if e.status == 409:
@@ -419,7 +426,7 @@ def post_event(
         "reportingInstance": REPORTING_INSTANCE,
     }
     try:
-        events.create_namespaced_event(meta["namespace"], body, _preload_content=False).release_conn()
+        _discard(events.create_namespaced_event(meta["namespace"], body, _preload_content=False))
     except ApiException as e:
         log.warning("posting event %s on %s/%s failed: %s", event.reason, meta["namespace"], meta["name"], e)
 

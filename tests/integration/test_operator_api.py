@@ -228,3 +228,31 @@ def test_gpus_that_no_node_has_are_reported_not_hidden(kube_api, namespace, crds
     assert status["phase"] == "Pending"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "Unschedulable"
+
+
+def test_a_burst_of_sweeps_is_reconciled_without_a_single_error(
+    kube_api, namespace, crds_installed, run_operator
+):
+    """Many reconciles at once share the client's connections: each must leave its connection clean."""
+    metrics = handlers.State.metrics
+    errors = lambda: metrics.reconcile_errors.labels("LRSweep")._value.get()  # noqa: E731
+    before = errors()
+    names = [f"burst-{i}" for i in range(40)]
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        for name in names:
+            create(kube_api, namespace, "lrsweeps", "LRSweep", name, BASE)
+        wait_for(
+            lambda: len(jobs(kube_api, namespace, "finetune.dev/role=range-test")) == len(names),
+            timeout=60,
+            what="a Job per sweep",
+        )
+        wait_for(
+            lambda: all(
+                get(kube_api, namespace, "lrsweeps", n).get("status", {}).get("phase") for n in names
+            ),
+            what="every status",
+        )
+        reasons = events(kube_api, namespace, "burst-0")
+    assert runner.exception is None, runner.output
+    assert errors() == before, runner.output
+    assert reasons == ["JobCreated"], "one event per phase change, however many reconciles ran"
