@@ -35,7 +35,7 @@ from finetune_trainer.runtime import STOP, world_size
 from finetune_trainer.schedules import build_scheduler, plan_from_spec, warmup_steps_for
 from finetune_trainer.suggest import EmaSmoother
 
-OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
+OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
 
 
 @dataclass
