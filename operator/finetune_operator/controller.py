@@ -191,30 +191,31 @@ class Controller:
             self._pool = None
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             key = await self.queue.get()
             try:
-                snap = self.snapshot(key)
-                if snap is None:
-                    continue
-                try:
-                    written, status = await loop.run_in_executor(self._pool, self.reconcile, snap)
-                except Exception:
-                    failures = self._failures.get(key, 0) + 1
-                    self._failures[key] = failures
-                    delay = min(MAX_BACKOFF, 0.5 * 2**failures)
-                    log.exception("reconciling %s %s/%s failed (retry in %.0fs)", *key, delay)
-                    self.queue.add_after(key, delay)
-                    continue
-                self._failures.pop(key, None)
-                if written is not None and key in self.resources and _newer(written, self.resources[key]):
-                    self.resources[key] = written
-                delay = self._next_reconcile(snap, status)
-                if delay is not None:
-                    self.queue.add_after(key, delay)
+                await self._process(key)
+            except Exception:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                delay = min(MAX_BACKOFF, 0.5 * 2**failures)
+                log.exception("reconciling %s %s/%s failed (retry in %.0fs)", *key, delay)
+                self.queue.add_after(key, delay)
             finally:
                 self.queue.done(key)
+
+    async def _process(self, key: Key) -> None:
+        snap = self.snapshot(key)
+        if snap is None or snap.body["metadata"].get("deletionTimestamp"):
+            return  # gone, or going: never create children the garbage collector is about to remove
+        loop = asyncio.get_running_loop()
+        written, status = await loop.run_in_executor(self._pool, self.reconcile, snap)
+        self._failures.pop(key, None)
+        if written is not None and key in self.resources and _newer(written, self.resources[key]):
+            self.resources[key] = written
+        delay = self._next_reconcile(snap, status)
+        if delay is not None:
+            self.queue.add_after(key, delay)
 
     def _next_reconcile(self, snap: Snapshot, status: dict[str, Any]) -> float | None:
         if is_done(status, snap.body["metadata"].get("generation") or 1):

@@ -174,3 +174,45 @@ def test_status_delta_is_a_merge_patch_of_what_changed():
     new = {"phase": "Running", "startTime": "t"}
     assert status_delta(old, new) == {"phase": "Running", "progress": None}
     assert status_delta(new, new) == {}
+
+
+def test_a_failing_reconcile_backs_off_and_the_worker_lives_on():
+    async def go():
+        c = controller()
+        c.bind_indices({}, {}, {})
+        calls = []
+
+        def reconcile(snap):
+            calls.append(snap.key)
+            if len(calls) == 1:
+                raise RuntimeError("API server unavailable")
+            return None, {"phase": "Succeeded", "observedGeneration": 1}
+
+        c.reconcile = reconcile
+        await c.start(1)
+        c.observe_resource("LRSweep", None, body())
+        for _ in range(100):  # first attempt fails, the retry (1 s back-off) succeeds
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await c.stop()
+        return calls
+
+    assert run(go()) == [("LRSweep", "ns", "s")] * 2
+
+
+def test_a_resource_being_deleted_is_not_reconciled():
+    async def go():
+        c = controller()
+        c.bind_indices({}, {}, {})
+        calls = []
+        c.reconcile = lambda snap: calls.append(snap) or (None, {})
+        await c.start(1)
+        going = body()
+        going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        c.observe_resource("LRSweep", "MODIFIED", going)
+        await asyncio.sleep(0.2)
+        await c.stop()
+        return calls
+
+    assert run(go()) == []
