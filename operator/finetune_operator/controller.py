@@ -101,6 +101,7 @@ class Controller:
         self.queue = WorkQueue()
         self._failures: dict[Key, int] = {}
         self._samples: dict[str, tuple[float, dict[str, float]]] = {}  # Job name -> (polled at, sample)
+        self._retries: dict[Key, dict[str, int]] = {}  # resource -> Job name -> pod retries seen
         self._indices: dict[str, Mapping[Any, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -150,6 +151,7 @@ class Controller:
     def forget(self, key: Key) -> None:
         self.resources.pop(key, None)
         self._failures.pop(key, None)
+        self._retries.pop(key, None)
         self.queue.forget(key)
         kind, namespace, name = key
         if kind == FINETUNEJOB.kind:
@@ -243,6 +245,9 @@ class Controller:
                 sweep_name = sweep_waited_for(body["spec"], name)
                 if plan.create_sweep is not None and sweep_name:
                     self._create_sweep(body, sweep_name, plan.create_sweep)
+            retried = new_retries(self._retries.setdefault(snap.key, {}), snap.children)
+            if retried:
+                m.jobs_retried.labels(kind).inc(retried)
             written = self._apply(info, body, plan)
             self._export(kind, namespace, name, plan.status)
             return written, plan.status
@@ -370,6 +375,18 @@ class Controller:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def new_retries(seen: dict[str, int], children: Mapping[str, ChildState]) -> int:
+    """Pod retries since the last look (failed pods, less the one that failed a Job for good). A Job seen
+    for the first time only sets the baseline, so a restarted operator does not count old retries again."""
+    new = 0
+    for name, child in children.items():
+        retries = max(0, child.failed_pods - (1 if child.phase == "Failed" else 0))
+        if name in seen:
+            new += max(0, retries - seen[name])
+        seen[name] = max(retries, seen.get(name, 0))
+    return new
 
 
 def status_delta(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

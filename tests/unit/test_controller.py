@@ -216,3 +216,18 @@ def test_a_resource_being_deleted_is_not_reconciled():
         return calls
 
     assert run(go()) == []
+
+
+def test_pod_retries_are_counted_once_and_not_again_after_a_restart():
+    from finetune_operator.children import ChildState
+    from finetune_operator.controller import new_retries
+
+    seen: dict[str, int] = {}
+    assert new_retries(seen, {"j": ChildState("j", "Running", failed_pods=2)}) == 0  # baseline only
+    assert new_retries(seen, {"j": ChildState("j", "Running", failed_pods=3)}) == 1
+    assert new_retries(seen, {"j": ChildState("j", "Running", failed_pods=3)}) == 0
+    assert (
+        new_retries(seen, {"j": ChildState("j", "Failed", failed_pods=4)}) == 0
+    )  # the last failure is no retry
+    assert new_retries(seen, {"k": ChildState("k", "Pending")}) == 0
+    assert new_retries(seen, {"k": ChildState("k", "Succeeded", failed_pods=1)}) == 1
