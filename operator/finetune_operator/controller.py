@@ -100,7 +100,7 @@ class Controller:
         self.waiters: dict[tuple[str, str], set[str]] = {}  # (namespace, sweep) -> FineTuneJob names
         self.queue = WorkQueue()
         self._failures: dict[Key, int] = {}
-        self._samples: dict[str, tuple[float, dict[str, float]]] = {}  # Job name -> (polled at, sample)
+        self._samples: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}  # (ns, Job) -> (at, sample)
         self._retries: dict[Key, dict[str, int]] = {}  # resource -> Job name -> pod retries seen
         self._indices: dict[str, Mapping[Any, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,11 +149,12 @@ class Controller:
                 return
 
     def forget(self, key: Key) -> None:
+        kind, namespace, name = key
+        for job in self._retries.pop(key, {}):  # every Job of the resource the controller has seen
+            self._samples.pop((namespace, job), None)
         self.resources.pop(key, None)
         self._failures.pop(key, None)
-        self._retries.pop(key, None)
         self.queue.forget(key)
-        kind, namespace, name = key
         if kind == FINETUNEJOB.kind:
             for names in self.waiters.values():
                 names.discard(name)
@@ -235,7 +236,7 @@ class Controller:
         m = self.metrics
         with m.reconcile_seconds.labels(kind).time(), m.reconcile_errors.labels(kind).count_exceptions():
             body, generation = snap.body, snap.body["metadata"].get("generation") or 1
-            samples = self._poll_running(snap.children)
+            samples = self._poll_running(namespace, snap.children)
             if kind == LRSWEEP.kind:
                 plan = plan_sweep(name, body["spec"], body["status"], generation, snap.children, samples)
             else:
@@ -315,25 +316,29 @@ class Controller:
             api.create_namespaced_custom_object, API_GROUP, VERSION, meta["namespace"], LRSWEEP.plural, sweep
         )
 
-    def _poll_running(self, children: dict[str, ChildState]) -> dict[str, dict[str, float]]:
+    def _poll_running(self, namespace: str, children: dict[str, ChildState]) -> dict[str, dict[str, float]]:
         """Latest metrics of each running child, polled at most once per poll interval."""
         now = time.monotonic()
         for child in children.values():
             if child.phase != "Running" or not child.pod_ip:
                 continue
-            polled_at, last = self._samples.get(child.name, (0.0, {}))
+            polled_at, last = self._samples.get((namespace, child.name), (0.0, {}))
             if now - polled_at < self.settings.poll_interval * 0.9:
                 continue
             url = f"http://{child.pod_ip}:{self.settings.trainer_metrics_port}/metrics"
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
-                    self._samples[child.name] = (now, parse_trainer_metrics(response.read().decode()))
+                    sample = parse_trainer_metrics(response.read().decode())
+                self._samples[(namespace, child.name)] = (now, sample)
             except OSError as e:
                 log.debug("polling %s failed: %s", url, e)
-                self._samples[child.name] = (now, last)
-        for job in [j for j, c in children.items() if c.phase in TERMINAL]:
-            self._samples.pop(job, None)
-        return {name: self._samples[name][1] for name in children if name in self._samples}
+                self._samples[(namespace, child.name)] = (now, last)
+        for job, child in children.items():
+            if child.phase in TERMINAL:
+                self._samples.pop((namespace, job), None)
+        return {
+            job: self._samples[(namespace, job)][1] for job in children if (namespace, job) in self._samples
+        }
 
     # ------------------------------------------------------------------ metrics
 
