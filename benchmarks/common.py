@@ -82,8 +82,10 @@ def machine() -> dict[str, str]:
     }
 
 
-def write_results(name: str, title: str, body: str, command: str) -> Path:
-    """Write ``results/<name>.md``: a header with machine, versions, date and the command, then ``body``."""
+def write_results(name: str, title: str, body: str, argv: list[str] | None) -> Path:
+    """Write ``results/<name>.md``: a header with machine, versions, date and the command that reproduces
+    it (``benchmarks/<name>.py`` with ``argv``, or this process's arguments when None), then ``body``."""
+    command = f"python benchmarks/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     facts = machine()
     header = [f"# {title}", ""]

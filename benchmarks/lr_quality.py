@@ -932,12 +932,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(parts)
     print(body)
     if not args.no_write and not args.quick:
-        path = write_results(
-            "lr_quality",
-            "LR recommendation quality",
-            body,
-            "python benchmarks/lr_quality.py " + " ".join(argv or sys.argv[1:]),
-        )
+        path = write_results("lr_quality", "LR recommendation quality", body, argv)
         log(f"wrote {path}")
     log(f"chosen default rule: {rule}")
     return 0

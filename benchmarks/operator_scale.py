@@ -359,10 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if not args.no_write:
-        command = "python benchmarks/operator_scale.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
-        log(f"wrote {write_results('operator_scale', 'Operator scale', body, command)}")
+        log(f"wrote {write_results('operator_scale', 'Operator scale', body, argv)}")
     return 0
 
 

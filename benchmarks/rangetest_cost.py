@@ -121,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if not args.no_write:
-        path = write_results(
-            "rangetest_cost",
-            "Range-test cost",
-            body,
-            "python benchmarks/rangetest_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        )
+        path = write_results("rangetest_cost", "Range-test cost", body, argv)
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -284,12 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if not args.no_write:
-        path = write_results(
-            "trainer_overhead",
-            "Trainer overhead",
-            body,
-            "python benchmarks/trainer_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        )
+        path = write_results("trainer_overhead", "Trainer overhead", body, argv)
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from kubernetes import client
 
 from .cluster import LocalCluster, apply_crds, load_yaml_documents, local_cluster
 from .podrunner import RunnerConfig
+from .processes import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = Path(os.environ.get("FINETUNE_CRD_DIR", REPO_ROOT / "crds"))
@@ -69,17 +69,6 @@ def kube_api(kube_cluster: LocalCluster) -> Iterator[client.ApiClient]:
         api.close()
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
@@ -109,7 +98,7 @@ def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> Ite
                 return False
             raise
 
-    _wait(default_sa, 60, f"service account default and kube-root-ca.crt in {name}")
+    wait_for(default_sa, 60, interval=0.1, what=f"service account default and kube-root-ca.crt in {name}")
     try:
         yield name
     finally:
