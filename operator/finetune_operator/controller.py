@@ -52,6 +52,8 @@ class Snapshot:
     key: Key
     body: dict[str, Any]
     children: dict[str, ChildState]
+    sweep_name: str | None = None
+    """The LRSweep a FineTuneJob takes its learning rate from (`sweep_waited_for`)."""
     sweep: dict[str, Any] | None = None
 
 
@@ -152,12 +154,15 @@ class Controller:
         kind, namespace, name = key
         for job in self._retries.pop(key, {}):  # every Job of the resource the controller has seen
             self._samples.pop((namespace, job), None)
-        self.resources.pop(key, None)
+        body = self.resources.pop(key, None)
         self._failures.pop(key, None)
         self.queue.forget(key)
-        if kind == FINETUNEJOB.kind:
-            for names in self.waiters.values():
-                names.discard(name)
+        sweep = sweep_waited_for(body["spec"], name) if body and kind == FINETUNEJOB.kind else None
+        if sweep:
+            waiting = self.waiters.get((namespace, sweep), set())
+            waiting.discard(name)
+            if not waiting:
+                self.waiters.pop((namespace, sweep), None)
         self.metrics.forget(kind, namespace, name)
 
     def snapshot(self, key: Key) -> Snapshot | None:
@@ -170,12 +175,11 @@ class Controller:
         for job in jobs.get((namespace, kind, name), []):
             job_name = job["metadata"]["name"]
             children[job_name] = observe(job, list(pods.get((namespace, job_name), [])))
-        sweep = None
-        if kind == FINETUNEJOB.kind:
-            sweep_name = sweep_waited_for(body["spec"], name)
-            if sweep_name:
-                sweep = next(iter(self._indices["sweeps"].get((namespace, sweep_name), [])), None)
-        return Snapshot(key, body, children, dict(sweep) if sweep else None)
+        sweep_name = sweep_waited_for(body["spec"], name) if kind == FINETUNEJOB.kind else None
+        sweep = (
+            next(iter(self._indices["sweeps"].get((namespace, sweep_name), [])), None) if sweep_name else None
+        )
+        return Snapshot(key, body, children, sweep_name, dict(sweep) if sweep else None)
 
     # ------------------------------------------------------------------ workers
 
@@ -243,9 +247,8 @@ class Controller:
                 plan = plan_finetune(
                     name, body["spec"], body["status"], generation, snap.children, snap.sweep, samples
                 )
-                sweep_name = sweep_waited_for(body["spec"], name)
-                if plan.create_sweep is not None and sweep_name:
-                    self._create_sweep(body, sweep_name, plan.create_sweep)
+                if plan.create_sweep is not None and snap.sweep_name:
+                    self._create_sweep(body, snap.sweep_name, plan.create_sweep)
             retried = new_retries(self._retries.setdefault(snap.key, {}), snap.children)
             if retried:
                 m.jobs_retried.labels(kind).inc(retried)

@@ -231,3 +231,16 @@ def test_pod_retries_are_counted_once_and_not_again_after_a_restart():
     )  # the last failure is no retry
     assert new_retries(seen, {"k": ChildState("k", "Pending")}) == 0
     assert new_retries(seen, {"k": ChildState("k", "Succeeded", failed_pods=1)}) == 1
+
+
+def test_a_deleted_finetunejob_stops_waiting_for_its_sweep():
+    async def go():
+        c = controller()
+        spec = {"model": {"name": "m"}, "learningRate": {"fromSweep": {"name": "lr"}}}
+        c.observe_resource("FineTuneJob", None, body("ftj", spec=spec))
+        c.queue.done(await c.queue.get())
+        c.observe_resource("FineTuneJob", "DELETED", body("ftj", spec=spec))
+        c.observe_resource("LRSweep", "MODIFIED", body("lr", status={"phase": "Succeeded"}))
+        return dict(c.waiters), await c.queue.get(), len(c.queue)
+
+    assert run(go()) == ({}, ("LRSweep", "ns", "lr"), 0)
