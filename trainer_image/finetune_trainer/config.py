@@ -94,14 +94,24 @@ class DatasetSpec(Spec):
             message="set exactly one of dataset.name (a hub dataset) or dataset.files (local files)",
             check=lambda s: (s.name is not None) != bool(s.files),
         ),
+        Rule(
+            cel="!has(self.validationFiles) || has(self.files)",
+            message="dataset.validationFiles needs dataset.files (a hub dataset uses validationSplit)",
+            check=lambda s: not s.validation_files or bool(s.files),
+        ),
     ]
 
     name: str | None = None
     """Hugging Face dataset name (e.g. `imdb`). Exclusive with `files`."""
     files: list[str] | None = Field(default=None, max_length=256)
     """Local data files (JSONL, JSON, CSV, Parquet or plain text). Exclusive with `name`."""
+    validation_files: list[str] | None = Field(default=None, max_length=256)
+    """Local files to evaluate on (same format as `files`); when set, nothing is held out of `files`."""
     format: Literal["auto", "json", "csv", "parquet", "text"] = "auto"
     """File format; `auto` picks it from the first file's extension (`.jsonl` is json)."""
+    sample_by: Literal["line", "paragraph", "document"] = "line"
+    """Plain text only: one example per line (line breaks dropped), per blank-line-separated paragraph,
+    or per whole file (`document`: code and prose keep their line breaks)."""
     split: str = "train"
     """Split to train on."""
     validation_split: str | None = None
@@ -117,7 +127,8 @@ class DatasetSpec(Spec):
     packing: bool = True
     """Causal LM: concatenate texts and cut them into full-length blocks instead of padding each text."""
     seed: int = Field(default=42, ge=0)
-    """Seed for the validation split and the `maxSamples` subset."""
+    """Seed for the validation split and the `maxSamples` subset (data order follows
+    `optimization.seed`)."""
 
 
 class AdapterSpec(Spec):
@@ -170,7 +181,7 @@ class OptimizationSpec(Spec):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Compute precision; `auto` is bf16 on GPUs that support it, else fp32."""
     seed: int = Field(default=42, ge=0)
-    """Seed for weight init of new heads, data order and dropout."""
+    """Seed for weight init of new heads and adapters, data order and dropout."""
 
     def effective_batch_size(self, world_size: int = 1) -> int:
         """Examples per optimiser update across all processes."""
@@ -236,30 +247,63 @@ class RangeTestSpec(Spec):
 
     __rules__: ClassVar[list[Rule]] = [
         Rule(
-            cel="self.minLearningRate < self.maxLearningRate",
+            cel="!has(self.minLearningRate) || !has(self.maxLearningRate)"
+            " || self.minLearningRate < self.maxLearningRate",
             message="rangeTest.minLearningRate must be below rangeTest.maxLearningRate",
-            check=lambda s: s.min_learning_rate < s.max_learning_rate,
+            check=lambda s: (
+                s.min_learning_rate is None
+                or s.max_learning_rate is None
+                or s.min_learning_rate < s.max_learning_rate
+            ),
         ),
     ]
 
-    min_learning_rate: float = Field(default=1e-7, gt=0.0, le=10.0)
-    """Where the ramp starts."""
-    max_learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
-    """Where the ramp ends (the test stops earlier on divergence)."""
-    steps: int = Field(default=100, ge=10, le=10000)
-    """Optimiser steps in the ramp."""
+    min_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
+    """Where the ramp starts; unset: 1000x below the model's prior learning rate (family, width, adapter)."""
+    max_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
+    """Where the ramp is planned to end; unset: 10x above the prior. With `extend` the ramp goes on past
+    it, at the same steps per decade, until the loss diverges."""
+    steps: int = Field(default=60, ge=10, le=10000)
+    """Optimiser steps from `minLearningRate` to `maxLearningRate` (an extension adds steps)."""
+    extend: bool = True
+    """Keep ramping past `maxLearningRate` (up to `ceilingLearningRate`) until the loss diverges, so a window
+    set too low never decides the answer."""
+    ceiling_learning_rate: float = Field(default=10.0, gt=0.0, le=100.0)
+    """Highest learning rate an extended ramp may reach."""
     mode: Literal["exponential", "linear"] = "exponential"
     """Ramp shape; exponential spends equal steps per decade."""
-    smoothing: float = Field(default=0.05, gt=0.0, le=1.0)
+    smoothing: float = Field(default=0.1, gt=0.0, le=1.0)
     """Weight of the newest loss in the bias-corrected exponential moving average (1 = no smoothing)."""
     divergence_factor: float = Field(default=4.0, gt=1.0, le=1000.0)
     """Stop once the smoothed loss exceeds this many times the best smoothed loss."""
     use_validation_loss: bool = False
     """Evaluate on a validation batch at each step instead of using the training loss (slower, less noisy)."""
     rule: RuleName = "minimum-over-10"
-    """Suggestion rule whose value becomes the recommendation; every rule's value is reported."""
+    """Suggestion rule whose value becomes the recommendation of a `rangeTest` sweep; every rule's value
+    is reported."""
     widen_by_prior: bool = False
-    """Widen the window so it spans 30x around the model family's usual learning rate."""
+    """Widen the window so it spans 30x around the model's prior learning rate."""
+
+
+class AdaptiveSpec(Spec):
+    """The adaptive recommender: a range test finds the divergence edge, short trials at log-spaced
+    candidates below it find the basin, longer trials narrow it, and a parabola in log-LR picks the LR."""
+
+    candidates: int = Field(default=5, ge=3, le=12)
+    """Stage-1 trials: log-spaced learning rates below the range test's divergence edge."""
+    spacing: float = Field(default=0.5, ge=0.1, le=2.0)
+    """Decades between stage-1 candidates (the top one is this far below the divergence edge)."""
+    trial_steps: int | None = Field(default=None, ge=4, le=100000)
+    """Optimiser steps of a stage-1 trial; unset: an eighth of `optimization.maxSteps` (at least 10),
+    or 50 when the run is sized in epochs."""
+    finalists: int = Field(default=3, ge=2, le=8)
+    """Stage-2 trials around the stage-1 fit's minimum, each `narrowingFactor` times longer."""
+    narrowing_factor: float = Field(default=2.0, ge=1.0, le=16.0)
+    """How many times longer a stage-2 trial runs than a stage-1 trial."""
+    max_extensions: int = Field(default=2, ge=0, le=8)
+    """How often stage 1 may add candidates past its lowest or highest one when the best trial sits there."""
+    parallelism: int = Field(default=2, ge=1, le=64)
+    """Trials running at once (Jobs in a cluster)."""
 
 
 class EvaluationSpec(Spec):
@@ -341,6 +385,8 @@ class TrainerConfig(TrainingSections):
     """Early stopping on validation loss."""
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Checkpoint cadence and retention."""
+    adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
+    """Adaptive-recommender settings (used by `recommend`)."""
     learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
     """Peak learning rate for `train` and `trial` (the CLI's `--learning-rate` overrides it)."""
     output_dir: str = "./output"
@@ -395,6 +441,15 @@ class RangeTestResult(Spec):
     """Adapter type the test ran with (a LoRA LR does not transfer to a full fine-tune)."""
     warnings: list[str] = Field(default_factory=list, max_length=16)
     """Sanity-check warnings (e.g. far from the model family's usual learning rate)."""
+    min_learning_rate: float | None = None
+    """Where the ramp started."""
+    max_learning_rate: float | None = None
+    """The highest learning rate the ramp reached (past the planned end when it was extended)."""
+    divergence_learning_rate: float | None = None
+    """The divergence edge: the first LR past the loss minimum where the smoothed loss climbed back above
+    its start, or where the ramp stopped on divergence; unset when the loss never turned up."""
+    prior_learning_rate: float | None = None
+    """The model's prior learning rate (family, width and adapter) the window was centred on."""
 
 
 class TrialResult(Spec):
@@ -445,12 +500,127 @@ class TrainResult(Spec):
     """Wall time of this run."""
 
 
-TrainerResult = RangeTestResult | TrialResult | TrainResult
+EvidenceReason = Literal[
+    "Fitted", "BestTrial", "FlatCurve", "BestAtLowerEdge", "BestAtUpperEdge", "AllTrialsDiverged", "NoEdge"
+]
+WEAK_EVIDENCE: tuple[str, ...] = ("FlatCurve", "BestAtLowerEdge", "BestAtUpperEdge", "AllTrialsDiverged")
+"""Evidence reasons under which a recommendation must not be trained with unchecked."""
+
+
+class TrialRecord(Spec):
+    """One trial of the adaptive recommender: a short fine-tune at one LR, judged after its decay."""
+
+    stage: int = Field(ge=1, le=2)
+    """1: a candidate below the divergence edge; 2: a longer finalist around the stage-1 minimum."""
+    index: int = Field(ge=0, le=63)
+    """Trial number within its stage."""
+    learning_rate: float = Field(gt=0.0)
+    """Peak learning rate tried."""
+    steps: int = Field(ge=0)
+    """Optimiser steps the trial ran."""
+    eval_loss: float | None = None
+    """Validation loss after the trial's decay (unset when it diverged or failed)."""
+    diverged: bool = False
+    """True when the loss became NaN/inf or exploded."""
+
+
+class LossFit(Spec):
+    """The parabola ``loss = a x^2 + b x + c`` in ``x = log10(learning rate)`` through the best points."""
+
+    a: float
+    """Curvature (positive: a basin)."""
+    b: float
+    """Linear term."""
+    c: float
+    """Constant term."""
+    low_learning_rate: float
+    """Lowest learning rate among the fitted points."""
+    high_learning_rate: float
+    """Highest learning rate among the fitted points."""
+    points: int = Field(ge=3)
+    """Trials fitted."""
+    noise: float = Field(ge=0.0)
+    """Loss noise assumed for the interval: the fit's residual, or a floor of 0.5% of the best loss."""
+
+
+class Interval(Spec):
+    """Learning rates whose predicted loss is within noise of the best."""
+
+    low: float = Field(gt=0.0)
+    """Lowest such learning rate."""
+    high: float = Field(gt=0.0)
+    """Highest such learning rate."""
+
+
+class Recommendation(Spec):
+    """What the adaptive stages decided; the same in `recommend`'s result and an LRSweep's status."""
+
+    recommended_learning_rate: float | None = None
+    """The recommended peak learning rate (unset when the evidence supports none)."""
+    interval: Interval | None = None
+    """Learning rates within noise of the recommendation's predicted loss."""
+    decided_by: str = "fit"
+    """Which stage decided: `stage-2-fit`, `stage-2-best`, `stage-1-fit`, `stage-1-best`."""
+    evidence: EvidenceReason = "Fitted"
+    """How well the trials support the recommendation; see `WEAK_EVIDENCE`."""
+    message: str = ""
+    """The evidence in words, naming the bound to move when the evidence is weak."""
+    fit: LossFit | None = None
+    """The parabola that decided (unset when a best trial decided)."""
+    best_loss: float | None = None
+    """Best validation loss among the deciding stage's trials."""
+
+    @property
+    def weak(self) -> bool:
+        return self.evidence in WEAK_EVIDENCE
+
+
+class RecommendResult(Recommendation):
+    """What `recommend` reports: the recommendation, its evidence, and the compute it spent."""
+
+    kind: Literal["recommend"] = "recommend"
+    """Result type tag."""
+    method: Literal["adaptive"] = "adaptive"
+    """The recommender."""
+    trials: list[TrialRecord] = Field(default_factory=list, max_length=64)
+    """Every trial, in the order they were planned."""
+    range_test: RangeTestResult | None = None
+    """The range-test stage (its curve finds the divergence edge)."""
+    steps_spent: int = Field(default=0, ge=0)
+    """Optimiser steps spent on the range test and every trial together."""
+    effective_batch_size: int = Field(default=1, ge=1)
+    """Examples per optimiser update the recommendation was made at."""
+    adapter: str = "none"
+    """Adapter type the recommendation was made with."""
+    warnings: list[str] = Field(default_factory=list, max_length=16)
+    """Notes about the evidence."""
+
+
+class ErrorResult(Spec):
+    """What every command reports when it fails: the exit code's name and the one-line error."""
+
+    kind: Literal["error"] = "error"
+    """Result type tag."""
+    exit_code: int
+    """The process exit code (see `ExitCode`)."""
+    reason: str
+    """The exit code's name (e.g. `BAD_CONFIG`, `DIVERGED`)."""
+    error: str = Field(max_length=3800)
+    """What went wrong and, for configuration errors, the field and the fix."""
+
+
+TrainerResult = RangeTestResult | TrialResult | TrainResult | RecommendResult | ErrorResult
 
 
 def parse_result(data: dict[str, Any]) -> TrainerResult:
     """Read any result by its `kind` tag."""
-    kinds: dict[str, type[Spec]] = {"rangeTest": RangeTestResult, "trial": TrialResult, "train": TrainResult}
+    kinds: dict[str, type[Spec]] = {
+        "rangeTest": RangeTestResult,
+        "trial": TrialResult,
+        "train": TrainResult,
+        "recommend": RecommendResult,
+        "error": ErrorResult,
+    }
     kind = data.get("kind")
     if kind not in kinds:
         raise ValueError(f"result.kind must be one of {sorted(kinds)}, got {kind!r}")

@@ -1,0 +1,395 @@
+"""The adaptive recommender's stages, as pure functions shared by the operator and ``recommend``.
+
+    range test ──► divergence edge ──► stage 1: short trials at log-spaced candidates below the edge
+               (extended past its lowest/highest candidate while the best trial sits there)
+           ──► stage 2: longer trials around the stage-1 minimum ──► parabola in log10(LR) ──► LR + interval
+
+A range test finds where training breaks, not where a finished run is best, so it only bounds the search.
+Trials are judged on validation loss after a full warmup + decay, never mid-run. ``next_step`` is the whole
+decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
+the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
+``recommend`` in a loop (trials in-process). Only pydantic and arithmetic here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from finetune_trainer.config import (
+    AdaptiveSpec,
+    Interval,
+    LossFit,
+    Recommendation,
+    TrainingSections,
+    TrialRecord,
+)
+
+STAGE_1, STAGE_2 = 1, 2
+MIN_TRIAL_STEPS = 10
+TRIAL_FRACTION = 8
+"""A stage-1 trial runs an eighth of the planned fine-tune (when its length is known)."""
+DEFAULT_TRIAL_STEPS = 50
+NOISE_FLOOR = 0.005
+"""The smallest loss noise assumed: 0.5% of the best loss (a fit through 3 points has no residual)."""
+FIT_NEIGHBOURS = 2
+"""Points on each side of the best trial that the stage-1 parabola uses."""
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """A trial the current stage needs: its identity (stage, index), learning rate and length."""
+
+    stage: int
+    index: int
+    learning_rate: float
+    steps: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.stage, self.index)
+
+
+@dataclass(frozen=True)
+class AdaptiveStep:
+    """What to do next: run ``trials`` (every trial of the stage so far; the finished ones included) or,
+    when ``done`` is set, report it."""
+
+    trials: tuple[TrialRequest, ...] = ()
+    done: Recommendation | None = None
+
+    @property
+    def stage(self) -> int:
+        return max((t.stage for t in self.trials), default=STAGE_1)
+
+
+# ------------------------------------------------------------------------------------------------ window
+
+
+def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early: bool) -> float | None:
+    """Where training breaks on a range test's smoothed curve.
+
+    The first LR after the loss minimum at which the smoothed loss is back above where the ramp started
+    (training does harm from there on); when the ramp stopped on divergence or NaN first, its last LR. The
+    start is read after the smoothing's start-up (the first tenth), whose first points are not evidence.
+    ``None`` when the loss never turned up (the ramp ended still falling).
+    """
+    n = min(len(lrs), len(losses))
+    if n == 0:
+        return None
+    skip = min(n - 1, math.ceil(0.1 * n))
+    finite = [i for i in range(skip, n) if math.isfinite(losses[i])]
+    if finite:
+        i_min = min(finite, key=lambda i: losses[i])
+        start = losses[skip]
+        for i in range(i_min + 1, n):
+            if math.isfinite(losses[i]) and losses[i] >= start:
+                return float(lrs[i])
+    return float(lrs[n - 1]) if stopped_early else None
+
+
+def trial_steps(spec: AdaptiveSpec, max_steps: int | None) -> tuple[int, int]:
+    """Optimiser steps of a stage-1 and a stage-2 trial."""
+    if spec.trial_steps is not None:
+        first = spec.trial_steps
+    elif max_steps is not None:
+        first = max(MIN_TRIAL_STEPS, math.ceil(max_steps / TRIAL_FRACTION))
+    else:
+        first = DEFAULT_TRIAL_STEPS
+    return first, max(first, math.ceil(first * spec.narrowing_factor))
+
+
+def trial_sections(sections: TrainingSections, steps: int) -> dict[str, object]:
+    """The training sections of a trial of ``steps`` steps: the recipe cut short, with its warmup and decay
+    scaled to fit and a validation pass at the end (keyword arguments for ``TrainerConfig``)."""
+    optimization = sections.optimization.model_copy(update={"max_steps": steps})
+    schedule = sections.schedule
+    if schedule.warmup_steps is not None and schedule.warmup_steps >= steps:
+        schedule = schedule.model_copy(update={"warmup_steps": None, "warmup_ratio": 0.1})
+    evaluation = sections.evaluation.model_copy(
+        update={"every_steps": min(sections.evaluation.every_steps, steps)}
+    )
+    return {
+        "model": sections.model,
+        "dataset": sections.dataset,
+        "adapter": sections.adapter,
+        "optimization": optimization,
+        "schedule": schedule,
+        "evaluation": evaluation,
+    }
+
+
+# ------------------------------------------------------------------------------------------ candidates
+
+
+def _shift(lr: float, decades: float) -> float:
+    return lr * 10.0**decades
+
+
+def stage_one(
+    spec: AdaptiveSpec, edge: float, steps: int, finished: dict[tuple[int, int], TrialRecord]
+) -> tuple[list[TrialRequest], bool]:
+    """Stage 1's trials so far and whether they are all finished.
+
+    The candidates sit ``spacing``, 2x``spacing``, … decades below the edge. While the best finished trial
+    is the lowest (or every trial diverged), two more go below it; while it is the highest and there is
+    room below the edge, one goes half-way to the edge; at most ``maxExtensions`` times.
+    """
+    trials = [
+        TrialRequest(STAGE_1, k, _shift(edge, -spec.spacing * (k + 1)), steps) for k in range(spec.candidates)
+    ]
+    for extension in range(spec.max_extensions + 1):
+        results = [finished.get(t.key) for t in trials]
+        if any(r is None for r in results):
+            return trials, False
+        extra = _extension(spec, edge, trials, results)  # type: ignore[arg-type]
+        if not extra or extension == spec.max_extensions or len(trials) + len(extra) > 64:
+            return trials, True
+        trials += [TrialRequest(STAGE_1, len(trials) + j, lr, steps) for j, lr in enumerate(extra)]
+    return trials, True  # pragma: no cover (the loop always returns)
+
+
+def _extension(
+    spec: AdaptiveSpec, edge: float, trials: Sequence[TrialRequest], results: Sequence[TrialRecord]
+) -> list[float]:
+    ok = [(t.learning_rate, r.eval_loss) for t, r in zip(trials, results, strict=True) if _finite(r)]
+    lowest = min(t.learning_rate for t in trials)
+    below = [_shift(lowest, -spec.spacing), _shift(lowest, -2 * spec.spacing)]
+    if not ok:
+        return below
+    best_lr = min(ok, key=lambda p: p[1])[0]
+    if best_lr <= lowest:
+        return below
+    highest = max(t.learning_rate for t in trials)
+    if best_lr >= highest and math.log10(edge / highest) > 0.2:
+        return [math.sqrt(highest * edge)]
+    return []
+
+
+def _finite(r: TrialRecord | None) -> bool:
+    return r is not None and not r.diverged and r.eval_loss is not None and math.isfinite(r.eval_loss)
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+def fit_parabola(points: Sequence[tuple[float, float]], floor: float = NOISE_FLOOR) -> LossFit | None:
+    """Least-squares ``loss = a x^2 + b x + c`` over (learning rate, loss) points, ``x = log10(lr)``.
+
+    ``None`` for fewer than three distinct learning rates. ``noise`` is the residual's standard deviation
+    (with 3 dof less), floored at ``floor`` x the best loss.
+    """
+    pts = sorted((math.log10(lr), y) for lr, y in points if lr > 0 and math.isfinite(y))
+    if len({x for x, _ in pts}) < 3:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n  # centre x for a well-conditioned solve
+    sums = [sum((x - mx) ** k for x, _ in pts) for k in range(5)]
+    rhs = [sum(y * (x - mx) ** k for x, y in pts) for k in range(3)]
+    matrix = [[sums[i + j] for j in range(3)] for i in range(3)]
+    solved = _solve3(matrix, rhs)
+    if solved is None:
+        return None
+    c0, b0, a = solved
+    b = b0 - 2 * a * mx
+    c = c0 - b0 * mx + a * mx * mx
+    residual = [y - (a * x * x + b * x + c) for x, y in pts]
+    dof = n - 3
+    rms = math.sqrt(sum(r * r for r in residual) / dof) if dof > 0 else 0.0
+    best = min(y for _, y in pts)
+    return LossFit(
+        a=a,
+        b=b,
+        c=c,
+        low_learning_rate=10 ** pts[0][0],
+        high_learning_rate=10 ** pts[-1][0],
+        points=n,
+        noise=max(rms, floor * abs(best)),
+    )
+
+
+def _solve3(m: list[list[float]], v: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting for a 3x3 system."""
+    a = [[*row, v[i]] for i, row in enumerate(m)]
+    for col in range(3):
+        pivot = max(range(col, 3), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) < 1e-12:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(col + 1, 3):
+            f = a[r][col] / a[col][col]
+            for k in range(col, 4):
+                a[r][k] -= f * a[col][k]
+    x = [0.0, 0.0, 0.0]
+    for r in (2, 1, 0):
+        x[r] = (a[r][3] - sum(a[r][k] * x[k] for k in range(r + 1, 3))) / a[r][r]
+    return x
+
+
+def vertex(fit: LossFit) -> float | None:
+    """The fit's minimum as a learning rate, clamped to the fitted points' range; ``None`` unless a basin."""
+    if fit.a <= 0:
+        return None
+    x = -fit.b / (2 * fit.a)
+    lo, hi = math.log10(fit.low_learning_rate), math.log10(fit.high_learning_rate)
+    return 10 ** min(hi, max(lo, x))
+
+
+def predicted(fit: LossFit, lr: float) -> float:
+    x = math.log10(lr)
+    return fit.a * x * x + fit.b * x + fit.c
+
+
+def interval(fit: LossFit, lr: float, low: float, high: float, noise: float | None = None) -> Interval:
+    """The learning rates around ``lr`` whose predicted loss is within ``noise`` of the prediction at
+    ``lr``, clamped to the tested ``[low, high]``."""
+    noise = fit.noise if noise is None else noise
+    x0 = math.log10(lr)
+    half = math.sqrt(noise / fit.a) if fit.a > 0 else math.inf
+    lo = max(math.log10(low), x0 - half)
+    hi = min(math.log10(high), x0 + half)
+    return Interval(low=10 ** min(lo, x0), high=10 ** max(hi, x0))
+
+
+def _neighbourhood(points: list[tuple[float, float]], k: int) -> list[tuple[float, float]]:
+    """The best point and up to ``k`` points either side of it (by learning rate)."""
+    pts = sorted(points)
+    i = min(range(len(pts)), key=lambda j: pts[j][1])
+    lo, hi = max(0, i - k), min(len(pts), i + k + 1)
+    while hi - lo < 3 and (lo > 0 or hi < len(pts)):  # keep three points at the curve's ends
+        lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
+    return pts[lo:hi]
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def next_step(
+    spec: AdaptiveSpec,
+    edge: float,
+    finished: Sequence[TrialRecord],
+    max_steps: int | None = None,
+) -> AdaptiveStep:
+    """The next thing to do, given the divergence edge and every trial finished so far."""
+    done = {(r.stage, r.index): r for r in finished}
+    steps1, steps2 = trial_steps(spec, max_steps)
+    stage1, complete = stage_one(spec, edge, steps1, done)
+    if not complete:
+        return AdaptiveStep(tuple(stage1))
+    records1 = [done[t.key] for t in stage1]
+    ok1 = [(r.learning_rate, float(r.eval_loss)) for r in records1 if _finite(r)]  # type: ignore[arg-type]
+    tested = [t.learning_rate for t in stage1]
+    if not ok1:
+        lowest = min(tested)
+        return _finish(
+            None,
+            "AllTrialsDiverged",
+            f"every trial diverged, down to learning rate {lowest:.3g}; lower rangeTest.minLearningRate or "
+            "check the recipe (warmup, maxGradNorm)",
+            "stage-1-best",
+        )
+    best_lr, best_loss = min(ok1, key=lambda p: p[1])
+    fit1 = fit_parabola(_neighbourhood(ok1, FIT_NEIGHBOURS)) if len(ok1) >= 3 else None
+    noise = fit1.noise if fit1 else NOISE_FLOOR * abs(best_loss)
+    if best_lr <= min(tested):
+        return _finish(
+            best_lr,
+            "BestAtLowerEdge",
+            f"the best trial is the lowest learning rate tried ({best_lr:.3g}): the optimum may lie lower; "
+            "raise adaptive.maxExtensions or adaptive.spacing",
+            "stage-1-best",
+            best_loss=best_loss,
+        )
+    if best_lr >= max(tested):
+        return _finish(
+            best_lr,
+            "BestAtUpperEdge",
+            f"the best trial is the highest learning rate tried ({best_lr:.3g}), next to the divergence "
+            f"edge {edge:.3g}: the optimum may lie higher; raise rangeTest.divergenceFactor or "
+            "adaptive.maxExtensions",
+            "stage-1-best",
+            best_loss=best_loss,
+        )
+    if max(y for _, y in ok1) - best_loss <= noise:
+        return _finish(
+            best_lr,
+            "FlatCurve",
+            f"every candidate's loss lies within noise ({noise:.3g}) of the best: the learning rate barely "
+            "matters in this window, or the trials are too short to tell; raise adaptive.trialSteps",
+            "stage-1-best",
+            best_loss=best_loss,
+        )
+    centre = (vertex(fit1) if fit1 else None) or best_lr
+    half = (spec.finalists - 1) / 2
+    stage2 = [
+        TrialRequest(STAGE_2, j, _shift(centre, (j - half) * spec.spacing / 2), steps2)
+        for j in range(spec.finalists)
+    ]
+    if any(t.key not in done for t in stage2):
+        return AdaptiveStep(tuple(stage1 + stage2))
+    ok2 = [(r.learning_rate, float(r.eval_loss)) for t in stage2 if _finite(r := done[t.key])]  # type: ignore[arg-type]
+    everything = tested + [t.learning_rate for t in stage2]
+    low, high = min(everything), max(everything)
+    fit2 = fit_parabola(ok2) if len(ok2) >= 3 else None
+    lr2 = vertex(fit2) if fit2 else None
+    if fit2 is not None and lr2 is not None:
+        noise2 = max(noise * _scale(ok2, best_loss), fit2.noise)
+        fit2 = fit2.model_copy(update={"noise": noise2})
+        return _finish(
+            lr2,
+            "Fitted",
+            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps",
+            "stage-2-fit",
+            fit=fit2,
+            span=interval(fit2, lr2, low, high),
+            best_loss=min(y for _, y in ok2),
+        )
+    if ok2:
+        lr2, loss2 = min(ok2, key=lambda p: p[1])
+        return _finish(
+            lr2,
+            "BestTrial",
+            f"best stage-2 trial at {lr2:.3g}",
+            "stage-2-best",
+            best_loss=loss2,
+            span=interval(fit1, lr2, low, high) if fit1 else None,
+        )
+    return _finish(
+        centre,
+        "Fitted" if fit1 else "BestTrial",
+        f"every stage-2 trial diverged; the stage-1 minimum {centre:.3g} stands",
+        "stage-1-fit" if fit1 else "stage-1-best",
+        fit=fit1,
+        span=interval(fit1, centre, low, high) if fit1 else None,
+        best_loss=best_loss,
+    )
+
+
+def _scale(points: Sequence[tuple[float, float]], reference: float) -> float:
+    """Ratio of a stage's best loss to ``reference`` (noise scales with the loss level)."""
+    best = min(y for _, y in points)
+    return best / reference if reference > 0 else 1.0
+
+
+def _finish(
+    lr: float | None,
+    evidence: str,
+    message: str,
+    decided_by: str,
+    *,
+    fit: LossFit | None = None,
+    span: Interval | None = None,
+    best_loss: float | None = None,
+) -> AdaptiveStep:
+    return AdaptiveStep(
+        done=Recommendation(
+            recommended_learning_rate=lr,
+            interval=span,
+            decided_by=decided_by,
+            evidence=evidence,  # type: ignore[arg-type]
+            message=message,
+            fit=fit,
+            best_loss=best_loss,
+        )
+    )
