@@ -60,47 +60,99 @@ def file_format(spec: DatasetSpec) -> str:
 
 
 def check_files(spec: DatasetSpec) -> None:
-    """Every local file exists and is readable; every glob pattern matches something."""
-    for i, name in enumerate(spec.files or []):
+    """Every local file (training and validation) exists and is readable; every glob matches something."""
+    _check_paths(spec.files or [], "dataset.files")
+    _check_paths(spec.validation_files or [], "dataset.validationFiles")
+    if spec.validation_files and spec.format == "auto":
+        _check_same_format(spec)
+
+
+def _check_paths(names: list[str], field_name: str) -> None:
+    for i, name in enumerate(names):
         if any(c in name for c in "*?["):
             if not glob.glob(name, recursive=True):
-                raise ConfigError(f"dataset.files[{i}]", f"{name!r} matches no file", "fix the pattern")
+                raise ConfigError(f"{field_name}[{i}]", f"{name!r} matches no file", "fix the pattern")
             continue
         path = Path(name)
         if not path.is_file() or not os.access(path, os.R_OK):
             problem = "does not exist" if not path.exists() else "is not a readable file"
+            raise ConfigError(f"{field_name}[{i}]", f"{name!r} {problem}", "point it at a readable data file")
+        if path.stat().st_size == 0:
+            raise ConfigError(f"{field_name}[{i}]", f"{name!r} is empty", "point it at a file with data")
+
+
+def _check_same_format(spec: DatasetSpec) -> None:
+    """Validation files are read with the training files' builder, so their extensions must agree."""
+    builder = file_format(spec)
+    for i, name in enumerate(spec.validation_files or []):
+        other = FORMAT_BY_SUFFIX.get(Path(name).suffix.lower())
+        if other is not None and other != builder:
             raise ConfigError(
-                f"dataset.files[{i}]", f"{name!r} {problem}", "point it at a readable data file"
+                f"dataset.validationFiles[{i}]",
+                f"{name!r} looks like {other} but dataset.files are {builder}",
+                "give validation files the same format as dataset.files",
             )
 
 
+def check_sample_by(spec: DatasetSpec, builder: str | None) -> None:
+    """``sampleBy`` other than ``line`` needs local plain text (``builder`` is ``None`` for a hub dataset)."""
+    if spec.sample_by != "line" and builder != "text":
+        what = f"dataset.files are {builder}" if builder else "dataset.name is a hub dataset"
+        raise ConfigError(
+            "dataset.sampleBy",
+            f"is {spec.sample_by!r} but {what}; it applies to local plain-text files only",
+            "remove dataset.sampleBy, or use .txt files (or set dataset.format to text)",
+        )
+
+
+def _builder_kwargs(spec: DatasetSpec, builder: str) -> dict[str, Any]:
+    assert spec.files
+    if builder == "csv" and spec.files[0].endswith(".tsv"):
+        return {"delimiter": "\t"}
+    if builder == "text":
+        return {"sample_by": spec.sample_by}  # the text builder splits lines, paragraphs or whole files
+    return {}
+
+
+def _read_files(builder: str, files: list[str], field_name: str, kwargs: dict[str, Any]) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+    except Exception as exc:  # the library raises many types for unreadable data
+        raise ConfigError(
+            field_name,
+            f"cannot read {', '.join(files)} as {builder}: {_first_line(exc)}",
+            "check the file contents or set dataset.format",
+        ) from exc
+
+
 def load_raw(spec: DatasetSpec) -> tuple[Any, Any | None]:
-    """(train split, validation split or ``None``) as read, before any subsetting or tokenising."""
+    """(train split, validation split or ``None``) as read, before any subsetting or tokenising.
+
+    Local ``validationFiles`` are read with the training files' builder and become the validation split.
+    """
     import datasets
 
     datasets.disable_progress_bars()
     if spec.files:
         check_files(spec)
         builder = file_format(spec)
-        kwargs: dict[str, Any] = (
-            {"delimiter": "\t"} if builder == "csv" and spec.files[0].endswith(".tsv") else {}
-        )
-        try:
-            train = datasets.load_dataset(builder, data_files=list(spec.files), split="train", **kwargs)
-        except Exception as exc:  # the library raises many types for unreadable data
-            raise ConfigError(
-                "dataset.files",
-                f"cannot read {', '.join(spec.files)} as {builder}: {_first_line(exc)}",
-                "check the file contents or set dataset.format",
-            ) from exc
+        check_sample_by(spec, builder)
         if spec.validation_split:
             raise ConfigError(
                 "dataset.validationSplit",
                 "local files have a single split",
-                "remove validationSplit and use validationFraction",
+                "remove validationSplit and use validationFiles or validationFraction",
             )
-        return train, None
+        kwargs = _builder_kwargs(spec, builder)
+        train = _read_files(builder, list(spec.files), "dataset.files", kwargs)
+        val = None
+        if spec.validation_files:
+            val = _read_files(builder, list(spec.validation_files), "dataset.validationFiles", kwargs)
+        return train, val
     assert spec.name
+    check_sample_by(spec, None)
     try:
         train = datasets.load_dataset(spec.name, split=spec.split)
         val = datasets.load_dataset(spec.name, split=spec.validation_split) if spec.validation_split else None
@@ -160,7 +212,8 @@ def label_mapping(values: Iterable[Any], num_labels: int | None) -> tuple[dict[A
 
 
 def split_and_subset(train: Any, val: Any | None, cfg: TrainerConfig) -> tuple[Any, Any | None]:
-    """Hold out validation (when no validation split), then take the seeded ``maxSamples`` subset."""
+    """Hold out validation (when there is no validation split or files), then take the seeded
+    ``maxSamples`` subset."""
     spec = cfg.dataset
     if val is None and spec.validation_fraction > 0 and len(train) >= 2:
         parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)

@@ -125,3 +125,69 @@ def test_latest_checkpoint_skips_ones_cut_off_mid_save(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-100" / "trainer_state.json").write_text('{"global_st')  # torn write
     (tmp_path / "checkpoint-notanumber").mkdir()
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-50")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_validation_files_are_the_eval_split_and_nothing_is_held_out(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", toy_sentences(40, seed=1))
+    val = write_jsonl(tmp_path / "val.jsonl", toy_sentences(7, seed=2))
+    cfg = cfg_for(train, validationFiles=[str(val)], validationFraction=0.5, packing=False)
+    data = prepare(cfg, build_tokenizer())
+    tokenizer = build_tokenizer()
+    assert len(data.train) == 40  # validationFraction is ignored
+    expected = [tokenizer(r["text"])["input_ids"] for r in toy_sentences(7, seed=2)]
+    assert data.eval["input_ids"] == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("missing.jsonl", "does not exist"), ("val.txt", "looks like text"), ("empty.jsonl", "is empty")],
+)
+def test_bad_validation_files_name_the_field(tmp_path: Path, name: str, problem: str) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", toy_sentences(20))
+    (tmp_path / "val.txt").write_text("some text\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"^dataset\.validationFiles") as caught:
+        prepare(cfg_for(train, validationFiles=[str(tmp_path / name)]), build_tokenizer())
+    assert problem in str(caught.value)
+
+
+PROSE = "def f(x):\n    return x\n\nclass A:\n    pass\n"
+
+
+@pytest.mark.parametrize(
+    ("sample_by", "rows"),
+    [
+        ("line", ["def f(x):", "    return x", "", "class A:", "    pass"]),
+        ("paragraph", ["def f(x):\n    return x", "class A:\n    pass\n"]),
+        ("document", [PROSE]),
+    ],
+)
+def test_sample_by_splits_text_into_lines_paragraphs_or_documents(
+    tmp_path: Path, sample_by: str, rows: list[str]
+) -> None:
+    from finetune_trainer.data import load_raw
+
+    path = tmp_path / "code.txt"
+    path.write_text(PROSE)
+    train, val = load_raw(DatasetSpec(files=[str(path)], sample_by=sample_by))
+    assert train["text"] == rows and val is None
+
+
+def test_sample_by_document_applies_to_validation_files_too(tmp_path: Path) -> None:
+    from finetune_trainer.data import load_raw
+
+    (tmp_path / "a.txt").write_text(PROSE)
+    (tmp_path / "b.txt").write_text("x = 1\ny = 2\n")
+    spec = DatasetSpec(files=[str(tmp_path / "a.txt")], validation_files=[str(tmp_path / "b.txt")])
+    _, val = load_raw(spec.model_copy(update={"sample_by": "document"}))
+    assert val["text"] == ["x = 1\ny = 2\n"]
+
+
+def test_sample_by_needs_plain_text(jsonl: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^dataset\.sampleBy: is 'document' but dataset\.files are json"):
+        prepare(cfg_for(jsonl, sampleBy="document"), build_tokenizer())
