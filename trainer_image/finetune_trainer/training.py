@@ -188,7 +188,7 @@ def training_arguments(
         ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
         ddp_find_unused_parameters=False if plan.world_size > 1 else None,
         seed=opt.seed,
-        data_seed=cfg.dataset.seed,
+        data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
         report_to="none",
         disable_tqdm=True,
         log_level="warning",

@@ -191,3 +191,43 @@ def test_sample_by_document_applies_to_validation_files_too(tmp_path: Path) -> N
 def test_sample_by_needs_plain_text(jsonl: Path) -> None:
     with pytest.raises(ConfigError, match=r"^dataset\.sampleBy: is 'document' but dataset\.files are json"):
         prepare(cfg_for(jsonl, sampleBy="document"), build_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from finetune_trainer.tiny_model import build_model_dir
+
+    return build_model_dir(tmp_path_factory.mktemp("model") / "gpt2")
+
+
+def batch_order(model_dir: Path, data: Path, tmp_path: Path, dataset_seed: int, seed: int) -> list[list[int]]:
+    """The first epoch's batches, as the run's ``Trainer`` deals them."""
+    from finetune_trainer.modeling import load_model
+    from finetune_trainer.training import build_trainer, fine_tune_schedule, prepare_run, training_arguments
+
+    cfg = TrainerConfig.model_validate(
+        {
+            "model": {"name": str(model_dir)},
+            "dataset": {
+                "files": [str(data)],
+                "packing": False,
+                "validationFraction": 0,
+                "seed": dataset_seed,
+            },
+            "optimization": {"maxSeqLength": 16, "batchSize": 4, "seed": seed},
+        }
+    )
+    plan = prepare_run(cfg, "trial", 1e-3)
+    args = training_arguments(plan, tmp_path / "run", max_steps=None, evaluate=False, save=False)
+    model = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
+    trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), [])
+    return [row for batch in trainer.get_train_dataloader() for row in batch["input_ids"][:, 0:6].tolist()]
+
+
+def test_batch_order_follows_optimization_seed_not_dataset_seed(
+    tiny_gpt2: Path, jsonl: Path, tmp_path: Path
+) -> None:
+    base = batch_order(tiny_gpt2, jsonl, tmp_path, dataset_seed=1, seed=1)
+    assert batch_order(tiny_gpt2, jsonl, tmp_path, dataset_seed=2, seed=1) == base
+    other = batch_order(tiny_gpt2, jsonl, tmp_path, dataset_seed=1, seed=2)
+    assert other != base and sorted(other) == sorted(base)  # the same examples, dealt differently
