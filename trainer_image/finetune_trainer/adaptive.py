@@ -107,9 +107,7 @@ def trial_sections(sections: TrainingSections, steps: int) -> dict[str, object]:
     schedule = sections.schedule
     if schedule.warmup_steps is not None and schedule.warmup_steps >= steps:
         schedule = schedule.model_copy(update={"warmup_steps": None, "warmup_ratio": 0.1})
-    evaluation = sections.evaluation.model_copy(
-        update={"every_steps": min(sections.evaluation.every_steps, steps)}
-    )
+    evaluation = sections.evaluation.model_copy(update={"every_steps": steps})
     return {
         "model": sections.model,
         "dataset": sections.dataset,
@@ -165,6 +163,43 @@ def _extension(
     if best_lr >= highest and math.log10(edge / highest) > 0.2:
         return [math.sqrt(highest * edge)]
     return []
+
+
+def stage_two(
+    spec: AdaptiveSpec,
+    centre: float,
+    edge: float,
+    steps: int,
+    finished: dict[tuple[int, int], TrialRecord],
+) -> tuple[list[TrialRequest], bool]:
+    """Stage 2's trials so far and whether they are all finished.
+
+    ``finalists`` longer trials, half a ``spacing`` apart, centred on the stage-1 minimum. While the best
+    of them is the lowest or the highest, one more goes half a ``spacing`` further out (not up to the
+    divergence edge), at most ``maxExtensions`` times: the final parabola then brackets its minimum.
+    """
+    step = spec.spacing / 2
+    half = (spec.finalists - 1) / 2
+    trials = [
+        TrialRequest(STAGE_2, j, _shift(centre, (j - half) * step), steps) for j in range(spec.finalists)
+    ]
+    for extension in range(spec.max_extensions + 1):
+        results = [finished.get(t.key) for t in trials]
+        if any(r is None for r in results):
+            return trials, False
+        ok = [(t.learning_rate, r.eval_loss) for t, r in zip(trials, results, strict=True) if _finite(r)]
+        if not ok or extension == spec.max_extensions:
+            return trials, True
+        best = min(ok, key=lambda p: p[1])[0]
+        lrs = [t.learning_rate for t in trials]
+        if best >= max(lrs) and _shift(max(lrs), step) < edge:
+            extra = _shift(max(lrs), step)
+        elif best <= min(lrs):
+            extra = _shift(min(lrs), -step)
+        else:
+            return trials, True
+        trials.append(TrialRequest(STAGE_2, len(trials), extra, steps))
+    return trials, True  # pragma: no cover (the loop always returns)
 
 
 def _finite(r: TrialRecord | None) -> bool:
@@ -321,17 +356,13 @@ def next_step(
             best_loss=best_loss,
         )
     centre = (vertex(fit1) if fit1 else None) or best_lr
-    half = (spec.finalists - 1) / 2
-    stage2 = [
-        TrialRequest(STAGE_2, j, _shift(centre, (j - half) * spec.spacing / 2), steps2)
-        for j in range(spec.finalists)
-    ]
-    if any(t.key not in done for t in stage2):
+    stage2, complete = stage_two(spec, centre, edge, steps2, done)
+    if not complete:
         return AdaptiveStep(tuple(stage1 + stage2))
     ok2 = [(r.learning_rate, float(r.eval_loss)) for t in stage2 if _finite(r := done[t.key])]  # type: ignore[arg-type]
     everything = tested + [t.learning_rate for t in stage2]
     low, high = min(everything), max(everything)
-    fit2 = fit_parabola(ok2) if len(ok2) >= 3 else None
+    fit2 = fit_parabola(_neighbourhood(ok2, FIT_NEIGHBOURS)) if len(ok2) >= 3 else None
     lr2 = vertex(fit2) if fit2 else None
     if fit2 is not None and lr2 is not None:
         noise2 = max(noise * _scale(ok2, best_loss), fit2.noise)

@@ -2,7 +2,8 @@
 
     finetune-trainer range-test --config FILE [--set path=value ...] [--output-dir DIR] [--result-file F]
     finetune-trainer train      --config FILE [--learning-rate X] ...
-    finetune-trainer trial      --config FILE --learning-rate X ...
+    finetune-trainer trial      --config FILE [--learning-rate X] ...
+    finetune-trainer recommend  --config FILE [--result-file F] ...   (range test + trials + fit)
     finetune-trainer plot       RESULT.json -o curve.png
 
 Exit codes (:class:`finetune_trainer.config.ExitCode`): 0 ok, 1 error, 2 bad config, 3 diverged,
@@ -19,6 +20,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from finetune_trainer.config import ErrorResult
 from finetune_trainer.exitcodes import ConfigError, ExitCode, TrainerError
 from finetune_trainer.metrics import DEFAULT_PORT, TrainerMetrics
 from finetune_trainer.report import Progress, default_result_file, write_outputs, write_result_file
@@ -28,7 +30,7 @@ from finetune_trainer.settings import load_config
 RESULT_FILE_DEFAULT = "/dev/termination-log when writable, else none"
 
 
-def _add_run_flags(p: argparse.ArgumentParser, *, lr_required: bool = False) -> None:
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="FILE", help="TrainerConfig as YAML or JSON")
     p.add_argument(
         "--set",
@@ -42,12 +44,7 @@ def _add_run_flags(p: argparse.ArgumentParser, *, lr_required: bool = False) -> 
         "--output-dir", help="overrides outputDir: checkpoints, final model, result.json, curve.png"
     )
     p.add_argument("--result-file", help=f"compact result JSON, ≤ 4 KiB (default: {RESULT_FILE_DEFAULT})")
-    p.add_argument(
-        "--learning-rate",
-        type=float,
-        required=lr_required,
-        help="peak learning rate (overrides learningRate)",
-    )
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (overrides learningRate)")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -69,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(
         sub.add_parser("train", help="fine-tune with warmup/decay; resumes from the latest checkpoint")
     )
+    _add_run_flags(sub.add_parser("trial", help="a short fine-tune at one LR: final validation loss"))
     _add_run_flags(
-        sub.add_parser("trial", help="a short fine-tune at one LR: final validation loss"), lr_required=True
+        sub.add_parser(
+            "recommend",
+            help="the adaptive recommender: range test, short trials, longer finalists, fit; LR + interval",
+        )
     )
     plot = sub.add_parser("plot", help="draw loss vs LR from a range-test result")
     plot.add_argument("result", help="result.json (or a compact result file) of a range test")
@@ -85,13 +86,10 @@ def _result_file(args: argparse.Namespace) -> str | None:
 def _write_error(path: str | None, code: ExitCode, message: str) -> None:
     if not path:
         return
+    error = ErrorResult(exit_code=int(code), reason=code.name, error=message[:3800])
     try:
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(
-                json.dumps(
-                    {"kind": "error", "exitCode": int(code), "reason": code.name, "error": message[:3800]}
-                )
-            )
+            fh.write(json.dumps(error.to_wire()))
     except OSError:
         pass
 
@@ -135,6 +133,11 @@ def _dispatch(
             {"step": i + 1, "lr": lr, "loss": loss, "smoothedLoss": sm}
             for i, (lr, loss, sm) in enumerate(zip(curve.lrs, curve.raw, curve.smoothed, strict=True))
         ]
+        code = ExitCode.OK
+    elif command == "recommend":
+        from finetune_trainer.recommend import run_recommend
+
+        result, raw = run_recommend(cfg, progress, metrics), None
         code = ExitCode.OK
     elif command == "train":
         from finetune_trainer.training import run_train

@@ -14,15 +14,35 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_trainer.config import CurvePoint, RangeTestResult, TrainerConfig
+from finetune_trainer.adaptive import divergence_edge
+from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec, TrainerConfig
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
-from finetune_trainer.priors import prior_for, sanity_warning, widen_window
+from finetune_trainer.priors import Prior, prior_for, sanity_warning, widen_window
 from finetune_trainer.report import FULL_CURVE_POINTS, Progress, downsample
 from finetune_trainer.runtime import STOP
-from finetune_trainer.schedules import build_ramp, ramp_lr
+from finetune_trainer.schedules import build_ramp, extension_steps, ramp_lr
 from finetune_trainer.suggest import EmaSmoother, all_suggestions, recommend
 from finetune_trainer.training import RunPlan, _callback_base, build_trainer, prepare_run, training_arguments
+
+PRIOR_BELOW = 1000.0
+"""An unset ``minLearningRate`` starts the ramp this many times below the model's prior."""
+PRIOR_ABOVE = 10.0
+"""An unset ``maxLearningRate`` plans the ramp's end this many times above the prior (extension goes on)."""
+
+
+def window(spec: RangeTestSpec, prior: Prior) -> tuple[float, float]:
+    """The ramp's planned ``(start, end)``: the spec's bounds, with unset ones centred on the prior."""
+    lo, hi = spec.min_learning_rate, spec.max_learning_rate
+    if lo is None and hi is None:
+        lo, hi = prior.centre / PRIOR_BELOW, prior.centre * PRIOR_ABOVE
+    elif lo is None:
+        lo = min(prior.centre / PRIOR_BELOW, hi / (PRIOR_BELOW * PRIOR_ABOVE))  # type: ignore[operator]
+    elif hi is None:
+        hi = max(prior.centre * PRIOR_ABOVE, lo * PRIOR_BELOW * PRIOR_ABOVE)
+    if spec.widen_by_prior:
+        lo, hi = widen_window(lo, hi, prior)  # type: ignore[arg-type]
+    return float(lo), float(hi)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -35,6 +55,7 @@ class RangeCurve:
     mode: str
     smoothing: float
     divergence_factor: float
+    ceiling: float | None = None
     lrs: list[float] = field(default_factory=list)
     raw: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
@@ -46,7 +67,7 @@ class RangeCurve:
 
     def lr_of_step(self, step: int) -> float:
         """LR used by optimizer update ``step`` (1-based, as ``Trainer``'s ``global_step`` counts)."""
-        return ramp_lr(self.min_lr, self.max_lr, self.steps, step - 1, self.mode)
+        return ramp_lr(self.min_lr, self.max_lr, self.steps, step - 1, self.mode, self.ceiling)
 
     def add(self, step: int, loss: float) -> bool:
         """Record the loss of update ``step``; ``True`` when the test must stop."""
@@ -93,14 +114,13 @@ def run_range_test(
     rt = cfg.range_test
     if metrics:
         metrics.set_phase("loading")
-    plan = prepare_run(cfg, "range-test", None)
     prior = prior_for(cfg.model.name, cfg.adapter.type)
-    lo, hi = (rt.min_learning_rate, rt.max_learning_rate)
-    if rt.widen_by_prior:
-        lo, hi = widen_window(lo, hi, prior)
-    plan.learning_rate = hi
+    lo, hi = window(rt, prior)
+    plan = prepare_run(cfg, "range-test", hi)
+    ceiling = max(hi, rt.ceiling_learning_rate) if rt.extend else None
+    total = rt.steps + (extension_steps(lo, hi, rt.steps, rt.mode, ceiling) if ceiling else 0)
     model = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
-    curve = RangeCurve(lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor)
+    curve = RangeCurve(lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling)
     val_loss = _validation_loss_fn(plan) if rt.use_validation_loss else None
     progress.emit(
         "start",
@@ -108,6 +128,8 @@ def run_range_test(
         minLearningRate=lo,
         maxLearningRate=hi,
         steps=rt.steps,
+        extendedSteps=total - rt.steps,
+        priorLearningRate=prior.centre,
         mode=rt.mode,
         effectiveBatchSize=plan.effective_batch_size,
         adapter=cfg.adapter.type,
@@ -133,7 +155,7 @@ def run_range_test(
             progress.emit(
                 "step",
                 step=state.global_step,
-                totalSteps=rt.steps,
+                totalSteps=total,
                 learningRate=lr,
                 loss=loss,
                 smoothedLoss=smoothed,
@@ -150,15 +172,17 @@ def run_range_test(
                 control.should_training_stop = True
 
     with tempfile.TemporaryDirectory(prefix="range-test-") as scratch:
-        args = training_arguments(
-            plan, scratch, max_steps=rt.steps, evaluate=False, save=False, logging_steps=1
-        )
+        args = training_arguments(plan, scratch, max_steps=total, evaluate=False, save=False, logging_steps=1)
         trainer = build_trainer(
-            plan, model, args, lambda opt, _n: build_ramp(opt, lo, hi, rt.steps, rt.mode), [Record()]
+            plan,
+            model,
+            args,
+            lambda opt, _n: build_ramp(opt, lo, hi, rt.steps, rt.mode, ceiling),
+            [Record()],
         )
         if metrics:
             metrics.set_phase("range_test")
-            metrics.set(total_steps=rt.steps)
+            metrics.set(total_steps=total)
         STOP.in_loop = True
         try:
             trainer.train()
@@ -169,7 +193,13 @@ def run_range_test(
 
     suggestions = all_suggestions(curve.lrs, curve.smoothed)
     rule, recommended = recommend(suggestions, rt.rule)
+    edge = divergence_edge(curve.lrs, curve.smoothed, stopped_early=curve.stop_reason != "completed")
     warnings = []
+    if edge is None and curve.lrs:
+        warnings.append(
+            f"the loss never turned up by learning rate {curve.lrs[-1]:.3g}: the window may end too low; "
+            + ("raise rangeTest.ceilingLearningRate" if rt.extend else "set rangeTest.extend")
+        )
     if recommended is None:
         warnings.append(
             f"no rule found a learning rate in {len(curve.lrs)} steps ({curve.stop_reason}): "
@@ -195,6 +225,10 @@ def run_range_test(
         best_loss=None if math.isinf(curve.best) else curve.best,
         effective_batch_size=plan.effective_batch_size,
         adapter=cfg.adapter.type,
-        warnings=warnings,
+        warnings=warnings[:16],
+        min_learning_rate=lo,
+        max_learning_rate=curve.lrs[-1] if curve.lrs else lo,
+        divergence_learning_rate=edge,
+        prior_learning_rate=prior.centre,
     )
     return result, curve

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from finetune_trainer.config import CurvePoint, RangeTestResult, Spec
+from finetune_trainer.config import CurvePoint, RangeTestResult, RecommendResult, Spec
 
 TERMINATION_LOG = "/dev/termination-log"
 RESULT_LIMIT = 4096
@@ -80,6 +80,10 @@ def compact_json(result: Spec, limit: int = RESULT_LIMIT) -> str:
     """The result as compact JSON of at most ``limit`` bytes (curve thinned and warnings cut as needed)."""
     if isinstance(result, RangeTestResult):
         result = result.model_copy(update={"curve": downsample(result.curve, TERMINATION_CURVE_POINTS)})
+    if isinstance(result, RecommendResult) and result.range_test is not None:
+        # the trials and the fit are the evidence here; the range test keeps a sketch of its curve
+        sketch = result.range_test.model_copy(update={"curve": downsample(result.range_test.curve, 20)})
+        result = result.model_copy(update={"range_test": sketch})
     data = round_sig(_finite(result.to_wire()))
     text = _dumps(data)
     # Cut in order of least value lost: long warnings, then curve resolution down to 30 points, then

@@ -209,24 +209,53 @@ def lr_at(plan: SchedulePlan, base_lr: float, step: int) -> float:
 # --- the range test's ramp --------------------------------------------------------------------------------
 
 
-def ramp_lr(min_lr: float, max_lr: float, num_steps: int, step: int, mode: str = "exponential") -> float:
+def ramp_lr(
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+    step: int,
+    mode: str = "exponential",
+    ceiling: float | None = None,
+) -> float:
     """LR of ramp step ``step`` (0-based) going from ``min_lr`` at 0 to ``max_lr`` at ``num_steps - 1``.
 
     ``exponential`` spaces the LRs evenly in log space (``min x (max/min)^(s/(N-1))``), ``linear`` evenly.
+    With a ``ceiling`` the ramp goes on past ``max_lr`` at the same rate (an extended range test), up to it.
     """
     if num_steps <= 1:
         return min_lr
-    t = min(1.0, max(0.0, step / (num_steps - 1)))
+    t = max(0.0, step / (num_steps - 1))
+    if ceiling is None:
+        t = min(1.0, t)
     if mode == "linear":
-        return min_lr + (max_lr - min_lr) * t
+        lr = min_lr + (max_lr - min_lr) * t
+    elif mode == "exponential":
+        lr = min_lr * (max_lr / min_lr) ** t
+    else:
+        raise ValueError(f"unknown ramp mode {mode!r}; expected 'exponential' or 'linear'")
+    return lr if ceiling is None else min(lr, ceiling)
+
+
+def extension_steps(min_lr: float, max_lr: float, num_steps: int, mode: str, ceiling: float) -> int:
+    """Steps an extended ramp needs past ``num_steps`` to reach ``ceiling`` (at most ``3 x num_steps``)."""
+    if ceiling <= max_lr or num_steps <= 1:
+        return 0
     if mode == "exponential":
-        return min_lr * (max_lr / min_lr) ** t
-    raise ValueError(f"unknown ramp mode {mode!r}; expected 'exponential' or 'linear'")
+        per_step = math.log(max_lr / min_lr) / (num_steps - 1)
+        needed = math.log(ceiling / max_lr) / per_step
+    else:
+        needed = (ceiling - max_lr) / ((max_lr - min_lr) / (num_steps - 1))
+    return min(3 * num_steps, math.ceil(needed))
 
 
 def build_ramp(
-    optimizer: torch.optim.Optimizer, min_lr: float, max_lr: float, num_steps: int, mode: str
+    optimizer: torch.optim.Optimizer,
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+    mode: str,
+    ceiling: float | None = None,
 ) -> LambdaLR:
-    """A ``LambdaLR`` on an optimizer whose ``lr`` is ``max_lr`` that ramps ``min_lr → max_lr``."""
+    """A ``LambdaLR`` that ramps ``min_lr → max_lr`` (and on to ``ceiling`` when extended)."""
     base_lr = float(optimizer.defaults.get("lr") or optimizer.param_groups[0]["lr"])
-    return LambdaLR(optimizer, lambda s: ramp_lr(min_lr, max_lr, num_steps, s, mode) / base_lr)
+    return LambdaLR(optimizer, lambda s: ramp_lr(min_lr, max_lr, num_steps, s, mode, ceiling) / base_lr)

@@ -1,0 +1,85 @@
+"""``recommend``: the adaptive recommender on one machine, the same stages an LRSweep runs as Jobs.
+
+The range test runs first; then :func:`finetune_trainer.adaptive.next_step` says which trials the current
+stage needs, and they run one after another in this process (the model is reloaded for each: every trial
+starts from the pretrained weights). Every optimizer step is counted into ``stepsSpent``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from finetune_trainer.adaptive import AdaptiveStep, next_step, trial_sections
+from finetune_trainer.config import RecommendResult, TrainerConfig, TrialRecord
+from finetune_trainer.metrics import TrainerMetrics
+from finetune_trainer.rangetest import run_range_test
+from finetune_trainer.report import Progress, downsample
+from finetune_trainer.training import run_trial
+
+RESULT_CURVE_POINTS = 60
+"""Range-test curve points kept in the result (the full curve is in the range test's own output)."""
+
+
+def trial_config(cfg: TrainerConfig, learning_rate: float, steps: int) -> TrainerConfig:
+    """The config of one trial: the recipe cut to ``steps`` steps (shared with the operator's Jobs)."""
+    return cfg.model_copy(update={**trial_sections(cfg, steps), "learning_rate": learning_rate})
+
+
+def run_recommend(
+    cfg: TrainerConfig, progress: Progress, metrics: TrainerMetrics | None = None
+) -> RecommendResult:
+    """Range test, then trials until the stages decide; the result is what an LRSweep's status shows."""
+    range_result, _curve = run_range_test(cfg, progress, metrics)
+    edge = range_result.divergence_learning_rate or range_result.max_learning_rate
+    if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
+        raise RuntimeError("the range test reported no learning rate")
+    spent = range_result.steps
+    finished: list[TrialRecord] = []
+    step: AdaptiveStep = next_step(cfg.adaptive, edge, finished, cfg.optimization.max_steps)
+    while step.done is None:
+        done = {(r.stage, r.index) for r in finished}
+        for request in step.trials:
+            if request.key in done:
+                continue
+            progress.emit(
+                "trial",
+                stage=request.stage,
+                index=request.index,
+                learningRate=request.learning_rate,
+                steps=request.steps,
+            )
+            with tempfile.TemporaryDirectory(prefix="trial-") as scratch:
+                result = run_trial(
+                    trial_config(cfg, request.learning_rate, request.steps),
+                    request.learning_rate,
+                    progress,
+                    metrics,
+                    scratch,
+                )
+            spent += result.steps
+            finished.append(
+                TrialRecord(
+                    stage=request.stage,
+                    index=request.index,
+                    learning_rate=request.learning_rate,
+                    steps=result.steps,
+                    eval_loss=result.eval_loss,
+                    diverged=result.diverged,
+                )
+            )
+        step = next_step(cfg.adaptive, edge, finished, cfg.optimization.max_steps)
+    decision = step.done
+    summary: dict[str, Any] = {"curve": downsample(range_result.curve, RESULT_CURVE_POINTS)}
+    warnings = list(range_result.warnings)
+    if decision.weak:
+        warnings.append(decision.message)
+    return RecommendResult(
+        **decision.model_dump(),
+        trials=finished[:64],
+        range_test=range_result.model_copy(update=summary),
+        steps_spent=spent,
+        effective_batch_size=range_result.effective_batch_size,
+        adapter=cfg.adapter.type,
+        warnings=warnings[:16],
+    )
