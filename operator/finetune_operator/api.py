@@ -12,9 +12,13 @@ from pydantic import Field
 
 from finetune_trainer.config import (
     API_GROUP,
+    AdaptiveSpec,
     CheckpointSpec,
     CurvePoint,
     EarlyStoppingSpec,
+    EvidenceReason,
+    Interval,
+    LossFit,
     RangeTestSpec,
     Rule,
     Spec,
@@ -199,24 +203,35 @@ class TrialsSpec(Spec):
     """Seed of the random draws."""
 
 
+SweepMethod = Literal["adaptive", "rangeTest", "grid", "random"]
+
+
 class LRSweepSpec(TrainingSections, WorkloadSpec):
     """Find a learning rate for this model, data, adapter and batch size."""
 
-    method: Literal["rangeTest", "grid", "random"] = "rangeTest"
-    """`rangeTest`: one short run with an exponential LR ramp; `grid`/`random`: several short fine-tunes."""
+    method: SweepMethod = "adaptive"
+    """`adaptive`: a range test finds the divergence edge, then short trials below it and longer ones around
+    their best pick the LR (the default); `rangeTest`: the range test's rule alone; `grid`/`random`: short
+    fine-tunes at fixed learning rates."""
     range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
-    """Range-test settings (method rangeTest)."""
+    """Range-test settings (methods adaptive and rangeTest)."""
+    adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
+    """Trial settings of the adaptive method."""
     trials: TrialsSpec = Field(default_factory=TrialsSpec)
     """Trial settings (methods grid and random)."""
 
 
 class TrialStatus(Spec):
-    """One grid/random trial."""
+    """One trial: a short fine-tune at one learning rate."""
 
     index: int = Field(ge=0)
-    """Trial number."""
+    """Trial number (within its stage for the adaptive method)."""
+    stage: int | None = Field(default=None, ge=1, le=2)
+    """Adaptive method: 1 (candidates below the divergence edge) or 2 (longer finalists)."""
     learning_rate: float
     """Learning rate tried."""
+    steps: int | None = Field(default=None, ge=0)
+    """Optimiser steps of the trial."""
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
     """Trial state."""
     eval_loss: float | None = None
@@ -227,13 +242,44 @@ class TrialStatus(Spec):
     """The trial's Job."""
 
 
+class RangeTestSummary(Spec):
+    """The range test's window and edges (methods adaptive and rangeTest)."""
+
+    min_learning_rate: float | None = None
+    """Where the ramp started."""
+    max_learning_rate: float | None = None
+    """The highest learning rate the ramp reached (past the planned end when it was extended)."""
+    divergence_learning_rate: float | None = None
+    """Where the loss turned back up or blew up; unset when it never did."""
+    prior_learning_rate: float | None = None
+    """The model's prior learning rate the window was centred on."""
+    edge_learning_rate: float | None = None
+    """The edge adaptive trials sit below: the divergence edge, else the highest learning rate reached."""
+    steps: int | None = Field(default=None, ge=0)
+    """Optimiser steps the ramp ran."""
+
+
 class LRSweepStatus(ResourceStatus):
     """What the sweep found."""
 
     recommended_learning_rate: float | None = None
-    """The recommended learning rate."""
+    """The recommended learning rate (kept for people to read when the sweep fails on weak evidence)."""
     rule: str | None = None
-    """How the recommendation was chosen (a range-test rule, or `best-trial`)."""
+    """How the recommendation was chosen: a range-test rule, `best-trial` (grid/random) or `adaptive`
+    (see `decidedBy`)."""
+    interval: Interval | None = None
+    """Adaptive: learning rates whose predicted loss is within noise of the recommendation's."""
+    decided_by: str | None = None
+    """Adaptive: which stage decided (`stage-2-fit`, `stage-2-best`, `stage-1-fit`, `stage-1-best`)."""
+    evidence: EvidenceReason | None = None
+    """Adaptive: how well the trials support the recommendation; FlatCurve, BestAtLowerEdge,
+    BestAtUpperEdge and AllTrialsDiverged are weak and fail the sweep."""
+    fit: LossFit | None = None
+    """Adaptive: the parabola in log10(LR) that decided."""
+    range_test: RangeTestSummary | None = None
+    """The range test's window, divergence edge and prior."""
+    steps_spent: int | None = Field(default=None, ge=0)
+    """Adaptive: optimiser steps of the range test and every finished trial together."""
     effective_batch_size: int | None = None
     """Examples per optimiser update the recommendation was made at."""
     adapter: str | None = None
@@ -247,7 +293,7 @@ class LRSweepStatus(ResourceStatus):
     curve: list[CurvePoint] | None = Field(default=None, max_length=200)
     """Downsampled loss-vs-learning-rate curve of the range test."""
     trials: list[TrialStatus] | None = Field(default=None, max_length=64)
-    """Per-trial results of grid/random sweeps."""
+    """Per-trial results of adaptive, grid and random sweeps."""
     warnings: list[str] | None = Field(default=None, max_length=16)
     """Sanity-check warnings about the recommendation."""
 
@@ -266,10 +312,16 @@ class FromSweep(Spec):
 
 
 class AutoSweep(Spec):
-    """Run a range test on this job's model, data and adapter first, then train with its recommendation."""
+    """Run an LRSweep on this job's model, data, adapter and batch first, then train with its
+    recommendation (a sweep that fails, e.g. on weak evidence, fails the job instead)."""
 
+    method: Literal["adaptive", "rangeTest"] = "adaptive"
+    """The sweep's method: `adaptive` (trials sized from this job's `optimization.maxSteps`) or
+    `rangeTest`."""
     range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
     """Range-test settings of the sweep the job creates."""
+    adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
+    """Trial settings of an adaptive sweep."""
 
 
 class LearningRateSpec(Spec):
@@ -365,11 +417,15 @@ LRSWEEP = KindInfo(
     short="lrs",
     spec=LRSweepSpec,
     status=LRSweepStatus,
-    description="Finds a learning rate: a range test or a grid/random sweep of short fine-tunes.",
+    description="Finds a learning rate: adaptive trials below a range test's divergence edge, a range "
+    "test alone, or a grid/random sweep of short fine-tunes.",
     columns=[
         _PHASE,
         {"name": "Method", "type": "string", "jsonPath": ".spec.method"},
         {"name": "Recommended LR", "type": "number", "jsonPath": ".status.recommendedLearningRate"},
+        {"name": "Evidence", "type": "string", "jsonPath": ".status.evidence", "priority": 1},
+        {"name": "LR Low", "type": "number", "jsonPath": ".status.interval.low", "priority": 1},
+        {"name": "LR High", "type": "number", "jsonPath": ".status.interval.high", "priority": 1},
         {"name": "Rule", "type": "string", "jsonPath": ".status.rule", "priority": 1},
         {"name": "Best Loss", "type": "number", "jsonPath": ".status.bestLoss"},
         _PROGRESS,

@@ -277,6 +277,7 @@ class Controller:
                 workload=workload,
                 settings=self.settings,
                 trial=child.trial,
+                stage=child.stage,
             )
             if _create(batch.create_namespaced_job, namespace, job):
                 self.metrics.jobs_created.labels(info.kind).inc()

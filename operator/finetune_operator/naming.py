@@ -11,6 +11,7 @@ GROUP = "finetune.dev"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "finetune-operator"}
 ROLE_LABEL = f"{GROUP}/role"
 TRIAL_LABEL = f"{GROUP}/trial"
+STAGE_LABEL = f"{GROUP}/stage"
 KIND_LABELS = {"LRSweep": f"{GROUP}/lrsweep", "FineTuneJob": f"{GROUP}/finetunejob"}
 MAX_NAME = 63  # Job names become pod label values: at most 63 characters
 
@@ -33,6 +34,11 @@ def trial_job(sweep: str, index: int) -> str:
     return child_name(sweep, f"trial-{index}")
 
 
+def adaptive_trial_job(sweep: str, stage: int, index: int) -> str:
+    """An adaptive sweep's trial: one name per (stage, index), so the Jobs are the sweep's memory."""
+    return child_name(sweep, f"s{stage}-trial-{index}")
+
+
 def train_job(finetunejob: str) -> str:
     return child_name(finetunejob, "train")
 
@@ -42,8 +48,12 @@ def auto_sweep(finetunejob: str) -> str:
     return child_name(finetunejob, "lr", limit=253 - 20)
 
 
-def child_labels(kind: str, owner: str, role: str, trial: int | None = None) -> dict[str, str]:
+def child_labels(
+    kind: str, owner: str, role: str, trial: int | None = None, stage: int | None = None
+) -> dict[str, str]:
     labels = {**MANAGED_BY, KIND_LABELS[kind]: owner, ROLE_LABEL: role}
     if trial is not None:
         labels[TRIAL_LABEL] = str(trial)
+    if stage is not None:
+        labels[STAGE_LABEL] = str(stage)
     return labels

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator import naming, rendering
+from finetune_operator import naming, planning_adaptive, rendering
 from finetune_operator.api import (
     Condition,
     FineTuneJobSpec,
@@ -20,13 +20,15 @@ from finetune_operator.api import (
     LRSweepSpec,
     LRSweepStatus,
     Progress,
+    RangeTestSummary,
     TrialStatus,
 )
 from finetune_operator.children import ChildState
 from finetune_operator.sweeps import best_learning_rate, scale_learning_rate, trial_learning_rates
-from finetune_trainer.config import RangeTestResult, Spec, TrainerConfig, TrainResult, TrialResult
+from finetune_trainer.config import RangeTestResult, RangeTestSpec, Spec, TrainerConfig, TrainResult
 
 TERMINAL = ("Succeeded", "Failed")
+RECOMMENDED = planning_adaptive.RECOMMENDED
 WARNING_REASONS = {"WaitingForSweep", "Unschedulable"}
 
 
@@ -39,6 +41,7 @@ class ChildRequest:
     args: list[str]
     config: TrainerConfig
     trial: int | None = None
+    stage: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class _StatusBuilder:
         self.status: dict[str, Any] = {k: v for k, v in previous.items() if k in _status_keys(model)}
         self.generation, self.now = generation, now
         self.events: list[Event] = []
+        self.create: list[ChildRequest] = []
         self.status["observedGeneration"] = generation
         self.status.setdefault("conditions", [])
 
@@ -158,6 +162,9 @@ class _StatusBuilder:
     def result(self) -> dict[str, Any]:
         """The status as wire JSON, checked against the status model (a drift here is a bug, not data)."""
         return self.model.model_validate(self.status).to_wire()
+
+    def plan(self) -> Plan:
+        return Plan(self.result(), create=self.create, events=self.events)
 
 
 def _status_keys(model: type[Spec]) -> set[str]:
@@ -200,27 +207,32 @@ def plan_sweep(
     except ValidationError as e:
         return _invalid(b, e)
     samples = samples or {}
+    if sweep.method == "adaptive":
+        return _plan_adaptive(name, sweep, b, children, samples)
     if sweep.method == "rangeTest":
-        return _plan_range_test(name, sweep, b, children, samples)
+        result = _range_test(name, sweep, b, children, samples)
+        if result is not None:
+            _range_test_verdict(b, result, sweep.range_test)
+        return b.plan()
     return _plan_trials(name, sweep, b, children)
 
 
-def _plan_range_test(
+def _range_test(
     name: str, sweep: LRSweepSpec, b: _StatusBuilder, children: dict[str, ChildState], samples: dict
-) -> Plan:
+) -> RangeTestResult | None:
+    """Create and follow the range-test Job; its result once it succeeded (written to the status)."""
     job = naming.range_test_job(name)
     child = children.get(job)
-    create: list[ChildRequest] = []
     if child is None:
         try:
             config = rendering.range_test_config(sweep)
         except ValidationError as e:
-            return _invalid(b, e)
-        create.append(ChildRequest(job, "range-test", ["range-test"], config))
+            _invalid(b, e)
+            return None
+        b.create.append(ChildRequest(job, "range-test", ["range-test"], config))
         b.started()
         b.phase("Pending", "JobCreated", f"created range-test Job {job}")
-        return Plan(b.result(), create=create, events=b.events)
-    if child.phase == "Pending":
+    elif child.phase == "Pending":
         _child_pending(b, child)
     elif child.phase == "Running":
         b.phase("Running", "RangeTestRunning", f"range test running in Job {job}")
@@ -228,10 +240,10 @@ def _plan_range_test(
         if progress:
             b.status["progress"] = progress.to_wire()
     elif child.phase == "Succeeded":
-        _range_test_done(b, child, sweep)
+        return _range_test_result(b, child, sweep)
     else:
         _child_failed(b, child, "range test")
-    return Plan(b.result(), create=create, events=b.events)
+    return None
 
 
 def _child_pending(b: _StatusBuilder, child: ChildState) -> None:
@@ -247,61 +259,95 @@ def _child_pending(b: _StatusBuilder, child: ChildState) -> None:
     )
 
 
-def diverged_at_minimum(result: RangeTestResult, min_lr: float) -> bool:
-    """True when the ramp diverged within its first decade: the window starts too high."""
-    if result.stop_reason == "completed" or not result.curve:
-        return False
-    return result.curve[-1].lr <= min_lr * 10
-
-
-def _range_test_done(b: _StatusBuilder, child: ChildState, sweep: LRSweepSpec) -> None:
+def _range_test_result(b: _StatusBuilder, child: ChildState, sweep: LRSweepSpec) -> RangeTestResult | None:
+    """The finished range test's result, written to the status (curve, suggestions, window, edge)."""
     try:
         result = RangeTestResult.model_validate(child.result or {})
     except ValidationError:
         b.phase(
             "Failed", "NoResult", f"Job {child.name} succeeded but left no range-test result: {child.message}"
         )
-        return
+        return None
     b.status.update(
-        recommendedLearningRate=result.recommended_learning_rate,
-        rule=result.rule,
         effectiveBatchSize=result.effective_batch_size,
         adapter=result.adapter,
         suggestions=result.suggestions,
-        bestLoss=result.best_loss,
         stopReason=result.stop_reason,
         curve=[p.to_wire() for p in result.curve[:200]],
         warnings=result.warnings[:16] or None,
+        rangeTest=planning_adaptive.summarize_range_test(result).to_wire(),
     )
     if result.steps:
-        b.status["progress"] = Progress(
-            step=result.steps, total_steps=sweep.range_test.steps, percent=100
-        ).to_wire()
+        b.status["progress"] = Progress(step=result.steps, total_steps=result.steps, percent=100).to_wire()
     if result.stop_reason != "completed":
         at = result.curve[-1].lr if result.curve else float("nan")
         b.condition("Diverged", True, "LossDiverged", f"loss diverged at learning rate {at:.3g}")
     else:
-        b.condition("Diverged", False, "Completed", "the ramp reached maxLearningRate")
-    if diverged_at_minimum(result, sweep.range_test.min_learning_rate):
-        b.phase(
-            "Failed",
+        b.condition("Diverged", False, "Completed", "the ramp reached its last learning rate")
+    return result
+
+
+def diverged_at_minimum(result: RangeTestResult, min_lr: float | None) -> bool:
+    """True when the ramp diverged within its first decade: the window starts too high."""
+    if result.stop_reason == "completed" or not result.curve or min_lr is None:
+        return False
+    return result.curve[-1].lr <= min_lr * 10
+
+
+def still_falling(result: RangeTestResult) -> bool:
+    """True when the ramp ended without diverging at its lowest loss: the minimum lies beyond it."""
+    curve = result.curve
+    return (
+        result.stop_reason == "completed" and len(curve) >= 2 and curve[-1].loss <= min(p.loss for p in curve)
+    )
+
+
+def range_test_verdict(result: RangeTestResult, spec: RangeTestSpec) -> tuple[str, str]:
+    """(reason, message) of a finished `rangeTest` sweep; anything but `Recommended` fails it. A
+    recommendation outside the tested window, or from a curve still falling at its end, names the bound."""
+    curve, rule, lr = result.curve, result.rule, result.recommended_learning_rate
+    low = result.min_learning_rate or spec.min_learning_rate or (curve[0].lr if curve else None)
+    high = result.max_learning_rate or (curve[-1].lr if curve else None)
+    if diverged_at_minimum(result, low):
+        fix = f"lower rangeTest.minLearningRate (now {low:g})"
+        return (
             "DivergedAtMinimumLearningRate",
-            f"the loss diverged within the first decade of the ramp; lower rangeTest.minLearningRate "
-            f"(now {sweep.range_test.min_learning_rate:g})",
+            f"the loss diverged within the first decade of the ramp; {fix}",
         )
-    elif result.recommended_learning_rate is None:
-        b.phase(
-            "Failed",
+    if lr is None:
+        return (
             "NoRecommendation",
-            f"rule {result.rule} found no learning rate on the curve; widen the range or add steps",
+            f"rule {rule} found no learning rate on the curve; widen the range or add steps",
         )
-    else:
-        b.phase(
-            "Succeeded",
-            "Recommended",
-            f"recommended learning rate {result.recommended_learning_rate:.3g} (rule {result.rule}, "
-            f"effective batch size {result.effective_batch_size})",
+    if low is not None and lr < low * (1 - 1e-9):
+        tested = f"below the lowest learning rate tested ({low:.3g})"
+        return (
+            "OutsideTestedWindow",
+            f"rule {rule} recommends {lr:.3g}, {tested}; lower rangeTest.minLearningRate",
         )
+    if high is not None and lr > high * (1 + 1e-9):
+        tested = f"above the highest learning rate tested ({high:.3g})"
+        return (
+            "OutsideTestedWindow",
+            f"rule {rule} recommends {lr:.3g}, {tested}; raise rangeTest.maxLearningRate",
+        )
+    if still_falling(result):
+        bound = "rangeTest.ceilingLearningRate" if spec.extend else "rangeTest.maxLearningRate"
+        edge = f"the loss was still falling at the highest learning rate tested ({high:.3g})"
+        return (
+            "CurveStillFalling",
+            f"{edge}: rule {rule}'s {lr:.3g} sits at the curve's top edge; raise {bound}",
+        )
+    batch = f"effective batch size {result.effective_batch_size}"
+    return RECOMMENDED, f"recommended learning rate {lr:.3g} (rule {rule}, {batch})"
+
+
+def _range_test_verdict(b: _StatusBuilder, result: RangeTestResult, spec: RangeTestSpec) -> None:
+    b.status.update(
+        recommendedLearningRate=result.recommended_learning_rate, rule=result.rule, bestLoss=result.best_loss
+    )
+    reason, message = range_test_verdict(result, spec)
+    b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)
 
 
 def _child_failed(b: _StatusBuilder, child: ChildState, what: str) -> None:
@@ -318,10 +364,93 @@ def _child_failed(b: _StatusBuilder, child: ChildState, what: str) -> None:
     b.phase("Failed", child.reason or "JobFailed", message + (f"; {hint}" if hint else ""))
 
 
+# ---------------------------------------------------------------------------------------------- adaptive
+
+
+def _plan_adaptive(
+    name: str, sweep: LRSweepSpec, b: _StatusBuilder, children: dict[str, ChildState], samples: dict
+) -> Plan:
+    """The range test; then the adaptive stages' trials as Jobs; then the recommendation and its evidence."""
+    summary = _remembered_range_test(name, b, children)
+    if summary is None:
+        result = _range_test(name, sweep, b, children, samples)
+        if result is None:
+            return b.plan()
+        summary = planning_adaptive.summarize_range_test(result)
+    edge = summary.edge_learning_rate
+    if edge is None:
+        b.phase(
+            "Failed",
+            "NoEdge",
+            "the range test reported neither a divergence edge nor the highest learning rate it reached "
+            "(a trainer image older than the adaptive method?); update the trainer image",
+        )
+        return b.plan()
+    remembered = planning_adaptive.remembered_records(b.status.get("trials"))
+    decision = planning_adaptive.decide(name, sweep, edge, children, remembered)
+    for t in decision.start:
+        req = t.request
+        try:
+            config = rendering.trial_config(sweep, req.learning_rate, req.steps)
+        except ValidationError as e:
+            return _invalid(b, e)
+        args = ["trial", "--learning-rate", repr(req.learning_rate)]
+        b.create.append(ChildRequest(t.job, "trial", args, config, trial=req.index, stage=req.stage))
+    if decision.start:
+        b.started()
+    finished, planned = len(decision.finished), planning_adaptive.planned_trials(sweep, decision)
+    b.status["trials"] = [t.status().to_wire() for t in decision.trials[:64]]
+    b.status["stepsSpent"] = planning_adaptive.steps_spent(summary, decision)
+    b.status["progress"] = Progress(
+        step=finished, total_steps=planned, percent=100 if decision.done else int(100 * finished / planned)
+    ).to_wire()
+    if decision.config_error is not None:
+        _child_failed(b, decision.config_error, "trial")
+        return b.plan()
+    rec = decision.done
+    if rec is None:
+        running = decision.running
+        b.phase(
+            "Running" if running else "Pending",
+            "TrialsRunning",
+            f"stage {decision.stage}: {finished}/{len(decision.trials)} trials finished, {running} running "
+            f"(below the range test's edge {edge:.3g})",
+            event=False,
+        )
+        return b.plan()
+    b.status.update(
+        recommendedLearningRate=rec.recommended_learning_rate,
+        rule="adaptive",
+        interval=rec.interval.to_wire() if rec.interval else None,
+        decidedBy=rec.decided_by,
+        evidence=rec.evidence,
+        fit=rec.fit.to_wire() if rec.fit else None,
+        bestLoss=rec.best_loss,
+    )
+    reason, message = planning_adaptive.verdict(rec)
+    b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)
+    return b.plan()
+
+
+def _remembered_range_test(
+    name: str, b: _StatusBuilder, children: dict[str, ChildState]
+) -> RangeTestSummary | None:
+    """The range test as the status recorded it, when its Job is gone (deleted after its TTL)."""
+    wire = b.status.get("rangeTest")
+    if naming.range_test_job(name) in children or not wire or not wire.get("edgeLearningRate"):
+        return None
+    try:
+        return RangeTestSummary.model_validate(wire)
+    except ValidationError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- grid/random
+
+
 def _plan_trials(name: str, sweep: LRSweepSpec, b: _StatusBuilder, children: dict[str, ChildState]) -> Plan:
     lrs = trial_learning_rates(sweep.method, sweep.trials)
     trials: list[TrialStatus] = []
-    create: list[ChildRequest] = []
     active = sum(
         1
         for i in range(len(lrs))
@@ -330,26 +459,25 @@ def _plan_trials(name: str, sweep: LRSweepSpec, b: _StatusBuilder, children: dic
     for i, lr in enumerate(lrs):
         job = naming.trial_job(name, i)
         child = children.get(job)
-        trial = TrialStatus(index=i, learning_rate=lr, job_name=job)
+        trial = TrialStatus(index=i, learning_rate=lr, steps=sweep.trials.steps, job_name=job)
         if child is None:
             if active < sweep.trials.parallelism:
                 try:
-                    config = rendering.trial_config(sweep, lr)
+                    config = rendering.trial_config(sweep, lr, sweep.trials.steps)
                 except ValidationError as e:
                     return _invalid(b, e)
-                create.append(
+                b.create.append(
                     ChildRequest(job, "trial", ["trial", "--learning-rate", repr(lr)], config, trial=i)
                 )
                 active += 1
         else:
             trial.phase = child.phase
-            if child.result and child.result.get("kind") == "trial":
-                r = TrialResult.model_validate(child.result)
-                trial.eval_loss, trial.diverged = r.eval_loss, r.diverged
-            elif child.phase == "Failed" and child.reason == "Diverged":
-                trial.diverged = True
+            request = planning_adaptive.TrialRequest(1, i, lr, sweep.trials.steps)
+            record = planning_adaptive.trial_record(request, child)
+            if record is not None:
+                trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
         trials.append(trial)
-    if create:
+    if b.create:
         b.started()
     b.status["trials"] = [t.to_wire() for t in trials]
     finished = [t for t in trials if t.phase in TERMINAL]
@@ -364,7 +492,7 @@ def _plan_trials(name: str, sweep: LRSweepSpec, b: _StatusBuilder, children: dic
             f"{len(finished)}/{len(trials)} trials finished, {running} running",
             event=False,
         )
-        return Plan(b.result(), create=create, events=b.events)
+        return b.plan()
     best = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials])
     if best is None:
         b.phase(
@@ -385,7 +513,7 @@ def _plan_trials(name: str, sweep: LRSweepSpec, b: _StatusBuilder, children: dic
             "Recommended",
             f"recommended learning rate {lr:.3g} (best of {len(trials)} trials, eval loss {loss:.4g})",
         )
-    return Plan(b.result(), events=b.events)
+    return b.plan()
 
 
 # ---------------------------------------------------------------------------------------------- FineTuneJob

@@ -11,6 +11,7 @@ from typing import Any
 from finetune_operator import naming
 from finetune_operator.api import API_VERSION, FineTuneJobSpec, LRSweepSpec, WorkloadSpec
 from finetune_operator.settings import Settings
+from finetune_trainer.adaptive import trial_sections
 from finetune_trainer.config import ExitCode, Spec, TrainerConfig, TrainingSections
 
 CONTAINER = "trainer"
@@ -51,21 +52,9 @@ def range_test_config(spec: LRSweepSpec) -> TrainerConfig:
     return TrainerConfig(**_shared_sections(spec), range_test=spec.range_test)
 
 
-def trial_config(spec: LRSweepSpec, learning_rate: float) -> TrainerConfig:
-    """A short fine-tune at one LR: the sweep's recipe, cut to `trials.steps` steps."""
-    optimization = spec.optimization.model_copy(update={"max_steps": spec.trials.steps})
-    schedule = spec.schedule
-    if schedule.warmup_steps is not None and schedule.warmup_steps >= spec.trials.steps:
-        schedule = schedule.model_copy(update={"warmup_steps": None, "warmup_ratio": 0.1})
-    evaluation = spec.evaluation.model_copy(
-        update={"every_steps": min(spec.evaluation.every_steps, spec.trials.steps)}
-    )
-    sections = _shared_sections(spec) | {
-        "optimization": optimization,
-        "schedule": schedule,
-        "evaluation": evaluation,
-    }
-    return TrainerConfig(**sections, learning_rate=learning_rate)
+def trial_config(spec: LRSweepSpec, learning_rate: float, steps: int) -> TrainerConfig:
+    """A short fine-tune at one LR: the sweep's recipe cut to `steps` steps (the trainer's own rule)."""
+    return TrainerConfig(**trial_sections(spec, steps), output_dir=OUTPUT_DIR, learning_rate=learning_rate)
 
 
 def train_config(spec: FineTuneJobSpec, learning_rate: float) -> TrainerConfig:
@@ -78,13 +67,15 @@ def train_config(spec: FineTuneJobSpec, learning_rate: float) -> TrainerConfig:
 
 
 def sweep_spec_for_auto(job: FineTuneJobSpec) -> LRSweepSpec:
-    """The LRSweep an `auto` FineTuneJob creates: same model, data, adapter, batch and placement."""
-    assert job.learning_rate.auto is not None
+    """The LRSweep an `auto` FineTuneJob creates: same model, data, adapter, batch, length and placement."""
+    auto = job.learning_rate.auto
+    assert auto is not None
     return LRSweepSpec(
         **_sections(job, WorkloadSpec),
         **_sections(job, TrainingSections),
-        method="rangeTest",
-        range_test=job.learning_rate.auto.range_test,
+        method=auto.method,
+        range_test=auto.range_test,
+        adaptive=auto.adaptive,
     )
 
 
@@ -127,9 +118,10 @@ def trainer_job(
     workload: WorkloadSpec,
     settings: Settings,
     trial: int | None = None,
+    stage: int | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs one trainer command (`range-test`, `trial` or `train`) on `config`."""
-    labels = naming.child_labels(kind, owner_name, role, trial)
+    labels = naming.child_labels(kind, owner_name, role, trial, stage)
     output_volume, output_mount = _output_volume(workload, kind, owner_name, role)
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},

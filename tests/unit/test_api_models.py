@@ -79,7 +79,11 @@ def _error(model, data) -> str:
             {"rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}},
             "rangeTest.minLearningRate must be below rangeTest.maxLearningRate",
         ),
-        (LRSweepSpec, {"method": "bayesian"}, "method\n  Input should be 'rangeTest', 'grid' or 'random'"),
+        (
+            LRSweepSpec,
+            {"method": "bayesian"},
+            "method\n  Input should be 'adaptive', 'rangeTest', 'grid' or 'random'",
+        ),
         (
             LRSweepSpec,
             {"rangeTest": {"steps": 3}},

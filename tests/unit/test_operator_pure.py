@@ -16,6 +16,7 @@ from finetune_operator.settings import Settings
 from finetune_operator.sweeps import best_learning_rate, scale_learning_rate, trial_learning_rates
 
 SPEC = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
+RT_SPEC = {**SPEC, "method": "rangeTest"}
 NOW = "2026-01-01T00:00:10Z"
 
 
@@ -147,7 +148,7 @@ def test_trial_config_is_cut_to_trial_steps_and_warmup_fits():
     sweep = LRSweepSpec.model_validate(
         {**SPEC, "method": "grid", "trials": {"steps": 20}, "schedule": {"warmupSteps": 50}}
     )
-    cfg = rendering.trial_config(sweep, 1e-4)
+    cfg = rendering.trial_config(sweep, 1e-4, sweep.trials.steps)
     assert cfg.optimization.max_steps == 20 and cfg.learning_rate == 1e-4
     assert cfg.schedule.warmup_steps is None and cfg.schedule.warmup_ratio == 0.1
 
@@ -288,7 +289,7 @@ def test_running_range_test_reports_progress_from_metrics():
 
 def test_finished_range_test_writes_recommendation_curve_and_conditions():
     plan = plan_sweep(
-        "s", SPEC, {"phase": "Running"}, 1, {"s-range-test": _child("Succeeded", RESULT)}, now=NOW
+        "s", RT_SPEC, {"phase": "Running"}, 1, {"s-range-test": _child("Succeeded", RESULT)}, now=NOW
     )
     s = plan.status
     assert (s["phase"], s["recommendedLearningRate"], s["rule"], s["effectiveBatchSize"]) == (
@@ -306,7 +307,7 @@ def test_finished_range_test_writes_recommendation_curve_and_conditions():
 
 def test_divergence_at_the_start_of_the_ramp_fails_with_the_fix():
     early = {**RESULT, "curve": [{"lr": 1e-7, "loss": 3.0}, {"lr": 5e-7, "loss": 30.0}]}
-    plan = plan_sweep("s", SPEC, None, 1, {"s-range-test": _child("Succeeded", early)}, now=NOW)
+    plan = plan_sweep("s", RT_SPEC, None, 1, {"s-range-test": _child("Succeeded", early)}, now=NOW)
     assert plan.status["phase"] == "Failed"
     assert "lower rangeTest.minLearningRate" in plan.status["message"]
 

@@ -1,0 +1,218 @@
+"""The adaptive LRSweep's trials as Jobs: which trials exist, which start next, and what they decided.
+
+The trainer's `adaptive.next_step` decides the stages from the range test's edge and the finished trials;
+this module maps its trial requests onto Jobs named per (stage, index), so the Jobs themselves are the
+sweep's memory and every reconcile recomputes the same plan. A finished trial whose Job is gone (deleted
+after `ttlSecondsAfterFinished`) is remembered from the status the operator wrote. Pure functions only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_operator import naming
+from finetune_operator.api import LRSweepSpec, RangeTestSummary, TrialStatus
+from finetune_operator.children import ChildState
+from finetune_trainer.adaptive import TrialRequest, next_step
+from finetune_trainer.config import RangeTestResult, Recommendation, TrialRecord, TrialResult
+
+ACTIVE = ("Pending", "Running")
+RECOMMENDED = "Recommended"
+"""The reason of a sweep that succeeded; every other verdict fails it."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One requested trial, its Job and, once finished, its record."""
+
+    request: TrialRequest
+    job: str
+    child: ChildState | None
+    record: TrialRecord | None
+
+    def status(self) -> TrialStatus:
+        r = self.record
+        if self.child is not None:
+            phase = self.child.phase
+        else:
+            phase = "Pending" if r is None else ("Succeeded" if r.eval_loss is not None else "Failed")
+        return TrialStatus(
+            index=self.request.index,
+            stage=self.request.stage,
+            learning_rate=self.request.learning_rate,
+            steps=r.steps if r else self.request.steps,
+            phase=phase,
+            eval_loss=r.eval_loss if r else None,
+            diverged=r.diverged if r else False,
+            job_name=self.job,
+        )
+
+
+@dataclass(frozen=True)
+class AdaptiveDecision:
+    """What the trials say now: every trial so far, the ones to start, and the outcome once there is one."""
+
+    trials: tuple[Trial, ...]
+    start: tuple[Trial, ...] = ()
+    done: Recommendation | None = None
+    config_error: ChildState | None = None
+    """A trial Job that failed on a configuration error: the sweep stops with the trainer's message."""
+
+    @property
+    def finished(self) -> list[Trial]:
+        return [t for t in self.trials if t.record is not None]
+
+    @property
+    def running(self) -> int:
+        return sum(1 for t in self.trials if t.child is not None and t.child.phase == "Running")
+
+    @property
+    def stage(self) -> int:
+        return max((t.request.stage for t in self.trials), default=1)
+
+
+def summarize_range_test(result: RangeTestResult) -> RangeTestSummary:
+    """The range test's window and edges; the edge the trials sit below is the divergence edge, else the
+    highest learning rate the ramp reached."""
+    edge = result.divergence_learning_rate or result.max_learning_rate
+    return RangeTestSummary(
+        min_learning_rate=result.min_learning_rate,
+        max_learning_rate=result.max_learning_rate,
+        divergence_learning_rate=result.divergence_learning_rate,
+        prior_learning_rate=result.prior_learning_rate,
+        edge_learning_rate=edge if edge is not None and math.isfinite(edge) and edge > 0 else None,
+        steps=result.steps,
+    )
+
+
+def trial_record(request: TrialRequest, child: ChildState | None) -> TrialRecord | None:
+    """A finished trial's record (None while it has not finished). A Job that failed on divergence, or a
+    result that says diverged or has a non-finite loss, is a diverged record; any other failure, or a
+    malformed result, is a record without a loss."""
+    if child is None or child.phase in ACTIVE:
+        return None
+    result: TrialResult | None = None
+    if child.result and child.result.get("kind") == "trial":
+        try:
+            result = TrialResult.model_validate(child.result)
+        except ValidationError:
+            result = None
+    loss = result.eval_loss if result else None
+    finite = loss is not None and math.isfinite(loss)
+    diverged = (child.phase == "Failed" and child.reason == "Diverged") or bool(result and result.diverged)
+    diverged = diverged or (loss is not None and not finite)
+    return TrialRecord(
+        stage=request.stage,
+        index=request.index,
+        learning_rate=request.learning_rate,
+        steps=result.steps if result and result.steps else request.steps,
+        eval_loss=loss if finite and not diverged else None,
+        diverged=diverged,
+    )
+
+
+def remembered_records(previous_trials: list[dict[str, Any]] | None) -> dict[tuple[int, int], TrialRecord]:
+    """Finished adaptive trials as the last status wrote them (for Jobs deleted since)."""
+    records: dict[tuple[int, int], TrialRecord] = {}
+    for wire in previous_trials or []:
+        try:
+            t = TrialStatus.model_validate(wire)
+        except ValidationError:
+            continue
+        if t.stage is None or t.phase not in ("Succeeded", "Failed"):
+            continue
+        records[(t.stage, t.index)] = TrialRecord(
+            stage=t.stage,
+            index=t.index,
+            learning_rate=t.learning_rate,
+            steps=t.steps or 0,
+            eval_loss=t.eval_loss,
+            diverged=t.diverged,
+        )
+    return records
+
+
+def decide(
+    name: str,
+    spec: LRSweepSpec,
+    edge: float,
+    children: dict[str, ChildState],
+    remembered: dict[tuple[int, int], TrialRecord] | None = None,
+) -> AdaptiveDecision:
+    """The trials the current stage needs, matched with their Jobs; which to start (at most
+    `adaptive.parallelism` running); or the recommendation once the stages are done.
+
+    Records feed `next_step`, whose requests name the Jobs that hold further records, so the loop runs until
+    no new record turns up (each round adds one, at most a few dozen rounds of arithmetic).
+    """
+    records = dict(remembered or {})
+    requests: dict[tuple[int, int], TrialRequest] = {}
+    while True:
+        step = next_step(spec.adaptive, edge, list(records.values()), spec.optimization.max_steps)
+        requests.update({r.key: r for r in step.trials})
+        if step.done is not None:
+            break
+        new = False
+        for req in step.trials:
+            child = children.get(job_name(name, req))
+            if child is not None and child.phase == "Failed" and child.reason == "InvalidConfig":
+                return AdaptiveDecision(_trials(name, requests, children, records), config_error=child)
+            if req.key not in records and (record := trial_record(req, child)) is not None:
+                records[req.key] = record
+                new = True
+        if not new:
+            break
+    trials = _trials(name, requests, children, records)
+    if step.done is not None:
+        return AdaptiveDecision(trials, done=step.done)
+    wanted = {r.key for r in step.trials}
+    active = sum(1 for t in trials if t.child is not None and t.child.phase in ACTIVE)
+    idle = [t for t in trials if t.request.key in wanted and t.child is None and t.record is None]
+    return AdaptiveDecision(trials, start=tuple(idle[: max(0, spec.adaptive.parallelism - active)]))
+
+
+def job_name(sweep: str, request: TrialRequest) -> str:
+    return naming.adaptive_trial_job(sweep, request.stage, request.index)
+
+
+def _trials(
+    name: str,
+    requests: dict[tuple[int, int], TrialRequest],
+    children: dict[str, ChildState],
+    records: dict[tuple[int, int], TrialRecord],
+) -> tuple[Trial, ...]:
+    """Every trial requested or remembered, in (stage, index) order."""
+    known = dict(requests)
+    for key, r in records.items():
+        known.setdefault(key, TrialRequest(r.stage, r.index, r.learning_rate, r.steps))
+    trials = []
+    for key, req in sorted(known.items()):
+        job = job_name(name, req)
+        trials.append(Trial(req, job, children.get(job), records.get(key)))
+    return tuple(trials)
+
+
+def planned_trials(spec: LRSweepSpec, decision: AdaptiveDecision) -> int:
+    """Trials the sweep expects to run in all, as far as it knows now (stage 1 so far, plus the
+    finalists while still in stage 1)."""
+    return len(decision.trials) + (spec.adaptive.finalists if decision.stage == 1 else 0)
+
+
+def steps_spent(summary: RangeTestSummary | None, decision: AdaptiveDecision) -> int:
+    """Optimiser steps of the range test and every finished trial."""
+    trial_steps = sum(t.record.steps for t in decision.finished if t.record is not None)
+    return (summary.steps if summary and summary.steps else 0) + trial_steps
+
+
+def verdict(rec: Recommendation) -> tuple[str, str]:
+    """(reason, message): weak evidence or no learning rate is never a success; the reason is then the
+    evidence and the message the trainer's, which names the bound to move."""
+    lr = rec.recommended_learning_rate
+    if lr is None or rec.weak:
+        return rec.evidence, rec.message or f"no recommendation ({rec.evidence})"
+    span = f", interval {rec.interval.low:.3g}-{rec.interval.high:.3g}" if rec.interval else ""
+    return RECOMMENDED, f"recommended learning rate {lr:.3g}{span} ({rec.decided_by}: {rec.message})"

@@ -1,0 +1,337 @@
+"""The adaptive LRSweep's planning, driven reconcile by reconcile with the operator's own ChildState values.
+
+A fake "cluster" here is a dict of ChildState: each reconcile's requested Jobs appear as Running, and a
+loss curve (a parabola in log10(LR), or whatever a test needs) decides how each trial finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import pytest
+
+from finetune_operator import naming, rendering
+from finetune_operator.api import FineTuneJobSpec, LRSweepSpec
+from finetune_operator.children import ChildState
+from finetune_operator.planning import Plan, plan_finetune, plan_sweep, range_test_verdict
+from finetune_operator.settings import Settings
+from finetune_trainer.config import RangeTestResult, RangeTestSpec
+
+NOW = "2026-01-01T00:00:10Z"
+BASE = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
+SPEC = {**BASE, "adaptive": {"candidates": 5, "trialSteps": 8, "parallelism": 2}}
+OPTIMUM = -2.7  # log10 of the best learning rate of the synthetic loss curve
+EDGE = 0.1
+RANGE_TEST = {
+    "kind": "rangeTest",
+    "rule": "minimum-over-10",
+    "recommendedLearningRate": 2e-3,
+    "curve": [{"lr": 1e-6, "loss": 3.0}, {"lr": 1e-2, "loss": 2.0}, {"lr": 0.2, "loss": 9.0}],
+    "stopReason": "diverged",
+    "steps": 60,
+    "bestLoss": 2.0,
+    "effectiveBatchSize": 8,
+    "minLearningRate": 1e-6,
+    "maxLearningRate": 0.2,
+    "divergenceLearningRate": EDGE,
+    "priorLearningRate": 1e-3,
+}
+
+
+def parabola(lr: float) -> float:
+    return 2.0 + 0.3 * (math.log10(lr) - OPTIMUM) ** 2
+
+
+def finished(job: str, lr: float, steps: int, loss: Callable[[float], float | None]) -> ChildState:
+    value = loss(lr)
+    if value is None:
+        return ChildState(job, "Failed", reason="Diverged", message="loss diverged at step 3")
+    result = {"kind": "trial", "learningRate": lr, "evalLoss": value, "steps": steps}
+    return ChildState(job, "Succeeded", result=result)
+
+
+class FakeCluster:
+    """Children by name; reconciles the sweep, starts what the plan creates, finishes the oldest trial."""
+
+    def __init__(self, spec: dict, loss: Callable[[float], float | None] = parabola) -> None:
+        self.spec, self.loss = spec, loss
+        self.children: dict[str, ChildState] = {}
+        self.requests: dict[str, object] = {}
+        self.status: dict | None = None
+        self.max_running = 0
+        self.plans: list[Plan] = []
+
+    def reconcile(self) -> Plan:
+        plan = plan_sweep("s", self.spec, self.status, 1, dict(self.children), now=NOW)
+        self.plans.append(plan)
+        self.status = plan.status
+        for child in plan.create:
+            assert child.name not in self.children, f"{child.name} created twice"
+            self.children[child.name] = ChildState(child.name, "Running")
+            self.requests[child.name] = child
+        running = [n for n, c in self.children.items() if c.phase == "Running" and n != "s-range-test"]
+        self.max_running = max(self.max_running, len(running))
+        return plan
+
+    def finish_range_test(self, result: dict | None = None) -> None:
+        self.children["s-range-test"] = ChildState("s-range-test", "Succeeded", result=result or RANGE_TEST)
+
+    def finish_oldest_trial(self) -> bool:
+        for name, c in self.children.items():
+            if c.phase == "Running" and name != "s-range-test":
+                req = self.requests[name]
+                self.children[name] = finished(
+                    name, req.config.learning_rate, req.config.optimization.max_steps, self.loss
+                )
+                return True
+        return False
+
+    def run(self, limit: int = 200) -> dict:
+        """Reconcile until the sweep is Succeeded or Failed."""
+        self.reconcile()
+        self.finish_range_test()
+        for _ in range(limit):
+            plan = self.reconcile()
+            if plan.status["phase"] in ("Succeeded", "Failed"):
+                return plan.status
+            assert self.finish_oldest_trial(), "nothing running and nothing finished"
+        raise AssertionError("the sweep never finished")
+
+
+def test_a_new_adaptive_sweep_runs_the_range_test_first():
+    plan = plan_sweep("s", BASE, None, 1, {}, now=NOW)
+    assert LRSweepSpec.model_validate(BASE).method == "adaptive"
+    assert [(c.name, c.args) for c in plan.create] == [("s-range-test", ["range-test"])]
+    assert plan.status["phase"] == "Pending"
+
+
+def test_after_the_range_test_stage_one_starts_below_the_edge_two_at_a_time():
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    plan = cluster.reconcile()
+    assert [c.name for c in plan.create] == ["s-s1-trial-0", "s-s1-trial-1"]
+    first = plan.create[0]
+    assert (first.trial, first.stage, first.role) == (0, 1, "trial")
+    assert first.args == ["trial", "--learning-rate", repr(first.config.learning_rate)]
+    assert first.config.learning_rate == pytest.approx(EDGE * 10**-0.5)
+    assert first.config.optimization.max_steps == 8
+    s = plan.status
+    assert s["rangeTest"]["edgeLearningRate"] == EDGE and s["rangeTest"]["priorLearningRate"] == 1e-3
+    assert "recommendedLearningRate" not in s, "the range test's rule does not decide an adaptive sweep"
+    assert [t["stage"] for t in s["trials"]] == [1] * 5 and len(s["trials"]) == 5
+    assert s["phase"] == "Pending" and s["progress"]["totalSteps"] == 5 + 3
+    again = cluster.reconcile()  # both still running: nothing more starts
+    assert not again.create and again.status["phase"] == "Running"
+
+
+def test_a_full_sweep_recommends_the_fitted_minimum_with_an_interval():
+    cluster = FakeCluster(SPEC)
+    s = cluster.run()
+    assert s["phase"] == "Succeeded", s["message"]
+    assert math.log10(s["recommendedLearningRate"]) == pytest.approx(OPTIMUM, abs=1e-6)
+    assert s["interval"]["low"] < s["recommendedLearningRate"] < s["interval"]["high"]
+    assert (s["rule"], s["decidedBy"], s["evidence"]) == ("adaptive", "stage-2-fit", "Fitted")
+    assert s["fit"]["a"] == pytest.approx(0.3) and s["bestLoss"] == pytest.approx(2.0, abs=1e-3)
+    assert s["effectiveBatchSize"] == 8
+    stages = [(t["stage"], t["index"], t["steps"]) for t in s["trials"]]
+    assert stages == [(1, i, 8) for i in range(5)] + [(2, j, 16) for j in range(3)]
+    assert all(t["phase"] == "Succeeded" and t["evalLoss"] is not None for t in s["trials"])
+    assert s["trials"][5]["jobName"] == naming.adaptive_trial_job("s", 2, 0) == "s-s2-trial-0"
+    assert s["stepsSpent"] == 60 + 5 * 8 + 3 * 16
+    assert s["progress"]["percent"] == 100
+    assert cluster.max_running == 2
+    conds = {c["type"]: c for c in s["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Succeeded"]["reason"] == "Recommended"
+    assert "interval" in s["message"]
+
+
+def test_planning_is_stateless_a_restart_recreates_nothing():
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    for _ in range(4):
+        cluster.reconcile()
+        cluster.finish_oldest_trial()
+    with_status = plan_sweep("s", SPEC, cluster.status, 1, dict(cluster.children), now=NOW)
+    fresh = plan_sweep("s", SPEC, None, 1, dict(cluster.children), now=NOW)  # status lost: Jobs tell all
+    assert [c.name for c in fresh.create] == [c.name for c in with_status.create]
+    assert fresh.status["trials"] == with_status.status["trials"]
+
+
+def test_finished_jobs_deleted_after_their_ttl_are_remembered_from_the_status():
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    for _ in range(3):
+        cluster.reconcile()
+        cluster.finish_oldest_trial()
+    cluster.reconcile()
+    status = cluster.reconcile().status  # nothing new to start: the status shows every Job's phase
+    alive = {n: c for n, c in cluster.children.items() if c.phase == "Running"}
+    assert "s-range-test" not in alive and len(alive) == 2
+    plan = plan_sweep("s", SPEC, status, 1, alive, now=NOW)
+    assert not plan.create, "neither the range test nor a finished trial runs again"
+    assert plan.status["trials"] == status["trials"]
+
+
+def test_weak_evidence_fails_the_sweep_and_keeps_the_recommendation():
+    cluster = FakeCluster(SPEC, loss=lambda lr: 2.0)
+    s = cluster.run()
+    assert s["phase"] == "Failed" and s["evidence"] == "FlatCurve"
+    failed = next(c for c in s["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "FlatCurve"
+    assert "adaptive.trialSteps" in s["message"]
+    assert s["recommendedLearningRate"] is not None, "kept for people to read"
+
+
+def test_best_at_the_lowest_candidate_after_extensions_names_the_bound():
+    spec = {**SPEC, "adaptive": {**SPEC["adaptive"], "maxExtensions": 1}}
+    cluster = FakeCluster(spec, loss=lambda lr: 2.0 + math.log10(lr) + 10)  # lower is always better
+    s = cluster.run()
+    assert (s["phase"], s["evidence"]) == ("Failed", "BestAtLowerEdge")
+    assert len(s["trials"]) == 5 + 2, "one extension of two candidates below the lowest"
+    assert "adaptive.maxExtensions" in s["message"]
+
+
+def test_diverged_trials_count_as_diverged_and_the_sweep_goes_on():
+    cluster = FakeCluster(SPEC, loss=lambda lr: None if lr > 0.02 else parabola(lr))
+    s = cluster.run()
+    top = s["trials"][0]
+    assert top["diverged"] is True and top["phase"] == "Failed" and top.get("evalLoss") is None
+    assert s["phase"] == "Succeeded", s["message"]
+    assert math.log10(s["recommendedLearningRate"]) == pytest.approx(OPTIMUM, abs=1e-6)
+
+
+def test_a_trial_with_a_config_error_stops_the_sweep_at_once():
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    cluster.reconcile()
+    cluster.children["s-s1-trial-1"] = ChildState(
+        "s-s1-trial-1", "Failed", reason="InvalidConfig", message="dataset.files: no such file /data/x"
+    )
+    plan = cluster.reconcile()
+    assert plan.status["phase"] == "Failed" and not plan.create
+    assert "dataset.files: no such file /data/x" in plan.status["message"]
+    assert next(c for c in plan.status["conditions"] if c["type"] == "Failed")["reason"] == "InvalidConfig"
+
+
+def test_malformed_results_never_crash_a_reconcile():
+    bad_range_test = {"s-range-test": ChildState("s-range-test", "Succeeded", result={"kind": "rangeTest"})}
+    plan = plan_sweep("s", SPEC, None, 1, bad_range_test, now=NOW)
+    assert (plan.status["phase"], plan.status["conditions"][0]["reason"]) == ("Failed", "NoResult")
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    cluster.reconcile()
+    cluster.children["s-s1-trial-0"] = ChildState(
+        "s-s1-trial-0", "Succeeded", result={"kind": "trial", "learningRate": "fast", "evalLoss": []}
+    )
+    plan = cluster.reconcile()
+    trial = plan.status["trials"][0]
+    assert trial["phase"] == "Succeeded" and trial.get("evalLoss") is None
+    assert [c.name for c in plan.create] == ["s-s1-trial-2"]
+
+
+def test_a_range_test_without_an_edge_fails_with_the_fix():
+    old = {k: v for k, v in RANGE_TEST.items() if k not in ("maxLearningRate", "divergenceLearningRate")}
+    plan = plan_sweep(
+        "s", SPEC, None, 1, {"s-range-test": ChildState("s-range-test", "Succeeded", result=old)}, now=NOW
+    )
+    assert plan.status["phase"] == "Failed" and "trainer image" in plan.status["message"]
+    assert next(c for c in plan.status["conditions"] if c["type"] == "Failed")["reason"] == "NoEdge"
+
+
+def test_trial_jobs_carry_the_stage_label_and_a_trial_config():
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    child = cluster.reconcile().create[0]
+    sweep = LRSweepSpec.model_validate(SPEC)
+    job = rendering.trainer_job(
+        name=child.name,
+        namespace="ns",
+        kind="LRSweep",
+        owner_name="s",
+        owner=rendering.owner_reference("LRSweep", "s", "uid"),
+        role=child.role,
+        args=child.args,
+        config=child.config,
+        workload=sweep,
+        settings=Settings(),
+        trial=child.trial,
+        stage=child.stage,
+    )
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert (labels[naming.STAGE_LABEL], labels[naming.TRIAL_LABEL], labels[naming.ROLE_LABEL]) == (
+        "1",
+        "0",
+        "trial",
+    )
+    config = json.loads(job["spec"]["template"]["metadata"]["annotations"][rendering.CONFIG_ANNOTATION])
+    assert config["optimization"]["maxSteps"] == 8 and config["evaluation"]["everySteps"] <= 8
+
+
+# ------------------------------------------------------------------ FineTuneJob auto / fromSweep
+
+FTJ = {**BASE, "optimization": {"batchSize": 8, "maxSteps": 160}}
+
+
+def test_auto_runs_the_adaptive_method_sized_from_the_jobs_length():
+    plan = plan_finetune("f", {**FTJ, "learningRate": {"auto": {}}}, None, 1, {}, None, now=NOW)
+    sweep = LRSweepSpec.model_validate(plan.create_sweep)
+    assert sweep.method == "adaptive" and sweep.optimization.max_steps == 160
+    old = {"auto": {"rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30}}}
+    job = FineTuneJobSpec.model_validate({**FTJ, "learningRate": old})
+    assert rendering.sweep_spec_for_auto(job).method == "adaptive", "old manifests stay valid"
+    chosen = FineTuneJobSpec.model_validate(
+        {**FTJ, "learningRate": {"auto": {"method": "rangeTest", "adaptive": {"candidates": 3}}}}
+    )
+    assert rendering.sweep_spec_for_auto(chosen).method == "rangeTest"
+
+
+def test_a_sweep_failed_on_weak_evidence_stops_the_finetune():
+    weak = FakeCluster(SPEC, loss=lambda lr: 2.0).run()
+    for choice in ({"auto": {}}, {"fromSweep": {"name": "s"}}):
+        plan = plan_finetune("f", {**FTJ, "learningRate": choice}, None, 1, {}, {"status": weak}, now=NOW)
+        assert plan.status["phase"] == "Failed" and not plan.create
+        assert next(c for c in plan.status["conditions"] if c["type"] == "Failed")["reason"] == "SweepFailed"
+        assert "adaptive.trialSteps" in plan.status["message"]
+
+
+# ------------------------------------------------------------------ rangeTest verdicts
+
+
+def _rt(**patch) -> RangeTestResult:
+    return RangeTestResult.model_validate({**RANGE_TEST, **patch})
+
+
+def test_a_range_test_recommendation_inside_its_window_succeeds():
+    reason, message = range_test_verdict(_rt(), RangeTestSpec())
+    assert reason == "Recommended" and "0.002" in message and "rule minimum-over-10" in message
+
+
+def test_a_range_test_recommendation_outside_the_window_names_the_bound():
+    reason, message = range_test_verdict(_rt(recommendedLearningRate=1e-7), RangeTestSpec())
+    assert reason == "OutsideTestedWindow" and "lower rangeTest.minLearningRate" in message
+    reason, message = range_test_verdict(_rt(recommendedLearningRate=0.5), RangeTestSpec())
+    assert reason == "OutsideTestedWindow" and "raise rangeTest.maxLearningRate" in message
+
+
+def test_a_range_test_curve_still_falling_at_its_end_fails_with_the_bound():
+    falling = [{"lr": 1e-6, "loss": 3.0}, {"lr": 1e-4, "loss": 2.5}, {"lr": 1e-2, "loss": 2.0}]
+    result = _rt(curve=falling, stopReason="completed", maxLearningRate=1e-2, divergenceLearningRate=None)
+    reason, message = range_test_verdict(result, RangeTestSpec(extend=False))
+    assert reason == "CurveStillFalling" and "raise rangeTest.maxLearningRate" in message
+    plan = plan_sweep(
+        "s",
+        {**BASE, "method": "rangeTest"},
+        None,
+        1,
+        {"s-range-test": ChildState("s-range-test", "Succeeded", result=result.to_wire())},
+        now=NOW,
+    )
+    assert plan.status["phase"] == "Failed" and "rangeTest.ceilingLearningRate" in plan.status["message"]
