@@ -380,7 +380,9 @@ class Controller:
             )
         for trial in status.get("trials") or []:
             if trial.get("evalLoss") is not None:
-                m.set_trial(namespace, name, trial["index"], trial["learningRate"], trial["evalLoss"])
+                # adaptive trials are numbered per stage: the label is `<stage>-<index>` there
+                label = f"{trial['stage']}-{trial['index']}" if trial.get("stage") else str(trial["index"])
+                m.set_trial(namespace, name, label, trial["learningRate"], trial["evalLoss"])
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -80,7 +80,7 @@ class OperatorMetrics:
         )
         self.trial_eval_loss = Gauge(
             "finetune_trial_eval_loss",
-            "Final validation loss of each grid/random trial",
+            "Final validation loss of each trial (adaptive trials labelled <stage>-<index>)",
             ["namespace", "name", "trial", "learning_rate"],
             registry=r,
         )
@@ -199,7 +199,7 @@ class OperatorMetrics:
         self.diverged_at_min.labels(namespace, name).set(1.0 if diverged_at_min else 0.0)
 
     def set_trial(
-        self, namespace: str, name: str, trial: int, learning_rate: float, eval_loss: float
+        self, namespace: str, name: str, trial: int | str, learning_rate: float, eval_loss: float
     ) -> None:
         self.trial_eval_loss.labels(namespace, name, str(trial), f"{learning_rate:.3e}").set(eval_loss)
 

@@ -244,3 +244,19 @@ def test_a_deleted_finetunejob_stops_waiting_for_its_sweep():
         return dict(c.waiters), await c.queue.get(), len(c.queue)
 
     assert run(go()) == ({}, ("LRSweep", "ns", "lr"), 0)
+
+
+def test_adaptive_trials_of_both_stages_export_distinct_series():
+    c = controller()
+    trials = [
+        {"index": 1, "stage": 1, "learningRate": 1e-3, "evalLoss": 2.0},
+        {"index": 1, "stage": 2, "learningRate": 1e-3, "evalLoss": 1.9},  # a finalist at a stage-1 LR
+    ]
+    status = {"phase": "Succeeded", "recommendedLearningRate": 1e-3, "rule": "adaptive", "trials": trials}
+    c._export("LRSweep", "ns", "s", status)
+    registry = c.metrics.registry
+    for label, loss in (("1-1", 2.0), ("2-1", 1.9)):
+        labels = {"namespace": "ns", "name": "s", "trial": label, "learning_rate": "1.000e-03"}
+        assert registry.get_sample_value("finetune_trial_eval_loss", labels) == loss
+    rec = {"namespace": "ns", "name": "s", "rule": "adaptive"}
+    assert registry.get_sample_value("finetune_recommended_learning_rate", rec) == 1e-3
