@@ -16,7 +16,8 @@ from finetune_trainer.config import SUGGESTION_RULES
 Curve = tuple[Sequence[float], Sequence[float]]
 MIN_POINTS = 5
 START_SKIP = 0.1
-"""Share of a curve's first points that ``steepest`` ignores (the smoothing's start-up)."""
+"""Share of a curve's first points every rule that reads the loss minimum ignores (the smoothing's start-up:
+the moving average rests on a few batches, so one lucky batch can put the curve's lowest points there)."""
 
 
 class EmaSmoother:
@@ -53,6 +54,19 @@ def _argmin(values: Sequence[float]) -> int:
     return min(range(len(values)), key=values.__getitem__)
 
 
+def _settled(n: int) -> int:
+    """Index of a curve's first point past the smoothing's start-up."""
+    return max(1, math.ceil(START_SKIP * n))
+
+
+def _settled_minimum(losses: Sequence[float]) -> int | None:
+    """Index of the loss minimum past the start-up; ``None`` when the loss never falls below its first
+    point past the start-up (the curve only rises, or its lowest points are start-up noise)."""
+    first = _settled(len(losses))
+    i = first + _argmin(losses[first:])
+    return None if i == first else i
+
+
 def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     """The LR where the loss falls fastest per unit of log-LR, between the start-up and the loss minimum.
 
@@ -63,9 +77,8 @@ def steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     """
     if not _usable(lrs, losses):
         return None
-    first = max(1, math.ceil(START_SKIP * len(lrs)))
-    end = _argmin(losses)
-    if end < first + 1:
+    first, end = _settled(len(lrs)), _settled_minimum(losses)
+    if end is None:
         return None
     logs = [math.log10(x) for x in lrs[: end + 1]]
     ys = list(losses[: end + 1])
@@ -111,32 +124,31 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
 
 
 def minimum_over_10(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """A tenth of the LR at the loss minimum (one decade below where things start to go wrong)."""
+    """A tenth of the LR at the loss minimum past the start-up (one decade below where things start to go
+    wrong), never below the curve's first LR (the window's start is the lowest LR it has evidence for)."""
     if not _usable(lrs, losses):
         return None
-    i = _argmin(losses)
-    if i == 0:
+    i = _settled_minimum(losses)
+    if i is None:
         return None
-    return float(lrs[i]) / 10.0
+    return max(float(lrs[i]) / 10.0, float(lrs[0]))
 
 
 def max_over_3(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     """Smith's rule: a third of the divergence point.
 
-    The divergence point is the first LR after the loss minimum where the smoothed loss climbs back
-    above where it started (training is doing harm); a curve that never gets there diverges, at the
-    latest, at its last point.
+    The divergence point is the first LR after the loss minimum (past the start-up) where the smoothed loss
+    climbs back above where it started once the start-up was over (training is doing harm); a curve that
+    never gets there diverges, at the latest, at its last point. Never below the curve's first LR.
     """
     if not _usable(lrs, losses):
         return None
-    i_min = _argmin(losses)
-    if i_min == 0:
+    i_min = _settled_minimum(losses)
+    if i_min is None:
         return None
-    start_loss = losses[0]
-    for i in range(i_min + 1, len(losses)):
-        if losses[i] >= start_loss:
-            return float(lrs[i]) / 3.0
-    return float(lrs[-1]) / 3.0
+    start_loss = losses[_settled(len(losses))]
+    i_div = next((i for i in range(i_min + 1, len(losses)) if losses[i] >= start_loss), len(losses) - 1)
+    return max(float(lrs[i_div]) / 3.0, float(lrs[0]))
 
 
 RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from finetune_trainer.suggest import (
+    START_SKIP,
     EmaSmoother,
     all_suggestions,
     max_over_3,
@@ -56,10 +57,34 @@ def test_steepest_on_a_smoothed_noisy_curve_lands_on_the_drop_not_the_first_poin
     assert 1e-5 < got < lrs[losses.index(min(losses))]
 
 
-def test_steepest_needs_a_minimum_past_the_start_up() -> None:
+@pytest.mark.parametrize("rule", [steepest, minimum_over_10, max_over_3])
+def test_rules_need_a_minimum_past_the_start_up(rule: object) -> None:
     lrs = [10.0**-i for i in range(20, 0, -1)]
     losses = [1.0, 0.5, *(0.6 + 0.01 * i for i in range(18))]  # lowest at the second point
-    assert steepest(lrs, losses) is None
+    assert rule(lrs, losses) is None  # type: ignore[operator]
+
+
+def with_startup_dip(lrs: list[float], losses: list[float]) -> tuple[list[float], list[float]]:
+    """The curve with its first two points far below everything after, as a moving average resting on one
+    lucky batch produces: the curve's minimum, and meaningless."""
+    return lrs, [y - dip for y, dip in zip(losses, [1.0, 1.7], strict=False)] + losses[2:]
+
+
+@pytest.mark.parametrize("rule", [steepest, minimum_over_10, max_over_3])
+def test_rules_reading_the_minimum_ignore_a_start_up_dip(rule: object) -> None:
+    lrs, clean = classic_curve()
+    _, dipped = with_startup_dip(lrs, clean)
+    assert min(dipped) == dipped[1]
+    want = rule(lrs, clean)  # type: ignore[operator]
+    assert want is not None and rule(lrs, dipped) == want  # type: ignore[operator]
+
+
+def test_minimum_rules_never_go_below_the_curves_first_lr() -> None:
+    lrs = [10 ** (-5 + 0.05 * i) for i in range(20)]  # a short window: one decade
+    losses = [2.0, 1.9, 1.8, 1.7, 1.6, 2.5, *(3.0 + i for i in range(14))]  # minimum at the fifth point
+    assert lrs[4] / 10 < lrs[0] and lrs[5] / 3 < lrs[0]  # what the bare rules would say
+    assert minimum_over_10(lrs, losses) == lrs[0]
+    assert max_over_3(lrs, losses) == lrs[0]
 
 
 def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
@@ -72,7 +97,8 @@ def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
 def test_max_over_3_is_a_third_of_where_loss_climbs_back_above_its_start() -> None:
     lrs, losses = classic_curve()
     i_min = losses.index(min(losses))
-    i_div = next(i for i in range(i_min, len(losses)) if losses[i] >= losses[0])
+    start = losses[math.ceil(START_SKIP * len(losses))]  # where it started once the start-up was over
+    i_div = next(i for i in range(i_min, len(losses)) if losses[i] >= start)
     assert max_over_3(lrs, losses) == pytest.approx(lrs[i_div] / 3)
     assert 1e-2 < lrs[i_div] < 1e-1
 
