@@ -1,8 +1,9 @@
 """`make demo`: the whole product on this machine, no cluster needed.
 
 Starts the local control plane and pod runner, installs the CRDs, runs the operator (a subprocess, as in a
-cluster), builds a tiny random-weight GPT-2 and a toy dataset, applies `examples/demo/` (an LRSweep and a
-FineTuneJob with `learningRate: auto`), waits, and prints what the operator found.
+cluster), builds a tiny random-weight GPT-2 and a toy dataset, applies `examples/demo/` (an adaptive LRSweep
+and a FineTuneJob with `learningRate: auto`, which runs one too), waits, and prints what the operator found:
+the recommended learning rate, its interval and evidence, every trial, and the fine-tune's losses.
 """
 
 from __future__ import annotations
@@ -153,25 +154,47 @@ def report(results: dict[str, dict], demo_dir: Path) -> int:
         status = obj.get("status") or {}
         ok &= status.get("phase") == "Succeeded"
         if obj["kind"] == "LRSweep":
-            say(
-                f"LRSweep {name}: {status.get('phase')}: recommended learning rate "
-                f"{status.get('recommendedLearningRate')} (rule {status.get('rule')}, "
-                f"effective batch size {status.get('effectiveBatchSize')})"
-            )
-            for rule, value in (status.get("suggestions") or {}).items():
-                say(f"    rule {rule:<16} suggests {value}")
-            png = plot_curve(status, demo_dir / f"{name}-curve.png")
-            if png:
-                say(f"    loss-vs-LR plot: {png}")
+            report_sweep(name, obj["spec"].get("method", "adaptive"), status, demo_dir)
         else:
             say(
-                f"FineTuneJob {name}: {status.get('phase')}: learning rate {status.get('learningRate')} "
-                f"from {status.get('learningRateSource')}; final eval loss {status.get('evalLoss')} "
-                f"(best {status.get('bestEvalLoss')}, train loss {status.get('trainLoss')})"
+                f"FineTuneJob {name}: {status.get('phase')}: learning rate {_g(status.get('learningRate'))} "
+                f"from {status.get('learningRateSource')}; final eval loss {_g(status.get('evalLoss'))} "
+                f"(best {_g(status.get('bestEvalLoss'))}, train loss {_g(status.get('trainLoss'))})"
             )
         if status.get("phase") != "Succeeded":
             say(f"    message: {status.get('message')}")
     return 0 if ok else 1
+
+
+def report_sweep(name: str, method: str, status: dict[str, Any], demo_dir: Path) -> None:
+    interval = status.get("interval") or {}
+    span = f" in [{_g(interval.get('low'))}, {_g(interval.get('high'))}]" if interval else ""
+    say(
+        f"LRSweep {name} ({method}): {status.get('phase')}: recommended learning rate "
+        f"{_g(status.get('recommendedLearningRate'))}{span} (effective batch size "
+        f"{status.get('effectiveBatchSize')})"
+    )
+    if method == "adaptive":
+        edge = (status.get("rangeTest") or {}).get("edgeLearningRate")
+        say(
+            f"    evidence {status.get('evidence')}, decided by {status.get('decidedBy')}; range-test edge "
+            f"{_g(edge)}; {len(status.get('trials') or [])} trials, {status.get('stepsSpent')} steps in all"
+        )
+        for t in status.get("trials") or []:
+            loss = "diverged" if t.get("diverged") else f"eval loss {_g(t.get('evalLoss'))}"
+            trial = f"trial {t['stage']}-{t['index']}: lr {_g(t['learningRate'])}, {t.get('steps')} steps"
+            say(f"    {trial}, {loss}")
+    else:
+        say(f"    rule {status.get('rule')}")
+        for rule, value in (status.get("suggestions") or {}).items():
+            say(f"    rule {rule:<16} suggests {_g(value)}")
+    png = plot_curve(status, demo_dir / f"{name}-curve.png")
+    if png:
+        say(f"    range-test loss-vs-LR plot: {png}")
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def main(argv: list[str] | None = None) -> int:

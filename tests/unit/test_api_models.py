@@ -55,6 +55,7 @@ def test_examples_validate_against_crd_schema_and_models(doc):
 def test_every_documented_example_exists():
     names = {p.name for p in EXAMPLES}
     assert {
+        "lrsweep-adaptive.yaml",
         "lrsweep-range-test.yaml",
         "lrsweep-grid.yaml",
         "finetunejob-cosine.yaml",
