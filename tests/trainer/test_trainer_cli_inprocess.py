@@ -341,3 +341,104 @@ def test_lora_train_saves_only_the_adapter(tiny_gpt2: Path, tmp_path: Path) -> N
     final = out / "final"
     assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
     assert not (final / "model.safetensors").exists()
+
+
+# --- trial learning rate, range-test window, recommend ----------------------------------------------------
+
+
+def test_trial_takes_the_learning_rate_from_the_config(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 5}, learningRate=2e-3)
+    code, _, result_file = run_cli(tmp_path, cfg, "trial")
+    assert code == ExitCode.OK
+    assert parse_result(json.loads(result_file.read_text())).learning_rate == 2e-3
+
+
+def test_trial_without_any_learning_rate_names_the_field(tiny_gpt2: Path, tmp_path: Path) -> None:
+    cfg = base_config(tiny_gpt2, tmp_path / "out")
+    del cfg["learningRate"]
+    code, _, result_file = run_cli(tmp_path, cfg, "trial")
+    assert code == ExitCode.BAD_CONFIG
+    error = parse_result(json.loads(result_file.read_text()))
+    assert error.kind == "error" and error.error.startswith("learningRate")
+
+
+def test_a_window_set_too_low_is_extended_until_the_loss_diverges(tiny_gpt2: Path, tmp_path: Path) -> None:
+    window = {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "steps": 20, "smoothing": 0.3}
+    cfg = base_config(tiny_gpt2, tmp_path / "out", rangeTest=window)
+    code, _, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.max_learning_rate is not None and result.max_learning_rate > 1e-2
+    assert result.divergence_learning_rate is not None and result.divergence_learning_rate > 1e-4
+    assert result.steps > 20
+
+    fixed = base_config(tiny_gpt2, tmp_path / "fixed", rangeTest={**window, "extend": False})
+    code, _, result_file = run_cli(tmp_path, fixed, "range-test")
+    result = parse_result(json.loads(result_file.read_text()))
+    assert code == ExitCode.OK and result.max_learning_rate == pytest.approx(1e-4) and result.steps == 20
+
+
+def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_path: Path) -> None:
+    from finetune_trainer.priors import prior_for
+
+    cfg = base_config(tiny_gpt2, tmp_path / "out")
+    cfg["rangeTest"] = {"steps": 20, "extend": False}
+    code, events, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_text()))
+    prior = prior_for(str(tiny_gpt2)).centre
+    assert result.prior_learning_rate == pytest.approx(prior, rel=1e-3)  # compact: 4 significant digits
+    assert result.min_learning_rate == pytest.approx(prior / 1000, rel=1e-3)
+    assert result.max_learning_rate == pytest.approx(prior * 10, rel=1e-3)
+    first = next(e for e in events if e["event"] == "step")
+    assert first["learningRate"] == pytest.approx(prior / 1000, rel=1e-3)
+
+
+def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        optimization={"maxSteps": 48},
+        rangeTest={"minLearningRate": 1e-5, "maxLearningRate": 1.0, "steps": 20, "smoothing": 0.3},
+        adaptive={"candidates": 3, "spacing": 0.7, "finalists": 2, "maxExtensions": 1},
+    )
+    code, events, result_file = run_cli(tmp_path, cfg, "recommend")
+    assert code == ExitCode.OK
+    compact = result_file.read_bytes()
+    assert len(compact) <= 4096
+    result = parse_result(json.loads(compact))
+    assert result.kind == "recommend"
+    full = parse_result(json.loads((tmp_path / "out" / "result.json").read_text()))
+    trials = full.trials
+    assert {t.stage for t in trials} <= {1, 2} and sum(t.stage == 1 for t in trials) >= 3
+    assert {t.steps for t in trials if t.stage == 1 and not t.diverged} == {10}  # 48/8, at least 10
+    assert full.range_test is not None and full.range_test.divergence_learning_rate is not None
+    assert all(t.learning_rate < full.range_test.divergence_learning_rate for t in trials)
+    assert full.steps_spent == full.range_test.steps + sum(t.steps for t in trials)
+    assert len([e for e in events if e["event"] == "trial"]) == len(trials)
+    if full.recommended_learning_rate is not None:
+        tried = [t.learning_rate for t in trials]
+        assert min(tried) <= full.recommended_learning_rate <= max(tried)
+    if full.weak:
+        assert "adaptive." in full.message or "rangeTest." in full.message
+    else:
+        assert full.interval is not None
+        assert full.interval.low <= full.recommended_learning_rate <= full.interval.high
+
+
+def test_recommend_stops_at_the_first_trial_that_fails_on_configuration(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        dataset={"validationFraction": 0.0},
+        rangeTest={"minLearningRate": 1e-5, "maxLearningRate": 1.0, "steps": 10},
+    )
+    code, events, result_file = run_cli(tmp_path, cfg, "recommend")
+    assert code == ExitCode.BAD_CONFIG
+    error = parse_result(json.loads(result_file.read_text()))
+    assert error.kind == "error" and "dataset.validationFraction" in error.error
+    assert len([e for e in events if e["event"] == "trial"]) == 1

@@ -1,0 +1,243 @@
+"""The adaptive recommender's pure stages: window (edge), candidates, narrowing, fit, interval, evidence."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+
+from finetune_trainer.adaptive import (
+    STAGE_1,
+    STAGE_2,
+    divergence_edge,
+    fit_parabola,
+    interval,
+    next_step,
+    trial_sections,
+    trial_steps,
+    vertex,
+)
+from finetune_trainer.config import AdaptiveSpec, Recommendation, TrainerConfig, TrialRecord
+
+LossOf = Callable[[float, int], float | None]
+
+
+def basin(
+    optimum: float, width: float = 0.3, floor: float = 1.0, diverge_above: float | None = None
+) -> LossOf:
+    """Loss after a trial: a parabola in log10(LR) around ``optimum``; ``None`` (diverged) above a bound."""
+
+    def loss(lr: float, _steps: int) -> float | None:
+        if diverge_above is not None and lr >= diverge_above:
+            return None
+        return floor + width * (math.log10(lr) - math.log10(optimum)) ** 2
+
+    return loss
+
+
+def drive(
+    spec: AdaptiveSpec, edge: float, loss: LossOf, max_steps: int | None = 400
+) -> tuple[Recommendation, list[TrialRecord]]:
+    """Run the stages to the end the way ``recommend`` does, with ``loss`` standing in for the trainer."""
+    finished: list[TrialRecord] = []
+    for _ in range(50):
+        step = next_step(spec, edge, finished, max_steps)
+        if step.done is not None:
+            return step.done, finished
+        have = {(r.stage, r.index) for r in finished}
+        for t in step.trials:
+            if t.key not in have:
+                value = loss(t.learning_rate, t.steps)
+                finished.append(
+                    TrialRecord(
+                        stage=t.stage,
+                        index=t.index,
+                        learning_rate=t.learning_rate,
+                        steps=t.steps,
+                        eval_loss=value,
+                        diverged=value is None,
+                    )
+                )
+    raise AssertionError("the stages never decided")
+
+
+# -------------------------------------------------------------------------------------------- window
+
+
+def test_edge_is_where_the_loss_climbs_back_above_its_start() -> None:
+    lrs = [10 ** (-6 + i * 0.1) for i in range(50)]
+    losses = [3.0 - 0.04 * i if i < 30 else 1.8 + 0.2 * (i - 30) for i in range(50)]
+    edge = divergence_edge(lrs, losses, stopped_early=False)
+    first_above = next(i for i in range(30, 50) if losses[i] >= losses[5])
+    assert edge == pytest.approx(lrs[first_above])
+
+
+def test_edge_ignores_the_smoothing_start_up() -> None:
+    """A start-up transient (first points far below the rest) must not count as "the start"."""
+    lrs = [10 ** (-6 + i * 0.1) for i in range(40)]
+    losses = [0.5, 1.0] + [3.0 - 0.05 * i for i in range(2, 30)] + [2.0 + 0.05 * i for i in range(10)]
+    assert divergence_edge(lrs, losses, stopped_early=False) is None  # never back above ~2.8
+
+
+def test_edge_of_a_ramp_stopped_by_divergence_is_its_last_lr() -> None:
+    lrs, losses = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], [3.0, 2.9, 2.5, 2.4, 2.6]
+    assert divergence_edge(lrs, losses, stopped_early=True) == 1e-1
+    assert divergence_edge(lrs, losses, stopped_early=False) is None
+
+
+def test_trial_steps_follow_the_fine_tune_length() -> None:
+    spec = AdaptiveSpec()
+    assert trial_steps(spec, 800) == (100, 200)
+    assert trial_steps(spec, 40) == (10, 20)  # never below 10 steps
+    assert trial_steps(spec, None) == (50, 100)
+    assert trial_steps(AdaptiveSpec(trial_steps=30, narrowing_factor=3), 800) == (30, 90)
+
+
+def test_trial_sections_cut_the_recipe_and_evaluate_once_at_the_end() -> None:
+    cfg = TrainerConfig.model_validate(
+        {
+            "model": {"name": "m"},
+            "dataset": {"files": ["d.jsonl"]},
+            "optimization": {"maxSteps": 1000},
+            "schedule": {"warmupSteps": 100},
+        }
+    )
+    sections = trial_sections(cfg, 50)
+    assert sections["optimization"].max_steps == 50
+    assert sections["schedule"].warmup_steps is None and sections["schedule"].warmup_ratio == 0.1
+    assert sections["evaluation"].every_steps == 50
+    TrainerConfig(**sections)  # a valid config
+
+
+# ---------------------------------------------------------------------------------------------- fit
+
+
+def test_parabola_recovers_a_basin_and_its_minimum() -> None:
+    points = [(10**x, 2.0 + 0.5 * (x + 2.5) ** 2) for x in (-4, -3.5, -3, -2.5, -2, -1.5)]
+    fit = fit_parabola(points)
+    assert fit is not None and fit.a == pytest.approx(0.5)
+    assert vertex(fit) == pytest.approx(10**-2.5)
+    assert fit.noise == pytest.approx(0.005 * 2.0)  # exact points: the floor
+
+
+def test_parabola_needs_three_learning_rates_and_a_basin() -> None:
+    assert fit_parabola([(1e-3, 1.0), (1e-2, 0.9)]) is None
+    hill = fit_parabola([(10**x, 2.0 - (x + 2) ** 2) for x in (-3, -2, -1)])
+    assert hill is not None and vertex(hill) is None
+
+
+def test_vertex_is_clamped_to_the_fitted_points() -> None:
+    fit = fit_parabola([(10**x, (x + 1) ** 2) for x in (-4, -3.5, -3)])  # minimum at 1e-1, outside
+    assert fit is not None and vertex(fit) == pytest.approx(1e-3)
+
+
+def test_interval_holds_the_lrs_within_noise_and_stays_in_the_tested_range() -> None:
+    fit = fit_parabola([(10**x, 1.0 + 0.25 * (x + 3) ** 2) for x in (-4, -3, -2)])
+    assert fit is not None
+    span = interval(fit, 1e-3, low=1e-4, high=1e-2, noise=0.01)
+    # 0.25 * d^2 = 0.01  →  d = 0.2 decades either side
+    assert math.log10(span.low) == pytest.approx(-3.2)
+    assert math.log10(span.high) == pytest.approx(-2.8)
+    wide = interval(fit, 1e-3, low=10**-3.1, high=1e-2, noise=1.0)
+    assert wide.low == pytest.approx(10**-3.1) and wide.high == pytest.approx(1e-2)
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+def test_stage_one_candidates_sit_below_the_edge() -> None:
+    step = next_step(AdaptiveSpec(candidates=5, spacing=0.5), 1e-1, [], 400)
+    assert step.done is None and step.stage == STAGE_1
+    decades = sorted(round(math.log10(t.learning_rate), 6) for t in step.trials)
+    assert decades == [-3.5, -3.0, -2.5, -2.0, -1.5]
+    assert {t.steps for t in step.trials} == {50}
+
+
+@pytest.mark.parametrize("optimum", [3e-4, 2e-3, 1e-2])
+def test_the_stages_find_the_optimum_of_a_basin(optimum: float) -> None:
+    result, trials = drive(AdaptiveSpec(), 1e-1, basin(optimum))
+    assert result.evidence == "Fitted" and result.decided_by == "stage-2-fit"
+    assert result.recommended_learning_rate is not None
+    assert abs(math.log10(result.recommended_learning_rate / optimum)) < 0.05
+    assert result.interval is not None
+    assert result.interval.low <= result.recommended_learning_rate <= result.interval.high
+    assert any(t.stage == STAGE_2 and t.steps == 100 for t in trials)
+
+
+def test_noisy_trials_still_land_within_a_tenth_of_a_decade() -> None:
+    rng = random.Random(0)
+    clean = basin(2e-3)
+
+    def noisy(lr: float, steps: int) -> float | None:
+        value = clean(lr, steps)
+        return None if value is None else value + rng.gauss(0, 0.003)
+
+    misses = []
+    for _ in range(20):
+        result, _ = drive(AdaptiveSpec(), 1e-1, noisy)
+        assert result.recommended_learning_rate is not None
+        misses.append(abs(math.log10(result.recommended_learning_rate / 2e-3)))
+    assert max(misses) < 0.1
+
+
+def test_a_best_trial_at_the_lowest_candidate_extends_stage_one_downwards() -> None:
+    result, trials = drive(AdaptiveSpec(), 1e-1, basin(1.2e-4))
+    stage1 = sorted(t.learning_rate for t in trials if t.stage == STAGE_1)
+    assert len(stage1) == 7 and stage1[0] == pytest.approx(10**-4.5)
+    assert result.evidence == "Fitted"
+    assert abs(math.log10(result.recommended_learning_rate / 1.2e-4)) < 0.05  # type: ignore[arg-type]
+
+
+def test_an_optimum_below_every_extension_is_weak_evidence_naming_the_fix() -> None:
+    result, _ = drive(AdaptiveSpec(max_extensions=1), 1e-1, basin(1e-7))
+    assert result.evidence == "BestAtLowerEdge" and result.weak
+    assert "adaptive.maxExtensions" in result.message
+
+
+def test_a_best_trial_next_to_the_edge_is_weak_evidence() -> None:
+    result, trials = drive(AdaptiveSpec(), 1e-2, basin(5e-2, diverge_above=1e-1))
+    assert result.evidence == "BestAtUpperEdge" and result.weak
+    assert max(t.learning_rate for t in trials) < 1e-2  # never trialled at the edge itself
+
+
+def test_everything_diverging_recommends_nothing() -> None:
+    result, trials = drive(AdaptiveSpec(max_extensions=1), 1e-1, basin(1e-3, diverge_above=0.0))
+    assert result.evidence == "AllTrialsDiverged" and result.recommended_learning_rate is None
+    assert len(trials) == 7  # five candidates and one extension of two below them
+    assert "rangeTest.minLearningRate" in result.message
+
+
+def test_a_flat_curve_is_weak_evidence() -> None:
+    result, _ = drive(AdaptiveSpec(), 1e-1, lambda lr, steps: 2.0)
+    assert result.evidence == "FlatCurve" and result.weak
+    assert "adaptive.trialSteps" in result.message
+
+
+def test_stage_two_waits_for_every_stage_one_trial() -> None:
+    spec = AdaptiveSpec()
+    first = next_step(spec, 1e-1, [], 400)
+    partial = [
+        TrialRecord(stage=t.stage, index=t.index, learning_rate=t.learning_rate, steps=t.steps, eval_loss=1.0)
+        for t in first.trials[:-1]
+    ]
+    again = next_step(spec, 1e-1, partial, 400)
+    assert again.done is None and again.trials == first.trials
+
+
+def test_a_stage_two_best_at_its_edge_adds_a_finalist_beyond_it() -> None:
+    """Short trials that favour lower LRs (short-horizon bias) put stage 2 too low; it walks up."""
+
+    def biased(lr: float, steps: int) -> float | None:
+        optimum = 1e-3 if steps < 100 else 3e-3
+        return 1.0 + 0.3 * (math.log10(lr) - math.log10(optimum)) ** 2
+
+    result, trials = drive(AdaptiveSpec(), 1e-1, biased)
+    assert len([t for t in trials if t.stage == STAGE_2]) > 3
+    assert abs(math.log10(result.recommended_learning_rate / 3e-3)) < 0.05  # type: ignore[arg-type]
+
+
+def test_the_stages_spend_under_two_fine_tunes_of_steps() -> None:
+    _, trials = drive(AdaptiveSpec(), 1e-1, basin(2e-3), max_steps=400)
+    assert sum(t.steps for t in trials) <= 2 * 400
