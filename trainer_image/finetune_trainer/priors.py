@@ -95,7 +95,11 @@ def model_type_of(model_name: str) -> str | None:
 
 def hidden_size_of(model_name: str) -> int | None:
     """The width from a local model directory's ``config.json`` (multimodal models: their text model's)."""
-    config = local_config(model_name)
+    return hidden_size_of_config(local_config(model_name))
+
+
+def hidden_size_of_config(config: dict[str, Any]) -> int | None:
+    """The width in a model config's dict (a loaded model's ``config.to_dict()`` or a ``config.json``)."""
     for section in (config, config.get("text_config") or {}):
         for key in WIDTH_KEYS:
             value = section.get(key) if isinstance(section, dict) else None

@@ -18,7 +18,7 @@ from finetune_trainer.adaptive import divergence_edge
 from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec, TrainerConfig
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
-from finetune_trainer.priors import Prior, prior_for, sanity_warning, widen_window
+from finetune_trainer.priors import Prior, hidden_size_of_config, prior_for, sanity_warning, widen_window
 from finetune_trainer.report import FULL_CURVE_POINTS, Progress, downsample
 from finetune_trainer.runtime import STOP
 from finetune_trainer.schedules import build_ramp, extension_steps, ramp_lr
@@ -114,12 +114,16 @@ def run_range_test(
     rt = cfg.range_test
     if metrics:
         metrics.set_phase("loading")
-    prior = prior_for(cfg.model.name, cfg.adapter.type)
+    plan = prepare_run(cfg, "range-test", rt.max_learning_rate or 1.0)
+    model = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    prior = prior_for(
+        cfg.model.name, cfg.adapter.type, config.get("model_type"), hidden_size_of_config(config)
+    )
     lo, hi = window(rt, prior)
-    plan = prepare_run(cfg, "range-test", hi)
+    plan.learning_rate = hi
     ceiling = max(hi, rt.ceiling_learning_rate) if rt.extend else None
     total = rt.steps + (extension_steps(lo, hi, rt.steps, rt.mode, ceiling) if ceiling else 0)
-    model = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
     curve = RangeCurve(lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling)
     val_loss = _validation_loss_fn(plan) if rt.use_validation_loss else None
     progress.emit(
