@@ -77,12 +77,26 @@ def wait_phase(api, namespace, kind, name, phases=("Succeeded", "Failed"), timeo
     raise AssertionError(f"{kind} {name} not in {phases} after {timeout}s: {status}")
 
 
+def wait_status(api, namespace, kind, name, what: str, predicate, timeout=300) -> dict:
+    deadline, status = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        status = status_of(api, namespace, kind, name)
+        if predicate(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{kind} {name}: no {what} after {timeout}s: {status}")
+
+
 def job_names(api, namespace: str) -> list[str]:
     return sorted(j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(namespace).items)
 
 
 def test_range_test_sweep_recommends_a_learning_rate(kube_api, namespace, crds_installed, run_operator, tiny):
-    spec = {**tiny, "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 40}}
+    spec = {
+        **tiny,
+        "method": "rangeTest",
+        "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 40},
+    }
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         apply(kube_api, namespace, "LRSweep", "rt", spec)
         status = wait_phase(kube_api, namespace, "LRSweep", "rt")
@@ -113,32 +127,50 @@ def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installe
     assert job_names(kube_api, namespace) == ["grid-trial-0", "grid-trial-1", "grid-trial-2"]
 
 
-def test_auto_finetune_sweeps_then_trains_and_survives_an_operator_restart(
+def test_auto_finetune_runs_an_adaptive_sweep_then_trains_and_survives_an_operator_restart(
     kube_api, namespace, crds_installed, run_operator, tiny
 ):
+    """`auto` runs the adaptive default: a range test, then trial pods (two at a time) below its edge, a
+    recommendation with an interval; the operator is restarted while trials run and creates nothing twice."""
     spec = {
         **tiny,
         "learningRate": {
-            "auto": {"rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30}}
+            "auto": {
+                "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 60},
+                "adaptive": {"candidates": 3, "trialSteps": 12, "parallelism": 2},
+            }
         },
         "optimization": {**tiny["optimization"], "maxSteps": 40},
+        "schedule": {"type": "cosine", "warmupRatio": 0.1},
         "evaluation": {"everySteps": 20},
         "checkpoints": {"everySteps": 20},
     }
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         apply(kube_api, namespace, "FineTuneJob", "auto", spec)
-        wait_phase(kube_api, namespace, "LRSweep", "auto-lr", phases=("Running", "Succeeded"))
+        wait_status(kube_api, namespace, "LRSweep", "auto-lr", "trial Jobs", lambda s: s.get("trials"))
     assert runner.exception is None, runner.output
-    # the operator was stopped mid-run; a new one picks up where it left off
+    # the operator was stopped with trial pods running; a new one picks up where it left off
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
-        status = wait_phase(kube_api, namespace, "FineTuneJob", "auto", timeout=400)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "auto", timeout=600)
+        text = generate_latest(handlers.State.metrics.registry).decode()
     assert runner.exception is None, runner.output
-    assert status["phase"] == "Succeeded", status.get("message")
     sweep = status_of(kube_api, namespace, "LRSweep", "auto-lr")
-    assert status["learningRate"] == pytest.approx(sweep["recommendedLearningRate"])
+    assert sweep["phase"] == "Succeeded", sweep.get("message")
+    recommended, interval = sweep["recommendedLearningRate"], sweep["interval"]
+    assert (sweep["rule"], sweep["evidence"]) == ("adaptive", "Fitted"), sweep["message"]
+    assert interval["low"] <= recommended <= interval["high"] < sweep["rangeTest"]["edgeLearningRate"]
+    trials = sweep["trials"]
+    assert len([t for t in trials if t["stage"] == 1]) >= 3 and any(t["stage"] == 2 for t in trials)
+    assert all(t["phase"] == "Succeeded" and t["evalLoss"] is not None for t in trials), trials
+    assert sweep["stepsSpent"] == sweep["rangeTest"]["steps"] + sum(t["steps"] for t in trials)
+    assert f'finetune_trial_eval_loss{{learning_rate="{trials[0]["learningRate"]:.3e}",name="auto-lr"' in text
+
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["learningRate"] == pytest.approx(recommended)
     assert status["learningRateSource"] == "auto/auto-lr"
     assert status["evalLoss"] is not None and status["progress"]["percent"] == 100
-    assert job_names(kube_api, namespace) == ["auto-lr-range-test", "auto-train"], "no duplicate Jobs"
+    expected = ["auto-lr-range-test", *(t["jobName"] for t in trials), "auto-train"]
+    assert job_names(kube_api, namespace) == sorted(expected), "no duplicate or stray Jobs"
 
 
 def test_bad_model_path_fails_with_the_trainers_message(
