@@ -77,7 +77,10 @@ class OutputSpec(Spec):
     """An existing PVC mounted at /output; without one, output lives in an emptyDir and is lost with the
     pod (retries then start from scratch)."""
     sub_path: str | None = Field(default=None, max_length=1024)
-    """Folder inside the claim; defaults to `<kind>/<name>`."""
+    """Folder inside the claim; each trainer Job writes below it in a folder of its own (`range-test`,
+    `train`, `trial-<i>`, `s<stage>-trial-<i>`). Defaults to `<kind>/<name>/<uid>`, so a re-created
+    resource starts afresh; set it to share one folder across resources (a retry resumes from its
+    checkpoints)."""
 
 
 class WorkloadSpec(Spec):
@@ -110,7 +113,8 @@ class Condition(Spec):
     """A Kubernetes-style condition."""
 
     type: str
-    """Condition type (Ready, Succeeded, Failed, Diverged, WaitingForSweep)."""
+    """Condition type: Ready (True once Succeeded), Reconciling, Stalled, Succeeded, Failed, Diverged,
+    WaitingForSweep, ApplyFailed."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
     reason: str
@@ -148,8 +152,12 @@ class Progress(Spec):
     """Latest training loss."""
     eval_loss: float | None = None
     """Latest validation loss."""
+    samples_per_second: float | None = Field(default=None, ge=0.0)
+    """Training throughput."""
     eta_seconds: int | None = Field(default=None, ge=0)
     """Estimated seconds to finish."""
+    last_step_time: str | None = None
+    """When the step count last increased (RFC 3339)."""
 
 
 class ResourceStatus(Spec):
@@ -162,7 +170,9 @@ class ResourceStatus(Spec):
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )
-    """Ready, Succeeded, Failed, Diverged, WaitingForSweep."""
+    """Ready is True once the resource Succeeded (its result can be used); Reconciling is True while it
+    works; Stalled is True when it failed or needs a person; Succeeded, Failed, Diverged, WaitingForSweep
+    and ApplyFailed say why."""
     observed_generation: int | None = None
     """The spec generation the status describes."""
     start_time: str | None = None
@@ -240,6 +250,8 @@ class TrialStatus(Spec):
     """True when the trial's loss blew up."""
     job_name: str | None = None
     """The trial's Job."""
+    progress: Progress | None = None
+    """Live progress while the trial runs (polled from its metrics)."""
 
 
 class RangeTestSummary(Spec):

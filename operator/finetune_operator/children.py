@@ -1,9 +1,11 @@
-"""What a child Job and its pods say, boiled down to one `ChildState` (pure; input is API dicts)."""
+"""What a child Job and its pods say, boiled down to one `ChildState`, and what changed since the last look
+(pod retries, failed Jobs) for the operator's counters. Pure; input is API dicts."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from finetune_trainer.config import ExitCode
@@ -133,3 +135,38 @@ def _unscheduled(pod: dict[str, Any] | None) -> dict[str, Any] | None:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return cond
     return None
+
+
+@dataclass(frozen=True)
+class TallyDelta:
+    """What a resource's children did since the last look."""
+
+    retries: int = 0
+    """Pod retries (failed pods, less the one that failed a Job for good)."""
+    failures: tuple[str, ...] = ()
+    """The reason of each trainer Job that failed."""
+
+
+@dataclass
+class ChildTally:
+    """Pod retries and failed trainer Jobs of one resource, counted once each. The children present at
+    the first look are the baseline (a restarted operator does not count old retries or failures again);
+    a Job that appears later counts from zero, however far it got before it was seen."""
+
+    retries: dict[str, int] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    started: bool = False
+
+    def update(self, children: Mapping[str, ChildState]) -> TallyDelta:
+        new, failures = 0, []
+        for name, child in children.items():
+            retries = max(0, child.failed_pods - (1 if child.phase == "Failed" else 0))
+            seen = self.retries.get(name, 0 if self.started else retries)
+            new += max(0, retries - seen)
+            self.retries[name] = max(retries, seen)
+            if child.phase == "Failed" and name not in self.failed:
+                self.failed.add(name)
+                if self.started:
+                    failures.append(child.reason or "JobFailed")
+        self.started = True
+        return TallyDelta(new, tuple(failures))

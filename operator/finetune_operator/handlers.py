@@ -17,7 +17,7 @@ import kubernetes
 
 from finetune_operator import naming
 from finetune_operator.api import API_GROUP, FINETUNEJOB, LRSWEEP, VERSION
-from finetune_operator.controller import Controller
+from finetune_operator.controller import Controller, controller_uid
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import Settings
 
@@ -62,12 +62,14 @@ def _controller() -> Controller:
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:
-    """What `children.observe` reads: name, creation time and status; never spec or managedFields.
-    (Indices hold one entry per Job and pod: full bodies would multiply the operator's memory.)"""
+    """What `children.observe` reads: name, creation time, status and the controlling owner's uid; never
+    spec or managedFields. (Indices hold one entry per Job and pod: full bodies would multiply the
+    operator's memory.)"""
     meta = body.metadata
     return {
         "metadata": {"name": meta.name, "creationTimestamp": meta.get("creationTimestamp")},
         "status": dict(body.get("status") or {}),
+        "owner": controller_uid(body),
     }
 
 
@@ -87,7 +89,7 @@ def pods_by_job(namespace: str, labels: dict[str, str], body: kopf.Body, **_: An
 
 @kopf.index(API_GROUP, VERSION, "lrsweeps")
 def sweeps_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, name): {"status": dict(body.get("status") or {}), "uid": body.metadata.uid}}
+    return {(namespace, name): {"status": dict(body.get("status") or {}), "owner": controller_uid(body)}}
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle

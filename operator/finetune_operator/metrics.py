@@ -1,18 +1,176 @@
-"""The operator's Prometheus metrics: one place that names every series, and forgets deleted resources.
+"""The operator's Prometheus metrics: per-resource series collected from the typed statuses at scrape time,
+and the operator's own counters.
 
-Per-resource series carry `kind`, `namespace` and `name` labels. `forget()` removes every series of a
-resource when it is deleted, so dashboards never show ghosts.
+Per-resource series are not kept in gauges: on each scrape `StatusCollector` reads the latest status of
+every resource the controller holds and turns it into series (`series()` says which), the way kuberay's
+metrics managers read their informer cache. A deleted resource is simply no longer held, so its series
+go with it; a series exists exactly when the status says something. Counters and the reconcile histogram
+are ordinary prometheus-client metrics, labelled by kind.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, NamedTuple, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-PHASES = ("Pending", "WaitingForSweep", "Sweeping", "Running", "Succeeded", "Failed")
-RESOURCE_LABELS = ("kind", "namespace", "name")
+from finetune_operator.api import (
+    FINETUNEJOB,
+    FineTuneJobStatus,
+    LRSweepStatus,
+    Phase,
+    Progress,
+    ResourceStatus,
+    TrialStatus,
+)
+from finetune_operator.children import TallyDelta
+
+PHASES: tuple[str, ...] = get_args(Phase)
+TERMINAL = ("Succeeded", "Failed")
+RES = ("kind", "namespace", "name")
+SWEEP = ("namespace", "name")
+
+GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "finetune_resource_phase": ("1 for the resource's current phase, 0 for the others", (*RES, "phase")),
+    "finetune_learning_rate": ("Current learning rate of the resource's running trainer", (*RES, "trial")),
+    "finetune_training_loss": ("Latest training loss of the running trainer", (*RES, "trial")),
+    "finetune_eval_loss": ("Latest validation loss (final once finished)", (*RES, "trial")),
+    "finetune_training_step": (
+        "Optimiser steps done (a trial sweep reports each running trial's)",
+        (*RES, "trial"),
+    ),
+    "finetune_progress_ratio": ("Fraction of planned steps (trial sweeps: trials) done (0-1)", RES),
+    "finetune_samples_per_second": ("Training throughput of the running trainer", RES),
+    "finetune_eta_seconds": ("Estimated seconds until the trainer finishes", RES),
+    "finetune_last_progress_timestamp_seconds": (
+        "Unix time the running trainer's step count last increased",
+        RES,
+    ),
+    "finetune_recommended_learning_rate": ("The LRSweep's recommended learning rate", (*SWEEP, "rule")),
+    "finetune_rule_suggestion_learning_rate": (
+        "Each range-test rule's suggested learning rate",
+        (*SWEEP, "rule"),
+    ),
+    "finetune_range_test_loss": (
+        "Smoothed range-test loss at each learning rate of the (downsampled) curve",
+        (*SWEEP, "learning_rate"),
+    ),
+    "finetune_trial_eval_loss": (
+        "Final validation loss of each trial (adaptive trials labelled <stage>-<index>)",
+        (*SWEEP, "trial", "learning_rate"),
+    ),
+    "finetune_finetunejob_learning_rate": (
+        "The FineTuneJob's resolved peak learning rate",
+        (*SWEEP, "source"),
+    ),
+    "finetune_sweep_diverged_at_min_learning_rate": (
+        "1 when a range test diverged within its first decade: the window starts too high",
+        SWEEP,
+    ),
+}
+"""Every per-resource series: name -> (help, label names)."""
+
+
+class Sample(NamedTuple):
+    name: str
+    labels: tuple[str, ...]
+    value: float
+
+
+Held = tuple[str, str, str, ResourceStatus]
+"""(kind, namespace, name, status) of one resource."""
+
+
+def trial_label(trial: TrialStatus) -> str:
+    """`<index>`, or `<stage>-<index>` for adaptive trials (stage-1 and stage-2 trials share indices)."""
+    return f"{trial.stage}-{trial.index}" if trial.stage else str(trial.index)
+
+
+def series(kind: str, namespace: str, name: str, status: ResourceStatus) -> Iterator[Sample]:
+    """The series one resource's status stands for."""
+    res = (kind, namespace, name)
+    for phase in PHASES:
+        yield Sample("finetune_resource_phase", (*res, phase), 1.0 if status.phase == phase else 0.0)
+    trials = status.trials if isinstance(status, LRSweepStatus) else None
+    if status.progress is not None:
+        yield from _progress(res, "", status.progress, steps=kind == FINETUNEJOB.kind or not trials)
+    for trial in trials or []:
+        if trial.progress is not None and trial.phase == "Running":
+            yield from _progress(res, trial_label(trial), trial.progress, steps=True, per_resource=False)
+    if isinstance(status, FineTuneJobStatus):
+        if status.eval_loss is not None and (status.progress is None or status.progress.eval_loss is None):
+            yield Sample("finetune_eval_loss", (*res, ""), status.eval_loss)
+        if status.learning_rate is not None:
+            source = status.learning_rate_source or ""
+            yield Sample(
+                "finetune_finetunejob_learning_rate", (namespace, name, source), status.learning_rate
+            )
+        return
+    assert isinstance(status, LRSweepStatus)
+    for trial in trials or []:
+        if trial.eval_loss is not None:
+            labels = (namespace, name, trial_label(trial), f"{trial.learning_rate:.3e}")
+            yield Sample("finetune_trial_eval_loss", labels, trial.eval_loss)
+    if status.phase not in TERMINAL:
+        return
+    if status.recommended_learning_rate is not None:
+        rule = status.rule or ""
+        yield Sample(
+            "finetune_recommended_learning_rate", (namespace, name, rule), status.recommended_learning_rate
+        )
+    for rule, value in (status.suggestions or {}).items():
+        if value is not None:
+            yield Sample("finetune_rule_suggestion_learning_rate", (namespace, name, rule), value)
+    for point in status.curve or []:
+        yield Sample("finetune_range_test_loss", (namespace, name, f"{point.lr:.3e}"), point.loss)
+    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+    diverged = failed is not None and failed.reason == "DivergedAtMinimumLearningRate"
+    yield Sample("finetune_sweep_diverged_at_min_learning_rate", (namespace, name), 1.0 if diverged else 0.0)
+
+
+def _progress(
+    res: tuple[str, str, str], trial: str, p: Progress, *, steps: bool, per_resource: bool = True
+) -> Iterator[Sample]:
+    for metric, value in (
+        ("finetune_learning_rate", p.learning_rate),
+        ("finetune_training_loss", p.loss),
+        ("finetune_eval_loss", p.eval_loss),
+        ("finetune_training_step", float(p.step) if steps else None),
+    ):
+        if value is not None:
+            yield Sample(metric, (*res, trial), value)
+    if not per_resource:
+        return
+    if p.total_steps:
+        yield Sample("finetune_progress_ratio", res, min(1.0, p.step / p.total_steps))
+    if p.samples_per_second is not None:
+        yield Sample("finetune_samples_per_second", res, p.samples_per_second)
+    if p.eta_seconds is not None:
+        yield Sample("finetune_eta_seconds", res, float(p.eta_seconds))
+    if p.last_step_time:
+        at = datetime.fromisoformat(p.last_step_time.replace("Z", "+00:00")).timestamp()
+        yield Sample("finetune_last_progress_timestamp_seconds", res, at)
+
+
+class StatusCollector(Collector):
+    """Turns the statuses `source` returns into gauge families on every scrape."""
+
+    def __init__(self, source: Callable[[], Iterable[Held]] = tuple) -> None:
+        self.source = source
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(n, h, labels=labels) for n, (h, labels) in GAUGES.items()]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families = {n: GaugeMetricFamily(n, h, labels=labels) for n, (h, labels) in GAUGES.items()}
+        for kind, namespace, name, status in self.source():
+            for s in series(kind, namespace, name, status):
+                families[s.name].add_metric(s.labels, s.value)
+        return list(families.values())
 
 
 class OperatorMetrics:
@@ -22,83 +180,14 @@ class OperatorMetrics:
         self.registry = registry or CollectorRegistry()
         self._serving: set[tuple[str, int]] = set()
         r = self.registry
-        res = RESOURCE_LABELS
-        self.phase = Gauge(
-            "finetune_resource_phase",
-            "1 for the resource's current phase, 0 for the others",
-            [*res, "phase"],
-            registry=r,
-        )
-        self.learning_rate = Gauge(
-            "finetune_learning_rate",
-            "Current learning rate of the resource's running trainer",
-            [*res, "trial"],
-            registry=r,
-        )
-        self.training_loss = Gauge(
-            "finetune_training_loss",
-            "Latest training loss of the running trainer",
-            [*res, "trial"],
-            registry=r,
-        )
-        self.eval_loss = Gauge(
-            "finetune_eval_loss", "Latest validation loss (final once finished)", [*res, "trial"], registry=r
-        )
-        self.step = Gauge("finetune_training_step", "Optimiser steps done", [*res, "trial"], registry=r)
-        self.progress = Gauge(
-            "finetune_progress_ratio", "Fraction of planned steps done (0-1)", res, registry=r
-        )
-        self.throughput = Gauge(
-            "finetune_samples_per_second", "Training throughput of the running trainer", res, registry=r
-        )
-        self.eta = Gauge(
-            "finetune_eta_seconds", "Estimated seconds until the trainer finishes", res, registry=r
-        )
-        self.last_progress = Gauge(
-            "finetune_last_progress_timestamp_seconds",
-            "Unix time the running trainer's step count last increased",
-            res,
-            registry=r,
-        )
-        self.recommended_lr = Gauge(
-            "finetune_recommended_learning_rate",
-            "The LRSweep's recommended learning rate",
-            ["namespace", "name", "rule"],
-            registry=r,
-        )
-        self.suggestion = Gauge(
-            "finetune_rule_suggestion_learning_rate",
-            "Each range-test rule's suggested learning rate",
-            ["namespace", "name", "rule"],
-            registry=r,
-        )
-        self.curve_loss = Gauge(
-            "finetune_range_test_loss",
-            "Smoothed range-test loss at each learning rate of the (downsampled) curve",
-            ["namespace", "name", "learning_rate"],
-            registry=r,
-        )
-        self.trial_eval_loss = Gauge(
-            "finetune_trial_eval_loss",
-            "Final validation loss of each trial (adaptive trials labelled <stage>-<index>)",
-            ["namespace", "name", "trial", "learning_rate"],
-            registry=r,
-        )
-        self.resolved_lr = Gauge(
-            "finetune_finetunejob_learning_rate",
-            "The FineTuneJob's resolved peak learning rate",
-            ["namespace", "name", "source"],
-            registry=r,
-        )
-        self.diverged_at_min = Gauge(
-            "finetune_sweep_diverged_at_min_learning_rate",
-            "1 when a range test diverged within its first decade: the window starts too high",
-            ["namespace", "name"],
-            registry=r,
-        )
+        self.statuses = StatusCollector()
+        r.register(self.statuses)
         self.jobs_created = Counter("finetune_jobs_created", "Trainer Jobs created", ["kind"], registry=r)
         self.jobs_failed = Counter(
-            "finetune_jobs_failed", "Trainer Jobs that failed", ["kind", "reason"], registry=r
+            "finetune_jobs_failed",
+            "Trainer Jobs that failed, by the Job's reason",
+            ["kind", "reason"],
+            registry=r,
         )
         self.jobs_retried = Counter(
             "finetune_jobs_retried",
@@ -114,108 +203,33 @@ class OperatorMetrics:
             registry=r,
         )
         self.reconcile_errors = Counter(
-            "finetune_reconcile_errors", "Reconciles that raised an error", ["kind"], registry=r
+            "finetune_reconcile_errors",
+            "Reconciles that raised an error or whose children the API server refused",
+            ["kind"],
+            registry=r,
         )
-        self._per_resource = (
-            self.phase,
-            self.learning_rate,
-            self.training_loss,
-            self.eval_loss,
-            self.step,
-            self.progress,
-            self.throughput,
-            self.eta,
-            self.last_progress,
-        )
-        self._per_sweep = (
-            self.recommended_lr,
-            self.suggestion,
-            self.curve_loss,
-            self.trial_eval_loss,
-            self.diverged_at_min,
-        )
-        self._per_job = (self.resolved_lr,)
 
-    # -- writers ------------------------------------------------------------------------------------------
+    def watch(self, source: Callable[[], Iterable[Held]]) -> None:
+        """Collect per-resource series from `source` (the controller's statuses) on every scrape."""
+        self.statuses.source = source
 
-    def set_phase(self, kind: str, namespace: str, name: str, phase: str) -> None:
-        for p in PHASES:
-            self.phase.labels(kind, namespace, name, p).set(1.0 if p == phase else 0.0)
+    def record_children(self, kind: str, delta: TallyDelta) -> None:
+        """Pod retries and failed trainer Jobs since the last look (`children.ChildTally`)."""
+        if delta.retries:
+            self.jobs_retried.labels(kind).inc(delta.retries)
+        for reason in delta.failures:
+            self.jobs_failed.labels(kind, reason).inc()
 
-    def set_progress(
-        self,
-        kind: str,
-        namespace: str,
-        name: str,
-        *,
-        trial: str = "",
-        step: int | None = None,
-        total_steps: int | None = None,
-        learning_rate: float | None = None,
-        loss: float | None = None,
-        eval_loss: float | None = None,
-        samples_per_second: float | None = None,
-        eta_seconds: float | None = None,
-    ) -> None:
-        key = (kind, namespace, name)
-        if step is not None:
-            previous = _value(self.step, (*key, trial))
-            if previous is None or step > previous:
-                self.last_progress.labels(*key).set(time.time())
-            self.step.labels(*key, trial).set(step)
-            if total_steps:
-                self.progress.labels(*key).set(min(1.0, step / total_steps))
-        for gauge, value in (
-            (self.learning_rate, learning_rate),
-            (self.training_loss, loss),
-            (self.eval_loss, eval_loss),
-        ):
-            if value is not None:
-                gauge.labels(*key, trial).set(value)
-        if samples_per_second is not None:
-            self.throughput.labels(*key).set(samples_per_second)
-        if eta_seconds is not None:
-            self.eta.labels(*key).set(eta_seconds)
+    def record_applied(self, kind: str, manifests: Iterable[Mapping[str, Any]]) -> None:
+        """Children the API server accepted: trainer Jobs count as created."""
+        jobs = sum(1 for m in manifests if m.get("kind") == "Job")
+        if jobs:
+            self.jobs_created.labels(kind).inc(jobs)
 
-    def set_sweep_result(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        recommended: float | None,
-        rule: str | None,
-        suggestions: dict[str, float | None] | None = None,
-        curve: Iterable[tuple[float, float]] = (),
-        diverged_at_min: bool = False,
-    ) -> None:
-        _remove_matching(self.recommended_lr, {"namespace": namespace, "name": name})
-        if recommended is not None:
-            self.recommended_lr.labels(namespace, name, rule or "").set(recommended)
-        for rule_name, value in (suggestions or {}).items():
-            if value is not None:
-                self.suggestion.labels(namespace, name, rule_name).set(value)
-        for lr, loss in curve:
-            self.curve_loss.labels(namespace, name, f"{lr:.3e}").set(loss)
-        self.diverged_at_min.labels(namespace, name).set(1.0 if diverged_at_min else 0.0)
-
-    def set_trial(
-        self, namespace: str, name: str, trial: int | str, learning_rate: float, eval_loss: float
-    ) -> None:
-        self.trial_eval_loss.labels(namespace, name, str(trial), f"{learning_rate:.3e}").set(eval_loss)
-
-    def set_resolved_lr(self, namespace: str, name: str, source: str, value: float) -> None:
-        _remove_matching(self.resolved_lr, {"namespace": namespace, "name": name})
-        self.resolved_lr.labels(namespace, name, source).set(value)
-
-    def forget(self, kind: str, namespace: str, name: str) -> int:
-        """Remove every series of one resource; returns how many were removed."""
-        removed = sum(
-            _remove_matching(m, {"kind": kind, "namespace": namespace, "name": name})
-            for m in self._per_resource
-        )
-        kind_only = self._per_sweep if kind == "LRSweep" else self._per_job
-        removed += sum(_remove_matching(m, {"namespace": namespace, "name": name}) for m in kind_only)
-        return removed
+    def observe_reconcile(self, kind: str, seconds: float, failed: bool) -> None:
+        self.reconcile_seconds.labels(kind).observe(seconds)
+        if failed:
+            self.reconcile_errors.labels(kind).inc()
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve /metrics; a second call for the same address and port is a no-op (operator restarts
@@ -224,23 +238,3 @@ class OperatorMetrics:
             return
         start_http_server(port, addr=address, registry=self.registry)
         self._serving.add((address, port))
-
-
-def _label_names(metric: Gauge | Counter | Histogram) -> tuple[str, ...]:
-    return tuple(metric._labelnames)
-
-
-def _value(gauge: Gauge, labels: tuple[str, ...]) -> float | None:
-    with gauge._lock:
-        child = gauge._metrics.get(labels)
-    return None if child is None else child._value.get()
-
-
-def _remove_matching(metric: Gauge | Counter | Histogram, match: dict[str, str]) -> int:
-    names = _label_names(metric)
-    idx = {names.index(k): v for k, v in match.items()}
-    with metric._lock:
-        doomed = [key for key in metric._metrics if all(key[i] == v for i, v in idx.items())]
-    for key in doomed:
-        metric.remove(*key)
-    return len(doomed)

@@ -1,6 +1,7 @@
-"""Deterministic names and labels of the objects the operator creates.
+"""Deterministic names, labels and output folders of the objects the operator creates.
 
 Names depend only on the owner and the child's role, so an operator restart finds, never duplicates, them.
+Output folders also carry the owner's uid, so a deleted and re-created resource never inherits a run.
 """
 
 from __future__ import annotations
@@ -57,3 +58,16 @@ def child_labels(
     if stage is not None:
         labels[STAGE_LABEL] = str(stage)
     return labels
+
+
+def run_folder(kind: str, owner: str, uid: str) -> str:
+    """Default folder of a resource's runs on an output claim: `<kind>/<name>/<uid>`."""
+    return f"{kind.lower()}/{owner}/{uid}"
+
+
+def child_folder(role: str, trial: int | None = None, stage: int | None = None) -> str:
+    """A trainer Job's own folder below its resource's: `range-test`, `train`, `trial-<i>` or
+    `s<stage>-trial-<i>` (trials of one sweep never share a `result.json`)."""
+    if trial is None:
+        return role
+    return f"s{stage}-trial-{trial}" if stage is not None else f"trial-{trial}"

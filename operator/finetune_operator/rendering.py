@@ -1,15 +1,18 @@
-"""Pure rendering: a resource's spec in, the trainer config and the batch/v1 Job that runs it out.
+"""Pure rendering: a validated spec in, trainer configs and complete child manifests out.
 
-Nothing here talks to the API server; everything is a function of its arguments (unit-tested).
+Called only by `planning`, which decides which children exist; nothing here talks to the API server.
+Manifests are what the applier sends as they are (server-side apply): batch/v1 Jobs and the LRSweep of an
+`auto` FineTuneJob, each owned by its resource.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator import naming
-from finetune_operator.api import API_VERSION, FineTuneJobSpec, LRSweepSpec, WorkloadSpec
+from finetune_operator.api import API_VERSION, LRSWEEP, FineTuneJobSpec, LRSweepSpec, WorkloadSpec
 from finetune_operator.settings import Settings
 from finetune_trainer.adaptive import trial_sections
 from finetune_trainer.config import ExitCode, Spec, TrainerConfig, TrainingSections
@@ -25,15 +28,25 @@ TERMINATION_LOG = "/dev/termination-log"
 METRICS_PORT_NAME = "metrics"
 
 
-def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": kind,
-        "name": name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+@dataclass(frozen=True)
+class Owner:
+    """The resource a child belongs to."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        """The controller ownerReference: the garbage collector deletes the child with its owner."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 # ------------------------------------------------------------------------------------------ trainer configs
@@ -92,14 +105,15 @@ def _resources(workload: WorkloadSpec, settings: Settings) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _output_volume(workload: WorkloadSpec, kind: str, owner_name: str, role: str) -> tuple[dict, dict]:
+def _output_volume(workload: WorkloadSpec, owner: Owner, folder: str) -> tuple[dict, dict]:
     mount = {"name": "output", "mountPath": OUTPUT_DIR}
     if workload.output.persistent_volume_claim:
         volume = {
             "name": "output",
             "persistentVolumeClaim": {"claimName": workload.output.persistent_volume_claim},
         }
-        mount["subPath"] = workload.output.sub_path or f"{kind.lower()}/{owner_name}/{role}"
+        base = workload.output.sub_path or naming.run_folder(owner.kind, owner.name, owner.uid)
+        mount["subPath"] = f"{base.rstrip('/')}/{folder}"
     else:
         volume = {"name": "output", "emptyDir": {}}
     return volume, mount
@@ -107,11 +121,8 @@ def _output_volume(workload: WorkloadSpec, kind: str, owner_name: str, role: str
 
 def trainer_job(
     *,
+    owner: Owner,
     name: str,
-    namespace: str,
-    kind: str,
-    owner_name: str,
-    owner: dict[str, Any],
     role: str,
     args: list[str],
     config: TrainerConfig,
@@ -121,8 +132,8 @@ def trainer_job(
     stage: int | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs one trainer command (`range-test`, `trial` or `train`) on `config`."""
-    labels = naming.child_labels(kind, owner_name, role, trial, stage)
-    output_volume, output_mount = _output_volume(workload, kind, owner_name, role)
+    labels = naming.child_labels(owner.kind, owner.name, role, trial, stage)
+    output_volume, output_mount = _output_volume(workload, owner, naming.child_folder(role, trial, stage))
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HF_HOME", "value": "/tmp/hf-home"},
@@ -236,6 +247,26 @@ def trainer_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": [owner.reference()],
+        },
         "spec": job_spec,
+    }
+
+
+def auto_sweep(owner: Owner, name: str, spec: LRSweepSpec) -> dict[str, Any]:
+    """The LRSweep an `auto` FineTuneJob creates and owns (labelled like its Jobs)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": LRSWEEP.kind,
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": {**naming.MANAGED_BY, naming.KIND_LABELS[owner.kind]: owner.name},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": spec.to_wire(),
     }

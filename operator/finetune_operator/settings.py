@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_trainer.config import TRAINER_METRICS_PORT
+
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
 
 
@@ -39,8 +41,8 @@ class Settings:
     """Port of the operator's own /metrics (0 disables it)."""
     health_port: int = 8081
     """Port of the operator's /healthz liveness endpoint (0 disables it)."""
-    trainer_metrics_port: int = 9400
-    """Port trainer pods serve their metrics on."""
+    trainer_metrics_port: int = TRAINER_METRICS_PORT
+    """Port trainer pods serve their metrics on (the contract's, unless an image serves another)."""
     bind_address: str = "0.0.0.0"
     """Address the metrics and health endpoints listen on (the pod IP in a cluster)."""
     trainer_command: tuple[str, ...] = ("finetune-trainer",)

@@ -1,4 +1,5 @@
-"""The reconcile loop's pure parts: the work queue, the resource cache and the status merge patch."""
+"""The reconcile loop: the work queue, the resource cache, and one reconcile through the real planner and
+applier logic, with the API server's side recorded in memory (tests/integration runs the real one)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from finetune_operator.controller import Controller, slim, status_delta, sweep_waited_for
+from finetune_operator.api import LRSweepStatus, TrialStatus
+from finetune_operator.applier import ApiError, Applier, status_delta
+from finetune_operator.children import ChildState
+from finetune_operator.controller import Controller, Outcome, Snapshot, slim, sweep_waited_for
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import Settings
 from finetune_operator.workqueue import WorkQueue
@@ -170,7 +174,7 @@ def test_sweep_waited_for_names_the_sweep_or_the_auto_sweep():
 
 
 def test_status_delta_is_a_merge_patch_of_what_changed():
-    old = {"phase": "Pending", "startTime": "t", "progress": {"step": 1}, "kopf": {"x": 1}}
+    old = {"phase": "Pending", "startTime": "t", "progress": {"step": 1}}
     new = {"phase": "Running", "startTime": "t"}
     assert status_delta(old, new) == {"phase": "Running", "progress": None}
     assert status_delta(new, new) == {}
@@ -186,7 +190,7 @@ def test_a_failing_reconcile_backs_off_and_the_worker_lives_on():
             calls.append(snap.key)
             if len(calls) == 1:
                 raise RuntimeError("API server unavailable")
-            return None, {"phase": "Succeeded", "observedGeneration": 1}
+            return Outcome(None, LRSweepStatus(phase="Succeeded", observed_generation=1))
 
         c.reconcile = reconcile
         await c.start(1)
@@ -206,7 +210,7 @@ def test_a_resource_being_deleted_is_not_reconciled():
         c = controller()
         c.bind_indices({}, {}, {})
         calls = []
-        c.reconcile = lambda snap: calls.append(snap) or (None, {})
+        c.reconcile = lambda snap: calls.append(snap) or Outcome(None, LRSweepStatus())
         await c.start(1)
         going = body()
         going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
@@ -218,19 +222,19 @@ def test_a_resource_being_deleted_is_not_reconciled():
     assert run(go()) == []
 
 
-def test_pod_retries_are_counted_once_and_not_again_after_a_restart():
-    from finetune_operator.children import ChildState
-    from finetune_operator.controller import new_retries
+def test_pod_retries_and_failed_jobs_are_counted_once_and_not_again_after_a_restart():
+    from finetune_operator.children import ChildTally
 
-    seen: dict[str, int] = {}
-    assert new_retries(seen, {"j": ChildState("j", "Running", failed_pods=2)}) == 0  # baseline only
-    assert new_retries(seen, {"j": ChildState("j", "Running", failed_pods=3)}) == 1
-    assert new_retries(seen, {"j": ChildState("j", "Running", failed_pods=3)}) == 0
-    assert (
-        new_retries(seen, {"j": ChildState("j", "Failed", failed_pods=4)}) == 0
-    )  # the last failure is no retry
-    assert new_retries(seen, {"k": ChildState("k", "Pending")}) == 0
-    assert new_retries(seen, {"k": ChildState("k", "Succeeded", failed_pods=1)}) == 1
+    tally = ChildTally()
+    first = tally.update({"old": ChildState("old", "Failed", reason="OutOfMemory", failed_pods=3)})
+    assert (first.retries, first.failures) == (0, ()), "what a restarted operator finds is the baseline"
+    assert tally.update({"j": ChildState("j", "Running", failed_pods=2)}).retries == 2  # new since: counts
+    assert tally.update({"j": ChildState("j", "Running", failed_pods=3)}).retries == 1
+    assert tally.update({"j": ChildState("j", "Running", failed_pods=3)}).retries == 0
+    failed = tally.update({"j": ChildState("j", "Failed", reason="OutOfMemory", failed_pods=4)})
+    assert (failed.retries, failed.failures) == (0, ("OutOfMemory",)), "the last failure is no retry"
+    assert tally.update({"j": ChildState("j", "Failed", reason="OutOfMemory", failed_pods=4)}).failures == ()
+    assert tally.update({"k": ChildState("k", "Succeeded", failed_pods=1)}).retries == 1
 
 
 def test_a_deleted_finetunejob_stops_waiting_for_its_sweep():
@@ -249,14 +253,121 @@ def test_a_deleted_finetunejob_stops_waiting_for_its_sweep():
 def test_adaptive_trials_of_both_stages_export_distinct_series():
     c = controller()
     trials = [
-        {"index": 1, "stage": 1, "learningRate": 1e-3, "evalLoss": 2.0},
-        {"index": 1, "stage": 2, "learningRate": 1e-3, "evalLoss": 1.9},  # a finalist at a stage-1 LR
+        TrialStatus(index=1, stage=1, learning_rate=1e-3, eval_loss=2.0, phase="Succeeded"),
+        TrialStatus(index=1, stage=2, learning_rate=1e-3, eval_loss=1.9, phase="Succeeded"),  # same LR
     ]
-    status = {"phase": "Succeeded", "recommendedLearningRate": 1e-3, "rule": "adaptive", "trials": trials}
-    c._export("LRSweep", "ns", "s", status)
+    status = LRSweepStatus(phase="Succeeded", recommended_learning_rate=1e-3, rule="adaptive", trials=trials)
+    c.statuses[("LRSweep", "ns", "s")] = status
     registry = c.metrics.registry
     for label, loss in (("1-1", 2.0), ("2-1", 1.9)):
         labels = {"namespace": "ns", "name": "s", "trial": label, "learning_rate": "1.000e-03"}
         assert registry.get_sample_value("finetune_trial_eval_loss", labels) == loss
     rec = {"namespace": "ns", "name": "s", "rule": "adaptive"}
     assert registry.get_sample_value("finetune_recommended_learning_rate", rec) == 1e-3
+    c.forget(("LRSweep", "ns", "s"))
+    assert registry.get_sample_value("finetune_recommended_learning_rate", rec) is None, "gone with it"
+
+
+# ------------------------------------------------------------------ one reconcile: plan, apply, status
+
+
+class RecordingApplier(Applier):
+    """The applier's own logic over an in-memory API server: every request is recorded; `refuse` maps an
+    object name to the (code, reason) the server answers its apply with."""
+
+    def __init__(self) -> None:
+        super().__init__(api=lambda: None)
+        self.requests: list[tuple[str, str, dict, str, dict]] = []
+        self.refuse: dict[str, tuple[int, str]] = {}
+        self.rv = 1
+
+    def request(self, method, resource_path, body, content_type="application/json", query=None):
+        self.requests.append((method, resource_path, body, content_type, dict(query or [])))
+        name = (body.get("metadata") or {}).get("name")
+        if content_type == "application/apply-patch+yaml" and name in self.refuse:
+            code, reason = self.refuse[name]
+            raise ApiError(code, reason, f"{name} is not allowed")
+        if resource_path.endswith("/status"):
+            self.rv += 1
+            return {"metadata": {"name": "s", "resourceVersion": str(self.rv)}, "status": body["status"]}
+        return {}
+
+    def calls(self, content_type: str) -> list[tuple[str, str, dict, str, dict]]:
+        return [r for r in self.requests if r[3] == content_type]
+
+
+APPLY, MERGE = "application/apply-patch+yaml", "application/merge-patch+json"
+SWEEP_SPEC = {"model": {"name": "/m"}, "dataset": {"files": ["/d.jsonl"]}, "method": "rangeTest"}
+
+
+def reconcile_once(c: Controller, status: dict | None = None, children=None, kind="LRSweep", spec=None):
+    b = body(status=status or {}, spec=spec or SWEEP_SPEC)
+    return c.reconcile(Snapshot((kind, "ns", "s"), slim(b), children or {}))
+
+
+def test_a_reconcile_applies_children_server_side_posts_events_and_patches_the_status():
+    applier = RecordingApplier()
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    outcome = reconcile_once(c)
+    [(method, path, job, _, query)] = applier.calls(APPLY)
+    assert (method, path) == ("PATCH", "/apis/batch/v1/namespaces/ns/jobs/s-range-test")
+    assert query == {"fieldManager": "finetune-operator", "force": "true"}
+    assert job["kind"] == "Job" and job["metadata"]["ownerReferences"][0]["uid"] == "u"
+    [event] = [r for r in applier.requests if r[1].endswith("/events")]
+    assert event[2]["reason"] == "JobCreated" and event[2]["regarding"]["uid"] == "u"
+    [(_, path, patch, _, _)] = applier.calls(MERGE)
+    assert path == "/apis/finetune.dev/v1alpha1/namespaces/ns/lrsweeps/s/status"
+    assert patch["status"]["phase"] == "Pending" and not outcome.refused
+    assert c.metrics.registry.get_sample_value("finetune_jobs_created_total", {"kind": "LRSweep"}) == 1
+    assert c.statuses[("LRSweep", "ns", "s")].phase == "Pending", "what the metrics collector reads"
+
+
+def test_the_status_is_patched_only_when_it_changed():
+    applier = RecordingApplier()
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    written = reconcile_once(c).status.to_wire()
+    applier.requests.clear()
+    quiet = {"s-range-test": ChildState("s-range-test", "Pending")}  # the Job's pod has nothing to say
+    reconcile_once(c, status=written, children=quiet)
+    assert applier.requests == [], "no apply, no event, no status write"
+
+
+def test_a_refused_child_becomes_a_condition_and_an_event_and_is_retried():
+    applier = RecordingApplier()
+    applier.refuse["s-range-test"] = (403, "Forbidden")
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    outcome = reconcile_once(c)
+    assert outcome.refused
+    [(_, _, patch, _, _)] = applier.calls(MERGE)
+    status = patch["status"]
+    failed = next(x for x in status["conditions"] if x["type"] == "ApplyFailed")
+    assert (failed["status"], failed["reason"]) == ("True", "Forbidden")
+    assert "Job s-range-test: s-range-test is not allowed" in failed["message"]
+    assert "startTime" not in status, "the Job was not created, and the status does not claim it was"
+    assert status["message"] == failed["message"]
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Forbidden")
+    [event] = [r[2] for r in applier.requests if r[1].endswith("/events")]
+    assert (event["type"], event["reason"]) == ("Warning", "ApplyFailed")
+    errors = c.metrics.registry.get_sample_value("finetune_reconcile_errors_total", {"kind": "LRSweep"})
+    assert errors == 1
+    # refused again: nothing new to say
+    applier.requests.clear()
+    assert reconcile_once(c, status=status).refused
+    assert not [r for r in applier.requests if r[1].endswith("/events")] and not applier.calls(MERGE)
+    # allowed now (RBAC fixed): the Job is applied and the condition flips
+    del applier.refuse["s-range-test"]
+    outcome = reconcile_once(c, status=status)
+    assert not outcome.refused and applier.calls(APPLY)
+    after = {x.type: x for x in outcome.status.conditions}
+    assert after["ApplyFailed"].status == "False" and outcome.status.phase == "Pending"
+
+
+def test_the_auto_sweep_is_applied_without_taking_over_fields_others_own():
+    applier = RecordingApplier()
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    spec = {"model": {"name": "/m"}, "dataset": {"files": ["/d.jsonl"]}, "learningRate": {"auto": {}}}
+    reconcile_once(c, kind="FineTuneJob", spec=spec)
+    [(_, path, sweep, _, query)] = applier.calls(APPLY)
+    assert path == "/apis/finetune.dev/v1alpha1/namespaces/ns/lrsweeps/s-lr"
+    assert sweep["kind"] == "LRSweep" and query["force"] == "false"

@@ -6,18 +6,18 @@ import json
 import math
 
 import pytest
+from plans import NOW, plan_finetune, plan_sweep
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec, TrialsSpec
 from finetune_operator.children import observe, parse_termination_message
-from finetune_operator.controller import parse_trainer_metrics
-from finetune_operator.planning import plan_finetune, plan_sweep, progress_from_sample, set_condition
+from finetune_operator.planning.status import progress_from_sample, set_condition
+from finetune_operator.polling import parse_trainer_metrics
 from finetune_operator.settings import Settings
 from finetune_operator.sweeps import best_learning_rate, scale_learning_rate, trial_learning_rates
 
 SPEC = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
 RT_SPEC = {**SPEC, "method": "rangeTest"}
-NOW = "2026-01-01T00:00:10Z"
 
 
 # ------------------------------------------------------------------ naming
@@ -67,18 +67,15 @@ def test_learning_rate_scaling_rules():
 
 # ------------------------------------------------------------------ rendering
 
-OWNER = rendering.owner_reference("LRSweep", "s", "uid-1")
+OWNER = rendering.Owner("LRSweep", "s", "ns", "uid-1")
 
 
 def _job(spec: dict, **kw) -> dict:
     sweep = LRSweepSpec.model_validate(spec)
     return rendering.trainer_job(
+        owner=OWNER,
         name="s-range-test",
         config=rendering.range_test_config(sweep),
-        namespace="ns",
-        kind="LRSweep",
-        owner_name="s",
-        owner=OWNER,
         role="range-test",
         args=["range-test"],
         workload=sweep,
@@ -91,7 +88,8 @@ def test_job_is_locked_down_owned_labelled_and_asks_for_gpus():
     job = _job({**SPEC, "resources": {"gpus": 2, "nodeSelector": {"gpu": "a100"}}})
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert job["metadata"]["ownerReferences"] == [OWNER]
+    assert job["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert job["metadata"]["labels"]["finetune.dev/lrsweep"] == "s"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert pod["nodeSelector"] == {"gpu": "a100"}
@@ -135,7 +133,7 @@ def test_job_passes_through_suspend_deadlines_secret_and_pvc():
     mount = next(
         m for m in spec["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "output"
     )
-    assert mount["subPath"] == "lrsweep/s/range-test"
+    assert mount["subPath"] == "lrsweep/s/uid-1/range-test"
 
 
 def test_cpu_only_job_asks_no_gpu_and_uses_operator_defaults():
@@ -226,9 +224,9 @@ def test_termination_message_parsing():
 def test_conditions_keep_transition_time_until_status_flips():
     c = set_condition([], "Ready", True, "A", "", 1, "t1")
     c = set_condition(c, "Ready", True, "B", "", 1, "t2")
-    assert c[0]["lastTransitionTime"] == "t1" and c[0]["reason"] == "B"
+    assert c[0].last_transition_time == "t1" and c[0].reason == "B"
     c = set_condition(c, "Ready", False, "C", "", 1, "t3")
-    assert c[0]["lastTransitionTime"] == "t3" and len(c) == 1
+    assert c[0].last_transition_time == "t3" and len(c) == 1
 
 
 def test_new_range_test_sweep_creates_one_job():
@@ -327,9 +325,19 @@ def test_failed_trainer_explains_the_reason_and_fix():
 
 
 def test_finished_resources_are_left_alone():
-    done = {"phase": "Succeeded", "observedGeneration": 1, "recommendedLearningRate": 1e-4}
+    from finetune_operator.applier import status_delta
+
+    ready = {"type": "Ready", "status": "True", "reason": "Recommended", "lastTransitionTime": "t"}
+    done = {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "recommendedLearningRate": 1e-4,
+        "conditions": [ready],
+    }
     plan = plan_sweep("s", SPEC, done, 1, {}, now=NOW)
-    assert plan.status == done and not plan.create
+    assert plan.status == {**done, "conditions": [{**ready, "message": ""}]} and not plan.create
+    assert not plan.events
+    assert status_delta({**done, "conditions": [{**ready, "message": ""}]}, plan.status) == {}
 
 
 def test_grid_respects_parallelism_then_picks_the_best_trial():
@@ -396,6 +404,9 @@ def test_auto_finetune_creates_its_sweep_first():
     plan = plan_finetune("f", {**FTJ, "learningRate": {"auto": {}}}, None, 1, {}, None, now=NOW)
     assert plan.status["phase"] == "Sweeping" and plan.create_sweep is not None and not plan.create
     assert plan.create_sweep["optimization"]["batchSize"] == 32
+    [sweep] = [m for m in plan.desired.children if m["kind"] == "LRSweep"]
+    assert sweep["metadata"]["name"] == "f-lr" and sweep["metadata"]["namespace"] == "ns"
+    assert sweep["metadata"]["ownerReferences"][0]["uid"] == "uid-finetunejob"
 
 
 def test_finished_training_reports_losses():
@@ -476,13 +487,14 @@ def test_observe_reports_why_a_pod_cannot_be_scheduled():
 def test_metrics_server_starts_once_per_address():
     import urllib.request
 
+    from finetune_operator.api import LRSweepStatus
     from finetune_operator.localcluster.processes import free_port
     from finetune_operator.metrics import OperatorMetrics
 
     m, port = OperatorMetrics(), free_port()
     m.serve(port, "127.0.0.1")
     m.serve(port, "127.0.0.1")  # an in-process restart: no "address already in use"
-    m.set_phase("LRSweep", "ns", "s", "Running")
+    m.watch(lambda: [("LRSweep", "ns", "s", LRSweepStatus(phase="Running"))])
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'finetune_resource_phase{kind="LRSweep",name="s",namespace="ns",phase="Running"} 1.0' in body
 
@@ -497,7 +509,8 @@ def test_a_fresh_job_keeps_its_jobcreated_condition_until_its_pod_has_news():
     assert quiet.status == created and not quiet.events  # nothing to write
     stuck = ChildState("s-range-test", "Pending", reason="Unschedulable", message="0/1 nodes: no GPU")
     told = plan_sweep("s", SPEC, created, 1, {"s-range-test": stuck}, now=NOW)
-    assert told.status["conditions"][0]["reason"] == "Unschedulable" and told.events
+    assert next(c for c in told.status["conditions"] if c["type"] == "Ready")["reason"] == "Unschedulable"
+    assert told.events
     # once the pod had news, a quiet Pending again reads as waiting for the pod
     again = plan_sweep(
         "s", SPEC, told.status, 1, {"s-range-test": ChildState("s-range-test", "Pending")}, now=NOW

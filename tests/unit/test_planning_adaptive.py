@@ -11,12 +11,13 @@ import math
 from collections.abc import Callable
 
 import pytest
+from plans import View as Plan
+from plans import plan_finetune, plan_sweep
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec
 from finetune_operator.children import ChildState
-from finetune_operator.planning import Plan, plan_finetune, plan_sweep, range_test_verdict
-from finetune_operator.settings import Settings
+from finetune_operator.planning.rangetest import verdict as range_test_verdict
 from finetune_trainer.config import RangeTestResult, RangeTestSpec
 
 NOW = "2026-01-01T00:00:10Z"
@@ -249,22 +250,7 @@ def test_trial_jobs_carry_the_stage_label_and_a_trial_config():
     cluster = FakeCluster(SPEC)
     cluster.reconcile()
     cluster.finish_range_test()
-    child = cluster.reconcile().create[0]
-    sweep = LRSweepSpec.model_validate(SPEC)
-    job = rendering.trainer_job(
-        name=child.name,
-        namespace="ns",
-        kind="LRSweep",
-        owner_name="s",
-        owner=rendering.owner_reference("LRSweep", "s", "uid"),
-        role=child.role,
-        args=child.args,
-        config=child.config,
-        workload=sweep,
-        settings=Settings(),
-        trial=child.trial,
-        stage=child.stage,
-    )
+    job = cluster.reconcile().create[0].manifest
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert (labels[naming.STAGE_LABEL], labels[naming.TRIAL_LABEL], labels[naming.ROLE_LABEL]) == (
         "1",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -239,7 +239,8 @@ class ScheduleSpec(Spec):
 
 
 RuleName = Literal["steepest", "valley", "minimum-over-10", "max-over-3"]
-SUGGESTION_RULES: tuple[str, ...] = ("steepest", "valley", "minimum-over-10", "max-over-3")
+SUGGESTION_RULES: tuple[str, ...] = get_args(RuleName)
+"""Every range-test rule name (the trainer reports each rule's suggestion under its name)."""
 
 
 class RangeTestSpec(Spec):
@@ -625,3 +626,44 @@ def parse_result(data: dict[str, Any]) -> TrainerResult:
     if kind not in kinds:
         raise ValueError(f"result.kind must be one of {sorted(kinds)}, got {kind!r}")
     return kinds[kind].model_validate(data)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+# What a running trainer serves and the operator polls: one definition for both sides.
+
+TRAINER_METRICS_PORT = 9400
+"""Port a trainer serves Prometheus metrics on: its `--metrics-port` default, the trainer Job's container
+port and the operator's `--trainer-metrics-port` default."""
+TRAINER_METRIC_PREFIX = "finetune_trainer_"
+TRAINER_GAUGES: tuple[str, ...] = (
+    "step",
+    "total_steps",
+    "learning_rate",
+    "loss",
+    "smoothed_loss",
+    "eval_loss",
+    "samples_per_second",
+    "tokens_per_second",
+    "epoch",
+)
+"""The trainer's progress gauges by field name; each is served as `trainer_series(field)` with a `command`
+label (`range-test`, `trial`, `train`)."""
+TRAINER_PHASE_GAUGE = "phase"
+"""The gauge that is 1 for the trainer's current phase and 0 for the others (label `phase`)."""
+TRAINER_PHASES: tuple[str, ...] = (
+    "loading",
+    "range_test",
+    "training",
+    "evaluating",
+    "saving",
+    "done",
+    "failed",
+)
+"""Values of the trainer phase gauge's `phase` label."""
+
+
+def trainer_series(field: str) -> str:
+    """The Prometheus series name of one of the trainer's gauges (e.g. `step` -> `finetune_trainer_step`)."""
+    if field not in (*TRAINER_GAUGES, TRAINER_PHASE_GAUGE):
+        raise ValueError(f"no trainer gauge {field!r}; expected one of {TRAINER_GAUGES}")
+    return TRAINER_METRIC_PREFIX + field

@@ -1,23 +1,43 @@
 """Prometheus metrics of one trainer process: what the operator polls for live progress.
 
 Gauges on a private ``CollectorRegistry`` (no process/platform collectors, nothing global), served on
-``--metrics-address`` (default: env ``POD_IP``, else ``0.0.0.0``) and ``--metrics-port`` (default 9400;
-0 turns the server off). Names carry the ``finetune_trainer_`` prefix and base units.
+``--metrics-address`` (default: env ``POD_IP``, else ``0.0.0.0``) and ``--metrics-port`` (default
+``TRAINER_METRICS_PORT``; 0 turns the server off). The series names, the phases and the port are the
+contract's (``finetune_trainer.config``), which the operator reads too; only the help texts live here.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
 
+from finetune_trainer.config import (
+    TRAINER_GAUGES,
+    TRAINER_METRICS_PORT,
+    TRAINER_PHASE_GAUGE,
+    TRAINER_PHASES,
+    trainer_series,
+)
 from finetune_trainer.exitcodes import ConfigError
 
-DEFAULT_PORT = 9400
-PHASES = ("loading", "range_test", "training", "evaluating", "saving", "done", "failed")
-"""Values of the ``phase`` label of ``finetune_trainer_phase`` (1 for the current phase, 0 otherwise)."""
+DEFAULT_PORT = TRAINER_METRICS_PORT
+PHASES = TRAINER_PHASES
+
+HELP = {
+    "step": "Optimizer steps completed.",
+    "total_steps": "Optimizer steps planned for this run.",
+    "learning_rate": "Learning rate of the latest optimizer step.",
+    "loss": "Training loss of the latest logged step.",
+    "smoothed_loss": "Bias-corrected EMA of the training (range test) loss.",
+    "eval_loss": "Latest validation loss.",
+    "samples_per_second": "Training examples processed per second.",
+    "tokens_per_second": "Training tokens processed per second (causal LM).",
+    "epoch": "Epochs completed (fractional).",
+}
+"""Help text of each gauge in ``TRAINER_GAUGES`` (a gauge without one fails at start-up)."""
 
 
 def default_address() -> str:
@@ -27,45 +47,29 @@ def default_address() -> str:
 
 @dataclass
 class TrainerMetrics:
-    """The trainer's gauges. ``command`` labels every series (``range-test``, ``train``, ``trial``)."""
+    """The trainer's gauges by field name. ``command`` labels every series (``range-test``, ``train``,
+    ``trial``)."""
 
     registry: CollectorRegistry
-    step: Gauge
-    total_steps: Gauge
-    learning_rate: Gauge
-    loss: Gauge
-    smoothed_loss: Gauge
-    eval_loss: Gauge
-    samples_per_second: Gauge
-    tokens_per_second: Gauge
-    epoch: Gauge
+    gauges: dict[str, Gauge]
     phase: Gauge
     command: str
-    server: Any = None
+    server: Any = field(default=None)
 
     @classmethod
     def create(cls, command: str) -> TrainerMetrics:
         registry = CollectorRegistry(auto_describe=True)
-
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("command",)) -> Gauge:
-            return Gauge(f"finetune_trainer_{name}", doc, labels, registry=registry)
-
-        return cls(
+        gauges = {
+            name: Gauge(trainer_series(name), HELP[name], ("command",), registry=registry)
+            for name in TRAINER_GAUGES
+        }
+        phase = Gauge(
+            trainer_series(TRAINER_PHASE_GAUGE),
+            "1 for the trainer's current phase, 0 for the others.",
+            ("command", "phase"),
             registry=registry,
-            step=gauge("step", "Optimizer steps completed."),
-            total_steps=gauge("total_steps", "Optimizer steps planned for this run."),
-            learning_rate=gauge("learning_rate", "Learning rate of the latest optimizer step."),
-            loss=gauge("loss", "Training loss of the latest logged step."),
-            smoothed_loss=gauge("smoothed_loss", "Bias-corrected EMA of the training (range test) loss."),
-            eval_loss=gauge("eval_loss", "Latest validation loss."),
-            samples_per_second=gauge("samples_per_second", "Training examples processed per second."),
-            tokens_per_second=gauge("tokens_per_second", "Training tokens processed per second (causal LM)."),
-            epoch=gauge("epoch", "Epochs completed (fractional)."),
-            phase=gauge(
-                "phase", "1 for the trainer's current phase, 0 for the others.", ("command", "phase")
-            ),
-            command=command,
         )
+        return cls(registry=registry, gauges=gauges, phase=phase, command=command)
 
     def serve(self, port: int = DEFAULT_PORT, address: str | None = None) -> None:
         """Start the HTTP server in a daemon thread (``port`` 0: no server)."""
@@ -91,7 +95,7 @@ class TrainerMetrics:
         """Set gauges by field name (``None`` values are skipped)."""
         for name, value in values.items():
             if value is not None:
-                getattr(self, name).labels(self.command).set(float(value))
+                self.gauges[name].labels(self.command).set(float(value))
 
     def set_phase(self, phase: str) -> None:
         for p in PHASES:

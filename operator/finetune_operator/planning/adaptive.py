@@ -1,4 +1,4 @@
-"""The adaptive LRSweep's trials as Jobs: which trials exist, which start next, and what they decided.
+"""The adaptive LRSweep: the range test, then its trials as Jobs, then the recommendation and its evidence.
 
 The trainer's `adaptive.next_step` decides the stages from the range test's edge and the finished trials;
 this module maps its trial requests onto Jobs named per (stage, index), so the Jobs themselves are the
@@ -9,20 +9,21 @@ after `ttlSecondsAfterFinished`) is remembered from the status the operator wrot
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator import naming
-from finetune_operator.api import LRSweepSpec, RangeTestSummary, TrialStatus
+from finetune_operator import naming, rendering
+from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary, TrialStatus
 from finetune_operator.children import ChildState
+from finetune_operator.planning import rangetest
+from finetune_operator.planning.rangetest import RECOMMENDED, Samples
+from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
 from finetune_trainer.adaptive import TrialRequest, next_step
-from finetune_trainer.config import RangeTestResult, Recommendation, TrialRecord, TrialResult
+from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
 
 ACTIVE = ("Pending", "Running")
-RECOMMENDED = "Recommended"
-"""The reason of a sweep that succeeded; every other verdict fails it."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Trial:
     child: ChildState | None
     record: TrialRecord | None
 
-    def status(self) -> TrialStatus:
+    def status(self, progress: Progress | None = None) -> TrialStatus:
+        """The trial as the status lists it; `progress` is its live progress while it runs."""
         r = self.record
         if self.child is not None:
             phase = self.child.phase
@@ -49,6 +51,7 @@ class Trial:
             eval_loss=r.eval_loss if r else None,
             diverged=r.diverged if r else False,
             job_name=self.job,
+            progress=progress if phase == "Running" else None,
         )
 
 
@@ -75,20 +78,6 @@ class AdaptiveDecision:
         return max((t.request.stage for t in self.trials), default=1)
 
 
-def summarize_range_test(result: RangeTestResult) -> RangeTestSummary:
-    """The range test's window and edges; the edge the trials sit below is the divergence edge, else the
-    highest learning rate the ramp reached."""
-    edge = result.divergence_learning_rate or result.max_learning_rate
-    return RangeTestSummary(
-        min_learning_rate=result.min_learning_rate,
-        max_learning_rate=result.max_learning_rate,
-        divergence_learning_rate=result.divergence_learning_rate,
-        prior_learning_rate=result.prior_learning_rate,
-        edge_learning_rate=edge if edge is not None and math.isfinite(edge) and edge > 0 else None,
-        steps=result.steps,
-    )
-
-
 def trial_record(request: TrialRequest, child: ChildState | None) -> TrialRecord | None:
     """A finished trial's record (None while it has not finished). A Job that failed on divergence, or a
     result that says diverged or has a non-finite loss, is a diverged record; any other failure, or a
@@ -102,37 +91,36 @@ def trial_record(request: TrialRequest, child: ChildState | None) -> TrialRecord
         except ValidationError:
             result = None
     loss = result.eval_loss if result else None
-    finite = loss is not None and math.isfinite(loss)
+    ok = loss is not None and math.isfinite(loss)
     diverged = (child.phase == "Failed" and child.reason == "Diverged") or bool(result and result.diverged)
-    diverged = diverged or (loss is not None and not finite)
+    diverged = diverged or (loss is not None and not ok)
     return TrialRecord(
         stage=request.stage,
         index=request.index,
         learning_rate=request.learning_rate,
         steps=result.steps if result and result.steps else request.steps,
-        eval_loss=loss if finite and not diverged else None,
+        eval_loss=loss if ok and not diverged else None,
         diverged=diverged,
     )
 
 
-def remembered_records(previous_trials: list[dict[str, Any]] | None) -> dict[tuple[int, int], TrialRecord]:
+def remembered_records(previous_trials: list[TrialStatus] | None) -> dict[tuple[int, int], TrialRecord]:
     """Finished adaptive trials as the last status wrote them (for Jobs deleted since)."""
     records: dict[tuple[int, int], TrialRecord] = {}
-    for wire in previous_trials or []:
-        try:
-            t = TrialStatus.model_validate(wire)
-        except ValidationError:
-            continue
+    for t in previous_trials or []:
         if t.stage is None or t.phase not in ("Succeeded", "Failed"):
             continue
-        records[(t.stage, t.index)] = TrialRecord(
-            stage=t.stage,
-            index=t.index,
-            learning_rate=t.learning_rate,
-            steps=t.steps or 0,
-            eval_loss=t.eval_loss,
-            diverged=t.diverged,
-        )
+        try:
+            records[(t.stage, t.index)] = TrialRecord(
+                stage=t.stage,
+                index=t.index,
+                learning_rate=t.learning_rate,
+                steps=t.steps or 0,
+                eval_loss=finite(t.eval_loss),
+                diverged=t.diverged,
+            )
+        except ValidationError:
+            continue
     return records
 
 
@@ -140,7 +128,7 @@ def decide(
     name: str,
     spec: LRSweepSpec,
     edge: float,
-    children: dict[str, ChildState],
+    children: Mapping[str, ChildState],
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
@@ -182,7 +170,7 @@ def job_name(sweep: str, request: TrialRequest) -> str:
 def _trials(
     name: str,
     requests: dict[tuple[int, int], TrialRequest],
-    children: dict[str, ChildState],
+    children: Mapping[str, ChildState],
     records: dict[tuple[int, int], TrialRecord],
 ) -> tuple[Trial, ...]:
     """Every trial requested or remembered, in (stage, index) order."""
@@ -216,3 +204,91 @@ def verdict(rec: Recommendation) -> tuple[str, str]:
         return rec.evidence, rec.message or f"no recommendation ({rec.evidence})"
     span = f", interval {rec.interval.low:.3g}-{rec.interval.high:.3g}" if rec.interval else ""
     return RECOMMENDED, f"recommended learning rate {lr:.3g}{span} ({rec.decided_by}: {rec.message})"
+
+
+def plan(
+    name: str,
+    sweep: LRSweepSpec,
+    b: StatusBuilder[LRSweepStatus],
+    children: Mapping[str, ChildState],
+    samples: Samples,
+) -> None:
+    """The range test; then the adaptive stages' trials as Jobs; then the recommendation and its evidence."""
+    summary = _remembered_range_test(name, b, children)
+    if summary is None:
+        result = rangetest.range_test(name, sweep, b, children, samples)
+        if result is None:
+            return
+        summary = rangetest.summarize(result)
+    edge = summary.edge_learning_rate
+    if edge is None:
+        b.phase(
+            "Failed",
+            "NoEdge",
+            "the range test reported neither a divergence edge nor the highest learning rate it reached "
+            "(a trainer image older than the adaptive method?); update the trainer image",
+        )
+        return
+    previous = {(t.stage, t.index): t for t in b.status.trials or []}
+    decision = decide(name, sweep, edge, children, remembered_records(b.status.trials))
+    for t in decision.start:
+        req = t.request
+        try:
+            config = rendering.trial_config(sweep, req.learning_rate, req.steps)
+        except ValidationError as e:
+            b.invalid(e)
+            return
+        args = ["trial", "--learning-rate", repr(req.learning_rate)]
+        b.children.append(ChildRequest(t.job, "trial", args, config, trial=req.index, stage=req.stage))
+    if decision.start:
+        b.started()
+    finished, planned = len(decision.finished), planned_trials(sweep, decision)
+    b.status.trials = [
+        t.status(_live(t, previous.get(t.request.key), samples, b.now)) for t in decision.trials[:64]
+    ]
+    b.status.steps_spent = steps_spent(summary, decision)
+    b.status.progress = Progress(
+        step=finished, total_steps=planned, percent=100 if decision.done else int(100 * finished / planned)
+    )
+    if decision.config_error is not None:
+        rangetest.child_failed(b, decision.config_error, "trial")
+        return
+    rec = decision.done
+    if rec is None:
+        running = decision.running
+        b.phase(
+            "Running" if running else "Pending",
+            "TrialsRunning",
+            f"stage {decision.stage}: {finished}/{len(decision.trials)} trials finished, {running} running "
+            f"(below the range test's edge {edge:.3g})",
+            event=False,
+        )
+        return
+    s = b.status
+    s.recommended_learning_rate = finite(rec.recommended_learning_rate)
+    s.rule = "adaptive"
+    s.interval = rec.interval
+    s.decided_by = rec.decided_by
+    s.evidence = rec.evidence
+    s.fit = rec.fit
+    s.best_loss = finite(rec.best_loss)
+    reason, message = verdict(rec)
+    b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)
+
+
+def _live(trial: Trial, previous: TrialStatus | None, samples: Samples, now: str) -> Progress | None:
+    """A running trial's progress from its trainer's latest sample."""
+    if trial.child is None or trial.child.phase != "Running":
+        return None
+    last = previous.progress if previous is not None else None
+    return progress_from_sample(samples.get(trial.job), trial.child.start_time, now, last)
+
+
+def _remembered_range_test(
+    name: str, b: StatusBuilder[LRSweepStatus], children: Mapping[str, ChildState]
+) -> RangeTestSummary | None:
+    """The range test as the status recorded it, when its Job is gone (deleted after its TTL)."""
+    summary = b.status.range_test
+    if naming.range_test_job(name) in children or summary is None or not summary.edge_learning_rate:
+        return None
+    return summary

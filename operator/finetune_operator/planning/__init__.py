@@ -1,0 +1,182 @@
+"""Reconcile decisions as pure functions: a resource and what its children say in, its desired state out.
+
+The desired state is the typed status, the complete manifests of the children to create (trainer Jobs,
+the LRSweep of an `auto` FineTuneJob; Services once a run needs them) and the events to post; the
+controller's applier applies it as it is. `plan` validates the spec (the only place that does), hands it
+to the module that decides, and renders the children it asks for with `rendering`:
+
+    planning/status.py     phase, conditions (what Ready means), events, progress from a trainer sample
+    planning/rangetest.py  the range-test Job and what its curve says (method rangeTest)
+    planning/adaptive.py   the adaptive method: range test, trials as Jobs, recommendation
+    planning/trials.py     grid and random trials
+    planning/finetune.py   the FineTuneJob: its learning rate, then its training Job
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_operator import naming, rendering
+from finetune_operator.api import (
+    LRSWEEP,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    LRSweepSpec,
+    LRSweepStatus,
+    ResourceStatus,
+)
+from finetune_operator.children import ChildState
+from finetune_operator.planning import adaptive, finetune, rangetest, trials
+from finetune_operator.planning.finetune import SweepRef
+from finetune_operator.planning.status import (
+    Event,
+    StatusBuilder,
+    is_done,
+    now_iso,
+    parse_status,
+)
+from finetune_operator.settings import Settings
+
+__all__ = ["DesiredState", "Event", "Resource", "SweepRef", "is_done", "plan", "plan_finetune", "plan_sweep"]
+
+Samples = Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """An LRSweep or FineTuneJob as one reconcile reads it."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def owner(self) -> rendering.Owner:
+        return rendering.Owner(self.kind, self.name, self.namespace, self.uid)
+
+    @classmethod
+    def from_body(cls, kind: str, body: Mapping[str, Any]) -> Resource:
+        meta = body.get("metadata") or {}
+        return cls(
+            kind=kind,
+            namespace=meta.get("namespace") or "",
+            name=meta.get("name") or "",
+            uid=meta.get("uid") or "",
+            generation=int(meta.get("generation") or 1),
+            spec=body.get("spec") or {},
+            status=body.get("status") or {},
+        )
+
+
+@dataclass
+class DesiredState:
+    """What the resource and its children should be: the applier's whole input."""
+
+    status: ResourceStatus
+    children: list[dict[str, Any]] = field(default_factory=list)
+    """Complete manifests of the children to create now (server-side applied as they are)."""
+    events: list[Event] = field(default_factory=list)
+
+
+def plan(
+    resource: Resource,
+    children: Mapping[str, ChildState],
+    *,
+    samples: Samples | None = None,
+    sweep: SweepRef | None = None,
+    settings: Settings | None = None,
+    now: str | None = None,
+) -> DesiredState:
+    """The desired state of any resource (dispatch by kind)."""
+    if resource.kind == LRSWEEP.kind:
+        return plan_sweep(resource, children, samples, settings=settings, now=now)
+    return plan_finetune(resource, children, sweep, samples, settings=settings, now=now)
+
+
+def plan_sweep(
+    resource: Resource,
+    children: Mapping[str, ChildState],
+    samples: Samples | None = None,
+    *,
+    settings: Settings | None = None,
+    now: str | None = None,
+) -> DesiredState:
+    """Decide the LRSweep's status and which trainer Jobs to create next."""
+    previous = parse_status(LRSweepStatus, resource.status)
+    if is_done(previous, resource.generation):
+        return DesiredState(previous)
+    b = StatusBuilder(previous, resource.generation, now or now_iso())
+    try:
+        spec = LRSweepSpec.model_validate(resource.spec)
+    except ValidationError as e:
+        b.invalid(e)
+        return DesiredState(b.status, events=b.events)
+    samples = samples or {}
+    if spec.method == "adaptive":
+        adaptive.plan(resource.name, spec, b, children, samples)
+    elif spec.method == "rangeTest":
+        result = rangetest.range_test(resource.name, spec, b, children, samples)
+        if result is not None:
+            rangetest.decide(b, result, spec.range_test)
+    else:
+        trials.plan(resource.name, spec, b, children, samples)
+    return _desired(resource, spec, b, settings or Settings())
+
+
+def plan_finetune(
+    resource: Resource,
+    children: Mapping[str, ChildState],
+    sweep: SweepRef | None = None,
+    samples: Samples | None = None,
+    *,
+    settings: Settings | None = None,
+    now: str | None = None,
+) -> DesiredState:
+    """Decide the FineTuneJob's status: resolve the learning rate, then run and follow the training Job.
+
+    `sweep` is the LRSweep named by `fromSweep` (or its `auto` sweep), None when it does not exist."""
+    previous = parse_status(FineTuneJobStatus, resource.status)
+    if is_done(previous, resource.generation):
+        return DesiredState(previous)
+    b = StatusBuilder(previous, resource.generation, now or now_iso())
+    try:
+        spec = FineTuneJobSpec.model_validate(resource.spec)
+    except ValidationError as e:
+        b.invalid(e)
+        return DesiredState(b.status, events=b.events)
+    create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
+    desired = _desired(resource, spec, b, settings or Settings())
+    if create_sweep is not None:
+        name = naming.auto_sweep(resource.name)
+        desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
+    return desired
+
+
+def _desired(
+    resource: Resource, spec: LRSweepSpec | FineTuneJobSpec, b: StatusBuilder, settings: Settings
+) -> DesiredState:
+    """The builder's status and events, and its Job requests rendered into complete manifests."""
+    jobs = [
+        rendering.trainer_job(
+            owner=resource.owner,
+            name=c.name,
+            role=c.role,
+            args=c.args,
+            config=c.config,
+            workload=spec,
+            settings=settings,
+            trial=c.trial,
+            stage=c.stage,
+        )
+        for c in b.children
+    ]
+    return DesiredState(b.status, jobs, b.events)
+

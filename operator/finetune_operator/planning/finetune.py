@@ -1,0 +1,168 @@
+"""The FineTuneJob: resolve its learning rate (a value, a named sweep's result scaled to this batch size, or
+an `auto` sweep it creates and owns), then run and follow its training Job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_operator import naming, rendering
+from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, LRSweepSpec, Progress
+from finetune_operator.children import ChildState
+from finetune_operator.planning.rangetest import Samples, child_failed, child_pending
+from finetune_operator.planning.status import (
+    ChildRequest,
+    Event,
+    StatusBuilder,
+    finite,
+    progress_from_sample,
+)
+from finetune_operator.sweeps import scale_learning_rate
+from finetune_trainer.config import TrainResult
+
+
+@dataclass(frozen=True)
+class SweepRef:
+    """The LRSweep a FineTuneJob reads (named by `fromSweep`, or its `auto` sweep), as the cache holds it."""
+
+    name: str
+    status: Mapping[str, Any]
+    owner_uid: str | None = None
+    """The uid of the sweep's controller (ownerReferences); None when nothing owns it."""
+
+
+def plan(
+    name: str,
+    uid: str,
+    spec: FineTuneJobSpec,
+    b: StatusBuilder[FineTuneJobStatus],
+    children: Mapping[str, ChildState],
+    sweep: SweepRef | None,
+    samples: Samples,
+) -> LRSweepSpec | None:
+    """Decide the FineTuneJob's status and its training Job; returns the spec of the LRSweep to create
+    (`auto`, when it does not exist yet)."""
+    lr = b.status.learning_rate
+    if lr is None:
+        lr, create = _resolve_learning_rate(name, uid, spec, b, sweep)
+        if lr is None:
+            return create
+        b.condition("WaitingForSweep", False, "LearningRateResolved", f"learning rate {lr:.3g}")
+    job = naming.train_job(name)
+    child = children.get(job)
+    b.status.job_name = job
+    if child is None:
+        try:
+            config = rendering.train_config(spec, lr)
+        except ValidationError as e:
+            b.invalid(e)
+            return None
+        b.children.append(ChildRequest(job, "train", ["train"], config))
+        b.started()
+        b.phase("Pending", "JobCreated", f"created training Job {job} at learning rate {lr:.3g}")
+    elif child.phase == "Pending":
+        child_pending(b, child)
+    elif child.phase == "Running":
+        b.phase("Running", "Training", f"training in Job {job}")
+        progress = progress_from_sample(samples.get(job), child.start_time, b.now, b.status.progress)
+        if progress:
+            b.status.progress = progress
+    elif child.phase == "Succeeded":
+        _trained(b, child, lr)
+    else:
+        child_failed(b, child, "training")
+    return None
+
+
+def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) -> None:
+    try:
+        result = TrainResult.model_validate(child.result or {})
+    except ValidationError:
+        b.phase(
+            "Failed", "NoResult", f"Job {child.name} succeeded but left no training result: {child.message}"
+        )
+        return
+    s = b.status
+    s.eval_loss, s.best_eval_loss = finite(result.eval_loss), finite(result.best_eval_loss)
+    s.train_loss, s.checkpoint, s.early_stopped = (
+        finite(result.train_loss),
+        result.best_checkpoint,
+        result.early_stopped,
+    )
+    s.progress = Progress(
+        step=result.steps,
+        total_steps=result.total_steps or result.steps,
+        percent=100,
+        epoch=finite(result.epochs),
+        loss=s.train_loss,
+        eval_loss=s.eval_loss,
+    )
+    loss = "n/a" if s.eval_loss is None else f"{s.eval_loss:.4g}"
+    b.phase(
+        "Succeeded", "Trained", f"trained {result.steps} steps at learning rate {lr:.3g}, eval loss {loss}"
+    )
+
+
+def _resolve_learning_rate(
+    name: str,
+    uid: str,
+    spec: FineTuneJobSpec,
+    b: StatusBuilder[FineTuneJobStatus],
+    sweep: SweepRef | None,
+) -> tuple[float | None, LRSweepSpec | None]:
+    """(learning rate, or None while there is none yet; the auto sweep to create, if it is time)."""
+    choice = spec.learning_rate
+    if choice.value is not None:
+        b.status.learning_rate, b.status.learning_rate_source = choice.value, "value"
+        return choice.value, None
+    if choice.from_sweep is not None:
+        sweep_name, source = choice.from_sweep.name, f"sweep/{choice.from_sweep.name}"
+    else:
+        sweep_name, source = naming.auto_sweep(name), f"auto/{naming.auto_sweep(name)}"
+    b.status.sweep_name = sweep_name
+    if sweep is None:
+        if choice.auto is not None:
+            b.phase("Sweeping", "SweepCreated", f"created LRSweep {sweep_name} to find the learning rate")
+            return None, rendering.sweep_spec_for_auto(spec)
+        msg = (
+            f"LRSweep {sweep_name} not found in this namespace; create it or fix learningRate.fromSweep.name"
+        )
+        b.condition("WaitingForSweep", True, "SweepNotFound", msg)
+        b.phase("WaitingForSweep", "WaitingForSweep", msg)
+        return None, None
+    if choice.auto is not None and sweep.owner_uid != uid:
+        msg = (
+            f"LRSweep {sweep_name} exists but was not created by this FineTuneJob, so its result is not "
+            f"this job's; delete LRSweep {sweep_name} or re-create this FineTuneJob under another name"
+        )
+        b.condition("WaitingForSweep", True, "SweepNameTaken", msg)
+        b.phase("Pending", "SweepNameTaken", msg, stalled=True)
+        return None, None
+    status = sweep.status
+    phase = status.get("phase")
+    if phase == "Failed":
+        b.phase("Failed", "SweepFailed", f"LRSweep {sweep_name} failed: {status.get('message', '')}")
+        return None, None
+    recommended = finite(_number(status.get("recommendedLearningRate")))
+    if phase != "Succeeded" or recommended is None or recommended <= 0:
+        waiting = "Sweeping" if choice.auto is not None else "WaitingForSweep"
+        msg = f"waiting for LRSweep {sweep_name} to succeed (now {phase or 'Pending'})"
+        b.condition("WaitingForSweep", True, "SweepRunning", msg)
+        b.phase(waiting, "WaitingForSweep", msg, event=False)
+        return None, None
+    lr = recommended
+    if choice.from_sweep is not None:
+        own = spec.optimization.effective_batch_size()
+        sweep_batch = int(_number(status.get("effectiveBatchSize")) or own)
+        lr = scale_learning_rate(lr, sweep_batch if sweep_batch > 0 else own, own, choice.from_sweep.scale)
+    b.status.learning_rate, b.status.learning_rate_source = lr, source
+    b.events.append(Event("Normal", "LearningRateResolved", f"learning rate {lr:.3g} from {source}"))
+    return lr, None
+
+
+def _number(value: Any) -> float | None:
+    """A number another object's status claims to hold, or None (it is not ours to trust)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

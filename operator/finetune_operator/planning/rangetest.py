@@ -1,0 +1,201 @@
+"""The range test: its Job, its live progress, and what its finished curve says (methods rangeTest and
+adaptive)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from finetune_operator import naming, rendering
+from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
+from finetune_operator.children import ChildState
+from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
+from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec
+
+RECOMMENDED = "Recommended"
+"""The reason of a sweep that succeeded; every other verdict fails it."""
+
+Samples = Mapping[str, Mapping[str, float]]
+
+
+def range_test(
+    name: str,
+    sweep: LRSweepSpec,
+    b: StatusBuilder[LRSweepStatus],
+    children: Mapping[str, ChildState],
+    samples: Samples,
+) -> RangeTestResult | None:
+    """Create and follow the range-test Job; its result once it succeeded (written to the status)."""
+    job = naming.range_test_job(name)
+    child = children.get(job)
+    if child is None:
+        try:
+            config = rendering.range_test_config(sweep)
+        except ValidationError as e:
+            b.invalid(e)
+            return None
+        b.children.append(ChildRequest(job, "range-test", ["range-test"], config))
+        b.started()
+        b.phase("Pending", "JobCreated", f"created range-test Job {job}")
+    elif child.phase == "Pending":
+        child_pending(b, child)
+    elif child.phase == "Running":
+        b.phase("Running", "RangeTestRunning", f"range test running in Job {job}")
+        progress = progress_from_sample(samples.get(job), child.start_time, b.now, b.status.progress)
+        if progress:
+            b.status.progress = progress
+    elif child.phase == "Succeeded":
+        return _result(b, child)
+    else:
+        child_failed(b, child, "range test")
+    return None
+
+
+def child_pending(b: StatusBuilder, child: ChildState) -> None:
+    """A Job whose pod has not started: its pod's reason if it has one. A Job that has nothing to say
+    keeps its JobCreated condition (a status write fewer per Job, and the message still holds)."""
+    if not (child.reason or child.message) and b.reason() == "JobCreated":
+        return
+    b.phase(
+        "Pending",
+        child.reason or "PodPending",
+        child.message or f"waiting for Job {child.name} to start",
+        event=bool(child.message),
+    )
+
+
+def child_failed(b: StatusBuilder, child: ChildState, what: str) -> None:
+    hint = {
+        "InvalidConfig": "fix the spec field named in the message",
+        "OutOfMemory": "lower optimization.batchSize or maxSeqLength, or use a LoRA adapter",
+        "Diverged": "lower the learning rate",
+        "DeadlineExceeded": "raise activeDeadlineSeconds",
+        "BackoffLimitExceeded": "see the pod logs; retries are set by backoffLimit",
+    }.get(child.reason or "", "")
+    message = f"{what} Job {child.name} failed ({child.reason})" + (
+        f": {child.message}" if child.message else ""
+    )
+    b.phase("Failed", child.reason or "JobFailed", message + (f"; {hint}" if hint else ""))
+
+
+def _result(b: StatusBuilder[LRSweepStatus], child: ChildState) -> RangeTestResult | None:
+    """The finished range test's result, written to the status (curve, suggestions, window, edge). Numbers
+    that are not finite (a curve point past divergence, a rule that failed) are left out, never written."""
+    try:
+        result = RangeTestResult.model_validate(child.result or {})
+    except ValidationError:
+        b.phase(
+            "Failed", "NoResult", f"Job {child.name} succeeded but left no range-test result: {child.message}"
+        )
+        return None
+    curve = [CurvePoint(lr=p.lr, loss=p.loss) for p in result.curve if finite(p.lr) and finite(p.loss)]
+    result = result.model_copy(
+        update={
+            "curve": curve,
+            "recommended_learning_rate": finite(result.recommended_learning_rate),
+            "best_loss": finite(result.best_loss),
+            "min_learning_rate": finite(result.min_learning_rate),
+            "max_learning_rate": finite(result.max_learning_rate),
+            "divergence_learning_rate": finite(result.divergence_learning_rate),
+            "prior_learning_rate": finite(result.prior_learning_rate),
+            "suggestions": {k: finite(v) for k, v in result.suggestions.items()},
+        }
+    )
+    s = b.status
+    s.effective_batch_size = result.effective_batch_size
+    s.adapter = result.adapter
+    s.suggestions = result.suggestions
+    s.stop_reason = result.stop_reason
+    s.curve = result.curve[:200]
+    s.warnings = result.warnings[:16] or None
+    s.range_test = summarize(result)
+    if result.steps:
+        s.progress = Progress(step=result.steps, total_steps=result.steps, percent=100)
+    if result.stop_reason != "completed":
+        at = f"{result.curve[-1].lr:.3g}" if result.curve else "an unknown rate"
+        b.condition("Diverged", True, "LossDiverged", f"loss diverged at learning rate {at}")
+    else:
+        b.condition("Diverged", False, "Completed", "the ramp reached its last learning rate")
+    return result
+
+
+def summarize(result: RangeTestResult) -> RangeTestSummary:
+    """The range test's window and edges; the edge the adaptive trials sit below is the divergence edge,
+    else the highest learning rate the ramp reached."""
+    edge = finite(result.divergence_learning_rate) or finite(result.max_learning_rate)
+    return RangeTestSummary(
+        min_learning_rate=finite(result.min_learning_rate),
+        max_learning_rate=finite(result.max_learning_rate),
+        divergence_learning_rate=finite(result.divergence_learning_rate),
+        prior_learning_rate=finite(result.prior_learning_rate),
+        edge_learning_rate=edge if edge is not None and edge > 0 else None,
+        steps=result.steps,
+    )
+
+
+def diverged_at_minimum(result: RangeTestResult, min_lr: float | None) -> bool:
+    """True when the ramp diverged within its first decade: the window starts too high."""
+    if result.stop_reason == "completed" or not result.curve or min_lr is None:
+        return False
+    return result.curve[-1].lr <= min_lr * 10
+
+
+def still_falling(result: RangeTestResult) -> bool:
+    """True when the ramp ended without diverging at its lowest loss: the minimum lies beyond it."""
+    curve = result.curve
+    return (
+        result.stop_reason == "completed" and len(curve) >= 2 and curve[-1].loss <= min(p.loss for p in curve)
+    )
+
+
+def verdict(result: RangeTestResult, spec: RangeTestSpec) -> tuple[str, str]:
+    """(reason, message) of a finished `rangeTest` sweep; anything but `Recommended` fails it. A
+    recommendation outside the tested window, or from a curve still falling at its end, names the bound."""
+    curve, rule, lr = result.curve, result.rule, result.recommended_learning_rate
+    low = result.min_learning_rate or spec.min_learning_rate or (curve[0].lr if curve else None)
+    high = result.max_learning_rate or (curve[-1].lr if curve else None)
+    if diverged_at_minimum(result, low):
+        fix = f"lower rangeTest.minLearningRate (now {low:g})"
+        return (
+            "DivergedAtMinimumLearningRate",
+            f"the loss diverged within the first decade of the ramp; {fix}",
+        )
+    if lr is None:
+        return (
+            "NoRecommendation",
+            f"rule {rule} found no learning rate on the curve; widen the range or add steps",
+        )
+    if low is not None and lr < low * (1 - 1e-9):
+        tested = f"below the lowest learning rate tested ({low:.3g})"
+        return (
+            "OutsideTestedWindow",
+            f"rule {rule} recommends {lr:.3g}, {tested}; lower rangeTest.minLearningRate",
+        )
+    if high is not None and lr > high * (1 + 1e-9):
+        tested = f"above the highest learning rate tested ({high:.3g})"
+        return (
+            "OutsideTestedWindow",
+            f"rule {rule} recommends {lr:.3g}, {tested}; raise rangeTest.maxLearningRate",
+        )
+    if still_falling(result):
+        bound = "rangeTest.ceilingLearningRate" if spec.extend else "rangeTest.maxLearningRate"
+        edge = f"the loss was still falling at the highest learning rate tested ({high:.3g})"
+        return (
+            "CurveStillFalling",
+            f"{edge}: rule {rule}'s {lr:.3g} sits at the curve's top edge; raise {bound}",
+        )
+    batch = f"effective batch size {result.effective_batch_size}"
+    return RECOMMENDED, f"recommended learning rate {lr:.3g} (rule {rule}, {batch})"
+
+
+def decide(b: StatusBuilder[LRSweepStatus], result: RangeTestResult, spec: RangeTestSpec) -> None:
+    """A `rangeTest` sweep's outcome: the rule's recommendation, succeeded or failed by `verdict`."""
+    s = b.status
+    s.recommended_learning_rate, s.rule, s.best_loss = (
+        result.recommended_learning_rate,
+        result.rule,
+        result.best_loss,
+    )
+    reason, message = verdict(result, spec)
+    b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)
