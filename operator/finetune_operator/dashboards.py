@@ -507,7 +507,7 @@ def finetune() -> dict[str, Any]:
         _timeseries(
             "Learning rate schedule",
             [
-                Query(f"finetune_learning_rate{{{sel}}}", "{{name}} {{trial}}"),
+                Query(f"finetune_learning_rate{{{sel}}}", "{{name}}"),
                 Query(f"finetune_finetunejob_learning_rate{{{job_sel}}}", "{{name}} peak ({{source}})"),
             ],
             w=12,
@@ -527,7 +527,7 @@ def finetune() -> dict[str, Any]:
             "Throughput", [Query(f"finetune_samples_per_second{{{sel}}}", "{{name}}")], w=8, unit="samples/s"
         ),
         _timeseries(
-            "Steps", [Query(f"finetune_training_step{{{sel}}}", "{{name}} {{trial}}")], w=8, unit="short"
+            "Steps", [Query(f"finetune_training_step{{{sel}}}", "{{name}}")], w=8, unit="short"
         ),
         _timeseries(
             "Seconds since last step",

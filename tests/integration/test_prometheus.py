@@ -1,31 +1,29 @@
 """The alert rules and every dashboard query, checked by a real Prometheus (Debian's package).
 
 - `promtool check rules` on the generated rule file, `promtool test rules` on tests/promtool/;
-- a real Prometheus scrapes a tiny HTTP server serving the operator's real metrics code
-  (`OperatorMetrics`, filled through its writer methods with a realistic set of resources and kept
-  ticking by a thread), every second, and loads the rule file; then every PromQL expression of the
-  dashboards and alert rules is evaluated through the HTTP API: each parses, and each the data covers
-  returns series.
+- a real Prometheus scrapes a tiny HTTP server serving the operator's metrics for a fleet of resources in
+  every situation (tests/fleet.py: statuses made by the operator's planner, series by its collector,
+  counters by its accounting; a thread keeps a fine-tune stepping and reconciles happening), every
+  second, and loads the rule file; then every PromQL expression of the dashboards and alert rules is
+  evaluated through the HTTP API: each parses, and each the data covers returns series.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
-import math
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from fleet import CURVE, NS, Fleet
 from prometheus_client import generate_latest
 
 from finetune_operator import alerts, dashboards
 from finetune_operator.localcluster.prometheus import Prometheus, prometheus_binaries, running_prometheus
-from finetune_operator.metrics import OperatorMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -81,95 +79,16 @@ def test_promtool_unit_tests_cover_every_alert():
 # A scrape target serving the operator's metrics code
 
 
-NS = "ml"
-CURVE = [
-    (1e-7 * 10 ** (i / 6), 2.5 - 1.2 * math.exp(-(((i - 20) / 8) ** 2)) + (0.3 if i > 28 else 0))
-    for i in range(32)
-]
-
-
-def populate(m: OperatorMetrics) -> None:
-    """A cluster's worth of resources, written the way the operator writes them."""
-    # A finished range test with every rule's suggestion and its curve.
-    m.set_phase("LRSweep", NS, "lr-find", "Succeeded")
-    m.set_progress(
-        "LRSweep", NS, "lr-find", trial="0", step=100, total_steps=100, learning_rate=1e-3, loss=2.9
-    )
-    m.set_sweep_result(
-        NS,
-        "lr-find",
-        recommended=3.16e-4,
-        rule="valley",
-        curve=CURVE,
-        suggestions={"steepest": 1e-4, "valley": 3.16e-4, "minimum-over-10": 1e-4, "max-over-3": 5e-4},
-    )
-    # A range test whose window started too high.
-    m.set_phase("LRSweep", NS, "too-high", "Succeeded")
-    m.set_sweep_result(NS, "too-high", recommended=1e-5, rule="valley", curve=CURVE[:3], diverged_at_min=True)
-    # A grid sweep still running, with finished trials.
-    m.set_phase("LRSweep", NS, "grid", "Sweeping")
-    for trial, (lr, loss) in enumerate([(1e-5, 1.9), (3e-5, 1.7), (1e-4, 1.6), (3e-4, 2.4)]):
-        m.set_trial(NS, "grid", trial, lr, loss)
-    m.set_progress("LRSweep", NS, "grid", trial="4", step=10, total_steps=50, learning_rate=1e-3, loss=2.1)
-    # A fine-tune running on the sweep's recommendation, one that failed, one stuck for an hour.
-    m.set_phase("FineTuneJob", NS, "ft-run", "Running")
-    m.set_resolved_lr(NS, "ft-run", "sweep/lr-find", 4.47e-4)
-    m.set_progress(
-        "FineTuneJob",
-        NS,
-        "ft-run",
-        step=1,
-        total_steps=1000,
-        learning_rate=1e-5,
-        loss=2.3,
-        eval_loss=2.4,
-        samples_per_second=31.5,
-        eta_seconds=3600,
-    )
-    m.set_phase("FineTuneJob", NS, "ft-bad", "Failed")
-    m.set_resolved_lr(NS, "ft-bad", "value", 0.5)
-    m.set_phase("FineTuneJob", NS, "ft-stuck", "Running")
-    m.set_progress("FineTuneJob", NS, "ft-stuck", step=40, total_steps=1000, learning_rate=2e-4, loss=1.8)
-    m.last_progress.labels("FineTuneJob", NS, "ft-stuck").set(time.time() - 3600)  # its last step: 1 h ago
-    # Operator-wide counters.
-    m.jobs_created.labels("LRSweep").inc(6)
-    m.jobs_created.labels("FineTuneJob").inc(3)
-    m.jobs_failed.labels("FineTuneJob", "TrainerFailed").inc()
-    m.jobs_retried.labels("FineTuneJob").inc()
-
-
-def tick(m: OperatorMetrics, n: int) -> None:
-    """What keeps happening: reconciles (a fifth of LRSweep's fail), the running fine-tune steps."""
-    for kind in ("LRSweep", "FineTuneJob"):
-        m.reconcile_seconds.labels(kind).observe(0.004 * (1 + n % 7))
-    if n % 5 == 0:
-        m.reconcile_errors.labels("LRSweep").inc()
-    m.jobs_created.labels("LRSweep").inc(0)
-    step = 1 + n
-    m.set_progress(
-        "FineTuneJob",
-        NS,
-        "ft-run",
-        step=step,
-        total_steps=1000,
-        learning_rate=4.47e-4 * min(1.0, step / 30),
-        loss=2.3 - step * 1e-3,
-        eval_loss=2.4 - step * 1e-3,
-        samples_per_second=31.5,
-        eta_seconds=(1000 - step) * 0.5,
-    )
-
-
 @contextlib.contextmanager
 def metrics_target() -> Iterator[str]:
-    metrics = OperatorMetrics()
-    populate(metrics)
+    fleet = Fleet()
+    metrics = fleet.metrics
     stop = threading.Event()
 
     def ticker() -> None:
         n = 0
         while not stop.wait(0.1):
-            tick(metrics, n)
+            fleet.tick(n)
             n += 1
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -220,7 +139,7 @@ def prometheus(prometheus_bins, tmp_path_factory) -> Iterator[Prometheus]:
 # Every expression, evaluated
 
 
-# Each dashboard evaluated with its variables set to resources the populated data has.
+# Each dashboard evaluated with its variables set to resources of the fleet.
 VARIABLES = {
     "overview.json": {},
     "finetune.json": {"namespace": NS, "job": "ft-run"},
@@ -230,7 +149,7 @@ DASHBOARD_QUERIES = [
     (f"{f} / {title}", dashboards.as_promql(expr, VARIABLES[f]))
     for f, title, expr in dashboards.iter_queries()
 ]
-# Alert conditions that the data makes true (ft-bad failed, too-high diverged, ft-stuck stuck for an hour,
+# Alert conditions that the fleet makes true (ft-bad failed, too-high diverged, ft-stuck stuck for an hour,
 # a fifth of LRSweep reconciles fail); the operator's target is up, so FinetuneOperatorDown must be empty.
 ALERTS_EMPTY = {"FinetuneOperatorDown"}
 

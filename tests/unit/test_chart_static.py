@@ -1,24 +1,28 @@
 """The Helm chart, dashboards and alert rules agree with the code they describe (no cluster, no binaries).
 
 - the chart's CRDs are the generated ones, byte for byte; its versions are the package's;
-- every metric a dashboard or alert queries is one `OperatorMetrics` exports (or `up`);
+- every series a dashboard or alert queries has a producer: the operator, reconciling a fleet of resources
+  in every situation (tests/fleet.py), exports it, with every label a legend names (or it is `up`);
 - the generated dashboards and rule file are up to date; values.yaml obeys the strict schema and
   documents every value.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from fleet import Fleet
 
 from finetune_operator import alerts, dashboards, settings
-from finetune_operator.metrics import OperatorMetrics
+from finetune_trainer.config import TRAINER_METRICS_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "finetune-operator"
@@ -55,6 +59,13 @@ def test_default_images_are_the_operator_image_at_app_version_and_the_settings_t
     assert values["trainer"]["image"] == settings.DEFAULT_TRAINER_IMAGE
 
 
+def test_the_trainer_metrics_port_is_the_contracts():
+    values = _load_yaml(CHART / "values.yaml")
+    assert (
+        values["trainer"]["metricsPort"] == TRAINER_METRICS_PORT == settings.Settings().trainer_metrics_port
+    )
+
+
 def test_chart_passes_every_setting_the_operator_reads_from_the_environment():
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
     read = set(
@@ -75,20 +86,24 @@ def test_rule_file_is_what_the_alerts_module_says():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Queries name only exported series
+# Every queried series has a producer
+
+
+@functools.cache
+def produced() -> dict[str, list[dict[str, str]]]:
+    """Every series the operator exports for the fleet, by name (with prometheus-client's suffixes), and
+    the label sets it exports them with."""
+    fleet = Fleet()
+    fleet.tick(0)
+    series: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for family in fleet.metrics.registry.collect():
+        for sample in family.samples:
+            series[sample.name].append(dict(sample.labels))
+    return dict(series)
 
 
 def exported_series() -> set[str]:
-    """Every series name OperatorMetrics can expose, with the suffixes prometheus-client adds."""
-    names: set[str] = set()
-    for family in OperatorMetrics().registry.collect():
-        suffixes = {
-            "counter": ("_total", "_created"),
-            "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "summary": ("_sum", "_count", "_created"),
-        }.get(family.type, ("",))
-        names.update(family.name + s for s in suffixes)
-    return names
+    return set(produced())
 
 
 _KEYWORDS = {
@@ -132,6 +147,23 @@ def all_queries() -> list[tuple[str, str]]:
     return out
 
 
+def legends() -> list[tuple[str, str, str]]:
+    """(where, PromQL, legend) of every dashboard target whose legend names labels."""
+    out = []
+    for fname, dash in dashboards.dashboards().items():
+        for panel in dash["panels"]:
+            for target in panel.get("targets", []):
+                if "{{" in target.get("legendFormat", ""):
+                    where = f"{fname} / {panel['title']}"
+                    out.append((where, dashboards.as_promql(target["expr"]), target["legendFormat"]))
+    return out
+
+
+def equality_matchers(expr: str) -> dict[str, str]:
+    """The `label="value"` matchers of a query (regex matchers hold dashboard variables: ignored)."""
+    return dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', re.sub(r'\w+\s*=~\s*"[^"]*"', "", expr)))
+
+
 def test_metric_name_extraction_finds_names_and_ignores_functions_labels_and_keywords():
     expr = (
         "histogram_quantile(0.95, sum by (le, kind) (rate(finetune_reconcile_duration_seconds_bucket[5m])))"
@@ -140,7 +172,7 @@ def test_metric_name_extraction_finds_names_and_ignores_functions_labels_and_key
     assert metric_names(expr) == {"finetune_reconcile_duration_seconds_bucket", "up", "foo_bar"}
 
 
-def test_a_query_naming_an_unknown_metric_is_caught():
+def test_a_query_naming_a_series_nobody_produces_is_caught():
     known = exported_series() | {"up"}
     assert metric_names("rate(finetune_reconciles_total[5m])") - known == {"finetune_reconciles_total"}
     assert metric_names("finetune_jobs_created") - known == {
@@ -148,7 +180,7 @@ def test_a_query_naming_an_unknown_metric_is_caught():
     }  # counter without _total
 
 
-def test_exported_series_include_prometheus_client_suffixes():
+def test_produced_series_include_prometheus_client_suffixes():
     names = exported_series()
     assert {
         "finetune_jobs_created_total",
@@ -160,11 +192,28 @@ def test_exported_series_include_prometheus_client_suffixes():
 
 
 @pytest.mark.parametrize(("where", "expr"), all_queries(), ids=[w for w, _ in all_queries()])
-def test_every_query_reads_only_series_the_operator_exports(where, expr):
+def test_every_query_reads_only_series_the_operator_produces(where, expr):
     names = metric_names(expr)
     assert names, f"{where}: no metric in {expr!r}"
     unknown = names - exported_series() - {"up"}
-    assert not unknown, f"{where} queries {sorted(unknown)}, which OperatorMetrics does not export"
+    assert not unknown, f"{where} queries {sorted(unknown)}, which the operator never exports"
+
+
+@pytest.mark.parametrize(("where", "expr", "legend"), legends(), ids=[w for w, _, _ in legends()])
+def test_every_label_a_legend_names_is_set_on_the_series_it_shows(where, expr, legend):
+    wanted = equality_matchers(expr)
+    for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend):
+        if label in ("le",) or re.search(rf"\bby\s*\([^)]*\b{label}\b", expr):
+            continue  # made by the query itself
+        shown = [
+            labels
+            for name in metric_names(expr) - {"up"}
+            for labels in produced().get(name, [])
+            if all(labels.get(k) == v for k, v in wanted.items() if k in labels)
+        ]
+        assert any(labels.get(label) for labels in shown), (
+            f"{where}: legend {legend!r} names `{label}`, which no series of {expr!r} carries"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
