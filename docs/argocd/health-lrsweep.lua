@@ -1,15 +1,27 @@
 -- Argo CD health check for finetune.dev/LRSweep (resource.customizations.health.finetune.dev_LRSweep).
--- Phases: Pending/WaitingForSweep/Sweeping/Running -> Progressing, Succeeded -> Healthy,
--- Failed -> Degraded; no status yet, or a status older than the spec -> Progressing.
+-- Reads what the operator writes (docs/gitops.md): Ready=True (phase Succeeded) -> Healthy;
+-- Stalled=True (phase Failed, or blocked until a person acts) -> Degraded; otherwise Progressing.
+-- No status yet, or a status older than the spec -> Progressing.
 local hs = {}
 
-local function condition_message(status, wanted)
+local function condition(status, wanted)
   if status.conditions ~= nil then
     for _, c in ipairs(status.conditions) do
-      if c.type == wanted and c.status == "True" and c.message ~= nil and c.message ~= "" then
-        return c.message
+      if c.type == wanted then
+        return c
       end
     end
+  end
+  return nil
+end
+
+local function holds(c)
+  return c ~= nil and c.status == "True"
+end
+
+local function said(c)
+  if holds(c) and c.message ~= nil and c.message ~= "" then
+    return c.message
   end
   return nil
 end
@@ -29,7 +41,11 @@ if generation ~= nil and status.observedGeneration ~= nil and status.observedGen
 end
 
 local phase = status.phase
-if phase == "Succeeded" then
+local ready = condition(status, "Ready")
+local stalled = condition(status, "Stalled")
+local failed = condition(status, "Failed")
+local active = phase == "Pending" or phase == "WaitingForSweep" or phase == "Sweeping" or phase == "Running"
+if holds(ready) or phase == "Succeeded" then
   hs.status = "Healthy"
   if status.recommendedLearningRate ~= nil then
     hs.message = string.format("Recommended learning rate %.3g", status.recommendedLearningRate)
@@ -39,10 +55,10 @@ if phase == "Succeeded" then
   else
     hs.message = status.message or "Succeeded"
   end
-elseif phase == "Failed" then
+elseif holds(stalled) or holds(failed) or phase == "Failed" then
   hs.status = "Degraded"
-  hs.message = condition_message(status, "Failed") or status.message or "Failed"
-elseif phase == "Pending" or phase == "WaitingForSweep" or phase == "Sweeping" or phase == "Running" then
+  hs.message = said(stalled) or said(failed) or status.message or phase
+elseif active then
   hs.status = "Progressing"
   hs.message = status.message or phase
   if status.progress ~= nil and status.progress.percent ~= nil then

@@ -1,4 +1,5 @@
-"""The Argo CD health checks in docs/argocd/*.lua, run by a real Lua 5.4 on sample statuses.
+"""The Argo CD health checks in docs/argocd/*.lua, run by a real Lua 5.4 on sample statuses and on the
+statuses the operator's planner writes (Healthy exactly when Ready, Degraded exactly when Stalled).
 
 Argo CD runs a health script with the resource as the global `obj` and reads the table it returns. The
 harness does the same: `obj = <the sample as a Lua table>; hs = dofile(script)`.
@@ -194,3 +195,60 @@ def test_gitops_doc_embeds_the_tested_scripts_verbatim(kind):
     for line in SCRIPTS[kind].read_text().splitlines():
         if line.strip():
             assert f"    {line}\n" in doc, f"docs/gitops.md differs from {SCRIPTS[kind].name} at: {line!r}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The checks agree with what the operator writes
+
+
+def planned() -> list[tuple[str, str, dict]]:
+    """(situation, kind, status) as the operator's planner writes them."""
+    from plans import plan_finetune, plan_sweep
+
+    from finetune_operator.children import ChildState
+
+    spec = {"model": {"name": "/m"}, "dataset": {"files": ["/d.jsonl"]}, "method": "rangeTest"}
+    result = {
+        "kind": "rangeTest",
+        "rule": "valley",
+        "recommendedLearningRate": 1e-4,
+        "stopReason": "diverged",
+    }
+    result |= {"curve": [{"lr": 1e-6, "loss": 3.0}, {"lr": 1e-4, "loss": 2.0}, {"lr": 1e-2, "loss": 9.0}]}
+
+    def job(phase: str, **kw) -> dict:
+        return {"s-range-test": ChildState("s-range-test", phase, **kw)}
+
+    ftj = {**spec, "learningRate": {"auto": {}}}
+    ftj.pop("method")
+    taken = {"status": {"phase": "Succeeded"}, "owner": "someone-else"}
+    return [
+        ("created", "LRSweep", plan_sweep("s", spec, None, 1, {}).status),
+        ("running", "LRSweep", plan_sweep("s", spec, None, 1, job("Running")).status),
+        (
+            "unschedulable",
+            "LRSweep",
+            plan_sweep("s", spec, None, 1, job("Pending", reason="Unschedulable", message="no GPU")).status,
+        ),
+        ("recommended", "LRSweep", plan_sweep("s", spec, None, 1, job("Succeeded", result=result)).status),
+        (
+            "trainer failed",
+            "LRSweep",
+            plan_sweep("s", spec, None, 1, job("Failed", reason="OutOfMemory")).status,
+        ),
+        ("invalid spec", "LRSweep", plan_sweep("s", {**spec, "rangeTest": {"steps": 1}}, None, 1, {}).status),
+        ("sweeping", "FineTuneJob", plan_finetune("f", ftj, None, 1, {}, None).status),
+        ("sweep name taken", "FineTuneJob", plan_finetune("f", ftj, None, 1, {}, taken).status),
+    ]
+
+
+@pytest.mark.parametrize(("situation", "kind", "status"), planned(), ids=[p[0] for p in planned()])
+def test_health_is_healthy_when_ready_and_degraded_when_stalled(lua, situation, kind, status):
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    health_, message = health(lua, kind, resource(kind, status))
+    if conditions.get("Ready") == "True":
+        assert health_ == "Healthy"
+    elif conditions.get("Stalled") == "True":
+        assert health_ == "Degraded" and message == status["message"]
+    else:
+        assert health_ == "Progressing" and conditions["Reconciling"] == "True"

@@ -371,3 +371,40 @@ def test_the_auto_sweep_is_applied_without_taking_over_fields_others_own():
     [(_, path, sweep, _, query)] = applier.calls(APPLY)
     assert path == "/apis/finetune.dev/v1alpha1/namespaces/ns/lrsweeps/s-lr"
     assert sweep["kind"] == "LRSweep" and query["force"] == "false"
+
+
+def test_a_reconcile_validates_the_spec_once(monkeypatch):
+    from finetune_operator.api import LRSweepSpec
+
+    calls = []
+    original = LRSweepSpec.model_validate.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(cls)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LRSweepSpec, "model_validate", classmethod(counting))
+    c = Controller(
+        Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=RecordingApplier()
+    )
+    reconcile_once(c)
+    assert calls == [LRSweepSpec]
+
+
+def test_failed_jobs_counts_trainer_jobs_that_failed_not_resources():
+    applier = RecordingApplier()
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    registry = c.metrics.registry
+
+    def failed(reason: str) -> float | None:
+        return registry.get_sample_value("finetune_jobs_failed_total", {"kind": "LRSweep", "reason": reason})
+
+    invalid = reconcile_once(c, spec={**SWEEP_SPEC, "rangeTest": {"steps": 1}}).status
+    assert invalid.phase == "Failed" and failed("InvalidSpec") is None, "a bad spec is no failed Job"
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    registry = c.metrics.registry
+    created = reconcile_once(c).status.to_wire()
+    job = {"s-range-test": ChildState("s-range-test", "Failed", reason="OutOfMemory", failed_pods=1)}
+    reconcile_once(c, status=created, children=job)
+    reconcile_once(c, status=created, children=job)  # seen again: counted once
+    assert failed("OutOfMemory") == 1

@@ -327,17 +327,32 @@ def test_failed_trainer_explains_the_reason_and_fix():
 def test_finished_resources_are_left_alone():
     from finetune_operator.applier import status_delta
 
-    ready = {"type": "Ready", "status": "True", "reason": "Recommended", "lastTransitionTime": "t"}
-    done = {
+    done = plan_sweep("s", RT_SPEC, None, 1, {"s-range-test": _child("Succeeded", RESULT)}).status
+    again = plan_sweep("s", RT_SPEC, done, 1, {}, now="2026-02-01T00:00:00Z")
+    assert again.status == done and not again.create and not again.events
+    assert status_delta(done, again.status) == {}, "nothing to write"
+
+
+def test_a_finished_status_from_before_ready_meant_succeeded_is_settled_once():
+    old = {
         "phase": "Succeeded",
         "observedGeneration": 1,
         "recommendedLearningRate": 1e-4,
-        "conditions": [ready],
+        "completionTime": "t0",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Recommended", "lastTransitionTime": "t0"},
+            {"type": "Succeeded", "status": "True", "reason": "Recommended", "lastTransitionTime": "t0"},
+        ],
     }
-    plan = plan_sweep("s", SPEC, done, 1, {}, now=NOW)
-    assert plan.status == {**done, "conditions": [{**ready, "message": ""}]} and not plan.create
-    assert not plan.events
-    assert status_delta({**done, "conditions": [{**ready, "message": ""}]}, plan.status) == {}
+    settled = plan_sweep("s", SPEC, old, 1, {}).status
+    assert conditions(settled) == {
+        "Ready": "True",
+        "Succeeded": "True",
+        "Failed": "False",
+        "Reconciling": "False",
+    }
+    assert settled["completionTime"] == "t0" and settled["recommendedLearningRate"] == 1e-4
+    assert plan_sweep("s", SPEC, settled, 1, {}, now="2026-02-01T00:00:00Z").status == settled
 
 
 def test_grid_respects_parallelism_then_picks_the_best_trial():
@@ -516,3 +531,101 @@ def test_a_fresh_job_keeps_its_jobcreated_condition_until_its_pod_has_news():
         "s", SPEC, told.status, 1, {"s-range-test": ChildState("s-range-test", "Pending")}, now=NOW
     )
     assert next(c for c in again.status["conditions"] if c["type"] == "Ready")["reason"] == "PodPending"
+
+
+# ------------------------------------------------------------------ run identity
+
+
+def test_each_trainer_job_of_a_resource_writes_to_its_own_folder_under_the_resources_uid():
+    grid = {
+        **SPEC,
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3]},
+        "output": {"persistentVolumeClaim": "out"},
+    }
+
+    def sub_paths(plan) -> list[str]:
+        mounts = [
+            c.manifest["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] for c in plan.create
+        ]
+        return [m["subPath"] for ms in mounts for m in ms if m["name"] == "output"]
+
+    assert sub_paths(plan_sweep("g", grid, None, 1, {})) == [
+        "lrsweep/g/uid-lrsweep/trial-0",
+        "lrsweep/g/uid-lrsweep/trial-1",
+    ]
+    shared = {**grid, "output": {"persistentVolumeClaim": "out", "subPath": "team/exp"}}
+    assert sub_paths(plan_sweep("g", shared, None, 1, {})) == ["team/exp/trial-0", "team/exp/trial-1"]
+    ftj = {**SPEC, "learningRate": {"value": 1e-4}, "output": {"persistentVolumeClaim": "out"}}
+    assert sub_paths(plan_finetune("f", ftj, None, 1, {}, None)) == ["finetunejob/f/uid-finetunejob/train"]
+
+
+def test_auto_never_adopts_an_lrsweep_it_did_not_create():
+    spec = {**SPEC, "learningRate": {"auto": {}}}
+    theirs = {
+        "status": {"phase": "Succeeded", "recommendedLearningRate": 1e-3},
+        "owner": "uid-of-someone-else",
+    }
+    plan = plan_finetune("f", spec, None, 1, {}, theirs)
+    assert "learningRate" not in plan.status and not plan.create and plan.create_sweep is None
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert conditions["Stalled"]["status"] == "True" and conditions["Ready"]["reason"] == "SweepNameTaken"
+    assert "delete LRSweep f-lr or re-create this FineTuneJob under another name" in plan.status["message"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "SweepNameTaken")]
+    unowned = {**theirs, "owner": None}
+    assert "learningRate" not in plan_finetune("f", spec, None, 1, {}, unowned).status
+    ours = {**theirs, "owner": "uid-finetunejob"}
+    assert plan_finetune("f", spec, None, 1, {}, ours).status["learningRate"] == 1e-3
+    named = {**SPEC, "learningRate": {"fromSweep": {"name": "shared", "scale": "none"}}}
+    assert plan_finetune("f", named, None, 1, {}, theirs).status["learningRate"] == 1e-3, "fromSweep: any"
+
+
+# ------------------------------------------------------------------ what Ready means
+
+
+def conditions(status: dict) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+def test_ready_is_true_once_the_result_can_be_used_and_kstatus_conditions_follow_the_phase():
+    from finetune_operator.children import ChildState
+
+    pending = plan_sweep("s", RT_SPEC, None, 1, {}).status
+    assert conditions(pending) == {"Ready": "False", "Reconciling": "True"}
+    running = plan_sweep("s", RT_SPEC, pending, 1, {"s-range-test": _child("Running")}).status
+    assert conditions(running) == {"Ready": "False", "Reconciling": "True"}
+    done = plan_sweep("s", RT_SPEC, running, 1, {"s-range-test": _child("Succeeded", RESULT)}).status
+    assert {k: v for k, v in conditions(done).items() if k != "Diverged"} == {
+        "Ready": "True",
+        "Reconciling": "False",
+        "Succeeded": "True",
+        "Failed": "False",
+    }
+    failed = plan_sweep(
+        "s", RT_SPEC, running, 1, {"s-range-test": _child("Failed", reason="OutOfMemory")}
+    ).status
+    assert conditions(failed) == {
+        "Ready": "False",
+        "Reconciling": "False",
+        "Succeeded": "False",
+        "Failed": "True",
+        "Stalled": "True",
+    }
+    ftj = plan_finetune("f", {**SPEC, "learningRate": {"value": 1e-4}}, None, 1, {}, None).status
+    trained = {"kind": "train", "learningRate": 1e-4, "steps": 5}
+    ok = plan_finetune(
+        "f",
+        {**SPEC, "learningRate": {"value": 1e-4}},
+        ftj,
+        1,
+        {"f-train": ChildState("f-train", "Succeeded", result=trained)},
+        None,
+    ).status
+    assert (ok["phase"], conditions(ok)["Ready"]) == ("Succeeded", "True")
+
+
+def test_conditions_keep_their_place_so_an_unchanged_status_is_not_rewritten():
+    c = set_condition([], "Ready", False, "A", "", 1, "t1")
+    c = set_condition(c, "Diverged", True, "B", "", 1, "t1")
+    c = set_condition(c, "Ready", False, "A", "", 1, "t2")
+    assert [x.type for x in c] == ["Ready", "Diverged"] and c[0].last_transition_time == "t1"

@@ -321,3 +321,121 @@ def test_a_range_test_curve_still_falling_at_its_end_fails_with_the_bound():
         now=NOW,
     )
     assert plan.status["phase"] == "Failed" and "rangeTest.ceilingLearningRate" in plan.status["message"]
+
+
+# ------------------------------------------------------------------ results no trainer should write
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def strict_json(status: dict) -> str:
+    """The status as the API server must receive it: JSON has no NaN or Infinity."""
+    return json.dumps(status, allow_nan=False)
+
+
+def test_non_finite_numbers_in_a_range_test_result_never_reach_the_status():
+    result = {
+        **RANGE_TEST,
+        "recommendedLearningRate": NAN,
+        "bestLoss": NAN,
+        "suggestions": {"valley": INF, "steepest": 1e-4},
+        "curve": [*RANGE_TEST["curve"], {"lr": 0.3, "loss": INF}, {"lr": NAN, "loss": 2.0}],
+        "priorLearningRate": NAN,
+    }
+    children = {"s-range-test": ChildState("s-range-test", "Succeeded", result=result)}
+    for spec in ({**BASE, "method": "rangeTest"}, SPEC):
+        status = plan_sweep("s", spec, None, 1, children).status
+        strict_json(status)
+        assert status.get("recommendedLearningRate") is None
+        assert status["suggestions"] == {"valley": None, "steepest": 1e-4}, "a rule that found nothing"
+        assert len(status["curve"]) == len(RANGE_TEST["curve"]), "the points past divergence are left out"
+    assert plan_sweep("s", {**BASE, "method": "rangeTest"}, None, 1, children).status["phase"] == "Failed"
+
+
+def test_non_finite_losses_of_trials_and_training_never_reach_the_status():
+    grid = {**BASE, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3], "parallelism": 2}}
+    children = {
+        "g-trial-0": ChildState(
+            "g-trial-0", "Succeeded", result={"kind": "trial", "learningRate": 1e-4, "evalLoss": NAN}
+        ),
+        "g-trial-1": ChildState(
+            "g-trial-1", "Succeeded", result={"kind": "trial", "learningRate": 1e-3, "evalLoss": 1.5}
+        ),
+    }
+    status = plan_sweep("g", grid, None, 1, children).status
+    strict_json(status)
+    assert status["trials"][0]["diverged"] is True and status["recommendedLearningRate"] == 1e-3
+    result = {
+        "kind": "train",
+        "learningRate": 1e-4,
+        "steps": 10,
+        "evalLoss": INF,
+        "trainLoss": NAN,
+        "epochs": NAN,
+    }
+    trained = {"f-train": ChildState("f-train", "Succeeded", result=result)}
+    status = plan_finetune("f", {**FTJ, "learningRate": {"value": 1e-4}}, None, 1, trained, None).status
+    strict_json(status)
+    assert status["phase"] == "Succeeded" and "evalLoss" not in status
+
+
+def test_a_sweep_whose_status_claims_a_non_number_is_waited_for_not_trusted():
+    odd = {"status": {"phase": "Succeeded", "recommendedLearningRate": "fast", "effectiveBatchSize": None}}
+    plan = plan_finetune("f", {**FTJ, "learningRate": {"fromSweep": {"name": "s"}}}, None, 1, {}, odd)
+    assert plan.status["phase"] == "WaitingForSweep" and not plan.create
+    strict_json(plan.status)
+
+
+# ------------------------------------------------------------------ live progress of running trials
+
+
+def test_running_trials_report_their_live_progress():
+    cluster = FakeCluster(SPEC)
+    cluster.reconcile()
+    cluster.finish_range_test()
+    cluster.reconcile()
+    live = {"s-s1-trial-0": {"step": 4, "total_steps": 8, "loss": 2.5, "learning_rate": 3e-3}}
+    plan = plan_sweep("s", SPEC, cluster.status, 1, dict(cluster.children), samples=live)
+    first, second = plan.status["trials"][:2]
+    assert first["progress"]["step"] == 4 and first["progress"]["loss"] == 2.5
+    assert first["progress"]["lastStepTime"] == NOW
+    assert "progress" not in second, "no sample yet"
+    grid = {**BASE, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3], "parallelism": 2}}
+    running = {f"g-trial-{i}": ChildState(f"g-trial-{i}", "Running") for i in range(2)}
+    plan = plan_sweep("g", grid, None, 1, running, samples={"g-trial-1": {"step": 7, "learning_rate": 1e-3}})
+    assert plan.status["trials"][1]["progress"]["step"] == 7 and "progress" not in plan.status["trials"][0]
+
+
+def test_a_trials_progress_goes_once_it_finished():
+    grid = {**BASE, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3], "parallelism": 2}}
+    running = {f"g-trial-{i}": ChildState(f"g-trial-{i}", "Running") for i in range(2)}
+    before = plan_sweep("g", grid, None, 1, running, samples={"g-trial-0": {"step": 7}}).status
+    done = ChildState(
+        "g-trial-0", "Succeeded", result={"kind": "trial", "learningRate": 1e-4, "evalLoss": 2.0}
+    )
+    after = plan_sweep("g", grid, before, 1, {**running, "g-trial-0": done}).status
+    assert "progress" not in after["trials"][0] and after["trials"][0]["evalLoss"] == 2.0
+
+
+def test_grid_trials_deleted_after_their_ttl_are_remembered_not_run_again():
+    grid = {**BASE, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "parallelism": 2}}
+
+    def done(i: int, loss: float) -> ChildState:
+        result = {"kind": "trial", "learningRate": [1e-4, 1e-3, 1e-2][i], "evalLoss": loss}
+        return ChildState(f"g-trial-{i}", "Succeeded", result=result)
+
+    first = plan_sweep(
+        "g", grid, None, 1, {"g-trial-0": done(0, 2.0), "g-trial-1": ChildState("g-trial-1", "Running")}
+    )
+    assert [c.name for c in first.create] == ["g-trial-2"]
+    # trial 0's Job is deleted after its TTL; trial 1 finishes, trial 2 runs: one slot free
+    later = plan_sweep(
+        "g",
+        grid,
+        first.status,
+        1,
+        {"g-trial-1": done(1, 1.5), "g-trial-2": ChildState("g-trial-2", "Running")},
+    )
+    assert not later.create, "trial 0 finished before its Job went: it is not run again"
+    assert later.status["trials"][0]["evalLoss"] == 2.0 and later.status["trials"][0]["phase"] == "Succeeded"

@@ -38,6 +38,7 @@ from finetune_operator.planning.status import (
     is_done,
     now_iso,
     parse_status,
+    settle,
 )
 from finetune_operator.settings import Settings
 
@@ -110,10 +111,10 @@ def plan_sweep(
     now: str | None = None,
 ) -> DesiredState:
     """Decide the LRSweep's status and which trainer Jobs to create next."""
-    previous = parse_status(LRSweepStatus, resource.status)
+    previous, now = parse_status(LRSweepStatus, resource.status), now or now_iso()
     if is_done(previous, resource.generation):
-        return DesiredState(previous)
-    b = StatusBuilder(previous, resource.generation, now or now_iso())
+        return DesiredState(settle(previous, now))
+    b = StatusBuilder(previous, resource.generation, now)
     try:
         spec = LRSweepSpec.model_validate(resource.spec)
     except ValidationError as e:
@@ -143,10 +144,10 @@ def plan_finetune(
     """Decide the FineTuneJob's status: resolve the learning rate, then run and follow the training Job.
 
     `sweep` is the LRSweep named by `fromSweep` (or its `auto` sweep), None when it does not exist."""
-    previous = parse_status(FineTuneJobStatus, resource.status)
+    previous, now = parse_status(FineTuneJobStatus, resource.status), now or now_iso()
     if is_done(previous, resource.generation):
-        return DesiredState(previous)
-    b = StatusBuilder(previous, resource.generation, now or now_iso())
+        return DesiredState(settle(previous, now))
+    b = StatusBuilder(previous, resource.generation, now)
     try:
         spec = FineTuneJobSpec.model_validate(resource.spec)
     except ValidationError as e:

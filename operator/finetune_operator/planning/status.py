@@ -81,6 +81,18 @@ def is_done(status: ResourceStatus, generation: int) -> bool:
     return status.phase in TERMINAL and status.observed_generation == generation
 
 
+def settle(status: S, now: str) -> S:
+    """A finished status with the conditions its phase stands for (see the table above). A status written
+    before `Ready` meant Succeeded gets them once; one written by this version is returned unchanged."""
+    reason = next(
+        (c.reason for t in ("Failed", "Succeeded", READY) if (c := condition(status, t)) is not None),
+        status.phase,
+    )
+    b = StatusBuilder(status, status.observed_generation or 1, now)
+    b.phase(status.phase, reason, status.message or "", event=False)
+    return b.status
+
+
 def set_condition(
     conditions: list[Condition],
     type_: str,
