@@ -255,11 +255,12 @@ class Controller:
             return  # gone, or going: never create children the garbage collector is about to remove
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(self._pool, self.reconcile, snap)
-        if (
-            outcome.written is not None
-            and key in self.resources
-            and _newer(outcome.written, self.resources[key])
-        ):
+        cached = self.resources.get(key)
+        if cached is None or cached["metadata"]["uid"] != snap.body["metadata"]["uid"]:
+            self._tallies.pop(key, None)  # deleted while it was reconciled: keep nothing of it
+            return
+        self.statuses[key] = outcome.status
+        if outcome.written is not None and _newer(outcome.written, cached):
             self.resources[key] = outcome.written
         if outcome.refused:
             delay = self._backoff(key)
@@ -304,5 +305,4 @@ class Controller:
         for event in result.events:
             self.applier.post_event(resource, event)
         written = self.applier.patch_status(resource, result.status.to_wire())
-        self.statuses[snap.key] = result.status
         return Outcome(slim(written) if written else None, result.status, bool(refused))

@@ -1,4 +1,5 @@
-"""The operator against a real API server: children, status, conditions, events, restarts, deletion.
+"""The operator against a real API server: children applied server-side, status, conditions, events,
+refused children, restarts, deletion, run identity.
 
 Trainer Jobs here are created suspended (as a Kueue queue would hold them), so no trainer runs: these tests
 are about what the operator does with the API. tests/e2e runs real trainers.
@@ -101,8 +102,13 @@ def test_restart_never_duplicates_children(kube_api, namespace, crds_installed, 
             lambda: len(jobs(kube_api, namespace, "finetune.dev/lrsweep=grid")) == 2, what="2 trial Jobs"
         )
     assert runner.exception is None, runner.output
+    reconciles = handlers.State.metrics.reconcile_seconds.labels("LRSweep")
+    before = reconciles._sum.get(), sum(b.get() for b in reconciles._buckets)
     with run_operator(OPERATOR, namespace=namespace) as runner:
-        time.sleep(3)  # resume handlers and a few timer rounds
+        # the restarted operator reconciles the sweep it finds (and must create nothing)
+        wait_for(
+            lambda: sum(b.get() for b in reconciles._buckets) > before[1], what="a reconcile after restart"
+        )
     assert runner.exception is None, runner.output
     names = sorted(j.metadata.name for j in jobs(kube_api, namespace, "finetune.dev/lrsweep=grid"))
     assert names == ["grid-trial-0", "grid-trial-1"], "parallelism 2 holds and nothing is created twice"
@@ -256,3 +262,109 @@ def test_a_burst_of_sweeps_is_reconciled_without_a_single_error(
     assert runner.exception is None, runner.output
     assert errors() == before, runner.output
     assert reasons == ["JobCreated"], "one event per phase change, however many reconciles ran"
+
+
+def test_children_are_applied_server_side_by_the_operators_field_manager(
+    kube_api, namespace, crds_installed, run_operator
+):
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "ssa", BASE)
+        job = wait_for(lambda: jobs(kube_api, namespace, "finetune.dev/lrsweep=ssa"), what="the Job")[0]
+    assert runner.exception is None, runner.output
+    applied = [f for f in job.metadata.managed_fields if f.manager == "finetune-operator"]
+    assert [f.operation for f in applied] == ["Apply"]
+
+
+def test_a_child_the_api_server_refuses_becomes_a_condition_and_an_event(
+    kube_api, namespace, crds_installed, run_operator
+):
+    """The spec passes the CRD's schema, but the Job rendered from it does not pass the Job's validation."""
+    spec = {**BASE, "resources": {**BASE["resources"], "nodeSelector": {"not a label key!": "x"}}}
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "refused", spec)
+        status = wait_for(
+            lambda: next(
+                (
+                    s
+                    for s in [get(kube_api, namespace, "lrsweeps", "refused").get("status") or {}]
+                    for c in s.get("conditions", [])
+                    if c["type"] == "ApplyFailed" and c["status"] == "True"
+                ),
+                None,
+            ),
+            what="the ApplyFailed condition",
+        )
+        wait_for(lambda: "ApplyFailed" in events(kube_api, namespace, "refused"), what="the Warning event")
+    assert runner.exception is None, runner.output
+    failed = next(c for c in status["conditions"] if c["type"] == "ApplyFailed")
+    assert failed["reason"] == "Invalid" and "Job refused-range-test" in failed["message"]
+    assert "not a label key!" in failed["message"], "the API server's own words"
+    assert "startTime" not in status and not jobs(kube_api, namespace, "finetune.dev/lrsweep=refused")
+
+
+def test_auto_stops_at_an_lrsweep_it_did_not_create_and_goes_on_once_it_is_gone(
+    kube_api, namespace, crds_installed, run_operator
+):
+    create(kube_api, namespace, "lrsweeps", "LRSweep", "mine-lr", BASE)  # someone's own sweep
+    spec = {**BASE, "learningRate": {"auto": {"rangeTest": {"steps": 20}}}}
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        ftj = create(kube_api, namespace, "finetunejobs", "FineTuneJob", "mine", spec)
+        status = wait_for(
+            lambda: (
+                (s := get(kube_api, namespace, "finetunejobs", "mine").get("status") or {}).get("message")
+                and "SweepNameTaken" in {c["reason"] for c in s["conditions"]}
+                and s
+            ),
+            what="the SweepNameTaken condition",
+        )
+        sweep = get(kube_api, namespace, "lrsweeps", "mine-lr")
+        assert not sweep["metadata"].get("ownerReferences"), "not adopted"
+        assert "delete LRSweep mine-lr" in status["message"]
+        stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+        assert stalled["status"] == "True"
+        client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "lrsweeps", "mine-lr"
+        )
+        owned = wait_for(
+            lambda: (
+                (s := _maybe_get(kube_api, namespace, "lrsweeps", "mine-lr"))
+                and s["metadata"].get("ownerReferences")
+                and s
+            ),
+            what="the FineTuneJob's own sweep",
+        )
+    assert runner.exception is None, runner.output
+    assert owned["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
+
+
+def test_a_re_created_resource_starts_a_fresh_run(kube_api, namespace, crds_installed, run_operator):
+    """Deleting and re-creating (what the immutability error tells users to do) never resumes the old run:
+    the output folder carries the uid, and the old Job is not adopted while the garbage collector works."""
+    spec = {**BASE, "output": {"persistentVolumeClaim": "checkpoints"}}
+    api = client.CustomObjectsApi(kube_api)
+
+    def job_of(uid: str):
+        found = jobs(kube_api, namespace, "finetune.dev/lrsweep=again")
+        return next((j for j in found if j.metadata.owner_references[0].uid == uid), None)
+
+    def sub_path(job) -> str:
+        mounts = job.spec.template.spec.containers[0].volume_mounts
+        return next(m.sub_path for m in mounts if m.name == "output")
+
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        first = create(kube_api, namespace, "lrsweeps", "LRSweep", "again", spec)["metadata"]["uid"]
+        old = wait_for(lambda: job_of(first), what="the first run's Job")
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, "lrsweeps", "again")
+        second = create(kube_api, namespace, "lrsweeps", "LRSweep", "again", spec)["metadata"]["uid"]
+        new = wait_for(lambda: job_of(second), timeout=90, what="the second run's Job")
+        status = wait_for(
+            lambda: (
+                (s := get(kube_api, namespace, "lrsweeps", "again").get("status") or {}).get("startTime")
+                and s
+            ),
+            what="the second run's status",
+        )
+    assert runner.exception is None, runner.output
+    assert sub_path(old) == f"lrsweep/again/{first}/range-test"
+    assert sub_path(new) == f"lrsweep/again/{second}/range-test"
+    assert status["phase"] == "Pending" and status["observedGeneration"] == 1

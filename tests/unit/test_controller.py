@@ -319,7 +319,7 @@ def test_a_reconcile_applies_children_server_side_posts_events_and_patches_the_s
     assert path == "/apis/finetune.dev/v1alpha1/namespaces/ns/lrsweeps/s/status"
     assert patch["status"]["phase"] == "Pending" and not outcome.refused
     assert c.metrics.registry.get_sample_value("finetune_jobs_created_total", {"kind": "LRSweep"}) == 1
-    assert c.statuses[("LRSweep", "ns", "s")].phase == "Pending", "what the metrics collector reads"
+    assert outcome.status.phase == "Pending"
 
 
 def test_the_status_is_patched_only_when_it_changed():
@@ -408,3 +408,34 @@ def test_failed_jobs_counts_trainer_jobs_that_failed_not_resources():
     reconcile_once(c, status=created, children=job)
     reconcile_once(c, status=created, children=job)  # seen again: counted once
     assert failed("OutOfMemory") == 1
+
+
+def test_a_resource_deleted_while_it_is_reconciled_leaves_no_status_behind():
+    """A reconcile still running when the resource's DELETED event arrives must not bring its series back."""
+    import threading
+
+    class SlowApplier(RecordingApplier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside, self.release = threading.Event(), threading.Event()
+
+        def request(self, method, resource_path, body, content_type="application/json", query=None):
+            if resource_path.endswith("/status"):
+                self.inside.set()
+                self.release.wait(5)
+            return super().request(method, resource_path, body, content_type, query)
+
+    async def go():
+        applier = SlowApplier()
+        c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+        c.bind_indices({}, {}, {})
+        await c.start(1)
+        c.observe_resource("LRSweep", None, body(spec=SWEEP_SPEC))
+        await asyncio.get_running_loop().run_in_executor(None, applier.inside.wait, 5)
+        c.observe_resource("LRSweep", "DELETED", body(spec=SWEEP_SPEC))  # while it patches the status
+        applier.release.set()
+        await asyncio.sleep(0.3)
+        await c.stop()
+        return dict(c.statuses), list(c.held()), dict(c._tallies)
+
+    assert run(go()) == ({}, [], {})
