@@ -380,6 +380,7 @@ def test_a_window_set_too_low_is_extended_until_the_loss_diverges(tiny_gpt2: Pat
 
 def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_path: Path) -> None:
     from finetune_trainer.priors import prior_for
+    from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
     cfg = base_config(tiny_gpt2, tmp_path / "out")
     cfg["rangeTest"] = {"steps": 20, "extend": False}
@@ -388,10 +389,10 @@ def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_pat
     result = parse_result(json.loads(result_file.read_text()))
     prior = prior_for(str(tiny_gpt2)).centre
     assert result.prior_learning_rate == pytest.approx(prior, rel=1e-3)  # compact: 4 significant digits
-    assert result.min_learning_rate == pytest.approx(prior / 1000, rel=1e-3)
-    assert result.max_learning_rate == pytest.approx(prior * 10, rel=1e-3)
+    assert result.min_learning_rate == pytest.approx(prior / PRIOR_BELOW, rel=1e-3)
+    assert result.max_learning_rate == pytest.approx(prior * PRIOR_ABOVE, rel=1e-3)
     first = next(e for e in events if e["event"] == "step")
-    assert first["learningRate"] == pytest.approx(prior / 1000, rel=1e-3)
+    assert first["learningRate"] == pytest.approx(prior / PRIOR_BELOW, rel=1e-3)
 
 
 def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
@@ -413,7 +414,7 @@ def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
     full = parse_result(json.loads((tmp_path / "out" / "result.json").read_text()))
     trials = full.trials
     assert {t.stage for t in trials} <= {1, 2} and sum(t.stage == 1 for t in trials) >= 3
-    assert {t.steps for t in trials if t.stage == 1 and not t.diverged} == {10}  # 48/8, at least 10
+    assert {t.steps for t in trials if t.stage == 1 and not t.diverged} == {20}  # 48/8, at least 20
     assert full.range_test is not None and full.range_test.divergence_learning_rate is not None
     assert all(t.learning_rate < full.range_test.divergence_learning_rate for t in trials)
     assert full.steps_spent == full.range_test.steps + sum(t.steps for t in trials)

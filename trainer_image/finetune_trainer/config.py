@@ -260,7 +260,7 @@ class RangeTestSpec(Spec):
     ]
 
     min_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
-    """Where the ramp starts; unset: 1000x below the model's prior learning rate (family, width, adapter)."""
+    """Where the ramp starts; unset: 100x below the model's prior learning rate (family, width, adapter)."""
     max_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
     """Where the ramp is planned to end; unset: 10x above the prior. With `extend` the ramp goes on past
     it, at the same steps per decade, until the loss diverges."""
@@ -295,7 +295,7 @@ class AdaptiveSpec(Spec):
     spacing: float = Field(default=0.5, ge=0.1, le=2.0)
     """Decades between stage-1 candidates (the top one is this far below the divergence edge)."""
     trial_steps: int | None = Field(default=None, ge=4, le=100000)
-    """Optimiser steps of a stage-1 trial; unset: an eighth of `optimization.maxSteps` (at least 10),
+    """Optimiser steps of a stage-1 trial; unset: an eighth of `optimization.maxSteps` (at least 20),
     or 50 when the run is sized in epochs."""
     finalists: int = Field(default=3, ge=2, le=8)
     """Stage-2 trials around the stage-1 fit's minimum, each `narrowingFactor` times longer."""

@@ -25,7 +25,7 @@ from finetune_trainer.schedules import build_ramp, extension_steps, ramp_lr
 from finetune_trainer.suggest import EmaSmoother, all_suggestions, recommend
 from finetune_trainer.training import RunPlan, _callback_base, build_trainer, prepare_run, training_arguments
 
-PRIOR_BELOW = 1000.0
+PRIOR_BELOW = 100.0
 """An unset ``minLearningRate`` starts the ramp this many times below the model's prior."""
 PRIOR_ABOVE = 10.0
 """An unset ``maxLearningRate`` plans the ramp's end this many times above the prior (extension goes on)."""
