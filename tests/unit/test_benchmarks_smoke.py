@@ -1,6 +1,7 @@
 """The benchmarks' pure parts as specifications: percentiles, regret by log-LR interpolation, the oracle's
-verdict, fastai's and torch-lr-finder's published rules, the pre-registered default-rule decision, and the
-inputs each script builds. The scripts themselves take minutes; one tiny end-to-end run is marked slow.
+verdict, fastai's and torch-lr-finder's published rules, the default recommender's pre-registered targets,
+and the inputs each script builds. The scripts themselves take minutes; one micro end-to-end run of
+lr_quality (every row, through the real trainer) is marked slow.
 """
 
 from __future__ import annotations
@@ -50,24 +51,57 @@ def oracle() -> lr_quality.Oracle:
     return lr_quality.Oracle(lrs, losses, penalty=5.0)
 
 
-def test_oracle_best_sigma_and_regret() -> None:
+def test_oracle_best_sigma_tau_and_regret() -> None:
     o = oracle()
     assert o.best == (1e-3, pytest.approx(1.1))
     assert o.means[-1] == 5.0  # diverged runs count as the penalty
-    # pooled std at the three best LRs (1e-3, 1e-2, 1e-4): variances 0.02, 0, 0.02
-    assert o.sigma == pytest.approx(math.sqrt((0.02 + 0.0 + 0.02) / 3))
+    assert o.sigma == pytest.approx(math.sqrt(0.02))  # the seeds' standard deviation at the best LR
+    assert o.tau == pytest.approx(math.sqrt(0.02))  # above 1% of L*
     assert o.regret(1e-3) == pytest.approx(0.0)
     assert o.regret(math.sqrt(1e-3 * 1e-2)) == pytest.approx(0.2)
+    assert o.interior
+    flat = lr_quality.Oracle([1e-3, 1e-2], {1e-3: [2.0, 2.0], 1e-2: [3.0, 3.0]}, penalty=5.0)
+    assert flat.sigma == 0.0 and flat.tau == pytest.approx(0.02)  # the floor: 1% of L*
+    assert not flat.interior
 
 
-def test_score_counts_hits_within_sigma_and_missing_suggestions_as_worst() -> None:
+def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
     o = oracle()
-    s = lr_quality.score("x", [1e-3, 1e-1, None], 10, o)
+    s = lr_quality.score(lr_quality.Row("x", [1e-3, 1e-1, None], [10, 10, 10], [1.0] * 3), o)
     assert s.hits == 1
     assert s.regrets[1] == pytest.approx(5.0 - 1.1)
     assert s.regrets[2] == pytest.approx(max(o.means) - 1.1)
-    assert s.deltas[:2] == [pytest.approx(0.0), pytest.approx(2.0)]
+    assert s.deltas == [pytest.approx(0.0), pytest.approx(2.0), None]
+    assert s.signed[1] == pytest.approx(2.0)
     assert s.spread == pytest.approx(2.0)
+    free = lr_quality.score(lr_quality.Row("p", None, [80, 80], [1.0, 1.0], losses=[1.15, None]), o)
+    assert free.hits == 1 and free.regrets[1] == pytest.approx(5.0 - 1.1)  # diverged: the penalty
+    assert free.geo_lr is None and free.spread is None
+
+
+def test_targets_of_the_default_recommender() -> None:
+    o = oracle()
+    rows = [
+        lr_quality.Row("adaptive", [1e-3, 1.1e-3], [150, 170], [9.0, 9.0]),
+        lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0]),
+    ]
+    report = lr_quality.TaskReport("t", "d", 100, o, 800, rows, 1.0)
+    by = lr_quality.totals([report])
+    assert set(by) == {"adaptive", "short-grid"}  # a row's family drops its parenthesised detail
+    assert by["adaptive"].fine_tunes == [1.5, 1.7]
+    verdict = {t.name: t.ok for t in lr_quality.check_targets(by)}
+    assert verdict == {
+        "hits ≥ 90% of task-seeds": True,
+        "mean regret ≤ ½ short grid's": True,
+        "compute ≤ 2 fine-tunes' worth": True,
+        "seed spread ≤ 0.15 decades": True,
+    }
+    again = lr_quality.TaskReport.from_json(report.to_json())
+    assert [s.regrets for s in again.scores] == [s.regrets for s in report.scores]
+    worse = [lr_quality.Row("adaptive", [1e-3, 1e-1], [150, 250], [9.0, 9.0]), rows[1]]
+    by = lr_quality.totals([lr_quality.TaskReport("t", "d", 100, o, 800, worse, 1.0)])
+    verdict = {t.name: t.ok for t in lr_quality.check_targets(by)}
+    assert not any(verdict.values())
 
 
 def u_curve(n: int = 100) -> tuple[list[float], list[float]]:
@@ -109,49 +143,18 @@ def test_lrfinder_steepest_is_argmin_of_numpy_gradient_after_skipping() -> None:
     assert lr_quality.lrfinder_steepest(lrs[:12], losses[:12]) is None
 
 
-def test_default_rule_is_ranked_by_regret_and_changes_only_on_a_clear_win() -> None:
-    def stats(hits: int, rs: float) -> dict[str, float]:
-        return {"hits": hits, "n": 6, "rs": rs}
-
-    by = {
-        "ours:steepest": stats(2, 6 * 66.8),  # two hits, but decades off elsewhere (the old flaw)
-        "ours:valley": stats(0, 6 * 59.1),
-        "ours:minimum-over-10": stats(1, 6 * 3.5),
-        "ours:max-over-3": stats(0, 6 * 55.1),
-    }
-    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "minimum-over-10"  # hits do not outrank regret
-    assert lr_quality.choose_rule(by, "valley")[0] == "minimum-over-10"  # 3.5 vs 59: a clear win
-    by["ours:steepest"] = stats(3, 6 * 2.0)
-    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "minimum-over-10"  # better, but not half
-    by["ours:steepest"] = stats(0, 6 * 1.7)
-    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "steepest"  # under half, 1.8 sigma lower
-    by["ours:minimum-over-10"] = stats(5, 6 * 0.8)
-    by["ours:steepest"] = stats(6, 6 * 0.3)
-    assert lr_quality.choose_rule(by, "minimum-over-10")[0] == "minimum-over-10"  # both within a sigma: a tie
-
-
-def test_stored_curves_are_read_again_with_todays_rules() -> None:
-    o = oracle()
-    lrs, losses = u_curve()
-    curves = {"planned": 100, "ours": [[lrs, losses, 100]], "peer": [[lrs, losses, 100]]}
-    scores = {s.name: s for s in lr_quality.curve_scores(curves, o)}
-    assert {"ours:steepest", "ours:minimum-over-10", "fastai:valley", "torch-lr-finder:steepest"} <= set(
-        scores
-    )
-    assert scores["ours:minimum-over-10"].steps == 100
-    report = lr_quality.TaskReport("t", "d", 10, o, 80, [scores["ours:valley"]], 1.0, curves)
-    stored = report.to_json()
-    stored["scores"][0]["lrs"] = [123.0]  # a stale suggestion from an older rule
-    again = lr_quality.TaskReport.from_json(stored)
-    assert again.scores[0].lrs == scores["ours:valley"].lrs
-
-
-def test_tasks_file_is_data_with_the_three_required_tasks() -> None:
+def test_tasks_file_is_data_and_leaves_every_recommender_at_its_defaults(tmp_path: Path) -> None:
     spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
     names = {t["name"]: t for t in spec["tasks"]}
-    assert {"gpt2-full", "gpt2-lora", "minilm-cls"} <= set(names)
-    assert names["gpt2-lora"]["adapter"]["type"] == "lora"
-    assert spec["oracle"]["points"] >= 13 and len(spec["oracle"]["seeds"]) >= 2
+    assert len(names) >= 6 and set(spec["quick"]["tasks"]) <= set(names)
+    assert {t["trainer"]["adapter"]["type"] for t in names.values()} >= {"none", "lora"}
+    assert {t["model"]["kind"] for t in names.values()} >= {"tiny-gpt2", "tiny-llama", "minilm"}
+    assert spec["oracle"]["points"] >= 13 and len(spec["oracle"]["seeds"]) >= 3
+    bad = dict(spec, tasks=[{**spec["tasks"][0], "trainer": {**spec["tasks"][0]["trainer"], "adaptive": {}}}])
+    path = tmp_path / "tasks.yaml"
+    path.write_text(__import__("yaml").safe_dump(bad))
+    with pytest.raises(ValueError, match="defaults"):
+        lr_quality.load_tasks(path)
 
 
 def test_generated_datasets_are_deterministic_and_labelled() -> None:
@@ -196,7 +199,18 @@ def test_rangetest_cost_builds_a_valid_trainer_config_from_the_example(tmp_path:
 
 
 @pytest.mark.slow
-def test_lr_quality_quick_run_on_one_task(capsys: pytest.CaptureFixture[str]) -> None:
-    assert lr_quality.main(["--quick", "--only", "gpt2-full", "--no-write"]) == 0
+def test_lr_quality_micro_run_has_every_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """One tiny task through the real trainer (oracle, recommend, range test, trials, peers): ~1 min."""
+    assert lr_quality.main(["--micro", "--no-write", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "ours:valley" in out and "fastai:valley" in out and "short-grid" in out
+    for row in (
+        "adaptive",
+        "range-test:valley",
+        "fastai:valley",
+        "grid-sweep",
+        "short-grid",
+        "prior",
+        "prodigy",
+    ):
+        assert f"| {row}" in out
+    assert "torch-lr-finder:steepest" in out and "hits ≥ 90% of task-seeds" in out
