@@ -2,6 +2,10 @@
 
 Sub-structures shared with the trainer (model, dataset, adapter, optimisation, schedule, range test, …) are
 the trainer's own config models, reused here. Field docs become `kubectl explain` text.
+
+One file over the ~400-line mark on purpose: it is the API's reference, read top to bottom like the CRDs
+it generates (pod settings, status parts, LRSweep, FineTuneJob, kinds), and most of its lines are the
+field docs users read in `kubectl explain`.
 """
 
 from __future__ import annotations

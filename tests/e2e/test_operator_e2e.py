@@ -110,6 +110,13 @@ def test_range_test_sweep_recommends_a_learning_rate(kube_api, namespace, crds_i
     assert f'finetune_recommended_learning_rate{{name="rt",namespace="{namespace}"' in text
 
 
+def most_at_once(jobs: list) -> int:
+    """The most trial Jobs that ran at the same time, from their start and completion times."""
+    spans = [(j.status.start_time, j.status.completion_time) for j in jobs]
+    assert all(start and end for start, end in spans), spans
+    return max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+
+
 def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installed, run_operator, tiny):
     spec = {
         **tiny,
@@ -120,6 +127,10 @@ def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installe
         apply(kube_api, namespace, "LRSweep", "grid", spec)
         status = wait_phase(kube_api, namespace, "LRSweep", "grid")
     assert runner.exception is None, runner.output
+    trials = client.BatchV1Api(kube_api).list_namespaced_job(
+        namespace, label_selector="finetune.dev/role=trial"
+    )
+    assert most_at_once(trials.items) == 2, "two at a time: never three, and not one after another"
     assert status["phase"] == "Succeeded", status.get("message")
     assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
     assert all(t["evalLoss"] is not None for t in status["trials"])
