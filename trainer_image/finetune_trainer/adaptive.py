@@ -36,12 +36,6 @@ NOISE_FLOOR = 0.005
 """The smallest loss noise assumed: 0.5% of the best loss (a fit through 3 points has no residual)."""
 FIT_NEIGHBOURS = 2
 """Points on each side of the best trial that the stage-1 parabola uses."""
-HORIZON_EXPONENT = (-1.0, 0.5)
-"""Bounds of the exponent with which the best LR moves with trial length (``lr ∝ steps ** alpha``)."""
-HORIZON_SHIFT = 0.5
-"""Most decades the extrapolation from stage 2's length to the fine-tune's may move the recommendation."""
-HORIZON_DEADBAND = 0.1
-"""Stage minima closer than this (decades) agree: no trend to extrapolate."""
 
 
 @dataclass(frozen=True)
@@ -377,19 +371,13 @@ def next_step(
     if fit2 is not None and lr2 is not None:
         noise2 = max(noise * _scale(ok2, best_loss), fit2.noise)
         fit2 = fit2.model_copy(update={"noise": noise2})
-        final, note = horizon(centre, steps1, lr2, steps2, max_steps, low, high)
-        span = interval(fit2, lr2, low, high)
-        factor = final / lr2
-        span = Interval(
-            low=max(low, min(final, span.low * factor)), high=min(high, max(final, span.high * factor))
-        )
         return _finish(
-            final,
+            lr2,
             "Fitted",
-            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps" + note,
+            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps",
             "stage-2-fit",
             fit=fit2,
-            span=span,
+            span=interval(fit2, lr2, low, high),
             best_loss=min(y for _, y in ok2),
         )
     if ok2:
@@ -409,30 +397,6 @@ def next_step(
         fit=fit1,
         span=interval(fit1, centre, low, high) if fit1 else None,
         best_loss=best_loss,
-    )
-
-
-def horizon(
-    lr1: float, steps1: int, lr2: float, steps2: int, max_steps: int | None, low: float, high: float
-) -> tuple[float, str]:
-    """Carry the stages' trend with trial length on to the fine-tune's length.
-
-    Short runs favour other LRs than long ones (short-horizon bias). Stage 2 runs longer than stage 1, so
-    their minima give the exponent ``alpha`` of ``lr ∝ steps ** alpha``; the fine-tune's best LR is
-    stage 2's moved by ``(maxSteps / stage-2 steps) ** alpha``. Minima that agree within
-    ``HORIZON_DEADBAND`` decades, an unknown length, or equal lengths move nothing; the move is bounded
-    (``HORIZON_EXPONENT``, ``HORIZON_SHIFT``) and stays inside the tested range.
-    """
-    gap = math.log10(lr2 / lr1)
-    if max_steps is None or max_steps <= steps2 or steps2 <= steps1 or abs(gap) < HORIZON_DEADBAND:
-        return lr2, ""
-    alpha = min(HORIZON_EXPONENT[1], max(HORIZON_EXPONENT[0], gap / math.log10(steps2 / steps1)))
-    shift = alpha * math.log10(max_steps / steps2)
-    shift = min(HORIZON_SHIFT, max(-HORIZON_SHIFT, shift))
-    final = min(high, max(low, _shift(lr2, shift)))
-    return final, (
-        f"; moved to {final:.3g} for the {max_steps}-step fine-tune (the minimum moved {gap:+.2f} decades "
-        f"from {steps1}- to {steps2}-step trials)"
     )
 
 

@@ -228,27 +228,17 @@ def test_stage_two_waits_for_every_stage_one_trial() -> None:
 
 
 def test_a_stage_two_best_at_its_edge_adds_a_finalist_beyond_it() -> None:
-    """Short trials that favour lower LRs (short-horizon bias) put stage 2 too low; it walks up, and the
-    trend from stage 1's length to stage 2's is carried on to the fine-tune's length."""
-
-    def optimum(steps: int) -> float:
-        return 1e-3 * (steps / 50) ** 0.5  # the best LR grows with the run's length
+    """Short trials that favour lower LRs (short-horizon bias) put stage 2 too low; it walks up."""
 
     def biased(lr: float, steps: int) -> float | None:
-        return 1.0 + 0.3 * (math.log10(lr) - math.log10(optimum(steps))) ** 2
+        optimum = 1e-3 if steps < 100 else 3e-3
+        return 1.0 + 0.3 * (math.log10(lr) - math.log10(optimum)) ** 2
 
-    result, trials = drive(AdaptiveSpec(), 1e-1, biased, max_steps=400)
-    assert len([t for t in trials if t.stage == STAGE_2]) >= 3
-    assert "400-step fine-tune" in result.message
-    assert abs(math.log10(result.recommended_learning_rate / optimum(400))) < 0.1  # type: ignore[arg-type]
+    result, trials = drive(AdaptiveSpec(), 1e-1, biased)
+    assert len([t for t in trials if t.stage == STAGE_2]) > 3
+    assert abs(math.log10(result.recommended_learning_rate / 3e-3)) < 0.05  # type: ignore[arg-type]
     assert result.interval is not None
     assert result.interval.low <= result.recommended_learning_rate <= result.interval.high  # type: ignore[operator]
-
-
-def test_stages_that_agree_are_not_extrapolated() -> None:
-    result, _ = drive(AdaptiveSpec(), 1e-1, basin(2e-3), max_steps=4000)
-    assert "fine-tune" not in result.message
-    assert abs(math.log10(result.recommended_learning_rate / 2e-3)) < 0.05  # type: ignore[arg-type]
 
 
 def test_the_stages_spend_under_two_fine_tunes_of_steps() -> None:
