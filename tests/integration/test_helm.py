@@ -34,13 +34,13 @@ MONITORING_API = ["--api-versions", "monitoring.coreos.com/v1"]
 
 # The operator's API usage (see templates/rbac.yaml): nothing more may be granted.
 NAMESPACED_RULES = {
-    ("finetune.dev", "lrsweeps"): {"get", "list", "watch", "create"},  # create: `auto` sweeps
+    ("finetune.dev", "lrsweeps"): {"get", "list", "watch", "create", "patch"},  # `auto` sweeps, applied
     ("finetune.dev", "finetunejobs"): {"get", "list", "watch"},
     ("finetune.dev", "lrsweeps/status"): {"patch"},
     ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "lrsweeps/finalizers"): {"update"},  # ownerReferences with blockOwnerDeletion
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
-    ("batch", "jobs"): {"get", "list", "watch", "create"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},  # server-side apply
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},  # kopf's warnings
     ("events.k8s.io", "events"): {"create"},  # the operator's phase events
@@ -428,7 +428,7 @@ def test_helm_install_creates_the_operator_objects(kube_cluster, kube_api, names
         sa = f"system:serviceaccount:{namespace}:{fullname}"
         can = lambda *a: kube_cluster.kubectl("auth", "can-i", *a, "--as", sa, check=False).stdout.strip()  # noqa: E731
         assert can("patch", "lrsweeps.finetune.dev", "--subresource=status", "-n", "default") == "yes"
-        assert can("patch", "lrsweeps.finetune.dev", "-n", "default") == "no"  # status only
+        assert can("patch", "finetunejobs.finetune.dev", "-n", "default") == "no"  # status only
         assert can("create", "jobs.batch", "-n", "default") == "yes"
         assert can("delete", "pods", "-n", "default") == "no"
         assert can("update", "lrsweeps.finetune.dev", "-n", "default") == "no"

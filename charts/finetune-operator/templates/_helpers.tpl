@@ -101,7 +101,7 @@ RBAC rules the operator needs in each namespace it watches (see rbac.yaml for wh
 {{- define "finetune-operator.namespacedRules" -}}
 - apiGroups: ["finetune.dev"]
   resources: ["lrsweeps"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
   verbs: ["get", "list", "watch"]
@@ -113,7 +113,7 @@ RBAC rules the operator needs in each namespace it watches (see rbac.yaml for wh
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
