@@ -37,6 +37,8 @@ def sweep(name: str, root: Path) -> dict:
             "model": {"name": str(root / "model")},
             "dataset": {"files": [str(root / "toy.jsonl")]},
             "optimization": {"batchSize": 16, "maxSeqLength": 32},
+            # one range test: this test is about the chart's install and namespace scope, not the trials
+            "method": "rangeTest",
             "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30},
             "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
             "backoffLimit": 0,
