@@ -23,9 +23,9 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from finetune_operator import alerts, dashboards
-from finetune_operator.localcluster.prometheus import Prometheus, prometheus_binaries, running_prometheus
+from finetune_localcluster.prometheus import Prometheus, prometheus_binaries, running_prometheus
 from finetune_operator.metrics import OperatorMetrics
+from finetune_tooling import alerts, dashboards
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.localcluster import binaries, controlplane, podrunner, podspec, processes
+from finetune_localcluster import binaries, controlplane, podrunner, podspec, processes
 
 GOMOD = """module k8s.io/kubernetes
 

@@ -34,7 +34,7 @@ from .cluster import LocalCluster, apply_crds, load_yaml_documents, local_cluste
 from .podrunner import RunnerConfig
 from .processes import wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = Path(os.environ.get("FINETUNE_CRD_DIR", REPO_ROOT / "crds"))
 
 _CLUSTER: LocalCluster | None = None
