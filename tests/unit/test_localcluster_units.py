@@ -326,3 +326,15 @@ def test_a_crashing_etcd_fails_fast_with_its_log_tail(tmp_path: Path) -> None:
         plane.start()
     assert time.monotonic() - started < 10
     assert plane._procs == []
+
+
+def test_run_operator_defaults_to_the_handler_module_the_operator_really_runs() -> None:
+    """`finetune-operator run` registers the handlers of one module; the fixture's default is that module."""
+    import importlib
+    import inspect
+
+    import finetune_operator.__main__ as entrypoint
+    from finetune_localcluster import pytest_plugin
+
+    default = inspect.signature(pytest_plugin.operator_in_process).parameters["module"].default
+    assert importlib.import_module(default) is entrypoint.handlers
