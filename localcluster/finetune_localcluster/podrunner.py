@@ -31,24 +31,22 @@ each bound pod:
   endpoint).
 * **Deletion**: a pod with ``deletionTimestamp`` has its process groups terminated (SIGTERM, grace, SIGKILL)
   and is then removed with grace period 0, as a kubelet confirms a deletion.
+
+This module is the agent's loop (watch, resync, per-pod decisions, deletion); the parts it drives:
+``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podprep`` (volumes and
+process environment), ``podsupervisor`` (processes, restarts, phase) and ``podstatus`` (what is written).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import itertools
 import json
 import logging
-import os
 import queue
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -56,132 +54,16 @@ from urllib.parse import urlparse
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from . import podspec
+from . import podspec, podstatus, podsupervisor
+from .podnode import NodeAgent, PodIPPool, RunnerConfig
 from .podprep import PodPreparer
-from .processes import kill_group, spawn
+from .podscheduling import Scheduler
+from .podstatus import SMP, TERMINAL
+from .podsupervisor import IMAGE_NOTE, ContainerRun, PodRun
+
+__all__ = ["PodRunner", "RunnerConfig"]
 
 log = logging.getLogger(__name__)
-
-SMP = "application/strategic-merge-patch+json"
-TERMINAL = ("Succeeded", "Failed")
-IMAGE_NOTE = "image ignored: the local runner runs the container's command in the local Python environment"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _micro_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _total_memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1])}Ki"
-    except OSError:
-        pass
-    return "8Gi"
-
-
-@dataclass
-class RunnerConfig:
-    """What the node looks like and where pods live."""
-
-    node_name: str = "local-runner"
-    root: Path | None = None  # default: a fresh temp dir, removed on stop()
-    cpu: str = field(default_factory=lambda: str(os.cpu_count() or 1))
-    memory: str = field(default_factory=_total_memory)
-    gpus: int = 0
-    max_pods: int = 110
-    labels: dict[str, str] = field(default_factory=dict)
-    heartbeat_seconds: float = 10.0
-    resync_seconds: float = 2.0
-    delete_node_on_stop: bool = True
-
-    def capacity(self) -> dict[str, str]:
-        cap = {
-            "cpu": self.cpu,
-            "memory": self.memory,
-            "pods": str(self.max_pods),
-            "ephemeral-storage": "100Gi",
-        }
-        cap[podspec.GPU] = str(self.gpus)
-        return cap
-
-    def node_labels(self) -> dict[str, str]:
-        return {
-            "kubernetes.io/hostname": self.node_name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64",
-            "finetune.dev/local-runner": "true",
-            **self.labels,
-        }
-
-
-@dataclass
-class _Container:
-    spec: dict[str, Any]
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log_path: Path
-    term_file: Path
-    init: bool = False
-    popen: subprocess.Popen[bytes] | None = None
-    state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
-    last_state: dict[str, Any] = field(default_factory=dict)
-    restarts: int = 0
-    restart_at: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def done(self) -> bool:
-        return "terminated" in self.state
-
-
-@dataclass
-class _Pod:
-    uid: str
-    namespace: str
-    name: str
-    ip: str
-    dir: Path
-    restart_policy: str
-    inits: list[_Container]
-    mains: list[_Container]
-    start_time: str = field(default_factory=now)
-    transitions: dict[str, str] = field(default_factory=dict)
-    phase: str = "Pending"
-    message: str = ""
-    deleting: bool = False
-    last_status: str = ""
-
-
-class _IPPool:
-    """127.0.x.y addresses for pods (127.0.0.1 stays the node's), handed out round-robin so a finished
-    pod's address (still shown in its status) is not reused soon."""
-
-    def __init__(self) -> None:
-        self._all = [f"127.0.{a}.{b}" for a, b in itertools.product(range(256), range(1, 255))][1:]
-        self._next = 0
-        self._used: set[str] = set()
-
-    def take(self) -> str:
-        for step in range(len(self._all)):
-            ip = self._all[(self._next + step) % len(self._all)]
-            if ip not in self._used:
-                self._used.add(ip)
-                self._next = (self._next + step + 1) % len(self._all)
-                return ip
-        raise RuntimeError("out of loopback pod IPs")
-
-    def release(self, ip: str) -> None:
-        self._used.discard(ip)
 
 
 class PodRunner:
@@ -193,25 +75,25 @@ class PodRunner:
         self.config = config or RunnerConfig()
         self._own_root = self.config.root is None
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="finetune-podrunner-"))
-        self._pods: dict[str, _Pod] = {}
-        self._unschedulable: dict[str, str] = {}
+        self._pods: dict[str, PodRun] = {}
+        self._config_errors: dict[str, str] = {}  # pod uid -> the CreateContainerConfigError last written
         self._confirmed: set[str] = set()
-        self._ips = _IPPool()
+        self._ips = PodIPPool()
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._kick: queue.Queue[int] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._watch: watch.Watch | None = None
+        self._node = NodeAgent(api_client, self.config)
+        self._scheduler = Scheduler(self.core, self.config, on_bound=lambda: self._kick.put(1))
         server = urlparse(api_client.configuration.host)
-        self._service_host = server.hostname or "127.0.0.1"
-        self._service_port = str(server.port or 443)
         self._prep = PodPreparer(
             self.core,
             self.root,
             self.config.node_name,
             api_client.configuration.host,
-            self._service_host,
-            self._service_port,
+            server.hostname or "127.0.0.1",
+            str(server.port or 443),
         )
         self.errors: list[str] = []  # unexpected exceptions in the loop (the loop survives them)
 
@@ -226,7 +108,7 @@ class PodRunner:
     def start(self) -> PodRunner:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         log.warning("local pod runner on node %s: %s", self.config.node_name, IMAGE_NOTE)
-        self._register_node()
+        self._node.register()
         loop = threading.Thread(target=self._loop, name="podrunner-loop", daemon=True)
         watcher = threading.Thread(target=self._watch_pods, name="podrunner-watch", daemon=True)
         self._threads = [loop, watcher]
@@ -243,14 +125,11 @@ class PodRunner:
             thread.join(timeout=15)
         self._threads = []
         with self._lock:
-            for pod in list(self._pods.values()):
-                for container in pod.inits + pod.mains:
-                    if container.popen is not None:
-                        kill_group(container.popen, grace=2.0)
+            for run in list(self._pods.values()):
+                podsupervisor.kill_all(run, grace=2.0)
             self._pods.clear()
         if self.config.delete_node_on_stop:
-            with contextlib.suppress(Exception):
-                self.core.delete_node(self.config.node_name, grace_period_seconds=0)
+            self._node.delete()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -259,100 +138,6 @@ class PodRunner:
         for path in (self.root / "logs").glob(f"{namespace}_{pod}_*/{container}.log"):
             return path
         return None
-
-    # -- node --------------------------------------------------------------------------------------
-
-    def _node_status(self) -> dict[str, Any]:
-        stamp = now()
-        conditions = [
-            {
-                "type": t,
-                "status": "False",
-                "reason": f"KubeletHas{r}",
-                "message": m,
-                "lastHeartbeatTime": stamp,
-                "lastTransitionTime": self._node_since,
-            }
-            for t, r, m in (
-                ("MemoryPressure", "SufficientMemory", "local runner"),
-                ("DiskPressure", "NoDiskPressure", "local runner"),
-                ("PIDPressure", "SufficientPID", "local runner"),
-            )
-        ]
-        conditions.append(
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "KubeletReady",
-                "message": "local pod runner is posting ready status",
-                "lastHeartbeatTime": stamp,
-                "lastTransitionTime": self._node_since,
-            }
-        )
-        return {
-            "capacity": self.config.capacity(),
-            "allocatable": self.config.capacity(),
-            "conditions": conditions,
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": self.config.node_name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-            "nodeInfo": {
-                "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.config.node_name).hex,
-                "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.config.node_name)),
-                "bootID": self._boot_id,
-                "kernelVersion": os.uname().release,
-                "osImage": "finetune local pod runner (processes, images ignored)",
-                "containerRuntimeVersion": "local-process://1",
-                "kubeletVersion": "v0.0.0-local-runner",
-                "kubeProxyVersion": "",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
-        }
-
-    def _register_node(self) -> None:
-        self._node_since = now()
-        self._boot_id = str(uuid.uuid4())
-        name = self.config.node_name
-        body = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": self.config.node_labels()},
-            "spec": {},
-        }
-        try:
-            self.core.create_node(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            self.core.patch_node(name, {"metadata": {"labels": self.config.node_labels()}})
-        self.core.patch_node_status(name, {"status": self._node_status()}, _content_type=SMP)
-        self._renew_lease()
-        self._last_heartbeat = time.monotonic()
-
-    def _renew_lease(self) -> None:
-        coordination = client.CoordinationV1Api(self.api)
-        name = self.config.node_name
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": name, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": _micro_now()},
-        }
-        try:
-            coordination.patch_namespaced_lease(name, "kube-node-lease", {"spec": body["spec"]})
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            with contextlib.suppress(ApiException):
-                coordination.create_namespaced_lease("kube-node-lease", body)
-
-    def _heartbeat(self) -> None:
-        self._last_heartbeat = time.monotonic()
-        self.core.patch_node_status(self.config.node_name, {"status": self._node_status()}, _content_type=SMP)
-        self._renew_lease()
 
     # -- loop --------------------------------------------------------------------------------------
 
@@ -389,8 +174,7 @@ class PodRunner:
                     last_sync = time.monotonic()
                     self._sync()
                 self._poll()
-                if time.monotonic() - self._last_heartbeat > self.config.heartbeat_seconds:
-                    self._heartbeat()
+                self._node.heartbeat_if_due()
             except Exception as exc:  # the runner must survive anything a pod or the API throws at it
                 log.exception("pod runner loop error")
                 self.errors.append(repr(exc))
@@ -404,18 +188,7 @@ class PodRunner:
         pods = self._list_pods()
         pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""))
         mine = [p for p in pods if p["spec"].get("nodeName") == self.config.node_name]
-        used: dict[str, Any] = {}
-        active = 0
-        for pod in mine:
-            if pod.get("status", {}).get("phase") not in TERMINAL:
-                active += 1
-                for name, qty in podspec.pod_requests(pod).items():
-                    used[name] = used.get(name, 0) + qty
-        for pod in pods:
-            if not pod["spec"].get("nodeName") and self._schedule(pod, used, active):
-                active += 1
-                for name, qty in podspec.pod_requests(pod).items():
-                    used[name] = used.get(name, 0) + qty
+        self._scheduler.schedule(pods, mine)
         live = set()
         for pod in mine:
             live.add(pod["metadata"]["uid"])
@@ -429,60 +202,18 @@ class PodRunner:
         for uid in gone:  # removed behind our back (e.g. force-deleted): stop its processes
             self._forget(uid, kill=True)
 
-    # -- scheduling --------------------------------------------------------------------------------
-
-    def _schedule(self, pod: dict[str, Any], used: dict[str, Any], active: int) -> bool:
-        meta, spec = pod["metadata"], pod["spec"]
-        if (
-            meta.get("deletionTimestamp")
-            or spec.get("schedulerName", "default-scheduler") != "default-scheduler"
-        ):
-            return False
-        problems = podspec.fit_problems(pod, self.config.capacity(), used, self.config.node_labels(), active)
-        uid = meta["uid"]
-        if problems:
-            message = podspec.unschedulable_message(problems)
-            if self._unschedulable.get(uid) != message:
-                self._unschedulable[uid] = message
-                status = {
-                    "phase": "Pending",
-                    "conditions": [
-                        {
-                            "type": "PodScheduled",
-                            "status": "False",
-                            "reason": "Unschedulable",
-                            "message": message,
-                            "lastTransitionTime": now(),
-                        }
-                    ],
-                }
-                with contextlib.suppress(ApiException):
-                    self.core.patch_namespaced_pod_status(
-                        meta["name"], meta["namespace"], {"status": status}, _content_type=SMP
-                    )
-                log.info("pod %s/%s unschedulable: %s", meta["namespace"], meta["name"], message)
-            return False
-        binding = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": uid},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": self.config.node_name},
-        }
-        try:
-            self.core.create_namespaced_pod_binding(
-                meta["name"], meta["namespace"], binding, _preload_content=False
-            )
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        self._unschedulable.pop(uid, None)
-        log.info("bound pod %s/%s to %s", meta["namespace"], meta["name"], self.config.node_name)
-        self._kick.put(1)
-        return True
+    def _poll(self) -> None:
+        with self._lock:
+            runs = [r for r in self._pods.values() if not r.deleting and r.phase not in TERMINAL]
+        for run in runs:
+            if podsupervisor.reap(run):
+                try:
+                    self._advance(run, {"name": run.name, "namespace": run.namespace, "uid": run.uid})
+                except ApiException as exc:
+                    if exc.status not in (404, 409):
+                        raise
 
     # -- one pod -----------------------------------------------------------------------------------
-
     def _sync_pod(self, pod: dict[str, Any]) -> None:
         meta, status = pod["metadata"], pod.get("status") or {}
         uid = meta["uid"]
@@ -534,19 +265,9 @@ class PodRunner:
                 ),
             )
 
-    def _kill_and_delete(self, run: _Pod, meta: dict[str, Any], grace: float) -> None:
+    def _kill_and_delete(self, run: PodRun, meta: dict[str, Any], grace: float) -> None:
         try:
-            for container in run.inits + run.mains:
-                if container.popen is not None and container.popen.poll() is None:
-                    code = kill_group(container.popen, grace=grace)
-                    container.state = {
-                        "terminated": {
-                            "exitCode": 137 if code in (None, -9) else (128 - code if code < 0 else code),
-                            "reason": "Error",
-                            "startedAt": container.state.get("running", {}).get("startedAt"),
-                            "finishedAt": now(),
-                        }
-                    }
+            podsupervisor.terminate(run, grace)
             self._confirm_deletion(meta)
         finally:
             self._forget(run.uid, kill=True)
@@ -557,16 +278,9 @@ class PodRunner:
         if run is None:
             return
         if kill:
-            for container in run.inits + run.mains:
-                if container.popen is not None:
-                    kill_group(container.popen, grace=1.0)
+            podsupervisor.kill_all(run, grace=1.0)
         self._ips.release(run.ip)
         shutil.rmtree(run.dir, ignore_errors=True)
-
-    def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
-        self.core.patch_namespaced_pod_status(
-            meta["name"], meta["namespace"], {"status": status}, _content_type=SMP
-        )
 
     def _container(
         self,
@@ -577,9 +291,9 @@ class PodRunner:
         volume_dirs: dict[str, Path],
         ip: str,
         init: bool,
-    ) -> _Container:
+    ) -> ContainerRun:
         prepared = self._prep.container(pod, spec, pod_dir, volume_dirs, ip)
-        return _Container(
+        return ContainerRun(
             spec=spec,
             argv=prepared.argv,
             env=prepared.env,
@@ -609,29 +323,12 @@ class PodRunner:
             self._ips.release(ip)
             shutil.rmtree(pod_dir, ignore_errors=True)
             message = str(exc)
-            if self._unschedulable.get(meta["uid"]) != message:  # report once per distinct problem
-                self._unschedulable[meta["uid"]] = message
-                waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
-                self._patch_status(
-                    meta,
-                    {
-                        "containerStatuses": [
-                            {
-                                "name": c["name"],
-                                "image": c.get("image", ""),
-                                "imageID": "",
-                                "ready": False,
-                                "restartCount": 0,
-                                "started": False,
-                                "state": waiting,
-                            }
-                            for c in spec["containers"]
-                        ]
-                    },
-                )
+            if self._config_errors.get(meta["uid"]) != message:  # report once per distinct problem
+                self._config_errors[meta["uid"]] = message
+                self._patch_status(meta, podstatus.config_error_status(spec["containers"], message))
             return
-        self._unschedulable.pop(meta["uid"], None)
-        run = _Pod(
+        self._config_errors.pop(meta["uid"], None)
+        run = PodRun(
             uid=meta["uid"],
             namespace=meta["namespace"],
             name=meta["name"],
@@ -646,199 +343,17 @@ class PodRunner:
             self._pods[run.uid] = run
         self._advance(run, meta)
 
-    # -- running -----------------------------------------------------------------------------------
+    # -- status ------------------------------------------------------------------------------------
 
-    def _launch(self, container: _Container) -> None:
-        argv = container.argv
-        started = now()
-        problem = ""
-        if not argv:
-            problem = (
-                "container has no command: the local runner ignores the image "
-                f"({container.spec.get('image', '')}), so the image's entrypoint is unknown"
-            )
-        else:
-            exe = argv[0]
-            resolved = exe if "/" in exe else shutil.which(exe, path=container.env.get("PATH"))
-            if resolved is None or not (Path(resolved).is_file() and os.access(resolved, os.X_OK)):
-                problem = f'exec: "{exe}": executable file not found in $PATH'
-        if not problem:
-            with open(container.log_path, "ab") as fh:
-                fh.write(f"[local-runner] {IMAGE_NOTE}: {container.spec.get('image', '')}\n".encode())
-            try:
-                container.popen = spawn(argv, container.log_path, env=container.env, cwd=container.cwd)
-            except OSError as exc:
-                problem = f"failed to start {argv[0]!r}: {exc}"
-        if problem:
-            with open(container.log_path, "ab") as fh:
-                fh.write(f"[local-runner] {problem}\n".encode())
-            container.state = {
-                "terminated": {
-                    "exitCode": 128,
-                    "reason": "ContainerCannotRun",
-                    "message": problem,
-                    "startedAt": started,
-                    "finishedAt": now(),
-                }
-            }
-            return
-        container.state = {"running": {"startedAt": started}}
-
-    def _finish(self, container: _Container, code: int) -> None:
-        exit_code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, as containers report
-        terminated: dict[str, Any] = {
-            "exitCode": exit_code,
-            "reason": "Completed" if exit_code == 0 else "Error",
-            "startedAt": container.state.get("running", {}).get("startedAt"),
-            "finishedAt": now(),
-        }
-        message = podspec.read_termination_message(
-            container.term_file, container.spec.get("terminationMessagePolicy"), exit_code, container.log_path
-        )
-        if message:
-            terminated["message"] = message
-        container.state = {"terminated": terminated}
-        container.popen = None
-
-    def _needs_restart(self, run: _Pod, container: _Container) -> bool:
-        code = container.state["terminated"]["exitCode"]
-        return run.restart_policy == "Always" or (run.restart_policy == "OnFailure" and code != 0)
-
-    def _poll(self) -> None:
-        with self._lock:
-            runs = [r for r in self._pods.values() if not r.deleting and r.phase not in TERMINAL]
-        for run in runs:
-            changed = False
-            for container in run.inits + run.mains:
-                if container.popen is not None and container.popen.poll() is not None:
-                    self._finish(container, container.popen.returncode)
-                    changed = True
-                elif container.restart_at and time.monotonic() >= container.restart_at:
-                    changed = True
-            if changed:
-                try:
-                    self._advance(run, {"name": run.name, "namespace": run.namespace, "uid": run.uid})
-                except ApiException as exc:
-                    if exc.status not in (404, 409):
-                        raise
-
-    def _advance(self, run: _Pod, meta: dict[str, Any]) -> None:
-        """Start what can start next, work out the phase, and write the status if it changed."""
-        self._restart_due(run)
-        if run.phase not in TERMINAL:
-            run.phase = self._step(run)
+    def _advance(self, run: PodRun, meta: dict[str, Any]) -> None:
+        """Let the supervisor move the pod on, then write its status if it changed."""
+        podsupervisor.advance(run)
         if run.phase in TERMINAL:
-            for container in run.inits + run.mains:
-                if container.popen is not None:
-                    kill_group(container.popen, grace=2.0)
-                    self._finish(container, container.popen.returncode or 0)
             self._ips.release(run.ip)
         self._write_status(run, meta)
 
-    def _step(self, run: _Pod) -> str:
-        for container in run.inits:  # one after the other, each must succeed
-            if container.restart_at:
-                return "Pending"
-            if container.popen is None and not container.done:
-                self._launch(container)
-            if container.popen is not None:
-                return "Pending"
-            if container.state["terminated"]["exitCode"] == 0:
-                continue
-            if self._maybe_restart(run, container):
-                return "Pending"
-            run.message = f"init container {container.name} failed"
-            return "Failed"
-        for container in run.mains:  # all at once
-            if container.popen is None and not container.done and not container.restart_at:
-                self._launch(container)
-            if container.done:
-                self._maybe_restart(run, container)
-        if any(c.popen is not None or c.restart_at for c in run.mains):
-            return "Running"
-        failed = [c.name for c in run.mains if c.state["terminated"]["exitCode"] != 0]
-        return "Failed" if failed else "Succeeded"
-
-    def _maybe_restart(self, run: _Pod, container: _Container) -> bool:
-        """Schedule a restart if restartPolicy asks for one; True if the container will run again."""
-        if not container.done or not self._needs_restart(run, container):
-            return False
-        delay = min(10.0 * 2 ** (container.restarts - 1), 300.0) if container.restarts else 1.0
-        container.restart_at = time.monotonic() + delay
-        container.last_state = container.state
-        container.state = {
-            "waiting": {
-                "reason": "CrashLoopBackOff",
-                "message": f"back-off {delay:.0f}s restarting failed container",
-            }
-        }
-        return True
-
-    def _restart_due(self, run: _Pod) -> None:
-        for container in run.inits + run.mains:
-            if container.restart_at and time.monotonic() >= container.restart_at:
-                container.restart_at = 0.0
-                container.restarts += 1
-                self._launch(container)
-
-    def _container_status(self, container: _Container) -> dict[str, Any]:
-        running = "running" in container.state
-        status: dict[str, Any] = {
-            "name": container.name,
-            "image": container.spec.get("image", ""),
-            "imageID": "",
-            "containerID": f"local-process://{container.popen.pid}" if container.popen else None,
-            "ready": running and not container.init,
-            "started": running,
-            "restartCount": container.restarts,
-            "state": container.state,
-        }
-        if container.last_state:
-            status["lastState"] = container.last_state
-        if status["containerID"] is None:
-            del status["containerID"]
-        return status
-
-    def _write_status(self, run: _Pod, meta: dict[str, Any]) -> None:
-        initialized = all(c.done and c.state["terminated"]["exitCode"] == 0 for c in run.inits)
-        ready = run.phase == "Running" and all("running" in c.state for c in run.mains)
-
-        def condition(kind: str, ok: bool, reason: str = "") -> dict[str, Any]:
-            key = f"{kind}={ok}"
-            if key not in run.transitions:
-                run.transitions = {k: v for k, v in run.transitions.items() if not k.startswith(kind + "=")}
-                run.transitions[key] = now()
-            cond = {
-                "type": kind,
-                "status": "True" if ok else "False",
-                "lastProbeTime": None,
-                "lastTransitionTime": run.transitions[key],
-            }
-            if reason and not ok:
-                cond["reason"] = reason
-            return cond
-
-        done_reason = "PodCompleted" if run.phase in TERMINAL else "ContainersNotReady"
-        status: dict[str, Any] = {
-            "phase": run.phase,
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": run.ip,
-            "podIPs": [{"ip": run.ip}],
-            "startTime": run.start_time,
-            "conditions": [
-                condition("PodReadyToStartContainers", run.phase not in TERMINAL),
-                condition("Initialized", initialized, "ContainersNotInitialized"),
-                condition("ContainersReady", ready, done_reason),
-                condition("Ready", ready, done_reason),
-                condition("PodScheduled", True),
-            ],
-            "containerStatuses": [self._container_status(c) for c in run.mains],
-        }
-        if run.inits:
-            status["initContainerStatuses"] = [self._container_status(c) for c in run.inits]
-        if run.message:
-            status["message"] = run.message
+    def _write_status(self, run: PodRun, meta: dict[str, Any]) -> None:
+        status = podstatus.pod_status(run)
         encoded = json.dumps(status, sort_keys=True)
         if encoded == run.last_status:
             return
@@ -846,3 +361,8 @@ class PodRunner:
         run.last_status = encoded
         if run.phase in TERMINAL:
             log.info("pod %s/%s %s", run.namespace, run.name, run.phase)
+
+    def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod_status(
+            meta["name"], meta["namespace"], {"status": status}, _content_type=SMP
+        )

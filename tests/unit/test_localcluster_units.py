@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_localcluster import binaries, controlplane, podrunner, podspec, processes
+from finetune_localcluster import binaries, controlplane, podnode, podspec, processes
 
 GOMOD = """module k8s.io/kubernetes
 
@@ -306,7 +306,7 @@ class TestProcesses:
 
 
 def test_pod_ips_are_loopback_unique_and_not_reused_at_once() -> None:
-    pool = podrunner._IPPool()
+    pool = podnode.PodIPPool()
     first, second = pool.take(), pool.take()
     assert (first, second) == ("127.0.0.2", "127.0.0.3")
     pool.release(first)
