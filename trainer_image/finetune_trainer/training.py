@@ -57,11 +57,11 @@ def make_callbacks(
     log: RunLog,
     *,
     save_on_signal: bool,
-    explode_factor: float | None = None,
+    divergence_factor: float | None = None,
 ) -> list[Any]:
     """Progress/metrics reporting, divergence detection, signal stop, early stopping.
 
-    Divergence: a NaN/inf loss, or (with ``explode_factor``) an EMA of the loss above that many times the
+    Divergence: a NaN/inf loss, or (with ``divergence_factor``) an EMA of the loss above that many times the
     first logged loss.
     """
     base = callback_base()
@@ -117,9 +117,9 @@ def make_callbacks(
                 log.diverged = f"training loss became {loss} at step {state.global_step}"
             else:
                 smoothed = self.ema.update(loss)
-                if explode_factor and smoothed > explode_factor * log.losses[0]:
+                if divergence_factor and smoothed > divergence_factor * log.losses[0]:
                     log.diverged = (
-                        f"smoothed training loss {smoothed:.4g} exceeded {explode_factor:g}x its start "
+                        f"smoothed training loss {smoothed:.4g} exceeded {divergence_factor:g}x its start "
                         f"({log.losses[0]:.4g})"
                     )
             if log.diverged:
@@ -247,7 +247,12 @@ def run_train(
         logging_steps=max(1, min(10, plan.total_steps // 200)),
     )
     callbacks = make_callbacks(
-        plan, progress, metrics, log, save_on_signal=True, explode_factor=cfg.range_test.divergence_factor
+        plan,
+        progress,
+        metrics,
+        log,
+        save_on_signal=True,
+        divergence_factor=cfg.optimization.divergence_factor,
     )
     trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), callbacks)
     if metrics:
@@ -323,7 +328,12 @@ def run_trial(
         logging_steps=1,
     )
     callbacks = make_callbacks(
-        plan, progress, metrics, log, save_on_signal=False, explode_factor=cfg.range_test.divergence_factor
+        plan,
+        progress,
+        metrics,
+        log,
+        save_on_signal=False,
+        divergence_factor=cfg.optimization.divergence_factor,
     )
     trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), callbacks)
     if metrics:
