@@ -11,14 +11,14 @@ PY := $(VENV)/bin/python
 
 ## test: lint, generated-file drift, layering, then every test (unit, integration on a real API server, e2e)
 test: lint
-	$(PY) -m finetune_operator.localcluster install
+	$(PY) -m finetune_localcluster install
 	$(PY) -m pytest -q
 
 ## lint: ruff, import layering, generated files up to date
 lint:
 	$(VENV)/bin/ruff check .
 	cd $(CURDIR) && $(VENV)/bin/lint-imports
-	$(PY) -m finetune_operator.crdgen --check
+	$(PY) -m finetune_tooling.crdgen --check
 
 ## unit: the fast layer only
 unit:
@@ -26,12 +26,12 @@ unit:
 
 ## demo: local control plane + pod runner + operator; applies an LRSweep and an auto FineTuneJob on a tiny model
 demo:
-	$(PY) -m finetune_operator.demo
+	$(PY) -m finetune_tooling.demo
 
 ## crds: regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 crds:
-	$(PY) -m finetune_operator.crdgen
+	$(PY) -m finetune_tooling.crdgen
 
 ## cluster-bins: build (once) and cache kube-apiserver, kube-controller-manager, etcd, kubectl, helm
 cluster-bins:
-	$(PY) -m finetune_operator.localcluster install
+	$(PY) -m finetune_localcluster install

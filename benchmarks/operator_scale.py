@@ -173,7 +173,7 @@ def _until_listed(custom: Any, plural: str, timeout: float = 30.0) -> None:
 def run_round(cluster: Any, count: int, timeout: float, steady: float, log: Any) -> Round:
     from kubernetes import client
 
-    from finetune_operator.localcluster.processes import free_port
+    from finetune_localcluster.processes import free_port
 
     api_client = cluster.api_client()
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = list(args.counts) + ([1000] if args.large and 1000 not in args.counts else [])
 
-    from finetune_operator.localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
+    from finetune_localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

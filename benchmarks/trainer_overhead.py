@@ -129,7 +129,7 @@ def run_hf(cfg: Any) -> dict[int, float]:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from finetune_trainer.modeling import load_model
-    from finetune_trainer.training import prepare_run
+    from finetune_trainer.runsetup import prepare_run
 
     plan = prepare_run(cfg, "train", 1e-4)
     model = load_model(cfg, plan.tokenizer)
@@ -180,7 +180,7 @@ def run_bare(cfg: Any, fused: bool = False) -> dict[int, float]:
     from transformers import get_scheduler
 
     from finetune_trainer.modeling import load_model
-    from finetune_trainer.training import prepare_run
+    from finetune_trainer.runsetup import prepare_run
 
     plan = prepare_run(cfg, "train", 1e-4)
     device = "cuda" if _cuda() else "cpu"

@@ -11,10 +11,11 @@ import time
 import pytest
 from kubernetes import client
 
-from finetune_operator import alerts, dashboards, handlers
-from finetune_operator.localcluster.processes import free_port
-from finetune_operator.localcluster.prometheus import prometheus_binaries, running_prometheus
+from finetune_localcluster.processes import free_port
+from finetune_localcluster.prometheus import prometheus_binaries, running_prometheus
+from finetune_operator import handlers
 from finetune_operator.settings import Settings
+from finetune_tooling import alerts, dashboards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

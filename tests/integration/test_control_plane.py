@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from finetune_operator.localcluster.cluster import LocalCluster, apply_crds
+from finetune_localcluster.cluster import LocalCluster, apply_crds
 
 pytestmark = pytest.mark.integration
 

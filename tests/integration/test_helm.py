@@ -1,6 +1,6 @@
 """The Helm chart, rendered by a real helm and applied to a real API server (the local control plane).
 
-helm comes from `finetune_operator.localcluster.binaries` (KUBEBUILDER_ASSETS or the versioned cache,
+helm comes from `finetune_localcluster.binaries` (KUBEBUILDER_ASSETS or the versioned cache,
 built from the Go module proxy when missing). Rendering tests need only helm; the rest use the session's
 control plane (`kube_cluster`) and prove the manifests are accepted by kube-apiserver, including the
 restricted Pod Security profile of the test namespace.
@@ -20,9 +20,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from finetune_operator import alerts, dashboards
-from finetune_operator.localcluster import binaries
+from finetune_localcluster import binaries
 from finetune_operator.settings import from_args, parser
+from finetune_tooling import alerts, dashboards
 
 pytestmark = pytest.mark.integration
 

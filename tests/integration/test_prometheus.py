@@ -22,8 +22,8 @@ import yaml
 from fleet import CURVE, NS, Fleet
 from prometheus_client import generate_latest
 
-from finetune_operator import alerts, dashboards
-from finetune_operator.localcluster.prometheus import Prometheus, prometheus_binaries, running_prometheus
+from finetune_localcluster.prometheus import Prometheus, prometheus_binaries, running_prometheus
+from finetune_tooling import alerts, dashboards
 
 pytestmark = pytest.mark.integration
 

@@ -295,6 +295,33 @@ def test_train_that_diverges_exits_3(tiny_gpt2: Path, tmp_path: Path) -> None:
     assert events[-1]["event"] == "error" and "learning rate" in events[-1]["message"]
 
 
+@pytest.mark.parametrize("command", ["train", "trial"])
+def test_train_and_trial_stop_on_their_own_divergence_factor_not_the_range_tests(
+    tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    from finetune_trainer import training
+
+    factors: list[float | None] = []
+    real = training.make_callbacks
+
+    def spy(*args: Any, **kwargs: Any) -> list[Any]:
+        factors.append(kwargs.get("divergence_factor"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "make_callbacks", spy)
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        optimization={"maxSteps": 4, "divergenceFactor": 7.5},
+        schedule={"warmupSteps": 1},
+        rangeTest={"divergenceFactor": 3.0},
+        checkpoints={"saveFinalModel": False},
+    )
+    code, _, _ = run_cli(tmp_path, cfg, command, "--learning-rate", "1e-3")
+    assert code == ExitCode.OK
+    assert factors == [7.5]
+
+
 @pytest.mark.parametrize(
     ("exc", "code"),
     [

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from finetune_operator import crdgen
 from finetune_operator.api import FINETUNEJOB, KINDS, LRSWEEP, FineTuneJobSpec, LRSweepSpec
+from finetune_tooling import crdgen
 from finetune_trainer.config import TrainerConfig
 
 ROOT = Path(__file__).resolve().parents[2]

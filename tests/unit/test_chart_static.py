@@ -21,7 +21,8 @@ import pytest
 import yaml
 from fleet import Fleet
 
-from finetune_operator import alerts, dashboards, settings
+from finetune_operator import settings
+from finetune_tooling import alerts, dashboards
 from finetune_trainer.config import TRAINER_METRICS_PORT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def _load_yaml(path: Path):
 def test_chart_crds_are_the_generated_crds_byte_for_byte():
     generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
     shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    assert generated, "crds/ is empty: run python -m finetune_operator.crdgen"
+    assert generated, "crds/ is empty: run python -m finetune_tooling.crdgen"
     assert shipped == generated
     for name in generated:
         assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), name

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 import pytest
 from pydantic import Field
 
-from finetune_operator import crdgen
 from finetune_operator.api import KINDS
+from finetune_tooling import crdgen
 from finetune_trainer.config import Rule, Spec
 
 
@@ -152,7 +152,7 @@ def test_project_crds_are_structural(kind):
 
 def test_generated_files_are_up_to_date():
     stale = crdgen.drifted()
-    assert not stale, f"regenerate with `python -m finetune_operator.crdgen`: {stale}"
+    assert not stale, f"regenerate with `python -m finetune_tooling.crdgen`: {stale}"
 
 
 def test_api_doc_lists_every_spec_field():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.localcluster import binaries, controlplane, podrunner, podspec, processes
+from finetune_localcluster import binaries, controlplane, podnode, podspec, processes
 
 GOMOD = """module k8s.io/kubernetes
 
@@ -306,7 +306,7 @@ class TestProcesses:
 
 
 def test_pod_ips_are_loopback_unique_and_not_reused_at_once() -> None:
-    pool = podrunner._IPPool()
+    pool = podnode.PodIPPool()
     first, second = pool.take(), pool.take()
     assert (first, second) == ("127.0.0.2", "127.0.0.3")
     pool.release(first)
@@ -326,3 +326,15 @@ def test_a_crashing_etcd_fails_fast_with_its_log_tail(tmp_path: Path) -> None:
         plane.start()
     assert time.monotonic() - started < 10
     assert plane._procs == []
+
+
+def test_run_operator_defaults_to_the_handler_module_the_operator_really_runs() -> None:
+    """`finetune-operator run` registers the handlers of one module; the fixture's default is that module."""
+    import importlib
+    import inspect
+
+    import finetune_operator.__main__ as entrypoint
+    from finetune_localcluster import pytest_plugin
+
+    default = inspect.signature(pytest_plugin.operator_in_process).parameters["module"].default
+    assert importlib.import_module(default) is entrypoint.handlers

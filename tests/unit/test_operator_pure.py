@@ -502,8 +502,8 @@ def test_observe_reports_why_a_pod_cannot_be_scheduled():
 def test_metrics_server_starts_once_per_address():
     import urllib.request
 
+    from finetune_localcluster.processes import free_port
     from finetune_operator.api import LRSweepStatus
-    from finetune_operator.localcluster.processes import free_port
     from finetune_operator.metrics import OperatorMetrics
 
     m, port = OperatorMetrics(), free_port()

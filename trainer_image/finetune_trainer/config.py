@@ -158,7 +158,7 @@ class AdapterSpec(Spec):
 
 
 class OptimizationSpec(Spec):
-    """Optimiser, batch and length of training."""
+    """Optimiser, batch, length of training, and when a run counts as diverged."""
 
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
     """Optimiser."""
@@ -178,6 +178,9 @@ class OptimizationSpec(Spec):
     """Passes over the training data (ignored when `maxSteps` is set)."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimiser updates; overrides `epochs`."""
+    divergence_factor: float = Field(default=4.0, gt=1.0, le=1000.0)
+    """A fine-tune or trial stops as diverged once its smoothed training loss exceeds this many times its
+    first logged loss (a NaN/inf loss always stops it). The range test has `rangeTest.divergenceFactor`."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Compute precision; `auto` is bf16 on GPUs that support it, else fp32."""
     seed: int = Field(default=42, ge=0)
@@ -370,7 +373,7 @@ class TrainingSections(Spec):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     """Full fine-tune, LoRA/QLoRA, or top layers only: an LR found for one does not fit the others."""
     optimization: OptimizationSpec = Field(default_factory=OptimizationSpec)
-    """Optimiser, batch size, training length, precision."""
+    """Optimiser, batch size, training length, precision, divergence stop."""
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     """Warmup and decay of the learning rate (range tests use their own ramp)."""
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

@@ -20,10 +20,10 @@ from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
 from finetune_trainer.priors import Prior, hidden_size_of_config, prior_for, sanity_warning, widen_window
 from finetune_trainer.report import FULL_CURVE_POINTS, Progress, downsample
+from finetune_trainer.runsetup import RunPlan, build_trainer, callback_base, prepare_run, training_arguments
 from finetune_trainer.runtime import STOP
 from finetune_trainer.schedules import build_ramp, extension_steps, ramp_lr
 from finetune_trainer.suggest import EmaSmoother, all_suggestions, recommend
-from finetune_trainer.training import RunPlan, _callback_base, build_trainer, prepare_run, training_arguments
 
 PRIOR_BELOW = 100.0
 """An unset ``minLearningRate`` starts the ramp this many times below the model's prior."""
@@ -141,7 +141,7 @@ def run_range_test(
         validationLoss=rt.use_validation_loss,
     )
 
-    class Record(_callback_base()):  # type: ignore[misc]
+    class Record(callback_base()):  # type: ignore[misc]
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             if val_loss is not None:
                 self._take(state, control, val_loss(model))

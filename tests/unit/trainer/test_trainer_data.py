@@ -10,8 +10,8 @@ import pytest
 from finetune_trainer.config import DatasetSpec, TrainerConfig
 from finetune_trainer.data import file_format, label_mapping, prepare
 from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.runsetup import steps_per_epoch
 from finetune_trainer.tiny_model import build_tokenizer, toy_sentences, vocabulary
-from finetune_trainer.training import steps_per_epoch
 
 
 def test_steps_per_epoch_matches_trainer_counting() -> None:
@@ -203,7 +203,8 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def batch_order(model_dir: Path, data: Path, tmp_path: Path, dataset_seed: int, seed: int) -> list[list[int]]:
     """The first epoch's batches, as the run's ``Trainer`` deals them."""
     from finetune_trainer.modeling import load_model
-    from finetune_trainer.training import build_trainer, fine_tune_schedule, prepare_run, training_arguments
+    from finetune_trainer.runsetup import build_trainer, prepare_run, training_arguments
+    from finetune_trainer.training import fine_tune_schedule
 
     cfg = TrainerConfig.model_validate(
         {

@@ -1,6 +1,6 @@
 """trainer_image/Dockerfile agrees with pyproject: the extra it installs, the console script it runs.
 
-tests/trainer/test_trainer_image_install.py performs the install command itself in a fresh venv.
+tests/images/test_image_installs.py runs the install itself, from the Dockerfile's COPY lines.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from finetune_localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
+from finetune_localcluster.processes import free_port
 from finetune_operator.api import API_GROUP, KINDS, VERSION
-from finetune_operator.localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
-from finetune_operator.localcluster.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PLURALS = {k.kind: k.plural for k in KINDS}
@@ -198,7 +198,7 @@ def _g(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m finetune_operator.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m finetune_tooling.demo", description=__doc__.splitlines()[0])
     p.add_argument(
         "--dir",
         type=Path,

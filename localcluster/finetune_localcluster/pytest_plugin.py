@@ -9,10 +9,10 @@ Fixtures:
   ``pod-security.kubernetes.io/enforce: restricted``, with its ``default`` service account present;
   deleted afterwards.
 * ``crds_installed`` (session) -> names of the CRDs applied from ``<repo>/crds/*.yaml`` (all Established).
-* ``run_operator`` (function) -> ``run_operator(module="finetune_operator.operator", namespace=None,
-  extra_args=())``: a context manager running that kopf module in-process with ``kopf.testing.KopfRunner``
-  against ``kube_cluster``; it yields the runner. Check ``runner.exception``/``runner.output`` only after
-  the ``with`` block: kopf's ``KopfRunner.exception`` blocks until the operator has stopped.
+* ``run_operator`` (function) -> ``run_operator(module=OPERATOR_MODULE, namespace=None, extra_args=())``:
+  a context manager running that kopf module (default: the operator's handlers) in-process with
+  ``kopf.testing.KopfRunner`` against ``kube_cluster``; it yields the runner. Check ``runner.exception``/
+  ``runner.output`` only after the ``with`` block: ``KopfRunner.exception`` blocks until the operator stops.
 * ``local_runner_config`` (session) -> the pod runner's ``RunnerConfig`` (skips on external clusters).
 
 When a test that used ``kube_cluster`` fails, the control plane's log tails are added to its report.
@@ -34,7 +34,9 @@ from .cluster import LocalCluster, apply_crds, load_yaml_documents, local_cluste
 from .podrunner import RunnerConfig
 from .processes import wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The kopf handler module `finetune-operator run` registers (a name, not an import: this package is generic).
+OPERATOR_MODULE = "finetune_operator.handlers"
 CRD_DIR = Path(os.environ.get("FINETUNE_CRD_DIR", REPO_ROOT / "crds"))
 
 _CLUSTER: LocalCluster | None = None
@@ -133,7 +135,7 @@ def kubeconfig_env(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def operator_in_process(
     cluster: LocalCluster,
-    module: str = "finetune_operator.operator",
+    module: str = OPERATOR_MODULE,
     namespace: str | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 60,
@@ -150,7 +152,7 @@ def operator_in_process(
 @pytest.fixture
 def run_operator(kube_cluster: LocalCluster) -> Callable[..., contextlib.AbstractContextManager[Any]]:
     def start(
-        module: str = "finetune_operator.operator",
+        module: str = OPERATOR_MODULE,
         namespace: str | None = None,
         extra_args: Sequence[str] = (),
         timeout: float = 60,

@@ -18,7 +18,7 @@ import yaml
 
 from .processes import free_port
 
-INSTALL = Path(__file__).resolve().parents[3] / "scripts" / "install-prometheus"
+INSTALL = Path(__file__).resolve().parents[2] / "scripts" / "install-prometheus"
 
 
 @functools.cache

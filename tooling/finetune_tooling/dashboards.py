@@ -1,6 +1,6 @@
 """Grafana dashboards for the operator, as code: plain Python dicts written as JSON into the chart.
 
-`python -m finetune_operator.dashboards` writes `charts/finetune-operator/dashboards/*.json`, which the
+`python -m finetune_tooling.dashboards` writes `charts/finetune-operator/dashboards/*.json`, which the
 chart ships as ConfigMaps for Grafana's dashboard sidecar; `--check` fails when a file differs from this
 module. Three dashboards:
 
@@ -702,7 +702,7 @@ def as_promql(expr: str, variables: dict[str, str] | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m finetune_operator.dashboards", description=__doc__.splitlines()[0]
+        prog="python -m finetune_tooling.dashboards", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--check", action="store_true", help="fail if a dashboard file is out of date")
     args = parser.parse_args(argv)
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
         extra = sorted(set(DASHBOARD_DIR.glob("*.json")) - set(wanted))
         for path in [*stale, *extra]:
-            print(f"out of date: {path.relative_to(REPO_ROOT)} (run python -m finetune_operator.dashboards)")
+            print(f"out of date: {path.relative_to(REPO_ROOT)} (run python -m finetune_tooling.dashboards)")
         return 1 if stale or extra else 0
     DASHBOARD_DIR.mkdir(parents=True, exist_ok=True)
     for path, text in wanted.items():

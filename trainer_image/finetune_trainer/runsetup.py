@@ -1,0 +1,219 @@
+"""The set-up every command that trains shares (``range-test``, ``trial``, ``train``, ``recommend``).
+
+:func:`prepare_run` checks everything a run needs (model source, hardware, data, batch and warmup against
+the run's length) before anything is written and returns a :class:`RunPlan`; :func:`training_arguments`
+turns the plan into ``TrainingArguments``; :func:`build_trainer` builds the ``Trainer`` whose schedule is
+ours (:mod:`finetune_trainer.schedules`); :func:`callback_base` is the class our callbacks derive from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.data import PreparedData, prepare
+from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.modeling import (
+    check_hardware,
+    check_model_source,
+    cuda_available,
+    load_tokenizer,
+    resolve_precision,
+)
+from finetune_trainer.runtime import world_size
+from finetune_trainer.schedules import warmup_steps_for
+
+OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
+
+
+@dataclass
+class RunPlan:
+    """A checked run: data tokenised, lengths resolved. Nothing has been written yet."""
+
+    cfg: TrainerConfig
+    command: str
+    learning_rate: float
+    tokenizer: Any
+    data: PreparedData
+    precision: str
+    world_size: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.cfg.optimization.effective_batch_size(self.world_size)
+
+
+def steps_per_epoch(examples: int, batch_size: int, world: int, accumulation: int) -> int:
+    """Optimizer updates per epoch, as ``Trainer`` counts them."""
+    batches = math.ceil(examples / (batch_size * world))
+    return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -> RunPlan:
+    """Validate fully and tokenise; raises :class:`ConfigError` naming the field at fault."""
+    check_model_source(cfg.model)
+    check_hardware(cfg)
+    if command in ("train", "trial") and learning_rate is None:
+        raise ConfigError(
+            "learningRate",
+            f"{command} needs a learning rate",
+            "set learningRate in the config or --learning-rate",
+        )
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare(cfg, tokenizer)
+    opt = cfg.optimization
+    world = world_size()
+    if len(data.train) < opt.batch_size * world:
+        unit = (
+            "blocks of maxSeqLength tokens"
+            if cfg.model.task == "causal-lm" and cfg.dataset.packing
+            else "examples"
+        )
+        raise ConfigError(
+            "optimization.batchSize",
+            f"{opt.batch_size} per device x {world} processes exceeds the {len(data.train)} training {unit}",
+            "lower optimization.batchSize (or maxSeqLength), or add data",
+        )
+    per_epoch = steps_per_epoch(len(data.train), opt.batch_size, world, opt.gradient_accumulation_steps)
+    if command == "range-test":
+        total, warmup = cfg.range_test.steps, 0
+        if cfg.range_test.use_validation_loss and data.eval is None:
+            raise ConfigError(
+                "rangeTest.useValidationLoss",
+                "there is no validation data",
+                "set dataset.validationFraction above 0 or dataset.validationSplit",
+            )
+    else:
+        total = opt.max_steps or max(1, math.ceil(opt.epochs * per_epoch))
+        warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio)
+        if warmup >= total:
+            raise ConfigError(
+                "schedule.warmupSteps",
+                f"warmup of {warmup} steps is not shorter than training ({total} steps)",
+                "lower schedule.warmupSteps (or use warmupRatio), or train longer",
+            )
+    if cfg.early_stopping.enabled and data.eval is None and command != "range-test":
+        raise ConfigError(
+            "earlyStopping.enabled", "needs validation data", "set dataset.validationFraction above 0"
+        )
+    return RunPlan(
+        cfg=cfg,
+        command=command,
+        learning_rate=learning_rate if learning_rate is not None else cfg.range_test.max_learning_rate,
+        tokenizer=tokenizer,
+        data=data,
+        precision=resolve_precision(cfg),
+        world_size=world,
+        steps_per_epoch=per_epoch,
+        total_steps=total,
+        warmup_steps=warmup,
+    )
+
+
+# --- Trainer ----------------------------------------------------------------------------------------------
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class FineTuneTrainer(Trainer):
+        """``Trainer`` whose LR schedule comes from :mod:`finetune_trainer.schedules`."""
+
+        def __init__(self, *args: Any, schedule_factory: Callable[[Any, int], Any], **kwargs: Any) -> None:
+            self._schedule_factory = schedule_factory
+            super().__init__(*args, **kwargs)
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                self.lr_scheduler = self._schedule_factory(optimizer or self.optimizer, num_training_steps)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return FineTuneTrainer
+
+
+def training_arguments(
+    plan: RunPlan,
+    output_dir: str | Path,
+    *,
+    max_steps: int | None,
+    evaluate: bool,
+    save: bool,
+    logging_steps: int = 1,
+) -> Any:
+    from transformers import TrainingArguments
+
+    cfg, opt = plan.cfg, plan.cfg.optimization
+    cpu = not cuda_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=opt.batch_size,
+        per_device_eval_batch_size=opt.batch_size,
+        gradient_accumulation_steps=opt.gradient_accumulation_steps,
+        learning_rate=plan.learning_rate,
+        weight_decay=opt.weight_decay,
+        max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
+        num_train_epochs=opt.epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        optim=OPTIMIZERS[opt.optimizer],
+        optim_args=f"momentum={opt.momentum}" if opt.optimizer == "sgd" else None,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must reach us, not be averaged away
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.evaluation.every_steps if evaluate else None,
+        metric_for_best_model="eval_loss" if evaluate else None,
+        greater_is_better=False if evaluate else None,
+        save_strategy="steps" if save else "no",
+        save_steps=cfg.checkpoints.every_steps,
+        save_total_limit=cfg.checkpoints.keep,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
+        ddp_find_unused_parameters=False if plan.world_size > 1 else None,
+        seed=opt.seed,
+        data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
+        report_to="none",
+        disable_tqdm=True,
+        log_level="warning",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def build_trainer(
+    plan: RunPlan,
+    model: Any,
+    args: Any,
+    schedule_factory: Callable[[Any, int], Any],
+    callbacks: list[Any],
+) -> Any:
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        data_collator=plan.data.collator,
+        train_dataset=plan.data.train,
+        eval_dataset=plan.data.eval if args.eval_strategy != "no" else None,
+        processing_class=plan.tokenizer,
+        callbacks=callbacks,
+        schedule_factory=schedule_factory,
+    )
+    trainer.remove_callback(PrinterCallback)  # stdout is ours (JSON lines)
+    return trainer
+
+
+def callback_base() -> type:
+    """``transformers.TrainerCallback``, imported only when a run starts (the CLI's help stays fast)."""
+    from transformers import TrainerCallback
+
+    return TrainerCallback
