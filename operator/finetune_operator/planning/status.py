@@ -2,11 +2,11 @@
 
 The phase decides the conditions, and this is the one place that does it:
 
-| phase                                   | Ready | Reconciling | Stalled | Succeeded | Failed |
-|-----------------------------------------|-------|-------------|---------|-----------|--------|
-| Pending, WaitingForSweep, Sweeping, Running | False | True    | False¹  | -         | -      |
-| Succeeded                               | True  | False       | False²  | True      | False  |
-| Failed                                  | False | False       | True    | False     | True   |
+| phase                                       | Ready | Reconciling | Stalled | Succeeded | Failed |
+|---------------------------------------------|-------|-------------|---------|-----------|--------|
+| Pending, WaitingForSweep, Sweeping, Running | False | True        | False¹  | -         | -      |
+| Succeeded                                   | True  | False       | False²  | True      | False  |
+| Failed                                      | False | False       | True    | False     | True   |
 
 ¹ True while blocked on something only a person can fix (e.g. another object holds a child's name).
 ² Written only when the resource was stalled before.
