@@ -14,7 +14,8 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-for _src in (REPO / "trainer_image", REPO / "operator"):  # run from a checkout without installing
+for _src in (REPO / "trainer_image", REPO / "operator", REPO / "localcluster", REPO / "tooling"):
+    # run from a checkout without installing
     if str(_src) not in sys.path:
         sys.path.insert(0, str(_src))
 

@@ -747,8 +747,8 @@ def lrfinder_run(task: dict[str, Any], seed: int, settings: dict[str, Any]) -> d
     from torch_lr_finder import LRFinder
 
     from finetune_trainer.modeling import load_model
+    from finetune_trainer.runsetup import prepare_run
     from finetune_trainer.settings import load_config
-    from finetune_trainer.training import prepare_run
 
     cfg = load_config(task["config"], [f"optimization.seed={seed}"])
     plan = prepare_run(cfg, "range-test", None)
@@ -786,26 +786,16 @@ def prodigy_run(task: dict[str, Any], seed: int, settings: dict[str, Any], out: 
     from prodigyopt import Prodigy
 
     from finetune_trainer.modeling import load_model
-    from finetune_trainer.report import Progress
+    from finetune_trainer.runsetup import build_trainer, prepare_run, training_arguments
     from finetune_trainer.settings import load_config
-    from finetune_trainer.training import (
-        RunLog,
-        build_trainer,
-        fine_tune_schedule,
-        make_callbacks,
-        prepare_run,
-        training_arguments,
-    )
+    from finetune_trainer.training import fine_tune_schedule
 
     lr = float(settings.get("learningRate", 1.0))
     cfg = load_config(task["config"], [f"optimization.seed={seed}"], learning_rate=lr)
     plan = prepare_run(cfg, "trial", lr)
     net = load_model(cfg, plan.tokenizer, plan.data.num_labels, plan.data.label_names)
     args = training_arguments(plan, out, max_steps=cfg.optimization.max_steps, evaluate=True, save=False)
-    log = RunLog()
-    progress = Progress(io.StringIO(), enabled=False)
-    callbacks = make_callbacks(plan, progress, None, log, save_on_signal=False, explode_factor=None)
-    trainer = build_trainer(plan, net, args, fine_tune_schedule(plan), callbacks)
+    trainer = build_trainer(plan, net, args, fine_tune_schedule(plan), [])
     trainer.optimizer = Prodigy(
         [p for p in net.parameters() if p.requires_grad],
         lr=lr,
@@ -814,9 +804,9 @@ def prodigy_run(task: dict[str, Any], seed: int, settings: dict[str, Any], out: 
         use_bias_correction=bool(settings.get("useBiasCorrection", True)),
     )
     trainer.train()
-    loss = None if log.diverged else trainer.evaluate().get("eval_loss")
+    loss = trainer.evaluate().get("eval_loss")
     d = float(trainer.optimizer.param_groups[0].get("d", math.nan))
-    finite = loss is not None and math.isfinite(float(loss))
+    finite = loss is not None and math.isfinite(float(loss))  # a NaN loss: diverged
     return {"loss": float(loss) if finite else None, "d": d * lr, "steps": trainer.state.global_step}
 
 
@@ -1016,8 +1006,24 @@ def grid_sweep_defaults() -> tuple[list[float], int]:
     return log_spaced(spec.min_learning_rate, spec.max_learning_rate, spec.count), spec.steps
 
 
+def trainer_fingerprint() -> str:
+    """A digest of the trainer's source: a recommender's result is reused only with the code it ran."""
+    import finetune_trainer
+
+    h = hashlib.sha256()
+    for path in sorted(Path(finetune_trainer.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def job_id(job: dict[str, Any]) -> str:
+    return digest({k: job.get(k) for k in ("kind", "row", "seed", "lr", "steps", "settings")})
+
+
 class Bench:
-    """Plans every job, runs them on the runner, gathers the rows per task."""
+    """Plans every job, runs them on the runner, gathers the rows per task. Every finished recommender job
+    is journalled (per task and trainer source), so ``--resume`` after an interruption re-runs only what
+    is missing."""
 
     def __init__(
         self, tasks: list[Task], spec: dict[str, Any], runner: Runner, resume: bool, grid_steps: int | None
@@ -1039,20 +1045,37 @@ class Bench:
         self.loads: list[float] = []
         self.count = 0
         self.total = 0
+        self.reused = 0
+        self.errors: list[str] = []
+        self.fingerprint = trainer_fingerprint()
+        self.ready: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.journal: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in tasks}
+        for t in tasks:
+            path = self.journal_path(t)
+            if resume and path.exists():
+                for line in path.read_text().splitlines():
+                    entry = json.loads(line)
+                    self.journal[t.name][entry["id"]] = entry["result"]
+
+    def journal_path(self, task: Task) -> Path:
+        return CACHE / "jobs" / f"{task.name}-{task.key}-{self.fingerprint}.jsonl"
 
     def job(self, task: Task, kind: str, seed: int, row: str, **extra: Any) -> None:
-        self.runner.submit(
-            {
-                "task": task.name,
-                "kind": kind,
-                "seed": seed,
-                "row": row,
-                "config": str(task.config_path),
-                "scratch": self.scratch,
-                **extra,
-            }
-        )
+        job = {
+            "task": task.name,
+            "kind": kind,
+            "seed": seed,
+            "row": row,
+            "config": str(task.config_path),
+            "scratch": self.scratch,
+            **extra,
+        }
         self.total += 1
+        stored = self.journal[task.name].get(job_id(job))
+        if stored is not None:
+            self.ready.append((job, stored | {"reused": True}))
+        else:
+            self.runner.submit(job)
 
     def plan(self) -> None:
         """Recommenders first (the longest jobs, and the short grid waits on adaptive), then the oracle."""
@@ -1079,11 +1102,22 @@ class Bench:
 
     def run(self, log: Callable[[str], None]) -> None:
         self.plan()
-        while self.runner.busy:
+        while self.ready or self.runner.busy:
+            if self.ready:
+                job, res = self.ready.pop(0)
+                self.count += 1
+                self.reused += 1
+                self.collect(job, res, log)
+                continue
             for job, res in self.runner.done():
                 self.loads.append(os.getloadavg()[0])
                 self.count += 1
                 self.collect(job, res, log)
+                if job["row"] != "oracle" and "error" not in res:
+                    path = self.journal_path(self.tasks[job["task"]])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with path.open("a") as fh:
+                        fh.write(json.dumps({"id": job_id(job), "result": res}) + "\n")
 
     def collect(self, job: dict[str, Any], res: dict[str, Any], log: Callable[[str], None]) -> None:
         task = self.tasks[job["task"]]
@@ -1092,12 +1126,14 @@ class Bench:
         shown = {
             k: v for k, v in res.items() if k in ("lr", "loss", "steps", "decidedBy", "evidence", "error")
         }
+        where = "reused" if res.get("reused") else f"load {os.getloadavg()[0]:.1f}"
         log(
             f"[{self.count}/{self.total}] {task.name} {job['row']} {what}seed {job['seed']}: "
-            f"{json.dumps(shown, default=fmt)} ({res['seconds']:.1f} s, load {self.loads[-1]:.1f})"
+            f"{json.dumps(shown, default=fmt)} ({res['seconds']:.1f} s, {where})"
         )
         if "error" in res:
             log(res.get("trace", ""))
+            self.errors.append(f"{task.name} {job['row']} {what}seed {job['seed']}: {res['error']}")
         if job["row"] == "oracle":
             key = oracle_key(job["lr"], job["seed"])
             self.oracle[task.name][key] = res.get("loss")
@@ -1309,6 +1345,16 @@ def adaptive_table(report: TaskReport) -> str:
     )
 
 
+def prodigy_line(report: TaskReport) -> str:
+    """Prodigy's final step size per seed: the LR it settled on, next to the oracle's best."""
+    row = next((r for r in report.rows if r.lrs is None), None)
+    ds = [n.get("d") for n in row.notes] if row else []
+    return (
+        f"Prodigy's final step size d (its effective peak LR) per seed: {', '.join(fmt(d) for d in ds)} "
+        f"(oracle best {fmt(report.oracle.best[0])})."
+    )
+
+
 def oracle_table(report: TaskReport, seeds: Sequence[int]) -> str:
     o = report.oracle
     rows = [[lr, m, *o.losses[lr]] for lr, m in zip(o.lrs, o.means, strict=True)]
@@ -1341,8 +1387,15 @@ def render(
         f"{facts['workers']} workers shared the machine.",
         "",
         f"Run: {facts['seconds']:.0f} s wall ({facts['seconds'] / 60:.1f} min), {facts['workers']} workers "
-        f"x 1 torch thread, 1-min load average during the run {facts['load']}.",
+        f"x 1 torch thread, 1-min load average during the run {facts['load']}. Recommender jobs reused from "
+        f"an interrupted run with the same trainer source (`--resume`): {facts['reused']}; wall times are "
+        "those measured when each job ran.",
         "",
+        *(
+            ["**Failed jobs** (scored as no suggestion):", "", *[f"- {e}" for e in facts["errors"]], ""]
+            if facts.get("errors")
+            else []
+        ),
         "## Across tasks",
         "",
         summary_table(by),
@@ -1363,6 +1416,8 @@ def render(
             f"task compute time {r.seconds:.0f} s (summed over workers).",
             "",
             task_table(r),
+            "",
+            prodigy_line(r),
             "",
             "Adaptive per seed:",
             "",
@@ -1414,7 +1469,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the quick tasks, fewer oracle points and seeds")
     parser.add_argument("--micro", action="store_true", help="one tiny task, every row (the smoke test)")
     parser.add_argument("--oracle-points", type=int, help="override oracle.points")
-    parser.add_argument("--resume", action="store_true", help="reuse oracle losses already measured (cache)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse oracle losses already measured, and recommender jobs run with the same trainer source",
+    )
     parser.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="trainer processes (default 2)"
     )
@@ -1444,6 +1503,8 @@ def main(argv: list[str] | None = None) -> int:
         "workers": max(1, args.workers),
         "load": f"mean {sum(loads) / len(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f}",
         "grid": (bench.grid_lrs, bench.grid_steps),
+        "reused": f"{bench.reused} of {bench.total} jobs" if bench.reused else "none",
+        "errors": bench.errors,
     }
     body, _by, targets = render(reports, spec, facts)
     print(body)
@@ -1465,6 +1526,9 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
         log(f"wrote {path}")
     log(f"done in {seconds:.0f} s")
+    if bench.errors:
+        log(f"{len(bench.errors)} jobs failed: " + "; ".join(bench.errors[:5]))
+        return 1
     return 0
 
 
