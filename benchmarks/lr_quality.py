@@ -563,7 +563,7 @@ def build_model(model: dict[str, Any]) -> Path:
     if (folder / "config.json").exists():
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     from finetune_trainer.tiny_model import build_tokenizer, toy_sentences
 
@@ -590,9 +590,23 @@ def build_model(model: dict[str, Any]) -> Path:
             max_position_embeddings=128,
             **ids,
         )
+    elif model["kind"] == "qwen2":  # Qwen2.5-0.5B's shape (GQA, tied embeddings) on the toy vocabulary
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=int(model.get("intermediate", 4 * width)),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(model.get("kvHeads", heads)),
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            **ids,
+        )
     else:
         raise ValueError(f"unknown model.kind {model['kind']!r}")
     net = AutoModelForCausalLM.from_config(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net.to(device)
     texts = [r["text"] for r in toy_sentences(2000, seed=99)]
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
     labels = enc["input_ids"].clone()
@@ -603,12 +617,14 @@ def build_model(model: dict[str, Any]) -> Path:
     net.train()
     for _ in range(int(model.get("pretrainSteps", 300))):
         idx = torch.randint(0, len(texts), (32,), generator=gen)
-        net(**{k: v[idx] for k, v in data.items()}).loss.backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = net(**{k: v[idx].to(device) for k, v in data.items()}).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp)
+    net.cpu().save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -773,7 +789,8 @@ def lrfinder_run(task: dict[str, Any], seed: int, settings: dict[str, Any]) -> d
     lo, hi, steps = (float(settings[k]) for k in ("startLearningRate", "endLearningRate", "steps"))
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lo, weight_decay=cfg.optimization.weight_decay, fused=True)
-    finder = LRFinder(LossOf(net), opt, lambda loss, _labels: loss, device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    finder = LRFinder(LossOf(net), opt, lambda loss, _labels: loss, device=device)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         finder.range_test(loader, start_lr=lo, end_lr=hi, num_iter=int(steps), step_mode="exp")
     lrs, losses = list(finder.history["lr"]), [float(x) for x in finder.history["loss"]]
@@ -1510,6 +1527,8 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write and not args.micro:
         name = "lr_quality_quick" if args.quick else "lr_quality"
+        if args.tasks.resolve() != TASKS_FILE.resolve():  # another task file: its own results file
+            name += "_" + args.tasks.stem.removeprefix("tasks").strip("_")
         path = write_results(name, "LR recommendation quality", body, argv, script="lr_quality")
         data = {
             "mode": "quick" if args.quick else "full",
