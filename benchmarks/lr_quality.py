@@ -1023,18 +1023,37 @@ def grid_sweep_defaults() -> tuple[list[float], int]:
     return log_spaced(spec.min_learning_rate, spec.max_learning_rate, spec.count), spec.steps
 
 
-def trainer_fingerprint() -> str:
-    """A digest of the trainer's source: a recommender's result is reused only with the code it ran."""
+ADAPTIVE_ONLY = ("adaptive.py", "recommend.py", "rangetest.py")
+"""Trainer modules that only the ``recommend`` and ``range-test`` jobs run: a trial, Prodigy or
+torch-lr-finder job's result does not depend on them."""
+
+
+def trainer_fingerprint(exclude: Sequence[str] = ()) -> str:
+    """A digest of the trainer's source (less ``exclude``): a job's result is reused only with the code it
+    ran."""
     import finetune_trainer
 
     h = hashlib.sha256()
     for path in sorted(Path(finetune_trainer.__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
+        if path.name not in exclude:
+            h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:12]
 
 
+def job_fingerprints() -> dict[str, str]:
+    """The source digest each job kind depends on."""
+    everything, plain = trainer_fingerprint(), trainer_fingerprint(ADAPTIVE_ONLY)
+    return {
+        "recommend": everything,
+        "range-test": everything,
+        "trial": plain,
+        "lrfinder": plain,
+        "prodigy": plain,
+    }
+
+
 def job_id(job: dict[str, Any]) -> str:
-    return digest({k: job.get(k) for k in ("kind", "row", "seed", "lr", "steps", "settings")})
+    return digest({k: job.get(k) for k in ("kind", "row", "seed", "lr", "steps", "settings", "source")})
 
 
 class Bench:
@@ -1064,7 +1083,7 @@ class Bench:
         self.total = 0
         self.reused = 0
         self.errors: list[str] = []
-        self.fingerprint = trainer_fingerprint()
+        self.fingerprints = job_fingerprints()
         self.ready: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.journal: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in tasks}
         for t in tasks:
@@ -1075,7 +1094,8 @@ class Bench:
                     self.journal[t.name][entry["id"]] = entry["result"]
 
     def journal_path(self, task: Task) -> Path:
-        return CACHE / "jobs" / f"{task.name}-{task.key}-{self.fingerprint}.jsonl"
+        """Every finished job of the task; ids carry the source digest their kind depends on."""
+        return CACHE / "jobs" / f"{task.name}-{task.key}.jsonl"
 
     def job(self, task: Task, kind: str, seed: int, row: str, **extra: Any) -> None:
         job = {
@@ -1085,6 +1105,7 @@ class Bench:
             "row": row,
             "config": str(task.config_path),
             "scratch": self.scratch,
+            "source": self.fingerprints[kind],
             **extra,
         }
         self.total += 1

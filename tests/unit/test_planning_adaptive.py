@@ -56,8 +56,10 @@ def finished(job: str, lr: float, steps: int, loss: Callable[[float], float | No
 class FakeCluster:
     """Children by name; reconciles the sweep, starts what the plan creates, finishes the oldest trial."""
 
-    def __init__(self, spec: dict, loss: Callable[[float], float | None] = parabola) -> None:
-        self.spec, self.loss = spec, loss
+    def __init__(
+        self, spec: dict, loss: Callable[[float], float | None] = parabola, range_test: dict | None = None
+    ) -> None:
+        self.spec, self.loss, self.range_test = spec, loss, range_test or RANGE_TEST
         self.children: dict[str, ChildState] = {}
         self.requests: dict[str, object] = {}
         self.status: dict | None = None
@@ -77,7 +79,9 @@ class FakeCluster:
         return plan
 
     def finish_range_test(self, result: dict | None = None) -> None:
-        self.children["s-range-test"] = ChildState("s-range-test", "Succeeded", result=result or RANGE_TEST)
+        self.children["s-range-test"] = ChildState(
+            "s-range-test", "Succeeded", result=result or self.range_test
+        )
 
     def finish_oldest_trial(self) -> bool:
         for name, c in self.children.items():
@@ -108,7 +112,7 @@ def test_a_new_adaptive_sweep_runs_the_range_test_first():
     assert plan.status["phase"] == "Pending"
 
 
-def test_after_the_range_test_stage_one_starts_below_the_edge_two_at_a_time():
+def test_after_the_range_test_stage_one_starts_below_the_loss_minimum_two_at_a_time():
     cluster = FakeCluster(SPEC)
     cluster.reconcile()
     cluster.finish_range_test()
@@ -117,7 +121,8 @@ def test_after_the_range_test_stage_one_starts_below_the_edge_two_at_a_time():
     first = plan.create[0]
     assert (first.trial, first.stage, first.role) == (0, 1, "trial")
     assert first.args == ["trial", "--learning-rate", repr(first.config.learning_rate)]
-    assert first.config.learning_rate == pytest.approx(EDGE * 10**-0.5)
+    # the status curve bottoms out at 1e-2: the top candidate sits half a decade below it (under the edge's)
+    assert first.config.learning_rate == pytest.approx(1e-2 * 10**-0.5)
     assert first.config.optimization.max_steps == 8
     s = plan.status
     assert s["rangeTest"]["edgeLearningRate"] == EDGE and s["rangeTest"]["priorLearningRate"] == 1e-3
@@ -198,7 +203,9 @@ def test_best_at_the_lowest_candidate_after_extensions_names_the_bound():
 
 
 def test_diverged_trials_count_as_diverged_and_the_sweep_goes_on():
-    cluster = FakeCluster(SPEC, loss=lambda lr: None if lr > 0.02 else parabola(lr))
+    # a ramp whose loss bottomed out at the edge: the edge places the candidates, the top one diverges
+    at_edge = {**RANGE_TEST, "curve": [{"lr": 1e-6, "loss": 3.0}, {"lr": EDGE, "loss": 2.0}]}
+    cluster = FakeCluster(SPEC, loss=lambda lr: None if lr > 0.02 else parabola(lr), range_test=at_edge)
     s = cluster.run()
     top = s["trials"][0]
     assert top["diverged"] is True and top["phase"] == "Failed" and top.get("evalLoss") is None

@@ -1,10 +1,14 @@
 """The adaptive recommender's stages, as pure functions shared by the operator and ``recommend``.
 
-    range test ──► divergence edge ──► stage 1: short trials at log-spaced candidates below the edge
-               (extended past its lowest/highest candidate while the best trial sits there)
+    range test ──► ceiling: half a decade below the loss minimum (and below the divergence edge)
+           ──► stage 1: short trials at log-spaced candidates from the ceiling down
+               (extended past its lowest candidate while the best trial sits there)
            ──► stage 2: longer trials around the stage-1 minimum ──► parabola in log10(LR) ──► LR + interval
 
-A range test finds where training breaks, not where a finished run is best, so it only bounds the search.
+A range test finds where training breaks, not where a finished run is best, so it only bounds the search:
+the LR at which a ramp's loss bottoms out is already too high for a whole run (fastai's rules take a tenth
+of it), and short trials favour high LRs that a longer run pays for, so neither the trials nor the
+recommendation go above that ceiling.
 Trials are judged on validation loss after a full warmup + decay, never mid-run. ``next_step`` is the whole
 decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
 the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
@@ -36,6 +40,8 @@ NOISE_FLOOR = 0.005
 """The smallest loss noise assumed: 0.5% of the best loss (a fit through 3 points has no residual)."""
 FIT_NEIGHBOURS = 2
 """Points on each side of the best trial that the stage-1 parabola uses."""
+HEADROOM = 0.5
+"""Decades that trials and the recommendation stay below the range test's loss minimum."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,28 @@ class AdaptiveStep:
 # ------------------------------------------------------------------------------------------------ window
 
 
+def _startup(n: int) -> int:
+    """Points at a smoothed curve's start that are the smoothing's start-up, not evidence (a tenth)."""
+    return min(n - 1, math.ceil(0.1 * n))
+
+
+def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """The learning rate at a range test's smoothed-loss minimum (start-up skipped); ``None`` if no finite
+    point."""
+    n = min(len(lrs), len(losses))
+    finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
+    return float(lrs[min(finite, key=lambda i: losses[i])]) if finite else None
+
+
+def ceiling(spec: AdaptiveSpec, edge: float, minimum: float | None) -> tuple[float, bool]:
+    """The highest learning rate trials and the recommendation may take, and whether the loss minimum
+    (``HEADROOM`` decades below it) rather than the divergence edge (``spacing`` below it) set it."""
+    below_edge = _shift(edge, -spec.spacing)
+    if minimum is not None and minimum > 0 and _shift(minimum, -HEADROOM) < below_edge:
+        return _shift(minimum, -HEADROOM), True
+    return below_edge, False
+
+
 def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early: bool) -> float | None:
     """Where training breaks on a range test's smoothed curve.
 
@@ -79,7 +107,7 @@ def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early
     n = min(len(lrs), len(losses))
     if n == 0:
         return None
-    skip = min(n - 1, math.ceil(0.1 * n))
+    skip = _startup(n)
     finite = [i for i in range(skip, n) if math.isfinite(losses[i])]
     if finite:
         i_min = min(finite, key=lambda i: losses[i])
@@ -127,22 +155,27 @@ def _shift(lr: float, decades: float) -> float:
 
 
 def stage_one(
-    spec: AdaptiveSpec, edge: float, steps: int, finished: dict[tuple[int, int], TrialRecord]
+    spec: AdaptiveSpec,
+    edge: float,
+    steps: int,
+    finished: dict[tuple[int, int], TrialRecord],
+    minimum: float | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 1's trials so far and whether they are all finished.
 
-    The candidates sit ``spacing``, 2x``spacing``, … decades below the edge. While the best finished trial
-    is the lowest (or every trial diverged), two more go below it; while it is the highest and there is
-    room below the edge, one goes half-way to the edge; at most ``maxExtensions`` times.
+    The candidates sit at the ceiling and ``spacing``, 2x``spacing``, … decades below it. While the best
+    finished trial is the lowest (or every trial diverged), two more go below it; while it is the highest
+    and the divergence edge (not the loss minimum) set the ceiling, one goes half-way to the edge; at most
+    ``maxExtensions`` times.
     """
-    trials = [
-        TrialRequest(STAGE_1, k, _shift(edge, -spec.spacing * (k + 1)), steps) for k in range(spec.candidates)
-    ]
+    top, capped = ceiling(spec, edge, minimum)
+    room = top if capped else edge
+    trials = [TrialRequest(STAGE_1, k, _shift(top, -spec.spacing * k), steps) for k in range(spec.candidates)]
     for extension in range(spec.max_extensions + 1):
         results = [finished.get(t.key) for t in trials]
         if any(r is None for r in results):
             return trials, False
-        extra = _extension(spec, edge, trials, results)  # type: ignore[arg-type]
+        extra = _extension(spec, room, trials, results)  # type: ignore[arg-type]
         if not extra or extension == spec.max_extensions or len(trials) + len(extra) > 64:
             return trials, True
         trials += [TrialRequest(STAGE_1, len(trials) + j, lr, steps) for j, lr in enumerate(extra)]
@@ -150,8 +183,10 @@ def stage_one(
 
 
 def _extension(
-    spec: AdaptiveSpec, edge: float, trials: Sequence[TrialRequest], results: Sequence[TrialRecord]
+    spec: AdaptiveSpec, room: float, trials: Sequence[TrialRequest], results: Sequence[TrialRecord]
 ) -> list[float]:
+    """Candidates past stage 1's ends: two below the lowest, or one half-way from the highest up to
+    ``room``."""
     ok = [(t.learning_rate, r.eval_loss) for t, r in zip(trials, results, strict=True) if _finite(r)]
     lowest = min(t.learning_rate for t in trials)
     below = [_shift(lowest, -spec.spacing), _shift(lowest, -2 * spec.spacing)]
@@ -161,8 +196,8 @@ def _extension(
     if best_lr <= lowest:
         return below
     highest = max(t.learning_rate for t in trials)
-    if best_lr >= highest and math.log10(edge / highest) > 0.2:
-        return [math.sqrt(highest * edge)]
+    if best_lr >= highest and math.log10(room / highest) > 0.2:
+        return [math.sqrt(highest * room)]
     return []
 
 
@@ -172,16 +207,21 @@ def stage_two(
     edge: float,
     steps: int,
     finished: dict[tuple[int, int], TrialRecord],
+    minimum: float | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 2's trials so far and whether they are all finished.
 
     ``finalists`` longer trials, half a ``spacing`` apart, centred on the stage-1 minimum. While the best
-    of them is the lowest or the highest, one more goes half a ``spacing`` further out (not up to the
-    divergence edge), at most ``maxExtensions`` times: the final parabola then brackets its minimum.
+    of them is the lowest or the highest, one more goes half a ``spacing`` further out (never above the
+    ceiling, never up to the divergence edge), at most ``maxExtensions`` times: the final parabola then
+    brackets its minimum.
     """
     step = spec.spacing / 2
     half = (spec.finalists - 1) / 2
-    centre = min(centre, _shift(edge, -(half + 0.5) * step))  # the highest finalist stays below the edge
+    top, capped = ceiling(spec, edge, minimum)
+    limit = top * (1 + 1e-9) if capped else edge
+    # the highest finalist stays at or below the ceiling, and below the edge
+    centre = min(centre, _shift(top, -half * step) if capped else _shift(edge, -(half + 0.5) * step))
     trials = [
         TrialRequest(STAGE_2, j, _shift(centre, (j - half) * step), steps) for j in range(spec.finalists)
     ]
@@ -194,7 +234,7 @@ def stage_two(
             return trials, True
         best = min(ok, key=lambda p: p[1])[0]
         lrs = [t.learning_rate for t in trials]
-        if best >= max(lrs) and _shift(max(lrs), step) < edge:
+        if best >= max(lrs) and _shift(max(lrs), step) < limit:
             extra = _shift(max(lrs), step)
         elif best <= min(lrs):
             extra = _shift(min(lrs), -step)
@@ -307,11 +347,14 @@ def next_step(
     edge: float,
     finished: Sequence[TrialRecord],
     max_steps: int | None = None,
+    minimum: float | None = None,
 ) -> AdaptiveStep:
-    """The next thing to do, given the divergence edge and every trial finished so far."""
+    """The next thing to do, given the divergence edge, the range test's loss minimum (see
+    :func:`loss_minimum`; ``None`` when unknown) and every trial finished so far."""
     done = {(r.stage, r.index): r for r in finished}
     steps1, steps2 = trial_steps(spec, max_steps)
-    stage1, complete = stage_one(spec, edge, steps1, done)
+    top, capped = ceiling(spec, edge, minimum)
+    stage1, complete = stage_one(spec, edge, steps1, done, minimum)
     if not complete:
         return AdaptiveStep(tuple(stage1))
     records1 = [done[t.key] for t in stage1]
@@ -348,7 +391,7 @@ def next_step(
             best_loss=best_loss,
         )
     centre = (vertex(fit1) if fit1 else None) or best_lr
-    stage2, complete = stage_two(spec, centre, edge, steps2, done)
+    stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum)
     if not complete:
         return AdaptiveStep(tuple(stage1 + stage2))
     ok2 = [(r.learning_rate, float(r.eval_loss)) for t in stage2 if _finite(r := done[t.key])]  # type: ignore[arg-type]
@@ -357,9 +400,9 @@ def next_step(
     fit2 = fit_parabola(_neighbourhood(ok2, FIT_NEIGHBOURS)) if len(ok2) >= 3 else None
     lr2 = vertex(fit2) if fit2 else None
     best2, loss2 = min(ok2, key=lambda p: p[1]) if ok2 else (centre, best_loss)
-    if ok2:
-        top = max(t.learning_rate for t in stage2)
-        if best2 >= top and _shift(top, spec.spacing / 2) >= edge:
+    if ok2 and not capped:
+        highest = max(t.learning_rate for t in stage2)
+        if best2 >= highest and _shift(highest, spec.spacing / 2) >= edge:
             return _finish(
                 best2,
                 "BestAtUpperEdge",
@@ -371,10 +414,16 @@ def next_step(
     if fit2 is not None and lr2 is not None:
         noise2 = max(noise * _scale(ok2, best_loss), fit2.noise)
         fit2 = fit2.model_copy(update={"noise": noise2})
+        at_ceiling = (
+            f"; held at the ceiling {top:.3g}, {HEADROOM:g} decades below the range test's loss minimum "
+            f"{minimum:.3g}"
+            if capped and minimum is not None and lr2 >= top * (1 - 1e-6)
+            else ""
+        )
         return _finish(
             lr2,
             "Fitted",
-            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps",
+            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps{at_ceiling}",
             "stage-2-fit",
             fit=fit2,
             span=interval(fit2, lr2, low, high),

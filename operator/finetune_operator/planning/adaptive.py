@@ -20,7 +20,7 @@ from finetune_operator.children import ChildState
 from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
-from finetune_trainer.adaptive import TrialRequest, next_step
+from finetune_trainer.adaptive import TrialRequest, loss_minimum, next_step
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
 
 ACTIVE = ("Pending", "Running")
@@ -130,6 +130,7 @@ def decide(
     edge: float,
     children: Mapping[str, ChildState],
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
+    minimum: float | None = None,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
     `adaptive.parallelism` running); or the recommendation once the stages are done.
@@ -140,7 +141,7 @@ def decide(
     records = dict(remembered or {})
     requests: dict[tuple[int, int], TrialRequest] = {}
     while True:
-        step = next_step(spec.adaptive, edge, list(records.values()), spec.optimization.max_steps)
+        step = next_step(spec.adaptive, edge, list(records.values()), spec.optimization.max_steps, minimum)
         requests.update({r.key: r for r in step.trials})
         if step.done is not None:
             break
@@ -230,7 +231,9 @@ def plan(
         )
         return
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
-    decision = decide(name, sweep, edge, children, remembered_records(b.status.trials))
+    curve = b.status.curve or []  # the range test's smoothed curve, as `recommend` reads it
+    minimum = loss_minimum([p.lr for p in curve], [p.loss for p in curve])
+    decision = decide(name, sweep, edge, children, remembered_records(b.status.trials), minimum)
     for t in decision.start:
         req = t.request
         try:

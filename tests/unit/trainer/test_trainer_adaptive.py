@@ -9,11 +9,14 @@ from collections.abc import Callable
 import pytest
 
 from finetune_trainer.adaptive import (
+    HEADROOM,
     STAGE_1,
     STAGE_2,
+    ceiling,
     divergence_edge,
     fit_parabola,
     interval,
+    loss_minimum,
     next_step,
     trial_sections,
     trial_steps,
@@ -38,12 +41,12 @@ def basin(
 
 
 def drive(
-    spec: AdaptiveSpec, edge: float, loss: LossOf, max_steps: int | None = 400
+    spec: AdaptiveSpec, edge: float, loss: LossOf, max_steps: int | None = 400, minimum: float | None = None
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """Run the stages to the end the way ``recommend`` does, with ``loss`` standing in for the trainer."""
     finished: list[TrialRecord] = []
     for _ in range(50):
-        step = next_step(spec, edge, finished, max_steps)
+        step = next_step(spec, edge, finished, max_steps, minimum)
         if step.done is not None:
             return step.done, finished
         have = {(r.stage, r.index) for r in finished}
@@ -85,6 +88,23 @@ def test_edge_of_a_ramp_stopped_by_divergence_is_its_last_lr() -> None:
     lrs, losses = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], [3.0, 2.9, 2.5, 2.4, 2.6]
     assert divergence_edge(lrs, losses, stopped_early=True) == 1e-1
     assert divergence_edge(lrs, losses, stopped_early=False) is None
+
+
+def test_loss_minimum_skips_the_start_up_and_non_finite_points() -> None:
+    lrs = [10 ** (-6 + i * 0.1) for i in range(40)]
+    losses = [0.1, 0.2] + [3.0 - 0.05 * i for i in range(2, 30)] + [1.6 + 0.1 * i for i in range(10)]
+    assert loss_minimum(lrs, losses) == pytest.approx(lrs[29])  # not the start-up's 0.1
+    assert loss_minimum(lrs, [*losses[:-1], math.nan]) == pytest.approx(lrs[29])
+    assert loss_minimum([], []) is None
+
+
+def test_the_ceiling_is_half_a_decade_below_the_loss_minimum_or_below_the_edge() -> None:
+    spec = AdaptiveSpec(spacing=0.5)
+    top, capped = ceiling(spec, edge=1.0, minimum=1e-2)
+    assert capped and top == pytest.approx(1e-2 * 10**-HEADROOM)
+    top, capped = ceiling(spec, edge=1e-2, minimum=1e-2)  # the loss bottomed out at the edge: it decides
+    assert not capped and top == pytest.approx(10**-2.5)
+    assert ceiling(spec, edge=1.0, minimum=None) == (pytest.approx(10**-0.5), False)
 
 
 def test_trial_steps_follow_the_fine_tune_length() -> None:
@@ -244,3 +264,32 @@ def test_a_stage_two_best_at_its_edge_adds_a_finalist_beyond_it() -> None:
 def test_the_stages_spend_under_two_fine_tunes_of_steps() -> None:
     _, trials = drive(AdaptiveSpec(), 1e-1, basin(2e-3), max_steps=400)
     assert sum(t.steps for t in trials) <= 2 * 400
+
+
+# ---------------------------------------------------------------------------------- the loss minimum
+
+
+def test_stage_one_starts_at_the_ceiling_below_the_loss_minimum() -> None:
+    step = next_step(AdaptiveSpec(candidates=5, spacing=0.5), 10.0, [], 400, minimum=1e-2)
+    decades = sorted(round(math.log10(t.learning_rate), 6) for t in step.trials)
+    assert decades == [-4.5, -4.0, -3.5, -3.0, -2.5]
+
+
+def test_a_ramp_that_never_turned_up_still_places_the_candidates_from_its_minimum() -> None:
+    """LoRA ramps often end still below their start loss (no divergence edge, the edge is the ramp's top):
+    the candidates come from the loss minimum, not from the top of a ramp that went far too high."""
+    result, trials = drive(AdaptiveSpec(), 10.0, basin(1e-2, diverge_above=0.3), minimum=3e-2)
+    assert max(t.learning_rate for t in trials) <= 3e-2 * 10**-HEADROOM * (1 + 1e-9)
+    assert result.evidence == "Fitted"
+    assert abs(math.log10(result.recommended_learning_rate / 1e-2)) < 0.05  # type: ignore[arg-type]
+
+
+def test_short_trials_favouring_high_lrs_are_held_at_the_ceiling_without_failing() -> None:
+    """Trials whose optimum lies above the ceiling (short runs tolerate LRs a whole run does not): every
+    trial stays at or below it, and the recommendation is the ceiling, a fitted success that says so."""
+    result, trials = drive(AdaptiveSpec(), 1.0, basin(5e-2), minimum=1e-1)
+    top = 1e-1 * 10**-HEADROOM
+    assert max(t.learning_rate for t in trials) <= top * (1 + 1e-9)
+    assert result.evidence == "Fitted" and not result.weak
+    assert result.recommended_learning_rate == pytest.approx(top)
+    assert "ceiling" in result.message and "loss minimum" in result.message
