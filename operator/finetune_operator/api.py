@@ -224,9 +224,10 @@ class LRSweepSpec(TrainingSections, WorkloadSpec):
     """Find a learning rate for this model, data, adapter and batch size."""
 
     method: SweepMethod = "adaptive"
-    """`adaptive`: a range test finds the divergence edge, then short trials below it and longer ones around
-    their best pick the LR (the default); `rangeTest`: the range test's rule alone; `grid`/`random`: short
-    fine-tunes at fixed learning rates."""
+    """`adaptive`: a range test bounds the search (half a decade below its loss minimum, below its divergence
+    edge), then short trials under that ceiling and longer ones around their best pick the LR (the
+    default); `rangeTest`: the range test's rule alone; `grid`/`random`: short fine-tunes at fixed learning
+    rates."""
     range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
     """Range-test settings (methods adaptive and rangeTest)."""
     adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
@@ -241,7 +242,7 @@ class TrialStatus(Spec):
     index: int = Field(ge=0)
     """Trial number (within its stage for the adaptive method)."""
     stage: int | None = Field(default=None, ge=1, le=2)
-    """Adaptive method: 1 (candidates below the divergence edge) or 2 (longer finalists)."""
+    """Adaptive method: 1 (candidates from the ceiling down) or 2 (longer finalists)."""
     learning_rate: float
     """Learning rate tried."""
     steps: int | None = Field(default=None, ge=0)
@@ -433,7 +434,7 @@ LRSWEEP = KindInfo(
     short="lrs",
     spec=LRSweepSpec,
     status=LRSweepStatus,
-    description="Finds a learning rate: adaptive trials below a range test's divergence edge, a range "
+    description="Finds a learning rate: adaptive trials below a range test's loss minimum, a range "
     "test alone, or a grid/random sweep of short fine-tunes.",
     columns=[
         _PHASE,

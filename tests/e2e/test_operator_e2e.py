@@ -141,7 +141,7 @@ def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installe
 def test_auto_finetune_runs_an_adaptive_sweep_then_trains_and_survives_an_operator_restart(
     kube_api, namespace, crds_installed, run_operator, tiny
 ):
-    """`auto` runs the adaptive default: a range test, then trial pods (two at a time) below its edge, a
+    """`auto` runs the adaptive default: a range test, then trial pods (two at a time) below its ceiling, a
     recommendation with an interval; the operator is restarted while trials run and creates nothing twice."""
     spec = {
         **tiny,

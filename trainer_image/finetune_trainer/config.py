@@ -294,9 +294,10 @@ class AdaptiveSpec(Spec):
     candidates below it find the basin, longer trials narrow it, and a parabola in log-LR picks the LR."""
 
     candidates: int = Field(default=5, ge=3, le=12)
-    """Stage-1 trials: log-spaced learning rates below the range test's divergence edge."""
+    """Stage-1 trials: log-spaced learning rates from the ceiling down (half a decade below the range
+    test's loss minimum, and `spacing` below its divergence edge)."""
     spacing: float = Field(default=0.5, ge=0.1, le=2.0)
-    """Decades between stage-1 candidates (the top one is this far below the divergence edge)."""
+    """Decades between stage-1 candidates."""
     trial_steps: int | None = Field(default=None, ge=4, le=100000)
     """Optimiser steps of a stage-1 trial; unset: an eighth of `optimization.maxSteps` (at least 20),
     or 50 when the run is sized in epochs."""
@@ -515,7 +516,7 @@ class TrialRecord(Spec):
     """One trial of the adaptive recommender: a short fine-tune at one LR, judged after its decay."""
 
     stage: int = Field(ge=1, le=2)
-    """1: a candidate below the divergence edge; 2: a longer finalist around the stage-1 minimum."""
+    """1: a candidate at or below the ceiling; 2: a longer finalist around the stage-1 minimum."""
     index: int = Field(ge=0, le=63)
     """Trial number within its stage."""
     learning_rate: float = Field(gt=0.0)

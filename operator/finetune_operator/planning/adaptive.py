@@ -20,7 +20,7 @@ from finetune_operator.children import ChildState
 from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
-from finetune_trainer.adaptive import TrialRequest, loss_minimum, next_step
+from finetune_trainer.adaptive import TrialRequest, ceiling, loss_minimum, next_step
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
 
 ACTIVE = ("Pending", "Running")
@@ -263,7 +263,7 @@ def plan(
             "Running" if running else "Pending",
             "TrialsRunning",
             f"stage {decision.stage}: {finished}/{len(decision.trials)} trials finished, {running} running "
-            f"(below the range test's edge {edge:.3g})",
+            f"(under the ceiling {ceiling(sweep.adaptive, edge, minimum)[0]:.3g})",
             event=False,
         )
         return
