@@ -196,7 +196,7 @@ def test_describe_a_sweep_says_why_this_learning_rate(kube_cluster, fleet):
     for rule, value in status["suggestions"].items():
         assert f"{rule}" in rules and f"{value:.2e}" in rules
     assert "adaptive" in rules and "← recommended (stage-2-fit: loss = " in rules
-    trials = out.split("Trials (8, best first):")[1].split("\n\n")[0].splitlines()
+    trials = out.split("Trials (8, best first):\n")[1].split("\n\n")[0].splitlines()
     assert trials[0].split() == ["RANK", "STAGE", "TRIAL", "LR", "STEPS", "EVAL", "LOSS", "PHASE", "JOB"]
     losses = [float(line.split()[5]) for line in trials[1:]]
     assert losses == sorted(losses) and len(losses) == 8, "ranked by validation loss"
@@ -221,7 +221,9 @@ def test_describe_pending_and_running_resources(kube_cluster, fleet):
     assert code == 0 and "Phase:        Pending" in out and "Recommended:  -" in out
     code, out, _ = run(kube_cluster, "describe", "lrs/running", "-n", ns)
     assert code == 0 and "Phase:        Running" in out and "Progress:" in out
-    assert "Running" in out.split("Trials (")[1], "running trials listed after the finished ones"
+    trials = out.split("best first):\n")[1].split("\n\n")[0].splitlines()[1:]
+    assert [t.split()[0] for t in trials] == ["1", "2", "-", "-", "-"], "ranked, then the unfinished"
+    assert any("Running" in t for t in trials[2:]) and any("Pending" in t for t in trials[2:])
     code, out, _ = run(kube_cluster, "describe", "ftj/waiting", "-n", ns)
     assert code == 0 and "WaitingForSweep" in out and "SweepNotFound" in out
 
@@ -284,7 +286,7 @@ def test_compare_puts_sweeps_side_by_side(kube_cluster, fleet):
     assert table["PHASE"] == ["Succeeded", "Succeeded", "Failed"]
     assert table["MODEL"] == ["/models/tiny-gpt2", "/models/tiny-llama", "/models/flat"]
     assert table["BATCH SIZE"] == ["8", "8", "8"], "the range test's result says 8 for all three"
-    assert table["TRIALS"] == ["8/8", "8/8", "8/8"]
+    assert table["TRIALS"] == [f"{n}/{n}" for n in (8, 8, len(r.get(LRSWEEP, "flat")["status"]["trials"]))]
     spent = r.get(LRSWEEP, "adaptive")["status"]["stepsSpent"]
     assert table["STEPS SPENT"][0] == str(spent)
     code, _, err = run(kube_cluster, "compare", "adaptive", "ftj/tuned", "-n", ns)
