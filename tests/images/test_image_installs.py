@@ -115,6 +115,10 @@ def test_the_operator_image_holds_the_operator_and_the_trainer_contract_only(tmp
         [str(venv / "bin" / "python"), "-c", "import finetune_operator.__main__"],
         check=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
+    plugin = subprocess.run(
+        [str(venv / "bin" / "kubectl-finetune"), "--help"], capture_output=True, text=True, timeout=120
+    )  # the kubectl plugin ships with the operator (no torch, no matplotlib: `plot` says which extra)
+    assert plugin.returncode == 0 and "describe" in plugin.stdout, plugin.stderr
 
 
 @pytest.mark.slow

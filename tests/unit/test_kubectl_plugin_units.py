@@ -4,6 +4,7 @@ operator's status models."""
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -102,3 +103,18 @@ def test_trainer_plot_draws_an_lrsweep_saved_by_kubectl(tmp_path):
     saved.write_text(json.dumps({**obj, "kind": "FineTuneJob"}))
     with pytest.raises(ValueError, match="LRSweep"):
         plot_file(saved, tmp_path / "x.png")
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    from finetune_operator.kubectl.plot import plot
+    from finetune_operator.kubectl.resources import Found
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    status = LRSweepStatus(
+        phase="Succeeded", curve=[CurvePoint(lr=1e-4, loss=2.0), CurvePoint(lr=1e-3, loss=1.5)]
+    )
+    found = Found(LRSWEEP, {"metadata": {"name": "s"}, "status": status.to_wire()})
+    with pytest.raises(PluginError) as err:
+        plot(found, None, tmp_path / "s.png")
+    assert err.value.code == ExitCode.MISSING_EXTRA
+    assert "pip install 'finetune-operator[plot]'" in err.value.message
