@@ -118,3 +118,16 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
         plot(found, None, tmp_path / "s.png")
     assert err.value.code == ExitCode.MISSING_EXTRA
     assert "pip install 'finetune-operator[plot]'" in err.value.message
+
+
+def test_logs_fall_back_to_the_termination_message():
+    """Where pods/log is not served: the trainer's result (or its last words) from the pod's status."""
+    from finetune_operator.kubectl.logs import termination, termination_messages
+
+    ended = {"state": {"terminated": {"exitCode": 2, "message": '{"kind":"error"}'}}, "name": "trainer"}
+    pod = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [ended]}}
+    assert termination(pod) == ended["state"]["terminated"]
+    assert list(termination_messages(None, pod, follow=False, poll=0)) == ['{"kind":"error"}']  # type: ignore[arg-type]
+    running = {"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": []}}
+    with pytest.raises(PluginError, match="-f waits for it to finish"):
+        list(termination_messages(None, running, follow=False, poll=0))  # type: ignore[arg-type]

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from kubernetes.client import ApiException
 
 from finetune_operator.api import FINETUNEJOB, KINDS, LRSWEEP
 from finetune_operator.kubectl import describe as describing
 from finetune_operator.kubectl import logs as logging_
 from finetune_operator.kubectl import style, table, waiting
 from finetune_operator.kubectl.cluster import Cluster
-from finetune_operator.kubectl.errors import ExitCode, PluginError
+from finetune_operator.kubectl.errors import ExitCode, PluginError, api_message
 from finetune_operator.kubectl.resources import Found, find
 
 
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except PluginError as e:
         print(f"error: {e.message}", file=err)
         return int(e.code)
+    except ApiException as e:  # an answer no command expected (a 5xx, …)
+        print(f"error: the API server answered {e.status} {api_message(e)}", file=err)
+        return int(ExitCode.ERROR)
     except KeyboardInterrupt:
         return int(ExitCode.OK) if args.command == "get" else int(ExitCode.ERROR)
 

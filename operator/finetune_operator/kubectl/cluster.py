@@ -59,7 +59,7 @@ class Cluster:
         except ApiException as exc:
             if exc.status == 403:
                 raise forbidden(exc, what) from exc
-            if exc.status in (401,):
+            if exc.status == 401:
                 raise PluginError(
                     ExitCode.FORBIDDEN,
                     f"the API server ({self.context}) does not accept these credentials: {api_message(exc)}",
@@ -86,32 +86,28 @@ class Cluster:
         response.read()
         return response.status != 404
 
-    def _not_served_or(self, exc: ApiException, error: PluginError) -> PluginError:
+    def _not_served_or(self, exc: ApiException, what: str) -> PluginError:
+        """A 404 on a collection means the CRDs are missing; any other answer is an error about `what`."""
         if exc.status == 404 and not self.group_served():
             return crds_missing(self.context)
-        if exc.status == 404:
-            return error
-        return PluginError(ExitCode.ERROR, f"{error.message.split(':')[0]}: {exc.status} {api_message(exc)}")
+        return PluginError(ExitCode.ERROR, f"{what}: {exc.status} {api_message(exc)}")
 
     # -- resources -----------------------------------------------------------------------------------
 
     def get(self, kind: KindInfo, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The resource as the API server holds it; None when it does not exist (the CRDs do)."""
         ns = namespace or self.namespace
+        what = f"{kind.plural}.{API_GROUP} in namespace {ns}"
         try:
             return self.call(
-                f"{kind.plural}.{API_GROUP} in namespace {ns}",
-                self.custom.get_namespaced_custom_object,
-                API_GROUP,
-                VERSION,
-                ns,
-                kind.plural,
-                name,
+                what, self.custom.get_namespaced_custom_object, API_GROUP, VERSION, ns, kind.plural, name
             )
         except ApiException as exc:
-            if exc.status == 404 and self.group_served():
-                return None
-            raise self._not_served_or(exc, PluginError(ExitCode.NOT_FOUND, f"{kind.kind} {name}")) from exc
+            if exc.status != 404:
+                raise PluginError(ExitCode.ERROR, f"{what}: {exc.status} {api_message(exc)}") from exc
+            if not self.group_served():
+                raise crds_missing(self.context) from exc
+            return None
 
     def list(self, kind: KindInfo, all_namespaces: bool = False) -> list[dict[str, Any]]:
         what = f"{kind.plural}.{API_GROUP}" + ("" if all_namespaces else f" in namespace {self.namespace}")
@@ -130,7 +126,7 @@ class Cluster:
                     kind.plural,
                 )
         except ApiException as exc:
-            raise self._not_served_or(exc, PluginError(ExitCode.NOT_FOUND, what)) from exc
+            raise self._not_served_or(exc, what) from exc
         return list(body.get("items") or [])
 
     def watch(
@@ -175,11 +171,33 @@ class Cluster:
             if item is None:
                 open_streams -= 1
             elif isinstance(item, ApiException):
-                raise self._not_served_or(item, PluginError(ExitCode.NOT_FOUND, "watch")) from item
+                raise self._not_served_or(item, f"watching {API_GROUP}") from item
             elif isinstance(item, BaseException):
                 raise item
             else:
                 yield item
+
+    def watch_one(
+        self, kind: KindInfo, name: str, namespace: str, timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        """The resource each time it changes (a watch on its name), until `timeout` seconds have passed."""
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            API_GROUP,
+            VERSION,
+            namespace,
+            kind.plural,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=max(1, int(timeout + 0.999)),
+        )
+        try:
+            for event in stream:
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    yield event["object"]
+        except ApiException as exc:
+            if exc.status == 403:
+                raise forbidden(exc, f"{kind.plural}.{API_GROUP} in namespace {namespace}") from exc
+            raise self._not_served_or(exc, f"watching {kind.kind} {name}") from exc
 
     # -- what belongs to a resource ------------------------------------------------------------------
 
@@ -233,22 +251,3 @@ class Cluster:
             yield from response.stream(4096, decode_content=True)
         finally:
             response.release_conn()
-
-
-def watch_one(
-    cluster: Cluster, kind: KindInfo, name: str, namespace: str, timeout: float
-) -> Iterator[dict[str, Any]]:
-    """The resource each time it changes (a watch on its name), until `timeout` seconds have passed."""
-    w = watch.Watch()
-    stream = w.stream(
-        cluster.custom.list_namespaced_custom_object,
-        API_GROUP,
-        VERSION,
-        namespace,
-        kind.plural,
-        field_selector=f"metadata.name={name}",
-        timeout_seconds=max(1, int(timeout + 0.999)),
-    )
-    for event in stream:
-        if event["type"] in ("ADDED", "MODIFIED"):
-            yield event["object"]

@@ -95,11 +95,11 @@ def logs(
         "instead (the trainer's result, or its last output when it failed)",
         file=err,
     )
-    for text in _termination_messages(cluster, pod, follow, poll):
+    for text in termination_messages(cluster, pod, follow, poll):
         out.write(text if text.endswith("\n") else text + "\n")
 
 
-def _termination_messages(cluster: Cluster, pod: dict[str, Any], follow: bool, poll: float) -> Iterator[str]:
+def termination_messages(cluster: Cluster, pod: dict[str, Any], follow: bool, poll: float) -> Iterator[str]:
     meta = pod["metadata"]
     while True:
         done = termination(pod)

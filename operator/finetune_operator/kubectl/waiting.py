@@ -9,7 +9,7 @@ import typing
 from typing import Any
 
 from finetune_operator.api import Phase
-from finetune_operator.kubectl.cluster import Cluster, watch_one
+from finetune_operator.kubectl.cluster import Cluster
 from finetune_operator.kubectl.errors import ExitCode, PluginError
 from finetune_operator.kubectl.resources import Found, status_of
 
@@ -68,7 +68,7 @@ def wait(cluster: Cluster, found: Found, target: tuple[str, str], timeout: float
                 f"(phase {status.phase}); raise --timeout",
             )
         changed = None
-        for changed in watch_one(cluster, found.kind, found.name, found.namespace, left):
+        for changed in cluster.watch_one(found.kind, found.name, found.namespace, left):
             if changed["metadata"].get("resourceVersion") != body["metadata"].get("resourceVersion"):
                 break
         if changed is None:
