@@ -131,3 +131,13 @@ def test_logs_fall_back_to_the_termination_message():
     running = {"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": []}}
     with pytest.raises(PluginError, match="-f waits for it to finish"):
         list(termination_messages(None, running, follow=False, poll=0))  # type: ignore[arg-type]
+
+
+def test_kubectl_flags_go_before_or_after_the_subcommand():
+    from finetune_operator.kubectl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-n", "a", "--context", "c", "get"]).namespace == "a"
+    args = parser.parse_args(["--context", "c", "describe", "x", "-n", "b", "--kubeconfig", "k"])
+    assert (args.namespace, args.context, args.kubeconfig, args.name) == ("b", "c", "k", "x")
+    assert parser.parse_args(["get", "-A", "-w", "-o", "yaml"]).all_namespaces

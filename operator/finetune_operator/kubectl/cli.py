@@ -33,18 +33,15 @@ from finetune_operator.kubectl.resources import Found, find
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-n", "--namespace", help="namespace (default: the context's, else default)")
-    common.add_argument("--context", help="kubeconfig context to use")
-    common.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
     parser = argparse.ArgumentParser(
         prog="kubectl finetune",
         description="LRSweeps (lrs) and FineTuneJobs (ftj): see, plot, compare and follow recommendations.",
-        parents=[common],
+        parents=[_global_flags(None)],
         epilog="exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 wrong kind, 5 CRDs missing, "
         "6 no access, 7 wait timed out, 8 wait: Failed, 9 missing extra",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _global_flags(argparse.SUPPRESS)  # after the command too, without undoing one given before it
 
     get = sub.add_parser("get", parents=[common], help="sweeps and fine-tunes in one table")
     get.add_argument("names", nargs="*", metavar="NAME", help="only these (NAME, lrs/NAME or ftj/NAME)")
@@ -76,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--for", dest="for_", default="Succeeded", help="a phase, or condition=TYPE")
     wait.add_argument("--timeout", default="30s", help="give up after this long (30s, 5m, 1h; default 30s)")
     return parser
+
+
+def _global_flags(default: object) -> argparse.ArgumentParser:
+    """kubectl's flags, accepted before and after the subcommand."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-n", "--namespace", default=default, help="namespace (default: the context's)")
+    flags.add_argument("--context", default=default, help="kubeconfig context to use")
+    flags.add_argument(
+        "--kubeconfig", default=default, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    return flags
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
