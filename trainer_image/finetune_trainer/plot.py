@@ -188,8 +188,8 @@ def sweep_figure(obj: Mapping[str, Any], marks: Mapping[str, float] | None = Non
     rec = f"recommended {s.recommended_learning_rate:.2e} ({how})" if s.recommended_learning_rate else s.phase
     details = [
         f"batch {s.effective_batch_size}" if s.effective_batch_size else "",
-        s.adapter or "",
-        s.stop_reason or "",
+        f"adapter {s.adapter}" if s.adapter else "",
+        f"range test {s.stop_reason}" if s.stop_reason else "",
     ]
     return Figure(
         title=f"LRSweep {name} — {rec}",
