@@ -6,7 +6,8 @@ terminal. Client-side only: it reads the API with the user's kubeconfig and neve
     cluster.py    kubeconfig, context, namespace and the API reads
     resources.py  which resource a NAME means; its typed status (the operator's own models)
     table.py      the `get` and `compare` tables
-    describe.py   `describe`: why this LR
+    describe.py   `describe`: the page (header, a FineTuneJob's LR and batch size, conditions, Events)
+    describe_sweep.py  an LRSweep's part: why this LR (plots, rules, trials ranked)
     textplot.py   loss vs LR as text
     plot.py       `plot`: the PNG, drawn by finetune_trainer.plot
     logs.py       `logs`: the trainer pod's output through the resource's Jobs
