@@ -257,7 +257,7 @@ def test_plot_writes_a_png_from_the_status(kube_cluster, fleet, tmp_path):
     assert code == 0, err
     assert Image.open(tmp_path / "ftj.png").size == (700, 450)
     code, _, err = run(kube_cluster, "plot", "ftj/fixed", "-n", ns, "-o", str(tmp_path / "x.png"))
-    assert code == ExitCode.NOT_FOUND and "has no LRSweep to plot" in err
+    assert code == ExitCode.NOT_FOUND and "no training log" in err and "no LRSweep" in err
     code, _, err = run(kube_cluster, "plot", "lrs/pending", "-n", ns, "-o", str(tmp_path / "x.png"))
     assert code == ExitCode.ERROR and "nothing to plot yet" in err
 

@@ -141,3 +141,25 @@ def test_kubectl_flags_go_before_or_after_the_subcommand():
     args = parser.parse_args(["--context", "c", "describe", "x", "-n", "b", "--kubeconfig", "k"])
     assert (args.namespace, args.context, args.kubeconfig, args.name) == ("b", "c", "k", "x")
     assert parser.parse_args(["get", "-A", "-w", "-o", "yaml"]).all_namespaces
+
+
+def test_a_finetunes_loss_curve_comes_from_its_progress_lines(tmp_path):
+    from PIL import Image
+
+    from finetune_trainer.config import EVAL_EVENT, STEP_EVENT
+    from finetune_trainer.plot import training_curve
+
+    lines = [
+        json.dumps({"event": STEP_EVENT, "step": i, "loss": 3 - i / 10, "learningRate": 1e-3})
+        for i in range(1, 9)
+    ]
+    lines += [
+        json.dumps({"event": EVAL_EVENT, "step": 8, "evalLoss": 2.4}),
+        "[local-runner] image ignored",
+        "{}",
+    ]
+    curve = training_curve(lines)
+    assert curve.steps == list(range(1, 9)) and curve.evals == [(8, 2.4)]
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(lines))
+    assert Image.open(plot_file(log, tmp_path / "train.png")).size == (700, 450)

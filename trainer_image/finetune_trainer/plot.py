@@ -1,22 +1,31 @@
 """Loss-vs-learning-rate plots (matplotlib, headless, imported only when drawing).
 
-One drawing, `draw`, for every source of a curve: a range test's result (`plot_range_test`), and an
-LRSweep's status as `kubectl get lrsweep NAME -o json` prints it (`sweep_figure`; `kubectl finetune plot`
-draws with it too). `plot_file` tells the two apart.
+One drawing, `draw`, for every source of a loss-vs-LR curve: a range test's result (`plot_range_test`), and
+an LRSweep's status as `kubectl get lrsweep NAME -o json` prints it (`sweep_figure`; `kubectl finetune plot`
+draws with it too). A fine-tune's loss against step comes from its progress lines (`training_curve`, e.g.
+its pod's log) and `draw_training`. `plot_file` tells the three apart.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict
 
-from finetune_trainer.config import CurvePoint, Interval, RangeTestResult, Spec, parse_result
+from finetune_trainer.config import (
+    EVAL_EVENT,
+    STEP_EVENT,
+    CurvePoint,
+    Interval,
+    RangeTestResult,
+    Spec,
+    parse_result,
+)
 
 RULE_COLOURS = {
     "steepest": "tab:orange",
@@ -204,12 +213,84 @@ def sweep_figure(obj: Mapping[str, Any], marks: Mapping[str, float] | None = Non
     )
 
 
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainingCurve:
+    """A fine-tune's logged losses, from its progress lines."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float | None] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss)."""
+
+
+def training_curve(lines: Iterable[str]) -> TrainingCurve:
+    """The step and eval records of a trainer's progress lines (other lines and events are skipped)."""
+    curve = TrainingCurve()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if record.get("event") == STEP_EVENT and isinstance(record.get("loss"), int | float):
+            curve.steps.append(int(record.get("step", len(curve.steps))))
+            curve.losses.append(float(record["loss"]))
+            curve.learning_rates.append(record.get("learningRate"))
+        elif record.get("event") == EVAL_EVENT and isinstance(record.get("evalLoss"), int | float):
+            curve.evals.append((int(record.get("step", 0)), float(record["evalLoss"])))
+    return curve
+
+
+def draw_training(curve: TrainingCurve, title: str, path: str | Path) -> Path:
+    """Training loss (and validation loss) against step, the learning rate schedule on the right axis."""
+    if not curve.steps:
+        raise ValueError("no logged training steps")
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError(f"drawing a PNG needs matplotlib: {PLOT_EXTRA}") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    ax.plot(curve.steps, curve.losses, color="tab:blue", lw=1.4, label="training loss")
+    if curve.evals:
+        ax.plot(*zip(*curve.evals, strict=True), "o-", color="tab:red", ms=4, label="validation loss")
+    lrs = [(s, lr) for s, lr in zip(curve.steps, curve.learning_rates, strict=True) if lr is not None]
+    if lrs:
+        right = ax.twinx()
+        right.plot(*zip(*lrs, strict=True), color="tab:gray", ls=":", lw=1.2, label="learning rate")
+        right.set_ylabel("learning rate")
+        right.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_file(result_path: str | Path, out: str | Path) -> Path:
-    """Plot a saved range-test result (``result.json`` or a compact result file), or an LRSweep saved with
-    ``kubectl get lrsweep NAME -o json``.
+    """Plot a saved range-test result (``result.json`` or a compact result file), an LRSweep saved with
+    ``kubectl get lrsweep NAME -o json``, or a fine-tune's progress lines (its stdout, or its pod's log).
 
     The raw loss is drawn too when ``curve.csv`` lies beside a result."""
-    data = json.loads(Path(result_path).read_text())
+    text = Path(result_path).read_text()
+    try:
+        data = json.loads(text)
+    except ValueError:  # several lines: a trainer's progress
+        return draw_training(training_curve(text.splitlines()), f"fine-tune: {Path(result_path).name}", out)
+    if isinstance(data, dict) and "event" in data:  # a single progress line
+        return draw_training(training_curve([text]), f"fine-tune: {Path(result_path).name}", out)
     if isinstance(data, dict) and is_sweep_object(data):
         return draw(sweep_figure(data), out)
     if isinstance(data, dict) and "apiVersion" in data:

@@ -161,7 +161,8 @@ def cmd_plot(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextI
     from finetune_operator.kubectl.plot import plot
 
     found = find(cluster, args.name)
-    path = plot(found, _sweep_of(cluster, found), Path(args.output or f"{found.name}.png"))
+    training_log = logging_.read_log(cluster, found) if found.kind is FINETUNEJOB else None
+    path = plot(found, _sweep_of(cluster, found), Path(args.output or f"{found.name}.png"), training_log)
     print(path, file=out)
     return ExitCode.OK
 

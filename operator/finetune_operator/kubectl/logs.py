@@ -69,6 +69,17 @@ def termination(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def read_log(cluster: Cluster, found: Found) -> str | None:
+    """The whole log of the resource's newest trainer pod (a FineTuneJob's: its training pod), or None
+    when there is no pod or the cluster does not serve its log."""
+    try:
+        pod = newest_pod(cluster, pick_job(cluster, found, None, None))
+        chunks = cluster.pod_log(found.namespace, pod["metadata"]["name"], rendering.CONTAINER, follow=False)
+        return b"".join(chunks).decode(errors="replace")
+    except (PluginError, ApiException):
+        return None
+
+
 def logs(
     cluster: Cluster,
     found: Found,
