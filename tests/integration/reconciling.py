@@ -123,10 +123,11 @@ class Reconciler:
         return TrainerConfig.model_validate(json.loads(annotations[rendering.CONFIG_ANNOTATION]))
 
     def run_sweep(self, name: str, loss: Loss = parabola, until: int | None = None) -> dict[str, Any]:
-        """Reconcile an adaptive sweep, finishing its range test and then its trials one at a time, until it
-        is Succeeded or Failed (or `until` trials have been finished, e.g. to leave it Running)."""
+        """Reconcile a sweep, finishing its range test (if it has one) and then its trials one at a time,
+        until it is Succeeded or Failed (or `until` trials have been finished, e.g. to leave it Running)."""
         status = self.reconcile(LRSWEEP, name)
-        self.finish(LRSWEEP, name, naming.range_test_job(name), RANGE_TEST)
+        if naming.range_test_job(name) in self.children[("LRSweep", name)]:  # adaptive, rangeTest
+            self.finish(LRSWEEP, name, naming.range_test_job(name), RANGE_TEST)
         for finished in range(100):
             status = self.reconcile(LRSWEEP, name)
             if status.get("phase") in ("Succeeded", "Failed") or (until is not None and finished >= until):

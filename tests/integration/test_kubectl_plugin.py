@@ -34,6 +34,7 @@ PLUGIN = Path(sys.executable).with_name("kubectl-finetune")
 ADAPTIVE = {"adaptive": {"candidates": 5, "trialSteps": 8, "parallelism": 2}}
 SECOND = {**ADAPTIVE, "model": {"name": "/models/tiny-llama"}, "optimization": {"batchSize": 4}}
 FLAT = {**ADAPTIVE, "model": {"name": "/models/flat"}}
+GRID = {"method": "grid", "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "steps": 20}}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def fleet(kube_cluster, kube_api, crds_installed) -> Iterator[tuple[str, Reconci
     r.run_sweep("tiny-llama")
     r.create(LRSWEEP, "flat", FLAT)
     r.run_sweep("flat", loss=lambda lr: 2.0)
+    r.create(LRSWEEP, "grid", GRID)
+    r.run_sweep("grid")
     tuned = {
         "learningRate": {"fromSweep": {"name": "adaptive", "scale": "sqrt"}},
         "optimization": {"batchSize": 32},
@@ -98,6 +101,7 @@ def test_get_shows_sweeps_and_finetunes_in_every_phase(kube_cluster, fleet):
         "lrs/adaptive": "Succeeded",
         "lrs/tiny-llama": "Succeeded",
         "lrs/flat": "Failed",
+        "lrs/grid": "Succeeded",
         "ftj/tuned": "Succeeded",
         "ftj/waiting": "WaitingForSweep",
         "ftj/fixed": "Running",
@@ -130,10 +134,24 @@ def test_get_names_json_yaml_and_all_namespaces(kube_cluster, fleet):
     ]
     assert items[0]["status"]["phase"] == "Succeeded"
     code, out, _ = run(kube_cluster, "get", "-n", ns, "-o", "yaml")
-    assert code == 0 and len(yaml.safe_load(out)["items"]) == 8
+    assert code == 0 and len(yaml.safe_load(out)["items"]) == 9
     code, out, _ = run(kube_cluster, "get", "-A")
     assert code == 0 and out.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
     assert any(line.split()[:2] == [ns, "lrs/adaptive"] for line in out.splitlines())
+
+
+def test_get_watch_as_json_prints_one_object_per_change(kube_cluster, fleet):
+    ns, _ = fleet
+    code, out, _ = run(
+        kube_cluster, "get", "lrs/adaptive", "-w", "-o", "json", "--request-timeout", "1", "-n", ns
+    )
+    assert code == 0
+    first = json.JSONDecoder().raw_decode(out)[0]
+    assert (first["kind"], first["metadata"]["name"], first["status"]["phase"]) == (
+        "LRSweep",
+        "adaptive",
+        "Succeeded",
+    )
 
 
 def test_get_colours_phases_on_a_terminal(kube_cluster, fleet):
@@ -278,15 +296,20 @@ def test_trainer_plot_takes_kubectl_get_json(kube_cluster, fleet, tmp_path):
 
 def test_compare_puts_sweeps_side_by_side(kube_cluster, fleet):
     ns, r = fleet
-    code, out, _ = run(kube_cluster, "compare", "adaptive", "lrs/tiny-llama", "flat", "-n", ns)
+    code, out, _ = run(kube_cluster, "compare", "adaptive", "lrs/tiny-llama", "flat", "grid", "-n", ns)
     assert code == 0, out
     print(out)
     table = {line[:16].strip(): line[16:].split() for line in out.splitlines()[1:]}
-    assert out.splitlines()[0].split() == ["lrs/adaptive", "lrs/tiny-llama", "lrs/flat"]
-    assert table["PHASE"] == ["Succeeded", "Succeeded", "Failed"]
-    assert table["MODEL"] == ["/models/tiny-gpt2", "/models/tiny-llama", "/models/flat"]
-    assert table["BATCH SIZE"] == ["8", "8", "8"], "the range test's result says 8 for all three"
-    assert table["TRIALS"] == [f"{n}/{n}" for n in (8, 8, len(r.get(LRSWEEP, "flat")["status"]["trials"]))]
+    assert out.splitlines()[0].split() == ["lrs/adaptive", "lrs/tiny-llama", "lrs/flat", "lrs/grid"]
+    assert table["PHASE"] == ["Succeeded", "Succeeded", "Failed", "Succeeded"]
+    assert table["MODEL"] == ["/models/tiny-gpt2", "/models/tiny-llama", "/models/flat", "/models/tiny-gpt2"]
+    assert table["METHOD"] == ["adaptive", "adaptive", "adaptive", "grid"]
+    grid = r.get(LRSWEEP, "grid")["status"]
+    assert table["BATCH SIZE"][:3] == ["8", "8", "8"], "adaptive: the range test's result says 8"
+    assert table["BATCH SIZE"][3] == str(grid["effectiveBatchSize"]), "grid: the sweep's own batch"
+    flat = len(r.get(LRSWEEP, "flat")["status"]["trials"])
+    assert table["TRIALS"] == ["8/8", "8/8", f"{flat}/{flat}", "3/3"]
+    assert table["EVIDENCE"] == ["Fitted", "Fitted", "FlatCurve", "-"]
     spent = r.get(LRSWEEP, "adaptive")["status"]["stepsSpent"]
     assert table["STEPS SPENT"][0] == str(spent)
     code, _, err = run(kube_cluster, "compare", "adaptive", "ftj/tuned", "-n", ns)
