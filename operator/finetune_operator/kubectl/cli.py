@@ -110,41 +110,47 @@ def cmd_get(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextIO
         found = [find(cluster, n) for n in args.names]
     else:
         found = [Found(k, body) for k in KINDS for body in cluster.list(k, args.all_namespaces)]
-    if args.output and not args.watch:
+    if args.watch:
+        return _watch(cluster, args, found, out)
+    if args.output:
         _dump({"apiVersion": "v1", "kind": "List", "items": [f.body for f in found]}, args.output, out)
-        return ExitCode.OK
-    painter = style.Painter(out)
-    sweeps = table.sweep_statuses(found)
-    widths = table.WATCH_WIDTHS if args.watch else None
-    if not args.watch:
-        if not found:
-            where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
-            print(f"No LRSweeps or FineTuneJobs found in {where}.", file=err)
-            return ExitCode.OK
-        rows = [table.get_row(f, sweeps) for f in found]
-        print("\n".join(table.render(table.GET_COLUMNS, rows, painter, args.all_namespaces)), file=out)
-        return ExitCode.OK
+    elif found:
+        rows = [table.get_row(f, table.sweep_statuses(found)) for f in found]
+        print(
+            "\n".join(table.render(table.GET_COLUMNS, rows, style.Painter(out), args.all_namespaces)),
+            file=out,
+        )
+    else:
+        where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
+        print(f"No LRSweeps or FineTuneJobs found in {where}.", file=err)
+    return ExitCode.OK
+
+
+def _watch(cluster: Cluster, args: argparse.Namespace, found: list[Found], out: TextIO) -> ExitCode:
+    """`get -w`: the header, then a row (or an object with -o) per change, from the watch API (which
+    starts with every current object)."""
+    painter, sweeps = style.Painter(out), table.sweep_statuses(found)
     names = {(f.kind.kind, f.name) for f in found} if args.names else None
+    widths, all_ns = table.WATCH_WIDTHS, args.all_namespaces
     if not args.output:
-        print("\n".join(table.render(table.GET_COLUMNS, [], painter, args.all_namespaces, widths)), file=out)
+        print(table.render(table.GET_COLUMNS, [], painter, all_ns, widths)[0], file=out)
         out.flush()
-    for event, body in cluster.watch(KINDS, args.all_namespaces, args.request_timeout):
-        kind = LRSWEEP if body.get("kind") == LRSWEEP.kind else FINETUNEJOB
-        if names is not None and (kind.kind, body["metadata"]["name"]) not in names:
+    for event, body in cluster.watch(KINDS, all_ns, args.request_timeout):
+        f = Found(LRSWEEP if body.get("kind") == LRSWEEP.kind else FINETUNEJOB, body)
+        if names is not None and (f.kind.kind, f.name) not in names:
             continue
-        f = Found(kind, body)
-        if kind is LRSWEEP:
+        if f.kind is LRSWEEP:
             sweeps[(f.namespace, f.name)] = f.status
         if args.output:
             _dump(body, args.output, out, document=True)
         else:
             row = table.get_row(f, sweeps)
             if event == "DELETED":
-                row = table.Row(row.namespace, (*row.cells[:1], "Deleted", *row.cells[2:]), "Deleted")
-            lines = table.render(
-                table.GET_COLUMNS, [row], painter, args.all_namespaces, widths, with_header=False
+                row = table.Row(row.namespace, (row.cells[0], "Deleted", *row.cells[2:]), "Deleted")
+            print(
+                table.render(table.GET_COLUMNS, [row], painter, all_ns, widths, with_header=False)[0],
+                file=out,
             )
-            print(lines[0], file=out)
         out.flush()
     return ExitCode.OK
 
