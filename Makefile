@@ -25,8 +25,9 @@ unit:
 	$(PY) -m pytest -q tests/unit
 
 ## demo: local control plane + pod runner + operator; applies an LRSweep and an auto FineTuneJob on a tiny model
+##       (KEEP=1: keep the cluster up at the end to try the `kubectl finetune` commands it prints)
 demo:
-	$(PY) -m finetune_tooling.demo
+	$(PY) -m finetune_tooling.demo $(if $(KEEP),--keep)
 
 ## crds: regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 crds:

@@ -96,6 +96,8 @@ class NodeAgent:
         self._since = now()
         self._boot_id = str(uuid.uuid4())
         self._last_heartbeat = 0.0
+        self.kubelet_port = 0
+        """Where `podlogs` serves containerLogs (the API server's pods/log dials it)."""
 
     def register(self) -> None:
         self._since = now()
@@ -162,7 +164,7 @@ class NodeAgent:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": self.config.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.config.node_name).hex,
                 "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.config.node_name)),

@@ -27,8 +27,8 @@ each bound pod:
 * **Status**: Pending -> Running (started/ready containers) -> Succeeded/Failed with exit code, reason
   (``Completed``/``Error``/``ContainerCannotRun``) and the termination message from the file (or the log
   tail with ``FallbackToLogsOnError``). Output goes to
-  ``<root>/logs/<namespace>_<pod>_<uid>/<container>.log``; ``kubectl logs`` does not work (no kubelet
-  endpoint).
+  ``<root>/logs/<namespace>_<pod>_<uid>/<container>.log``, which ``podlogs`` serves as the node's kubelet
+  endpoint, so ``kubectl logs`` (pods/log) works, ``-f`` too.
 * **Deletion**: a pod with ``deletionTimestamp`` has its process groups terminated (SIGTERM, grace, SIGKILL)
   and is then removed with grace period 0, as a kubelet confirms a deletion.
 
@@ -55,6 +55,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from . import podspec, podstatus, podsupervisor
+from .podlogs import LogServer
 from .podnode import NodeAgent, PodIPPool, RunnerConfig
 from .podprep import PodPreparer
 from .podscheduling import Scheduler
@@ -95,6 +96,9 @@ class PodRunner:
             server.hostname or "127.0.0.1",
             str(server.port or 443),
         )
+        self._logs = LogServer(
+            self.log_path, self.container_running, self.root / "kubelet", self.config.node_name
+        )
         self.errors: list[str] = []  # unexpected exceptions in the loop (the loop survives them)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -108,6 +112,7 @@ class PodRunner:
     def start(self) -> PodRunner:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         log.warning("local pod runner on node %s: %s", self.config.node_name, IMAGE_NOTE)
+        self._node.kubelet_port = self._logs.start()
         self._node.register()
         loop = threading.Thread(target=self._loop, name="podrunner-loop", daemon=True)
         watcher = threading.Thread(target=self._watch_pods, name="podrunner-watch", daemon=True)
@@ -128,10 +133,19 @@ class PodRunner:
             for run in list(self._pods.values()):
                 podsupervisor.kill_all(run, grace=2.0)
             self._pods.clear()
+        self._logs.stop()
         if self.config.delete_node_on_stop:
             self._node.delete()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def container_running(self, namespace: str, pod: str, container: str) -> bool:
+        """Whether that container's process may still write to its log (started and not terminated)."""
+        with self._lock:
+            for run in self._pods.values():
+                if (run.namespace, run.name) == (namespace, pod):
+                    return any(c.name == container and not c.done for c in run.containers)
+        return False
 
     def log_path(self, namespace: str, pod: str, container: str) -> Path | None:
         """Where a container's output went (None if the pod never ran here)."""

@@ -24,7 +24,7 @@ TRAINER_DOCKERFILE = REPO / "trainer_image" / "Dockerfile"
 
 def install_extra(dockerfile: Path) -> str:
     match = re.search(r'pip install "\.\[(\w+)\]"', dockerfile.read_text())
-    assert match, f"no `pip install \".[extra]\"` in {dockerfile}"
+    assert match, f'no `pip install ".[extra]"` in {dockerfile}'
     return match.group(1)
 
 
@@ -87,7 +87,7 @@ def importable(venv: Path, modules: list[str]) -> dict[str, bool]:
 
 def test_copy_instructions_are_read_with_continuations_and_several_sources(tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text('FROM x AS b\nCOPY a b \\\n   c/\nCOPY --from=b /opt /opt\nCOPY d e  # note\n')
+    dockerfile.write_text("FROM x AS b\nCOPY a b \\\n   c/\nCOPY --from=b /opt /opt\nCOPY d e  # note\n")
     assert copy_instructions(dockerfile) == [(["a", "b"], "c/"), (["d"], "e")]
 
 
@@ -115,6 +115,10 @@ def test_the_operator_image_holds_the_operator_and_the_trainer_contract_only(tmp
         [str(venv / "bin" / "python"), "-c", "import finetune_operator.__main__"],
         check=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
+    plugin = subprocess.run(
+        [str(venv / "bin" / "kubectl-finetune"), "--help"], capture_output=True, text=True, timeout=120
+    )  # the kubectl plugin ships with the operator (no torch, no matplotlib: `plot` says which extra)
+    assert plugin.returncode == 0 and "describe" in plugin.stdout, plugin.stderr
 
 
 @pytest.mark.slow

@@ -557,3 +557,24 @@ def test_a_pod_talks_to_the_api_as_its_service_account_and_rbac_applies(
     )
     assert status["phase"] == "Succeeded", status
     assert status["containerStatuses"][0]["state"]["terminated"]["message"] == "kube-root-ca.crt secrets:403"
+
+
+def test_kubectl_logs_reads_a_pods_output_and_follows_it(kube_cluster: LocalCluster, namespace: str) -> None:
+    """pods/log: the API server proxies it to the node (on the local runner, its `podlogs` endpoint)."""
+    code = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(1)"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "talker"},
+        "spec": {"restartPolicy": "Never", "containers": [python_container(code)]},
+    }
+    client.CoreV1Api(kube_cluster.api_client()).create_namespaced_pod(namespace, pod)
+    core = client.CoreV1Api(kube_cluster.api_client())
+    wait_for(
+        "the pod to run", lambda: read_pod(core, namespace, "talker")["status"].get("phase") != "Pending"
+    )
+    followed = kube_cluster.kubectl("logs", "-f", "talker", "-n", namespace)
+    lines = [line for line in followed.stdout.splitlines() if not line.startswith("[local-runner]")]
+    assert lines == ["line 0", "line 1", "line 2"], followed.stderr  # (the runner notes the ignored image)
+    assert read_pod(core, namespace, "talker")["status"]["phase"] == "Succeeded", "-f ends with the container"
+    assert kube_cluster.kubectl("logs", "talker", "-n", namespace, "--tail", "1").stdout == "line 2\n"

@@ -3,13 +3,13 @@
 Starts the local control plane and pod runner, installs the CRDs, runs the operator (a subprocess, as in a
 cluster), builds a tiny random-weight GPT-2 and a toy dataset, applies `examples/demo/` (an adaptive LRSweep
 and a FineTuneJob with `learningRate: auto`, which runs one too), waits, and prints what the operator found:
-the recommended learning rate, its interval and evidence, every trial, and the fine-tune's losses.
+the recommended learning rate, its interval and evidence, every trial, and the fine-tune's losses; then
+`kubectl finetune describe` of the sweep and the plugin's commands to try (`--keep` keeps the cluster up).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import string
 import subprocess
@@ -23,6 +23,7 @@ from kubernetes import client
 
 from finetune_localcluster.cluster import apply_crds, load_yaml_documents, local_cluster
 from finetune_localcluster.processes import free_port
+from finetune_operator import naming
 from finetune_operator.api import API_GROUP, KINDS, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,30 +71,64 @@ def wait_terminal(api: client.CustomObjectsApi, namespace: str, kind: str, name:
     raise TimeoutError(f"{kind} {name} did not finish in {timeout:.0f}s")
 
 
-def plot_curve(status: dict[str, Any], out: Path) -> Path | None:
-    """Write the sweep's loss-vs-LR curve as PNG with the trainer's own plotter."""
-    if not status.get("curve"):
+PLUGIN = Path(sys.executable).with_name("kubectl-finetune")
+"""`kubectl finetune` (the `kubectl-finetune` script this environment installed)."""
+
+
+def plugin(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `kubectl finetune ARGS` on the demo's cluster (namespace default)."""
+    argv = [str(PLUGIN), *args, "-n", "default", "--kubeconfig", str(kubeconfig)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def plot_curve(name: str, kubeconfig: Path, out: Path) -> Path | None:
+    """Write the sweep's loss-vs-LR plot as PNG with `kubectl finetune plot` (the trainer's drawing)."""
+    done = plugin(kubeconfig, "plot", f"lrs/{name}", "-o", str(out))
+    if done.returncode != 0:
+        say(f"    no plot: {done.stderr.strip()}")
         return None
-    result = {
-        "kind": "rangeTest",
-        **{
-            k: status[k]
-            for k in ("recommendedLearningRate", "rule", "suggestions", "curve", "effectiveBatchSize")
-            if k in status
-        },
-    }
-    result_file = out.with_suffix(".json")
-    result_file.write_text(json.dumps(result))
-    subprocess.run(
-        ["finetune-trainer", "plot", str(result_file), "-o", str(out)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
-    )
     return out
 
 
-def run(demo_dir: Path, timeout: float) -> int:
+def try_the_plugin(cluster: Any, docs: list[dict[str, Any]], demo_dir: Path, keep: bool) -> None:
+    """`kubectl finetune describe` of the sweep, then the plugin's commands to try on this cluster."""
+    sweeps = [d["metadata"]["name"] for d in docs if d["kind"] == "LRSweep"]
+    jobs = [d["metadata"]["name"] for d in docs if d["kind"] == "FineTuneJob"]
+    if sweeps:
+        print()
+        say(f"kubectl finetune describe lrs/{sweeps[0]}")
+        print(plugin(cluster.kubeconfig, "describe", f"lrs/{sweeps[0]}").stdout)
+    kubectl_dir = Path(cluster.tool("kubectl")).parent
+    say("try the kubectl plugin (`kubectl finetune`, installed as kubectl-finetune):")
+    lines = [f"export KUBECONFIG={cluster.kubeconfig} PATH={PLUGIN.parent}:{kubectl_dir}:$PATH"]
+    lines += ["kubectl finetune get -A", "kubectl finetune get -w"]
+    lines += [f"kubectl finetune describe lrs/{s}" for s in sweeps]
+    lines += [f"kubectl finetune describe ftj/{j}" for j in jobs]
+    lines += [f"kubectl finetune plot lrs/{s} -o {demo_dir / s}.png" for s in sweeps[:1]]
+    auto = [
+        naming.auto_sweep(d["metadata"]["name"])
+        for d in docs
+        if d["kind"] == "FineTuneJob" and "auto" in d["spec"].get("learningRate", {})
+    ]
+    if sweeps and auto:
+        lines.append(f"kubectl finetune compare {' '.join(sweeps + auto)}")
+    lines += [f"kubectl finetune logs ftj/{j}" for j in jobs[:1]]
+    lines += [f"kubectl finetune logs lrs/{s} --trial 0 --stage 2" for s in sweeps[:1]]
+    lines += [f"kubectl finetune wait ftj/{j} --for=Succeeded --timeout 5m" for j in jobs[:1]]
+    for line in lines:
+        print(f"    {line}")
+    if not keep:
+        say("(the local cluster stops with the demo; `make demo KEEP=1` keeps it up to try these)")
+        return
+    say("the cluster stays up for these until Ctrl-C")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping")
+
+
+def run(demo_dir: Path, timeout: float, keep: bool = False) -> int:
     prepare_model(demo_dir)
     docs = render_examples(demo_dir)
     say("starting the local control plane and pod runner (the first run builds the binaries: minutes)")
@@ -140,21 +175,23 @@ def run(demo_dir: Path, timeout: float) -> int:
                 )
                 for d in docs
             }
+            code = report(results, demo_dir, cluster.kubeconfig)
+            try_the_plugin(cluster, docs, demo_dir, keep)
         finally:
             operator.terminate()
             operator.wait(timeout=30)
             log.close()
-    return report(results, demo_dir)
+    return code
 
 
-def report(results: dict[str, dict], demo_dir: Path) -> int:
+def report(results: dict[str, dict], demo_dir: Path, kubeconfig: Path) -> int:
     ok = True
     print()
     for name, obj in results.items():
         status = obj.get("status") or {}
         ok &= status.get("phase") == "Succeeded"
         if obj["kind"] == "LRSweep":
-            report_sweep(name, obj["spec"].get("method", "adaptive"), status, demo_dir)
+            report_sweep(name, obj["spec"].get("method", "adaptive"), status, demo_dir, kubeconfig)
         else:
             say(
                 f"FineTuneJob {name}: {status.get('phase')}: learning rate {_g(status.get('learningRate'))} "
@@ -166,7 +203,7 @@ def report(results: dict[str, dict], demo_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def report_sweep(name: str, method: str, status: dict[str, Any], demo_dir: Path) -> None:
+def report_sweep(name: str, method: str, status: dict[str, Any], demo_dir: Path, kubeconfig: Path) -> None:
     interval = status.get("interval") or {}
     span = f" in [{_g(interval.get('low'))}, {_g(interval.get('high'))}]" if interval else ""
     say(
@@ -188,9 +225,9 @@ def report_sweep(name: str, method: str, status: dict[str, Any], demo_dir: Path)
         say(f"    rule {status.get('rule')}")
         for rule, value in (status.get("suggestions") or {}).items():
             say(f"    rule {rule:<16} suggests {_g(value)}")
-    png = plot_curve(status, demo_dir / f"{name}-curve.png")
+    png = plot_curve(name, kubeconfig, demo_dir / f"{name}-curve.png")
     if png:
-        say(f"    range-test loss-vs-LR plot: {png}")
+        say(f"    loss-vs-LR plot (range test, trials, interval): {png}")
 
 
 def _g(value: float | None) -> str:
@@ -206,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         help="where the tiny model, data, logs and plots go",
     )
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for each resource")
+    p.add_argument("--keep", action="store_true", help="keep the cluster up at the end (until Ctrl-C)")
     args = p.parse_args(argv)
     started = time.monotonic()
-    code = run(args.dir.resolve(), args.timeout)
+    code = run(args.dir.resolve(), args.timeout, args.keep)
     say(f"done in {time.monotonic() - started:.0f}s")
     return code
 

@@ -4,7 +4,7 @@
     finetune-trainer train      --config FILE [--learning-rate X] ...
     finetune-trainer trial      --config FILE [--learning-rate X] ...
     finetune-trainer recommend  --config FILE [--result-file F] ...   (range test + trials + fit)
-    finetune-trainer plot       RESULT.json -o curve.png
+    finetune-trainer plot       RESULT.json|LRSWEEP.json -o curve.png
 
 Exit codes (:class:`finetune_trainer.config.ExitCode`): 0 ok, 1 error, 2 bad config, 3 diverged,
 4 out of memory, 5 interrupted. Progress is JSON lines on stdout; the one-line error goes to stderr and,
@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="the adaptive recommender: range test, short trials, longer finalists, fit; LR + interval",
         )
     )
-    plot = sub.add_parser("plot", help="draw loss vs LR from a range-test result")
-    plot.add_argument("result", help="result.json (or a compact result file) of a range test")
+    plot = sub.add_parser("plot", help="draw loss vs LR from a range-test result or an LRSweep's status")
+    plot.add_argument(
+        "result",
+        help="result.json (or a compact result file) of a range test, or `kubectl get lrsweep NAME -o json`",
+    )
     plot.add_argument("-o", "--output", default="curve.png", help="PNG to write (default curve.png)")
     return parser
 
@@ -181,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             print(plot_file(args.result, args.output))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ImportError) as exc:
             print(f"error: {args.result}: {exc}", file=sys.stderr)
             return int(ExitCode.BAD_CONFIG)
         return int(ExitCode.OK)

@@ -632,6 +632,15 @@ def parse_result(data: dict[str, Any]) -> TrainerResult:
     return kinds[kind].model_validate(data)  # type: ignore[return-value]
 
 
+# ---------------------------------------------------------------------------------------------- progress
+# What a trainer prints on stdout (its pod's log): one JSON object per line, `{"event": …, "t": …, …}`.
+
+STEP_EVENT = "step"
+"""A logged optimiser step: `step`, `totalSteps`, `loss`, `learningRate` (range test: `smoothedLoss`)."""
+EVAL_EVENT = "eval"
+"""A validation: `step`, `evalLoss`."""
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 # What a running trainer serves and the operator polls: one definition for both sides.
 

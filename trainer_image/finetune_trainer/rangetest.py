@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_trainer.adaptive import divergence_edge
-from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec, TrainerConfig
+from finetune_trainer.config import STEP_EVENT, CurvePoint, RangeTestResult, RangeTestSpec, TrainerConfig
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
 from finetune_trainer.priors import Prior, hidden_size_of_config, prior_for, sanity_warning, widen_window
@@ -157,7 +157,7 @@ def run_range_test(
             smoothed = curve.smoothed[-1] if curve.smoothed and math.isfinite(loss) else None
             lr = curve.lr_of_step(state.global_step)
             progress.emit(
-                "step",
+                STEP_EVENT,
                 step=state.global_step,
                 totalSteps=total,
                 learningRate=lr,

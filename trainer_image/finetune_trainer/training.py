@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.config import TrainerConfig, TrainResult, TrialResult
+from finetune_trainer.config import EVAL_EVENT, STEP_EVENT, TrainerConfig, TrainResult, TrialResult
 from finetune_trainer.exitcodes import ConfigError, DivergedError
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model, parameter_counts
@@ -95,7 +95,7 @@ def make_callbacks(
             self.last_time, self.last_step = now, state.global_step
             log.losses.append(loss)
             progress.emit(
-                "step",
+                STEP_EVENT,
                 step=state.global_step,
                 totalSteps=state.max_steps,
                 loss=loss,
@@ -130,7 +130,7 @@ def make_callbacks(
             if value is None:
                 return
             log.evals.append((state.global_step, float(value)))
-            progress.emit("eval", step=state.global_step, evalLoss=float(value))
+            progress.emit(EVAL_EVENT, step=state.global_step, evalLoss=float(value))
             if gauges:
                 gauges.set(eval_loss=value)
 

@@ -180,4 +180,3 @@ def _desired(
         for c in b.children
     ]
     return DesiredState(b.status, jobs, b.events)
-
