@@ -579,28 +579,22 @@ def build_model(model: dict[str, Any]) -> Path:
         config: Any = GPT2Config(
             vocab_size=len(tokenizer), n_positions=128, n_embd=width, n_layer=layers, n_head=heads, **ids
         )
-    elif model["kind"] == "tiny-llama":
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            intermediate_size=int(model.get("intermediate", 4 * width)),
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=int(model.get("kvHeads", heads)),
-            max_position_embeddings=128,
+    elif model["kind"] in ("tiny-llama", "qwen2"):  # RMSNorm, SwiGLU, RoPE, grouped KV heads
+        shape = {
+            "vocab_size": len(tokenizer),
+            "hidden_size": width,
+            "intermediate_size": int(model.get("intermediate", 4 * width)),
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(model.get("kvHeads", heads)),
+            "max_position_embeddings": 128,
             **ids,
-        )
-    elif model["kind"] == "qwen2":  # Qwen2.5-0.5B's shape (GQA, tied embeddings) on the toy vocabulary
-        config = Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            intermediate_size=int(model.get("intermediate", 4 * width)),
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=int(model.get("kvHeads", heads)),
-            max_position_embeddings=128,
-            tie_word_embeddings=True,
-            **ids,
+        }
+        # qwen2: Qwen2.5-0.5B's shape (tied embeddings) on the toy vocabulary
+        config = (
+            LlamaConfig(**shape)
+            if model["kind"] == "tiny-llama"
+            else Qwen2Config(**shape, tie_word_embeddings=True)
         )
     else:
         raise ValueError(f"unknown model.kind {model['kind']!r}")

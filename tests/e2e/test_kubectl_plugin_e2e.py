@@ -22,20 +22,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PLUGIN = Path(sys.executable).with_name("kubectl-finetune")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("tiny")
-    subprocess.run([sys.executable, "-m", "finetune_trainer.tiny_model", str(root / "model")], check=True)
-    subprocess.run(
-        [sys.executable, "-m", "finetune_trainer.tiny_model", "--data", str(root / "toy.jsonl")], check=True
-    )
+@pytest.fixture
+def short(tiny: dict[str, Any]) -> dict[str, Any]:
+    """The tiny fine-tune cut to 12 steps with an evaluation every 6."""
     return {
-        "model": {"name": str(root / "model")},
-        "dataset": {"files": [str(root / "toy.jsonl")]},
-        "optimization": {"batchSize": 16, "maxSeqLength": 32, "maxSteps": 12},
+        **tiny,
+        "optimization": {**tiny["optimization"], "maxSteps": 12},
         "evaluation": {"everySteps": 6},
-        "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
-        "backoffLimit": 0,
     }
 
 
@@ -45,7 +38,7 @@ def plugin(cluster, *args: str, timeout: float = 120) -> subprocess.CompletedPro
 
 
 def test_follow_a_finetune_from_the_terminal(
-    kube_cluster, kube_api, namespace, crds_installed, run_operator, tiny, tmp_path
+    kube_cluster, kube_api, namespace, crds_installed, run_operator, short, tmp_path
 ):
     from PIL import Image
 
@@ -54,7 +47,7 @@ def test_follow_a_finetune_from_the_terminal(
         "apiVersion": f"{API_GROUP}/{VERSION}",
         "kind": FINETUNEJOB.kind,
         "metadata": {"name": "tiny"},
-        "spec": {**tiny, "learningRate": {"value": 1e-3}},
+        "spec": {**short, "learningRate": {"value": 1e-3}},
     }
     with run_operator(namespace=namespace) as runner:
         client.CustomObjectsApi(kube_api).create_namespaced_custom_object(

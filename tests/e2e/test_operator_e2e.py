@@ -5,11 +5,8 @@ A tiny random-weight GPT-2 on a toy dataset keeps each trainer run to seconds.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -23,22 +20,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 GROUP, VERSION = "finetune.dev", "v1alpha1"
 OPERATOR = "finetune_operator.handlers"
 PLURALS = {"LRSweep": "lrsweeps", "FineTuneJob": "finetunejobs"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("tiny")
-    subprocess.run([sys.executable, "-m", "finetune_trainer.tiny_model", str(root / "model")], check=True)
-    subprocess.run(
-        [sys.executable, "-m", "finetune_trainer.tiny_model", "--data", str(root / "toy.jsonl")], check=True
-    )
-    return {
-        "model": {"name": str(root / "model")},
-        "dataset": {"files": [str(root / "toy.jsonl")]},
-        "optimization": {"batchSize": 16, "maxSeqLength": 32},
-        "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
-        "backoffLimit": 0,
-    }
 
 
 @pytest.fixture(autouse=True)
