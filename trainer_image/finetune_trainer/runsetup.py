@@ -72,8 +72,8 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
     world = world_size()
     if len(data.train) < opt.batch_size * world:
         unit = (
-            "blocks of maxSeqLength tokens"
-            if cfg.model.task == "causal-lm" and cfg.dataset.packing
+            "packed sequences of up to maxSeqLength tokens"
+            if cfg.model.task == "causal-lm" and data.packed
             else "examples"
         )
         raise ConfigError(
@@ -92,7 +92,7 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
             )
     else:
         total = opt.max_steps or max(1, math.ceil(opt.epochs * per_epoch))
-        warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio)
+        warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio_or_default())
         if warmup >= total:
             raise ConfigError(
                 "schedule.warmupSteps",
