@@ -488,8 +488,8 @@ class TrainerConfig(TrainingSections):
     """Peak learning rate for `train` and `trial` (the CLI's `--learning-rate` overrides it)."""
     output_dir: str = "./output"
     """Where checkpoints, the final model, the full result and plots are written."""
-    artifacts: ArtifactSpec = Field(default_factory=ArtifactSpec)
-    """Merged model, hub upload (used by `train`)."""
+    output: ArtifactSpec = Field(default_factory=ArtifactSpec)
+    """Merged model and hub upload (used by `train`)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """Experiment tracking (used by `train`)."""
     learning_rate_source: str | None = Field(default=None, max_length=1000)

@@ -303,7 +303,7 @@ def _tokenize_supervised(
     if len(kept) == 0 and len(tokenized) > 0:
         raise ConfigError(
             "optimization.maxSeqLength",
-            f"every {split} example's completion lies past {max_len} tokens (or is empty), so none carries loss",
+            f"every {split} example's completion lies past {max_len} tokens (or is empty): none has loss",
             "raise optimization.maxSeqLength, or shorten the prompts",
         )
     if not packing:

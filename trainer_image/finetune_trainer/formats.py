@@ -98,7 +98,7 @@ def alpaca_prompt(instruction: str, context: str | None) -> str:
 
 
 def standard_row(row: Mapping[str, Any], spec: DatasetSpec, kind: str) -> dict[str, Any]:
-    """One raw row in TRL's standard form for ``kind``: ``text``, ``messages`` or ``prompt``/``completion``."""
+    """A raw row in TRL's standard form for ``kind``: ``text``, ``messages`` or ``prompt``/``completion``."""
     if kind == "text":
         return {"text": str(row[spec.text_field])}
     if kind == "chat":
@@ -131,7 +131,7 @@ def _messages(value: Any, spec: DatasetSpec) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------- tokenising
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool = False) -> list[int]:
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool = False) -> list:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

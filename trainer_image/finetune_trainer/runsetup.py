@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.artifacts import check_outputs
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import PreparedData, prepare
 from finetune_trainer.exitcodes import ConfigError
@@ -99,6 +100,20 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
                 f"warmup of {warmup} steps is not shorter than training ({total} steps)",
                 "lower schedule.warmupSteps (or use warmupRatio), or train longer",
             )
+    if command == "train":
+        check_outputs(cfg)
+        check_tracking(cfg)
+        if (
+            keeps_best(cfg, data.eval is not None)
+            and cfg.checkpoints.every_steps % cfg.evaluation.every_steps != 0
+        ):
+            raise ConfigError(
+                "checkpoints.everySteps",
+                f"is {cfg.checkpoints.every_steps}, not a multiple of evaluation.everySteps "
+                f"({cfg.evaluation.every_steps}), so the best checkpoint by validation loss cannot be kept",
+                "make checkpoints.everySteps a multiple of evaluation.everySteps, or set "
+                "checkpoints.finalModel to last",
+            )
     if cfg.early_stopping.enabled and data.eval is None and command != "range-test":
         raise ConfigError(
             "earlyStopping.enabled", "needs validation data", "set dataset.validationFraction above 0"
@@ -115,6 +130,36 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
         total_steps=total,
         warmup_steps=warmup,
     )
+
+
+def keeps_best(cfg: TrainerConfig, has_eval: bool) -> bool:
+    """Whether ``train`` keeps the best checkpoint and ends on its weights (``load_best_model_at_end``)."""
+    return has_eval and cfg.checkpoints.final_model == "best"
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def check_tracking(cfg: TrainerConfig) -> None:
+    """The tracker ``tracking.reportTo`` names is installed (and MLflow knows where to log)."""
+    import importlib.util
+    import os
+
+    report = cfg.tracking.report_to
+    if report == "none":
+        return
+    if not any(importlib.util.find_spec(m) for m in TRACKER_PACKAGES[report]):
+        raise ConfigError(
+            "tracking.reportTo",
+            f"is {report} but the trainer image has no {TRACKER_PACKAGES[report][0]} package",
+            f"install {TRACKER_PACKAGES[report][0]} in the trainer image, or set tracking.reportTo to none",
+        )
+    if report == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(
+            "tracking.reportTo",
+            "is mlflow but MLFLOW_TRACKING_URI is not set",
+            "set tracking.mlflowTrackingUri (a Secret or ConfigMap key) on the FineTuneJob, or export it",
+        )
 
 
 # --- Trainer ----------------------------------------------------------------------------------------------
@@ -147,11 +192,16 @@ def training_arguments(
     evaluate: bool,
     save: bool,
     logging_steps: int = 1,
+    keep_best: bool = False,
 ) -> Any:
+    """``TrainingArguments`` for the plan. ``keep_best`` (``train`` with validation data): keep the best
+    checkpoint by validation loss beside the newest and end on its weights; ``train`` also reports to
+    the configured tracker (TensorBoard event files under ``<outputDir>/runs``)."""
     from transformers import TrainingArguments
 
     cfg, opt = plan.cfg, plan.cfg.optimization
     cpu = not cuda_available()
+    tracking = plan.command == "train" and cfg.tracking.report_to != "none"
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=opt.batch_size,
@@ -181,7 +231,11 @@ def training_arguments(
         ddp_find_unused_parameters=False if plan.world_size > 1 else None,
         seed=opt.seed,
         data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
-        report_to="none",
+        load_best_model_at_end=keep_best and evaluate and save,
+        gradient_checkpointing=opt.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if opt.gradient_checkpointing else None,
+        report_to=cfg.tracking.report_to if tracking else "none",
+        run_name=cfg.tracking.run_name or Path(output_dir).name,
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,

@@ -7,7 +7,8 @@
 
 The tokenizer is a word-level ``tokenizers`` tokenizer over the toy dataset's fixed vocabulary, so nothing
 is downloaded. The chat model's tokenizer is a small byte-level BPE trained here on the toy conversations
-(every string is encodable) with ChatML special tokens and a ChatML chat template saved beside it. The toy sentences are templated ("the happy dog likes the red ball .") with a sentiment
+(every string is encodable) with ChatML special tokens and a ChatML chat template saved beside it.
+The toy sentences are templated ("the happy dog likes the red ball .") with a sentiment
 label, so a causal LM can learn their structure and a classifier can learn the label.
 """
 
