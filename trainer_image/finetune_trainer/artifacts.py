@@ -68,7 +68,9 @@ class Artifacts:
     hub_url: str | None = None
 
 
-def model_card(cfg: TrainerConfig, result: dict[str, Any], final_from: str | None) -> str:
+def model_card(
+    cfg: TrainerConfig, result: dict[str, Any], final_from: str | None, data_type: str | None = None
+) -> str:
     """The model card (README.md): base model, data, adapter, learning rate and where it came from,
     schedule, and how training went."""
     sched, opt, data = cfg.schedule, cfg.optimization, cfg.dataset
@@ -93,7 +95,7 @@ def model_card(cfg: TrainerConfig, result: dict[str, Any], final_from: str | Non
         saved += f" (`{result['bestCheckpoint']}`)"
     rows = [
         ("Base model", f"`{cfg.model.name}`" + (f" @ `{cfg.model.revision}`" if cfg.model.revision else "")),
-        ("Data", f"`{source}` ({data.type} data, split `{data.split}`)"),
+        ("Data", f"`{source}` ({data_type or data.type} data, split `{data.split}`)"),
         ("Adapter", cfg.adapter.type + (f" (r={cfg.adapter.r}, alpha={cfg.adapter.alpha})" if lora else "")),
         ("Peak learning rate", fmt(result.get("learningRate"))),
         ("Learning rate from", cfg.learning_rate_source or "set by hand"),
@@ -176,6 +178,7 @@ def finish(
     final_from: str | None,
     main_process: bool,
     num_labels: int | None = None,
+    data_type: str | None = None,
 ) -> Artifacts:
     """After ``trainer.save_model(out/final)``: merge, write the model card, push (rank 0 only)."""
     found = Artifacts()
@@ -183,7 +186,7 @@ def finish(
     if not main_process or not final.is_dir():
         return found
     found.final_model = FINAL
-    card = model_card(cfg, result, final_from)
+    card = model_card(cfg, result, final_from, data_type)
     (out / MODEL_CARD).write_text(card)
     (final / MODEL_CARD).write_text(card)
     found.model_card = MODEL_CARD

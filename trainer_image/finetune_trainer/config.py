@@ -390,7 +390,8 @@ class CheckpointSpec(Spec):
     every_steps: int = Field(default=100, ge=1)
     """Save a checkpoint every this many steps; a restarted run resumes from the newest one."""
     keep: int = Field(default=2, ge=1, le=100)
-    """Checkpoints kept on disk (the oldest are removed)."""
+    """Checkpoints kept on disk (the oldest are removed); the best by validation loss is always kept too,
+    beside the newest (so at least 2 while `finalModel` is best)."""
     save_final_model: bool = True
     """Save the final model (or adapter) to `<outputDir>/final`: the best checkpoint's weights by validation
     loss when there is validation data (see `finalModel`), else the last step's."""

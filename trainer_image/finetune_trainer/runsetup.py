@@ -223,7 +223,8 @@ def training_arguments(
         greater_is_better=False if evaluate else None,
         save_strategy="steps" if save else "no",
         save_steps=cfg.checkpoints.every_steps,
-        save_total_limit=cfg.checkpoints.keep,
+        # Hugging Face deletes the newest checkpoint at the end when the limit is 1 and the best differs
+        save_total_limit=max(cfg.checkpoints.keep, 2) if keep_best else cfg.checkpoints.keep,
         bf16=plan.precision == "bf16",
         fp16=plan.precision == "fp16",
         use_cpu=cpu,
@@ -232,15 +233,26 @@ def training_arguments(
         seed=opt.seed,
         data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
         load_best_model_at_end=keep_best and evaluate and save,
-        gradient_checkpointing=opt.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if opt.gradient_checkpointing else None,
         report_to=cfg.tracking.report_to if tracking else "none",
         run_name=cfg.tracking.run_name or Path(output_dir).name,
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **_checkpointing(opt.gradient_checkpointing, TrainingArguments),
     )
+
+
+def _checkpointing(enabled: bool, arguments: type) -> dict[str, Any]:
+    """Activation (gradient) checkpointing under the name this transformers version uses."""
+    if not enabled:
+        return {}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in getattr(arguments, "__dataclass_fields__", {})
+        else "gradient_checkpointing"
+    )
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def build_trainer(

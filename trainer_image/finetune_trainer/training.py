@@ -316,6 +316,7 @@ def run_train(
         result.final_model_from,
         main_process,
         plan.data.num_labels,
+        plan.data.data_type if cfg.model.task == "causal-lm" else None,
     )
     return result.model_copy(
         update={

@@ -67,9 +67,12 @@ def test_instruction_rows_become_the_alpaca_prompt_and_response(tok: Any) -> Non
     spec = DatasetSpec(files=["x.jsonl"], type="instruction")
     row = standard_row({"instruction": "name a pet", "input": "", "output": "a cat"}, spec, "instruction")
     assert row == {"prompt": alpaca_prompt("name a pet", None), "completion": "a cat"}
-    assert "### Input:" in standard_row(
-        {"instruction": "name it", "input": "a dog", "output": "rex"}, spec, "instruction"
-    )["prompt"]
+    assert (
+        "### Input:"
+        in standard_row({"instruction": "name it", "input": "a dog", "output": "rex"}, spec, "instruction")[
+            "prompt"
+        ]
+    )
     out = tokenize_row(row, tok, True)
     assert trained_text(tok, out) == "a cat<|im_end|>"
 
