@@ -397,8 +397,9 @@ class CheckpointSpec(Spec):
     loss when there is validation data (see `finalModel`), else the last step's."""
     final_model: Literal["best", "last"] = "best"
     """Which weights `<outputDir>/final` holds when there is validation data: `best` (the checkpoint with
-    the lowest validation loss, kept on disk beside the newest; Hugging Face `load_best_model_at_end`) or
-    `last` (the weights after the last step). The status names both checkpoints either way."""
+    the lowest validation loss, kept on disk beside the newest; Hugging Face `load_best_model_at_end`;
+    needs `everySteps` to be a multiple of `evaluation.everySteps`, else the last step's are kept, with a
+    warning) or `last` (the weights after the last step). The status names both checkpoints either way."""
 
 
 class ArtifactSpec(Spec):

@@ -56,11 +56,12 @@ def resolve_type(spec: DatasetSpec, columns: Sequence[str]) -> str:
             if all(getattr(spec, attr) in columns for attr, _ in _NEEDS[kind]):
                 return kind
         raise ConfigError(
-            "dataset.type",
-            f"cannot tell the data type from the columns ({', '.join(columns)}): none of "
-            f"{spec.messages_field!r}, {spec.prompt_field!r}+{spec.completion_field!r}, "
-            f"{spec.instruction_field!r}+{spec.output_field!r} or {spec.text_field!r} is there",
-            "set dataset.type and the matching dataset.*Field to your column names",
+            "dataset.textField",
+            f"column {spec.text_field!r} not found (columns: {', '.join(columns)}), and no "
+            f"{spec.messages_field!r}, {spec.prompt_field!r}+{spec.completion_field!r} or "
+            f"{spec.instruction_field!r}+{spec.output_field!r} columns for chat, prompt-completion or "
+            "instruction data either",
+            "set dataset.textField to the column holding the text, or dataset.type and its *Field to yours",
         )
     for attr, name in _NEEDS[spec.type]:
         column = getattr(spec, attr)

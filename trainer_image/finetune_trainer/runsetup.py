@@ -103,17 +103,6 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
     if command == "train":
         check_outputs(cfg)
         check_tracking(cfg)
-        if (
-            keeps_best(cfg, data.eval is not None)
-            and cfg.checkpoints.every_steps % cfg.evaluation.every_steps != 0
-        ):
-            raise ConfigError(
-                "checkpoints.everySteps",
-                f"is {cfg.checkpoints.every_steps}, not a multiple of evaluation.everySteps "
-                f"({cfg.evaluation.every_steps}), so the best checkpoint by validation loss cannot be kept",
-                "make checkpoints.everySteps a multiple of evaluation.everySteps, or set "
-                "checkpoints.finalModel to last",
-            )
     if cfg.early_stopping.enabled and data.eval is None and command != "range-test":
         raise ConfigError(
             "earlyStopping.enabled", "needs validation data", "set dataset.validationFraction above 0"
@@ -133,8 +122,25 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
 
 
 def keeps_best(cfg: TrainerConfig, has_eval: bool) -> bool:
-    """Whether ``train`` keeps the best checkpoint and ends on its weights (``load_best_model_at_end``)."""
-    return has_eval and cfg.checkpoints.final_model == "best"
+    """Whether ``train`` keeps the best checkpoint and ends on its weights (``load_best_model_at_end``):
+    with validation data, ``finalModel: best``, and checkpoints at evaluation steps (a multiple of
+    ``evaluation.everySteps``, as Hugging Face requires; else :func:`best_model_warning` says why not)."""
+    return (
+        has_eval
+        and cfg.checkpoints.final_model == "best"
+        and cfg.checkpoints.every_steps % cfg.evaluation.every_steps == 0
+    )
+
+
+def best_model_warning(cfg: TrainerConfig, has_eval: bool) -> str | None:
+    """Why the best checkpoint cannot be the final model although ``finalModel`` asks for it, if so."""
+    if not has_eval or cfg.checkpoints.final_model != "best" or keeps_best(cfg, has_eval):
+        return None
+    return (
+        f"checkpoints.everySteps ({cfg.checkpoints.every_steps}) is not a multiple of evaluation.everySteps "
+        f"({cfg.evaluation.every_steps}), so checkpoints carry no validation loss to pick the best by: the "
+        "final model is the last step's; make it a multiple to keep the best"
+    )
 
 
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}

@@ -26,6 +26,7 @@ from finetune_trainer.modeling import load_model, parameter_counts
 from finetune_trainer.report import Progress
 from finetune_trainer.runsetup import (
     RunPlan,
+    best_model_warning,
     build_trainer,
     callback_base,
     keeps_best,
@@ -247,6 +248,9 @@ def run_train(
     log = RunLog()
     evaluate = plan.data.eval is not None
     keep_best = keeps_best(cfg, evaluate)
+    warning = best_model_warning(cfg, evaluate)
+    if warning:
+        progress.emit("warning", message=warning)
     args = training_arguments(
         plan,
         out,

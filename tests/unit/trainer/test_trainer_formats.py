@@ -83,7 +83,7 @@ def test_auto_type_prefers_messages_then_prompt_completion_then_instruction_then
     assert resolve_type(spec, ["prompt", "completion", "text"]) == "prompt-completion"
     assert resolve_type(spec, ["instruction", "input", "output"]) == "instruction"
     assert resolve_type(spec, ["text", "label"]) == "text"
-    with pytest.raises(ConfigError, match=r"^dataset\.type"):
+    with pytest.raises(ConfigError, match=r"^dataset\.textField: column 'text' not found"):
         resolve_type(spec, ["body"])
 
 
@@ -153,3 +153,25 @@ def test_a_prompt_past_max_seq_length_leaves_no_loss_and_says_so(tok: Any, tmp_p
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(ConfigError, match=r"^optimization\.maxSeqLength"):
         prepare(chat_cfg(path), tok)
+
+
+def test_the_best_checkpoint_needs_checkpoints_at_evaluation_steps_else_the_last_is_kept_with_a_warning() -> (
+    None
+):
+    from finetune_trainer.runsetup import best_model_warning, keeps_best
+
+    def cfg(every: int, final: str = "best") -> TrainerConfig:
+        return TrainerConfig.model_validate(
+            {
+                "model": {"name": "m"},
+                "dataset": {"files": ["d.jsonl"]},
+                "evaluation": {"everySteps": 50},
+                "checkpoints": {"everySteps": every, "finalModel": final},
+            }
+        )
+
+    assert keeps_best(cfg(100), True) and best_model_warning(cfg(100), True) is None
+    assert not keeps_best(cfg(100), False)  # no validation data: nothing to pick the best by
+    assert not keeps_best(cfg(100, "last"), True) and best_model_warning(cfg(100, "last"), True) is None
+    assert not keeps_best(cfg(25), True)
+    assert "not a multiple of evaluation.everySteps" in (best_model_warning(cfg(25), True) or "")
