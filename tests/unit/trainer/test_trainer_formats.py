@@ -175,3 +175,41 @@ def test_the_best_checkpoint_needs_checkpoints_at_evaluation_steps_else_the_last
     assert not keeps_best(cfg(100, "last"), True) and best_model_warning(cfg(100, "last"), True) is None
     assert not keeps_best(cfg(25), True)
     assert "not a multiple of evaluation.everySteps" in (best_model_warning(cfg(25), True) or "")
+
+
+def test_a_tracker_that_is_not_installed_or_has_no_server_names_tracking_report_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from finetune_trainer import runsetup
+
+    def cfg(report: str) -> TrainerConfig:
+        return TrainerConfig.model_validate(
+            {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}, "tracking": {"reportTo": report}}
+        )
+
+    runsetup.check_tracking(cfg("none"))
+    monkeypatch.setitem(runsetup.TRACKER_PACKAGES, "tensorboard", ("finetune_no_such_package",))
+    with pytest.raises(ConfigError, match=r"^tracking\.reportTo: is tensorboard but .* no finetune_no_such"):
+        runsetup.check_tracking(cfg("tensorboard"))
+    monkeypatch.setitem(runsetup.TRACKER_PACKAGES, "mlflow", ("json",))  # "installed"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match=r"^tracking\.reportTo: is mlflow but MLFLOW_TRACKING_URI"):
+        runsetup.check_tracking(cfg("mlflow"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    runsetup.check_tracking(cfg("mlflow"))
+
+
+def test_config_paths_under_a_local_runners_mounts_map_to_its_folders(tmp_path: Path) -> None:
+    from finetune_trainer.localpaths import map_config_paths
+
+    cfg = TrainerConfig.model_validate(
+        {
+            "model": {"name": "/sources/models/m"},
+            "dataset": {"files": ["/sources/data/*.jsonl", str(tmp_path)]},
+        }
+    )
+    mounts = {"/sources": "/runner/pvc/ns/models", "/tmp": "/runner/pod/tmp"}
+    mapped = map_config_paths(cfg, mounts)
+    assert mapped.model.name == "/runner/pvc/ns/models/models/m"
+    assert mapped.dataset.files == ["/runner/pvc/ns/models/data/*.jsonl", str(tmp_path)]  # exists: kept
+    assert map_config_paths(cfg, {}) is cfg
