@@ -16,7 +16,9 @@ from pydantic import Field
 
 from finetune_trainer.config import (
     API_GROUP,
+    TRAINING_RULES,
     AdaptiveSpec,
+    ArtifactSpec,
     CheckpointSpec,
     CurvePoint,
     EarlyStoppingSpec,
@@ -26,6 +28,7 @@ from finetune_trainer.config import (
     RangeTestSpec,
     Rule,
     Spec,
+    TrackingSpec,
     TrainingSections,
 )
 
@@ -74,6 +77,37 @@ class SecretKeyRef(Spec):
     """Key within the Secret."""
 
 
+class ConfigMapKeyRef(Spec):
+    """A key of a ConfigMap in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """ConfigMap name."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key within the ConfigMap."""
+
+
+class SourceVolumeSpec(Spec):
+    """A PersistentVolumeClaim holding models and data, mounted read-only into every trainer pod."""
+
+    persistent_volume_claim: str = Field(min_length=1, max_length=253)
+    """An existing PVC (ReadOnlyMany or ReadWriteMany to share it across trials) with model folders
+    (config.json + weights + tokenizer) and data files."""
+    mount_path: str = Field(default="/sources", pattern=r"^/[^:]*$", max_length=1024)
+    """Where it is mounted; point `model.name` and `dataset.files` below it (e.g. `/sources/models/m`)."""
+    sub_path: str | None = Field(default=None, max_length=1024)
+    """Folder inside the claim to mount instead of its root."""
+
+
+class ModelCacheSpec(Spec):
+    """A shared, writable Hugging Face cache (HF_HOME) so trials and fine-tunes download a model once."""
+
+    persistent_volume_claim: str = Field(min_length=1, max_length=253)
+    """An existing ReadWriteMany PVC (ReadWriteOnce works while all pods land on one node) used as HF_HOME;
+    without one, each pod downloads into its own emptyDir."""
+    sub_path: str | None = Field(default=None, max_length=1024)
+    """Folder inside the claim; unset uses its root."""
+
+
 class OutputSpec(Spec):
     """Where checkpoints and the final model go."""
 
@@ -97,7 +131,12 @@ class WorkloadSpec(Spec):
     service_account_name: str | None = Field(default=None, max_length=253)
     """Service account of trainer pods (its token is never mounted)."""
     hub_token_secret: SecretKeyRef | None = None
-    """Secret holding a Hugging Face token, passed to the trainer as HF_TOKEN."""
+    """Secret holding a Hugging Face token, passed to the trainer as HF_TOKEN: private or gated models and
+    datasets, and `output.pushToHub`."""
+    source_volume: SourceVolumeSpec | None = None
+    """A read-only PVC with models and data, mounted at `sourceVolume.mountPath` in every trainer pod."""
+    model_cache: ModelCacheSpec | None = None
+    """A PVC shared as the Hugging Face cache (HF_HOME), so trials reuse downloads; unset: an emptyDir."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Where checkpoints and models are written."""
     suspend: bool = False
@@ -220,8 +259,19 @@ class TrialsSpec(Spec):
 SweepMethod = Literal["adaptive", "rangeTest", "grid", "random"]
 
 
+QLORA_NEEDS_GPU = Rule(
+    cel="self.adapter.type != 'qlora' || self.resources.gpus > 0",
+    message="adapter.type qlora needs a CUDA GPU: set resources.gpus to 1 or more, or use adapter.type lora "
+    "on CPU",
+    check=lambda s: s.adapter.type != "qlora" or s.resources.gpus > 0,
+)
+WORKLOAD_RULES: list[Rule] = [*TRAINING_RULES, QLORA_NEEDS_GPU]
+
+
 class LRSweepSpec(TrainingSections, WorkloadSpec):
     """Find a learning rate for this model, data, adapter and batch size."""
+
+    __rules__: ClassVar[list[Rule]] = WORKLOAD_RULES
 
     method: SweepMethod = "adaptive"
     """`adaptive`: a range test bounds the search (half a decade below its loss minimum, below its divergence
@@ -360,9 +410,57 @@ class LearningRateSpec(Spec):
     """Run a sweep first (`auto: {}` takes the defaults)."""
 
 
+class FineTuneOutputSpec(OutputSpec, ArtifactSpec):
+    """Where checkpoints and models go, and what is made of the result: a merged model, a hub copy."""
+
+
+class ValueSource(Spec):
+    """A value read from a Secret or a ConfigMap key (exactly one)."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            message="set exactly one of secretKeyRef or configMapKeyRef",
+            check=lambda s: (s.secret_key_ref is None) != (s.config_map_key_ref is None),
+        ),
+    ]
+
+    secret_key_ref: SecretKeyRef | None = None
+    """Read it from a Secret key."""
+    config_map_key_ref: ConfigMapKeyRef | None = None
+    """Read it from a ConfigMap key."""
+
+
+class FineTuneTrackingSpec(TrackingSpec):
+    """Experiment tracking: TensorBoard event files on the output volume, or an MLflow server."""
+
+    mlflow_tracking_uri: ValueSource | None = None
+    """With `reportTo: mlflow`: where MLFLOW_TRACKING_URI comes from (a Secret or ConfigMap key)."""
+
+
 class FineTuneJobSpec(TrainingSections, WorkloadSpec):
     """Fine-tune a model with a warmup + decay schedule."""
 
+    __rules__: ClassVar[list[Rule]] = [
+        *WORKLOAD_RULES,
+        Rule(
+            cel="!self.output.pushToHub || has(self.hubTokenSecret)",
+            message="output.pushToHub needs hubTokenSecret: a Secret with a Hugging Face token that may "
+            "write to output.hubModelId",
+            check=lambda s: not s.output.push_to_hub or s.hub_token_secret is not None,
+        ),
+        Rule(
+            cel="self.tracking.reportTo != 'mlflow' || has(self.tracking.mlflowTrackingUri)",
+            message="tracking.mlflowTrackingUri is required when tracking.reportTo is mlflow (a Secret or "
+            "ConfigMap key holding the server URI)",
+            check=lambda s: s.tracking.report_to != "mlflow" or s.tracking.mlflow_tracking_uri is not None,
+        ),
+    ]
+
+    output: FineTuneOutputSpec = Field(default_factory=FineTuneOutputSpec)
+    """Where checkpoints and models are written; merge the adapter, push to the hub."""
+    tracking: FineTuneTrackingSpec = Field(default_factory=FineTuneTrackingSpec)
+    """Experiment tracking (`reportTo`: none, tensorboard or mlflow)."""
     learning_rate: LearningRateSpec
     """Peak learning rate: a value, `fromSweep`, or `auto`."""
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
@@ -389,7 +487,21 @@ class FineTuneJobStatus(ResourceStatus):
     train_loss: float | None = None
     """Mean training loss."""
     checkpoint: str | None = None
-    """Best or latest checkpoint, relative to the output volume."""
+    """The best checkpoint by validation loss (else the newest), relative to the output folder."""
+    best_checkpoint: str | None = None
+    """The checkpoint with the lowest validation loss, relative to the output folder."""
+    last_checkpoint: str | None = None
+    """The newest checkpoint (the last step saved), relative to the output folder."""
+    model: str | None = None
+    """The final model (or adapter) folder, relative to the output folder (`final`)."""
+    model_from: Literal["best", "last"] | None = None
+    """Whose weights `model` holds: the best checkpoint's (by validation loss) or the last step's."""
+    merged_model: str | None = None
+    """The adapter merged into the base model, relative to the output folder (`merged`)."""
+    model_card: str | None = None
+    """The model card (README.md) recording the learning rate, its sweep, and the schedule."""
+    hub_url: str | None = None
+    """Where the model was pushed on the Hugging Face Hub."""
     early_stopped: bool | None = None
     """True when early stopping ended training."""
 

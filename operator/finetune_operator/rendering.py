@@ -12,10 +12,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator import naming
-from finetune_operator.api import API_VERSION, LRSWEEP, FineTuneJobSpec, LRSweepSpec, WorkloadSpec
+from finetune_operator.api import (
+    API_VERSION,
+    LRSWEEP,
+    FineTuneJobSpec,
+    FineTuneTrackingSpec,
+    LRSweepSpec,
+    OutputSpec,
+    WorkloadSpec,
+)
 from finetune_operator.settings import Settings
 from finetune_trainer.adaptive import trial_sections
-from finetune_trainer.config import ExitCode, Spec, TrainerConfig, TrainingSections
+from finetune_trainer.config import (
+    ArtifactSpec,
+    ExitCode,
+    Spec,
+    TrackingSpec,
+    TrainerConfig,
+    TrainingSections,
+)
 
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/finetune"
@@ -24,6 +39,8 @@ CONFIG_ANNOTATION = f"{naming.GROUP}/trainer-config"
 """Pod-template annotation holding the trainer config; a downward-API volume makes it `CONFIG_FILE`.
 (One object per run: nothing to create first, nothing extra for the garbage collector.)"""
 OUTPUT_DIR = "/output"
+HF_HOME = "/cache/huggingface"
+"""HF_HOME in trainer pods: the `modelCache` PVC when set, else a folder of the pod's /tmp emptyDir."""
 TERMINATION_LOG = "/dev/termination-log"
 METRICS_PORT_NAME = "metrics"
 
@@ -70,12 +87,16 @@ def trial_config(spec: LRSweepSpec, learning_rate: float, steps: int) -> Trainer
     return TrainerConfig(**trial_sections(spec, steps), output_dir=OUTPUT_DIR, learning_rate=learning_rate)
 
 
-def train_config(spec: FineTuneJobSpec, learning_rate: float) -> TrainerConfig:
+def train_config(spec: FineTuneJobSpec, learning_rate: float, source: str | None = None) -> TrainerConfig:
+    """The fine-tune's config; `source` (where the learning rate came from) goes into the model card."""
     return TrainerConfig(
         **_shared_sections(spec),
         early_stopping=spec.early_stopping,
         checkpoints=spec.checkpoints,
         learning_rate=learning_rate,
+        output=ArtifactSpec(**_sections(spec.output, ArtifactSpec)),
+        tracking=TrackingSpec(**_sections(spec.tracking, TrackingSpec)),
+        learning_rate_source=source,
     )
 
 
@@ -84,7 +105,7 @@ def sweep_spec_for_auto(job: FineTuneJobSpec) -> LRSweepSpec:
     auto = job.learning_rate.auto
     assert auto is not None
     return LRSweepSpec(
-        **_sections(job, WorkloadSpec),
+        **_sections(job, WorkloadSpec) | {"output": OutputSpec(**_sections(job.output, OutputSpec))},
         **_sections(job, TrainingSections),
         method=auto.method,
         range_test=auto.range_test,
@@ -119,6 +140,50 @@ def _output_volume(workload: WorkloadSpec, owner: Owner, folder: str) -> tuple[d
     return volume, mount
 
 
+def _source_volumes(workload: WorkloadSpec) -> tuple[list[dict], list[dict]]:
+    """The read-only models-and-data PVC and the shared HF_HOME PVC, when set: (volumes, mounts)."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if workload.source_volume:
+        src = workload.source_volume
+        volumes.append(
+            {
+                "name": "sources",
+                "persistentVolumeClaim": {"claimName": src.persistent_volume_claim, "readOnly": True},
+            }
+        )
+        mount = {"name": "sources", "mountPath": src.mount_path, "readOnly": True}
+        if src.sub_path:
+            mount["subPath"] = src.sub_path
+        mounts.append(mount)
+    if workload.model_cache:
+        cache = workload.model_cache
+        volumes.append(
+            {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.persistent_volume_claim}}
+        )
+        mount = {"name": "model-cache", "mountPath": HF_HOME}
+        if cache.sub_path:
+            mount["subPath"] = cache.sub_path
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def _tracking_env(workload: WorkloadSpec, role: str) -> list[dict[str, Any]]:
+    """MLFLOW_TRACKING_URI for a fine-tune that reports to MLflow, from its Secret or ConfigMap key."""
+    tracking = getattr(workload, "tracking", None)
+    if role != "train" or not isinstance(tracking, FineTuneTrackingSpec) or tracking.report_to != "mlflow":
+        return []
+    uri = tracking.mlflow_tracking_uri
+    if uri is None:
+        return []
+    if uri.secret_key_ref:
+        ref = {"secretKeyRef": {"name": uri.secret_key_ref.name, "key": uri.secret_key_ref.key}}
+    else:
+        assert uri.config_map_key_ref
+        ref = {"configMapKeyRef": {"name": uri.config_map_key_ref.name, "key": uri.config_map_key_ref.key}}
+    return [{"name": "MLFLOW_TRACKING_URI", "valueFrom": ref}]
+
+
 def trainer_job(
     *,
     owner: Owner,
@@ -136,12 +201,14 @@ def trainer_job(
     output_volume, output_mount = _output_volume(workload, owner, naming.child_folder(role, trial, stage))
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "HF_HOME", "value": "/tmp/hf-home"},
+        {"name": "HF_HOME", "value": HF_HOME if workload.model_cache else "/tmp/hf-home"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if workload.hub_token_secret:
         ref = workload.hub_token_secret
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env += _tracking_env(workload, role)
+    source_volumes, source_mounts = _source_volumes(workload)
     container = {
         "name": CONTAINER,
         "image": workload.image or settings.trainer_image,
@@ -167,6 +234,7 @@ def trainer_job(
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             output_mount,
             {"name": "tmp", "mountPath": "/tmp"},
+            *source_mounts,
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -202,6 +270,7 @@ def trainer_job(
             },
             output_volume,
             {"name": "tmp", "emptyDir": {}},
+            *source_volumes,
         ],
     }
     node_selector = {**settings.node_selector, **(workload.resources.node_selector or {})}

@@ -85,6 +85,9 @@ class ModelSpec(Spec):
     """Allow model code from the hub repository to run. Leave off unless you trust the repository."""
 
 
+DataType = Literal["auto", "text", "chat", "prompt-completion", "instruction"]
+
+
 class DatasetSpec(Spec):
     """Where the training text comes from, and how it is split."""
 
@@ -95,6 +98,11 @@ class DatasetSpec(Spec):
             check=lambda s: (s.name is not None) != bool(s.files),
         ),
         Rule(
+            cel="!has(self.config) || has(self.name)",
+            message="dataset.config needs dataset.name (a hub dataset); local files have no configurations",
+            check=lambda s: s.config is None or s.name is not None,
+        ),
+        Rule(
             cel="!has(self.validationFiles) || has(self.files)",
             message="dataset.validationFiles needs dataset.files (a hub dataset uses validationSplit)",
             check=lambda s: not s.validation_files or bool(s.files),
@@ -102,7 +110,11 @@ class DatasetSpec(Spec):
     ]
 
     name: str | None = None
-    """Hugging Face dataset name (e.g. `imdb`). Exclusive with `files`."""
+    """Hugging Face dataset name (e.g. `imdb`) or a local dataset folder. Exclusive with `files`."""
+    config: str | None = Field(default=None, min_length=1)
+    """Hub dataset configuration (subset) name, e.g. `wikitext-2-raw-v1`; unset uses the default one."""
+    revision: str | None = Field(default=None, min_length=1)
+    """Hub dataset revision (branch, tag or commit) to read; unset reads the default branch."""
     files: list[str] | None = Field(default=None, max_length=256)
     """Local data files (JSONL, JSON, CSV, Parquet or plain text). Exclusive with `name`."""
     validation_files: list[str] | None = Field(default=None, max_length=256)
@@ -118,14 +130,41 @@ class DatasetSpec(Spec):
     """Split to evaluate on; when unset, `validationFraction` of the training split is held out."""
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Fraction of the training split held out for validation when there is no `validationSplit`."""
+    type: DataType = "auto"
+    """How rows become training text. `text`: one column (`textField`) of plain text. `chat`: a column of
+    messages (`messagesField`, a list of `{role, content}`) rendered with the tokenizer's chat template.
+    `prompt-completion`: two columns (`promptField`, `completionField`). `instruction`: Alpaca-style
+    `instructionField`, optional `inputField`, and `outputField`, rendered as the Alpaca prompt and its
+    response. `auto` picks by the columns present, in that order of preference: messages, prompt and
+    completion, instruction and output, else text. The range test, trials and the fine-tune all format data
+    this one way, so a recommended learning rate is for the data actually trained on."""
     text_field: str = "text"
-    """Column holding the input text."""
+    """Column holding the input text (`type: text`)."""
+    messages_field: str = "messages"
+    """Column holding the conversation (`type: chat`): a list of `{role, content}` messages."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt (`type: prompt-completion`)."""
+    completion_field: str = "completion"
+    """Column holding the completion (`type: prompt-completion`)."""
+    instruction_field: str = "instruction"
+    """Column holding the instruction (`type: instruction`)."""
+    input_field: str = "input"
+    """Column holding the optional input/context (`type: instruction`); rows without it use the
+    instruction-only Alpaca prompt."""
+    output_field: str = "output"
+    """Column holding the response (`type: instruction`)."""
+    completion_only_loss: bool = True
+    """Chat, prompt-completion and instruction data: compute the loss on the completion (the assistant's
+    turns, the response) only; prompt tokens get label -100. Off trains on every token."""
     label_field: str | None = None
     """Column holding the class label (sequence classification only)."""
     max_samples: int | None = Field(default=None, ge=1)
     """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
-    packing: bool = True
-    """Causal LM: concatenate texts and cut them into full-length blocks instead of padding each text."""
+    packing: bool | None = None
+    """Causal LM: put several examples into each `maxSeqLength` sequence instead of padding each one. Plain
+    text is concatenated and cut into full blocks; chat and instruction examples are packed whole (best-fit
+    decreasing, TRL's `pack_dataset`), keeping their completion-only labels. Unset: on for plain text,
+    off for chat, prompt-completion and instruction data."""
     seed: int = Field(default=42, ge=0)
     """Seed for the validation split and the `maxSamples` subset (data order follows
     `optimization.seed`)."""
@@ -183,6 +222,9 @@ class OptimizationSpec(Spec):
     first logged loss (a NaN/inf loss always stops it). The range test has `rangeTest.divergenceFactor`."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Compute precision; `auto` is bf16 on GPUs that support it, else fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: much less GPU memory for long
+    sequences or big models (QLoRA on a small GPU), about a third more compute per step."""
     seed: int = Field(default=42, ge=0)
     """Seed for weight init of new heads and adapters, data order and dropout."""
 
@@ -207,6 +249,10 @@ ScheduleType = Literal[
 ]
 
 
+DEFAULT_WARMUP_RATIO = 0.05
+"""Warmup as a fraction of the steps when a schedule sets neither `warmupRatio` nor `warmupSteps`."""
+
+
 class ScheduleSpec(Spec):
     """How the learning rate moves: warmup, then the decay shape."""
 
@@ -219,12 +265,14 @@ class ScheduleSpec(Spec):
     ]
 
     type: ScheduleType = "cosine"
-    """Shape after warmup. Hugging Face shapes: linear, cosine, cosine_with_restarts, cosine_with_min_lr,
+    """Shape after warmup; the default is cosine decay to `minLearningRate` after a warmup of 5% of the
+    steps. Hugging Face shapes: linear, cosine, cosine_with_restarts, cosine_with_min_lr,
     polynomial, constant, constant_with_warmup, inverse_sqrt, warmup_stable_decay. Ours: step (multiply by
     `gamma` every `stepSize` steps), exponential (multiply by `gamma` per step), cyclical (triangular
     between `minLearningRate` and the learning rate, half-period `stepSize`)."""
     warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
-    """Warmup length as a fraction of all steps. Exclusive with `warmupSteps`."""
+    """Warmup length as a fraction of all steps. Exclusive with `warmupSteps`. When neither is set the
+    warmup is 5% of the steps (`DEFAULT_WARMUP_RATIO`); set 0 for none."""
     warmup_steps: int | None = Field(default=None, ge=0)
     """Warmup length in steps. Exclusive with `warmupRatio`."""
     min_learning_rate: float = Field(default=0.0, ge=0.0)
@@ -239,6 +287,12 @@ class ScheduleSpec(Spec):
     """step: factor per drop; exponential: factor per step is `gamma ** (1 / decay steps)`."""
     decay_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     """warmup_stable_decay: fraction of training spent in the final decay."""
+
+    def warmup_ratio_or_default(self) -> float | None:
+        """The warmup ratio to use: the set one, none when `warmupSteps` is set, else the 5% default."""
+        if self.warmup_ratio is not None or self.warmup_steps is not None:
+            return self.warmup_ratio
+        return DEFAULT_WARMUP_RATIO
 
 
 RuleName = Literal["steepest", "valley", "minimum-over-10", "max-over-3"]
@@ -337,9 +391,50 @@ class CheckpointSpec(Spec):
     every_steps: int = Field(default=100, ge=1)
     """Save a checkpoint every this many steps; a restarted run resumes from the newest one."""
     keep: int = Field(default=2, ge=1, le=100)
-    """Checkpoints kept on disk (the oldest are removed)."""
+    """Checkpoints kept on disk (the oldest are removed); the best by validation loss is always kept too,
+    beside the newest (so at least 2 while `finalModel` is best)."""
     save_final_model: bool = True
-    """Save the final model (or adapter) to `<outputDir>/final`."""
+    """Save the final model (or adapter) to `<outputDir>/final`: the best checkpoint's weights by validation
+    loss when there is validation data (see `finalModel`), else the last step's."""
+    final_model: Literal["best", "last"] = "best"
+    """Which weights `<outputDir>/final` holds when there is validation data: `best` (the checkpoint with
+    the lowest validation loss, kept on disk beside the newest; Hugging Face `load_best_model_at_end`;
+    needs `everySteps` to be a multiple of `evaluation.everySteps`, else the last step's are kept, with a
+    warning) or `last` (the weights after the last step). The status names both checkpoints either way."""
+
+
+class ArtifactSpec(Spec):
+    """What the fine-tune leaves behind besides checkpoints: a merged model, a model card, a hub copy."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!has(self.pushToHub) || !self.pushToHub || has(self.hubModelId)",
+            message="output.hubModelId is required when output.pushToHub is true (e.g. my-org/my-model)",
+            check=lambda s: not s.push_to_hub or s.hub_model_id is not None,
+        ),
+    ]
+
+    merge_adapter: bool = False
+    """LoRA/QLoRA: also write the adapter merged into the base model to `<outputDir>/merged` (full weights
+    that load without peft; a QLoRA adapter is merged into the base reloaded unquantized)."""
+    push_to_hub: bool = False
+    """Upload the final model (the merged one when `mergeAdapter` is set) and its model card to the
+    Hugging Face Hub as `hubModelId`; needs a token (`hubTokenSecret`, HF_TOKEN for the trainer)."""
+    hub_model_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", max_length=200)
+    """Hub repository to push to, `owner/name`."""
+    hub_private: bool = True
+    """Create the hub repository as private (when it does not exist yet)."""
+
+
+class TrackingSpec(Spec):
+    """Experiment tracking of a fine-tune (Hugging Face `report_to`)."""
+
+    report_to: Literal["none", "tensorboard", "mlflow"] = "none"
+    """`tensorboard`: event files under `<outputDir>/runs` (on the output volume); `mlflow`: runs logged to
+    the server in MLFLOW_TRACKING_URI (the FineTuneJob takes it from a Secret or ConfigMap). The trainer
+    image needs the `tensorboard` or `mlflow` package."""
+    run_name: str | None = Field(default=None, max_length=200)
+    """Run name shown by the tracker; unset uses the output folder's name."""
 
 
 # Rules over sections shared by every config that trains (TrainerConfig, LRSweep, FineTuneJob).
@@ -396,6 +491,13 @@ class TrainerConfig(TrainingSections):
     """Peak learning rate for `train` and `trial` (the CLI's `--learning-rate` overrides it)."""
     output_dir: str = "./output"
     """Where checkpoints, the final model, the full result and plots are written."""
+    output: ArtifactSpec = Field(default_factory=ArtifactSpec)
+    """Merged model and hub upload (used by `train`)."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment tracking (used by `train`)."""
+    learning_rate_source: str | None = Field(default=None, max_length=1000)
+    """Where the learning rate came from (e.g. `LRSweep my-sweep (adaptive, ...)`), recorded in the
+    model card; the operator fills it in."""
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -496,7 +598,19 @@ class TrainResult(Spec):
     best_eval_loss: float | None = None
     """Best validation loss seen."""
     best_checkpoint: str | None = None
-    """Path of the best checkpoint, relative to the output directory."""
+    """The checkpoint with the lowest validation loss, relative to the output directory."""
+    last_checkpoint: str | None = None
+    """The newest checkpoint (the last step saved), relative to the output directory."""
+    final_model: str | None = None
+    """Where the final model (or adapter) was saved, relative to the output directory."""
+    final_model_from: Literal["best", "last"] | None = None
+    """Whose weights the final model holds: the best checkpoint's or the last step's."""
+    merged_model: str | None = None
+    """Where the adapter merged into the base model was saved, relative to the output directory."""
+    model_card: str | None = None
+    """The model card (README.md), relative to the output directory."""
+    hub_url: str | None = None
+    """The hub repository the model was pushed to."""
     early_stopped: bool = False
     """True when early stopping ended the run."""
     resumed_from_step: int | None = None

@@ -1,5 +1,9 @@
 """Datasets: read (local files or a hub name), check, split, subset and tokenise.
 
+Causal-LM rows are formatted by :mod:`finetune_trainer.formats` (text, chat, prompt-completion,
+instruction) for every command alike; packing of chat and instruction data and batching use TRL
+(``pack_dataset``, its language-modelling collator).
+
 Everything here raises :class:`ConfigError` naming the ``dataset.*`` field at fault, and writes nothing
 but the ``datasets`` cache, so it can run before any output exists.
 """
@@ -15,6 +19,7 @@ from typing import Any
 
 from finetune_trainer.config import DatasetSpec, TrainerConfig
 from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.formats import check_chat_template, packs, resolve_type, standard_row, tokenize_row
 
 FORMAT_BY_SUFFIX = {
     ".jsonl": "json",
@@ -40,8 +45,12 @@ class PreparedData:
     num_labels: int | None = None
     label_names: list[str] | None = None
     tokens_per_example: int | None = None
-    """Exact tokens per training example when every example has the same length (packing)."""
+    """Tokens per training example: exact for packed plain text, the mean when lengths vary."""
     columns: list[str] = field(default_factory=list)
+    data_type: str = "text"
+    """The resolved ``dataset.type`` (``text``, ``chat``, ``prompt-completion``, ``instruction``)."""
+    packed: bool = False
+    """Whether examples were packed into ``maxSeqLength`` sequences."""
 
 
 def file_format(spec: DatasetSpec) -> str:
@@ -153,16 +162,42 @@ def load_raw(spec: DatasetSpec) -> tuple[Any, Any | None]:
         return train, val
     assert spec.name
     check_sample_by(spec, None)
+    source = {"path": spec.name, "name": spec.config, "revision": spec.revision}
+    check_hub_config(spec)
     try:
-        train = datasets.load_dataset(spec.name, split=spec.split)
-        val = datasets.load_dataset(spec.name, split=spec.validation_split) if spec.validation_split else None
+        train = datasets.load_dataset(**source, split=spec.split)
+        val = datasets.load_dataset(**source, split=spec.validation_split) if spec.validation_split else None
     except Exception as exc:
         raise ConfigError(
             "dataset.name",
-            f"cannot load {spec.name!r} (split {spec.split!r}): {_first_line(exc)}",
-            "check the dataset name, its splits, and network access to the hub",
+            f"cannot load {spec.name!r} (config {spec.config!r}, split {spec.split!r}, revision "
+            f"{spec.revision!r}): {_first_line(exc)}",
+            "check the dataset name, dataset.split/validationSplit, dataset.revision, and network access to "
+            "the hub",
         ) from exc
     return train, val
+
+
+def check_hub_config(spec: DatasetSpec) -> None:
+    """``dataset.config`` names one of the dataset's configurations (checked before any data is read)."""
+    import datasets
+
+    if spec.config is None:
+        return
+    try:
+        names = datasets.get_dataset_config_names(spec.name, revision=spec.revision)
+    except Exception as exc:
+        raise ConfigError(
+            "dataset.name",
+            f"cannot read the configurations of {spec.name!r}: {_first_line(exc)}",
+            "check the dataset name, dataset.revision, and network access to the hub",
+        ) from exc
+    if names and spec.config not in names:
+        raise ConfigError(
+            "dataset.config",
+            f"{spec.name!r} has no configuration {spec.config!r} (it has: {', '.join(names)})",
+            "set dataset.config to one of those, or remove it for the default",
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -171,8 +206,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_columns(dataset: Any, spec: DatasetSpec, task: str) -> None:
-    """The text (and, for classification, label) columns exist."""
+    """The columns the data type needs (causal LM), or the text and label columns (classification)."""
     columns = list(dataset.column_names)
+    if task == "causal-lm":
+        resolve_type(spec, columns)
+        return
     if spec.text_field not in columns:
         raise ConfigError(
             "dataset.textField",
@@ -226,18 +264,18 @@ def split_and_subset(train: Any, val: Any | None, cfg: TrainerConfig) -> tuple[A
     return train, val
 
 
-def _tokenize_causal(dataset: Any, tokenizer: Any, spec: DatasetSpec, max_len: int) -> Any:
+def _tokenize_causal(dataset: Any, tokenizer: Any, spec: DatasetSpec, max_len: int, packing: bool) -> Any:
     text = spec.text_field
     eos = tokenizer.eos_token_id
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        out = tokenizer([str(t) for t in batch[text]], truncation=not spec.packing, max_length=max_len)
-        if spec.packing and eos is not None:
+        out = tokenizer([str(t) for t in batch[text]], truncation=not packing, max_length=max_len)
+        if packing and eos is not None:
             out["input_ids"] = [ids if ids and ids[-1] == eos else [*ids, eos] for ids in out["input_ids"]]
         return {"input_ids": out["input_ids"]}
 
     tokenized = dataset.map(encode, batched=True, remove_columns=list(dataset.column_names))
-    if not spec.packing:
+    if not packing:
         return tokenized
 
     def pack(batch: dict[str, list[list[int]]]) -> dict[str, Any]:
@@ -248,6 +286,37 @@ def _tokenize_causal(dataset: Any, tokenizer: Any, spec: DatasetSpec, max_len: i
 
     # One map batch over everything keeps the packing deterministic and loses at most one partial block.
     return tokenized.map(pack, batched=True, batch_size=max(1, len(tokenized)), remove_columns=["input_ids"])
+
+
+def _tokenize_supervised(
+    dataset: Any, tokenizer: Any, spec: DatasetSpec, kind: str, max_len: int, packing: bool, split: str
+) -> Any:
+    """Chat, prompt-completion and instruction rows: formatted, tokenised with completion-only labels,
+    cut to ``max_len``, rows without a completion token dropped, then packed (TRL) when asked."""
+
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        out = tokenize_row(standard_row(row, spec, kind), tokenizer, spec.completion_only_loss)
+        return {"input_ids": out["input_ids"][:max_len], "labels": out["labels"][:max_len]}
+
+    tokenized = dataset.map(encode, remove_columns=list(dataset.column_names))
+    kept = tokenized.filter(lambda row: any(t != -100 for t in row["labels"]))
+    if len(kept) == 0 and len(tokenized) > 0:
+        raise ConfigError(
+            "optimization.maxSeqLength",
+            f"every {split} example's completion lies past {max_len} tokens (or is empty): none has loss",
+            "raise optimization.maxSeqLength, or shorten the prompts",
+        )
+    if not packing:
+        return kept
+    from trl.data_utils import pack_dataset
+
+    return pack_dataset(kept, max_len, strategy="bfd")
+
+
+def _mean_length(dataset: Any) -> int | None:
+    if len(dataset) == 0:
+        return None
+    return round(sum(len(ids) for ids in dataset["input_ids"]) / len(dataset))
 
 
 def _tokenize_classification(
@@ -299,14 +368,39 @@ def prepare(cfg: TrainerConfig, tokenizer: Any) -> PreparedData:
             train, val, collator, num_labels=cfg.model.num_labels or len(names), label_names=names
         )
 
-    train = _tokenize_causal(train_raw, tokenizer, spec, max_len)
-    val = _tokenize_causal(val_raw, tokenizer, spec, max_len) if val_raw is not None else None
+    kind = resolve_type(spec, list(train_raw.column_names))
+    packing = packs(spec, kind)
+    if kind == "text":
+        train = _tokenize_causal(train_raw, tokenizer, spec, max_len, packing)
+        val = _tokenize_causal(val_raw, tokenizer, spec, max_len, packing) if val_raw is not None else None
+        if val is not None and len(val) == 0:
+            val = None
+        if packing:
+            from transformers import default_data_collator
+
+            collator = default_data_collator
+        else:
+            collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        tokens = max_len if packing else None
+        return PreparedData(train, val, collator, tokens_per_example=tokens, data_type=kind, packed=packing)
+
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as CompletionCollator
+
+    if kind == "chat" or (kind == "prompt-completion" and _conversational_prompt(train_raw, spec)):
+        check_chat_template(tokenizer, spec)
+    train = _tokenize_supervised(train_raw, tokenizer, spec, kind, max_len, packing, "training")
+    val = (
+        _tokenize_supervised(val_raw, tokenizer, spec, kind, max_len, packing, "validation")
+        if val_raw is not None
+        else None
+    )
     if val is not None and len(val) == 0:
         val = None
-    if spec.packing:
-        from transformers import default_data_collator
+    collator = CompletionCollator(pad_token_id=tokenizer.pad_token_id, return_position_ids=packing)
+    return PreparedData(
+        train, val, collator, tokens_per_example=_mean_length(train), data_type=kind, packed=packing
+    )
 
-        collator = default_data_collator
-    else:
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    return PreparedData(train, val, collator, tokens_per_example=max_len if spec.packing else None)
+
+def _conversational_prompt(dataset: Any, spec: DatasetSpec) -> bool:
+    return len(dataset) > 0 and isinstance(dataset[0][spec.prompt_field], list)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.artifacts import check_outputs
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import PreparedData, prepare
 from finetune_trainer.exitcodes import ConfigError
@@ -72,8 +73,8 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
     world = world_size()
     if len(data.train) < opt.batch_size * world:
         unit = (
-            "blocks of maxSeqLength tokens"
-            if cfg.model.task == "causal-lm" and cfg.dataset.packing
+            "packed sequences of up to maxSeqLength tokens"
+            if cfg.model.task == "causal-lm" and data.packed
             else "examples"
         )
         raise ConfigError(
@@ -92,13 +93,16 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
             )
     else:
         total = opt.max_steps or max(1, math.ceil(opt.epochs * per_epoch))
-        warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio)
+        warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio_or_default())
         if warmup >= total:
             raise ConfigError(
                 "schedule.warmupSteps",
                 f"warmup of {warmup} steps is not shorter than training ({total} steps)",
                 "lower schedule.warmupSteps (or use warmupRatio), or train longer",
             )
+    if command == "train":
+        check_outputs(cfg)
+        check_tracking(cfg)
     if cfg.early_stopping.enabled and data.eval is None and command != "range-test":
         raise ConfigError(
             "earlyStopping.enabled", "needs validation data", "set dataset.validationFraction above 0"
@@ -115,6 +119,53 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
         total_steps=total,
         warmup_steps=warmup,
     )
+
+
+def keeps_best(cfg: TrainerConfig, has_eval: bool) -> bool:
+    """Whether ``train`` keeps the best checkpoint and ends on its weights (``load_best_model_at_end``):
+    with validation data, ``finalModel: best``, and checkpoints at evaluation steps (a multiple of
+    ``evaluation.everySteps``, as Hugging Face requires; else :func:`best_model_warning` says why not)."""
+    return (
+        has_eval
+        and cfg.checkpoints.final_model == "best"
+        and cfg.checkpoints.every_steps % cfg.evaluation.every_steps == 0
+    )
+
+
+def best_model_warning(cfg: TrainerConfig, has_eval: bool) -> str | None:
+    """Why the best checkpoint cannot be the final model although ``finalModel`` asks for it, if so."""
+    if not has_eval or cfg.checkpoints.final_model != "best" or keeps_best(cfg, has_eval):
+        return None
+    return (
+        f"checkpoints.everySteps ({cfg.checkpoints.every_steps}) is not a multiple of evaluation.everySteps "
+        f"({cfg.evaluation.every_steps}), so checkpoints carry no validation loss to pick the best by: the "
+        "final model is the last step's; make it a multiple to keep the best"
+    )
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def check_tracking(cfg: TrainerConfig) -> None:
+    """The tracker ``tracking.reportTo`` names is installed (and MLflow knows where to log)."""
+    import importlib.util
+    import os
+
+    report = cfg.tracking.report_to
+    if report == "none":
+        return
+    if not any(importlib.util.find_spec(m) for m in TRACKER_PACKAGES[report]):
+        raise ConfigError(
+            "tracking.reportTo",
+            f"is {report} but the trainer image has no {TRACKER_PACKAGES[report][0]} package",
+            f"install {TRACKER_PACKAGES[report][0]} in the trainer image, or set tracking.reportTo to none",
+        )
+    if report == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(
+            "tracking.reportTo",
+            "is mlflow but MLFLOW_TRACKING_URI is not set",
+            "set tracking.mlflowTrackingUri (a Secret or ConfigMap key) on the FineTuneJob, or export it",
+        )
 
 
 # --- Trainer ----------------------------------------------------------------------------------------------
@@ -147,11 +198,16 @@ def training_arguments(
     evaluate: bool,
     save: bool,
     logging_steps: int = 1,
+    keep_best: bool = False,
 ) -> Any:
+    """``TrainingArguments`` for the plan. ``keep_best`` (``train`` with validation data): keep the best
+    checkpoint by validation loss beside the newest and end on its weights; ``train`` also reports to
+    the configured tracker (TensorBoard event files under ``<outputDir>/runs``)."""
     from transformers import TrainingArguments
 
     cfg, opt = plan.cfg, plan.cfg.optimization
     cpu = not cuda_available()
+    tracking = plan.command == "train" and cfg.tracking.report_to != "none"
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=opt.batch_size,
@@ -173,7 +229,8 @@ def training_arguments(
         greater_is_better=False if evaluate else None,
         save_strategy="steps" if save else "no",
         save_steps=cfg.checkpoints.every_steps,
-        save_total_limit=cfg.checkpoints.keep,
+        # Hugging Face deletes the newest checkpoint at the end when the limit is 1 and the best differs
+        save_total_limit=max(cfg.checkpoints.keep, 2) if keep_best else cfg.checkpoints.keep,
         bf16=plan.precision == "bf16",
         fp16=plan.precision == "fp16",
         use_cpu=cpu,
@@ -181,12 +238,27 @@ def training_arguments(
         ddp_find_unused_parameters=False if plan.world_size > 1 else None,
         seed=opt.seed,
         data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
-        report_to="none",
+        load_best_model_at_end=keep_best and evaluate and save,
+        report_to=cfg.tracking.report_to if tracking else "none",
+        run_name=cfg.tracking.run_name or Path(output_dir).name,
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **_checkpointing(opt.gradient_checkpointing, TrainingArguments),
     )
+
+
+def _checkpointing(enabled: bool, arguments: type) -> dict[str, Any]:
+    """Activation (gradient) checkpointing under the name this transformers version uses."""
+    if not enabled:
+        return {}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in getattr(arguments, "__dataclass_fields__", {})
+        else "gradient_checkpointing"
+    )
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def build_trainer(

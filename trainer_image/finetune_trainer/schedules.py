@@ -84,7 +84,7 @@ def plan_from_spec(spec: ScheduleSpec, total_steps: int) -> SchedulePlan:
     return SchedulePlan(
         type=spec.type,
         total_steps=total_steps,
-        warmup_steps=warmup_steps_for(total_steps, spec.warmup_steps, spec.warmup_ratio),
+        warmup_steps=warmup_steps_for(total_steps, spec.warmup_steps, spec.warmup_ratio_or_default()),
         min_lr=spec.min_learning_rate,
         num_cycles=spec.num_cycles,
         power=spec.power,

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.localpaths import map_config_paths
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
@@ -125,6 +126,7 @@ def load_config(
     if learning_rate is not None:
         data["learningRate" if "learning_rate" not in data else "learning_rate"] = learning_rate
     try:
-        return TrainerConfig.model_validate(data)
+        cfg = TrainerConfig.model_validate(data)
     except ValidationError as exc:
         raise describe(exc) from exc
+    return map_config_paths(cfg)

@@ -2,9 +2,13 @@
 
     python -m finetune_trainer.tiny_model [OUTDIR] [--arch gpt2|bert]   # default /tmp/finetune-tiny/gpt2
     python -m finetune_trainer.tiny_model --data FILE [--lines 400]    # regenerate the toy dataset
+    python -m finetune_trainer.tiny_model OUTDIR --chat [--arch gpt2|qwen2]  # a chat model (ChatML template)
+    python -m finetune_trainer.tiny_model --chat-data FILE [--lines 400]     # toy conversations (messages)
 
 The tokenizer is a word-level ``tokenizers`` tokenizer over the toy dataset's fixed vocabulary, so nothing
-is downloaded. The toy sentences are templated ("the happy dog likes the red ball .") with a sentiment
+is downloaded. The chat model's tokenizer is a small byte-level BPE trained here on the toy conversations
+(every string is encodable) with ChatML special tokens and a ChatML chat template saved beside it.
+The toy sentences are templated ("the happy dog likes the red ball .") with a sentiment
 label, so a causal LM can learn their structure and a classifier can learn the label.
 """
 
@@ -122,6 +126,105 @@ def build_model_dir(out_dir: str | Path, arch: str = "gpt2", seed: int = 0) -> P
     return out
 
 
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""ChatML, as Qwen's chat models use it."""
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def toy_chats(n: int, seed: int = 0) -> list[dict[str, list[dict[str, str]]]]:
+    """``n`` conversations: the user names a subject and an object, the assistant makes a sentence of them
+    (learnable: the answer repeats the prompt's words). Every fifth one has a system message."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        subject, thing = rng.choice(SUBJECTS), rng.choice(OBJECTS)
+        adjective = rng.choice(POSITIVE + NEGATIVE)
+        messages = [{"role": "system", "content": "answer in one sentence ."}] if i % 5 == 0 else []
+        messages += [
+            {"role": "user", "content": f"tell me about {subject} and the {thing} ."},
+            {"role": "assistant", "content": f"{subject} {rng.choice(VERBS)} the {adjective} {thing} ."},
+        ]
+        rows.append({"messages": messages})
+    return rows
+
+
+def write_chat_dataset(path: str | Path, n: int = 400, seed: int = 0) -> Path:
+    """Write the toy conversations as JSONL (one ``messages`` list per line)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in toy_chats(n, seed)))
+    return out
+
+
+def build_chat_tokenizer(vocab_size: int = 512):  # type: ignore[no-untyped-def]
+    """A byte-level BPE over the toy conversations, with ChatML specials and chat template (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=CHAT_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [m["content"] for row in toy_chats(400) for m in row["messages"]]
+    corpus += [r["text"] for r in toy_sentences(400)] + ["user", "assistant", "system"]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def chat_model_config(arch: str, vocab_size: int, tokenizer: object, **size: int):  # type: ignore[no-untyped-def]
+    """A tiny causal-LM config (``gpt2`` or ``qwen2``) for the chat tokenizer; ``size`` overrides widths."""
+    from transformers import GPT2Config, Qwen2Config
+
+    ids = {
+        "eos_token_id": tokenizer.eos_token_id,  # type: ignore[attr-defined]
+        "pad_token_id": tokenizer.pad_token_id,  # type: ignore[attr-defined]
+        "bos_token_id": tokenizer.eos_token_id,  # type: ignore[attr-defined]
+    }
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=2, **ids)
+    if arch == "qwen2":
+        defaults = {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+        }
+        return Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **(defaults | size), **ids)
+    raise ValueError(f"arch must be gpt2 or qwen2, got {arch!r}")
+
+
+def build_chat_model_dir(out_dir: str | Path, arch: str = "gpt2", seed: int = 0) -> Path:
+    """Save a tiny random-weight chat causal LM with its BPE tokenizer and ChatML chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = build_chat_tokenizer()
+    model = AutoModelForCausalLM.from_config(chat_model_config(arch, len(tokenizer), tokenizer))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m finetune_trainer.tiny_model", description=__doc__.split("\n")[0]
@@ -129,13 +232,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "out_dir", nargs="?", default=DEFAULT_DIR, help=f"model directory (default {DEFAULT_DIR})"
     )
-    parser.add_argument("--arch", choices=["gpt2", "bert"], default="gpt2", help="gpt2 (causal LM) or bert")
+    parser.add_argument(
+        "--arch", choices=["gpt2", "bert", "qwen2"], default="gpt2", help="gpt2/qwen2 (causal LM) or bert"
+    )
+    parser.add_argument("--chat", action="store_true", help="a chat model: BPE tokenizer + chat template")
     parser.add_argument("--data", help="write the toy dataset (JSONL) here instead of building a model")
+    parser.add_argument("--chat-data", help="write toy conversations (JSONL, `messages`) here instead")
     parser.add_argument("--lines", type=int, default=400, help="toy dataset size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.data:
         print(write_dataset(args.data, args.lines, args.seed))
+    elif args.chat_data:
+        print(write_chat_dataset(args.chat_data, args.lines, args.seed))
+    elif args.chat or args.arch == "qwen2":
+        print(build_chat_model_dir(args.out_dir, "qwen2" if args.arch == "qwen2" else "gpt2", args.seed))
     else:
         print(build_model_dir(args.out_dir, args.arch, args.seed))
     return 0

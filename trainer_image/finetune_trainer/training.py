@@ -18,12 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.artifacts import FINAL, finish
 from finetune_trainer.config import EVAL_EVENT, STEP_EVENT, TrainerConfig, TrainResult, TrialResult
 from finetune_trainer.exitcodes import ConfigError, DivergedError
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model, parameter_counts
 from finetune_trainer.report import Progress
-from finetune_trainer.runsetup import RunPlan, build_trainer, callback_base, prepare_run, training_arguments
+from finetune_trainer.runsetup import (
+    RunPlan,
+    best_model_warning,
+    build_trainer,
+    callback_base,
+    keeps_best,
+    prepare_run,
+    training_arguments,
+)
 from finetune_trainer.runtime import STOP
 from finetune_trainer.schedules import build_scheduler, plan_from_spec
 from finetune_trainer.suggest import EmaSmoother
@@ -238,6 +247,10 @@ def run_train(
     )
     log = RunLog()
     evaluate = plan.data.eval is not None
+    keep_best = keeps_best(cfg, evaluate)
+    warning = best_model_warning(cfg, evaluate)
+    if warning:
+        progress.emit("warning", message=warning)
     args = training_arguments(
         plan,
         out,
@@ -245,6 +258,7 @@ def run_train(
         evaluate=evaluate,
         save=True,
         logging_steps=max(1, min(10, plan.total_steps // 200)),
+        keep_best=keep_best,
     )
     callbacks = make_callbacks(
         plan,
@@ -274,13 +288,14 @@ def run_train(
     if metrics:
         metrics.set(eval_loss=eval_loss)
         metrics.set_phase("saving")
+    final_from = "best" if keep_best and state.best_model_checkpoint else "last"
     if cfg.checkpoints.save_final_model:
-        trainer.save_model(str(out / "final"))
+        trainer.save_model(str(out / FINAL))
         if main_process:
-            plan.tokenizer.save_pretrained(str(out / "final"))
+            plan.tokenizer.save_pretrained(str(out / FINAL))
     evals = [v for _, v in log.evals] + ([eval_loss] if eval_loss is not None else [])
-    best_ckpt = state.best_model_checkpoint
-    return TrainResult(
+    best_ckpt, last_ckpt = state.best_model_checkpoint, latest_checkpoint(out)
+    result = TrainResult(
         learning_rate=plan.learning_rate,
         steps=state.global_step,
         total_steps=state.max_steps,
@@ -291,9 +306,29 @@ def run_train(
         best_checkpoint=str(Path(best_ckpt).relative_to(out))
         if best_ckpt and Path(best_ckpt).exists()
         else None,
+        last_checkpoint=Path(last_ckpt).name if last_ckpt else None,
+        final_model_from=final_from if cfg.checkpoints.save_final_model else None,
         early_stopped=log.early_stopped,
         resumed_from_step=resumed_step,
         runtime_seconds=round(time.monotonic() - started, 2),
+    )
+    found = finish(
+        cfg,
+        out,
+        result.to_wire(),
+        plan.tokenizer,
+        result.final_model_from,
+        main_process,
+        plan.data.num_labels,
+        plan.data.data_type if cfg.model.task == "causal-lm" else None,
+    )
+    return result.model_copy(
+        update={
+            "final_model": found.final_model,
+            "merged_model": found.merged_model,
+            "model_card": found.model_card,
+            "hub_url": found.hub_url,
+        }
     )
 
 

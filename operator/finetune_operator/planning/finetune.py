@@ -56,7 +56,7 @@ def plan(
     b.status.job_name = job
     if child is None:
         try:
-            config = rendering.train_config(spec, lr)
+            config = rendering.train_config(spec, lr, _source_text(b.status))
         except ValidationError as e:
             b.invalid(e)
             return None
@@ -77,6 +77,16 @@ def plan(
     return None
 
 
+def _source_text(status: FineTuneJobStatus) -> str:
+    """Where the learning rate came from, in words, for the model card."""
+    source = status.learning_rate_source or "value"
+    if source == "value":
+        return "learningRate.value (set by hand)"
+    kind, _, name = source.partition("/")
+    how = "created by this FineTuneJob (learningRate.auto)" if kind == "auto" else "learningRate.fromSweep"
+    return f"LRSweep {name}, {how}"
+
+
 def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) -> None:
     try:
         result = TrainResult.model_validate(child.result or {})
@@ -89,9 +99,12 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
     s.eval_loss, s.best_eval_loss = finite(result.eval_loss), finite(result.best_eval_loss)
     s.train_loss, s.checkpoint, s.early_stopped = (
         finite(result.train_loss),
-        result.best_checkpoint,
+        result.best_checkpoint or result.last_checkpoint,
         result.early_stopped,
     )
+    s.best_checkpoint, s.last_checkpoint = result.best_checkpoint, result.last_checkpoint
+    s.model, s.model_from, s.merged_model = result.final_model, result.final_model_from, result.merged_model
+    s.model_card, s.hub_url = result.model_card, result.hub_url
     s.progress = Progress(
         step=result.steps,
         total_steps=result.total_steps or result.steps,

@@ -41,3 +41,9 @@ def test_runs_as_non_root_and_copies_what_the_build_needs() -> None:
         for item in path.split():
             assert (REPO / item).exists(), f"COPY source {item} missing"
     assert "CUDA" in DOCKERFILE.upper() and "FROM ${BASE_IMAGE}" in DOCKERFILE
+
+
+def test_the_gpu_image_installs_bitsandbytes_for_qlora_and_the_trackers() -> None:
+    installs = " ".join(re.findall(r"pip install ([^\n\\&]+)", DOCKERFILE))
+    for package in ("bitsandbytes", "tensorboard", "mlflow"):
+        assert re.search(rf'"{package}[\w-]*==[\d.]+"', installs), f"{package} not pinned in the image"
