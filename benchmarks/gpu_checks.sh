@@ -1,26 +1,43 @@
 #!/usr/bin/env bash
 # The GPU checks the issues name, as one script for a CUDA machine (the device tool runs it in the repo root;
-# files under $OUT come back). Python packages the machine lacks travel as wheels in .whl/ (see
-# benchmarks/README.md, "GPU checks"); torch, accelerate and the CUDA stack are the machine's own.
-#   issue 11: lr_quality's ~0.5B task (benchmarks/tasks_gpu.yaml): 5-point oracle, every recommender row.
+# files under $OUT come back). Python packages the machine lacks travel as cp312 wheels in an ignored folder
+# ($WHEELS, default .whl/; see benchmarks/README.md, "GPU checks"); torch, accelerate and the CUDA stack are
+# the machine's own.
+#   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B task (tasks_gpu.yaml), every row
+#   bash benchmarks/gpu_checks.sh qlora        issue 15: QLoRA 4-bit fine-tune of a ~0.5B model (gpu_qlora.py)
 set -uo pipefail
 out=${OUT:-/tmp/gpu-checks}
+wheels=${WHEELS:-.whl}
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
+if [ -d "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$wheels"/*.whl || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=$PWD/trainer_image${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH=$PWD/trainer_image:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.txt"
 python3 - <<'PY' | tee "$out/versions.txt"
 import importlib.metadata as m, torch
 print("cuda", torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name(0))
-for p in ("torch", "transformers", "peft", "accelerate", "datasets", "pydantic", "pyarrow", "huggingface-hub"):
-    print(p, m.version(p))
+for p in ("torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes", "pydantic", "pyarrow"):
+    try:
+        print(p, m.version(p))
+    except m.PackageNotFoundError:
+        print(p, "absent")
 PY
 status=0
-timeout "${LRQ_TIMEOUT:-480}" python3 benchmarks/lr_quality.py --tasks "${LRQ_TASKS:-benchmarks/tasks_gpu.yaml}" \
-  --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log" || status=1
-cp benchmarks/results/lr_quality_gpu.md benchmarks/results/lr_quality_gpu.json "$out/" 2>/dev/null || status=1
+for check in "${@:-lr-quality}"; do
+  case $check in
+    lr-quality)
+      timeout "${LRQ_TIMEOUT:-480}" python3 benchmarks/lr_quality.py --tasks "${LRQ_TASKS:-benchmarks/tasks_gpu.yaml}" \
+        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log" || status=1
+      cp benchmarks/results/lr_quality_gpu.md benchmarks/results/lr_quality_gpu.json "$out/" 2>/dev/null || status=1
+      ;;
+    qlora)
+      timeout "${QLORA_TIMEOUT:-300}" python3 benchmarks/gpu_qlora.py --out "$out/gpu_qlora.json" 2>&1 \
+        | tee "$out/gpu_qlora.log" || status=1
+      ;;
+    *) echo "unknown check $check (lr-quality | qlora)"; status=2 ;;
+  esac
+done
 exit $status

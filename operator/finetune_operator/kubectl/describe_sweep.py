@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from finetune_operator.api import FromSweep, LRSweepSpec, LRSweepStatus, TrialStatus
 from finetune_operator.kubectl import style, textplot
 from finetune_operator.kubectl.resources import Found
-from finetune_trainer.config import WEAK_EVIDENCE
+from finetune_trainer.adaptive import ceiling, loss_minimum
+from finetune_trainer.config import WEAK_EVIDENCE, AdaptiveSpec
 
 LABEL = 14
 
@@ -62,7 +63,7 @@ def sweep_lines(found: Found, painter: style.Painter) -> list[str]:
         lines.append(painter.warn(f"{'':<{LABEL}}weak evidence: do not train with this LR unchecked"))
     lines += plots(s, None)
     lines += _rules(s)
-    lines += _range_test(s)
+    lines += _range_test(s, AdaptiveSpec.model_validate(spec.get("adaptive") or {}), method)
     lines += _trials(s.trials or [])
     if s.warnings:
         lines += ["", "Warnings:"] + [painter.warn(f"  - {w}") for w in s.warnings]
@@ -124,7 +125,7 @@ def _rules(s: LRSweepStatus) -> list[str]:
     return out
 
 
-def _range_test(s: LRSweepStatus) -> list[str]:
+def _range_test(s: LRSweepStatus, adaptive: AdaptiveSpec, method: str) -> list[str]:
     r = s.range_test
     if r is None and s.stop_reason is None:
         return []
@@ -134,8 +135,11 @@ def _range_test(s: LRSweepStatus) -> list[str]:
         parts.append(f"divergence at {style.lr(r.divergence_learning_rate)}")
         if r.prior_learning_rate:
             parts.append(f"prior {style.lr(r.prior_learning_rate)}")
-        if r.edge_learning_rate:
-            parts.append(f"trials below {style.lr(r.edge_learning_rate)}")
+        if r.edge_learning_rate and method == "adaptive":  # the ceiling the adaptive stages computed
+            curve = s.curve or []
+            minimum = loss_minimum([p.lr for p in curve], [p.loss for p in curve])
+            top, _ = ceiling(adaptive, r.edge_learning_rate, minimum)
+            parts.append(f"trials at or below {style.lr(top)}")
         if r.steps is not None:
             parts.append(f"{r.steps} steps")
     if s.stop_reason:
