@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -65,11 +66,15 @@ class RunnerConfig:
 
 
 class PodIPPool:
-    """127.0.x.y addresses for pods (127.0.0.1 stays the node's), handed out round-robin so a finished
-    pod's address (still shown in its status) is not reused soon."""
+    """127.n.x.y addresses for pods, handed out round-robin so a finished pod's address (still shown in its
+    status) is not reused soon. Each pool takes its own ``n`` (random unless given: Linux routes all of
+    127/8 to the loopback), so two local clusters on one machine (a demo beside a test run) do not hand out
+    the same address and fight over a trainer's metrics port; 127.0.0.1 stays the node's."""
 
-    def __init__(self) -> None:
-        self._all = [f"127.0.{a}.{b}" for a, b in itertools.product(range(256), range(1, 255))][1:]
+    def __init__(self, block: int | None = None) -> None:
+        n = random.randrange(1, 255) if block is None else block
+        self._all = [f"127.{n}.{a}.{b}" for a, b in itertools.product(range(256), range(1, 255))]
+        self._all = [ip for ip in self._all if ip != "127.0.0.1"]
         self._next = 0
         self._used: set[str] = set()
 

@@ -22,7 +22,7 @@ each bound pod:
   the runner root, so a retried pod sees the same checkpoints), ``hostPath`` (the path itself). Mount
   paths and the ``terminationMessagePath`` are rewritten in command, args, env values and workingDir —
   see ``podspec`` for the exact contract.
-* **Networking**: each pod gets its own loopback address 127.0.x.y as ``status.podIP`` (Linux routes all
+* **Networking**: each pod gets its own loopback address 127.n.x.y as ``status.podIP`` (Linux routes all
   of 127/8 to ``lo``), so two pods can listen on the same port.
 * **Status**: Pending -> Running (started/ready containers) -> Succeeded/Failed with exit code, reason
   (``Completed``/``Error``/``ContainerCannotRun``) and the termination message from the file (or the log
