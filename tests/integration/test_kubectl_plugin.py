@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -184,6 +185,8 @@ def test_get_watch_prints_a_row_per_change(kube_cluster, fleet):
     watched = [line.split()[1] for line in lines if line.startswith("lrs/watched")]
     assert lines[0].split()[0] == "NAME"
     assert watched[0] == "Pending" and "Running" in watched and watched[-1] == "Succeeded"
+    rows = [tuple(line.split()[:-1]) for line in lines if line.startswith("lrs/watched")]  # less AGE
+    assert all(a != b for a, b in itertools.pairwise(rows)), "a row repeats the last but for its age"
 
 
 def _row(line: str, name: str, phase: str) -> bool:

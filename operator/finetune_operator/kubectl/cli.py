@@ -128,8 +128,10 @@ def cmd_get(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextIO
 
 def _watch(cluster: Cluster, args: argparse.Namespace, found: list[Found], out: TextIO) -> ExitCode:
     """`get -w`: the header, then a row (or an object with -o) per change, from the watch API (which
-    starts with every current object)."""
+    starts with every current object). A row that would repeat the resource's last one but for its age
+    (a status change outside the columns, such as a running trial's live progress) is left out."""
     painter, sweeps = style.Painter(out), table.sweep_statuses(found)
+    shown: dict[tuple[str, str, str], tuple[str, ...]] = {}
     names = {(f.kind.kind, f.name) for f in found} if args.names else None
     widths, all_ns = table.WATCH_WIDTHS, args.all_namespaces
     if not args.output:
@@ -147,6 +149,10 @@ def _watch(cluster: Cluster, args: argparse.Namespace, found: list[Found], out: 
             row = table.get_row(f, sweeps)
             if event == "DELETED":
                 row = table.Row(row.namespace, (row.cells[0], "Deleted", *row.cells[2:]), "Deleted")
+            key, cells = (row.namespace, f.kind.kind, f.name), row.cells[:-1]  # all but AGE
+            if shown.get(key) == cells:
+                continue
+            shown[key] = cells
             print(
                 table.render(table.GET_COLUMNS, [row], painter, all_ns, widths, with_header=False)[0],
                 file=out,
