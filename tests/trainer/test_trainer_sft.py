@@ -231,3 +231,16 @@ def test_push_to_hub_without_a_token(
         chat_model, chats, tmp_path / "out", output={"pushToHub": True, "hubModelId": "me/tiny-chat"}
     )
     assert "hubTokenSecret" in bad(tmp_path, cfg, "output.pushToHub")
+
+
+def test_report_to_tensorboard_writes_event_files_to_the_output_volume(
+    chat_model: Path, chats: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    cfg = chat_config(
+        chat_model, chats, out, optimization={"maxSteps": 10}, tracking={"reportTo": "tensorboard"}
+    )
+    code, events, _ = run_cli(tmp_path, cfg, "train")
+    assert code == ExitCode.OK, events[-1]
+    files = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert files and all(f.stat().st_size > 0 for f in files), sorted((out / "runs").rglob("*"))
