@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DIR = "/tmp/finetune-tiny/gpt2"
 
@@ -54,12 +55,17 @@ def toy_sentences(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def write_dataset(path: str | Path, n: int = 400, seed: int = 0) -> Path:
-    """Write the toy dataset as JSONL."""
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` as JSONL (one object a line), creating the folder."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in toy_sentences(n, seed)))
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return out
+
+
+def write_dataset(path: str | Path, n: int = 400, seed: int = 0) -> Path:
+    """Write the toy dataset as JSONL."""
+    return write_jsonl(path, toy_sentences(n, seed))
 
 
 def build_tokenizer():  # type: ignore[no-untyped-def]
@@ -153,10 +159,7 @@ def toy_chats(n: int, seed: int = 0) -> list[dict[str, list[dict[str, str]]]]:
 
 def write_chat_dataset(path: str | Path, n: int = 400, seed: int = 0) -> Path:
     """Write the toy conversations as JSONL (one ``messages`` list per line)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in toy_chats(n, seed)))
-    return out
+    return write_jsonl(path, toy_chats(n, seed))
 
 
 def build_chat_tokenizer(vocab_size: int = 512):  # type: ignore[no-untyped-def]
