@@ -164,6 +164,7 @@ def crd_for(kind: KindInfo) -> dict[str, Any]:
             "status": status_schema,
         },
         "required": ["spec"],
+        "x-kubernetes-validations": [kind.name_rule],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

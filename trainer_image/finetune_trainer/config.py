@@ -13,12 +13,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "finetune.dev"
+MAX_NAME_LENGTH = 253
+"""Bound of names, revisions, splits and column names (a Kubernetes object name's limit)."""
+MAX_PATH_LENGTH = 4096
+"""Bound of file paths, model directories and hub ids (Linux's PATH_MAX)."""
+MAX_SEED = 2**32 - 1
+"""Largest seed numpy and torch accept."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,16 @@ class Spec(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- inputs
 
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
+"""A file or directory path (bounded, so the API server can cost CEL rules over lists of them)."""
+
 
 class ModelSpec(Spec):
     """Which pretrained model to fine-tune."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
     """Hugging Face model id (e.g. `distilbert-base-uncased`) or a local directory with config and weights."""
-    revision: str | None = None
+    revision: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Hub revision (branch, tag or commit) to load; ignored for local directories."""
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     """What the model is trained to do: next-token prediction, or classifying a text into labels."""
@@ -101,34 +110,46 @@ class DatasetSpec(Spec):
         ),
     ]
 
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
     """Hugging Face dataset name (e.g. `imdb`). Exclusive with `files`."""
-    files: list[str] | None = Field(default=None, max_length=256)
+    files: list[PathText] | None = Field(default=None, max_length=256)
     """Local data files (JSONL, JSON, CSV, Parquet or plain text). Exclusive with `name`."""
-    validation_files: list[str] | None = Field(default=None, max_length=256)
+    validation_files: list[PathText] | None = Field(default=None, max_length=256)
     """Local files to evaluate on (same format as `files`); when set, nothing is held out of `files`."""
     format: Literal["auto", "json", "csv", "parquet", "text"] = "auto"
     """File format; `auto` picks it from the first file's extension (`.jsonl` is json)."""
     sample_by: Literal["line", "paragraph", "document"] = "line"
     """Plain text only: one example per line (line breaks dropped), per blank-line-separated paragraph,
     or per whole file (`document`: code and prose keep their line breaks)."""
-    split: str = "train"
+    split: str = Field(default="train", min_length=1, max_length=MAX_NAME_LENGTH)
     """Split to train on."""
-    validation_split: str | None = None
+    validation_split: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Split to evaluate on; when unset, `validationFraction` of the training split is held out."""
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Fraction of the training split held out for validation when there is no `validationSplit`."""
-    text_field: str = "text"
+    text_field: str = Field(default="text", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the input text."""
-    label_field: str | None = None
+    label_field: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Column holding the class label (sequence classification only)."""
     max_samples: int | None = Field(default=None, ge=1)
     """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
     packing: bool = True
     """Causal LM: concatenate texts and cut them into full-length blocks instead of padding each text."""
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     """Seed for the validation split and the `maxSamples` subset (data order follows
     `optimization.seed`)."""
+
+    def has_validation(self) -> bool:
+        """Whether there is validation data: a split, files, or a held-out fraction (see `HAS_VALIDATION`)."""
+        has_split = self.validation_split is not None or bool(self.validation_files)
+        return self.validation_fraction > 0 or has_split
+
+
+HAS_VALIDATION = (
+    "(self.dataset.validationFraction > 0.0 || has(self.dataset.validationSplit)"
+    " || (has(self.dataset.validationFiles) && size(self.dataset.validationFiles) > 0))"
+)
+"""CEL over a spec with a `dataset`: `DatasetSpec.has_validation` for the API server."""
 
 
 class AdapterSpec(Spec):
@@ -151,7 +172,9 @@ class AdapterSpec(Spec):
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch."""
-    target_modules: list[str] | None = Field(default=None, max_length=64)
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]] | None = Field(
+        default=None, max_length=64
+    )
     """Module names to adapt (e.g. `q_proj`, `v_proj`); unset means every linear layer."""
     top_layers: int | None = Field(default=None, ge=1, le=1000)
     """With `top-layers`: how many of the last transformer blocks are trained."""
@@ -183,7 +206,7 @@ class OptimizationSpec(Spec):
     first logged loss (a NaN/inf loss always stops it). The range test has `rangeTest.divergenceFactor`."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Compute precision; `auto` is bf16 on GPUs that support it, else fp32."""
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     """Seed for weight init of new heads and adapters, data order and dropout."""
 
     def effective_batch_size(self, world_size: int = 1) -> int:
@@ -394,7 +417,7 @@ class TrainerConfig(TrainingSections):
     """Adaptive-recommender settings (used by `recommend`)."""
     learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
     """Peak learning rate for `train` and `trial` (the CLI's `--learning-rate` overrides it)."""
-    output_dir: str = "./output"
+    output_dir: str = Field(default="./output", min_length=1, max_length=MAX_PATH_LENGTH)
     """Where checkpoints, the final model, the full result and plots are written."""
 
 
