@@ -454,6 +454,35 @@ def test_finished_training_reports_losses():
     )
 
 
+def test_status_reports_the_learning_rate_the_trainer_trained_at():
+    from finetune_operator.children import ChildState
+
+    spec = {**FTJ, "learningRate": {"fromSweep": {"name": "s", "scale": "sqrt"}}}
+    resolved = {"learningRate": 2e-4, "learningRateSource": "sweep/s"}
+    result = {"kind": "train", "learningRate": 1.9e-4, "steps": 50, "totalSteps": 50, "evalLoss": 1.5}
+    children = {"f-train": ChildState("f-train", "Succeeded", result=result)}
+    plan = plan_finetune("f", spec, resolved, 1, children, None, now=NOW)
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["learningRate"] == result["learningRate"], "status LR is the trained LR"
+    assert "at learning rate 0.00019" in plan.status["message"]
+
+
+def test_a_swept_learning_rate_at_or_under_the_schedule_floor_fails_naming_the_field():
+    spec = {**FTJ, "learningRate": {"fromSweep": {"name": "s", "scale": "none"}}}
+    spec["schedule"] = {"minLearningRate": 1e-4}
+    sweep = {"status": {"phase": "Succeeded", "recommendedLearningRate": 1e-4, "effectiveBatchSize": 32}}
+    plan = plan_finetune("f", spec, None, 1, {}, sweep, now=NOW)
+    assert plan.status["phase"] == "Failed" and not plan.create
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "MinLearningRateTooHigh"
+    assert (
+        "schedule.minLearningRate 0.0001 is not below the learning rate 0.0001 from sweep/s"
+        in (failed["message"])
+    )
+    ok = plan_finetune("f", {**spec, "schedule": {"minLearningRate": 1e-5}}, None, 1, {}, sweep, now=NOW)
+    assert ok.status["phase"] == "Pending" and ok.create
+
+
 def test_progress_and_trainer_metrics_parsing():
     text = (
         "# TYPE finetune_trainer_step gauge\nfinetune_trainer_step 10.0\nfinetune_trainer_total_steps 40.0\n"
