@@ -385,6 +385,34 @@ def test_grid_respects_parallelism_then_picks_the_best_trial():
     assert [t["evalLoss"] for t in done.status["trials"]] == [2.0, 1.0, 3.0]
 
 
+def test_a_grid_whose_trials_all_fail_on_config_reports_the_trainers_message_not_the_window():
+    from finetune_operator.children import ChildState
+
+    spec = {**SPEC, "method": "grid", "trials": {"learningRates": [1e-5, 1e-4], "parallelism": 2}}
+    error = "optimization: Seed must be between 0 and 2**32 - 1; fix the optimization field the error names"
+
+    def failed(i, reason, message):
+        return ChildState(naming.trial_job("g", i), "Failed", reason=reason, message=message, exit_code=2)
+
+    children = {f"g-trial-{i}": failed(i, "InvalidConfig", error) for i in range(2)}
+    plan = plan_sweep("g", spec, None, 1, children, now=NOW)
+    assert plan.status["phase"] == "Failed" and not plan.create
+    assert "learning-rate window" not in plan.status["message"]
+    assert error in plan.status["message"] and "(2 of 2 failed)" in plan.status["message"]
+    assert "fix the spec field named in the message" in plan.status["message"]
+    diverged = {
+        f"g-trial-{i}": ChildState(
+            naming.trial_job("g", i),
+            "Failed",
+            reason="Diverged",
+            result={"kind": "trial", "learningRate": 1e-4, "diverged": True},
+        )
+        for i in range(2)
+    }
+    plan = plan_sweep("g", spec, None, 1, diverged, now=NOW)
+    assert "lower the learning-rate window" in plan.status["message"]
+
+
 def test_invalid_spec_fails_with_the_field_named():
     plan = plan_sweep("s", {**SPEC, "rangeTest": {"steps": 1}}, None, 1, {}, now=NOW)
     assert plan.status["phase"] == "Failed" and "rangeTest.steps" in plan.status["message"]
