@@ -16,7 +16,7 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import PreparedData, prepare
-from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.exitcodes import ConfigError, config_errors
 from finetune_trainer.modeling import (
     check_hardware,
     check_model_source,
@@ -28,6 +28,8 @@ from finetune_trainer.runtime import world_size
 from finetune_trainer.schedules import warmup_steps_for
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
+OPTIMIZATION_FIX = "fix the optimization, evaluation or checkpoints field the error names"
+SCHEDULE_FIX = "fix the schedule field the error names"
 
 
 @dataclass
@@ -132,7 +134,9 @@ def _trainer_class() -> type:
 
         def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
             if self.lr_scheduler is None:
-                self.lr_scheduler = self._schedule_factory(optimizer or self.optimizer, num_training_steps)
+                with config_errors("schedule", SCHEDULE_FIX):
+                    schedule = self._schedule_factory(optimizer or self.optimizer, num_training_steps)
+                self.lr_scheduler = schedule
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
@@ -152,41 +156,42 @@ def training_arguments(
 
     cfg, opt = plan.cfg, plan.cfg.optimization
     cpu = not cuda_available()
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=opt.batch_size,
-        per_device_eval_batch_size=opt.batch_size,
-        gradient_accumulation_steps=opt.gradient_accumulation_steps,
-        learning_rate=plan.learning_rate,
-        weight_decay=opt.weight_decay,
-        max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
-        num_train_epochs=opt.epochs,
-        max_steps=max_steps if max_steps is not None else -1,
-        optim=OPTIMIZERS[opt.optimizer],
-        optim_args=f"momentum={opt.momentum}" if opt.optimizer == "sgd" else None,
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        logging_nan_inf_filter=False,  # a NaN loss must reach us, not be averaged away
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=cfg.evaluation.every_steps if evaluate else None,
-        metric_for_best_model="eval_loss" if evaluate else None,
-        greater_is_better=False if evaluate else None,
-        save_strategy="steps" if save else "no",
-        save_steps=cfg.checkpoints.every_steps,
-        save_total_limit=cfg.checkpoints.keep,
-        bf16=plan.precision == "bf16",
-        fp16=plan.precision == "fp16",
-        use_cpu=cpu,
-        ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
-        ddp_find_unused_parameters=False if plan.world_size > 1 else None,
-        seed=opt.seed,
-        data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
-        report_to="none",
-        disable_tqdm=True,
-        log_level="warning",
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
+    with config_errors("optimization", OPTIMIZATION_FIX):
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=opt.batch_size,
+            per_device_eval_batch_size=opt.batch_size,
+            gradient_accumulation_steps=opt.gradient_accumulation_steps,
+            learning_rate=plan.learning_rate,
+            weight_decay=opt.weight_decay,
+            max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
+            num_train_epochs=opt.epochs,
+            max_steps=max_steps if max_steps is not None else -1,
+            optim=OPTIMIZERS[opt.optimizer],
+            optim_args=f"momentum={opt.momentum}" if opt.optimizer == "sgd" else None,
+            logging_strategy="steps",
+            logging_steps=logging_steps,
+            logging_nan_inf_filter=False,  # a NaN loss must reach us, not be averaged away
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=cfg.evaluation.every_steps if evaluate else None,
+            metric_for_best_model="eval_loss" if evaluate else None,
+            greater_is_better=False if evaluate else None,
+            save_strategy="steps" if save else "no",
+            save_steps=cfg.checkpoints.every_steps,
+            save_total_limit=cfg.checkpoints.keep,
+            bf16=plan.precision == "bf16",
+            fp16=plan.precision == "fp16",
+            use_cpu=cpu,
+            ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
+            ddp_find_unused_parameters=False if plan.world_size > 1 else None,
+            seed=opt.seed,
+            data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
+            report_to="none",
+            disable_tqdm=True,
+            log_level="warning",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
 
 
 def build_trainer(
@@ -198,16 +203,17 @@ def build_trainer(
 ) -> Any:
     from transformers.trainer_callback import PrinterCallback
 
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        data_collator=plan.data.collator,
-        train_dataset=plan.data.train,
-        eval_dataset=plan.data.eval if args.eval_strategy != "no" else None,
-        processing_class=plan.tokenizer,
-        callbacks=callbacks,
-        schedule_factory=schedule_factory,
-    )
+    with config_errors("optimization", OPTIMIZATION_FIX):  # e.g. the seed numpy refuses
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            data_collator=plan.data.collator,
+            train_dataset=plan.data.train,
+            eval_dataset=plan.data.eval if args.eval_strategy != "no" else None,
+            processing_class=plan.tokenizer,
+            callbacks=callbacks,
+            schedule_factory=schedule_factory,
+        )
     trainer.remove_callback(PrinterCallback)  # stdout is ours (JSON lines)
     return trainer
 
