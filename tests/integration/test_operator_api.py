@@ -278,8 +278,11 @@ def test_children_are_applied_server_side_by_the_operators_field_manager(
 def test_a_child_the_api_server_refuses_becomes_a_condition_and_an_event(
     kube_api, namespace, crds_installed, run_operator
 ):
-    """The spec passes the CRD's schema, but the Job rendered from it does not pass the Job's validation."""
-    spec = {**BASE, "resources": {**BASE["resources"], "nodeSelector": {"not a label key!": "x"}}}
+    """The spec passes the CRD's schema, but the Job rendered from it does not pass the Job's validation: 100
+    data paths of 4,000 characters each fit the schema's bounds, but not the 256 KiB of annotations the Job
+    carries its trainer config in (the schema refuses bad node selectors itself since issue 17)."""
+    files = [f"/data/{i:03d}/" + "d" * 3990 + ".jsonl" for i in range(100)]
+    spec = {**BASE, "dataset": {"files": files}}
     with run_operator(OPERATOR, namespace=namespace) as runner:
         create(kube_api, namespace, "lrsweeps", "LRSweep", "refused", spec)
         status = wait_for(
@@ -298,7 +301,7 @@ def test_a_child_the_api_server_refuses_becomes_a_condition_and_an_event(
     assert runner.exception is None, runner.output
     failed = next(c for c in status["conditions"] if c["type"] == "ApplyFailed")
     assert failed["reason"] == "Invalid" and "Job refused-range-test" in failed["message"]
-    assert "not a label key!" in failed["message"], "the API server's own words"
+    assert "spec.template.annotations: Too long" in failed["message"], "the API server's own words"
     assert "startTime" not in status and not jobs(kube_api, namespace, "finetune.dev/lrsweep=refused")
 
 
