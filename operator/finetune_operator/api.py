@@ -87,7 +87,7 @@ class Toleration(Spec):
     """Taint value to match with operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to tolerate; unset matches every effect."""
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """With NoExecute: how long the pod stays bound after the taint appears."""
 
 
@@ -110,9 +110,9 @@ class ResourcesSpec(Spec):
 
     gpus: int = Field(default=1, ge=0, le=64)
     """`nvidia.com/gpu` per trainer pod (0 runs on CPU)."""
-    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    cpu: str | None = Field(default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
     """CPU request and limit (e.g. `4` or `500m`); unset uses the operator's default."""
-    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$")
+    memory: str | None = Field(default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$")
     """Memory request and limit (e.g. `32Gi`); unset uses the operator's default."""
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
     """Node labels the trainer pods must match (e.g. a GPU type)."""
@@ -217,9 +217,9 @@ class Progress(Spec):
     """Optimiser steps planned."""
     percent: int = Field(default=0, ge=0, le=100)
     """Steps done as a percentage."""
-    epoch: float | None = None
+    epoch: float | None = Field(default=None, ge=0.0)
     """Epochs done."""
-    learning_rate: float | None = None
+    learning_rate: float | None = Field(default=None, ge=0.0)
     """Current learning rate."""
     loss: float | None = None
     """Latest training loss."""
@@ -378,7 +378,7 @@ class LRSweepStatus(ResourceStatus):
     """The range test's window, divergence edge and prior."""
     steps_spent: int | None = Field(default=None, ge=0)
     """Adaptive: optimiser steps of the range test and every finished trial together."""
-    effective_batch_size: int | None = None
+    effective_batch_size: int | None = Field(default=None, ge=1)
     """Examples per optimiser update the recommendation was made at."""
     adapter: str | None = None
     """Adapter type the recommendation was made with."""

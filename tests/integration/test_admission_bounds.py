@@ -131,6 +131,15 @@ REFUSED: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("text field", "LRSweep", with_("dataset", textField="t" * 254), ["dataset.textField"]),
     ("target module", "LRSweep", with_("adapter", type="lora", targetModules=["m" * 254]), ["targetModules"]),
     ("image", "LRSweep", {**BASE, "image": "i" * 1025}, ["spec.image"]),
+    ("cpu quantity length", "LRSweep", with_("resources", cpu="1" * 65), ["resources.cpu"]),
+    ("maxSteps", "LRSweep", with_("optimization", maxSteps=10_000_001), ["optimization.maxSteps"]),
+    (
+        "schedule floor over 10",
+        "LRSweep",
+        with_("schedule", minLearningRate=11),
+        ["schedule.minLearningRate"],
+    ),
+    ("eval cadence", "LRSweep", with_("evaluation", everySteps=10_000_001), ["evaluation.everySteps"]),
     (
         "nodeSelector size",
         "LRSweep",

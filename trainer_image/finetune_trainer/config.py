@@ -25,6 +25,10 @@ MAX_PATH_LENGTH = 4096
 """Bound of file paths, model directories and hub ids (Linux's PATH_MAX)."""
 MAX_SEED = 2**32 - 1
 """Largest seed numpy and torch accept."""
+MAX_STEPS = 10_000_000
+"""Bound of every step count and cadence (far beyond any fine-tune)."""
+MAX_SAMPLES = 2**31 - 1
+"""Bound of every example count."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class DatasetSpec(Spec):
     """Column holding the input text."""
     label_field: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Column holding the class label (sequence classification only)."""
-    max_samples: int | None = Field(default=None, ge=1)
+    max_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
     packing: bool = True
     """Causal LM: concatenate texts and cut them into full-length blocks instead of padding each text."""
@@ -189,7 +193,7 @@ class OptimizationSpec(Spec):
     """Decoupled weight decay."""
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     """SGD momentum (ignored by the other optimisers)."""
-    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6)
     """Clip gradients to this global norm; 0 disables clipping."""
     batch_size: int = Field(default=8, ge=1, le=65536)
     """Examples per device per step."""
@@ -199,7 +203,7 @@ class OptimizationSpec(Spec):
     """Tokens per example (longer texts are cut; packed blocks have this length)."""
     epochs: float = Field(default=1.0, gt=0.0, le=1000.0)
     """Passes over the training data (ignored when `maxSteps` is set)."""
-    max_steps: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     """Stop after this many optimiser updates; overrides `epochs`."""
     divergence_factor: float = Field(default=4.0, gt=1.0, le=1000.0)
     """A fine-tune or trial stops as diverged once its smoothed training loss exceeds this many times its
@@ -248,15 +252,15 @@ class ScheduleSpec(Spec):
     between `minLearningRate` and the learning rate, half-period `stepSize`)."""
     warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Warmup length as a fraction of all steps. Exclusive with `warmupSteps`."""
-    warmup_steps: int | None = Field(default=None, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0, le=MAX_STEPS)
     """Warmup length in steps. Exclusive with `warmupRatio`."""
-    min_learning_rate: float = Field(default=0.0, ge=0.0)
+    min_learning_rate: float = Field(default=0.0, ge=0.0, le=10.0)
     """Floor under the schedule (e.g. 3e-4 decaying to 1e-7); also the low end of `cyclical`."""
     num_cycles: float | None = Field(default=None, gt=0.0, le=1000.0)
     """cosine: half-waves (default 0.5); cosine_with_restarts: hard restarts (default 1)."""
     power: float = Field(default=1.0, gt=0.0, le=100.0)
     """polynomial: decay exponent."""
-    step_size: int | None = Field(default=None, ge=1)
+    step_size: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     """step: steps between drops; cyclical: half-period (default: a tenth of training)."""
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
     """step: factor per drop; exponential: factor per step is `gamma ** (1 / decay steps)`."""
@@ -337,9 +341,9 @@ class AdaptiveSpec(Spec):
 class EvaluationSpec(Spec):
     """When validation loss is measured."""
 
-    every_steps: int = Field(default=50, ge=1)
+    every_steps: int = Field(default=50, ge=1, le=MAX_STEPS)
     """Evaluate every this many optimiser steps (and at the end)."""
-    max_samples: int | None = Field(default=None, ge=1)
+    max_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Evaluate on at most this many validation examples."""
 
 
@@ -350,14 +354,14 @@ class EarlyStoppingSpec(Spec):
     """Turn early stopping on."""
     patience: int = Field(default=3, ge=1, le=1000)
     """Evaluations without improvement before stopping."""
-    min_delta: float = Field(default=0.0, ge=0.0)
+    min_delta: float = Field(default=0.0, ge=0.0, le=1e6)
     """Smallest drop in validation loss that counts as improvement."""
 
 
 class CheckpointSpec(Spec):
     """Checkpoints: how often, how many, and whether the final model is saved."""
 
-    every_steps: int = Field(default=100, ge=1)
+    every_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     """Save a checkpoint every this many steps; a restarted run resumes from the newest one."""
     keep: int = Field(default=2, ge=1, le=100)
     """Checkpoints kept on disk (the oldest are removed)."""
