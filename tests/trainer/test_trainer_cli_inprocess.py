@@ -111,6 +111,7 @@ BAD_INPUTS = [
     ),
     pytest.param({"optimizaton": {"batchSize": 8}}, "optimizaton", id="unknown-key"),
     pytest.param({"optimization": {"seed": 2**32}}, "optimization.seed", id="seed-numpy-refuses"),
+    pytest.param({"schedule": {"minLearningRate": 3e-3}}, "schedule.minLearningRate", id="floor-at-the-peak"),
 ]
 
 

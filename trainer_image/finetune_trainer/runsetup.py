@@ -68,6 +68,13 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
             f"{command} needs a learning rate",
             "set learningRate in the config or --learning-rate",
         )
+    floor = cfg.schedule.min_learning_rate
+    if command == "train" and learning_rate is not None and floor >= learning_rate:
+        raise ConfigError(
+            "schedule.minLearningRate",
+            f"{floor:g} is not below the learning rate {learning_rate:g} (the floor over the peak)",
+            "lower schedule.minLearningRate",
+        )
     tokenizer = load_tokenizer(cfg.model)
     data = prepare(cfg, tokenizer)
     opt = cfg.optimization
