@@ -31,6 +31,7 @@ def plan(
     remembered = {t.index: t for t in b.status.trials or [] if t.stage is None}
     jobs = [naming.trial_job(name, i) for i in range(len(lrs))]
     active = sum(1 for job in jobs if (c := children.get(job)) and c.phase in ("Pending", "Running"))
+    config_error = next((c for j in jobs if (c := children.get(j)) and c.reason == "InvalidConfig"), None)
     trials: list[TrialStatus] = []
     for i, (lr, job) in enumerate(zip(lrs, jobs, strict=True)):
         child, before = children.get(job), remembered.get(i)
@@ -38,7 +39,7 @@ def plan(
         if child is None and before is not None and before.phase in TERMINAL:
             trial = before
         elif child is None:
-            if active < sweep.trials.parallelism:
+            if active < sweep.trials.parallelism and config_error is None:
                 try:
                     config = rendering.trial_config(sweep, lr, steps)
                 except ValidationError as e:
@@ -59,6 +60,9 @@ def plan(
     if b.children:
         b.started()
     b.status.trials = trials
+    if config_error is not None:  # every trial shares the config: stop at the first, with its message
+        child_failed(b, config_error, "trial")
+        return
     finished = [t for t in trials if t.phase in TERMINAL]
     b.status.progress = Progress(
         step=len(finished), total_steps=len(trials), percent=int(100 * len(finished) / len(trials))
