@@ -196,3 +196,23 @@ def test_bad_model_path_fails_with_the_trainers_message(
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidConfig", status
     assert "model.name" in status["message"]
+
+
+def test_a_grid_whose_first_trial_fails_on_config_stops_with_the_trainers_message(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """Not 'lower the learning-rate window': every trial shares the config, so the first says it all."""
+    spec = {
+        **tiny,
+        "model": {"name": str(Path(tiny["model"]["name"]).parent / "missing")},
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3], "steps": 5, "parallelism": 1},
+    }
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "badgrid", spec)
+        status = wait_phase(kube_api, namespace, "LRSweep", "badgrid")
+    assert runner.exception is None, runner.output
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidConfig", status
+    assert "model.name" in status["message"] and "learning-rate window" not in status["message"]
+    assert job_names(kube_api, namespace) == ["badgrid-trial-0"], "no trial after a config error"
