@@ -10,12 +10,16 @@ field docs users read in `kubectl explain`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from finetune_operator import naming
 from finetune_trainer.config import (
     API_GROUP,
+    HAS_VALIDATION,
+    MAX_SEED,
     TRAINING_RULES,
     AdaptiveSpec,
     ArtifactSpec,
@@ -36,33 +40,83 @@ VERSION = "v1alpha1"
 API_VERSION = f"{API_GROUP}/{VERSION}"
 
 # ---------------------------------------------------------------------------------------------- pod settings
+# Kubernetes' own name grammars (apimachinery's validation), so the API server refuses at admission what it
+# would otherwise refuse later, on the trainer Job.
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""An object name (Secret, PVC, service account, LRSweep)."""
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$"
+"""A label key or taint key: an optional DNS prefix and `/`, then at most 63 name characters."""
+LABEL_VALUE = rf"^({_LABEL_NAME})?$"
+"""A label value or taint value: empty or at most 63 name characters."""
+INT32_MAX = 2**31 - 1
+
+
+def _matches(pattern: str, text: str | None) -> bool:
+    return text is None or re.fullmatch(pattern, text) is not None
 
 
 class Toleration(Spec):
     """A Kubernetes toleration, copied to trainer pods."""
 
-    key: str | None = None
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="resources.tolerations[].value must be empty when operator is Exists: remove value, "
+            "or use operator Equal",
+            check=lambda t: t.operator != "Exists" or not t.value,
+        ),
+        Rule(
+            cel="self.operator == 'Exists' || (has(self.key) && self.key != '')",
+            message="resources.tolerations[].key is required unless operator is Exists: set a key, or "
+            "operator Exists to tolerate every taint",
+            check=lambda t: t.operator == "Exists" or bool(t.key),
+        ),
+        Rule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="resources.tolerations[].tolerationSeconds applies only to effect NoExecute: set effect "
+            "NoExecute, or remove tolerationSeconds",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    ]
+
+    key: str | None = Field(default=None, max_length=317, pattern=LABEL_KEY)
     """Taint key to tolerate (empty with operator Exists tolerates everything)."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """How `value` is compared."""
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
     """Taint value to match with operator Equal."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to tolerate; unset matches every effect."""
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """With NoExecute: how long the pod stays bound after the taint appears."""
 
 
 class ResourcesSpec(Spec):
     """What each trainer pod asks for and where it may run."""
 
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel=f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches(r'{LABEL_KEY}')"
+            f" && self.nodeSelector[k].matches(r'{LABEL_VALUE}'))",
+            message="resources.nodeSelector needs label keys ([dns-prefix/]name, the name at most 63 of "
+            "A-Z a-z 0-9 - _ . and alphanumeric at both ends) and label values (empty or such a name): "
+            "fix the entry",
+            check=lambda s: all(
+                _matches(LABEL_KEY, k) and len(k) <= 317 and _matches(LABEL_VALUE, v)
+                for k, v in (s.node_selector or {}).items()
+            ),
+        ),
+    ]
+
     gpus: int = Field(default=1, ge=0, le=64)
     """`nvidia.com/gpu` per trainer pod (0 runs on CPU)."""
-    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    cpu: str | None = Field(default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
     """CPU request and limit (e.g. `4` or `500m`); unset uses the operator's default."""
-    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$")
+    memory: str | None = Field(default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$")
     """Memory request and limit (e.g. `32Gi`); unset uses the operator's default."""
-    node_selector: dict[str, str] | None = None
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
     """Node labels the trainer pods must match (e.g. a GPU type)."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     """Tolerations for tainted GPU nodes."""
@@ -71,9 +125,9 @@ class ResourcesSpec(Spec):
 class SecretKeyRef(Spec):
     """A key of a Secret in the resource's namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """Secret name."""
-    key: str = Field(default="token", min_length=1, max_length=253)
+    key: str = Field(default="token", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
     """Key within the Secret."""
 
 
@@ -111,7 +165,21 @@ class ModelCacheSpec(Spec):
 class OutputSpec(Spec):
     """Where checkpoints and the final model go."""
 
-    persistent_volume_claim: str | None = Field(default=None, min_length=1, max_length=253)
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel="!has(self.subPath) || (!self.subPath.startsWith('/')"
+            " && !self.subPath.matches(r'(^|/)\\.\\.(/|$)'))",
+            message="output.subPath must be a relative folder inside the claim, without a leading '/' or "
+            "'..' parts: write it relative to the claim's root",
+            check=lambda s: (
+                s.sub_path is None or (not s.sub_path.startswith("/") and ".." not in s.sub_path.split("/"))
+            ),
+        ),
+    ]
+
+    persistent_volume_claim: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN
+    )
     """An existing PVC mounted at /output; without one, output lives in an emptyDir and is lost with the
     pod (retries then start from scratch)."""
     sub_path: str | None = Field(default=None, max_length=1024)
@@ -128,7 +196,7 @@ class WorkloadSpec(Spec):
     """GPUs, CPU, memory and placement of trainer pods."""
     image: str | None = Field(default=None, max_length=1024)
     """Trainer image; unset uses the operator's default."""
-    service_account_name: str | None = Field(default=None, max_length=253)
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     """Service account of trainer pods (its token is never mounted)."""
     hub_token_secret: SecretKeyRef | None = None
     """Secret holding a Hugging Face token, passed to the trainer as HF_TOKEN: private or gated models and
@@ -143,9 +211,9 @@ class WorkloadSpec(Spec):
     """Create trainer Jobs suspended (for Kueue and other admission queues)."""
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Retries of a trainer pod after evictions or out-of-memory; bad configs and divergence never retry."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Fail a trainer Job that runs longer than this."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT32_MAX)
     """Delete finished trainer Jobs after this long (the resource keeps its results)."""
 
 
@@ -187,9 +255,9 @@ class Progress(Spec):
     """Optimiser steps planned."""
     percent: int = Field(default=0, ge=0, le=100)
     """Steps done as a percentage."""
-    epoch: float | None = None
+    epoch: float | None = Field(default=None, ge=0.0)
     """Epochs done."""
-    learning_rate: float | None = None
+    learning_rate: float | None = Field(default=None, ge=0.0)
     """Current learning rate."""
     loss: float | None = None
     """Latest training loss."""
@@ -240,7 +308,9 @@ class TrialsSpec(Spec):
         ),
     ]
 
-    learning_rates: list[float] | None = Field(default=None, min_length=2, max_length=64)
+    learning_rates: list[Annotated[float, Field(gt=0.0, le=10.0)]] | None = Field(
+        default=None, min_length=2, max_length=64
+    )
     """Explicit learning rates to try (grid only); otherwise `count` log-spaced values in the window."""
     min_learning_rate: float = Field(default=1e-6, gt=0.0, le=10.0)
     """Lowest learning rate of the window."""
@@ -252,7 +322,7 @@ class TrialsSpec(Spec):
     """Optimiser steps per trial."""
     parallelism: int = Field(default=2, ge=1, le=64)
     """Trials running at once."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seed of the random draws."""
 
 
@@ -271,7 +341,15 @@ WORKLOAD_RULES: list[Rule] = [*TRAINING_RULES, QLORA_NEEDS_GPU]
 class LRSweepSpec(TrainingSections, WorkloadSpec):
     """Find a learning rate for this model, data, adapter and batch size."""
 
-    __rules__: ClassVar[list[Rule]] = WORKLOAD_RULES
+    __rules__: ClassVar[list[Rule]] = [
+        *WORKLOAD_RULES,
+        Rule(
+            cel=f"self.method == 'rangeTest' || {HAS_VALIDATION}",
+            message="trials compare validation losses, but dataset.validationFraction is 0 and there is no "
+            "dataset.validationSplit or dataset.validationFiles: set one of them (or use method rangeTest)",
+            check=lambda s: s.method == "rangeTest" or s.dataset.has_validation(),
+        ),
+    ]
 
     method: SweepMethod = "adaptive"
     """`adaptive`: a range test bounds the search (half a decade below its loss minimum, below its divergence
@@ -293,7 +371,7 @@ class TrialStatus(Spec):
     """Trial number (within its stage for the adaptive method)."""
     stage: int | None = Field(default=None, ge=1, le=2)
     """Adaptive method: 1 (candidates from the ceiling down) or 2 (longer finalists)."""
-    learning_rate: float
+    learning_rate: float = Field(gt=0.0)
     """Learning rate tried."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps of the trial."""
@@ -329,7 +407,7 @@ class RangeTestSummary(Spec):
 class LRSweepStatus(ResourceStatus):
     """What the sweep found."""
 
-    recommended_learning_rate: float | None = None
+    recommended_learning_rate: float | None = Field(default=None, gt=0.0)
     """The recommended learning rate (kept for people to read when the sweep fails on weak evidence)."""
     rule: str | None = None
     """How the recommendation was chosen: a range-test rule, `best-trial` (grid/random) or `adaptive`
@@ -347,7 +425,7 @@ class LRSweepStatus(ResourceStatus):
     """The range test's window, divergence edge and prior."""
     steps_spent: int | None = Field(default=None, ge=0)
     """Adaptive: optimiser steps of the range test and every finished trial together."""
-    effective_batch_size: int | None = None
+    effective_batch_size: int | None = Field(default=None, ge=1)
     """Examples per optimiser update the recommendation was made at."""
     adapter: str | None = None
     """Adapter type the recommendation was made with."""
@@ -371,7 +449,7 @@ class LRSweepStatus(ResourceStatus):
 class FromSweep(Spec):
     """Take the learning rate from a finished LRSweep in the same namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """LRSweep name."""
     scale: Literal["none", "sqrt", "linear"] = "sqrt"
     """Scale the recommendation from the sweep's effective batch size to this job's: `linear`
@@ -455,6 +533,26 @@ class FineTuneJobSpec(TrainingSections, WorkloadSpec):
             "ConfigMap key holding the server URI)",
             check=lambda s: s.tracking.report_to != "mlflow" or s.tracking.mlflow_tracking_uri is not None,
         ),
+        Rule(
+            cel="!has(self.learningRate.value) || self.schedule.minLearningRate < self.learningRate.value",
+            message="schedule.minLearningRate must be below learningRate.value (the schedule's floor sits "
+            "under its peak): lower schedule.minLearningRate",
+            check=lambda s: (
+                s.learning_rate.value is None or s.schedule.min_learning_rate < s.learning_rate.value
+            ),
+        ),
+        Rule(
+            cel="!has(self.learningRate.auto) || self.learningRate.auto.method == 'rangeTest' || "
+            + HAS_VALIDATION,
+            message="learningRate.auto's adaptive trials compare validation losses, but "
+            "dataset.validationFraction is 0 and there is no dataset.validationSplit or "
+            "dataset.validationFiles: set one of them (or learningRate.auto.method rangeTest)",
+            check=lambda s: (
+                s.learning_rate.auto is None
+                or s.learning_rate.auto.method == "rangeTest"
+                or s.dataset.has_validation()
+            ),
+        ),
     ]
 
     output: FineTuneOutputSpec = Field(default_factory=FineTuneOutputSpec)
@@ -472,8 +570,8 @@ class FineTuneJobSpec(TrainingSections, WorkloadSpec):
 class FineTuneJobStatus(ResourceStatus):
     """How the fine-tune went."""
 
-    learning_rate: float | None = None
-    """The resolved peak learning rate."""
+    learning_rate: float | None = Field(default=None, gt=0.0)
+    """The peak learning rate: resolved before training, then the one the trainer reports it trained at."""
     learning_rate_source: str | None = None
     """Where it came from: `value`, `sweep/<name>` or `auto/<name>`."""
     sweep_name: str | None = None
@@ -521,10 +619,21 @@ class KindInfo:
         status: type[Spec],
         columns: list[dict[str, Any]],
         description: str,
+        max_name: int,
     ) -> None:
         self.kind, self.plural, self.short = kind, plural, short
         self.singular = kind.lower()
         self.spec, self.status, self.columns, self.description = spec, status, columns, description
+        self.max_name = max_name
+
+    @property
+    def name_rule(self) -> dict[str, str]:
+        """The root CEL rule bounding `metadata.name`, so every Job name and label derived from it fits 63."""
+        return {
+            "rule": f"size(self.metadata.name) <= {self.max_name}",
+            "message": f"metadata.name must be at most {self.max_name} characters (the operator's Job names "
+            "and labels add a suffix and must fit 63): choose a shorter name",
+        }
 
     @property
     def crd_name(self) -> str:
@@ -546,6 +655,7 @@ LRSWEEP = KindInfo(
     short="lrs",
     spec=LRSweepSpec,
     status=LRSweepStatus,
+    max_name=naming.MAX_LRSWEEP_NAME,
     description="Finds a learning rate: adaptive trials below a range test's loss minimum, a range "
     "test alone, or a grid/random sweep of short fine-tunes.",
     columns=[
@@ -568,6 +678,7 @@ FINETUNEJOB = KindInfo(
     short="ftj",
     spec=FineTuneJobSpec,
     status=FineTuneJobStatus,
+    max_name=naming.MAX_FINETUNEJOB_NAME,
     description="Fine-tunes a model with a warmup + decay schedule at a given, swept or automatic LR.",
     columns=[
         _PHASE,

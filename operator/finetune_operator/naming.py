@@ -71,3 +71,16 @@ def child_folder(role: str, trial: int | None = None, stage: int | None = None) 
     if trial is None:
         return role
     return f"s{stage}-trial-{trial}" if stage is not None else f"trial-{trial}"
+
+
+def _longest_suffix(*names: str) -> int:
+    return max(len(n) for n in names)
+
+
+# The longest names the operator derives, as suffixes of an empty owner name (child_name("") == "-<suffix>").
+# Trial indexes stay below 64 (status.trials holds at most 64) and adaptive stages are 1 or 2.
+LRSWEEP_SUFFIX = _longest_suffix(range_test_job(""), trial_job("", 63), adaptive_trial_job("", 2, 63))
+MAX_LRSWEEP_NAME = MAX_NAME - LRSWEEP_SUFFIX
+"""An LRSweep's name leaves room for its longest Job name (`<name>-s2-trial-63`) within 63 characters."""
+MAX_FINETUNEJOB_NAME = min(MAX_NAME - len(train_job("")), MAX_LRSWEEP_NAME - len(auto_sweep("")))
+"""A FineTuneJob's name leaves room for its `auto` sweep (`<name>-lr`) and that sweep's Jobs."""

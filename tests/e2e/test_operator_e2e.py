@@ -5,6 +5,7 @@ A tiny random-weight GPT-2 on a toy dataset keeps each trainer run to seconds.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -177,3 +178,48 @@ def test_bad_model_path_fails_with_the_trainers_message(
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidConfig", status
     assert "model.name" in status["message"]
+
+
+def test_a_grid_whose_first_trial_fails_on_config_stops_with_the_trainers_message(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """Not 'lower the learning-rate window': every trial shares the config, so the first says it all."""
+    spec = {
+        **tiny,
+        "model": {"name": str(Path(tiny["model"]["name"]).parent / "missing")},
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3], "steps": 5, "parallelism": 1},
+    }
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "badgrid", spec)
+        status = wait_phase(kube_api, namespace, "LRSweep", "badgrid")
+    assert runner.exception is None, runner.output
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidConfig", status
+    assert "model.name" in status["message"] and "learning-rate window" not in status["message"]
+    assert job_names(kube_api, namespace) == ["badgrid-trial-0"], "no trial after a config error"
+
+
+def test_a_finetune_reports_the_learning_rate_its_trainer_trained_at(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """status.learningRate is the trainer's own word (its result in the termination message), not a guess."""
+    spec = {
+        **tiny,
+        "learningRate": {"value": 3e-3},
+        "optimization": {**tiny["optimization"], "maxSteps": 6},
+        "schedule": {"type": "cosine", "warmupSteps": 1, "minLearningRate": 1e-5},
+        "evaluation": {"everySteps": 6},
+        "checkpoints": {"everySteps": 6},
+    }
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "FineTuneJob", "lr", spec)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "lr")
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    [pod] = (
+        client.CoreV1Api(kube_api).list_namespaced_pod(namespace, label_selector="job-name=lr-train").items
+    )
+    result = json.loads(pod.status.container_statuses[0].state.terminated.message)
+    assert result["kind"] == "train"
+    assert status["learningRate"] == result["learningRate"] == 3e-3

@@ -328,10 +328,75 @@ BAD_VALUES = [
         ["--set", "trainer.resources.memory=lots"],
         "at '/trainer/resources/memory': 'lots' does not match pattern",
     ),
+    (["--set", "trainer.resources.memory=1.2.3Gi"], "at '/trainer/resources/memory'"),
+    (["--set", "trainer.resources.memory=-4Gi"], "at '/trainer/resources/memory'"),
+    (["--set", "trainer.resources.cpu=4KKK"], "at '/trainer/resources/cpu'"),
+    (["--set", "trainer.resources.cpu=0"], "at '/trainer/resources/cpu'"),
+    (
+        ["--set-json", 'trainer.tolerations=[{"key":"gpu","operator":"Exists","value":"x"}]'],
+        "at '/trainer/tolerations/0/value'",
+    ),
+    (
+        ["--set-json", 'trainer.tolerations=[{"key":"gpu","effect":"NoSchedule","tolerationSeconds":5}]'],
+        "at '/trainer/tolerations/0/effect'",
+    ),
+    (["--set-json", 'trainer.tolerations=[{"value":"x"}]'], "at '/trainer/tolerations/0'"),
+    (
+        ["--set-json", 'trainer.tolerations=[{"key":"bad key!","operator":"Exists"}]'],
+        "/trainer/tolerations/0/key",
+    ),
+    (
+        ["--set-json", 'tolerations=[{"key":"a","operator":"Exists","value":"b"}]'],
+        "at '/tolerations/0/value'",
+    ),
+    (["--set-json", 'trainer.nodeSelector={"gpu":"a b"}'], "at '/trainer/nodeSelector/gpu'"),
+    (["--set-json", 'trainer.nodeSelector={"bad key!":"a"}'], "invalid propertyName 'bad key!'"),
+    (
+        ["--set", "operator.healthPort=9090"],
+        "operator.healthPort and operator.metricsPort are both 9090: /healthz and /metrics need ports of "
+        "their own; set operator.healthPort (or operator.metricsPort) to another port",
+    ),
+]
+BAD_VALUE_IDS = [
+    "namespace",
+    "typo",
+    "enum",
+    "quantity",
+    "quantity-two-dots",
+    "quantity-negative",
+    "cpu-suffix",
+    "cpu-zero",
+    "exists-with-value",
+    "toleration-seconds-without-noexecute",
+    "equal-without-key",
+    "toleration-key",
+    "operator-pod-toleration",
+    "node-selector-value",
+    "node-selector-key",
+    "same-health-and-metrics-port",
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=["namespace", "typo", "enum", "quantity"])
+def test_good_trainer_placement_and_quantities_pass_the_schema(helm):
+    docs = render(
+        helm,
+        "--set",
+        "trainer.resources.cpu=500m",
+        "--set",
+        "trainer.resources.memory=1.5Gi",
+        "--set-json",
+        'trainer.tolerations=[{"operator":"Exists"},{"key":"nvidia.com/gpu","operator":"Exists",'
+        '"effect":"NoExecute","tolerationSeconds":30},{"key":"pool","value":"ml","effect":"NoSchedule"}]',
+        "--set-json",
+        'trainer.nodeSelector={"nvidia.com/gpu.product":"NVIDIA-H100-80GB-HBM3"}',
+        "--set",
+        "operator.healthPort=8082",
+    )
+    env = container_env(docs)
+    assert env["FINETUNE_DEFAULT_CPU"] == "500m" and env["FINETUNE_DEFAULT_MEMORY"] == "1.5Gi"
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=BAD_VALUE_IDS)
 def test_values_violating_the_schema_fail_template_with_the_schema_message(helm, args, message):
     out = run_helm(helm, "template", RELEASE, str(CHART), *args, check=False)
     assert out.returncode != 0

@@ -136,6 +136,40 @@ def test_from_sweep_waits_with_a_condition_and_event(kube_api, namespace, crds_i
     assert "learningRate.fromSweep.name" in cond["message"]
 
 
+def test_a_swept_learning_rate_under_the_schedule_floor_fails_naming_the_field(
+    kube_api, namespace, crds_installed, run_operator
+):
+    """The schema refuses a floor over a fixed value; a swept value is known only when the sweep is done."""
+    create(kube_api, namespace, "lrsweeps", "LRSweep", "done", BASE)
+    finished = {"phase": "Succeeded", "recommendedLearningRate": 1e-4, "effectiveBatchSize": 8}
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "lrsweeps", "done", {"status": finished}
+    )
+    spec = {
+        **BASE,
+        "learningRate": {"fromSweep": {"name": "done", "scale": "none"}},
+        "schedule": {"minLearningRate": 2e-4},
+    }
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "finetunejobs", "FineTuneJob", "floored", spec)
+        status = wait_for(
+            lambda: (
+                (s := get(kube_api, namespace, "finetunejobs", "floored").get("status") or {}).get("phase")
+                == "Failed"
+                and s
+            ),
+            what="the Failed phase",
+        )
+    assert runner.exception is None, runner.output
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "MinLearningRateTooHigh"
+    assert (
+        "schedule.minLearningRate 0.0002 is not below the learning rate 0.0001 from sweep/done"
+        in (failed["message"])
+    )
+    assert not jobs(kube_api, namespace, "finetune.dev/finetunejob=floored"), "nothing trained"
+
+
 def test_auto_finetune_creates_and_owns_its_sweep(kube_api, namespace, crds_installed, run_operator):
     spec = {**BASE, "learningRate": {"auto": {"rangeTest": {"steps": 20}}}}
     with run_operator(OPERATOR, namespace=namespace) as runner:
@@ -278,8 +312,11 @@ def test_children_are_applied_server_side_by_the_operators_field_manager(
 def test_a_child_the_api_server_refuses_becomes_a_condition_and_an_event(
     kube_api, namespace, crds_installed, run_operator
 ):
-    """The spec passes the CRD's schema, but the Job rendered from it does not pass the Job's validation."""
-    spec = {**BASE, "resources": {**BASE["resources"], "nodeSelector": {"not a label key!": "x"}}}
+    """The spec passes the CRD's schema, but the Job rendered from it does not pass the Job's validation: 100
+    data paths of 4,000 characters each fit the schema's bounds, but not the 256 KiB of annotations the Job
+    carries its trainer config in (the schema refuses bad node selectors itself since issue 17)."""
+    files = [f"/data/{i:03d}/" + "d" * 3990 + ".jsonl" for i in range(100)]
+    spec = {**BASE, "dataset": {"files": files}}
     with run_operator(OPERATOR, namespace=namespace) as runner:
         create(kube_api, namespace, "lrsweeps", "LRSweep", "refused", spec)
         status = wait_for(
@@ -298,7 +335,7 @@ def test_a_child_the_api_server_refuses_becomes_a_condition_and_an_event(
     assert runner.exception is None, runner.output
     failed = next(c for c in status["conditions"] if c["type"] == "ApplyFailed")
     assert failed["reason"] == "Invalid" and "Job refused-range-test" in failed["message"]
-    assert "not a label key!" in failed["message"], "the API server's own words"
+    assert "spec.template.annotations: Too long" in failed["message"], "the API server's own words"
     assert "startTime" not in status and not jobs(kube_api, namespace, "finetune.dev/lrsweep=refused")
 
 

@@ -110,6 +110,8 @@ BAD_INPUTS = [
         {"optimization": {"batchSize": 4096}}, "optimization.batchSize", id="batch-larger-than-dataset"
     ),
     pytest.param({"optimizaton": {"batchSize": 8}}, "optimizaton", id="unknown-key"),
+    pytest.param({"optimization": {"seed": 2**32}}, "optimization.seed", id="seed-numpy-refuses"),
+    pytest.param({"schedule": {"minLearningRate": 3e-3}}, "schedule.minLearningRate", id="floor-at-the-peak"),
 ]
 
 
@@ -129,6 +131,27 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
     error = json.loads(result_file.read_text())
     assert error["kind"] == "error" and error["exitCode"] == 2 and field in error["error"]
     assert events[-1]["event"] == "error"
+
+
+@pytest.mark.parametrize("command", ["train", "trial"])
+def test_a_config_the_libraries_refuse_exits_2_not_1_so_it_is_never_retried(
+    tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A value past the schema (here a seed numpy refuses, as from an older trainer's bounds) fails where
+    transformers sets it up: a config error naming the section, not a crash the pod policy would retry."""
+    real_load = cli.load_config
+
+    def load_past_the_schema(*args: Any, **kwargs: Any) -> Any:
+        cfg = real_load(*args, **kwargs)
+        optimization = cfg.optimization.model_copy(update={"seed": 2**32})
+        return cfg.model_copy(update={"optimization": optimization})
+
+    monkeypatch.setattr(cli, "load_config", load_past_the_schema)
+    code, _, result_file = run_cli(tmp_path, base_config(tiny_gpt2, tmp_path / "out"), command)
+    error = json.loads(result_file.read_text())
+    assert code == ExitCode.BAD_CONFIG, error
+    assert error["reason"] == "BAD_CONFIG" and error["error"].startswith("optimization: "), error
+    assert "2**32" in error["error"] and "fix the optimization" in error["error"]
 
 
 def test_set_overrides_and_unknown_override(tiny_gpt2: Path, tmp_path: Path) -> None:

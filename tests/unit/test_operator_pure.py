@@ -385,6 +385,37 @@ def test_grid_respects_parallelism_then_picks_the_best_trial():
     assert [t["evalLoss"] for t in done.status["trials"]] == [2.0, 1.0, 3.0]
 
 
+def test_a_grid_whose_trials_all_fail_on_config_reports_the_trainers_message_not_the_window():
+    from finetune_operator.children import ChildState
+
+    spec = {**SPEC, "method": "grid", "trials": {"learningRates": [1e-5, 1e-4], "parallelism": 2}}
+    error = "optimization: Seed must be between 0 and 2**32 - 1; fix the optimization field the error names"
+
+    def failed(i, reason, message):
+        return ChildState(naming.trial_job("g", i), "Failed", reason=reason, message=message, exit_code=2)
+
+    children = {f"g-trial-{i}": failed(i, "InvalidConfig", error) for i in range(2)}
+    plan = plan_sweep("g", spec, None, 1, children, now=NOW)
+    assert plan.status["phase"] == "Failed" and not plan.create
+    assert "learning-rate window" not in plan.status["message"]
+    assert error in plan.status["message"]
+    assert "fix the spec field named in the message" in plan.status["message"]
+    first_only = plan_sweep("g", spec, None, 1, {"g-trial-0": children["g-trial-0"]}, now=NOW)
+    assert first_only.status["phase"] == "Failed" and not first_only.create, "no more trials start"
+    assert error in first_only.status["message"]
+    diverged = {
+        f"g-trial-{i}": ChildState(
+            naming.trial_job("g", i),
+            "Failed",
+            reason="Diverged",
+            result={"kind": "trial", "learningRate": 1e-4, "diverged": True},
+        )
+        for i in range(2)
+    }
+    plan = plan_sweep("g", spec, None, 1, diverged, now=NOW)
+    assert "lower the learning-rate window" in plan.status["message"]
+
+
 def test_invalid_spec_fails_with_the_field_named():
     plan = plan_sweep("s", {**SPEC, "rangeTest": {"steps": 1}}, None, 1, {}, now=NOW)
     assert plan.status["phase"] == "Failed" and "rangeTest.steps" in plan.status["message"]
@@ -452,6 +483,35 @@ def test_finished_training_reports_losses():
         1.4,
         100,
     )
+
+
+def test_status_reports_the_learning_rate_the_trainer_trained_at():
+    from finetune_operator.children import ChildState
+
+    spec = {**FTJ, "learningRate": {"fromSweep": {"name": "s", "scale": "sqrt"}}}
+    resolved = {"learningRate": 2e-4, "learningRateSource": "sweep/s"}
+    result = {"kind": "train", "learningRate": 1.9e-4, "steps": 50, "totalSteps": 50, "evalLoss": 1.5}
+    children = {"f-train": ChildState("f-train", "Succeeded", result=result)}
+    plan = plan_finetune("f", spec, resolved, 1, children, None, now=NOW)
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["learningRate"] == result["learningRate"], "status LR is the trained LR"
+    assert "at learning rate 0.00019" in plan.status["message"]
+
+
+def test_a_swept_learning_rate_at_or_under_the_schedule_floor_fails_naming_the_field():
+    spec = {**FTJ, "learningRate": {"fromSweep": {"name": "s", "scale": "none"}}}
+    spec["schedule"] = {"minLearningRate": 1e-4}
+    sweep = {"status": {"phase": "Succeeded", "recommendedLearningRate": 1e-4, "effectiveBatchSize": 32}}
+    plan = plan_finetune("f", spec, None, 1, {}, sweep, now=NOW)
+    assert plan.status["phase"] == "Failed" and not plan.create
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "MinLearningRateTooHigh"
+    assert (
+        "schedule.minLearningRate 0.0001 is not below the learning rate 0.0001 from sweep/s"
+        in (failed["message"])
+    )
+    ok = plan_finetune("f", {**spec, "schedule": {"minLearningRate": 1e-5}}, None, 1, {}, sweep, now=NOW)
+    assert ok.status["phase"] == "Pending" and ok.create
 
 
 def test_progress_and_trainer_metrics_parsing():

@@ -164,6 +164,7 @@ def crd_for(kind: KindInfo) -> dict[str, Any]:
             "status": status_schema,
         },
         "required": ["spec"],
+        "x-kubernetes-validations": [kind.name_rule],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -250,12 +251,14 @@ def _doc_rows(schema: dict[str, Any], path: str, rows: list[str]) -> None:
             f"| `{here}`{req} | {_type_text(prop)} | "
             f"{default_text} | {_bounds_text(prop)} | {desc.replace('|', '/')} |"
         )
-        for rule in prop.get("x-kubernetes-validations", []):
-            rows.append(f"| `{here}` | rule | | `{rule['rule']}` | {rule['message']} |")
+        items = prop.get("items", {}) if prop.get("type") == "array" else {}
+        for rule_path, node in ((here, prop), (here + "[]", items)):
+            for rule in node.get("x-kubernetes-validations", []):
+                rows.append(f"| `{rule_path}` | rule | | `{rule['rule']}` | {rule['message']} |")
         if prop.get("type") == "object":
             _doc_rows(prop, here, rows)
-        elif prop.get("type") == "array" and prop.get("items", {}).get("type") == "object":
-            _doc_rows(prop["items"], here + "[]", rows)
+        elif items.get("type") == "object":
+            _doc_rows(items, here + "[]", rows)
 
 
 def render_api_doc() -> str:
@@ -270,6 +273,7 @@ def render_api_doc() -> str:
         crd = crd_for(kind)
         root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         out += [f"## {kind.kind} (`{kind.short}`)", "", kind.description, ""]
+        out += [f"Rule on the object: `{kind.name_rule['rule']}`: {kind.name_rule['message']}.", ""]
         for part in ("spec", "status"):
             schema = root["properties"][part]
             out += [f"### {kind.kind}.{part}", "", " ".join(str(schema.get("description", "")).split()), ""]

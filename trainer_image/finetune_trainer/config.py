@@ -13,12 +13,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "finetune.dev"
+MAX_NAME_LENGTH = 253
+"""Bound of names, revisions, splits and column names (a Kubernetes object name's limit)."""
+MAX_PATH_LENGTH = 4096
+"""Bound of file paths, model directories and hub ids (Linux's PATH_MAX)."""
+MAX_SEED = 2**32 - 1
+"""Largest seed numpy and torch accept."""
+MAX_STEPS = 10_000_000
+"""Bound of every step count and cadence (far beyond any fine-tune)."""
+MAX_SAMPLES = 2**31 - 1
+"""Bound of every example count."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,16 @@ class Spec(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- inputs
 
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
+"""A file or directory path (bounded, so the API server can cost CEL rules over lists of them)."""
+
 
 class ModelSpec(Spec):
     """Which pretrained model to fine-tune."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
     """Hugging Face model id (e.g. `distilbert-base-uncased`) or a local directory with config and weights."""
-    revision: str | None = None
+    revision: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Hub revision (branch, tag or commit) to load; ignored for local directories."""
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     """What the model is trained to do: next-token prediction, or classifying a text into labels."""
@@ -109,24 +122,24 @@ class DatasetSpec(Spec):
         ),
     ]
 
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
     """Hugging Face dataset name (e.g. `imdb`) or a local dataset folder. Exclusive with `files`."""
-    config: str | None = Field(default=None, min_length=1)
+    config: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     """Hub dataset configuration (subset) name, e.g. `wikitext-2-raw-v1`; unset uses the default one."""
-    revision: str | None = Field(default=None, min_length=1)
+    revision: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     """Hub dataset revision (branch, tag or commit) to read; unset reads the default branch."""
-    files: list[str] | None = Field(default=None, max_length=256)
+    files: list[PathText] | None = Field(default=None, max_length=256)
     """Local data files (JSONL, JSON, CSV, Parquet or plain text). Exclusive with `name`."""
-    validation_files: list[str] | None = Field(default=None, max_length=256)
+    validation_files: list[PathText] | None = Field(default=None, max_length=256)
     """Local files to evaluate on (same format as `files`); when set, nothing is held out of `files`."""
     format: Literal["auto", "json", "csv", "parquet", "text"] = "auto"
     """File format; `auto` picks it from the first file's extension (`.jsonl` is json)."""
     sample_by: Literal["line", "paragraph", "document"] = "line"
     """Plain text only: one example per line (line breaks dropped), per blank-line-separated paragraph,
     or per whole file (`document`: code and prose keep their line breaks)."""
-    split: str = "train"
+    split: str = Field(default="train", min_length=1, max_length=MAX_NAME_LENGTH)
     """Split to train on."""
-    validation_split: str | None = None
+    validation_split: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Split to evaluate on; when unset, `validationFraction` of the training split is held out."""
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Fraction of the training split held out for validation when there is no `validationSplit`."""
@@ -138,36 +151,48 @@ class DatasetSpec(Spec):
     response. `auto` picks by the columns present, in that order of preference: messages, prompt and
     completion, instruction and output, else text. The range test, trials and the fine-tune all format data
     this one way, so a recommended learning rate is for the data actually trained on."""
-    text_field: str = "text"
+    text_field: str = Field(default="text", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the input text (`type: text`)."""
-    messages_field: str = "messages"
+    messages_field: str = Field(default="messages", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the conversation (`type: chat`): a list of `{role, content}` messages."""
-    prompt_field: str = "prompt"
+    prompt_field: str = Field(default="prompt", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the prompt (`type: prompt-completion`)."""
-    completion_field: str = "completion"
+    completion_field: str = Field(default="completion", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the completion (`type: prompt-completion`)."""
-    instruction_field: str = "instruction"
+    instruction_field: str = Field(default="instruction", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the instruction (`type: instruction`)."""
-    input_field: str = "input"
+    input_field: str = Field(default="input", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the optional input/context (`type: instruction`); rows without it use the
     instruction-only Alpaca prompt."""
-    output_field: str = "output"
+    output_field: str = Field(default="output", min_length=1, max_length=MAX_NAME_LENGTH)
     """Column holding the response (`type: instruction`)."""
     completion_only_loss: bool = True
     """Chat, prompt-completion and instruction data: compute the loss on the completion (the assistant's
     turns, the response) only; prompt tokens get label -100. Off trains on every token."""
-    label_field: str | None = None
+    label_field: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     """Column holding the class label (sequence classification only)."""
-    max_samples: int | None = Field(default=None, ge=1)
+    max_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
     packing: bool | None = None
     """Causal LM: put several examples into each `maxSeqLength` sequence instead of padding each one. Plain
     text is concatenated and cut into full blocks; chat and instruction examples are packed whole (best-fit
     decreasing, TRL's `pack_dataset`), keeping their completion-only labels. Unset: on for plain text,
     off for chat, prompt-completion and instruction data."""
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     """Seed for the validation split and the `maxSamples` subset (data order follows
     `optimization.seed`)."""
+
+    def has_validation(self) -> bool:
+        """Whether there is validation data: a split, files, or a held-out fraction (see `HAS_VALIDATION`)."""
+        has_split = self.validation_split is not None or bool(self.validation_files)
+        return self.validation_fraction > 0 or has_split
+
+
+HAS_VALIDATION = (
+    "(self.dataset.validationFraction > 0.0 || has(self.dataset.validationSplit)"
+    " || (has(self.dataset.validationFiles) && size(self.dataset.validationFiles) > 0))"
+)
+"""CEL over a spec with a `dataset`: `DatasetSpec.has_validation` for the API server."""
 
 
 class AdapterSpec(Spec):
@@ -190,7 +215,9 @@ class AdapterSpec(Spec):
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA branch."""
-    target_modules: list[str] | None = Field(default=None, max_length=64)
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]] | None = Field(
+        default=None, max_length=64
+    )
     """Module names to adapt (e.g. `q_proj`, `v_proj`); unset means every linear layer."""
     top_layers: int | None = Field(default=None, ge=1, le=1000)
     """With `top-layers`: how many of the last transformer blocks are trained."""
@@ -205,7 +232,7 @@ class OptimizationSpec(Spec):
     """Decoupled weight decay."""
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     """SGD momentum (ignored by the other optimisers)."""
-    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6)
     """Clip gradients to this global norm; 0 disables clipping."""
     batch_size: int = Field(default=8, ge=1, le=65536)
     """Examples per device per step."""
@@ -215,7 +242,7 @@ class OptimizationSpec(Spec):
     """Tokens per example (longer texts are cut; packed blocks have this length)."""
     epochs: float = Field(default=1.0, gt=0.0, le=1000.0)
     """Passes over the training data (ignored when `maxSteps` is set)."""
-    max_steps: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     """Stop after this many optimiser updates; overrides `epochs`."""
     divergence_factor: float = Field(default=4.0, gt=1.0, le=1000.0)
     """A fine-tune or trial stops as diverged once its smoothed training loss exceeds this many times its
@@ -225,7 +252,7 @@ class OptimizationSpec(Spec):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them: much less GPU memory for long
     sequences or big models (QLoRA on a small GPU), about a third more compute per step."""
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     """Seed for weight init of new heads and adapters, data order and dropout."""
 
     def effective_batch_size(self, world_size: int = 1) -> int:
@@ -273,15 +300,15 @@ class ScheduleSpec(Spec):
     warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Warmup length as a fraction of all steps. Exclusive with `warmupSteps`. When neither is set the
     warmup is 5% of the steps (`DEFAULT_WARMUP_RATIO`); set 0 for none."""
-    warmup_steps: int | None = Field(default=None, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0, le=MAX_STEPS)
     """Warmup length in steps. Exclusive with `warmupRatio`."""
-    min_learning_rate: float = Field(default=0.0, ge=0.0)
+    min_learning_rate: float = Field(default=0.0, ge=0.0, le=10.0)
     """Floor under the schedule (e.g. 3e-4 decaying to 1e-7); also the low end of `cyclical`."""
     num_cycles: float | None = Field(default=None, gt=0.0, le=1000.0)
     """cosine: half-waves (default 0.5); cosine_with_restarts: hard restarts (default 1)."""
     power: float = Field(default=1.0, gt=0.0, le=100.0)
     """polynomial: decay exponent."""
-    step_size: int | None = Field(default=None, ge=1)
+    step_size: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     """step: steps between drops; cyclical: half-period (default: a tenth of training)."""
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
     """step: factor per drop; exponential: factor per step is `gamma ** (1 / decay steps)`."""
@@ -368,9 +395,9 @@ class AdaptiveSpec(Spec):
 class EvaluationSpec(Spec):
     """When validation loss is measured."""
 
-    every_steps: int = Field(default=50, ge=1)
+    every_steps: int = Field(default=50, ge=1, le=MAX_STEPS)
     """Evaluate every this many optimiser steps (and at the end)."""
-    max_samples: int | None = Field(default=None, ge=1)
+    max_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Evaluate on at most this many validation examples."""
 
 
@@ -381,14 +408,14 @@ class EarlyStoppingSpec(Spec):
     """Turn early stopping on."""
     patience: int = Field(default=3, ge=1, le=1000)
     """Evaluations without improvement before stopping."""
-    min_delta: float = Field(default=0.0, ge=0.0)
+    min_delta: float = Field(default=0.0, ge=0.0, le=1e6)
     """Smallest drop in validation loss that counts as improvement."""
 
 
 class CheckpointSpec(Spec):
     """Checkpoints: how often, how many, and whether the final model is saved."""
 
-    every_steps: int = Field(default=100, ge=1)
+    every_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     """Save a checkpoint every this many steps; a restarted run resumes from the newest one."""
     keep: int = Field(default=2, ge=1, le=100)
     """Checkpoints kept on disk (the oldest are removed); the best by validation loss is always kept too,
@@ -489,7 +516,7 @@ class TrainerConfig(TrainingSections):
     """Adaptive-recommender settings (used by `recommend`)."""
     learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
     """Peak learning rate for `train` and `trial` (the CLI's `--learning-rate` overrides it)."""
-    output_dir: str = "./output"
+    output_dir: str = Field(default="./output", min_length=1, max_length=MAX_PATH_LENGTH)
     """Where checkpoints, the final model, the full result and plots are written."""
     output: ArtifactSpec = Field(default_factory=ArtifactSpec)
     """Merged model and hub upload (used by `train`)."""

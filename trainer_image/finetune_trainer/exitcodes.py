@@ -6,9 +6,12 @@ or out-of-memory pod may be), so they are part of the contract and never renumbe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from finetune_trainer.config import ExitCode
 
-__all__ = ["ConfigError", "DivergedError", "ExitCode", "Interrupted", "TrainerError"]
+__all__ = ["ConfigError", "DivergedError", "ExitCode", "Interrupted", "TrainerError", "config_errors"]
 # ExitCode (OK 0, ERROR 1, BAD_CONFIG 2, DIVERGED 3, OUT_OF_MEMORY 4, INTERRUPTED 5) lives in the contract
 # module so the operator reads the same numbers; this module adds the exceptions that carry them.
 
@@ -44,3 +47,15 @@ class Interrupted(TrainerError):
     """A termination signal arrived."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+@contextmanager
+def config_errors(section: str, fix: str) -> Iterator[None]:
+    """Where the config becomes library objects (training arguments, the trainer, the LR schedule), a
+    ValueError or TypeError is the config's fault (e.g. numpy refusing a seed): raise it as a
+    :class:`ConfigError` naming `section`, so the pod exits with BAD_CONFIG and is never retried."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ConfigError(section, first, fix) from exc

@@ -17,7 +17,7 @@ from typing import Any
 from finetune_trainer.artifacts import check_outputs
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import PreparedData, prepare
-from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.exitcodes import ConfigError, config_errors
 from finetune_trainer.modeling import (
     check_hardware,
     check_model_source,
@@ -29,6 +29,8 @@ from finetune_trainer.runtime import world_size
 from finetune_trainer.schedules import warmup_steps_for
 
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
+OPTIMIZATION_FIX = "fix the optimization, evaluation or checkpoints field the error names"
+SCHEDULE_FIX = "fix the schedule field the error names"
 
 
 @dataclass
@@ -66,6 +68,13 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
             "learningRate",
             f"{command} needs a learning rate",
             "set learningRate in the config or --learning-rate",
+        )
+    floor = cfg.schedule.min_learning_rate
+    if command == "train" and learning_rate is not None and floor >= learning_rate:
+        raise ConfigError(
+            "schedule.minLearningRate",
+            f"{floor:g} is not below the learning rate {learning_rate:g} (the floor over the peak)",
+            "lower schedule.minLearningRate",
         )
     tokenizer = load_tokenizer(cfg.model)
     data = prepare(cfg, tokenizer)
@@ -183,7 +192,9 @@ def _trainer_class() -> type:
 
         def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
             if self.lr_scheduler is None:
-                self.lr_scheduler = self._schedule_factory(optimizer or self.optimizer, num_training_steps)
+                with config_errors("schedule", SCHEDULE_FIX):
+                    schedule = self._schedule_factory(optimizer or self.optimizer, num_training_steps)
+                self.lr_scheduler = schedule
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
@@ -208,45 +219,46 @@ def training_arguments(
     cfg, opt = plan.cfg, plan.cfg.optimization
     cpu = not cuda_available()
     tracking = plan.command == "train" and cfg.tracking.report_to != "none"
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=opt.batch_size,
-        per_device_eval_batch_size=opt.batch_size,
-        gradient_accumulation_steps=opt.gradient_accumulation_steps,
-        learning_rate=plan.learning_rate,
-        weight_decay=opt.weight_decay,
-        max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
-        num_train_epochs=opt.epochs,
-        max_steps=max_steps if max_steps is not None else -1,
-        optim=OPTIMIZERS[opt.optimizer],
-        optim_args=f"momentum={opt.momentum}" if opt.optimizer == "sgd" else None,
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        logging_nan_inf_filter=False,  # a NaN loss must reach us, not be averaged away
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=cfg.evaluation.every_steps if evaluate else None,
-        metric_for_best_model="eval_loss" if evaluate else None,
-        greater_is_better=False if evaluate else None,
-        save_strategy="steps" if save else "no",
-        save_steps=cfg.checkpoints.every_steps,
-        # Hugging Face deletes the newest checkpoint at the end when the limit is 1 and the best differs
-        save_total_limit=max(cfg.checkpoints.keep, 2) if keep_best else cfg.checkpoints.keep,
-        bf16=plan.precision == "bf16",
-        fp16=plan.precision == "fp16",
-        use_cpu=cpu,
-        ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
-        ddp_find_unused_parameters=False if plan.world_size > 1 else None,
-        seed=opt.seed,
-        data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
-        load_best_model_at_end=keep_best and evaluate and save,
-        report_to=cfg.tracking.report_to if tracking else "none",
-        run_name=cfg.tracking.run_name or Path(output_dir).name,
-        disable_tqdm=True,
-        log_level="warning",
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        **_checkpointing(opt.gradient_checkpointing, TrainingArguments),
-    )
+    with config_errors("optimization", OPTIMIZATION_FIX):
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=opt.batch_size,
+            per_device_eval_batch_size=opt.batch_size,
+            gradient_accumulation_steps=opt.gradient_accumulation_steps,
+            learning_rate=plan.learning_rate,
+            weight_decay=opt.weight_decay,
+            max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
+            num_train_epochs=opt.epochs,
+            max_steps=max_steps if max_steps is not None else -1,
+            optim=OPTIMIZERS[opt.optimizer],
+            optim_args=f"momentum={opt.momentum}" if opt.optimizer == "sgd" else None,
+            logging_strategy="steps",
+            logging_steps=logging_steps,
+            logging_nan_inf_filter=False,  # a NaN loss must reach us, not be averaged away
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=cfg.evaluation.every_steps if evaluate else None,
+            metric_for_best_model="eval_loss" if evaluate else None,
+            greater_is_better=False if evaluate else None,
+            save_strategy="steps" if save else "no",
+            save_steps=cfg.checkpoints.every_steps,
+            # Hugging Face deletes the newest checkpoint at the end when the limit is 1 and the best differs
+            save_total_limit=max(cfg.checkpoints.keep, 2) if keep_best else cfg.checkpoints.keep,
+            bf16=plan.precision == "bf16",
+            fp16=plan.precision == "fp16",
+            use_cpu=cpu,
+            ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
+            ddp_find_unused_parameters=False if plan.world_size > 1 else None,
+            seed=opt.seed,
+            data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
+            load_best_model_at_end=keep_best and evaluate and save,
+            report_to=cfg.tracking.report_to if tracking else "none",
+            run_name=cfg.tracking.run_name or Path(output_dir).name,
+            disable_tqdm=True,
+            log_level="warning",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            **_checkpointing(opt.gradient_checkpointing, TrainingArguments),
+        )
 
 
 def _checkpointing(enabled: bool, arguments: type) -> dict[str, Any]:
@@ -270,16 +282,17 @@ def build_trainer(
 ) -> Any:
     from transformers.trainer_callback import PrinterCallback
 
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        data_collator=plan.data.collator,
-        train_dataset=plan.data.train,
-        eval_dataset=plan.data.eval if args.eval_strategy != "no" else None,
-        processing_class=plan.tokenizer,
-        callbacks=callbacks,
-        schedule_factory=schedule_factory,
-    )
+    with config_errors("optimization", OPTIMIZATION_FIX):  # e.g. the seed numpy refuses
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            data_collator=plan.data.collator,
+            train_dataset=plan.data.train,
+            eval_dataset=plan.data.eval if args.eval_strategy != "no" else None,
+            processing_class=plan.tokenizer,
+            callbacks=callbacks,
+            schedule_factory=schedule_factory,
+        )
     trainer.remove_callback(PrinterCallback)  # stdout is ours (JSON lines)
     return trainer
 

@@ -55,6 +55,15 @@ def plan(
     child = children.get(job)
     b.status.job_name = job
     if child is None:
+        floor = spec.schedule.min_learning_rate
+        if floor >= lr:  # a value is refused at admission; a swept one is known only now
+            b.phase(
+                "Failed",
+                "MinLearningRateTooHigh",
+                f"schedule.minLearningRate {floor:.3g} is not below the learning rate {lr:.3g} from "
+                f"{b.status.learning_rate_source}: lower schedule.minLearningRate below it",
+            )
+            return None
         try:
             config = rendering.train_config(spec, lr, _source_text(b.status))
         except ValidationError as e:
@@ -96,6 +105,9 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
         )
         return
     s = b.status
+    trained = finite(result.learning_rate)
+    if trained is not None and trained > 0:
+        s.learning_rate = lr = trained  # the LR the trainer trained at, nothing else
     s.eval_loss, s.best_eval_loss = finite(result.eval_loss), finite(result.best_eval_loss)
     s.train_loss, s.checkpoint, s.early_stopped = (
         finite(result.train_loss),

@@ -11,7 +11,7 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, TrialStatus
 from finetune_operator.children import ChildState
 from finetune_operator.planning.adaptive import trial_record
-from finetune_operator.planning.rangetest import RECOMMENDED, Samples
+from finetune_operator.planning.rangetest import RECOMMENDED, Samples, child_failed
 from finetune_operator.planning.status import TERMINAL, ChildRequest, StatusBuilder, progress_from_sample
 from finetune_operator.sweeps import best_learning_rate, trial_learning_rates
 from finetune_trainer.adaptive import TrialRequest
@@ -31,6 +31,7 @@ def plan(
     remembered = {t.index: t for t in b.status.trials or [] if t.stage is None}
     jobs = [naming.trial_job(name, i) for i in range(len(lrs))]
     active = sum(1 for job in jobs if (c := children.get(job)) and c.phase in ("Pending", "Running"))
+    config_error = next((c for j in jobs if (c := children.get(j)) and c.reason == "InvalidConfig"), None)
     trials: list[TrialStatus] = []
     for i, (lr, job) in enumerate(zip(lrs, jobs, strict=True)):
         child, before = children.get(job), remembered.get(i)
@@ -38,7 +39,7 @@ def plan(
         if child is None and before is not None and before.phase in TERMINAL:
             trial = before
         elif child is None:
-            if active < sweep.trials.parallelism:
+            if active < sweep.trials.parallelism and config_error is None:
                 try:
                     config = rendering.trial_config(sweep, lr, steps)
                 except ValidationError as e:
@@ -59,6 +60,9 @@ def plan(
     if b.children:
         b.started()
     b.status.trials = trials
+    if config_error is not None:  # every trial shares the config: stop at the first, with its message
+        child_failed(b, config_error, "trial")
+        return
     finished = [t for t in trials if t.phase in TERMINAL]
     b.status.progress = Progress(
         step=len(finished), total_steps=len(trials), percent=int(100 * len(finished) / len(trials))
@@ -74,9 +78,7 @@ def plan(
         return
     best = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials])
     if best is None:
-        b.phase(
-            "Failed", "AllTrialsFailed", "no trial produced a validation loss; lower the learning-rate window"
-        )
+        _no_trial_succeeded(b, [children[t.job_name] for t in trials if t.job_name in children])
         return
     lr, loss = best
     s = b.status
@@ -86,4 +88,19 @@ def plan(
         "Succeeded",
         RECOMMENDED,
         f"recommended learning rate {lr:.3g} (best of {len(trials)} trials, eval loss {loss:.4g})",
+    )
+
+
+def _no_trial_succeeded(b: StatusBuilder[LRSweepStatus], children: list[ChildState]) -> None:
+    """No trial has a validation loss: a trial that failed for another reason than divergence (a bad
+    config, out of memory) says why in its own words; only when every trial diverged is the window too
+    high."""
+    failed = [c for c in children if c.phase == "Failed" and c.reason != "Diverged"]
+    if failed:
+        first = next((c for c in failed if c.reason == "InvalidConfig"), failed[0])
+        what = f"no trial produced a validation loss ({len(failed)} of {len(children)} failed); trial"
+        child_failed(b, first, what)
+        return
+    b.phase(
+        "Failed", "AllTrialsFailed", "no trial produced a validation loss; lower the learning-rate window"
     )
