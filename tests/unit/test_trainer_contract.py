@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from finetune_operator.planning.status import progress_from_sample
 from finetune_operator.polling import SERIES, parse_trainer_metrics
 from finetune_operator.settings import Settings
@@ -38,3 +40,15 @@ def test_a_sample_becomes_live_progress_with_throughput():
 def test_one_port_and_one_set_of_phases():
     assert trainer_metrics.DEFAULT_PORT == Settings().trainer_metrics_port == TRAINER_METRICS_PORT == 9400
     assert trainer_metrics.PHASES == TRAINER_PHASES
+
+
+def test_a_model_with_two_rule_bearing_bases_keeps_both_bases_rules() -> None:
+    """A class setting ``__rules__`` (or inheriting from two classes that do) adds rules, never hides them:
+    the operator's FineTuneJob output is an output location and an artifact spec at once."""
+    from finetune_operator.api import FineTuneOutputSpec, OutputSpec
+    from finetune_trainer.config import ArtifactSpec, rules_of
+
+    messages = {r.message for r in rules_of(FineTuneOutputSpec)}
+    assert {r.message for r in rules_of(OutputSpec)} | {r.message for r in rules_of(ArtifactSpec)} <= messages
+    with pytest.raises(ValueError, match="hubModelId is required"):
+        FineTuneOutputSpec.model_validate({"pushToHub": True})

@@ -41,8 +41,21 @@ class Rule:
     field_path: str | None = None
 
 
+def rules_of(cls: type) -> list[Rule]:
+    """Every rule of ``cls`` and of the classes it derives from (a class that sets ``__rules__`` adds to
+    its bases' rules, never hides them), each once, bases first."""
+    rules: list[Rule] = []
+    seen: set[tuple[str, str]] = set()
+    for klass in reversed(cls.__mro__):
+        for rule in klass.__dict__.get("__rules__", []):
+            if (rule.cel, rule.message) not in seen:
+                seen.add((rule.cel, rule.message))
+                rules.append(rule)
+    return rules
+
+
 def _add_cel_rules(schema: dict[str, Any], cls: type) -> None:
-    rules: list[Rule] = getattr(cls, "__rules__", [])
+    rules = rules_of(cls)
     if rules:
         schema["x-kubernetes-validations"] = [
             {"rule": r.cel, "message": r.message} | ({"fieldPath": r.field_path} if r.field_path else {})
@@ -65,7 +78,7 @@ class Spec(BaseModel):
 
     @model_validator(mode="after")
     def _check_rules(self) -> Spec:
-        for rule in type(self).__rules__:
+        for rule in rules_of(type(self)):
             if not rule.check(self):
                 raise ValueError(rule.message)
         return self
