@@ -253,8 +253,12 @@ class TrialStatus(Spec):
     """Final validation loss."""
     diverged: bool = False
     """True when the trial's loss blew up."""
+    reason: str | None = Field(default=None, max_length=64)
+    """Why a trial failed, when its Job cannot say (JobDeleted: the Job went before its result was read)."""
+    message: str | None = Field(default=None, max_length=256)
+    """The reason in words."""
     job_name: str | None = None
-    """The trial's Job."""
+    """The trial's Job (created once: a trial whose result is recorded is never run again)."""
     progress: Progress | None = None
     """Live progress while the trial runs (polled from its metrics)."""
 

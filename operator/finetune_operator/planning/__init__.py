@@ -9,6 +9,7 @@ to the module that decides, and renders the children it asks for with `rendering
     planning/rangetest.py  the range-test Job and what its curve says (method rangeTest)
     planning/adaptive.py   the adaptive method: range test, trials as Jobs, recommendation
     planning/trials.py     grid and random trials
+    planning/remembered.py trial results kept in the status once their Jobs are gone (every trial method)
     planning/finetune.py   the FineTuneJob: its learning rate, then its training Job
 """
 

@@ -12,6 +12,7 @@ from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, TrialSta
 from finetune_operator.children import ChildState
 from finetune_operator.planning.adaptive import trial_record
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
+from finetune_operator.planning.remembered import remembered
 from finetune_operator.planning.status import TERMINAL, ChildRequest, StatusBuilder, progress_from_sample
 from finetune_operator.sweeps import best_learning_rate, trial_learning_rates
 from finetune_trainer.adaptive import TrialRequest
@@ -25,18 +26,19 @@ def plan(
     samples: Samples,
 ) -> None:
     """Start trials up to `parallelism`, follow them (live progress while they run), then recommend. A
-    finished trial whose Job is gone (deleted after its TTL) is remembered from the status, not re-run."""
+    trial whose Job is gone (deleted after its TTL) is remembered from the status, never re-run."""
     lrs = trial_learning_rates(sweep.method, sweep.trials)
     steps = sweep.trials.steps
-    remembered = {t.index: t for t in b.status.trials or [] if t.stage is None}
+    previous = {t.index: t for t in b.status.trials or [] if t.stage is None}
+    kept = remembered(b.status.trials, children)
     jobs = [naming.trial_job(name, i) for i in range(len(lrs))]
     active = sum(1 for job in jobs if (c := children.get(job)) and c.phase in ("Pending", "Running"))
     trials: list[TrialStatus] = []
     for i, (lr, job) in enumerate(zip(lrs, jobs, strict=True)):
-        child, before = children.get(job), remembered.get(i)
+        child, before = children.get(job), previous.get(i)
         trial = TrialStatus(index=i, learning_rate=lr, steps=steps, job_name=job)
-        if child is None and before is not None and before.phase in TERMINAL:
-            trial = before
+        if child is None and (last := kept.get((0, i))) is not None:
+            trial = last
         elif child is None:
             if active < sweep.trials.parallelism:
                 try:
