@@ -196,3 +196,39 @@ def test_bad_model_path_fails_with_the_trainers_message(
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "InvalidConfig", status
     assert "model.name" in status["message"]
+
+
+def test_grid_trials_whose_finished_jobs_are_deleted_run_once_and_the_sweep_completes(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """Results outlive their Jobs: each finished trial Job is deleted by hand as soon as the status has its
+    result (what `ttlSecondsAfterFinished` does); no trial Job is ever created twice."""
+    spec = {
+        **tiny,
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "steps": 6, "parallelism": 1},
+    }
+    batch = client.BatchV1Api(kube_api)
+    uids: dict[str, set[str]] = {}
+    deleted: set[str] = set()
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "ttl", spec)
+        deadline, status = time.monotonic() + 300, {}
+        while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Failed"):
+            for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+                uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+            status = status_of(kube_api, namespace, "LRSweep", "ttl")
+            for t in status.get("trials") or []:
+                if t["phase"] == "Succeeded" and t["jobName"] not in deleted:
+                    batch.delete_namespaced_job(t["jobName"], namespace, propagation_policy="Background")
+                    deleted.add(t["jobName"])
+            time.sleep(0.3)
+        time.sleep(3)  # reconciles after the last deletion create nothing either
+        for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+            uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert {n: len(u) for n, u in uids.items()} == {f"ttl-trial-{i}": 1 for i in range(3)}
+    assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
+    assert all(t["evalLoss"] is not None for t in status["trials"])
+    assert deleted == {f"ttl-trial-{i}" for i in range(3)}

@@ -181,4 +181,3 @@ def _desired(
         for c in b.children
     ]
     return DesiredState(b.status, jobs, b.events)
-

@@ -1,5 +1,6 @@
-"""Grid and random LRSweeps: short fine-tunes at fixed learning rates, `parallelism` at a time, then the
-best trial (refined by a parabola in log-LR) is the recommendation."""
+"""Grid, random and bayesian LRSweeps: short fine-tunes whose params an Optuna study draws (`planning/study`),
+`parallelism` at a time, then the best trial is the recommendation (refined by a parabola in log-LR when
+the learning rate is all that is searched)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,34 @@ from pydantic import ValidationError
 from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, TrialStatus
 from finetune_operator.children import ChildState
+from finetune_operator.planning import study
 from finetune_operator.planning.adaptive import trial_record
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.remembered import remembered
 from finetune_operator.planning.status import TERMINAL, ChildRequest, StatusBuilder, progress_from_sample
-from finetune_operator.sweeps import best_learning_rate, trial_learning_rates
+from finetune_operator.sweeps import best_learning_rate
 from finetune_trainer.adaptive import TrialRequest
+from finetune_trainer.config import TrainerConfig
+
+ACTIVE = ("Pending", "Running")
+
+
+def trial_config(sweep: LRSweepSpec, params: study.Params) -> TrainerConfig:
+    """A short fine-tune at `params`: the sweep's recipe with the searched values put in, cut to its steps."""
+    opt, schedule, adapter = sweep.optimization, sweep.schedule, sweep.adapter
+    if "batchSize" in params:
+        opt = opt.model_copy(update={"batch_size": int(params["batchSize"])})
+    if "weightDecay" in params:
+        opt = opt.model_copy(update={"weight_decay": params["weightDecay"]})
+    if "warmupRatio" in params:
+        schedule = schedule.model_copy(update={"warmup_ratio": params["warmupRatio"], "warmup_steps": None})
+    if "loraR" in params:
+        adapter = adapter.model_copy(update={"r": int(params["loraR"])})
+    if "loraAlpha" in params:
+        adapter = adapter.model_copy(update={"alpha": int(params["loraAlpha"])})
+    spec = sweep.model_copy(update={"optimization": opt, "schedule": schedule, "adapter": adapter})
+    steps = int(params.get("maxSteps", sweep.trials.steps))
+    return rendering.trial_config(spec, params["learningRate"], steps)
 
 
 def plan(
@@ -25,65 +48,118 @@ def plan(
     children: Mapping[str, ChildState],
     samples: Samples,
 ) -> None:
-    """Start trials up to `parallelism`, follow them (live progress while they run), then recommend. A
-    trial whose Job is gone (deleted after its TTL) is remembered from the status, never re-run."""
-    lrs = trial_learning_rates(sweep.method, sweep.trials)
-    steps = sweep.trials.steps
-    previous = {t.index: t for t in b.status.trials or [] if t.stage is None}
+    """Follow the recorded trials (live progress while they run), ask the study for more up to
+    `parallelism` running and the sweep's budget, then recommend. A trial whose Job is gone keeps the
+    result the status recorded and is never run again (`remembered`)."""
+    total = study.budget(sweep)
+    if total > study.MAX_TRIALS:
+        b.phase(
+            "Failed",
+            "TooManyTrials",
+            f"the sweep would run {total} trials, more than {study.MAX_TRIALS}: "
+            "shrink trials.searchSpace or trials.count",
+        )
+        return
     kept = remembered(b.status.trials, children)
-    jobs = [naming.trial_job(name, i) for i in range(len(lrs))]
-    active = sum(1 for job in jobs if (c := children.get(job)) and c.phase in ("Pending", "Running"))
     trials: list[TrialStatus] = []
-    for i, (lr, job) in enumerate(zip(lrs, jobs, strict=True)):
-        child, before = children.get(job), previous.get(i)
-        trial = TrialStatus(index=i, learning_rate=lr, steps=steps, job_name=job)
-        if child is None and (last := kept.get((0, i))) is not None:
+    requests: list[tuple[TrialStatus, study.Params]] = []
+    for before in sorted((t for t in b.status.trials or [] if t.stage is None), key=lambda t: t.index):
+        child = children.get(before.job_name or naming.trial_job(name, before.index))
+        trial = before.model_copy(update={"progress": None})
+        if child is None and (last := kept.get((0, before.index))) is not None:
             trial = last
         elif child is None:
-            if active < sweep.trials.parallelism:
-                try:
-                    config = rendering.trial_config(sweep, lr, steps)
-                except ValidationError as e:
-                    b.invalid(e)
-                    return
-                args = ["trial", "--learning-rate", repr(lr)]
-                b.children.append(ChildRequest(job, "trial", args, config, trial=i))
-                active += 1
+            requests.append((trial, study.params_of(before, study.distributions(sweep))))  # not seen yet
         else:
-            trial.phase = child.phase
-            record = trial_record(TrialRequest(1, i, lr, steps), child)
-            if record is not None:
-                trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
-            if child.phase == "Running":
-                last = before.progress if before is not None else None
-                trial.progress = progress_from_sample(samples.get(job), child.start_time, b.now, last)
+            _follow(trial, child, samples, b.now, before)
         trials.append(trial)
+    active = sum(1 for t in trials if t.phase in ACTIVE)
+    engine = None
+    while len(trials) < total and (active < sweep.trials.parallelism or _job(name, len(trials)) in children):
+        engine = engine or study.rebuild(sweep, trials)
+        params = study.ask(sweep, engine, 1)[0]
+        index = len(trials)
+        trial = TrialStatus(
+            index=index,
+            learning_rate=params["learningRate"],
+            params=params,
+            steps=int(params.get("maxSteps", sweep.trials.steps)),
+            job_name=_job(name, index),
+        )
+        trials.append(trial)
+        if (child := children.get(trial.job_name or "")) is not None:  # created, its status not written
+            _follow(trial, child, samples, b.now, None)
+            active += trial.phase in ACTIVE
+            engine = None  # the study learns its outcome on the next rebuild
+        else:
+            requests.append((trial, params))
+            active += 1
+    for trial, params in requests:
+        try:
+            config = trial_config(sweep, params)
+        except ValidationError as e:
+            b.invalid(e)
+            return
+        args = ["trial", "--learning-rate", repr(config.learning_rate)]
+        b.children.append(ChildRequest(trial.job_name or "", "trial", args, config, trial=trial.index))
     if b.children:
         b.started()
     b.status.trials = trials
+    _decide(sweep, b, trials, total)
+
+
+def _job(name: str, index: int) -> str:
+    return naming.trial_job(name, index)
+
+
+def _follow(
+    trial: TrialStatus, child: ChildState, samples: Samples, now: str, before: TrialStatus | None
+) -> None:
+    """The trial as its Job says: phase, result once finished, live progress while it runs."""
+    trial.phase = child.phase
+    req = TrialRequest(1, trial.index, trial.learning_rate, trial.steps or 1)
+    record = trial_record(req, child)
+    if record is not None:
+        trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
+    if child.phase == "Running":
+        last = before.progress if before is not None else None
+        trial.progress = progress_from_sample(samples.get(child.name), child.start_time, now, last)
+
+
+def _decide(
+    sweep: LRSweepSpec, b: StatusBuilder[LRSweepStatus], trials: list[TrialStatus], total: int
+) -> None:
+    """Progress while trials remain; the best trial once all have finished."""
     finished = [t for t in trials if t.phase in TERMINAL]
     b.status.progress = Progress(
-        step=len(finished), total_steps=len(trials), percent=int(100 * len(finished) / len(trials))
+        step=len(finished), total_steps=total, percent=int(100 * len(finished) / total)
     )
-    if len(finished) < len(trials):
+    if len(finished) < total:
         running = sum(t.phase == "Running" for t in trials)
         b.phase(
             "Running" if running else "Pending",
             "TrialsRunning",
-            f"{len(finished)}/{len(trials)} trials finished, {running} running",
+            f"{len(finished)}/{total} trials finished, {running} running",
             event=False,
         )
         return
-    best = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials])
-    if best is None:
+    scored = [t for t in finished if t.eval_loss is not None]
+    if not scored:
         b.phase(
             "Failed", "AllTrialsFailed", "no trial produced a validation loss; lower the learning-rate window"
         )
         return
-    lr, loss = best
+    best = min(scored, key=lambda t: t.eval_loss or 0.0)
+    lr, loss = best.learning_rate, best.eval_loss or 0.0
+    params = best.params or {"learningRate": lr}
+    if set(params) == {"learningRate"}:  # the learning rate alone: refine it between the best's neighbours
+        lr, loss = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials]) or (lr, loss)
     s = b.status
-    s.recommended_learning_rate, s.rule, s.best_loss = lr, "best-trial", loss
-    s.effective_batch_size, s.adapter = sweep.optimization.effective_batch_size(), sweep.adapter.type
+    s.recommended_learning_rate, s.rule, s.best_loss, s.best_params = lr, "best-trial", loss, params
+    opt = sweep.optimization
+    if "batchSize" in params:
+        opt = opt.model_copy(update={"batch_size": int(params["batchSize"])})
+    s.effective_batch_size, s.adapter = opt.effective_batch_size(), sweep.adapter.type
     b.phase(
         "Succeeded",
         RECOMMENDED,
