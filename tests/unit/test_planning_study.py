@@ -70,7 +70,7 @@ def test_a_grid_over_a_search_space_visits_every_point_once():
             "count": 3,
         },
     }
-    status, created, drawn = run(spec)
+    status, _, drawn = run(spec)
     assert status["phase"] == "Succeeded"
     points = {(round(math.log10(p["learningRate"]), 6), p["batchSize"]) for p in drawn}
     assert points == set(product([-4.0, -3.0, -2.0], [4, 8])) and len(drawn) == 6
