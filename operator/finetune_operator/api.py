@@ -456,6 +456,10 @@ class FromSweep(Spec):
     scale: Literal["none", "sqrt", "linear"] = "sqrt"
     """Scale the recommendation from the sweep's effective batch size to this job's: `linear`
     (x batch ratio), `sqrt` (x sqrt of it, Adam's rule of thumb) or `none`."""
+    use: Literal["learningRate", "all"] = "learningRate"
+    """`learningRate`: the recommendation alone; `all`: the best trial's searched parameters too (batch size,
+    weight decay, warmup ratio, LoRA r and alpha, from a grid, random or bayesian sweep's `bestParams`),
+    the learning rate then scaled to the resulting batch size."""
 
 
 class AutoSweep(Spec):
@@ -508,6 +512,8 @@ class FineTuneJobStatus(ResourceStatus):
     """The resolved peak learning rate."""
     learning_rate_source: str | None = None
     """Where it came from: `value`, `sweep/<name>` or `auto/<name>`."""
+    params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))
+    """`fromSweep.use: all`: the sweep's best parameters this job trains with."""
     sweep_name: str | None = None
     """The LRSweep consulted (fromSweep) or created (auto)."""
     job_name: str | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from itertools import product
 
+import pytest
 from optuna.trial import TrialState
 from plans import plan_sweep
 
@@ -145,3 +146,31 @@ def test_a_grid_larger_than_the_status_can_hold_fails_with_the_fields_to_shrink(
     plan = plan_sweep("s", spec, None, 1, {})
     assert plan.status["phase"] == "Failed" and "trials.searchSpace" in plan.status["message"]
     assert not plan.create
+
+
+def test_a_finetune_using_all_of_a_sweep_trains_with_its_best_params_and_scales_the_lr_to_that_batch():
+    from plans import plan_finetune
+
+    best = {"learningRate": 1e-3, "batchSize": 16.0, "loraR": 8.0, "weightDecay": 0.05, "maxSteps": 7.0}
+    sweep = {
+        "status": {
+            "phase": "Succeeded",
+            "recommendedLearningRate": 1e-3,
+            "effectiveBatchSize": 16,
+            "bestParams": best,
+        }
+    }
+    job = {**BASE, "optimization": {"batchSize": 4, "gradientAccumulationSteps": 2, "maxSteps": 100}}
+    lr_only = {**job, "learningRate": {"fromSweep": {"name": "s", "scale": "linear"}}}
+    plan = plan_finetune("f", lr_only, None, 1, {}, sweep)
+    assert plan.status["learningRate"] == pytest.approx(1e-3 * 8 / 16) and "params" not in plan.status
+    assert plan.create[0].config.optimization.batch_size == 4
+
+    use_all = {**job, "learningRate": {"fromSweep": {"name": "s", "scale": "linear", "use": "all"}}}
+    first = plan_finetune("f", use_all, None, 1, {}, sweep)
+    assert first.status["learningRate"] == pytest.approx(1e-3 * 32 / 16), "16 x 2 accumulation vs 16"
+    assert first.status["params"] == {"batchSize": 16, "loraR": 8, "weightDecay": 0.05}
+    for plan in (first, plan_finetune("f", use_all, first.status, 1, {}, None)):  # later: from the status
+        c = plan.create[0].config
+        assert (c.optimization.batch_size, c.adapter.r, c.optimization.weight_decay) == (16, 8, 0.05)
+        assert c.optimization.max_steps == 100, "the trial's length is not the fine-tune's"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -21,9 +21,12 @@ from optuna.trial import TrialState, create_trial
 
 from finetune_operator.api import LRSweepSpec, SearchSpace, TrialStatus
 from finetune_operator.sweeps import trial_learning_rates
+from finetune_trainer.config import TrainingSections
 
 Params = dict[str, float]
 """A trial's searched parameters by their camelCase names (`learningRate`, `batchSize`, …)."""
+
+T = TypeVar("T", bound=TrainingSections)
 
 MAX_TRIALS = 64
 """The most trials one sweep runs: every trial keeps its full entry in the status (bounded by the CRD)."""
@@ -132,3 +135,20 @@ def ask(sweep: LRSweepSpec, study: optuna.Study, n: int) -> list[Params]:
         study.sampler = sampler(sweep, len(study.trials))
         drawn.append(dict(study.ask(space).params))
     return drawn
+
+
+def with_params(spec: T, params: Params) -> T:
+    """`spec` with the searched values put into its recipe (batch size, weight decay, warmup ratio, LoRA r
+    and alpha; the learning rate and a trial's steps are the caller's)."""
+    opt, schedule, adapter = spec.optimization, spec.schedule, spec.adapter
+    if "batchSize" in params:
+        opt = opt.model_copy(update={"batch_size": int(params["batchSize"])})
+    if "weightDecay" in params:
+        opt = opt.model_copy(update={"weight_decay": params["weightDecay"]})
+    if "warmupRatio" in params:
+        schedule = schedule.model_copy(update={"warmup_ratio": params["warmupRatio"], "warmup_steps": None})
+    if "loraR" in params:
+        adapter = adapter.model_copy(update={"r": int(params["loraR"])})
+    if "loraAlpha" in params:
+        adapter = adapter.model_copy(update={"alpha": int(params["loraAlpha"])})
+    return spec.model_copy(update={"optimization": opt, "schedule": schedule, "adapter": adapter})

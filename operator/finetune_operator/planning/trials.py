@@ -25,20 +25,8 @@ ACTIVE = ("Pending", "Running")
 
 def trial_config(sweep: LRSweepSpec, params: study.Params) -> TrainerConfig:
     """A short fine-tune at `params`: the sweep's recipe with the searched values put in, cut to its steps."""
-    opt, schedule, adapter = sweep.optimization, sweep.schedule, sweep.adapter
-    if "batchSize" in params:
-        opt = opt.model_copy(update={"batch_size": int(params["batchSize"])})
-    if "weightDecay" in params:
-        opt = opt.model_copy(update={"weight_decay": params["weightDecay"]})
-    if "warmupRatio" in params:
-        schedule = schedule.model_copy(update={"warmup_ratio": params["warmupRatio"], "warmup_steps": None})
-    if "loraR" in params:
-        adapter = adapter.model_copy(update={"r": int(params["loraR"])})
-    if "loraAlpha" in params:
-        adapter = adapter.model_copy(update={"alpha": int(params["loraAlpha"])})
-    spec = sweep.model_copy(update={"optimization": opt, "schedule": schedule, "adapter": adapter})
     steps = int(params.get("maxSteps", sweep.trials.steps))
-    return rendering.trial_config(spec, params["learningRate"], steps)
+    return rendering.trial_config(study.with_params(sweep, params), params["learningRate"], steps)
 
 
 def plan(
@@ -156,9 +144,7 @@ def _decide(
         lr, loss = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials]) or (lr, loss)
     s = b.status
     s.recommended_learning_rate, s.rule, s.best_loss, s.best_params = lr, "best-trial", loss, params
-    opt = sweep.optimization
-    if "batchSize" in params:
-        opt = opt.model_copy(update={"batch_size": int(params["batchSize"])})
+    opt = study.with_params(sweep, params).optimization
     s.effective_batch_size, s.adapter = opt.effective_batch_size(), sweep.adapter.type
     b.phase(
         "Succeeded",
