@@ -268,6 +268,20 @@ class SearchSpace(Spec):
     """Optimiser steps per trial (instead of `steps`)."""
 
 
+class PrunerSpec(Spec):
+    """Stop trials early whose intermediate validation loss is poor (Optuna's pruners)."""
+
+    type: Literal["median", "successiveHalving", "hyperband", "none"] = "median"
+    """`median`: stop a trial worse than the median of earlier trials at the same step; `successiveHalving`
+    and `hyperband`: keep the best fraction at each rung; `none`: run every trial to its end."""
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    """Validation cadence of trials, in steps (the intermediate values); default a quarter of a trial."""
+    startup_trials: int = Field(default=3, ge=0, le=64)
+    """Median: trials that finish before any is pruned."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Median: steps of a trial before it may be pruned."""
+
+
 class TrialsSpec(Spec):
     """Grid, random or bayesian sweeps: short fine-tunes compared by validation loss. Without a
     `searchSpace` the learning rate alone is searched (explicit `learningRates`, or the min/max window)."""
@@ -300,6 +314,9 @@ class TrialsSpec(Spec):
     """Trials of a random or bayesian sweep (default `count`); a grid runs each point once."""
     objective: Literal["evalLoss"] = "evalLoss"
     """What a trial is judged by, minimised: the final validation loss."""
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    """Early stopping of poor trials on their intermediate validation loss (a pruned trial's Job is
+    deleted; the status says Pruned, at which step and why)."""
 
 
 SweepMethod = Literal["adaptive", "rangeTest", "grid", "random", "bayesian"]
@@ -357,6 +374,15 @@ class LRSweepSpec(TrainingSections, WorkloadSpec):
     """Trial settings (methods grid, random and bayesian)."""
 
 
+class EvalPoint(Spec):
+    """A trial's validation loss at one step."""
+
+    step: int = Field(ge=0)
+    """Optimiser step of the evaluation."""
+    eval_loss: float
+    """Validation loss."""
+
+
 class TrialStatus(Spec):
     """One trial: a short fine-tune at one learning rate."""
 
@@ -371,8 +397,12 @@ class TrialStatus(Spec):
     phase and eval loss, what the operator rebuilds its Optuna study from on every reconcile."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps of the trial."""
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
-    """Trial state."""
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Pruned"] = "Pending"
+    """Trial state (Pruned: stopped early on its intermediate validation loss)."""
+    evals: list[EvalPoint] | None = Field(default=None, max_length=16)
+    """Intermediate validation losses (grid, random, bayesian), what the pruner judges; the latest 16."""
+    pruned_at_step: int | None = Field(default=None, ge=0)
+    """The step a pruned trial was stopped at."""
     eval_loss: float | None = None
     """Final validation loss."""
     diverged: bool = False

@@ -86,6 +86,8 @@ class DesiredState:
     children: list[dict[str, Any]] = field(default_factory=list)
     """Complete manifests of the children to create now (server-side applied as they are)."""
     events: list[Event] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    """Names of child Jobs to delete now (pruned trials), with their pods."""
 
 
 def plan(
@@ -180,4 +182,4 @@ def _desired(
         )
         for c in b.children
     ]
-    return DesiredState(b.status, jobs, b.events)
+    return DesiredState(b.status, jobs, b.events, b.delete)

@@ -2,10 +2,10 @@
 gone (deleted after `ttlSecondsAfterFinished`, or by a person), so no trial is ever created twice.
 
 Every trial-based method (grid, random, adaptive) keys its trials by (stage, index) and asks here first:
-a trial the status holds as finished keeps its result; a trial the status saw running whose Job has gone
-finished or was deleted unseen, so it is recorded Failed (result lost), never re-created. Only a trial
-the status holds as Pending (created, not yet seen: the Job index may lag the create) is applied again,
-which is idempotent while the Job exists. Pure functions.
+a trial the status holds as finished (or pruned) keeps its result; a trial the status saw running whose
+Job has gone finished or was deleted unseen, so it is recorded Failed (result lost), never re-created.
+Only a trial the status holds as Pending (created, not yet seen: the Job index may lag the create) is
+applied again, which is idempotent while the Job exists. Pure functions.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def remembered(previous: list[TrialStatus] | None, jobs: Container[str]) -> dict
     finished ones unchanged, running ones Failed with reason JobDeleted (their result never arrived)."""
     kept: dict[TrialKey, TrialStatus] = {}
     for t in previous or []:
-        if t.phase in TERMINAL:
+        if t.phase in TERMINAL or t.phase == "Pruned":
             kept[trial_key(t)] = t
         elif t.phase == "Running" and t.job_name not in jobs:
             kept[trial_key(t)] = t.model_copy(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 from optuna.trial import TrialState, create_trial
 
@@ -105,9 +106,11 @@ def params_of(trial: TrialStatus, space: dict[str, BaseDistribution]) -> Params:
 
 
 def state_of(trial: TrialStatus) -> tuple[TrialState, float | None]:
-    """Optuna's view of a recorded trial: COMPLETE with its loss, FAIL, or RUNNING (Pending too)."""
+    """Optuna's view of a recorded trial: COMPLETE with its loss, PRUNED, FAIL, or RUNNING (Pending too)."""
     if trial.phase == "Succeeded" and trial.eval_loss is not None and math.isfinite(trial.eval_loss):
         return TrialState.COMPLETE, trial.eval_loss
+    if trial.phase == "Pruned":
+        return TrialState.PRUNED, None
     if trial.phase in ("Succeeded", "Failed"):
         return TrialState.FAIL, None
     return TrialState.RUNNING, None
@@ -115,16 +118,82 @@ def state_of(trial: TrialStatus) -> tuple[TrialState, float | None]:
 
 def rebuild(sweep: LRSweepSpec, trials: list[TrialStatus]) -> optuna.Study:
     """A fresh in-memory study holding the recorded trials, in index order (their trial numbers)."""
-    study = optuna.create_study(direction="minimize", sampler=sampler(sweep, len(trials)))
+    study = optuna.create_study(
+        study_name="lrsweep", direction="minimize", sampler=sampler(sweep, len(trials))
+    )  # a fixed name: hyperband's brackets hash it with the trial number
     space = distributions(sweep)
     for t in sorted(trials, key=lambda t: t.index):
         state, value = state_of(t)
         params = params_of(t, space)
         dists = {k: space[k] for k in params if k in space}
+        evals = {e.step: e.eval_loss for e in t.evals or [] if math.isfinite(e.eval_loss)}
         study.add_trial(
-            create_trial(state=state, value=value, params={k: params[k] for k in dists}, distributions=dists)
+            create_trial(
+                state=state,
+                value=value,
+                params={k: params[k] for k in dists},
+                distributions=dists,
+                intermediate_values=evals,
+            )
         )
     return study
+
+
+def eval_every(sweep: LRSweepSpec, steps: int) -> int | None:
+    """Trials' validation cadence in steps when a pruner judges them (None: only the final evaluation)."""
+    p = sweep.trials.pruner
+    if p.type == "none":
+        return None
+    return min(steps, p.eval_every_steps or max(1, steps // 4))
+
+
+def pruner(sweep: LRSweepSpec) -> BasePruner:
+    """The sweep's Optuna pruner."""
+    p, steps = sweep.trials.pruner, sweep.trials.steps
+    if sweep.trials.search_space is not None and sweep.trials.search_space.max_steps is not None:
+        steps = sweep.trials.search_space.max_steps.max
+    every = eval_every(sweep, steps) or steps
+    if p.type == "median":
+        return MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps)
+    if p.type == "successiveHalving":
+        return SuccessiveHalvingPruner(min_resource=every)
+    if p.type == "hyperband":
+        return HyperbandPruner(min_resource=every, max_resource=max(every, steps))
+    return NopPruner()
+
+
+def prune(sweep: LRSweepSpec, trials: list[TrialStatus], judge: set[int]) -> set[int]:
+    """The trials (by index) among `judge` (running, with a new intermediate value) the pruner stops.
+
+    The pruner sees a study replayed from `trials`: finished ones first, then running ones, each in index
+    order, each shown to the pruner while running and then told its outcome (successive halving and
+    hyperband keep their rungs in the study, so a fresh study learns them again this way). Only the
+    decisions on the trials of `judge` count."""
+    if sweep.trials.pruner.type == "none" or not judge:
+        return set()
+    chosen, space = pruner(sweep), distributions(sweep)
+    replay = optuna.create_study(study_name="lrsweep", direction="minimize", sampler=RandomSampler(seed=0))
+    ordered = sorted(trials, key=lambda t: (state_of(t)[0] == TrialState.RUNNING, t.index))
+    stop: set[int] = set()
+    for t in ordered:
+        state, value = state_of(t)
+        params = params_of(t, space)
+        dists = {k: space[k] for k in params if k in space}
+        evals = {e.step: e.eval_loss for e in t.evals or [] if math.isfinite(e.eval_loss)}
+        replay.add_trial(
+            create_trial(
+                state=TrialState.RUNNING,
+                params={k: params[k] for k in dists},
+                distributions=dists,
+                intermediate_values=evals,
+            )
+        )
+        live = replay.trials[-1]
+        if evals and chosen.prune(replay, live) and t.index in judge:
+            stop.add(t.index)
+        if state != TrialState.RUNNING:
+            replay.tell(live.number, value, state=state)
+    return stop
 
 
 def ask(sweep: LRSweepSpec, study: optuna.Study, n: int) -> list[Params]:

@@ -9,13 +9,20 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
-from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, TrialStatus
+from finetune_operator.api import EvalPoint, LRSweepSpec, LRSweepStatus, Progress, TrialStatus
 from finetune_operator.children import ChildState
 from finetune_operator.planning import study
 from finetune_operator.planning.adaptive import trial_record
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.remembered import remembered
-from finetune_operator.planning.status import TERMINAL, ChildRequest, StatusBuilder, progress_from_sample
+from finetune_operator.planning.status import (
+    TERMINAL,
+    ChildRequest,
+    Event,
+    StatusBuilder,
+    finite,
+    progress_from_sample,
+)
 from finetune_operator.sweeps import best_learning_rate
 from finetune_trainer.adaptive import TrialRequest
 from finetune_trainer.config import TrainerConfig
@@ -24,9 +31,16 @@ ACTIVE = ("Pending", "Running")
 
 
 def trial_config(sweep: LRSweepSpec, params: study.Params) -> TrainerConfig:
-    """A short fine-tune at `params`: the sweep's recipe with the searched values put in, cut to its steps."""
+    """A short fine-tune at `params`: the sweep's recipe with the searched values put in, cut to its steps,
+    validated every `eval_every` steps when a pruner judges it."""
     steps = int(params.get("maxSteps", sweep.trials.steps))
-    return rendering.trial_config(study.with_params(sweep, params), params["learningRate"], steps)
+    config = rendering.trial_config(study.with_params(sweep, params), params["learningRate"], steps)
+    every = study.eval_every(sweep, steps)
+    if every is None:
+        return config
+    return config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"every_steps": every})}
+    )
 
 
 def plan(
@@ -49,18 +63,24 @@ def plan(
         )
         return
     kept = remembered(b.status.trials, children)
+    judge: set[int] = set()  # running trials with a new intermediate value
     trials: list[TrialStatus] = []
     requests: list[tuple[TrialStatus, study.Params]] = []
     for before in sorted((t for t in b.status.trials or [] if t.stage is None), key=lambda t: t.index):
         child = children.get(before.job_name or naming.trial_job(name, before.index))
         trial = before.model_copy(update={"progress": None})
-        if child is None and (last := kept.get((0, before.index))) is not None:
+        if before.phase == "Pruned":
+            if child is not None:
+                b.delete.append(child.name)  # not gone yet
+        elif child is None and (last := kept.get((0, before.index))) is not None:
             trial = last
         elif child is None:
             requests.append((trial, study.params_of(before, study.distributions(sweep))))  # not seen yet
         else:
-            _follow(trial, child, samples, b.now, before)
+            if _follow(trial, child, samples, b.now, before):
+                judge.add(trial.index)
         trials.append(trial)
+    _prune(sweep, b, trials, judge)
     active = sum(1 for t in trials if t.phase in ACTIVE)
     engine = None
     while len(trials) < total and (active < sweep.trials.parallelism or _job(name, len(trials)) in children):
@@ -102,23 +122,49 @@ def _job(name: str, index: int) -> str:
 
 def _follow(
     trial: TrialStatus, child: ChildState, samples: Samples, now: str, before: TrialStatus | None
-) -> None:
-    """The trial as its Job says: phase, result once finished, live progress while it runs."""
+) -> bool:
+    """The trial as its Job says: phase, result once finished, live progress and intermediate validation
+    losses while it runs. True when it reported a new intermediate value."""
     trial.phase = child.phase
     req = TrialRequest(1, trial.index, trial.learning_rate, trial.steps or 1)
     record = trial_record(req, child)
     if record is not None:
         trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
-    if child.phase == "Running":
-        last = before.progress if before is not None else None
-        trial.progress = progress_from_sample(samples.get(child.name), child.start_time, now, last)
+    if child.phase != "Running":
+        return False
+    sample = samples.get(child.name) or {}
+    last = before.progress if before is not None else None
+    trial.progress = progress_from_sample(sample, child.start_time, now, last)
+    step, loss = finite(sample.get("eval_step")), finite(sample.get("eval_loss"))
+    if step is None or loss is None or any(e.step == int(step) for e in trial.evals or []):
+        return False
+    trial.evals = [*(trial.evals or []), EvalPoint(step=int(step), eval_loss=loss)][-16:]
+    return True
+
+
+def _prune(
+    sweep: LRSweepSpec, b: StatusBuilder[LRSweepStatus], trials: list[TrialStatus], judge: set[int]
+) -> None:
+    """Stop the running trials the pruner judges poor: Pruned in the status (step and why), their Jobs
+    deleted, an event each."""
+    for i in sorted(study.prune(sweep, trials, judge)):
+        t = trials[i]
+        point = (t.evals or [])[-1]
+        t.phase, t.pruned_at_step, t.progress = "Pruned", point.step, None
+        t.reason = "Pruned"
+        t.message = (
+            f"{sweep.trials.pruner.type} pruner: eval loss {point.eval_loss:.4g} at step {point.step} "
+            "is worse than the trials before it"
+        )
+        b.delete.append(t.job_name or _job("", i))
+        b.events.append(Event("Normal", "TrialPruned", f"trial {i} ({t.job_name}): {t.message}"))
 
 
 def _decide(
     sweep: LRSweepSpec, b: StatusBuilder[LRSweepStatus], trials: list[TrialStatus], total: int
 ) -> None:
     """Progress while trials remain; the best trial once all have finished."""
-    finished = [t for t in trials if t.phase in TERMINAL]
+    finished = [t for t in trials if t.phase in TERMINAL or t.phase == "Pruned"]
     b.status.progress = Progress(
         step=len(finished), total_steps=total, percent=int(100 * len(finished) / total)
     )
