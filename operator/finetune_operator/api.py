@@ -310,7 +310,7 @@ class TrialsSpec(Spec):
     """Seed of the sampler (random draws, grid order, TPE)."""
     search_space: SearchSpace | None = None
     """Parameters to search (grid: every combination; ranges are then cut into `count` points)."""
-    max_trials: int | None = Field(default=None, ge=1, le=256)
+    max_trials: int | None = Field(default=None, ge=1, le=64)
     """Trials of a random or bayesian sweep (default `count`); a grid runs each point once."""
     objective: Literal["evalLoss"] = "evalLoss"
     """What a trial is judged by, minimised: the final validation loss."""
