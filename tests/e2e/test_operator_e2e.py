@@ -232,3 +232,45 @@ def test_grid_trials_whose_finished_jobs_are_deleted_run_once_and_the_sweep_comp
     assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
     assert all(t["evalLoss"] is not None for t in status["trials"])
     assert deleted == {f"ttl-trial-{i}" for i in range(3)}
+
+
+def test_bayesian_sweep_then_a_finetune_using_all_its_best_params(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """Optuna's TPE draws learning rate and batch size, two trials at a time; each trial Job is created
+    once; a FineTuneJob with `fromSweep.use: all` trains at the best trial's batch size."""
+    sweep_spec = {
+        **tiny,
+        "optimization": {"maxSeqLength": 32},
+        "method": "bayesian",
+        "trials": {
+            "searchSpace": {"learningRate": {"min": 1e-4, "max": 1e-1}, "batchSize": [8, 16]},
+            "maxTrials": 4,
+            "steps": 8,
+            "parallelism": 2,
+            "pruner": {"type": "median", "startupTrials": 2},
+        },
+    }
+    job_spec = {
+        **tiny,
+        "optimization": {"maxSeqLength": 32, "maxSteps": 8},
+        "learningRate": {"fromSweep": {"name": "tpe", "scale": "linear", "use": "all"}},
+    }
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "tpe", sweep_spec)
+        apply(kube_api, namespace, "FineTuneJob", "ft", job_spec)
+        sweep = wait_phase(kube_api, namespace, "LRSweep", "tpe", timeout=400)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "ft", timeout=300)
+    assert runner.exception is None, runner.output
+    assert sweep["phase"] == "Succeeded", sweep.get("message")
+    trials = sweep["trials"]
+    assert [t["index"] for t in trials] == [0, 1, 2, 3]
+    assert all(set(t["params"]) == {"learningRate", "batchSize"} for t in trials)
+    assert {t["phase"] for t in trials} <= {"Succeeded", "Pruned"}
+    assert sweep["bestParams"] in [t["params"] for t in trials]
+    assert job_names(kube_api, namespace) == sorted(["ft-train", *(t["jobName"] for t in trials)]) or all(
+        t["phase"] == "Pruned" for t in trials if t["jobName"] not in job_names(kube_api, namespace)
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["params"] == {"batchSize": sweep["bestParams"]["batchSize"]}
+    assert status["learningRate"] == pytest.approx(sweep["recommendedLearningRate"])
