@@ -1,11 +1,13 @@
 """One engine for every trial-based method: an Optuna study (grid: GridSampler, random: RandomSampler,
 bayesian: TPESampler) rebuilt from the status on every reconcile, so the operator keeps no state.
 
-The status lists each trial's params and outcome; `rebuild` adds them to a fresh in-memory study in index
-order (`create_trial`: COMPLETE with its eval loss, FAIL, or RUNNING while its Job runs), and `ask` draws
-the next trials. Each ask uses a sampler seeded with `seed + trial number` (the grid keeps one seed: it is
-an order over fixed points), so the n-th trial's params depend only on the spec and the trials before it:
-a restarted operator, or a reconcile that repeats itself, asks exactly the same. Pure functions.
+The status lists each trial's params, intermediate validation losses and outcome; `rebuild` adds them to
+a fresh in-memory study in index order (`create_trial`: COMPLETE with its eval loss, PRUNED, FAIL, or
+RUNNING while its Job runs), and `ask` draws the next trials. Each ask uses a sampler seeded with
+`seed + trial number` (the grid keeps one seed: it is an order over fixed points), so the n-th trial's
+params depend only on the spec and the trials before it: a restarted operator, or a reconcile that repeats
+itself, asks exactly the same. `prune` replays the trials to the sweep's pruner the same way. Pure
+functions; no storage but memory, no state between reconciles.
 """
 
 from __future__ import annotations
