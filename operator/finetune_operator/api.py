@@ -297,8 +297,100 @@ class ResourceStatus(Spec):
 # ---------------------------------------------------------------------------------------------- LRSweep
 
 
+class FloatRange(Spec):
+    """A continuous range of a searched parameter."""
+
+    min: float
+    """Lowest value."""
+    max: float
+    """Highest value."""
+    log: bool = False
+    """Sample on a log scale (needs min > 0)."""
+
+
+class IntRange(Spec):
+    """An integer range of a searched parameter."""
+
+    min: int = Field(ge=1)
+    """Lowest value."""
+    max: int = Field(ge=1)
+    """Highest value."""
+
+
+def _range_rules(field: str, log: bool | None) -> list[Rule]:
+    """Rules of one range field: min below max, and a log range above 0 (`log` True: always log)."""
+    attr = "".join("_" + c.lower() if c.isupper() else c for c in field)
+    rules = [
+        Rule(
+            cel=f"!has(self.{field}) || self.{field}.min < self.{field}.max",
+            message=f"searchSpace.{field}.min must be below searchSpace.{field}.max",
+            check=lambda s: (r := getattr(s, attr)) is None or r.min < r.max,
+        )
+    ]
+    if log is not False:
+        when = "" if log else f"!self.{field}.log || "
+        rules.append(
+            Rule(
+                cel=f"!has(self.{field}) || {when}self.{field}.min > 0.0",
+                message=f"searchSpace.{field} is searched on a log scale: its min must be above 0",
+                check=lambda s: (r := getattr(s, attr)) is None or not (log or r.log) or r.min > 0,
+            )
+        )
+    return rules
+
+
+SEARCHED = ("learningRate", "warmupRatio", "weightDecay", "batchSize", "loraR", "loraAlpha", "maxSteps")
+"""Parameters a search space may hold (camelCase, as in the spec and in each trial's `params`)."""
+
+
+class SearchSpace(Spec):
+    """The parameters a grid, random or bayesian sweep searches; unset ones stay as the recipe fixes them."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        Rule(
+            cel=" || ".join(f"has(self.{f})" for f in SEARCHED),
+            message="searchSpace needs at least one parameter",
+            check=lambda s: any(v is not None for v in s.model_dump().values()),
+        ),
+        *_range_rules("learningRate", True),
+        *_range_rules("warmupRatio", None),
+        *_range_rules("weightDecay", None),
+        *_range_rules("maxSteps", False),
+    ]
+
+    learning_rate: FloatRange | None = None
+    """Peak learning rate, always searched on a log scale."""
+    warmup_ratio: FloatRange | None = None
+    """schedule.warmupRatio."""
+    weight_decay: FloatRange | None = None
+    """optimization.weightDecay."""
+    batch_size: list[int] | None = Field(default=None, min_length=1, max_length=16)
+    """optimization.batchSize choices (categorical)."""
+    lora_r: list[int] | None = Field(default=None, min_length=1, max_length=16)
+    """adapter.r choices (LoRA rank)."""
+    lora_alpha: list[int] | None = Field(default=None, min_length=1, max_length=16)
+    """adapter.alpha choices."""
+    max_steps: IntRange | None = None
+    """Optimiser steps per trial (instead of `steps`)."""
+
+
+class PrunerSpec(Spec):
+    """Stop trials early whose intermediate validation loss is poor (Optuna's pruners)."""
+
+    type: Literal["median", "successiveHalving", "hyperband", "none"] = "median"
+    """`median`: stop a trial worse than the median of earlier trials at the same step; `successiveHalving`
+    and `hyperband`: keep the best fraction at each rung; `none`: run every trial to its end."""
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    """Validation cadence of trials, in steps (the intermediate values); default a quarter of a trial."""
+    startup_trials: int = Field(default=3, ge=0, le=64)
+    """Median: trials that finish before any is pruned."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Median: steps of a trial before it may be pruned."""
+
+
 class TrialsSpec(Spec):
-    """Grid or random sweeps: short fine-tunes at several learning rates, compared by validation loss."""
+    """Grid, random or bayesian sweeps: short fine-tunes compared by validation loss. Without a
+    `searchSpace` the learning rate alone is searched (explicit `learningRates`, or the min/max window)."""
 
     __rules__: ClassVar[list[Rule]] = [
         Rule(
@@ -323,10 +415,39 @@ class TrialsSpec(Spec):
     parallelism: int = Field(default=2, ge=1, le=64)
     """Trials running at once."""
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    """Seed of the random draws."""
+    """Seed of the sampler (random draws, grid order, TPE)."""
+    search_space: SearchSpace | None = None
+    """Parameters to search (grid: every combination; ranges are then cut into `count` points)."""
+    max_trials: int | None = Field(default=None, ge=1, le=64)
+    """Trials of a random or bayesian sweep (default `count`); a grid runs each point once."""
+    objective: Literal["evalLoss"] = "evalLoss"
+    """What a trial is judged by, minimised: the final validation loss."""
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    """Early stopping of poor trials on their intermediate validation loss (a pruned trial's Job is
+    deleted; the status says Pruned, at which step and why)."""
 
 
-SweepMethod = Literal["adaptive", "rangeTest", "grid", "random"]
+SweepMethod = Literal["adaptive", "rangeTest", "grid", "random", "bayesian"]
+
+
+def _conflict(searched: str, fixed: str) -> Rule:
+    """A searched parameter may not also be fixed (set to other than its default) in the recipe."""
+    section, key = fixed.split(".")
+    attr = "".join("_" + c.lower() if c.isupper() else c for c in searched)
+    fixed_attr = "".join("_" + c.lower() if c.isupper() else c for c in key)
+    default = TrainingSections.model_fields[section].annotation.model_fields[fixed_attr].default  # type: ignore[union-attr]
+    unset = "null" if default is None else repr(default)
+    has_fixed = f"has(self.{fixed})" if default is None else f"has(self.{fixed}) && self.{fixed} != {unset}"
+    return Rule(
+        cel=f"!has(self.trials) || !has(self.trials.searchSpace) || !has(self.trials.searchSpace.{searched})"
+        f" || !({has_fixed})",
+        message=f"trials.searchSpace.{searched} is searched: remove the fixed {fixed}",
+        check=lambda s: (
+            s.trials.search_space is None
+            or getattr(s.trials.search_space, attr) is None
+            or getattr(getattr(s, section), fixed_attr) == default
+        ),
+    )
 
 
 QLORA_NEEDS_GPU = Rule(
@@ -349,19 +470,40 @@ class LRSweepSpec(TrainingSections, WorkloadSpec):
             "dataset.validationSplit or dataset.validationFiles: set one of them (or use method rangeTest)",
             check=lambda s: s.method == "rangeTest" or s.dataset.has_validation(),
         ),
+        _conflict("batchSize", "optimization.batchSize"),
+        _conflict("weightDecay", "optimization.weightDecay"),
+        _conflict("warmupRatio", "schedule.warmupRatio"),
+        _conflict("loraR", "adapter.r"),
+        _conflict("loraAlpha", "adapter.alpha"),
+        _conflict("maxSteps", "optimization.maxSteps"),
+        Rule(
+            cel="self.method != 'bayesian' || has(self.trials) && has(self.trials.searchSpace)",
+            message="method bayesian needs trials.searchSpace",
+            check=lambda s: s.method != "bayesian" or s.trials.search_space is not None,
+        ),
     ]
 
     method: SweepMethod = "adaptive"
     """`adaptive`: a range test bounds the search (half a decade below its loss minimum, below its divergence
     edge), then short trials under that ceiling and longer ones around their best pick the LR (the
     default); `rangeTest`: the range test's rule alone; `grid`/`random`: short fine-tunes at fixed learning
-    rates."""
+    rates; `bayesian`: Optuna's TPE sampler over `trials.searchSpace` (grid and random use Optuna's grid and
+    random samplers, one engine for every trial-based method)."""
     range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
     """Range-test settings (methods adaptive and rangeTest)."""
     adaptive: AdaptiveSpec = Field(default_factory=AdaptiveSpec)
     """Trial settings of the adaptive method."""
     trials: TrialsSpec = Field(default_factory=TrialsSpec)
-    """Trial settings (methods grid and random)."""
+    """Trial settings (methods grid, random and bayesian)."""
+
+
+class EvalPoint(Spec):
+    """A trial's validation loss at one step."""
+
+    step: int = Field(ge=0)
+    """Optimiser step of the evaluation."""
+    eval_loss: float
+    """Validation loss."""
 
 
 class TrialStatus(Spec):
@@ -373,16 +515,27 @@ class TrialStatus(Spec):
     """Adaptive method: 1 (candidates from the ceiling down) or 2 (longer finalists)."""
     learning_rate: float = Field(gt=0.0)
     """Learning rate tried."""
+    params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))
+    """Grid, random, bayesian: every searched parameter's value (`learningRate`, `batchSize`, …); with the
+    phase and eval loss, what the operator rebuilds its Optuna study from on every reconcile."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps of the trial."""
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
-    """Trial state."""
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Pruned"] = "Pending"
+    """Trial state (Pruned: stopped early on its intermediate validation loss)."""
+    evals: list[EvalPoint] | None = Field(default=None, max_length=16)
+    """Intermediate validation losses (grid, random, bayesian), what the pruner judges; the latest 16."""
+    pruned_at_step: int | None = Field(default=None, ge=0)
+    """The step a pruned trial was stopped at."""
     eval_loss: float | None = None
     """Final validation loss."""
     diverged: bool = False
     """True when the trial's loss blew up."""
+    reason: str | None = Field(default=None, max_length=64)
+    """Why a trial failed, when its Job cannot say (JobDeleted: the Job went before its result was read)."""
+    message: str | None = Field(default=None, max_length=256)
+    """The reason in words."""
     job_name: str | None = None
-    """The trial's Job."""
+    """The trial's Job (created once: a trial whose result is recorded is never run again)."""
     progress: Progress | None = None
     """Live progress while the trial runs (polled from its metrics)."""
 
@@ -421,6 +574,8 @@ class LRSweepStatus(ResourceStatus):
     BestAtUpperEdge and AllTrialsDiverged are weak and fail the sweep."""
     fit: LossFit | None = None
     """Adaptive: the parabola in log10(LR) that decided."""
+    best_params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))
+    """Grid, random, bayesian: the best trial's searched parameters (a FineTuneJob's `fromSweep.use: all`)."""
     range_test: RangeTestSummary | None = None
     """The range test's window, divergence edge and prior."""
     steps_spent: int | None = Field(default=None, ge=0)
@@ -438,7 +593,7 @@ class LRSweepStatus(ResourceStatus):
     curve: list[CurvePoint] | None = Field(default=None, max_length=200)
     """Downsampled loss-vs-learning-rate curve of the range test."""
     trials: list[TrialStatus] | None = Field(default=None, max_length=64)
-    """Per-trial results of adaptive, grid and random sweeps."""
+    """Per-trial results of adaptive, grid, random and bayesian sweeps (at most 64 trials run)."""
     warnings: list[str] | None = Field(default=None, max_length=16)
     """Sanity-check warnings about the recommendation."""
 
@@ -454,6 +609,10 @@ class FromSweep(Spec):
     scale: Literal["none", "sqrt", "linear"] = "sqrt"
     """Scale the recommendation from the sweep's effective batch size to this job's: `linear`
     (x batch ratio), `sqrt` (x sqrt of it, Adam's rule of thumb) or `none`."""
+    use: Literal["learningRate", "all"] = "learningRate"
+    """`learningRate`: the recommendation alone; `all`: the best trial's searched parameters too (batch size,
+    weight decay, warmup ratio, LoRA r and alpha, from a grid, random or bayesian sweep's `bestParams`),
+    the learning rate then scaled to the resulting batch size."""
 
 
 class AutoSweep(Spec):
@@ -574,6 +733,8 @@ class FineTuneJobStatus(ResourceStatus):
     """The peak learning rate: resolved before training, then the one the trainer reports it trained at."""
     learning_rate_source: str | None = None
     """Where it came from: `value`, `sweep/<name>` or `auto/<name>`."""
+    params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))
+    """`fromSweep.use: all`: the sweep's best parameters this job trains with."""
     sweep_name: str | None = None
     """The LRSweep consulted (fromSweep) or created (auto)."""
     job_name: str | None = None

@@ -102,6 +102,18 @@ class Applier:
             query,
         )
 
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a child Job and its pods (a pruned trial); one already gone is fine."""
+        try:
+            self.request(
+                "DELETE",
+                path("batch/v1", "Job", namespace, name),
+                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except ApiError as e:
+            if e.code != 404:
+                raise
+
     def patch_status(
         self, resource: Resource, new: Mapping[str, Any], old: Mapping[str, Any] | None = None
     ) -> dict[str, Any] | None:

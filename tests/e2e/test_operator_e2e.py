@@ -223,3 +223,84 @@ def test_a_finetune_reports_the_learning_rate_its_trainer_trained_at(
     result = json.loads(pod.status.container_statuses[0].state.terminated.message)
     assert result["kind"] == "train"
     assert status["learningRate"] == result["learningRate"] == 3e-3
+
+
+def test_grid_trials_whose_finished_jobs_are_deleted_run_once_and_the_sweep_completes(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """Results outlive their Jobs: each finished trial Job is deleted by hand as soon as the status has its
+    result (what `ttlSecondsAfterFinished` does); no trial Job is ever created twice."""
+    spec = {
+        **tiny,
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3, 1e-2], "steps": 6, "parallelism": 1},
+    }
+    batch = client.BatchV1Api(kube_api)
+    uids: dict[str, set[str]] = {}
+    deleted: set[str] = set()
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "ttl", spec)
+        deadline, status = time.monotonic() + 300, {}
+        while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Failed"):
+            for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+                uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+            status = status_of(kube_api, namespace, "LRSweep", "ttl")
+            for t in status.get("trials") or []:
+                if t["phase"] == "Succeeded" and t["jobName"] not in deleted:
+                    batch.delete_namespaced_job(t["jobName"], namespace, propagation_policy="Background")
+                    deleted.add(t["jobName"])
+            time.sleep(0.3)
+        time.sleep(3)  # reconciles after the last deletion create nothing either
+        for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+            uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert {n: len(u) for n, u in uids.items()} == {f"ttl-trial-{i}": 1 for i in range(3)}
+    assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
+    assert all(t["evalLoss"] is not None for t in status["trials"])
+    assert deleted == {f"ttl-trial-{i}" for i in range(3)}
+
+
+def test_bayesian_sweep_then_a_finetune_using_all_its_best_params(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """Optuna's TPE draws learning rate and batch size, two trials at a time; each trial Job is created
+    once; a FineTuneJob with `fromSweep.use: all` trains at the best trial's batch size."""
+    sweep_spec = {
+        **tiny,
+        "optimization": {"maxSeqLength": 32},
+        "method": "bayesian",
+        "trials": {
+            "searchSpace": {"learningRate": {"min": 1e-4, "max": 1e-1}, "batchSize": [8, 16]},
+            "maxTrials": 4,
+            "steps": 8,
+            "parallelism": 2,
+            "pruner": {"type": "median", "startupTrials": 2},
+        },
+    }
+    job_spec = {
+        **tiny,
+        "optimization": {"maxSeqLength": 32, "maxSteps": 8},
+        "learningRate": {"fromSweep": {"name": "tpe", "scale": "linear", "use": "all"}},
+    }
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "tpe", sweep_spec)
+        apply(kube_api, namespace, "FineTuneJob", "ft", job_spec)
+        sweep = wait_phase(kube_api, namespace, "LRSweep", "tpe", timeout=400)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "ft", timeout=300)
+    assert runner.exception is None, runner.output
+    assert sweep["phase"] == "Succeeded", sweep.get("message")
+    trials = sweep["trials"]
+    assert [t["index"] for t in trials] == [0, 1, 2, 3]
+    assert all(set(t["params"]) == {"learningRate", "batchSize"} for t in trials)
+    # a trainer pod may fail on a busy machine (a metrics port taken by another local cluster): the
+    # sweep still decides on the trials that finished
+    assert {t["phase"] for t in trials} <= {"Succeeded", "Pruned", "Failed"}
+    assert sum(t["phase"] == "Succeeded" for t in trials) >= 2, trials
+    assert sweep["bestParams"] in [t["params"] for t in trials]
+    jobs = set(job_names(kube_api, namespace))
+    assert jobs - {"ft-train"} <= {t["jobName"] for t in trials}, "no stray trial Jobs"
+    assert {t["jobName"] for t in trials if t["phase"] == "Succeeded"} <= jobs, "only pruned ones deleted"
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["params"] == {"batchSize": sweep["bestParams"]["batchSize"]}
+    assert status["learningRate"] == pytest.approx(sweep["recommendedLearningRate"])

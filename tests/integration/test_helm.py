@@ -40,7 +40,7 @@ NAMESPACED_RULES = {
     ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "lrsweeps/finalizers"): {"update"},  # ownerReferences with blockOwnerDeletion
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch"},  # server-side apply
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},  # apply; pruned trials
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},  # kopf's warnings
     ("events.k8s.io", "events"): {"create"},  # the operator's phase events

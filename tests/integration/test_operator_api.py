@@ -112,8 +112,11 @@ def test_restart_never_duplicates_children(kube_api, namespace, crds_installed, 
     assert runner.exception is None, runner.output
     names = sorted(j.metadata.name for j in jobs(kube_api, namespace, "finetune.dev/lrsweep=grid"))
     assert names == ["grid-trial-0", "grid-trial-1"], "parallelism 2 holds and nothing is created twice"
-    trials = get(kube_api, namespace, "lrsweeps", "grid")["status"]["trials"]
-    assert [t["learningRate"] for t in trials] == pytest.approx([1e-5, 1e-4, 1e-3])
+    status = get(kube_api, namespace, "lrsweeps", "grid")["status"]
+    trials = status["trials"]  # the trials asked so far (Optuna's grid order); the third comes later
+    assert [t["jobName"] for t in trials] == names and status["progress"]["totalSteps"] == 3
+    lrs = [t["learningRate"] for t in trials]
+    assert len(set(lrs)) == 2 and all(any(lr == pytest.approx(g) for g in (1e-5, 1e-4, 1e-3)) for lr in lrs)
 
 
 def test_from_sweep_waits_with_a_condition_and_event(kube_api, namespace, crds_installed, run_operator):
@@ -232,6 +235,35 @@ def test_schema_rejects_bad_specs_with_the_cel_message(kube_api, namespace, crds
     with pytest.raises(client.ApiException) as e:
         create(kube_api, namespace, "finetunejobs", "FineTuneJob", "bad", {**BASE, "learningRate": {}})
     assert "learningRate needs exactly one of value, fromSweep or auto" in e.value.body
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"method": "bayesian", "trials": {"searchSpace": {}}}, "searchSpace needs at least one parameter"),
+        (
+            {"trials": {"searchSpace": {"learningRate": {"min": 1e-3, "max": 1e-5}}}},
+            "searchSpace.learningRate.min must be below searchSpace.learningRate.max",
+        ),
+        (
+            {"trials": {"searchSpace": {"warmupRatio": {"min": 0.0, "max": 0.2, "log": True}}}},
+            "searchSpace.warmupRatio is searched on a log scale: its min must be above 0",
+        ),
+        (
+            {"trials": {"searchSpace": {"batchSize": [4, 8]}}, "optimization": {"batchSize": 16}},
+            "trials.searchSpace.batchSize is searched: remove the fixed optimization.batchSize",
+        ),
+        ({"method": "bayesian"}, "method bayesian needs trials.searchSpace"),
+    ],
+)
+def test_schema_rejects_bad_search_spaces_naming_the_field(
+    kube_api, namespace, crds_installed, patch, message
+):
+    with pytest.raises(client.ApiException) as e:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "bad", {**BASE, **patch})
+    assert e.value.status == 422 and message in e.value.body
+    good = {"method": "bayesian", "trials": {"searchSpace": {"learningRate": {"min": 1e-5, "max": 1e-2}}}}
+    create(kube_api, namespace, "lrsweeps", "LRSweep", "good", {**BASE, **good})
 
 
 def test_spec_is_immutable_but_status_and_metadata_are_not(kube_api, namespace, crds_installed):

@@ -82,8 +82,30 @@ def _error(model, data) -> str:
         ),
         (
             LRSweepSpec,
-            {"method": "bayesian"},
-            "method\n  Input should be 'adaptive', 'rangeTest', 'grid' or 'random'",
+            {"method": "hyperband"},
+            "method\n  Input should be 'adaptive', 'rangeTest', 'grid', 'random' or 'bayesian'",
+        ),
+        (LRSweepSpec, {"method": "bayesian"}, "method bayesian needs trials.searchSpace"),
+        (LRSweepSpec, {"trials": {"searchSpace": {}}}, "searchSpace needs at least one parameter"),
+        (
+            LRSweepSpec,
+            {"trials": {"searchSpace": {"learningRate": {"min": 1e-3, "max": 1e-5}}}},
+            "searchSpace.learningRate.min must be below searchSpace.learningRate.max",
+        ),
+        (
+            LRSweepSpec,
+            {"trials": {"searchSpace": {"learningRate": {"min": 0, "max": 1e-3}}}},
+            "searchSpace.learningRate is searched on a log scale: its min must be above 0",
+        ),
+        (
+            LRSweepSpec,
+            {"trials": {"searchSpace": {"weightDecay": {"min": 0, "max": 0.1, "log": True}}}},
+            "searchSpace.weightDecay is searched on a log scale: its min must be above 0",
+        ),
+        (
+            LRSweepSpec,
+            {"trials": {"searchSpace": {"batchSize": [4, 8]}}, "optimization": {"batchSize": 16}},
+            "trials.searchSpace.batchSize is searched: remove the fixed optimization.batchSize",
         ),
         (
             LRSweepSpec,

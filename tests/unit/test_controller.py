@@ -439,3 +439,42 @@ def test_a_resource_deleted_while_it_is_reconciled_leaves_no_status_behind():
         return dict(c.statuses), list(c.held()), dict(c._tallies)
 
     assert run(go()) == ({}, [], {})
+
+
+def test_a_pruned_trial_s_job_is_deleted_with_its_pods_and_an_event_says_why(monkeypatch):
+    applier = RecordingApplier()
+    c = Controller(Settings(), OperatorMetrics(CollectorRegistry()), api=lambda: None, applier=applier)
+    spec = {
+        **SWEEP_SPEC,
+        "method": "random",
+        "trials": {"count": 4, "steps": 8, "parallelism": 1, "pruner": {"startupTrials": 1}},
+    }
+    first = reconcile_once(c, spec=spec).status.to_wire()
+    result = {"kind": "trial", "learningRate": first["trials"][0]["learningRate"], "evalLoss": 1.0}
+    done = {
+        **first["trials"][0],
+        "phase": "Succeeded",
+        "evalLoss": 1.0,
+        "evals": [{"step": 2, "evalLoss": 1.5}],
+    }
+    running = reconcile_once(
+        c,
+        status={**first, "trials": [done]},
+        spec=spec,
+        children={"s-trial-0": ChildState("s-trial-0", "Succeeded", result=result)},
+    ).status.to_wire()
+    monkeypatch.setattr(
+        c.poller, "poll", lambda ns, ch: {"s-trial-1": {"step": 3, "eval_step": 2, "eval_loss": 4.0}}
+    )
+    applier.requests.clear()
+    children = {
+        "s-trial-0": ChildState("s-trial-0", "Succeeded", result=result),
+        "s-trial-1": ChildState("s-trial-1", "Running", pod_ip="10.0.0.1"),
+    }
+    outcome = reconcile_once(c, status=running, spec=spec, children=children)
+    [delete] = [r for r in applier.requests if r[0] == "DELETE"]
+    assert delete[1] == "/apis/batch/v1/namespaces/ns/jobs/s-trial-1"
+    assert delete[2]["propagationPolicy"] == "Background"
+    assert [r[2]["reason"] for r in applier.requests if r[1].endswith("/events")].count("TrialPruned") == 1
+    pruned = outcome.status.trials[1]
+    assert (pruned.phase, pruned.pruned_at_step) == ("Pruned", 2)

@@ -356,33 +356,38 @@ def test_a_finished_status_from_before_ready_meant_succeeded_is_settled_once():
 
 
 def test_grid_respects_parallelism_then_picks_the_best_trial():
-    spec = {**SPEC, "method": "grid", "trials": {"learningRates": [1e-5, 1e-4, 1e-3], "parallelism": 2}}
-    first = plan_sweep("g", spec, None, 1, {}, now=NOW)
-    assert [c.trial for c in first.create] == [0, 1]
-    assert first.create[0].args == ["trial", "--learning-rate", "1e-05"]
+    """Optuna's GridSampler orders the points (seeded); each point runs once, two at a time."""
     from finetune_operator.children import ChildState
 
-    def trial(i, loss):
-        return ChildState(
-            naming.trial_job("g", i),
-            "Succeeded",
-            result={"kind": "trial", "learningRate": [1e-5, 1e-4, 1e-3][i], "evalLoss": loss},
-        )
+    lrs = [1e-5, 1e-4, 1e-3]
+    loss = {1e-5: 2.0, 1e-4: 1.0, 1e-3: 3.0}
+    spec = {**SPEC, "method": "grid", "trials": {"learningRates": lrs, "parallelism": 2}}
+    first = plan_sweep("g", spec, None, 1, {}, now=NOW)
+    assert [c.trial for c in first.create] == [0, 1]
+    assert first.create[0].args == ["trial", "--learning-rate", repr(first.create[0].config.learning_rate)]
+
+    def trial(i, status):
+        lr = status["trials"][i]["learningRate"]
+        result = {"kind": "trial", "learningRate": lr, "evalLoss": loss[lr]}
+        return ChildState(naming.trial_job("g", i), "Succeeded", result=result)
 
     mid = plan_sweep(
         "g",
         spec,
         first.status,
         1,
-        {"g-trial-0": trial(0, 2.0), "g-trial-1": ChildState("g-trial-1", "Running")},
+        {"g-trial-0": trial(0, first.status), "g-trial-1": ChildState("g-trial-1", "Running")},
         now=NOW,
     )
     assert [c.trial for c in mid.create] == [2]
-    children = {f"g-trial-{i}": trial(i, loss) for i, loss in enumerate([2.0, 1.0, 3.0])}
+    assert sorted(t["learningRate"] for t in mid.status["trials"]) == lrs, "every point once"
+    children = {f"g-trial-{i}": trial(i, mid.status) for i in range(3)}
     done = plan_sweep("g", spec, mid.status, 1, children, now=NOW)
     assert done.status["phase"] == "Succeeded" and done.status["rule"] == "best-trial"
-    assert 1e-5 < done.status["recommendedLearningRate"] < 1e-3
-    assert [t["evalLoss"] for t in done.status["trials"]] == [2.0, 1.0, 3.0]
+    assert 1e-5 < done.status["recommendedLearningRate"] < 1e-3, "the parabola through the best bracket"
+    assert [t["evalLoss"] for t in done.status["trials"]] == [
+        loss[t["learningRate"]] for t in mid.status["trials"]
+    ]
 
 
 def test_a_grid_whose_trials_all_fail_on_config_reports_the_trainers_message_not_the_window():

@@ -809,6 +809,7 @@ TRAINER_GAUGES: tuple[str, ...] = (
     "loss",
     "smoothed_loss",
     "eval_loss",
+    "eval_step",
     "samples_per_second",
     "tokens_per_second",
     "epoch",

@@ -33,6 +33,7 @@ HELP = {
     "loss": "Training loss of the latest logged step.",
     "smoothed_loss": "Bias-corrected EMA of the training (range test) loss.",
     "eval_loss": "Latest validation loss.",
+    "eval_step": "Optimizer step of the latest validation loss.",
     "samples_per_second": "Training examples processed per second.",
     "tokens_per_second": "Training tokens processed per second (causal LM).",
     "epoch": "Epochs completed (fractional).",

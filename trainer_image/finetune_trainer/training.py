@@ -141,7 +141,7 @@ def make_callbacks(
             log.evals.append((state.global_step, float(value)))
             progress.emit(EVAL_EVENT, step=state.global_step, evalLoss=float(value))
             if gauges:
-                gauges.set(eval_loss=value)
+                gauges.set(eval_loss=value, eval_step=state.global_step)
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             progress.emit("checkpoint", step=state.global_step, path=f"checkpoint-{state.global_step}")

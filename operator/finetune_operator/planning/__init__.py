@@ -9,6 +9,7 @@ to the module that decides, and renders the children it asks for with `rendering
     planning/rangetest.py  the range-test Job and what its curve says (method rangeTest)
     planning/adaptive.py   the adaptive method: range test, trials as Jobs, recommendation
     planning/trials.py     grid and random trials
+    planning/remembered.py trial results kept in the status once their Jobs are gone (every trial method)
     planning/finetune.py   the FineTuneJob: its learning rate, then its training Job
 """
 
@@ -85,6 +86,8 @@ class DesiredState:
     children: list[dict[str, Any]] = field(default_factory=list)
     """Complete manifests of the children to create now (server-side applied as they are)."""
     events: list[Event] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    """Names of child Jobs to delete now (pruned trials), with their pods."""
 
 
 def plan(
@@ -179,4 +182,4 @@ def _desired(
         )
         for c in b.children
     ]
-    return DesiredState(b.status, jobs, b.events)
+    return DesiredState(b.status, jobs, b.events, b.delete)

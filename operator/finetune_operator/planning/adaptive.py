@@ -9,7 +9,7 @@ after `ttlSecondsAfterFinished`) is remembered from the status the operator wrot
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTes
 from finetune_operator.children import ChildState
 from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
+from finetune_operator.planning.remembered import JOB_GONE, remembered
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
 from finetune_trainer.adaptive import TrialRequest, ceiling, loss_minimum, next_step
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
@@ -104,16 +105,19 @@ def trial_record(request: TrialRequest, child: ChildState | None) -> TrialRecord
     )
 
 
-def remembered_records(previous_trials: list[TrialStatus] | None) -> dict[tuple[int, int], TrialRecord]:
-    """Finished adaptive trials as the last status wrote them (for Jobs deleted since)."""
+def remembered_records(
+    previous_trials: list[TrialStatus] | None, jobs: Container[str] = ()
+) -> dict[tuple[int, int], TrialRecord]:
+    """Finished adaptive trials as the last status wrote them (for Jobs deleted since; a trial last seen
+    running is a failed record, see `remembered`)."""
     records: dict[tuple[int, int], TrialRecord] = {}
-    for t in previous_trials or []:
-        if t.stage is None or t.phase not in ("Succeeded", "Failed"):
+    for (stage, index), t in remembered(previous_trials, jobs).items():
+        if stage == 0:
             continue
         try:
-            records[(t.stage, t.index)] = TrialRecord(
-                stage=t.stage,
-                index=t.index,
+            records[(stage, index)] = TrialRecord(
+                stage=stage,
+                index=index,
                 learning_rate=t.learning_rate,
                 steps=t.steps or 0,
                 eval_loss=finite(t.eval_loss),
@@ -233,7 +237,7 @@ def plan(
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     curve = b.status.curve or []  # the range test's smoothed curve, as `recommend` reads it
     minimum = loss_minimum([p.lr for p in curve], [p.loss for p in curve])
-    decision = decide(name, sweep, edge, children, remembered_records(b.status.trials), minimum)
+    decision = decide(name, sweep, edge, children, remembered_records(b.status.trials, children), minimum)
     for t in decision.start:
         req = t.request
         try:
@@ -246,8 +250,10 @@ def plan(
     if decision.start:
         b.started()
     finished, planned = len(decision.finished), planned_trials(sweep, decision)
+    kept = remembered(b.status.trials, children)
     b.status.trials = [
-        t.status(_live(t, previous.get(t.request.key), samples, b.now)) for t in decision.trials[:64]
+        _lost(t.status(_live(t, previous.get(t.request.key), samples, b.now)), t, kept.get(t.request.key))
+        for t in decision.trials[:64]
     ]
     b.status.steps_spent = steps_spent(summary, decision)
     b.status.progress = Progress(
@@ -277,6 +283,13 @@ def plan(
     s.best_loss = finite(rec.best_loss)
     reason, message = verdict(rec)
     b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)
+
+
+def _lost(status: TrialStatus, trial: Trial, last: TrialStatus | None) -> TrialStatus:
+    """A trial whose Job went before its result was read keeps saying so."""
+    if trial.child is None and last is not None and last.reason == JOB_GONE:
+        status.reason, status.message = last.reason, last.message
+    return status
 
 
 def _live(trial: Trial, previous: TrialStatus | None, samples: Samples, now: str) -> Progress | None:

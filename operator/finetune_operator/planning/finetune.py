@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
-from finetune_operator.api import FineTuneJobSpec, FineTuneJobStatus, LRSweepSpec, Progress
+from finetune_operator.api import SEARCHED, FineTuneJobSpec, FineTuneJobStatus, LRSweepSpec, Progress
 from finetune_operator.children import ChildState
+from finetune_operator.planning import study
 from finetune_operator.planning.rangetest import Samples, child_failed, child_pending
 from finetune_operator.planning.status import (
     ChildRequest,
@@ -65,7 +66,9 @@ def plan(
             )
             return None
         try:
-            config = rendering.train_config(spec, lr, _source_text(b.status))
+            config = rendering.train_config(
+                study.with_params(spec, b.status.params or {}), lr, _source_text(b.status)
+            )
         except ValidationError as e:
             b.invalid(e)
             return None
@@ -180,7 +183,9 @@ def _resolve_learning_rate(
         return None, None
     lr = recommended
     if choice.from_sweep is not None:
-        own = spec.optimization.effective_batch_size()
+        params = _best_params(status) if choice.from_sweep.use == "all" else {}
+        b.status.params = params or None
+        own = study.with_params(spec, params).optimization.effective_batch_size()
         sweep_batch = int(_number(status.get("effectiveBatchSize")) or own)
         lr = scale_learning_rate(lr, sweep_batch if sweep_batch > 0 else own, own, choice.from_sweep.scale)
     b.status.learning_rate, b.status.learning_rate_source = lr, source
@@ -191,3 +196,15 @@ def _resolve_learning_rate(
 def _number(value: Any) -> float | None:
     """A number another object's status claims to hold, or None (it is not ours to trust)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _best_params(status: Mapping[str, Any]) -> dict[str, float]:
+    """The sweep's best trial's searched parameters a fine-tune takes (`use: all`): numbers only, and not
+    the trial's own length or learning rate."""
+    raw = status.get("bestParams")
+    if not isinstance(raw, Mapping):
+        return {}
+    numbers = {
+        k: _number(v) for k, v in raw.items() if k in SEARCHED and k not in ("learningRate", "maxSteps")
+    }
+    return {k: v for k, v in numbers.items() if v is not None}

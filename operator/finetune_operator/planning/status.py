@@ -144,6 +144,8 @@ class StatusBuilder(Generic[S]):
         self.generation, self.now = generation, now
         self.events: list[Event] = []
         self.children: list[ChildRequest] = []
+        self.delete: list[str] = []
+        """Child Jobs to delete now (pruned trials)."""
         status.observed_generation = generation
 
     def condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:

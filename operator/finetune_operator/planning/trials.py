@@ -1,5 +1,6 @@
-"""Grid and random LRSweeps: short fine-tunes at fixed learning rates, `parallelism` at a time, then the
-best trial (refined by a parabola in log-LR) is the recommendation."""
+"""Grid, random and bayesian LRSweeps: short fine-tunes whose params an Optuna study draws (`planning/study`),
+`parallelism` at a time, then the best trial is the recommendation (refined by a parabola in log-LR when
+the learning rate is all that is searched)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,38 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
-from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, TrialStatus
+from finetune_operator.api import EvalPoint, LRSweepSpec, LRSweepStatus, Progress, TrialStatus
 from finetune_operator.children import ChildState
+from finetune_operator.planning import study
 from finetune_operator.planning.adaptive import trial_record
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples, child_failed
-from finetune_operator.planning.status import TERMINAL, ChildRequest, StatusBuilder, progress_from_sample
-from finetune_operator.sweeps import best_learning_rate, trial_learning_rates
+from finetune_operator.planning.remembered import remembered
+from finetune_operator.planning.status import (
+    TERMINAL,
+    ChildRequest,
+    Event,
+    StatusBuilder,
+    finite,
+    progress_from_sample,
+)
+from finetune_operator.sweeps import best_learning_rate
 from finetune_trainer.adaptive import TrialRequest
+from finetune_trainer.config import TrainerConfig
+
+ACTIVE = ("Pending", "Running")
+
+
+def trial_config(sweep: LRSweepSpec, params: study.Params) -> TrainerConfig:
+    """A short fine-tune at `params`: the sweep's recipe with the searched values put in, cut to its steps,
+    validated every `eval_every` steps when a pruner judges it."""
+    steps = int(params.get("maxSteps", sweep.trials.steps))
+    config = rendering.trial_config(study.with_params(sweep, params), params["learningRate"], steps)
+    every = study.eval_every(sweep, steps)
+    if every is None:
+        return config
+    return config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"every_steps": every})}
+    )
 
 
 def plan(
@@ -24,66 +50,158 @@ def plan(
     children: Mapping[str, ChildState],
     samples: Samples,
 ) -> None:
-    """Start trials up to `parallelism`, follow them (live progress while they run), then recommend. A
-    finished trial whose Job is gone (deleted after its TTL) is remembered from the status, not re-run."""
-    lrs = trial_learning_rates(sweep.method, sweep.trials)
-    steps = sweep.trials.steps
-    remembered = {t.index: t for t in b.status.trials or [] if t.stage is None}
-    jobs = [naming.trial_job(name, i) for i in range(len(lrs))]
-    active = sum(1 for job in jobs if (c := children.get(job)) and c.phase in ("Pending", "Running"))
-    config_error = next((c for j in jobs if (c := children.get(j)) and c.reason == "InvalidConfig"), None)
+    """Follow the recorded trials (live progress while they run), ask the study for more up to
+    `parallelism` running and the sweep's budget, then recommend. A trial whose Job is gone keeps the
+    result the status recorded and is never run again (`remembered`)."""
+    total = study.budget(sweep)
+    if total > study.MAX_TRIALS:
+        b.phase(
+            "Failed",
+            "TooManyTrials",
+            f"the sweep would run {total} trials, more than {study.MAX_TRIALS}: "
+            "shrink trials.searchSpace or trials.count",
+        )
+        return
+    kept = remembered(b.status.trials, children)
+    judge: set[int] = set()  # running trials with a new intermediate value
     trials: list[TrialStatus] = []
-    for i, (lr, job) in enumerate(zip(lrs, jobs, strict=True)):
-        child, before = children.get(job), remembered.get(i)
-        trial = TrialStatus(index=i, learning_rate=lr, steps=steps, job_name=job)
-        if child is None and before is not None and before.phase in TERMINAL:
-            trial = before
+    requests: list[tuple[TrialStatus, study.Params]] = []
+    for before in sorted((t for t in b.status.trials or [] if t.stage is None), key=lambda t: t.index):
+        child = children.get(before.job_name or naming.trial_job(name, before.index))
+        trial = before.model_copy(update={"progress": None})
+        if before.phase == "Pruned":
+            if child is not None:
+                b.delete.append(child.name)  # not gone yet
+        elif child is None and (last := kept.get((0, before.index))) is not None:
+            trial = last
         elif child is None:
-            if active < sweep.trials.parallelism and config_error is None:
-                try:
-                    config = rendering.trial_config(sweep, lr, steps)
-                except ValidationError as e:
-                    b.invalid(e)
-                    return
-                args = ["trial", "--learning-rate", repr(lr)]
-                b.children.append(ChildRequest(job, "trial", args, config, trial=i))
-                active += 1
+            requests.append((trial, study.params_of(before, study.distributions(sweep))))  # not seen yet
         else:
-            trial.phase = child.phase
-            record = trial_record(TrialRequest(1, i, lr, steps), child)
-            if record is not None:
-                trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
-            if child.phase == "Running":
-                last = before.progress if before is not None else None
-                trial.progress = progress_from_sample(samples.get(job), child.start_time, b.now, last)
+            if _follow(trial, child, samples, b.now, before):
+                judge.add(trial.index)
         trials.append(trial)
+    _prune(sweep, b, trials, judge)
+    # every trial shares the config: the first that fails on it says it all, and no more start
+    config_error = next(
+        (c for t in trials if (c := children.get(t.job_name or "")) and c.reason == "InvalidConfig"), None
+    )
+    if config_error is not None:
+        b.status.trials = trials
+        child_failed(b, config_error, "trial")
+        return
+    active = sum(1 for t in trials if t.phase in ACTIVE)
+    engine = None
+    while len(trials) < total and (active < sweep.trials.parallelism or _job(name, len(trials)) in children):
+        engine = engine or study.rebuild(sweep, trials)
+        params = study.ask(sweep, engine, 1)[0]
+        index = len(trials)
+        trial = TrialStatus(
+            index=index,
+            learning_rate=params["learningRate"],
+            params=params,
+            steps=int(params.get("maxSteps", sweep.trials.steps)),
+            job_name=_job(name, index),
+        )
+        trials.append(trial)
+        if (child := children.get(trial.job_name or "")) is not None:  # created, its status not written
+            _follow(trial, child, samples, b.now, None)
+            active += trial.phase in ACTIVE
+            engine = None  # the study learns its outcome on the next rebuild
+        else:
+            requests.append((trial, params))
+            active += 1
+    for trial, params in requests:
+        try:
+            config = trial_config(sweep, params)
+        except ValidationError as e:
+            b.invalid(e)
+            return
+        args = ["trial", "--learning-rate", repr(config.learning_rate)]
+        b.children.append(ChildRequest(trial.job_name or "", "trial", args, config, trial=trial.index))
     if b.children:
         b.started()
     b.status.trials = trials
-    if config_error is not None:  # every trial shares the config: stop at the first, with its message
-        child_failed(b, config_error, "trial")
-        return
-    finished = [t for t in trials if t.phase in TERMINAL]
+    _decide(sweep, b, trials, total, children)
+
+
+def _job(name: str, index: int) -> str:
+    return naming.trial_job(name, index)
+
+
+def _follow(
+    trial: TrialStatus, child: ChildState, samples: Samples, now: str, before: TrialStatus | None
+) -> bool:
+    """The trial as its Job says: phase, result once finished, live progress and intermediate validation
+    losses while it runs. True when it reported a new intermediate value."""
+    trial.phase = child.phase
+    req = TrialRequest(1, trial.index, trial.learning_rate, trial.steps or 1)
+    record = trial_record(req, child)
+    if record is not None:
+        trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
+    if child.phase != "Running":
+        return False
+    sample = samples.get(child.name) or {}
+    last = before.progress if before is not None else None
+    trial.progress = progress_from_sample(sample, child.start_time, now, last)
+    step, loss = finite(sample.get("eval_step")), finite(sample.get("eval_loss"))
+    if step is None or loss is None or any(e.step == int(step) for e in trial.evals or []):
+        return False
+    trial.evals = [*(trial.evals or []), EvalPoint(step=int(step), eval_loss=loss)][-16:]
+    return True
+
+
+def _prune(
+    sweep: LRSweepSpec, b: StatusBuilder[LRSweepStatus], trials: list[TrialStatus], judge: set[int]
+) -> None:
+    """Stop the running trials the pruner judges poor: Pruned in the status (step and why), their Jobs
+    deleted, an event each."""
+    for i in sorted(study.prune(sweep, trials, judge)):
+        t = trials[i]
+        point = (t.evals or [])[-1]
+        t.phase, t.pruned_at_step, t.progress = "Pruned", point.step, None
+        t.reason = "Pruned"
+        t.message = (
+            f"{sweep.trials.pruner.type} pruner: eval loss {point.eval_loss:.4g} at step {point.step} "
+            "is worse than the trials before it"
+        )
+        b.delete.append(t.job_name or _job("", i))
+        b.events.append(Event("Normal", "TrialPruned", f"trial {i} ({t.job_name}): {t.message}"))
+
+
+def _decide(
+    sweep: LRSweepSpec,
+    b: StatusBuilder[LRSweepStatus],
+    trials: list[TrialStatus],
+    total: int,
+    children: Mapping[str, ChildState],
+) -> None:
+    """Progress while trials remain; the best trial once all have finished."""
+    finished = [t for t in trials if t.phase in TERMINAL or t.phase == "Pruned"]
     b.status.progress = Progress(
-        step=len(finished), total_steps=len(trials), percent=int(100 * len(finished) / len(trials))
+        step=len(finished), total_steps=total, percent=int(100 * len(finished) / total)
     )
-    if len(finished) < len(trials):
+    if len(finished) < total:
         running = sum(t.phase == "Running" for t in trials)
         b.phase(
             "Running" if running else "Pending",
             "TrialsRunning",
-            f"{len(finished)}/{len(trials)} trials finished, {running} running",
+            f"{len(finished)}/{total} trials finished, {running} running",
             event=False,
         )
         return
-    best = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials])
-    if best is None:
-        _no_trial_succeeded(b, [children[t.job_name] for t in trials if t.job_name in children])
+    scored = [t for t in finished if t.eval_loss is not None]
+    if not scored:
+        _no_trial_succeeded(b, [children[j] for t in finished if (j := t.job_name or "") in children])
         return
-    lr, loss = best
+    best = min(scored, key=lambda t: t.eval_loss or 0.0)
+    lr, loss = best.learning_rate, best.eval_loss or 0.0
+    params = best.params or {"learningRate": lr}
+    if set(params) == {"learningRate"}:  # the learning rate alone: refine it between the best's neighbours
+        lr, loss = best_learning_rate([(t.learning_rate, t.eval_loss) for t in trials]) or (lr, loss)
     s = b.status
-    s.recommended_learning_rate, s.rule, s.best_loss = lr, "best-trial", loss
-    s.effective_batch_size, s.adapter = sweep.optimization.effective_batch_size(), sweep.adapter.type
+    s.recommended_learning_rate, s.rule, s.best_loss, s.best_params = lr, "best-trial", loss, params
+    opt = study.with_params(sweep, params).optimization
+    s.effective_batch_size, s.adapter = opt.effective_batch_size(), sweep.adapter.type
     b.phase(
         "Succeeded",
         RECOMMENDED,
