@@ -420,6 +420,12 @@ def test_helm_install_creates_the_operator_objects(kube_cluster, kube_api, names
         assert binding.subjects[0].name == fullname and binding.subjects[0].namespace == namespace
         for crd in ("lrsweeps.finetune.dev", "finetunejobs.finetune.dev"):
             ext.read_custom_resource_definition(crd)
+        admission = client.AdmissionregistrationV1Api(kube_api)
+        policy = admission.read_validating_admission_policy(f"{fullname}-trainer-access")
+        assert policy.spec.failure_policy == "Fail"
+        vap_binding = admission.read_validating_admission_policy_binding(f"{fullname}-trainer-access")
+        assert vap_binding.spec.policy_name == policy.metadata.name
+        assert vap_binding.spec.match_resources is None  # every namespace, like the ClusterRole
         dashboards_cms = core.list_namespaced_config_map(
             namespace, label_selector="grafana_dashboard=1"
         ).items
