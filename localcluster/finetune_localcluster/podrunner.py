@@ -18,8 +18,10 @@ each bound pod:
   service-account token volume also gets ``KUBECONFIG``: a kubeconfig that authenticates with that token,
   since in-cluster config reads a fixed path the runner cannot provide.
 * **Volumes** become local folders: ``emptyDir`` (per pod), ``configMap``/``secret``/``downwardAPI``/
-  ``projected`` (files written), ``persistentVolumeClaim`` (a stable folder per namespace/claim under
-  the runner root, so a retried pod sees the same checkpoints), ``hostPath`` (the path itself). Mount
+  ``projected`` (files written; a missing Secret/ConfigMap is ``CreateContainerConfigError``),
+  ``persistentVolumeClaim`` (a stable folder per namespace/claim under the runner root, so a retried pod
+  sees the same checkpoints; the claim must exist and be Bound, and ``podvolumes`` provisions claims of
+  the runner's default StorageClass), ``hostPath`` (the path itself). Mount
   paths and the ``terminationMessagePath`` are rewritten in command, args, env values and workingDir —
   see ``podspec`` for the exact contract.
 * **Networking**: each pod gets its own loopback address 127.0.x.y as ``status.podIP`` (Linux routes all
@@ -33,8 +35,9 @@ each bound pod:
   and is then removed with grace period 0, as a kubelet confirms a deletion.
 
 This module is the agent's loop (watch, resync, per-pod decisions, deletion); the parts it drives:
-``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podprep`` (volumes and
-process environment), ``podsupervisor`` (processes, restarts, phase) and ``podstatus`` (what is written).
+``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podvolumes`` (claims),
+``podprep`` (volumes and process environment), ``podsupervisor`` (processes, restarts, phase) and
+``podstatus`` (what is written).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from .podprep import PodPreparer
 from .podscheduling import Scheduler
 from .podstatus import SMP, TERMINAL
 from .podsupervisor import IMAGE_NOTE, ContainerRun, PodRun
+from .podvolumes import Provisioner
 
 __all__ = ["PodRunner", "RunnerConfig"]
 
@@ -85,6 +89,7 @@ class PodRunner:
         self._threads: list[threading.Thread] = []
         self._watch: watch.Watch | None = None
         self._node = NodeAgent(api_client, self.config)
+        self._volumes = Provisioner(api_client, self.root)
         self._scheduler = Scheduler(self.core, self.config, on_bound=lambda: self._kick.put(1))
         server = urlparse(api_client.configuration.host)
         self._prep = PodPreparer(
@@ -109,6 +114,7 @@ class PodRunner:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         log.warning("local pod runner on node %s: %s", self.config.node_name, IMAGE_NOTE)
         self._node.register()
+        self._volumes.register()
         loop = threading.Thread(target=self._loop, name="podrunner-loop", daemon=True)
         watcher = threading.Thread(target=self._watch_pods, name="podrunner-watch", daemon=True)
         self._threads = [loop, watcher]
@@ -188,7 +194,9 @@ class PodRunner:
         pods = self._list_pods()
         pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""))
         mine = [p for p in pods if p["spec"].get("nodeName") == self.config.node_name]
-        self._scheduler.schedule(pods, mine)
+        claims = self._volumes.list_claims()
+        self._volumes.provision(claims)
+        self._scheduler.schedule(pods, mine, claims)
         live = set()
         for pod in mine:
             live.add(pod["metadata"]["uid"])

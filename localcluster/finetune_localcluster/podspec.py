@@ -245,7 +245,8 @@ def container_env(
             if data is None:
                 if ref.get("optional"):
                     continue
-                raise MissingReference(f'{key[:-3]} "{ref["name"]}" not found')
+                kind = "configmap" if key == "configMapRef" else "secret"  # the kubelet's words
+                raise MissingReference(f'{kind} "{ref["name"]}" not found')
             env.update({prefix + k: v for k, v in data.items()})
     defined: dict[str, str] = {}
     for var in container.get("env") or []:
