@@ -29,7 +29,7 @@ from finetune_operator.api import (
     LRSweepStatus,
     ResourceStatus,
 )
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, past_start_deadline
 from finetune_operator.planning import adaptive, finetune, rangetest, trials
 from finetune_operator.planning.finetune import SweepRef
 from finetune_operator.planning.status import (
@@ -115,6 +115,8 @@ def plan_sweep(
     if is_done(previous, resource.generation):
         return DesiredState(settle(previous, now))
     b = StatusBuilder(previous, resource.generation, now)
+    settings = settings or Settings()
+    children = past_start_deadline(children, now, settings.pod_start_deadline)
     try:
         spec = LRSweepSpec.model_validate(resource.spec)
     except ValidationError as e:
@@ -129,7 +131,7 @@ def plan_sweep(
             rangetest.decide(b, result, spec.range_test)
     else:
         trials.plan(resource.name, spec, b, children, samples)
-    return _desired(resource, spec, b, settings or Settings())
+    return _desired(resource, spec, b, settings)
 
 
 def plan_finetune(
@@ -148,13 +150,15 @@ def plan_finetune(
     if is_done(previous, resource.generation):
         return DesiredState(settle(previous, now))
     b = StatusBuilder(previous, resource.generation, now)
+    settings = settings or Settings()
+    children = past_start_deadline(children, now, settings.pod_start_deadline)
     try:
         spec = FineTuneJobSpec.model_validate(resource.spec)
     except ValidationError as e:
         b.invalid(e)
         return DesiredState(b.status, events=b.events)
     create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
-    desired = _desired(resource, spec, b, settings or Settings())
+    desired = _desired(resource, spec, b, settings)
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
@@ -180,4 +184,3 @@ def _desired(
         for c in b.children
     ]
     return DesiredState(b.status, jobs, b.events)
-
