@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -69,6 +70,16 @@ __all__ = ["PodRunner", "RunnerConfig"]
 
 log = logging.getLogger(__name__)
 
+STATUS_RETRY_SECONDS = 1.0
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the API server is away (connection refused or reset, or it answered 5xx while
+    starting), as opposed to a request it refused."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 500, 502, 503, 504) or exc.status is None
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
+
 
 class PodRunner:
     """Registers a Node and runs the pods bound to it as local processes (see the module docstring)."""
@@ -81,6 +92,7 @@ class PodRunner:
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="finetune-podrunner-"))
         self._pods: dict[str, PodRun] = {}
         self._config_errors: dict[str, str] = {}  # pod uid -> the CreateContainerConfigError last written
+        self._unwritten: dict[str, float] = {}  # pod uid -> when to retry its status write (API was away)
         self._confirmed: set[str] = set()
         self._ips = PodIPPool()
         self._lock = threading.RLock()
@@ -182,8 +194,11 @@ class PodRunner:
                 self._poll()
                 self._node.heartbeat_if_due()
             except Exception as exc:  # the runner must survive anything a pod or the API throws at it
-                log.exception("pod runner loop error")
-                self.errors.append(repr(exc))
+                if unreachable(exc):  # an API server outage: the next resync lists everything again
+                    log.warning("API server unreachable (%s); retrying", type(exc).__name__)
+                else:
+                    log.exception("pod runner loop error")
+                    self.errors.append(repr(exc))
                 time.sleep(0.5)
 
     def _list_pods(self) -> list[dict[str, Any]]:
@@ -211,6 +226,7 @@ class PodRunner:
             self._forget(uid, kill=True)
 
     def _poll(self) -> None:
+        self._retry_unwritten()
         with self._lock:
             runs = [r for r in self._pods.values() if not r.deleting and r.phase not in TERMINAL]
         for run in runs:
@@ -361,14 +377,39 @@ class PodRunner:
         self._write_status(run, meta)
 
     def _write_status(self, run: PodRun, meta: dict[str, Any]) -> None:
+        """Write the pod's status if it changed; while the API server is unreachable the write is retried
+        (``_retry_unwritten``) until it lands, so a pod that ended during an outage still ends."""
         status = podstatus.pod_status(run)
         encoded = json.dumps(status, sort_keys=True)
         if encoded == run.last_status:
+            self._unwritten.pop(run.uid, None)
             return
-        self._patch_status(meta, status)
+        try:
+            self._patch_status(meta, status)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self._unwritten[run.uid] = time.monotonic() + STATUS_RETRY_SECONDS
+            log.info("status of pod %s/%s not written (%s); will retry", run.namespace, run.name, exc)
+            return
+        self._unwritten.pop(run.uid, None)
         run.last_status = encoded
         if run.phase in TERMINAL:
             log.info("pod %s/%s %s", run.namespace, run.name, run.phase)
+
+    def _retry_unwritten(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [self._pods[uid] for uid, at in self._unwritten.items() if at <= now and uid in self._pods]
+            for uid in [uid for uid in self._unwritten if uid not in self._pods]:
+                del self._unwritten[uid]
+        for run in due:
+            try:
+                self._write_status(run, {"name": run.name, "namespace": run.namespace, "uid": run.uid})
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
+                self._unwritten.pop(run.uid, None)
 
     def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
         self.core.patch_namespaced_pod_status(
