@@ -92,6 +92,7 @@ class PodRunner:
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="finetune-podrunner-"))
         self._pods: dict[str, PodRun] = {}
         self._config_errors: dict[str, str] = {}  # pod uid -> the CreateContainerConfigError last written
+        self._config_since: dict[str, str] = {}  # pod uid -> when its config error was first seen
         self._unwritten: dict[str, float] = {}  # pod uid -> when to retry its status write (API was away)
         self._confirmed: set[str] = set()
         self._ips = PodIPPool()
@@ -349,9 +350,11 @@ class PodRunner:
             message = str(exc)
             if self._config_errors.get(meta["uid"]) != message:  # report once per distinct problem
                 self._config_errors[meta["uid"]] = message
-                self._patch_status(meta, podstatus.config_error_status(spec["containers"], message))
+                since = self._config_since.setdefault(meta["uid"], podstatus.now())
+                self._patch_status(meta, podstatus.config_error_status(spec["containers"], message, since))
             return
         self._config_errors.pop(meta["uid"], None)
+        self._config_since.pop(meta["uid"], None)
         run = PodRun(
             uid=meta["uid"],
             namespace=meta["namespace"],

@@ -40,10 +40,12 @@ def unschedulable_status(message: str) -> dict[str, Any]:
     }
 
 
-def config_error_status(containers: list[dict[str, Any]], message: str) -> dict[str, Any]:
-    """Every container waiting with ``CreateContainerConfigError`` (a missing ConfigMap, Secret or key)."""
+def config_error_status(containers: list[dict[str, Any]], message: str, start_time: str) -> dict[str, Any]:
+    """Every container waiting with ``CreateContainerConfigError`` (a missing ConfigMap, Secret or key);
+    ``startTime`` is when the node took the pod on, as a kubelet sets it before creating containers."""
     waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
     return {
+        "startTime": start_time,
         "containerStatuses": [
             {
                 "name": c["name"],
@@ -55,7 +57,7 @@ def config_error_status(containers: list[dict[str, Any]], message: str) -> dict[
                 "state": waiting,
             }
             for c in containers
-        ]
+        ],
     }
 
 

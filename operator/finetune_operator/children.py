@@ -55,7 +55,8 @@ class ChildState:
     failed_pods: int = 0
     start_time: str | None = None
     stuck_since: str | None = None
-    """When the Pending pod that cannot start (see `CANNOT_START`, `CLAIM_PROBLEMS`) was created."""
+    """Since when the Pending pod cannot start (see `CANNOT_START`, `CLAIM_PROBLEMS`): its `startTime` or
+    the scheduler's verdict, else its creation."""
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -137,7 +138,7 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
         )
     stuck = _cannot_start(pod)
     if stuck is not None and not _condition(job, "Suspended"):
-        reason, message = stuck
+        reason, message, since = stuck
         return ChildState(
             name,
             "Pending",
@@ -145,7 +146,7 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
             message=f"{reason}: {message}".strip(),
             failed_pods=failed_pods,
             start_time=start,
-            stuck_since=(pod or {}).get("metadata", {}).get("creationTimestamp"),
+            stuck_since=since or (pod or {}).get("metadata", {}).get("creationTimestamp"),
         )
     unscheduled = _unscheduled(pod)
     reason = (
@@ -159,19 +160,22 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
     )
 
 
-def _cannot_start(pod: dict[str, Any] | None) -> tuple[str, str] | None:
-    """(reason, message) of a Pending pod that will not start as it is: a container waiting for a missing
-    Secret/ConfigMap or an image it cannot pull, or unschedulable for want of its PersistentVolumeClaim."""
+def _cannot_start(pod: dict[str, Any] | None) -> tuple[str, str, str | None] | None:
+    """(reason, message, since) of a Pending pod that will not start as it is: a container waiting for a
+    missing Secret/ConfigMap or an image it cannot pull (since the node took the pod on, `startTime`), or
+    unschedulable for want of its PersistentVolumeClaim (since the scheduler said so)."""
     status = (pod or {}).get("status") or {}
     if status.get("phase", "Pending") != "Pending":
         return None
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in CANNOT_START:
-            return waiting["reason"], f"container {cs.get('name')}: {waiting.get('message', '')}"
+            message = f"container {cs.get('name')}: {waiting.get('message', '')}"
+            return waiting["reason"], message, status.get("startTime")
     unscheduled = _unscheduled(pod)
     if unscheduled and any(w in unscheduled.get("message", "") for w in CLAIM_PROBLEMS):
-        return unscheduled.get("reason", "Unschedulable"), unscheduled.get("message", "")
+        reason = unscheduled.get("reason", "Unschedulable")
+        return reason, unscheduled.get("message", ""), unscheduled.get("lastTransitionTime")
     return None
 
 

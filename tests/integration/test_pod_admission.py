@@ -123,6 +123,7 @@ def test_a_missing_secret_or_configmap_is_a_create_container_config_error(
     assert missing in state["message"]
     pod = read_pod(core, namespace, name)
     assert pod["status"]["phase"] == "Pending" and pod["spec"]["nodeName"]  # bound, never started
+    assert pod["status"]["startTime"]  # the node took it on, as a kubelet records before creating containers
 
 
 def test_a_job_naming_a_missing_service_account_never_gets_a_pod(core, kube_api, namespace):

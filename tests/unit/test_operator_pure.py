@@ -634,11 +634,15 @@ def test_conditions_keep_their_place_so_an_unchanged_status_is_not_rewritten():
 # ------------------------------------------------------------------ pods that cannot start
 
 
-def _waiting_pod(reason: str, message: str, created: str = "2026-01-01T00:00:00Z") -> dict:
+def _waiting_pod(reason: str, message: str, started: str = "2026-01-01T00:00:00Z") -> dict:
     waiting = {"waiting": {"reason": reason, "message": message}}
     return {
-        "metadata": {"creationTimestamp": created},
-        "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": waiting}]},
+        "metadata": {"creationTimestamp": "2025-12-31T23:00:00Z"},  # an hour queued for a GPU first
+        "status": {
+            "phase": "Pending",
+            "startTime": started,
+            "containerStatuses": [{"name": "trainer", "state": waiting}],
+        },
     }
 
 
@@ -659,8 +663,14 @@ def test_observe_names_the_container_that_cannot_start(reason, message):
 
 def test_a_missing_claim_is_stuck_but_missing_gpus_are_only_waiting():
     def unscheduled(message: str) -> dict:
-        cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
-        return {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "status": {"conditions": [cond]}}
+        cond = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+        return {"metadata": {"creationTimestamp": "2025-12-31T23:00:00Z"}, "status": {"conditions": [cond]}}
 
     claim = observe(
         _jobobj(active=1), [unscheduled('0/1 nodes are available: persistentvolumeclaim "x" not found.')]
