@@ -196,6 +196,12 @@ def past_start_deadline(
     return out
 
 
+def never_started(child: ChildState | None) -> bool:
+    """Whether the child failed because its pod could not start (`past_start_deadline`): a fault of the
+    setup, not evidence about the learning rate."""
+    return child is not None and child.phase == "Failed" and child.stuck_since is not None
+
+
 def until_start_deadline(children: Mapping[str, ChildState], now: str, deadline: float) -> float | None:
     """Seconds until the first stuck child passes `deadline` (None when no child is stuck)."""
     moment = _parse_time(now)

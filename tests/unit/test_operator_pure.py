@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from plans import NOW, plan_finetune, plan_sweep
@@ -707,3 +708,19 @@ def test_a_pod_that_cannot_start_is_a_warning_then_fails_the_resource_after_the_
         in failed["message"]
     )
     assert "create the Secret or ConfigMap" in failed["message"]
+
+
+def test_a_grid_trial_that_cannot_start_is_reported_then_fails_the_sweep_not_the_learning_rate():
+    grid = {**SPEC, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3], "parallelism": 2}}
+    jobs = [naming.trial_job("s", i) for i in range(2)]
+    pod = _waiting_pod("ImagePullBackOff", 'Back-off pulling image "private/trainer:1"')
+    stuck = {job: replace(observe(_jobobj(active=1), [pod]), name=job) for job in jobs}
+    settings = Settings(pod_start_deadline=60)
+    created = plan_sweep("s", grid, {}, 1, {}, now=NOW).status
+    early = plan_sweep("s", grid, created, 1, stuck, now="2026-01-01T00:00:30Z", settings=settings)
+    assert early.status["phase"] == "Pending"
+    assert early.status["message"].startswith(f"trial Job {jobs[0]}: ImagePullBackOff: container trainer")
+    late = plan_sweep("s", grid, early.status, 1, stuck, now="2026-01-01T00:02:00Z", settings=settings)
+    failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
+    assert late.status["phase"] == "Failed" and failed["reason"] == "ImagePullBackOff"
+    assert "check spec.image" in failed["message"]

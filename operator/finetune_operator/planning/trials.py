@@ -9,9 +9,9 @@ from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, TrialStatus
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, never_started
 from finetune_operator.planning.adaptive import trial_record
-from finetune_operator.planning.rangetest import RECOMMENDED, Samples
+from finetune_operator.planning.rangetest import RECOMMENDED, Samples, child_failed
 from finetune_operator.planning.status import TERMINAL, ChildRequest, StatusBuilder, progress_from_sample
 from finetune_operator.sweeps import best_learning_rate, trial_learning_rates
 from finetune_trainer.adaptive import TrialRequest
@@ -63,8 +63,17 @@ def plan(
     b.status.progress = Progress(
         step=len(finished), total_steps=len(trials), percent=int(100 * len(finished) / len(trials))
     )
+    stuck = [c for job in jobs if (c := children.get(job)) is not None and c.stuck_since is not None]
+    if failed := next((c for c in stuck if never_started(c)), None):
+        child_failed(b, failed, "trial")  # a pod that cannot start says nothing about its learning rate
+        return
     if len(finished) < len(trials):
         running = sum(t.phase == "Running" for t in trials)
+        if stuck and not running:
+            b.phase(
+                "Pending", stuck[0].reason or "PodPending", f"trial Job {stuck[0].name}: {stuck[0].message}"
+            )
+            return
         b.phase(
             "Running" if running else "Pending",
             "TrialsRunning",
