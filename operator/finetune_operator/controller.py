@@ -302,6 +302,8 @@ class Controller:
         tally = self._tallies.setdefault(snap.key, ChildTally())
         self.metrics.record_children(resource.kind, tally.update(snap.children))
         applied, refused = self.applier.apply_all(desired.children)
+        for job in desired.suspend:
+            self.applier.suspend_job(resource.namespace, job)
         self.metrics.record_applied(resource.kind, applied)
         previous = parse_status(type(desired.status), resource.status) if refused else desired.status
         result = record_apply(desired.status, desired.events, previous, refused, now_iso())

@@ -406,6 +406,11 @@ def test_a_pod_that_cannot_start_is_reported_then_fails_the_resource_after_the_d
         pending = status()
         failed = wait_for(lambda: (s := status()).get("phase") == "Failed" and s, timeout=60, what="Failed")
         wait_for(lambda: reason in events(kube_api, namespace, "stuck"), what="the Warning event")
+        # Its Job is suspended: a pod that could start later must not train for a failed resource.
+        wait_for(
+            lambda: all(j.spec.suspend for j in jobs(kube_api, namespace, "finetune.dev/lrsweep=stuck")),
+            what="the stuck Job suspended",
+        )
     assert runner.exception is None, runner.output
     assert pending["phase"] == "Pending" and words in pending["message"]
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")

@@ -708,6 +708,8 @@ def test_a_pod_that_cannot_start_is_a_warning_then_fails_the_resource_after_the_
         in failed["message"]
     )
     assert "create the Secret or ConfigMap" in failed["message"]
+    # ... and its Job is suspended, so a pod that starts later does not train for a failed resource.
+    assert (early.desired.suspend, late.desired.suspend) == ([], ["s-range-test"])
 
 
 def test_a_grid_trial_that_cannot_start_is_reported_then_fails_the_sweep_not_the_learning_rate():
@@ -724,3 +726,4 @@ def test_a_grid_trial_that_cannot_start_is_reported_then_fails_the_sweep_not_the
     failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
     assert late.status["phase"] == "Failed" and failed["reason"] == "ImagePullBackOff"
     assert "check spec.image" in failed["message"]
+    assert late.desired.suspend == sorted(jobs)

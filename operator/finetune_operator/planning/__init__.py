@@ -29,7 +29,7 @@ from finetune_operator.api import (
     LRSweepStatus,
     ResourceStatus,
 )
-from finetune_operator.children import ChildState, past_start_deadline
+from finetune_operator.children import ChildState, never_started, past_start_deadline
 from finetune_operator.planning import adaptive, finetune, rangetest, trials
 from finetune_operator.planning.finetune import SweepRef
 from finetune_operator.planning.status import (
@@ -85,6 +85,9 @@ class DesiredState:
     children: list[dict[str, Any]] = field(default_factory=list)
     """Complete manifests of the children to create now (server-side applied as they are)."""
     events: list[Event] = field(default_factory=list)
+    suspend: list[str] = field(default_factory=list)
+    """Trainer Jobs to suspend: the resource failed because their pods could not start, and a pod that
+    starts later (its Secret or claim appeared) must not train for a failed resource."""
 
 
 def plan(
@@ -131,7 +134,7 @@ def plan_sweep(
             rangetest.decide(b, result, spec.range_test)
     else:
         trials.plan(resource.name, spec, b, children, samples)
-    return _desired(resource, spec, b, settings)
+    return _give_up(_desired(resource, spec, b, settings), children)
 
 
 def plan_finetune(
@@ -158,10 +161,17 @@ def plan_finetune(
         b.invalid(e)
         return DesiredState(b.status, events=b.events)
     create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
-    desired = _desired(resource, spec, b, settings)
+    desired = _give_up(_desired(resource, spec, b, settings), children)
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
+    return desired
+
+
+def _give_up(desired: DesiredState, children: Mapping[str, ChildState]) -> DesiredState:
+    """A resource that failed for a pod that could not start suspends every Job whose pod never started."""
+    if desired.status.phase == "Failed":
+        desired.suspend = sorted(name for name, child in children.items() if never_started(child))
     return desired
 
 
