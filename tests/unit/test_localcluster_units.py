@@ -338,3 +338,43 @@ def test_run_operator_defaults_to_the_handler_module_the_operator_really_runs() 
 
     default = inspect.signature(pytest_plugin.operator_in_process).parameters["module"].default
     assert importlib.import_module(default) is entrypoint.handlers
+
+
+def test_a_pod_binds_only_when_each_of_its_claims_exists_and_is_bound():
+    from finetune_localcluster.podvolumes import claim_problems, claims_message
+
+    def pod(*claims: str) -> dict:
+        volumes = [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in claims]
+        return {
+            "metadata": {"namespace": "ns"},
+            "spec": {"volumes": [{"name": "tmp", "emptyDir": {}}, *volumes]},
+        }
+
+    claims = {
+        ("ns", "bound"): {"status": {"phase": "Bound"}},
+        ("ns", "waiting"): {"status": {"phase": "Pending"}},
+    }
+    assert claim_problems(pod("bound"), claims) == []
+    assert claim_problems(pod("bound", "gone", "waiting"), claims) == [
+        'persistentvolumeclaim "gone" not found',
+        "pod has unbound immediate PersistentVolumeClaims",
+    ]
+    assert claim_problems(pod("bound"), {("other", "bound"): {"status": {"phase": "Bound"}}}) == [
+        'persistentvolumeclaim "bound" not found'  # claims are namespaced
+    ]
+    assert claims_message(['persistentvolumeclaim "x" not found']) == (
+        '0/1 nodes are available: persistentvolumeclaim "x" not found.'
+    )
+
+
+def test_only_an_unreachable_api_server_is_retried_quietly():
+    import urllib3
+    from kubernetes.client.rest import ApiException
+
+    from finetune_localcluster.podrunner import unreachable
+
+    assert unreachable(urllib3.exceptions.MaxRetryError(None, "/", "refused"))
+    assert unreachable(ConnectionRefusedError())
+    assert unreachable(ApiException(status=503))
+    assert not unreachable(ApiException(status=422))
+    assert not unreachable(ValueError("a bug"))
