@@ -6,9 +6,10 @@ scheduler for that one node (binds Pending pods without a ``nodeName`` whose req
 ``nodeSelector`` fit; the others get ``PodScheduled=False/Unschedulable`` with the reason), and runs
 each bound pod:
 
-* **The container image is ignored.** Each container's ``command`` + ``args`` run as a local process
-  in *this* machine's environment (the directory of ``sys.executable`` is put first on ``PATH``, so
-  the project's console scripts such as ``finetune-trainer`` resolve). A container without
+* **The container image is ignored** (a reference no runtime could parse is ``InvalidImageName``).
+  Each container's ``command`` + ``args`` run as a local process in *this* machine's environment (the
+  directory of ``sys.executable`` is put first on ``PATH``, so the project's console scripts such as
+  ``finetune-trainer`` resolve). A container without
   ``command`` cannot run (the image's entrypoint is unknown) and fails with ``ContainerCannotRun``.
   Security contexts, resource limits and probes are recorded by the API but not enforced.
 * **Environment**: the runner's own environment (minus ``KUBECONFIG``), then ``KUBERNETES_SERVICE_*``,
@@ -334,6 +335,12 @@ class PodRunner:
         pod_dir = self.root / "pods" / key
         logs = self.root / "logs" / key
         logs.mkdir(parents=True, exist_ok=True)
+        bad_images = [
+            e for c in spec["containers"] if (e := podspec.image_reference_error(c.get("image", "")))
+        ]
+        if bad_images:
+            self._report_not_startable(meta, spec, bad_images[0], "InvalidImageName")
+            return
         ip = self._ips.take()
         try:
             volume_dirs = self._prep.volume_dirs(pod, pod_dir, ip)
@@ -347,11 +354,7 @@ class PodRunner:
         except podspec.MissingReference as exc:
             self._ips.release(ip)
             shutil.rmtree(pod_dir, ignore_errors=True)
-            message = str(exc)
-            if self._config_errors.get(meta["uid"]) != message:  # report once per distinct problem
-                self._config_errors[meta["uid"]] = message
-                since = self._config_since.setdefault(meta["uid"], podstatus.now())
-                self._patch_status(meta, podstatus.config_error_status(spec["containers"], message, since))
+            self._report_not_startable(meta, spec, str(exc), "CreateContainerConfigError")
             return
         self._config_errors.pop(meta["uid"], None)
         self._config_since.pop(meta["uid"], None)
@@ -369,6 +372,16 @@ class PodRunner:
         with self._lock:
             self._pods[run.uid] = run
         self._advance(run, meta)
+
+    def _report_not_startable(
+        self, meta: dict[str, Any], spec: dict[str, Any], message: str, reason: str
+    ) -> None:
+        """Containers waiting with ``reason`` (written once per distinct problem); the pod stays bound."""
+        if self._config_errors.get(meta["uid"]) == message:
+            return
+        self._config_errors[meta["uid"]] = message
+        since = self._config_since.setdefault(meta["uid"], podstatus.now())
+        self._patch_status(meta, podstatus.config_error_status(spec["containers"], message, since, reason))
 
     # -- status ------------------------------------------------------------------------------------
 

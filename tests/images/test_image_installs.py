@@ -24,7 +24,7 @@ TRAINER_DOCKERFILE = REPO / "trainer_image" / "Dockerfile"
 
 def install_extra(dockerfile: Path) -> str:
     match = re.search(r'pip install "\.\[(\w+)\]"', dockerfile.read_text())
-    assert match, f"no `pip install \".[extra]\"` in {dockerfile}"
+    assert match, f'no `pip install ".[extra]"` in {dockerfile}'
     return match.group(1)
 
 
@@ -87,7 +87,7 @@ def importable(venv: Path, modules: list[str]) -> dict[str, bool]:
 
 def test_copy_instructions_are_read_with_continuations_and_several_sources(tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text('FROM x AS b\nCOPY a b \\\n   c/\nCOPY --from=b /opt /opt\nCOPY d e  # note\n')
+    dockerfile.write_text("FROM x AS b\nCOPY a b \\\n   c/\nCOPY --from=b /opt /opt\nCOPY d e  # note\n")
     assert copy_instructions(dockerfile) == [(["a", "b"], "c/"), (["d"], "e")]
 
 

@@ -383,8 +383,9 @@ def test_a_re_created_resource_starts_a_fresh_run(kube_api, namespace, crds_inst
             "Unschedulable",
             'persistentvolumeclaim "missing-claim"',
         ),
+        ({"image": "Private/Trainer:1"}, "InvalidImageName", "couldn't parse image name"),
     ],
-    ids=["secret", "claim"],
+    ids=["secret", "claim", "image"],
 )
 def test_a_pod_that_cannot_start_is_reported_then_fails_the_resource_after_the_deadline(
     kube_cluster, kube_api, namespace, crds_installed, run_operator, extra, reason, words

@@ -126,6 +126,19 @@ def test_a_missing_secret_or_configmap_is_a_create_container_config_error(
     assert pod["status"]["startTime"]  # the node took it on, as a kubelet records before creating containers
 
 
+def test_an_image_name_no_runtime_could_parse_is_an_invalid_image_name(core, namespace):
+    core.create_namespaced_pod(namespace, pod_with("upper", image="Private/Trainer:1"))
+
+    def waiting() -> dict[str, Any] | None:
+        statuses = read_pod(core, namespace, "upper")["status"].get("containerStatuses") or []
+        return next((s["state"]["waiting"] for s in statuses if "waiting" in s.get("state", {})), None)
+
+    state = wait_for("the container's waiting state", waiting)
+    assert state["reason"] == "InvalidImageName"
+    assert 'couldn\'t parse image name "Private/Trainer:1"' in state["message"]
+    assert read_pod(core, namespace, "upper")["status"]["phase"] == "Pending"
+
+
 def test_a_job_naming_a_missing_service_account_never_gets_a_pod(core, kube_api, namespace):
     batch = client.BatchV1Api(kube_api)
     template = pod_with("unused")["spec"] | {"serviceAccountName": "nobody"}

@@ -378,3 +378,25 @@ def test_only_an_unreachable_api_server_is_retried_quietly():
     assert unreachable(ApiException(status=503))
     assert not unreachable(ApiException(status=422))
     assert not unreachable(ValueError("a bug"))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "python:3.12-slim",
+        "ghcr.io/finetune-dev/finetune-trainer:0.1.0",
+        "localhost:5000/team/trainer:1",
+        "nvcr.io/nvidia/pytorch:24.01-py3",
+        "busybox@sha256:" + "0" * 64,
+    ],
+)
+def test_image_references_a_runtime_could_pull_are_accepted(image):
+    assert podspec.image_reference_error(image) is None
+
+
+@pytest.mark.parametrize("image", ["Private/Trainer:1", "UPPER", "trainer:", "two words", "a//b"])
+def test_image_references_no_runtime_could_parse_are_invalid_image_names(image):
+    assert podspec.image_reference_error(image) == (
+        f'Failed to apply default image tag "{image}": couldn\'t parse image name "{image}": '
+        "invalid reference format"
+    )
