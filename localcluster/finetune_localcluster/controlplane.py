@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,20 @@ class ControlPlane:
         if self._own_workdir and not self.keep_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self._own_workdir = False
+
+    @contextlib.contextmanager
+    def apiserver_down(self) -> Iterator[None]:
+        """An outage: kube-apiserver is stopped inside the block (etcd and the controllers keep running) and
+        started again on exit with the same port and flags; returns once it is ready."""
+        proc = next(p for p in self._procs if p.name == "kube-apiserver")
+        assert proc.popen is not None
+        kill_group(proc.popen, grace=5.0)
+        self._procs.remove(proc)
+        try:
+            yield
+        finally:
+            again = self._launch(proc.name, proc.argv)
+            self._wait(again, lambda: self._get("/readyz")[0] == 200, "/readyz after the outage")
 
     # -- diagnostics -------------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ scheduler for that one node (binds Pending pods without a ``nodeName`` whose req
 ``nodeSelector`` fit; the others get ``PodScheduled=False/Unschedulable`` with the reason), and runs
 each bound pod:
 
-* **The container image is ignored.** Each container's ``command`` + ``args`` run as a local process
-  in *this* machine's environment (the directory of ``sys.executable`` is put first on ``PATH``, so
-  the project's console scripts such as ``finetune-trainer`` resolve). A container without
+* **The container image is ignored** (a reference no runtime could parse is ``InvalidImageName``).
+  Each container's ``command`` + ``args`` run as a local process in *this* machine's environment (the
+  directory of ``sys.executable`` is put first on ``PATH``, so the project's console scripts such as
+  ``finetune-trainer`` resolve). A container without
   ``command`` cannot run (the image's entrypoint is unknown) and fails with ``ContainerCannotRun``.
   Security contexts, resource limits and probes are recorded by the API but not enforced.
 * **Environment**: the runner's own environment (minus ``KUBECONFIG``), then ``KUBERNETES_SERVICE_*``,
@@ -18,8 +19,10 @@ each bound pod:
   service-account token volume also gets ``KUBECONFIG``: a kubeconfig that authenticates with that token,
   since in-cluster config reads a fixed path the runner cannot provide.
 * **Volumes** become local folders: ``emptyDir`` (per pod), ``configMap``/``secret``/``downwardAPI``/
-  ``projected`` (files written), ``persistentVolumeClaim`` (a stable folder per namespace/claim under
-  the runner root, so a retried pod sees the same checkpoints), ``hostPath`` (the path itself). Mount
+  ``projected`` (files written; a missing Secret/ConfigMap is ``CreateContainerConfigError``),
+  ``persistentVolumeClaim`` (a stable folder per namespace/claim under the runner root, so a retried pod
+  sees the same checkpoints; the claim must exist and be Bound, and ``podvolumes`` provisions claims of
+  the runner's default StorageClass), ``hostPath`` (the path itself). Mount
   paths and the ``terminationMessagePath`` are rewritten in command, args, env values and workingDir —
   see ``podspec`` for the exact contract.
 * **Networking**: each pod gets its own loopback address 127.n.x.y as ``status.podIP`` (Linux routes all
@@ -33,8 +36,9 @@ each bound pod:
   and is then removed with grace period 0, as a kubelet confirms a deletion.
 
 This module is the agent's loop (watch, resync, per-pod decisions, deletion); the parts it drives:
-``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podprep`` (volumes and
-process environment), ``podsupervisor`` (processes, restarts, phase) and ``podstatus`` (what is written).
+``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podvolumes`` (claims),
+``podprep`` (volumes and process environment), ``podsupervisor`` (processes, restarts, phase) and
+``podstatus`` (what is written).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -61,10 +66,21 @@ from .podprep import PodPreparer
 from .podscheduling import Scheduler
 from .podstatus import SMP, TERMINAL
 from .podsupervisor import IMAGE_NOTE, ContainerRun, PodRun
+from .podvolumes import Provisioner
 
 __all__ = ["PodRunner", "RunnerConfig"]
 
 log = logging.getLogger(__name__)
+
+STATUS_RETRY_SECONDS = 1.0
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the API server is away (connection refused or reset, or it answered 5xx while
+    starting), as opposed to a request it refused."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 500, 502, 503, 504) or exc.status is None
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
 
 
 class PodRunner:
@@ -78,6 +94,8 @@ class PodRunner:
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="finetune-podrunner-"))
         self._pods: dict[str, PodRun] = {}
         self._config_errors: dict[str, str] = {}  # pod uid -> the CreateContainerConfigError last written
+        self._config_since: dict[str, str] = {}  # pod uid -> when its config error was first seen
+        self._unwritten: dict[str, float] = {}  # pod uid -> when to retry its status write (API was away)
         self._confirmed: set[str] = set()
         self._ips = PodIPPool()
         self._lock = threading.RLock()
@@ -86,6 +104,7 @@ class PodRunner:
         self._threads: list[threading.Thread] = []
         self._watch: watch.Watch | None = None
         self._node = NodeAgent(api_client, self.config)
+        self._volumes = Provisioner(api_client, self.root)
         self._scheduler = Scheduler(self.core, self.config, on_bound=lambda: self._kick.put(1))
         server = urlparse(api_client.configuration.host)
         self._prep = PodPreparer(
@@ -114,6 +133,7 @@ class PodRunner:
         log.warning("local pod runner on node %s: %s", self.config.node_name, IMAGE_NOTE)
         self._node.kubelet_port = self._logs.start()
         self._node.register()
+        self._volumes.register()
         loop = threading.Thread(target=self._loop, name="podrunner-loop", daemon=True)
         watcher = threading.Thread(target=self._watch_pods, name="podrunner-watch", daemon=True)
         self._threads = [loop, watcher]
@@ -190,8 +210,11 @@ class PodRunner:
                 self._poll()
                 self._node.heartbeat_if_due()
             except Exception as exc:  # the runner must survive anything a pod or the API throws at it
-                log.exception("pod runner loop error")
-                self.errors.append(repr(exc))
+                if unreachable(exc):  # an API server outage: the next resync lists everything again
+                    log.warning("API server unreachable (%s); retrying", type(exc).__name__)
+                else:
+                    log.exception("pod runner loop error")
+                    self.errors.append(repr(exc))
                 time.sleep(0.5)
 
     def _list_pods(self) -> list[dict[str, Any]]:
@@ -202,7 +225,9 @@ class PodRunner:
         pods = self._list_pods()
         pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""))
         mine = [p for p in pods if p["spec"].get("nodeName") == self.config.node_name]
-        self._scheduler.schedule(pods, mine)
+        claims = self._volumes.list_claims()
+        self._volumes.provision(claims)
+        self._scheduler.schedule(pods, mine, claims)
         live = set()
         for pod in mine:
             live.add(pod["metadata"]["uid"])
@@ -217,6 +242,7 @@ class PodRunner:
             self._forget(uid, kill=True)
 
     def _poll(self) -> None:
+        self._retry_unwritten()
         with self._lock:
             runs = [r for r in self._pods.values() if not r.deleting and r.phase not in TERMINAL]
         for run in runs:
@@ -323,6 +349,12 @@ class PodRunner:
         pod_dir = self.root / "pods" / key
         logs = self.root / "logs" / key
         logs.mkdir(parents=True, exist_ok=True)
+        bad_images = [
+            e for c in spec["containers"] if (e := podspec.image_reference_error(c.get("image", "")))
+        ]
+        if bad_images:
+            self._report_not_startable(meta, spec, bad_images[0], "InvalidImageName")
+            return
         ip = self._ips.take()
         try:
             volume_dirs = self._prep.volume_dirs(pod, pod_dir, ip)
@@ -336,12 +368,10 @@ class PodRunner:
         except podspec.MissingReference as exc:
             self._ips.release(ip)
             shutil.rmtree(pod_dir, ignore_errors=True)
-            message = str(exc)
-            if self._config_errors.get(meta["uid"]) != message:  # report once per distinct problem
-                self._config_errors[meta["uid"]] = message
-                self._patch_status(meta, podstatus.config_error_status(spec["containers"], message))
+            self._report_not_startable(meta, spec, str(exc), "CreateContainerConfigError")
             return
         self._config_errors.pop(meta["uid"], None)
+        self._config_since.pop(meta["uid"], None)
         run = PodRun(
             uid=meta["uid"],
             namespace=meta["namespace"],
@@ -357,6 +387,16 @@ class PodRunner:
             self._pods[run.uid] = run
         self._advance(run, meta)
 
+    def _report_not_startable(
+        self, meta: dict[str, Any], spec: dict[str, Any], message: str, reason: str
+    ) -> None:
+        """Containers waiting with ``reason`` (written once per distinct problem); the pod stays bound."""
+        if self._config_errors.get(meta["uid"]) == message:
+            return
+        self._config_errors[meta["uid"]] = message
+        since = self._config_since.setdefault(meta["uid"], podstatus.now())
+        self._patch_status(meta, podstatus.config_error_status(spec["containers"], message, since, reason))
+
     # -- status ------------------------------------------------------------------------------------
 
     def _advance(self, run: PodRun, meta: dict[str, Any]) -> None:
@@ -367,14 +407,39 @@ class PodRunner:
         self._write_status(run, meta)
 
     def _write_status(self, run: PodRun, meta: dict[str, Any]) -> None:
+        """Write the pod's status if it changed; while the API server is unreachable the write is retried
+        (``_retry_unwritten``) until it lands, so a pod that ended during an outage still ends."""
         status = podstatus.pod_status(run)
         encoded = json.dumps(status, sort_keys=True)
         if encoded == run.last_status:
+            self._unwritten.pop(run.uid, None)
             return
-        self._patch_status(meta, status)
+        try:
+            self._patch_status(meta, status)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self._unwritten[run.uid] = time.monotonic() + STATUS_RETRY_SECONDS
+            log.info("status of pod %s/%s not written (%s); will retry", run.namespace, run.name, exc)
+            return
+        self._unwritten.pop(run.uid, None)
         run.last_status = encoded
         if run.phase in TERMINAL:
             log.info("pod %s/%s %s", run.namespace, run.name, run.phase)
+
+    def _retry_unwritten(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [self._pods[uid] for uid, at in self._unwritten.items() if at <= now and uid in self._pods]
+            for uid in [uid for uid in self._unwritten if uid not in self._pods]:
+                del self._unwritten[uid]
+        for run in due:
+            try:
+                self._write_status(run, {"name": run.name, "namespace": run.namespace, "uid": run.uid})
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
+                self._unwritten.pop(run.uid, None)
 
     def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
         self.core.patch_namespaced_pod_status(

@@ -2,7 +2,8 @@
 
 A pod with no ``nodeName`` and the default scheduler binds when its requests fit the node's allocatable
 minus what its running pods request, and its ``nodeSelector`` matches (``podspec.fit_problems``); the
-others get ``PodScheduled=False/Unschedulable`` with the scheduler's message, once per distinct message.
+others get ``PodScheduled=False/Unschedulable`` with the scheduler's message, once per distinct message. A
+pod whose PersistentVolumeClaims are missing or unbound never binds (``podvolumes.claim_problems``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kubernetes.client.rest import ApiException
 from . import podspec
 from .podnode import RunnerConfig
 from .podstatus import SMP, TERMINAL, unschedulable_status
+from .podvolumes import Claims, claim_problems, claims_message
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,14 @@ class Scheduler:
         self.config = config
         self._on_bound = on_bound
         self._reported: dict[str, str] = {}  # pod uid -> the unschedulable message last written
+        self._claims: Claims = {}
 
-    def schedule(self, pods: list[dict[str, Any]], mine: list[dict[str, Any]]) -> None:
-        """Bind unbound ``pods`` in order while they fit beside the node's unfinished pods (``mine``)."""
+    def schedule(
+        self, pods: list[dict[str, Any]], mine: list[dict[str, Any]], claims: Claims | None = None
+    ) -> None:
+        """Bind unbound ``pods`` in order while they fit beside the node's unfinished pods (``mine``) and
+        their ``claims`` (namespace, name -> PVC) exist and are Bound."""
+        self._claims = claims or {}
         used: dict[str, Any] = {}
         active = 0
         for pod in mine:
@@ -53,10 +60,13 @@ class Scheduler:
             or spec.get("schedulerName", "default-scheduler") != "default-scheduler"
         ):
             return False
+        claim_issues = claim_problems(pod, self._claims)
         problems = podspec.fit_problems(pod, self.config.capacity(), used, self.config.node_labels(), active)
         uid = meta["uid"]
-        if problems:
-            message = podspec.unschedulable_message(problems)
+        if claim_issues or problems:
+            message = (
+                claims_message(claim_issues) if claim_issues else podspec.unschedulable_message(problems)
+            )
             if self._reported.get(uid) != message:
                 self._reported[uid] = message
                 with contextlib.suppress(ApiException):

@@ -182,6 +182,43 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(repl, text)
 
 
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_DOMAIN = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])"
+    r"(?::[0-9]+)?"
+)
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+
+
+def image_reference_error(image: str) -> str | None:
+    """The kubelet's InvalidImageName message for an image reference it cannot parse, else None.
+
+    The runner runs no image, but refuses one a container runtime could never pull:
+    [domain/]path[:tag][@digest] with lowercase path components (distribution's reference grammar)."""
+    rest, _, digest = image.partition("@")
+    slash, colon = rest.rfind("/"), rest.rfind(":")
+    name, tag = (rest[:colon], rest[colon + 1 :]) if colon > slash else (rest, None)
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        domain, parts = parts[0], parts[1:]
+        if not _DOMAIN.fullmatch(domain):
+            parts = []
+    valid = (
+        bool(parts)
+        and all(_COMPONENT.fullmatch(p) for p in parts)
+        and (tag is None or bool(_TAG.fullmatch(tag)))
+        and (not digest or bool(_DIGEST.fullmatch(digest)))
+        and len(name) <= 255
+    )
+    if valid:
+        return None
+    return (
+        f'Failed to apply default image tag "{image}": '
+        f'couldn\'t parse image name "{image}": invalid reference format'
+    )
+
+
 class MissingReference(LookupError):
     """A ConfigMap/Secret (or key) the pod needs is missing; the container cannot start yet."""
 
@@ -245,7 +282,8 @@ def container_env(
             if data is None:
                 if ref.get("optional"):
                     continue
-                raise MissingReference(f'{key[:-3]} "{ref["name"]}" not found')
+                kind = "configmap" if key == "configMapRef" else "secret"  # the kubelet's words
+                raise MissingReference(f'{kind} "{ref["name"]}" not found')
             env.update({prefix + k: v for k, v in data.items()})
     defined: dict[str, str] = {}
     for var in container.get("env") or []:

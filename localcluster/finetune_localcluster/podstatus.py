@@ -40,10 +40,18 @@ def unschedulable_status(message: str) -> dict[str, Any]:
     }
 
 
-def config_error_status(containers: list[dict[str, Any]], message: str) -> dict[str, Any]:
-    """Every container waiting with ``CreateContainerConfigError`` (a missing ConfigMap, Secret or key)."""
-    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+def config_error_status(
+    containers: list[dict[str, Any]],
+    message: str,
+    start_time: str,
+    reason: str = "CreateContainerConfigError",
+) -> dict[str, Any]:
+    """Every container waiting with ``reason``: ``CreateContainerConfigError`` (a missing ConfigMap, Secret or
+    key) or ``InvalidImageName``; ``startTime`` is when the node took the pod on, as a kubelet sets it
+    before creating containers."""
+    waiting = {"waiting": {"reason": reason, "message": message}}
     return {
+        "startTime": start_time,
         "containerStatuses": [
             {
                 "name": c["name"],
@@ -55,7 +63,7 @@ def config_error_status(containers: list[dict[str, Any]], message: str) -> dict[
                 "state": waiting,
             }
             for c in containers
-        ]
+        ],
     }
 
 

@@ -134,6 +134,19 @@ class Applier:
                 return None  # deleted meanwhile
             raise
 
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """Suspend a trainer Job (the Job controller deletes its pods); a Job already gone is fine."""
+        try:
+            self.request(
+                "PATCH",
+                path("batch/v1", "Job", namespace, name),
+                {"spec": {"suspend": True}},
+                "application/merge-patch+json",
+            )
+        except ApiError as e:
+            if e.code != 404:
+                raise
+
     def post_event(self, resource: Resource, event: Event) -> None:
         """An events.k8s.io/v1 Event about the resource (`kubectl describe` and `kubectl events` show it)."""
         body = {

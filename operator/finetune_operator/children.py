@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Literal
 
 from finetune_trainer.config import ExitCode
@@ -19,6 +20,21 @@ FAILURE_REASONS = {
     int(ExitCode.INTERRUPTED): "Interrupted",
     137: "Killed",
 }
+
+
+# Container waiting reasons that mean the pod cannot start until someone changes something.
+CANNOT_START = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+    }
+)
+# Words of the scheduler for a pod whose volumes cannot be provided (more capacity will not help).
+CLAIM_PROBLEMS = ("persistentvolumeclaim", "PersistentVolumeClaims")
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,9 @@ class ChildState:
     """IP of the running pod (for polling its metrics)."""
     failed_pods: int = 0
     start_time: str | None = None
+    stuck_since: str | None = None
+    """Since when the Pending pod cannot start (see `CANNOT_START`, `CLAIM_PROBLEMS`): its `startTime` or
+    the scheduler's verdict, else its creation."""
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -117,6 +136,18 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
             failed_pods=failed_pods,
             start_time=start,
         )
+    stuck = _cannot_start(pod)
+    if stuck is not None and not _condition(job, "Suspended"):
+        reason, message, since = stuck
+        return ChildState(
+            name,
+            "Pending",
+            reason=reason,
+            message=f"{reason}: {message}".strip(),
+            failed_pods=failed_pods,
+            start_time=start,
+            stuck_since=since or (pod or {}).get("metadata", {}).get("creationTimestamp"),
+        )
     unscheduled = _unscheduled(pod)
     reason = (
         "Suspended"
@@ -127,6 +158,68 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
     return ChildState(
         name, "Pending", reason=reason or None, message=message, failed_pods=failed_pods, start_time=start
     )
+
+
+def _cannot_start(pod: dict[str, Any] | None) -> tuple[str, str, str | None] | None:
+    """(reason, message, since) of a Pending pod that will not start as it is: a container waiting for a
+    missing Secret/ConfigMap or an image it cannot pull (since the node took the pod on, `startTime`), or
+    unschedulable for want of its PersistentVolumeClaim (since the scheduler said so)."""
+    status = (pod or {}).get("status") or {}
+    if status.get("phase", "Pending") != "Pending":
+        return None
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CANNOT_START:
+            message = f"container {cs.get('name')}: {waiting.get('message', '')}"
+            return waiting["reason"], message, status.get("startTime")
+    unscheduled = _unscheduled(pod)
+    if unscheduled and any(w in unscheduled.get("message", "") for w in CLAIM_PROBLEMS):
+        reason = unscheduled.get("reason", "Unschedulable")
+        return reason, unscheduled.get("message", ""), unscheduled.get("lastTransitionTime")
+    return None
+
+
+def past_start_deadline(
+    children: Mapping[str, ChildState], now: str, deadline: float
+) -> dict[str, ChildState]:
+    """`children`, each one stuck for more than `deadline` seconds turned Failed with its pod's reason."""
+    moment = _parse_time(now)
+    out = dict(children)
+    for name, child in children.items():
+        since = _parse_time(child.stuck_since)
+        if child.phase != "Pending" or since is None or moment is None:
+            continue
+        waited = (moment - since).total_seconds()
+        if waited > deadline:
+            message = f"its pod did not start within {deadline:g}s: {child.message}"
+            out[name] = replace(child, phase="Failed", message=message)
+    return out
+
+
+def never_started(child: ChildState | None) -> bool:
+    """Whether the child failed because its pod could not start (`past_start_deadline`): a fault of the
+    setup, not evidence about the learning rate."""
+    return child is not None and child.phase == "Failed" and child.stuck_since is not None
+
+
+def until_start_deadline(children: Mapping[str, ChildState], now: str, deadline: float) -> float | None:
+    """Seconds until the first stuck child passes `deadline` (None when no child is stuck)."""
+    moment = _parse_time(now)
+    waits = [
+        deadline - (moment - since).total_seconds()
+        for c in children.values()
+        if c.phase == "Pending" and (since := _parse_time(c.stuck_since)) is not None and moment is not None
+    ]
+    return max(0.0, min(waits)) if waits else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _unscheduled(pod: dict[str, Any] | None) -> dict[str, Any] | None:

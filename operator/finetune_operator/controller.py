@@ -28,7 +28,7 @@ import kubernetes
 from finetune_operator import naming
 from finetune_operator.api import FINETUNEJOB, LRSWEEP, ResourceStatus
 from finetune_operator.applier import Applier
-from finetune_operator.children import ChildState, ChildTally, observe
+from finetune_operator.children import ChildState, ChildTally, observe, until_start_deadline
 from finetune_operator.metrics import Held, OperatorMetrics
 from finetune_operator.planning import Resource, SweepRef, is_done, plan
 from finetune_operator.planning.status import now_iso, parse_status, record_apply
@@ -277,6 +277,9 @@ class Controller:
             return None
         if any(c.phase == "Running" for c in snap.children.values()):
             return self.settings.poll_interval
+        stuck = until_start_deadline(snap.children, now_iso(), self.settings.pod_start_deadline)
+        if stuck is not None:  # a pod that cannot start: come back when its deadline has passed
+            return min(self.settings.resync_interval, stuck + 1.0)
         return self.settings.resync_interval
 
     # ------------------------------------------------------------------ one reconcile (worker thread)
@@ -301,6 +304,8 @@ class Controller:
         applied, refused = self.applier.apply_all(desired.children)
         for job in desired.delete:
             self.applier.delete_job(resource.namespace, job)
+        for job in desired.suspend:
+            self.applier.suspend_job(resource.namespace, job)
         self.metrics.record_applied(resource.kind, applied)
         previous = parse_status(type(desired.status), resource.status) if refused else desired.status
         result = record_apply(desired.status, desired.events, previous, refused, now_iso())

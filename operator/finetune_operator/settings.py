@@ -35,6 +35,9 @@ class Settings:
     """Seconds between polls of a running trainer's metrics."""
     resync_interval: float = 300.0
     """Seconds after which an unfinished resource is reconciled even if nothing changed (a safety net)."""
+    pod_start_deadline: float = 600.0
+    """Seconds a trainer pod may stay unable to start (CreateContainerConfigError, an image pull error, a
+    missing or unbound PVC) before its resource fails with the pod's reason."""
     workers: int = 8
     """Concurrent reconciles (each a thread making blocking API calls)."""
     metrics_port: int = 9090
@@ -79,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
         default=float(_env("RESYNC_INTERVAL", str(d.resync_interval))),
         help="seconds before an unchanged, unfinished resource is reconciled again",
     )
+    p.add_argument(
+        "--pod-start-deadline",
+        type=float,
+        default=float(_env("POD_START_DEADLINE", str(d.pod_start_deadline))),
+        help="seconds a trainer pod may stay unable to start before its resource fails",
+    )
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", str(d.workers))))
     p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", str(d.metrics_port))))
     p.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", str(d.health_port))))
@@ -115,6 +124,8 @@ def from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("--poll-interval: must be a positive number of seconds")
     if args.resync_interval <= 0:
         raise SystemExit("--resync-interval: must be a positive number of seconds")
+    if args.pod_start_deadline <= 0:
+        raise SystemExit("--pod-start-deadline: must be a positive number of seconds")
     if args.workers < 1:
         raise SystemExit("--workers: must be at least 1")
     return Settings(
@@ -127,6 +138,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         tolerations=parsed["--tolerations"],
         poll_interval=args.poll_interval,
         resync_interval=args.resync_interval,
+        pod_start_deadline=args.pod_start_deadline,
         workers=args.workers,
         metrics_port=args.metrics_port,
         health_port=args.health_port,

@@ -41,6 +41,13 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60) -> An
         time.sleep(0.2)
 
 
+# A claim of the cluster's default StorageClass (the local runner provisions it; so does a real cluster's).
+CLAIM = {
+    "metadata": {"name": "ckpt"},
+    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+}
+
+
 def python_container(code: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": "main",
@@ -497,6 +504,7 @@ def test_a_claim_folder_outlives_its_pod_and_mount_paths_are_rewritten_in_args_a
         status = read_pod(core, namespace, name)["status"]
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
+    core.create_namespaced_persistent_volume_claim(namespace, CLAIM)
     core.create_namespaced_pod(namespace, pod("first", "step-10"))
     first = wait_for("the first pod", lambda: finished("first"))
     core.create_namespaced_pod(namespace, pod("retry", "step-20"))

@@ -179,6 +179,8 @@ def test_the_env_the_chart_sets_is_what_the_operator_parses(helm, monkeypatch):
         "operator.resyncInterval=30",
         "--set-json",
         "operator.workers=3",
+        "--set-json",
+        "operator.podStartDeadline=45",
     )
     for name, value in container_env(docs).items():
         monkeypatch.setenv(name, value)
@@ -189,7 +191,7 @@ def test_the_env_the_chart_sets_is_what_the_operator_parses(helm, monkeypatch):
     assert settings.node_selector == {} and settings.tolerations == []
     assert (settings.default_cpu, settings.default_memory) == ("2", "8Gi")
     assert settings.poll_interval == 2.5
-    assert (settings.resync_interval, settings.workers) == (30, 3)
+    assert (settings.resync_interval, settings.workers, settings.pod_start_deadline) == (30, 3, 45)
     assert (settings.metrics_port, settings.health_port, settings.trainer_metrics_port) == (9090, 8081, 9400)
 
 
@@ -485,6 +487,12 @@ def test_helm_install_creates_the_operator_objects(kube_cluster, kube_api, names
         assert binding.subjects[0].name == fullname and binding.subjects[0].namespace == namespace
         for crd in ("lrsweeps.finetune.dev", "finetunejobs.finetune.dev"):
             ext.read_custom_resource_definition(crd)
+        admission = client.AdmissionregistrationV1Api(kube_api)
+        policy = admission.read_validating_admission_policy(f"{fullname}-trainer-access")
+        assert policy.spec.failure_policy == "Fail"
+        vap_binding = admission.read_validating_admission_policy_binding(f"{fullname}-trainer-access")
+        assert vap_binding.spec.policy_name == policy.metadata.name
+        assert vap_binding.spec.match_resources is None  # every namespace, like the ClusterRole
         dashboards_cms = core.list_namespaced_config_map(
             namespace, label_selector="grafana_dashboard=1"
         ).items

@@ -437,3 +437,52 @@ def test_a_re_created_resource_starts_a_fresh_run(kube_api, namespace, crds_inst
     assert sub_path(old) == f"lrsweep/again/{first}/range-test"
     assert sub_path(new) == f"lrsweep/again/{second}/range-test"
     assert status["phase"] == "Pending" and status["observedGeneration"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason", "words"),
+    [
+        (
+            {"hubTokenSecret": {"name": "missing-hub"}},
+            "CreateContainerConfigError",
+            'secret "missing-hub" not found',
+        ),
+        (
+            {"output": {"persistentVolumeClaim": "missing-claim"}},
+            "Unschedulable",
+            'persistentvolumeclaim "missing-claim"',
+        ),
+        ({"image": "Private/Trainer:1"}, "InvalidImageName", "couldn't parse image name"),
+    ],
+    ids=["secret", "claim", "image"],
+)
+def test_a_pod_that_cannot_start_is_reported_then_fails_the_resource_after_the_deadline(
+    kube_cluster, kube_api, namespace, crds_installed, run_operator, extra, reason, words
+):
+    if kube_cluster.runner is None:
+        pytest.skip("needs the local pod runner (a kubelet's behaviour)")
+    handlers.configure(Settings(metrics_port=0, health_port=0, poll_interval=1.0, pod_start_deadline=8))
+    spec = {**BASE, "method": "rangeTest", "suspend": False, **extra}
+
+    def status() -> dict:
+        return get(kube_api, namespace, "lrsweeps", "stuck").get("status") or {}
+
+    def ready_reason() -> str | None:
+        return next((c["reason"] for c in status().get("conditions") or [] if c["type"] == "Ready"), None)
+
+    with run_operator(OPERATOR, namespace=namespace) as runner:
+        create(kube_api, namespace, "lrsweeps", "LRSweep", "stuck", spec)
+        wait_for(lambda: ready_reason() == reason, timeout=60, what=f"a Ready condition with reason {reason}")
+        pending = status()
+        failed = wait_for(lambda: (s := status()).get("phase") == "Failed" and s, timeout=60, what="Failed")
+        wait_for(lambda: reason in events(kube_api, namespace, "stuck"), what="the Warning event")
+        # Its Job is suspended: a pod that could start later must not train for a failed resource.
+        wait_for(
+            lambda: all(j.spec.suspend for j in jobs(kube_api, namespace, "finetune.dev/lrsweep=stuck")),
+            what="the stuck Job suspended",
+        )
+    assert runner.exception is None, runner.output
+    assert pending["phase"] == "Pending" and words in pending["message"]
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert condition["status"] == "True" and condition["reason"] == reason
+    assert "its pod did not start within 8s" in condition["message"] and words in condition["message"]

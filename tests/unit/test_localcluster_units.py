@@ -344,3 +344,65 @@ def test_run_operator_defaults_to_the_handler_module_the_operator_really_runs() 
 
     default = inspect.signature(pytest_plugin.operator_in_process).parameters["module"].default
     assert importlib.import_module(default) is entrypoint.handlers
+
+
+def test_a_pod_binds_only_when_each_of_its_claims_exists_and_is_bound():
+    from finetune_localcluster.podvolumes import claim_problems, claims_message
+
+    def pod(*claims: str) -> dict:
+        volumes = [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in claims]
+        return {
+            "metadata": {"namespace": "ns"},
+            "spec": {"volumes": [{"name": "tmp", "emptyDir": {}}, *volumes]},
+        }
+
+    claims = {
+        ("ns", "bound"): {"status": {"phase": "Bound"}},
+        ("ns", "waiting"): {"status": {"phase": "Pending"}},
+    }
+    assert claim_problems(pod("bound"), claims) == []
+    assert claim_problems(pod("bound", "gone", "waiting"), claims) == [
+        'persistentvolumeclaim "gone" not found',
+        "pod has unbound immediate PersistentVolumeClaims",
+    ]
+    assert claim_problems(pod("bound"), {("other", "bound"): {"status": {"phase": "Bound"}}}) == [
+        'persistentvolumeclaim "bound" not found'  # claims are namespaced
+    ]
+    assert claims_message(['persistentvolumeclaim "x" not found']) == (
+        '0/1 nodes are available: persistentvolumeclaim "x" not found.'
+    )
+
+
+def test_only_an_unreachable_api_server_is_retried_quietly():
+    import urllib3
+    from kubernetes.client.rest import ApiException
+
+    from finetune_localcluster.podrunner import unreachable
+
+    assert unreachable(urllib3.exceptions.MaxRetryError(None, "/", "refused"))
+    assert unreachable(ConnectionRefusedError())
+    assert unreachable(ApiException(status=503))
+    assert not unreachable(ApiException(status=422))
+    assert not unreachable(ValueError("a bug"))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "python:3.12-slim",
+        "ghcr.io/finetune-dev/finetune-trainer:0.1.0",
+        "localhost:5000/team/trainer:1",
+        "nvcr.io/nvidia/pytorch:24.01-py3",
+        "busybox@sha256:" + "0" * 64,
+    ],
+)
+def test_image_references_a_runtime_could_pull_are_accepted(image):
+    assert podspec.image_reference_error(image) is None
+
+
+@pytest.mark.parametrize("image", ["Private/Trainer:1", "UPPER", "trainer:", "two words", "a//b"])
+def test_image_references_no_runtime_could_parse_are_invalid_image_names(image):
+    assert podspec.image_reference_error(image) == (
+        f'Failed to apply default image tag "{image}": couldn\'t parse image name "{image}": '
+        "invalid reference format"
+    )

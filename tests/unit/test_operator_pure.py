@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from plans import NOW, plan_finetune, plan_sweep
@@ -694,3 +695,100 @@ def test_conditions_keep_their_place_so_an_unchanged_status_is_not_rewritten():
     c = set_condition(c, "Diverged", True, "B", "", 1, "t1")
     c = set_condition(c, "Ready", False, "A", "", 1, "t2")
     assert [x.type for x in c] == ["Ready", "Diverged"] and c[0].last_transition_time == "t1"
+
+
+# ------------------------------------------------------------------ pods that cannot start
+
+
+def _waiting_pod(reason: str, message: str, started: str = "2026-01-01T00:00:00Z") -> dict:
+    waiting = {"waiting": {"reason": reason, "message": message}}
+    return {
+        "metadata": {"creationTimestamp": "2025-12-31T23:00:00Z"},  # an hour queued for a GPU first
+        "status": {
+            "phase": "Pending",
+            "startTime": started,
+            "containerStatuses": [{"name": "trainer", "state": waiting}],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("CreateContainerConfigError", 'secret "hub" not found'),
+        ("ImagePullBackOff", 'Back-off pulling image "nope:1"'),
+        ("ErrImagePull", "pull access denied"),
+    ],
+)
+def test_observe_names_the_container_that_cannot_start(reason, message):
+    state = observe(_jobobj(active=1), [_waiting_pod(reason, message)])
+    assert (state.phase, state.reason) == ("Pending", reason)
+    assert state.message == f"{reason}: container trainer: {message}"
+    assert state.stuck_since == "2026-01-01T00:00:00Z"
+
+
+def test_a_missing_claim_is_stuck_but_missing_gpus_are_only_waiting():
+    def unscheduled(message: str) -> dict:
+        cond = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+        return {"metadata": {"creationTimestamp": "2025-12-31T23:00:00Z"}, "status": {"conditions": [cond]}}
+
+    claim = observe(
+        _jobobj(active=1), [unscheduled('0/1 nodes are available: persistentvolumeclaim "x" not found.')]
+    )
+    assert (claim.reason, claim.stuck_since) == ("Unschedulable", "2026-01-01T00:00:00Z")
+    gpus = observe(
+        _jobobj(active=1), [unscheduled("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")]
+    )
+    assert (gpus.reason, gpus.stuck_since) == ("Unschedulable", None)  # more capacity may come: no deadline
+
+
+def test_a_pod_that_cannot_start_is_a_warning_then_fails_the_resource_after_the_deadline():
+    from finetune_operator.children import until_start_deadline
+
+    settings = Settings(pod_start_deadline=60)
+    stuck = {
+        "s-range-test": observe(_jobobj(active=1), [_waiting_pod("CreateContainerConfigError", "no hub")])
+    }
+    created = plan_sweep("s", RT_SPEC, {}, 1, {}, now=NOW).status
+    early = plan_sweep("s", RT_SPEC, created, 1, stuck, now="2026-01-01T00:00:30Z", settings=settings)
+    ready = next(c for c in early.status["conditions"] if c["type"] == "Ready")
+    assert early.status["phase"] == "Pending"
+    assert (ready["reason"], ready["message"]) == (
+        "CreateContainerConfigError",
+        stuck["s-range-test"].message,
+    )
+    assert [(e.type, e.reason) for e in early.events] == [("Warning", "CreateContainerConfigError")]
+    assert until_start_deadline(stuck, "2026-01-01T00:00:30Z", 60) == 30
+    late = plan_sweep("s", RT_SPEC, early.status, 1, stuck, now="2026-01-01T00:01:01Z", settings=settings)
+    failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
+    assert late.status["phase"] == "Failed" and failed["reason"] == "CreateContainerConfigError"
+    assert (
+        "its pod did not start within 60s: CreateContainerConfigError: container trainer: no hub"
+        in failed["message"]
+    )
+    assert "create the Secret or ConfigMap" in failed["message"]
+    # ... and its Job is suspended, so a pod that starts later does not train for a failed resource.
+    assert (early.desired.suspend, late.desired.suspend) == ([], ["s-range-test"])
+
+
+def test_a_grid_trial_that_cannot_start_is_reported_then_fails_the_sweep_not_the_learning_rate():
+    grid = {**SPEC, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3], "parallelism": 2}}
+    jobs = [naming.trial_job("s", i) for i in range(2)]
+    pod = _waiting_pod("ImagePullBackOff", 'Back-off pulling image "private/trainer:1"')
+    stuck = {job: replace(observe(_jobobj(active=1), [pod]), name=job) for job in jobs}
+    settings = Settings(pod_start_deadline=60)
+    created = plan_sweep("s", grid, {}, 1, {}, now=NOW).status
+    early = plan_sweep("s", grid, created, 1, stuck, now="2026-01-01T00:00:30Z", settings=settings)
+    assert early.status["phase"] == "Pending"
+    assert early.status["message"].startswith(f"trial Job {jobs[0]}: ImagePullBackOff: container trainer")
+    late = plan_sweep("s", grid, early.status, 1, stuck, now="2026-01-01T00:02:00Z", settings=settings)
+    failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
+    assert late.status["phase"] == "Failed" and failed["reason"] == "ImagePullBackOff"
+    assert "check spec.image" in failed["message"]
+    assert late.desired.suspend == sorted(jobs)

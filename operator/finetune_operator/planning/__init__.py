@@ -30,7 +30,7 @@ from finetune_operator.api import (
     LRSweepStatus,
     ResourceStatus,
 )
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, never_started, past_start_deadline
 from finetune_operator.planning import adaptive, finetune, rangetest, trials
 from finetune_operator.planning.finetune import SweepRef
 from finetune_operator.planning.status import (
@@ -88,6 +88,9 @@ class DesiredState:
     events: list[Event] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     """Names of child Jobs to delete now (pruned trials), with their pods."""
+    suspend: list[str] = field(default_factory=list)
+    """Trainer Jobs to suspend: the resource failed because their pods could not start, and a pod that
+    starts later (its Secret or claim appeared) must not train for a failed resource."""
 
 
 def plan(
@@ -118,6 +121,8 @@ def plan_sweep(
     if is_done(previous, resource.generation):
         return DesiredState(settle(previous, now))
     b = StatusBuilder(previous, resource.generation, now)
+    settings = settings or Settings()
+    children = past_start_deadline(children, now, settings.pod_start_deadline)
     try:
         spec = LRSweepSpec.model_validate(resource.spec)
     except ValidationError as e:
@@ -132,7 +137,7 @@ def plan_sweep(
             rangetest.decide(b, result, spec.range_test)
     else:
         trials.plan(resource.name, spec, b, children, samples)
-    return _desired(resource, spec, b, settings or Settings())
+    return _give_up(_desired(resource, spec, b, settings), children)
 
 
 def plan_finetune(
@@ -151,16 +156,25 @@ def plan_finetune(
     if is_done(previous, resource.generation):
         return DesiredState(settle(previous, now))
     b = StatusBuilder(previous, resource.generation, now)
+    settings = settings or Settings()
+    children = past_start_deadline(children, now, settings.pod_start_deadline)
     try:
         spec = FineTuneJobSpec.model_validate(resource.spec)
     except ValidationError as e:
         b.invalid(e)
         return DesiredState(b.status, events=b.events)
     create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
-    desired = _desired(resource, spec, b, settings or Settings())
+    desired = _give_up(_desired(resource, spec, b, settings), children)
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
+    return desired
+
+
+def _give_up(desired: DesiredState, children: Mapping[str, ChildState]) -> DesiredState:
+    """A resource that failed for a pod that could not start suspends every Job whose pod never started."""
+    if desired.status.phase == "Failed":
+        desired.suspend = sorted(name for name, child in children.items() if never_started(child))
     return desired
 
 

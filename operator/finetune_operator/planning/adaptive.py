@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary, TrialStatus
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, never_started
 from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.remembered import JOB_GONE, remembered
@@ -152,7 +152,11 @@ def decide(
         new = False
         for req in step.trials:
             child = children.get(job_name(name, req))
-            if child is not None and child.phase == "Failed" and child.reason == "InvalidConfig":
+            if (
+                child is not None
+                and child.phase == "Failed"
+                and (child.reason == "InvalidConfig" or never_started(child))
+            ):
                 return AdaptiveDecision(_trials(name, requests, children, records), config_error=child)
             if req.key not in records and (record := trial_record(req, child)) is not None:
                 records[req.key] = record

@@ -72,6 +72,11 @@ def child_failed(b: StatusBuilder, child: ChildState, what: str) -> None:
         "Diverged": "lower the learning rate",
         "DeadlineExceeded": "raise activeDeadlineSeconds",
         "BackoffLimitExceeded": "see the pod logs; retries are set by backoffLimit",
+        "CreateContainerConfigError": "create the Secret or ConfigMap the message names",
+        "ErrImagePull": "check spec.image and the image pull secrets",
+        "ImagePullBackOff": "check spec.image and the image pull secrets",
+        "InvalidImageName": "fix spec.image (a lowercase [registry/]path[:tag][@digest])",
+        "Unschedulable": "create the PersistentVolumeClaim the message names, or let it bind",
     }.get(child.reason or "", "")
     message = f"{what} Job {child.name} failed ({child.reason})" + (
         f": {child.message}" if child.message else ""

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import EvalPoint, LRSweepSpec, LRSweepStatus, Progress, TrialStatus
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, never_started
 from finetune_operator.planning import study
 from finetune_operator.planning.adaptive import trial_record
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples, child_failed
@@ -180,8 +180,19 @@ def _decide(
     b.status.progress = Progress(
         step=len(finished), total_steps=total, percent=int(100 * len(finished) / total)
     )
+    stuck = [
+        c for t in trials if (c := children.get(t.job_name or "")) is not None and c.stuck_since is not None
+    ]
+    if failed := next((c for c in stuck if never_started(c)), None):
+        child_failed(b, failed, "trial")  # a pod that cannot start says nothing about its learning rate
+        return
     if len(finished) < total:
         running = sum(t.phase == "Running" for t in trials)
+        if stuck and not running:
+            b.phase(
+                "Pending", stuck[0].reason or "PodPending", f"trial Job {stuck[0].name}: {stuck[0].message}"
+            )
+            return
         b.phase(
             "Running" if running else "Pending",
             "TrialsRunning",
