@@ -85,13 +85,13 @@ def plan(
     config_error = next(
         (c for t in trials if (c := children.get(t.job_name or "")) and c.reason == "InvalidConfig"), None
     )
-    if config_error is not None:
-        b.status.trials = trials
-        child_failed(b, config_error, "trial")
-        return
     active = sum(1 for t in trials if t.phase in ACTIVE)
     engine = None
-    while len(trials) < total and (active < sweep.trials.parallelism or _job(name, len(trials)) in children):
+    while (
+        config_error is None
+        and len(trials) < total
+        and (active < sweep.trials.parallelism or _job(name, len(trials)) in children)
+    ):
         engine = engine or study.rebuild(sweep, trials)
         params = study.ask(sweep, engine, 1)[0]
         index = len(trials)
@@ -107,9 +107,15 @@ def plan(
             _follow(trial, child, samples, b.now, None)
             active += trial.phase in ACTIVE
             engine = None  # the study learns its outcome on the next rebuild
+            if child.reason == "InvalidConfig":
+                config_error = child
         else:
             requests.append((trial, params))
             active += 1
+    if config_error is not None:
+        b.status.trials = trials
+        child_failed(b, config_error, "trial")
+        return
     for trial, params in requests:
         try:
             config = trial_config(sweep, params)
