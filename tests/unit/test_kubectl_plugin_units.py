@@ -163,3 +163,35 @@ def test_a_finetunes_loss_curve_comes_from_its_progress_lines(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("\n".join(lines))
     assert Image.open(plot_file(log, tmp_path / "train.png")).size == (700, 450)
+
+
+def test_a_watch_the_server_closes_ends_with_a_message_not_a_traceback(tmp_path, monkeypatch) -> None:
+    """The API server going away mid `get -w` (urllib3's ProtocolError) is an error naming the server."""
+    import urllib3
+
+    from finetune_operator.api import LRSWEEP
+    from finetune_operator.kubectl import cluster as cluster_module
+    from finetune_operator.kubectl.errors import ExitCode, PluginError
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+
+    class Closing:
+        def stream(self, *args, **kwargs):
+            yield {"type": "ADDED", "object": {"kind": "LRSweep", "metadata": {"name": "a"}}}
+            raise urllib3.exceptions.ProtocolError("Response ended prematurely")
+
+    monkeypatch.setattr(cluster_module.watch, "Watch", Closing)
+    c = cluster_module.Cluster(str(kubeconfig))
+    seen = []
+    with pytest.raises(PluginError) as err:
+        for event in c.watch([LRSWEEP], False, None):
+            seen.append(event)
+    assert seen == [("ADDED", {"kind": "LRSweep", "metadata": {"name": "a"}})]
+    assert err.value.code == ExitCode.ERROR
+    assert "closed the connection" in err.value.message and "context c" in err.value.message

@@ -172,6 +172,13 @@ class Cluster:
                 open_streams -= 1
             elif isinstance(item, ApiException):
                 raise self._not_served_or(item, f"watching {API_GROUP}") from item
+            elif isinstance(item, urllib3.exceptions.HTTPError):  # the server went away mid-watch
+                raise PluginError(
+                    ExitCode.ERROR,
+                    f"the watch ended: the API server of context {self.context} "
+                    f"({self.api.configuration.host}) closed the connection ({item}); run the command again "
+                    "once it is back",
+                ) from item
             elif isinstance(item, BaseException):
                 raise item
             else:
