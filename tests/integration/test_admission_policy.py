@@ -151,6 +151,20 @@ def test_a_secret_the_user_may_not_read_is_refused_naming_the_field(users, names
     assert create(users["reader"], namespace, kind, spec)["spec"]["hubTokenSecret"]["name"] == "hf"
 
 
+def test_the_mlflow_uri_secret_or_config_map_needs_the_right_to_read_it(users, namespace):
+    """The tracking URI is read into the trainer's environment: the same deputy, another field."""
+    tracking = {"reportTo": "mlflow", "mlflowTrackingUri": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    spec = {**FTJ, "tracking": tracking}
+    message = refusal(users["plain"], namespace, "FineTuneJob", spec)
+    assert "spec.tracking.mlflowTrackingUri.secretKeyRef.name" in message
+    assert "may not get Secret hf" in message
+    assert create(users["reader"], namespace, "FineTuneJob", spec)["spec"]["tracking"]["reportTo"] == "mlflow"
+    by_map = {**tracking, "mlflowTrackingUri": {"configMapKeyRef": {"name": "mlflow", "key": "uri"}}}
+    message = refusal(users["reader"], namespace, "FineTuneJob", {**FTJ, "tracking": by_map})
+    assert "spec.tracking.mlflowTrackingUri.configMapKeyRef.name" in message
+    assert "may not get ConfigMap mlflow" in message
+
+
 def test_a_readable_secret_does_not_open_the_others(users, namespace):
     message = refusal(users["reader"], namespace, "LRSweep", {**BASE, "hubTokenSecret": {"name": "other"}})
     assert "may not get Secret other" in message
