@@ -126,19 +126,17 @@ def rebuild(sweep: LRSweepSpec, trials: list[TrialStatus]) -> optuna.Study:
     space = distributions(sweep)
     for t in sorted(trials, key=lambda t: t.index):
         state, value = state_of(t)
-        params = params_of(t, space)
-        dists = {k: space[k] for k in params if k in space}
-        evals = {e.step: e.eval_loss for e in t.evals or [] if math.isfinite(e.eval_loss)}
-        study.add_trial(
-            create_trial(
-                state=state,
-                value=value,
-                params={k: params[k] for k in dists},
-                distributions=dists,
-                intermediate_values=evals,
-            )
-        )
+        study.add_trial(create_trial(state=state, value=value, **_recorded(t, space)))
     return study
+
+
+def _recorded(t: TrialStatus, space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """A recorded trial's params (those the space still searches), their distributions and its
+    intermediate values, as ``create_trial`` takes them."""
+    params = params_of(t, space)
+    dists = {k: space[k] for k in params if k in space}
+    evals = {e.step: e.eval_loss for e in t.evals or [] if math.isfinite(e.eval_loss)}
+    return {"params": {k: params[k] for k in dists}, "distributions": dists, "intermediate_values": evals}
 
 
 def eval_every(sweep: LRSweepSpec, steps: int) -> int | None:
@@ -179,19 +177,10 @@ def prune(sweep: LRSweepSpec, trials: list[TrialStatus], judge: set[int]) -> set
     stop: set[int] = set()
     for t in ordered:
         state, value = state_of(t)
-        params = params_of(t, space)
-        dists = {k: space[k] for k in params if k in space}
-        evals = {e.step: e.eval_loss for e in t.evals or [] if math.isfinite(e.eval_loss)}
-        replay.add_trial(
-            create_trial(
-                state=TrialState.RUNNING,
-                params={k: params[k] for k in dists},
-                distributions=dists,
-                intermediate_values=evals,
-            )
-        )
+        recorded = _recorded(t, space)
+        replay.add_trial(create_trial(state=TrialState.RUNNING, **recorded))
         live = replay.trials[-1]
-        if evals and chosen.prune(replay, live) and t.index in judge:
+        if recorded["intermediate_values"] and chosen.prune(replay, live) and t.index in judge:
             stop.add(t.index)
         if state != TrialState.RUNNING:
             replay.tell(live.number, value, state=state)
