@@ -49,7 +49,11 @@ class Prometheus:
             with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as resp:
                 return json.load(resp)
         except urllib.error.HTTPError as exc:  # 400 for a bad query: the body says why
-            return json.load(exc)
+            body = exc.read()
+            try:
+                return json.loads(body)
+            except ValueError:  # not JSON: "Service Unavailable" while it starts (or restarts) under load
+                return {"status": "error", "error": f"HTTP {exc.code}: {body[:200].decode(errors='replace')}"}
 
     def query(self, expr: str) -> dict:
         return self.get("/api/v1/query", query=expr)

@@ -79,6 +79,15 @@ def test_a_chat_model_on_a_pvc_fine_tunes_on_messages(
         "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
         "backoffLimit": 0,
     }
+    core = client.CoreV1Api(kube_api)
+    for name in ("models", "hf-cache", "out"):  # claims of the default StorageClass, as a cluster would have
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            },
+        )
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
         created = apply(kube_api, namespace, "chat", spec)
         status = wait_finished(kube_api, namespace, "chat")

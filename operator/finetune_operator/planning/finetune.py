@@ -3,6 +3,7 @@ an `auto` sweep it creates and owns), then run and follow its training Job."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,8 +110,10 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
         return
     s = b.status
     trained = finite(result.learning_rate)
-    if trained is not None and trained > 0:
-        s.learning_rate = lr = trained  # the LR the trainer trained at, nothing else
+    # the LR the trainer trained at, nothing else; its result rounds floats to 4 significant digits, so a
+    # report that agrees with the resolved LR to that precision keeps the resolved (exact) value
+    if trained is not None and trained > 0 and not math.isclose(trained, lr, rel_tol=1e-3):
+        s.learning_rate = lr = trained
     s.eval_loss, s.best_eval_loss = finite(result.eval_loss), finite(result.best_eval_loss)
     s.train_loss, s.checkpoint, s.early_stopped = (
         finite(result.train_loss),
