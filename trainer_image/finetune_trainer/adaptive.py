@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from finetune_trainer.config import (
     AdaptiveSpec,
+    CurvePoint,
     Interval,
     LossFit,
     Recommendation,
@@ -85,6 +86,14 @@ def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     n = min(len(lrs), len(losses))
     finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
     return float(lrs[min(finite, key=lambda i: losses[i])]) if finite else None
+
+
+def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:
+    """:func:`loss_minimum` of a range-test curve as results and LRSweep statuses carry it, its non-finite
+    points dropped first (the status never holds them), so ``recommend``, the operator and the plugin
+    read the same minimum from the same curve."""
+    points = [p for p in curve if math.isfinite(p.lr) and math.isfinite(p.loss)]
+    return loss_minimum([p.lr for p in points], [p.loss for p in points])
 
 
 def ceiling(spec: AdaptiveSpec, edge: float, minimum: float | None) -> tuple[float, bool]:

@@ -7,11 +7,10 @@ starts from the pretrained weights). Every optimizer step is counted into ``step
 
 from __future__ import annotations
 
-import math
 import tempfile
 from typing import Any
 
-from finetune_trainer.adaptive import AdaptiveStep, loss_minimum, next_step, trial_sections
+from finetune_trainer.adaptive import AdaptiveStep, curve_minimum, next_step, trial_sections
 from finetune_trainer.config import RecommendResult, TrainerConfig, TrialRecord
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.rangetest import run_range_test
@@ -35,9 +34,7 @@ def run_recommend(
     edge = range_result.divergence_learning_rate or range_result.max_learning_rate
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")
-    # the finite points of the result's curve: what an LRSweep's status carries, so both decide alike
-    curve = [p for p in range_result.curve if math.isfinite(p.lr) and math.isfinite(p.loss)]
-    minimum = loss_minimum([p.lr for p in curve], [p.loss for p in curve])
+    minimum = curve_minimum(range_result.curve)  # as the operator reads it from the sweep's status
     spent = range_result.steps
     finished: list[TrialRecord] = []
     step: AdaptiveStep = next_step(cfg.adaptive, edge, finished, cfg.optimization.max_steps, minimum)

@@ -13,6 +13,7 @@ from finetune_trainer.adaptive import (
     STAGE_1,
     STAGE_2,
     ceiling,
+    curve_minimum,
     divergence_edge,
     fit_parabola,
     interval,
@@ -22,7 +23,7 @@ from finetune_trainer.adaptive import (
     trial_steps,
     vertex,
 )
-from finetune_trainer.config import AdaptiveSpec, Recommendation, TrainerConfig, TrialRecord
+from finetune_trainer.config import AdaptiveSpec, CurvePoint, Recommendation, TrainerConfig, TrialRecord
 
 LossOf = Callable[[float, int], float | None]
 
@@ -96,6 +97,10 @@ def test_loss_minimum_skips_the_start_up_and_non_finite_points() -> None:
     assert loss_minimum(lrs, losses) == pytest.approx(lrs[29])  # not the start-up's 0.1
     assert loss_minimum(lrs, [*losses[:-1], math.nan]) == pytest.approx(lrs[29])
     assert loss_minimum([], []) is None
+    # a curve as results and statuses carry it: non-finite points dropped before the start-up is counted
+    points = [CurvePoint(lr=lr, loss=loss) for lr, loss in zip(lrs, losses, strict=True)]
+    assert curve_minimum([*points, CurvePoint(lr=10.0, loss=math.inf)]) == pytest.approx(lrs[29])
+    assert curve_minimum([]) is None
 
 
 def test_the_ceiling_is_half_a_decade_below_the_loss_minimum_or_below_the_edge() -> None:
