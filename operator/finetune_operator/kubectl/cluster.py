@@ -226,21 +226,16 @@ class Cluster:
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        body = self.raw(
-            f"jobs in namespace {namespace}",
-            self.batch.list_namespaced_job,
-            namespace,
-            label_selector=selector,
-        )
-        return list(body.get("items") or [])
+        return self._items("jobs", self.batch.list_namespaced_job, namespace, selector)
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        body = self.raw(
-            f"pods in namespace {namespace}",
-            self.core.list_namespaced_pod,
-            namespace,
-            label_selector=selector,
-        )
+        return self._items("pods", self.core.list_namespaced_pod, namespace, selector)
+
+    def _items(
+        self, what: str, list_fn: Callable[..., Any], namespace: str, selector: str
+    ) -> list[dict[str, Any]]:
+        """The wire items of a namespaced list call with a label selector."""
+        body = self.raw(f"{what} in namespace {namespace}", list_fn, namespace, label_selector=selector)
         return list(body.get("items") or [])
 
     def pod_log(self, namespace: str, pod: str, container: str, follow: bool) -> Iterator[bytes]:
