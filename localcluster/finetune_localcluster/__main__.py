@@ -1,6 +1,7 @@
 """``finetune-localcluster``: build the binaries, print where they are, or run a local cluster.
 
-finetune-localcluster install   # build/verify etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+finetune-localcluster install   # build/verify etcd, kube-apiserver, kube-controller-manager, kubectl, helm,
+                                #   and the Kueue controller manager with its CRDs
 finetune-localcluster env       # the binaries directory (use as KUBEBUILDER_ASSETS)
 finetune-localcluster up        # control plane + pod runner in the foreground; Ctrl-C stops it
 """
@@ -15,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import binaries
+from . import binaries, kueue
 from .binaries import BinariesError
 from .cluster import local_cluster
 from .controlplane import ControlPlaneError
@@ -27,6 +28,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     bins = binaries.ensure_binaries(build=True)
     for name, path in bins.as_dict().items():
         print(f"{name:<24} {path}  ({binaries.binary_version(name, path)})")
+    queue = kueue.ensure_kueue(build=True)
+    print(f"{kueue.MANAGER:<24} {queue.manager}  (Kueue v{queue.version})")
+    print(f"{'kueue CRDs':<24} {queue.crd_dir}  ({len(queue.crd_paths())} files)")
     print(f"ready in {time.monotonic() - started:.0f}s")
     return 0
 

@@ -344,7 +344,11 @@ class Builder:
         (mod_dir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{body}\n)\n")
         return mod_dir
 
-    def _build_one(self, mod_dir: Path, package: str, name: str, ldflags: str) -> None:
+    def _build_one(
+        self, mod_dir: Path, package: str, name: str, ldflags: str, version: str | None = None
+    ) -> None:
+        """Build `package` to `self.dest/name` (atomically) and stamp it with `version` (default: the
+        version `wanted_version` gives the name)."""
         self.dest.mkdir(parents=True, exist_ok=True)
         tmp = self.dest / f".{name}.tmp-{os.getpid()}"
         started = time.monotonic()
@@ -357,7 +361,9 @@ class Builder:
             )
             os.replace(tmp, self.dest / name)
             record_version(
-                self.dest, name, wanted_version(name, self.k8s_version, self.etcd_version, self.helm_version)
+                self.dest,
+                name,
+                version or wanted_version(name, self.k8s_version, self.etcd_version, self.helm_version),
             )
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -13,6 +13,10 @@ Fixtures:
   a context manager running that kopf module (default: the operator's handlers) in-process with
   ``kopf.testing.KopfRunner`` against ``kube_cluster``; it yields the runner. Check ``runner.exception``/
   ``runner.output`` only after the ``with`` block: ``KopfRunner.exception`` blocks until the operator stops.
+* ``kueue`` (session) -> the running ``KueueManager``: Kueue's CRDs installed and its controller manager
+  (built by ``finetune-localcluster install``) running against ``kube_cluster`` without webhooks, managing
+  Jobs labelled ``kueue.x-k8s.io/queue-name``. On an external cluster: None when Kueue's Workload CRD is
+  there (Kueue is assumed to run), else the test is skipped.
 * ``local_runner_config`` (session) -> the pod runner's ``RunnerConfig`` (skips on external clusters).
 
 When a test that used ``kube_cluster`` fails, the control plane's log tails are added to its report.
@@ -31,6 +35,7 @@ import pytest
 from kubernetes import client
 
 from .cluster import LocalCluster, apply_crds, load_yaml_documents, local_cluster
+from .kueue import KueueManager, running_kueue
 from .podrunner import RunnerConfig
 from .processes import wait_for
 
@@ -160,6 +165,23 @@ def run_operator(kube_cluster: LocalCluster) -> Callable[..., contextlib.Abstrac
         return operator_in_process(kube_cluster, module, namespace, extra_args, timeout)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def kueue(
+    kube_cluster: LocalCluster, kube_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KueueManager | None]:
+    if kube_cluster.external:
+        try:
+            client.ApiextensionsV1Api(kube_api).read_custom_resource_definition("workloads.kueue.x-k8s.io")
+        except client.ApiException as exc:
+            if exc.status == 404:
+                pytest.skip("Kueue is not installed in the external cluster")
+            raise
+        yield None
+        return
+    with running_kueue(kube_api, kube_cluster.kubeconfig, tmp_path_factory.mktemp("kueue")) as manager:
+        yield manager
 
 
 @pytest.fixture(scope="session")

@@ -189,8 +189,55 @@ class OutputSpec(Spec):
     checkpoints)."""
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A Kueue LocalQueue name (at most 63 characters)."""
+RESERVED_POD_KEYS = ("finetune.dev/", "kueue.x-k8s.io/", "batch.kubernetes.io/")
+"""Label and annotation prefixes the operator, Kueue and the Job controller set on trainer pods."""
+
+
+def _pod_metadata_rule(field: str, values: str, value_check: Any) -> Rule:
+    """`podLabels`/`podAnnotations`: label keys outside `RESERVED_POD_KEYS`; values per `values`."""
+    prefixes = " || ".join(f"k.startsWith('{p}')" for p in RESERVED_POD_KEYS)
+    value_cel = f" && self.{field}[k].matches(r'{LABEL_VALUE}')" if values == "label" else ""
+    return Rule(
+        cel=f"!has(self.{field}) || self.{field}.all(k, k.matches(r'{LABEL_KEY}') && !({prefixes})"
+        f"{value_cel})",
+        message=f"{field} keys must be label keys ([dns-prefix/]name, the name at most 63 of A-Z a-z 0-9 - _ "
+        f". and alphanumeric at both ends) outside {', '.join(RESERVED_POD_KEYS)} (the operator, Kueue and "
+        "the Job controller set those: use queueName and priorityClassName)"
+        + (", and values empty or such a name" if values == "label" else "")
+        + ": fix the entry",
+        check=lambda s: all(
+            _matches(LABEL_KEY, k)
+            and len(k) <= 317
+            and not k.startswith(RESERVED_POD_KEYS)
+            and value_check(v)
+            for k, v in (getattr(s, "pod_" + field[3:].lower()) or {}).items()
+        ),
+    )
+
+
+class LocalObjectReference(Spec):
+    """The name of an object in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Object name."""
+
+
 class WorkloadSpec(Spec):
     """Fields every resource that runs trainer pods shares."""
+
+    __rules__: ClassVar[list[Rule]] = [
+        _pod_metadata_rule("podLabels", "label", lambda v: _matches(LABEL_VALUE, v)),
+        _pod_metadata_rule("podAnnotations", "any", lambda v: True),
+        Rule(
+            cel="!has(self.queueName) || !has(self.suspend) || self.suspend",
+            message="queueName hands the start of trainer Jobs to Kueue, which unsuspends them when it "
+            "admits them; suspend: false contradicts that: remove suspend (or set it to true to pause the "
+            "run)",
+            check=lambda s: s.queue_name is None or s.suspend is not False,
+        ),
+    ]
 
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """GPUs, CPU, memory and placement of trainer pods."""
@@ -207,8 +254,27 @@ class WorkloadSpec(Spec):
     """A PVC shared as the Hugging Face cache (HF_HOME), so trials reuse downloads; unset: an emptyDir."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Where checkpoints and models are written."""
-    suspend: bool = False
-    """Create trainer Jobs suspended (for Kueue and other admission queues)."""
+    suspend: bool | None = None
+    """Pause the run (the one spec field that may change): true suspends its trainer Jobs, whose pods are
+    deleted; false or unset resumes them, and a resumed fine-tune continues from its last checkpoint on
+    `output.persistentVolumeClaim`. Jobs a Kueue queue manages are paused by deactivating their Kueue
+    Workload and resumed by re-activating it (Kueue re-admits them). With `queueName`, leave it unset or
+    true: `false` is refused."""
+    queue_name: str | None = Field(default=None, min_length=1, max_length=63, pattern=DNS_LABEL)
+    """Kueue LocalQueue of the trainer Jobs (the `kueue.x-k8s.io/queue-name` label); unset uses the
+    operator's default queue, if it has one. Queued Jobs are created suspended and Kueue unsuspends them
+    when it admits them (as one workload: all pods of a Job or none)."""
+    priority_class_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """PriorityClass of trainer pods (Kueue also orders and preempts queued Jobs by it)."""
+    pod_labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=32)
+    """Extra labels on trainer pods (e.g. cost centre, team); `finetune.dev/`, `kueue.x-k8s.io/` and
+    `batch.kubernetes.io/` keys are the operator's, Kueue's and the Job controller's."""
+    pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=32
+    )
+    """Extra annotations on trainer pods (same reserved prefixes as `podLabels`)."""
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, max_length=16)
+    """Secrets for pulling the trainer image from a private registry."""
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Retries of a trainer pod after evictions or out-of-memory; bad configs and divergence never retry."""
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)

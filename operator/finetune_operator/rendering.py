@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_operator import naming
+from finetune_operator import naming, queueing
 from finetune_operator.api import (
     API_VERSION,
     LRSWEEP,
@@ -198,6 +198,7 @@ def trainer_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs one trainer command (`range-test`, `trial` or `train`) on `config`."""
     labels = naming.child_labels(owner.kind, owner.name, role, trial, stage)
+    queue = queueing.queue_name(workload.queue_name, settings.default_queue_name)
     output_volume, output_mount = _output_volume(workload, owner, naming.child_folder(role, trial, stage))
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -244,7 +245,11 @@ def trainer_job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    tolerations = [*settings.tolerations, *(t.to_wire() for t in workload.resources.tolerations or [])]
+    gpu = workload.resources.gpus > 0  # the operator's placement defaults are for GPU nodes only
+    tolerations = [
+        *(settings.tolerations if gpu else []),
+        *(t.to_wire() for t in workload.resources.tolerations or []),
+    ]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -273,18 +278,22 @@ def trainer_job(
             *source_volumes,
         ],
     }
-    node_selector = {**settings.node_selector, **(workload.resources.node_selector or {})}
+    node_selector = {**(settings.node_selector if gpu else {}), **(workload.resources.node_selector or {})}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if workload.service_account_name:
         pod_spec["serviceAccountName"] = workload.service_account_name
+    if workload.priority_class_name:
+        pod_spec["priorityClassName"] = workload.priority_class_name
+    if workload.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in workload.image_pull_secrets]
     job_spec: dict[str, Any] = {
         "backoffLimit": workload.backoff_limit,
         "completions": 1,
         "parallelism": 1,
-        "suspend": workload.suspend,
+        "suspend": bool(workload.suspend) or queue is not None,  # Kueue unsuspends a queued Job
         "podFailurePolicy": {
             "rules": [
                 {  # a bad config or a diverged run fails the same way every time: never retry
@@ -303,8 +312,11 @@ def trainer_job(
         },
         "template": {
             "metadata": {
-                "labels": labels,
-                "annotations": {CONFIG_ANNOTATION: json.dumps(config.to_wire(), indent=1, sort_keys=True)},
+                "labels": {**(workload.pod_labels or {}), **labels},
+                "annotations": {
+                    **(workload.pod_annotations or {}),
+                    CONFIG_ANNOTATION: json.dumps(config.to_wire(), indent=1, sort_keys=True),
+                },
             },
             "spec": pod_spec,
         },
@@ -319,7 +331,7 @@ def trainer_job(
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": labels,
+            "labels": {**labels, queueing.QUEUE_LABEL: queue} if queue else labels,
             "ownerReferences": [owner.reference()],
         },
         "spec": job_spec,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_operator.api import DNS_LABEL
 from finetune_trainer.config import TRAINER_METRICS_PORT
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
@@ -28,9 +30,12 @@ class Settings:
     default_memory: str = "16Gi"
     """Memory request/limit of trainer pods whose spec sets none."""
     node_selector: dict[str, str] = field(default_factory=dict)
-    """Node selector added to every trainer pod (merged under the resource's own)."""
+    """Node selector added to every trainer pod that asks for GPUs (merged under the resource's own); CPU-only
+    pods (`resources.gpus: 0`) get the resource's own only."""
     tolerations: list[dict[str, Any]] = field(default_factory=list)
-    """Tolerations added to every trainer pod."""
+    """Tolerations added to every trainer pod that asks for GPUs."""
+    default_queue_name: str | None = None
+    """Kueue LocalQueue of trainer Jobs whose resource names none (`spec.queueName`); None: not queued."""
     poll_interval: float = 10.0
     """Seconds between polls of a running trainer's metrics."""
     resync_interval: float = 300.0
@@ -75,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--default-memory", default=_env("DEFAULT_MEMORY", d.default_memory))
     p.add_argument("--node-selector", default=_env("NODE_SELECTOR", "{}"), help="JSON object")
     p.add_argument("--tolerations", default=_env("TOLERATIONS", "[]"), help="JSON list")
+    p.add_argument(
+        "--default-queue-name",
+        default=_env("DEFAULT_QUEUE_NAME", ""),
+        help="Kueue LocalQueue of trainer Jobs whose resource sets no spec.queueName (default: none)",
+    )
     p.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL", str(d.poll_interval))))
     p.add_argument(
         "--resync-interval",
@@ -128,6 +138,12 @@ def from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("--pod-start-deadline: must be a positive number of seconds")
     if args.workers < 1:
         raise SystemExit("--workers: must be at least 1")
+    queue = args.default_queue_name.strip() or None
+    if queue is not None and not re.fullmatch(DNS_LABEL, queue):
+        raise SystemExit(
+            f"--default-queue-name: {queue!r} is not a LocalQueue name (a DNS label: at most 63 of a-z 0-9 "
+            "and -, alphanumeric at both ends)"
+        )
     return Settings(
         namespaces=tuple(n.strip() for n in namespaces),
         trainer_image=args.trainer_image,
@@ -136,6 +152,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         default_memory=args.default_memory,
         node_selector=parsed["--node-selector"],
         tolerations=parsed["--tolerations"],
+        default_queue_name=queue,
         poll_interval=args.poll_interval,
         resync_interval=args.resync_interval,
         pod_start_deadline=args.pod_start_deadline,

@@ -139,18 +139,37 @@ def _default_nested_objects(out: dict[str, Any]) -> None:
             prop["default"] = children
 
 
-IMMUTABLE_SPEC = {
-    "rule": "self == oldSelf",
-    "message": "spec is immutable once created (a run cannot change under its trainer): "
-    "delete and re-create the resource, or create one with a new name",
-}
-"""Both kinds run to completion, like a Job's pod template: a changed spec is refused, not half-applied."""
+MUTABLE_SPEC_FIELDS = ("suspend",)
+"""The spec fields a user may change after creation: pausing and resuming a run."""
+
+
+def immutable_spec_rule(spec_schema: dict[str, Any]) -> dict[str, str]:
+    """Every spec field but `MUTABLE_SPEC_FIELDS` keeps its value (and its presence) once created.
+
+    Both kinds run to completion, like a Job's pod template: a changed spec is refused, not half-applied."""
+    parts = []
+    for name, prop in spec_schema.get("properties", {}).items():
+        if name in MUTABLE_SPEC_FIELDS:
+            continue
+        if name in spec_schema.get("required", []) or "default" in prop:
+            parts.append(f"self.{name} == oldSelf.{name}")
+        else:
+            parts.append(
+                f"(has(self.{name}) ? has(oldSelf.{name}) && self.{name} == oldSelf.{name} "
+                f": !has(oldSelf.{name}))"
+            )
+    mutable = ", ".join(MUTABLE_SPEC_FIELDS)
+    return {
+        "rule": " && ".join(parts),
+        "message": f"spec is immutable once created, except {mutable} (a run cannot change under its "
+        "trainer): delete and re-create the resource, or create one with a new name",
+    }
 
 
 def crd_for(kind: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     spec_schema = structural_schema(kind.spec)
-    spec_schema.setdefault("x-kubernetes-validations", []).insert(0, IMMUTABLE_SPEC)
+    spec_schema.setdefault("x-kubernetes-validations", []).insert(0, immutable_spec_rule(spec_schema))
     status_schema = structural_schema(kind.status)
     status_schema.pop("default", None)
     root = {

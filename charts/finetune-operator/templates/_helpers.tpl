@@ -123,6 +123,12 @@ RBAC rules the operator needs in each namespace it watches (see rbac.yaml for wh
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["localqueues"]
+  verbs: ["get"]
 {{- end }}
 {{/*
 RBAC rule for kopf's scan of the served resources (always cluster-scoped).

@@ -1,0 +1,166 @@
+"""Kueue labels, suspend and pod passthrough in rendered trainer Jobs; what a Kueue Workload says; the spec
+rules around queueName and suspend; the operator's default-queue flag."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from finetune_operator import queueing, rendering, settings
+from finetune_operator.api import LRSweepSpec
+from finetune_operator.settings import Settings
+
+SPEC = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}, "method": "rangeTest"}
+OWNER = rendering.Owner("LRSweep", "s", "ns", "uid-1")
+GPU_PLACEMENT = Settings(
+    node_selector={"nvidia.com/gpu.present": "true"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+)
+
+
+def _job(spec: dict, settings: Settings | None = None) -> dict:
+    sweep = LRSweepSpec.model_validate({**SPEC, **spec})
+    return rendering.trainer_job(
+        owner=OWNER,
+        name="s-range-test",
+        config=rendering.range_test_config(sweep),
+        role="range-test",
+        args=["range-test"],
+        workload=sweep,
+        settings=settings or Settings(),
+    )
+
+
+def test_unqueued_job_has_no_queue_label_and_runs_at_once():
+    job = _job({})
+    assert queueing.QUEUE_LABEL not in job["metadata"]["labels"]
+    assert job["spec"]["suspend"] is False
+
+
+def test_queued_job_carries_the_queue_label_and_is_created_suspended():
+    job = _job({"queueName": "team-a"})
+    assert job["metadata"]["labels"][queueing.QUEUE_LABEL] == "team-a"
+    assert job["spec"]["suspend"] is True
+    # the operator's own labels stay (it finds its Jobs by them)
+    assert job["metadata"]["labels"]["finetune.dev/lrsweep"] == "s"
+
+
+def test_operator_default_queue_applies_unless_the_spec_names_one():
+    default = Settings(default_queue_name="shared")
+    assert _job({}, default)["metadata"]["labels"][queueing.QUEUE_LABEL] == "shared"
+    assert _job({"queueName": "mine"}, default)["metadata"]["labels"][queueing.QUEUE_LABEL] == "mine"
+    assert _job({}, default)["spec"]["suspend"] is True
+
+
+def test_paused_run_renders_suspended_jobs():
+    assert _job({"suspend": True})["spec"]["suspend"] is True
+    assert _job({"suspend": False})["spec"]["suspend"] is False
+
+
+def test_pod_passthrough_labels_annotations_priority_and_pull_secrets():
+    job = _job(
+        {
+            "podLabels": {"team": "nlp", "cost-centre": "42"},
+            "podAnnotations": {"example.com/owner": "alice"},
+            "priorityClassName": "high",
+            "imagePullSecrets": [{"name": "regcred"}],
+        }
+    )
+    template = job["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "nlp"
+    assert template["metadata"]["labels"]["finetune.dev/lrsweep"] == "s"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "alice"
+    assert rendering.CONFIG_ANNOTATION in template["metadata"]["annotations"]
+    assert template["spec"]["priorityClassName"] == "high"
+    assert template["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "team" not in job["metadata"]["labels"]  # pod labels are the pods', not the Job's
+
+
+def test_no_passthrough_fields_render_nothing_extra():
+    pod = _job({})["spec"]["template"]["spec"]
+    assert "priorityClassName" not in pod and "imagePullSecrets" not in pod
+
+
+def test_cpu_only_run_gets_no_gpu_node_selector_or_toleration():
+    cpu = _job({"resources": {"gpus": 0}}, GPU_PLACEMENT)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in cpu and "tolerations" not in cpu
+    gpu = _job({"resources": {"gpus": 1}}, GPU_PLACEMENT)["spec"]["template"]["spec"]
+    assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # a CPU run's own placement is kept
+    own = _job({"resources": {"gpus": 0, "nodeSelector": {"pool": "cpu"}}}, GPU_PLACEMENT)
+    assert own["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"queueName": "q", "suspend": False}, "suspend: false contradicts"),
+        ({"podLabels": {"finetune.dev/lrsweep": "x"}}, "podLabels keys"),
+        ({"podLabels": {"kueue.x-k8s.io/queue-name": "x"}}, "use queueName"),
+        ({"podLabels": {"ok": "not a label value"}}, "podLabels keys"),
+        ({"podAnnotations": {"finetune.dev/trainer-config": "{}"}}, "podAnnotations keys"),
+    ],
+)
+def test_spec_rules_refuse_contradictions_and_reserved_keys(spec: dict, words: str):
+    with pytest.raises(ValidationError, match=words):
+        LRSweepSpec.model_validate({**SPEC, **spec})
+
+
+def test_queue_name_with_suspend_true_or_unset_is_fine():
+    assert LRSweepSpec.model_validate({**SPEC, "queueName": "q", "suspend": True}).suspend is True
+    assert LRSweepSpec.model_validate({**SPEC, "queueName": "q"}).suspend is None
+
+
+def test_default_queue_flag_is_checked():
+    parsed = settings.from_args(settings.parser().parse_args(["--default-queue-name", "shared"]))
+    assert parsed.default_queue_name == "shared"
+    assert settings.from_args(settings.parser().parse_args([])).default_queue_name is None
+    with pytest.raises(SystemExit, match="--default-queue-name"):
+        settings.from_args(settings.parser().parse_args(["--default-queue-name", "Not_A_Queue"]))
+
+
+# ------------------------------------------------------------------ what Kueue's Workload says
+
+
+def _workload(*conditions: dict, active: bool = True) -> dict:
+    return {"spec": {"active": active}, "status": {"conditions": list(conditions)}}
+
+
+def test_workload_pending_for_quota_is_queued_with_kueues_words():
+    wl = _workload(
+        {
+            "type": "QuotaReserved",
+            "status": "False",
+            "reason": "Pending",
+            "message": "couldn't assign flavors to pod set main: insufficient unused quota for cpu",
+        }
+    )
+    state = queueing.workload_state("team-a", wl)
+    assert (state.phase, state.reason) == ("Queued", "Pending")
+    assert "insufficient unused quota" in state.message and "team-a" in state.message
+
+
+def test_admitted_workload_is_admitted():
+    wl = _workload(
+        {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "Quota reserved"},
+        {"type": "Admitted", "status": "True", "reason": "Admitted", "message": "The workload is admitted"},
+    )
+    assert queueing.workload_state("q", wl).phase == "Admitted"
+
+
+def test_evicted_workload_is_queued_again_with_the_eviction_reason():
+    wl = _workload(
+        {"type": "Admitted", "status": "False", "reason": "NoReservation", "message": ""},
+        {"type": "Evicted", "status": "True", "reason": "Deactivated", "message": "deactivated by user"},
+        active=False,
+    )
+    state = queueing.workload_state("q", wl)
+    assert (state.phase, state.reason) == ("Queued", "Deactivated")
+    assert not queueing.workload_active(wl)
+
+
+def test_no_workload_yet_and_unavailable_queue():
+    assert queueing.workload_state("q", None).reason == "WorkloadPending"
+    gone = queueing.unavailable("q", "Kueue is not installed (no workloads.kueue.x-k8s.io)")
+    assert gone.phase == "QueueUnavailable" and "Kueue is not installed" in gone.message
