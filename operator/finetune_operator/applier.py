@@ -30,6 +30,7 @@ import kubernetes
 from finetune_operator.api import API_GROUP, API_VERSION, FINETUNEJOB, LRSWEEP
 from finetune_operator.planning import Event, Resource
 from finetune_operator.planning.status import ApplyFailure
+from finetune_operator.queueing import KUEUE_API
 
 log = logging.getLogger("finetune_operator")
 
@@ -41,6 +42,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     (API_VERSION, LRSWEEP.kind): LRSWEEP.plural,
     (API_VERSION, FINETUNEJOB.kind): FINETUNEJOB.plural,
+    (KUEUE_API, "Workload"): "workloads",
+    (KUEUE_API, "LocalQueue"): "localqueues",
 }
 FORCE = {"Job": True, "Service": True, LRSWEEP.kind: False}
 """Whether an apply takes over fields another manager owns (kinds the operator alone controls)."""
@@ -134,15 +137,19 @@ class Applier:
                 return None  # deleted meanwhile
             raise
 
-    def suspend_job(self, namespace: str, name: str) -> None:
-        """Suspend a trainer Job (the Job controller deletes its pods); a Job already gone is fine."""
+    def suspend_job(self, namespace: str, name: str, suspend: bool = True) -> None:
+        """Suspend a trainer Job (the Job controller deletes its pods), or unsuspend it; a Job already gone
+        is fine. Never called to unsuspend a Job a Kueue queue manages."""
+        self._merge_patch(path("batch/v1", "Job", namespace, name), {"spec": {"suspend": suspend}})
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Deactivate a Kueue Workload (Kueue evicts it: the Job is suspended, its pods deleted) or
+        re-activate it (Kueue admits it again); one already gone is fine."""
+        self._merge_patch(path(KUEUE_API, "Workload", namespace, name), {"spec": {"active": active}})
+
+    def _merge_patch(self, object_path: str, patch: Mapping[str, Any]) -> None:
         try:
-            self.request(
-                "PATCH",
-                path("batch/v1", "Job", namespace, name),
-                {"spec": {"suspend": True}},
-                "application/merge-patch+json",
-            )
+            self.request("PATCH", object_path, patch, "application/merge-patch+json")
         except ApiError as e:
             if e.code != 404:
                 raise

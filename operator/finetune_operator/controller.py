@@ -25,7 +25,7 @@ from typing import Any
 
 import kubernetes
 
-from finetune_operator import naming
+from finetune_operator import naming, queueing, workloads
 from finetune_operator.api import FINETUNEJOB, LRSWEEP, ResourceStatus
 from finetune_operator.applier import Applier
 from finetune_operator.children import ChildState, ChildTally, observe, until_start_deadline
@@ -298,7 +298,13 @@ class Controller:
     def _reconcile(self, snap: Snapshot) -> Outcome:
         resource = Resource.from_body(snap.key[0], snap.body)
         samples = self.poller.poll(resource.namespace, snap.children)
-        desired = plan(resource, snap.children, samples=samples, sweep=snap.sweep, settings=self.settings)
+        queue = queueing.queue_name(resource.spec.get("queueName"), self.settings.default_queue_name)
+        states = (
+            workloads.queue_states(self.applier, resource.namespace, queue, snap.children) if queue else {}
+        )
+        desired = plan(
+            resource, snap.children, samples=samples, sweep=snap.sweep, settings=self.settings, queue=states
+        )
         tally = self._tallies.setdefault(snap.key, ChildTally())
         self.metrics.record_children(resource.kind, tally.update(snap.children))
         applied, refused = self.applier.apply_all(desired.children)
@@ -306,6 +312,12 @@ class Controller:
             self.applier.delete_job(resource.namespace, job)
         for job in desired.suspend:
             self.applier.suspend_job(resource.namespace, job)
+        for job in desired.resume:
+            self.applier.suspend_job(resource.namespace, job, suspend=False)
+        for workload in desired.deactivate:
+            self.applier.set_workload_active(resource.namespace, workload, False)
+        for workload in desired.activate:
+            self.applier.set_workload_active(resource.namespace, workload, True)
         self.metrics.record_applied(resource.kind, applied)
         previous = parse_status(type(desired.status), resource.status) if refused else desired.status
         result = record_apply(desired.status, desired.events, previous, refused, now_iso())

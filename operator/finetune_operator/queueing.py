@@ -20,6 +20,7 @@ from typing import Any, Literal
 KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSION = "v1beta2"
 """The Workload and LocalQueue version Kueue v0.17 stores (v1beta1 is still served)."""
+KUEUE_API = f"{KUEUE_GROUP}/{KUEUE_VERSION}"
 WORKLOADS = "workloads"
 LOCAL_QUEUES = "localqueues"
 QUEUE_LABEL = f"{KUEUE_GROUP}/queue-name"
@@ -40,6 +41,10 @@ class QueueState:
     phase: QueuePhase
     reason: str
     message: str
+    workload: str | None = None
+    """The Job's Workload, once Kueue created it."""
+    active: bool = True
+    """Whether the Workload may be admitted (`spec.active`); False while a pause holds it."""
 
 
 def _condition(workload: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -55,16 +60,28 @@ def workload_state(queue: str, workload: Mapping[str, Any] | None) -> QueueState
     if workload is None:
         message = f"queue {queue}: waiting for Kueue to create the Job's Workload"
         return QueueState("Queued", "WorkloadPending", message)
+    name = (workload.get("metadata") or {}).get("name")
+    active = workload_active(workload)
     admitted = _condition(workload, "Admitted")
     if admitted is not None and admitted.get("status") == "True":
-        return QueueState("Admitted", admitted.get("reason") or "Admitted", admitted.get("message") or "")
+        reason, message = admitted.get("reason") or "Admitted", admitted.get("message") or ""
+        return QueueState("Admitted", reason, message, name, active)
     for type_ in ("Evicted", "QuotaReserved"):
         cond = _condition(workload, type_)
         if cond is not None and (type_ != "Evicted" or cond.get("status") == "True"):
             reason = cond.get("reason") or "Pending"
-            message = cond.get("message") or ""
-            return QueueState("Queued", reason, f"queue {queue}: {message}".rstrip(": "))
-    return QueueState("Queued", "Pending", f"queue {queue}: waiting for Kueue to admit the Workload")
+            message = f"queue {queue}: {cond.get('message') or ''}".rstrip(": ")
+            return QueueState("Queued", reason, message, name, active)
+    message = f"queue {queue}: waiting for Kueue to admit the Workload"
+    return QueueState("Queued", "Pending", message, name, active)
+
+
+def owning_job(workload: Mapping[str, Any]) -> str | None:
+    """The name of the batch/v1 Job that owns a Workload (Kueue's ownerReference), if any."""
+    for ref in (workload.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "Job" and str(ref.get("apiVersion", "")).startswith("batch/"):
+            return str(ref.get("name"))
+    return None
 
 
 def unavailable(queue: str, missing: str) -> QueueState:

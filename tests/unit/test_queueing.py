@@ -164,3 +164,91 @@ def test_no_workload_yet_and_unavailable_queue():
     assert queueing.workload_state("q", None).reason == "WorkloadPending"
     gone = queueing.unavailable("q", "Kueue is not installed (no workloads.kueue.x-k8s.io)")
     assert gone.phase == "QueueUnavailable" and "Kueue is not installed" in gone.message
+
+
+# ------------------------------------------------------------------ planning: conditions and pausing
+
+FT_SPEC = {
+    "model": {"name": "/models/tiny"},
+    "dataset": {"files": ["/data/train.jsonl"]},
+    "learningRate": {"value": 1e-4},
+}
+TRAIN_JOB = "ft-train"
+
+
+def _plan(spec: dict, children: dict, queue: dict | None = None, previous: dict | None = None, gen: int = 1):
+    from finetune_operator import planning
+
+    r = planning.Resource("FineTuneJob", "ns", "ft", "uid-ft", gen, {**FT_SPEC, **spec}, previous or {})
+    return planning.plan_finetune(r, children, queue=queue, now="2026-01-01T00:00:10Z")
+
+
+def _conditions(desired) -> dict:
+    return {c.type: c for c in desired.status.conditions}
+
+
+def _pending(reason: str | None = "Suspended"):
+    from finetune_operator.children import ChildState
+
+    return {TRAIN_JOB: ChildState(TRAIN_JOB, "Pending", reason=reason)}
+
+
+def _running():
+    from finetune_operator.children import ChildState
+
+    return {TRAIN_JOB: ChildState(TRAIN_JOB, "Running", pod_ip="10.0.0.1")}
+
+
+def test_plan_shows_queued_with_kueues_reason_then_admitted():
+    waiting = queueing.QueueState("Queued", "Pending", "queue q: insufficient quota for cpu", "wl-1")
+    first = _plan({"queueName": "q"}, _pending(), {TRAIN_JOB: waiting})
+    cond = _conditions(first)
+    assert (cond["Queued"].status, cond["Queued"].reason) == ("True", "Pending")
+    assert "insufficient quota" in cond["Queued"].message and cond["Admitted"].status == "False"
+    assert first.status.phase == "Pending" and "insufficient quota" in (first.status.message or "")
+    assert not (first.resume or first.suspend or first.activate or first.deactivate)  # Kueue starts it
+
+    admitted = queueing.QueueState("Admitted", "Admitted", "The workload is admitted", "wl-1")
+    second = _plan({"queueName": "q"}, _running(), {TRAIN_JOB: admitted}, first.status.to_wire())
+    cond = _conditions(second)
+    assert (cond["Queued"].status, cond["Admitted"].status) == ("False", "True")
+    assert second.status.phase == "Running"
+
+
+def test_plan_says_queue_unavailable_and_stalls():
+    gone = queueing.unavailable("q", "there is no LocalQueue q in namespace ns")
+    desired = _plan({"queueName": "q"}, _pending(), {TRAIN_JOB: gone})
+    cond = _conditions(desired)
+    assert cond["QueueUnavailable"].status == "True" and cond["Stalled"].status == "True"
+    assert "no LocalQueue q" in cond["QueueUnavailable"].message
+    assert desired.status.phase == "Pending"
+
+
+def test_pausing_an_unqueued_run_suspends_and_resuming_unsuspends():
+    paused = _plan({"suspend": True}, _running(), gen=2)
+    assert paused.suspend == [TRAIN_JOB] and _conditions(paused)["Suspended"].status == "True"
+    again = _plan({"suspend": True}, _pending("Suspended"), previous=paused.status.to_wire(), gen=2)
+    assert again.suspend == []  # already suspended: nothing to do
+    resumed = _plan({}, _pending("Suspended"), previous=paused.status.to_wire(), gen=3)
+    assert resumed.resume == [TRAIN_JOB] and _conditions(resumed)["Suspended"].status == "False"
+
+
+def test_pausing_a_queued_run_deactivates_its_workload_and_never_touches_the_job():
+    admitted = queueing.QueueState("Admitted", "Admitted", "", "wl-1", active=True)
+    paused = _plan({"queueName": "q", "suspend": True}, _running(), {TRAIN_JOB: admitted}, gen=2)
+    assert paused.deactivate == ["wl-1"] and not paused.suspend and not paused.resume
+    inactive = queueing.QueueState("Queued", "Deactivated", "", "wl-1", active=False)
+    resumed = _plan({"queueName": "q"}, _pending(), {TRAIN_JOB: inactive}, paused.status.to_wire(), gen=3)
+    assert resumed.activate == ["wl-1"] and not resumed.resume
+
+
+def test_a_finished_run_ignores_a_later_pause():
+    done = {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "learningRate": 1e-4,
+        "conditions": [],
+    }
+    desired = _plan({"suspend": True}, {}, previous=done, gen=2)
+    assert desired.status.phase == "Succeeded" and desired.status.observed_generation == 2
+    assert not desired.children and not desired.suspend

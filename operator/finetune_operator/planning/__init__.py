@@ -11,6 +11,7 @@ to the module that decides, and renders the children it asks for with `rendering
     planning/trials.py     grid and random trials
     planning/remembered.py trial results kept in the status once their Jobs are gone (every trial method)
     planning/finetune.py   the FineTuneJob: its learning rate, then its training Job
+    planning/queued.py     Kueue's word on queued Jobs (Queued/Admitted), and pausing/resuming (spec.suspend)
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from finetune_operator.api import (
     ResourceStatus,
 )
 from finetune_operator.children import ChildState, never_started, past_start_deadline
-from finetune_operator.planning import adaptive, finetune, rangetest, trials
+from finetune_operator.planning import adaptive, finetune, queued, rangetest, trials
 from finetune_operator.planning.finetune import SweepRef
 from finetune_operator.planning.status import (
+    TERMINAL,
     Event,
     StatusBuilder,
     is_done,
@@ -41,6 +43,7 @@ from finetune_operator.planning.status import (
     parse_status,
     settle,
 )
+from finetune_operator.queueing import QueueState, queue_name
 from finetune_operator.settings import Settings
 
 __all__ = ["DesiredState", "Event", "Resource", "SweepRef", "is_done", "plan", "plan_finetune", "plan_sweep"]
@@ -90,7 +93,14 @@ class DesiredState:
     """Names of child Jobs to delete now (pruned trials), with their pods."""
     suspend: list[str] = field(default_factory=list)
     """Trainer Jobs to suspend: the resource failed because their pods could not start, and a pod that
-    starts later (its Secret or claim appeared) must not train for a failed resource."""
+    starts later (its Secret or claim appeared) must not train for a failed resource; or spec.suspend
+    pauses the run."""
+    resume: list[str] = field(default_factory=list)
+    """Trainer Jobs to unsuspend: spec.suspend was cleared (Jobs no Kueue queue manages)."""
+    deactivate: list[str] = field(default_factory=list)
+    """Kueue Workloads to deactivate (pause a queued run)."""
+    activate: list[str] = field(default_factory=list)
+    """Kueue Workloads to re-activate (resume a queued run)."""
 
 
 def plan(
@@ -101,11 +111,13 @@ def plan(
     sweep: SweepRef | None = None,
     settings: Settings | None = None,
     now: str | None = None,
+    queue: Mapping[str, QueueState] | None = None,
 ) -> DesiredState:
-    """The desired state of any resource (dispatch by kind)."""
+    """The desired state of any resource (dispatch by kind). `queue`: what Kueue says about each unfinished
+    trainer Job of a queued resource."""
     if resource.kind == LRSWEEP.kind:
-        return plan_sweep(resource, children, samples, settings=settings, now=now)
-    return plan_finetune(resource, children, sweep, samples, settings=settings, now=now)
+        return plan_sweep(resource, children, samples, settings=settings, now=now, queue=queue)
+    return plan_finetune(resource, children, sweep, samples, settings=settings, now=now, queue=queue)
 
 
 def plan_sweep(
@@ -115,11 +127,12 @@ def plan_sweep(
     *,
     settings: Settings | None = None,
     now: str | None = None,
+    queue: Mapping[str, QueueState] | None = None,
 ) -> DesiredState:
     """Decide the LRSweep's status and which trainer Jobs to create next."""
     previous, now = parse_status(LRSweepStatus, resource.status), now or now_iso()
     if is_done(previous, resource.generation):
-        return DesiredState(settle(previous, now))
+        return DesiredState(settle(previous, now, resource.generation))
     b = StatusBuilder(previous, resource.generation, now)
     settings = settings or Settings()
     children = past_start_deadline(children, now, settings.pod_start_deadline)
@@ -137,7 +150,8 @@ def plan_sweep(
             rangetest.decide(b, result, spec.range_test)
     else:
         trials.plan(resource.name, spec, b, children, samples)
-    return _give_up(_desired(resource, spec, b, settings), children)
+    pause = _queue_and_pause(b, spec, children, queue, settings)
+    return _give_up(_desired(resource, spec, b, settings, pause), children)
 
 
 def plan_finetune(
@@ -148,13 +162,14 @@ def plan_finetune(
     *,
     settings: Settings | None = None,
     now: str | None = None,
+    queue: Mapping[str, QueueState] | None = None,
 ) -> DesiredState:
     """Decide the FineTuneJob's status: resolve the learning rate, then run and follow the training Job.
 
     `sweep` is the LRSweep named by `fromSweep` (or its `auto` sweep), None when it does not exist."""
     previous, now = parse_status(FineTuneJobStatus, resource.status), now or now_iso()
     if is_done(previous, resource.generation):
-        return DesiredState(settle(previous, now))
+        return DesiredState(settle(previous, now, resource.generation))
     b = StatusBuilder(previous, resource.generation, now)
     settings = settings or Settings()
     children = past_start_deadline(children, now, settings.pod_start_deadline)
@@ -164,7 +179,8 @@ def plan_finetune(
         b.invalid(e)
         return DesiredState(b.status, events=b.events)
     create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
-    desired = _give_up(_desired(resource, spec, b, settings), children)
+    pause = _queue_and_pause(b, spec, children, queue, settings)
+    desired = _give_up(_desired(resource, spec, b, settings, pause), children)
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
@@ -178,8 +194,27 @@ def _give_up(desired: DesiredState, children: Mapping[str, ChildState]) -> Desir
     return desired
 
 
+def _queue_and_pause(
+    b: StatusBuilder,
+    spec: LRSweepSpec | FineTuneJobSpec,
+    children: Mapping[str, ChildState],
+    queue: Mapping[str, QueueState] | None,
+    settings: Settings,
+) -> queued.PauseActions:
+    """Kueue's conditions and the pause/resume of unfinished trainer Jobs (nothing for a finished run)."""
+    if b.status.phase in TERMINAL:
+        return queued.PauseActions()
+    queued.record_queue(b, queue or {})
+    managed = queue_name(spec.queue_name, settings.default_queue_name) is not None
+    return queued.pause_actions(b, bool(spec.suspend), managed, children, queue or {})
+
+
 def _desired(
-    resource: Resource, spec: LRSweepSpec | FineTuneJobSpec, b: StatusBuilder, settings: Settings
+    resource: Resource,
+    spec: LRSweepSpec | FineTuneJobSpec,
+    b: StatusBuilder,
+    settings: Settings,
+    pause: queued.PauseActions,
 ) -> DesiredState:
     """The builder's status and events, and its Job requests rendered into complete manifests."""
     jobs = [
@@ -196,4 +231,13 @@ def _desired(
         )
         for c in b.children
     ]
-    return DesiredState(b.status, jobs, b.events, b.delete)
+    return DesiredState(
+        b.status,
+        jobs,
+        b.events,
+        b.delete,
+        suspend=pause.suspend,
+        resume=pause.resume,
+        deactivate=pause.deactivate,
+        activate=pause.activate,
+    )

@@ -78,18 +78,20 @@ def parse_status(model: type[S], wire: Mapping[str, Any] | None) -> S:
 
 
 def is_done(status: ResourceStatus, generation: int) -> bool:
-    """Finished for this spec generation: nothing more to reconcile."""
-    return status.phase in TERMINAL and status.observed_generation == generation
+    """Finished: nothing more to reconcile. (`generation` moves after the end only when `spec.suspend`, the
+    one mutable field, changes: a finished run has nothing to pause or resume.)"""
+    return status.phase in TERMINAL and (status.observed_generation or 0) <= generation
 
 
-def settle(status: S, now: str) -> S:
-    """A finished status with the conditions its phase stands for (see the table above). A status written
-    before `Ready` meant Succeeded gets them once; one written by this version is returned unchanged."""
+def settle(status: S, now: str, generation: int | None = None) -> S:
+    """A finished status with the conditions its phase stands for (see the table above), observed at
+    `generation` when given. A status written before `Ready` meant Succeeded gets them once; one written by
+    this version at this generation is returned unchanged."""
     reason = next(
         (c.reason for t in ("Failed", "Succeeded", READY) if (c := condition(status, t)) is not None),
         status.phase,
     )
-    b = StatusBuilder(status, status.observed_generation or 1, now)
+    b = StatusBuilder(status, generation or status.observed_generation or 1, now)
     b.phase(status.phase, reason, status.message or "", event=False)
     return b.status
 
