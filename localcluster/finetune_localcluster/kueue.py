@@ -6,10 +6,16 @@ the way `binaries` builds Kubernetes (a throw-away wrapper module, an atomic ren
 copies Kueue's CRDs from that release's module (``config/components/crd/bases``) into ``crds/`` beside it.
 
 `KueueManager` runs it without webhooks: no Mutating/ValidatingWebhookConfiguration and no conversion
-webhook are installed, so the API server never calls Kueue. (The controller still starts its webhook
-server, so it gets a throw-away self-signed certificate nobody checks.) Only the ``batch/job`` integration
-is enabled and ``manageJobsWithoutQueueName`` stays false: Kueue manages exactly the Jobs labelled
+webhook are installed, so the API server never calls Kueue. Only the ``batch/job`` integration is enabled
+and ``manageJobsWithoutQueueName`` stays false: Kueue manages exactly the Jobs labelled
 ``kueue.x-k8s.io/queue-name``. The visibility API server (an aggregated API) is switched off.
+
+Certificates: without its internal certificate management, Kueue still starts a webhook server (its cert
+folder is configurable) and reads its metrics server's certificate from the fixed path
+``/etc/kueue/metrics/certs`` (as a Secret volume would provide it in a pod). Both get a throw-away
+self-signed certificate nobody checks; the metrics one is put there the way a kubelet would, by a mount
+namespace of the manager's own (``unshare``): a tmpfs over ``/etc`` whose entries link to the real ones,
+plus ``kueue/metrics/certs``. Nothing outside the process changes.
 """
 
 from __future__ import annotations
@@ -127,6 +133,7 @@ class KueueBuilder(Builder):
             raise BinariesError(f"no CRDs in {source}: has Kueue {self.kueue_version} moved them?")
         self.dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".crds-", dir=self.dest))
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the CRDs from other users of a shared cache
         for path in files:
             shutil.copyfile(path, staging / path.name)  # copyfile: the module cache is read-only
         target, old = self.dest / CRDS, self.dest / f".crds-old-{os.getpid()}"
@@ -156,6 +163,46 @@ def manager_config(*, probe_port: int, webhook_port: int, cert_dir: Path) -> dic
     }
 
 
+METRICS_CERTS = "/etc/kueue/metrics/certs"
+_OWN_ETC = r"""set -e
+work=$1; shift
+mkdir -p "$work/etc-real"
+mount --bind /etc "$work/etc-real"
+mount -t tmpfs -o mode=0755 tmpfs /etc
+for entry in "$work"/etc-real/* "$work"/etc-real/.[!.]*; do
+  [ -e "$entry" ] || [ -L "$entry" ] || continue
+  name=${entry##*/}
+  [ "$name" = kueue ] || ln -s "$entry" "/etc/$name"
+done
+mkdir -p /etc/kueue/metrics/certs
+cp "$work/metrics-certs/tls.crt" "$work/metrics-certs/tls.key" /etc/kueue/metrics/certs/
+exec "$@"
+"""
+"""Runs in the manager's own mount namespace: /etc as before, plus Kueue's metrics certificate."""
+
+
+def in_own_mount_namespace(argv: list[str], workdir: Path) -> list[str]:
+    """`argv` run by `unshare` in a mount namespace of its own where ``METRICS_CERTS`` holds the files of
+    ``workdir/metrics-certs`` (as root in a user namespace when we are not root)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise KueueError("running Kueue locally needs `unshare` (util-linux) for its metrics certificate")
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        *user,
+        "/bin/sh",
+        "-c",
+        _OWN_ETC,
+        "kueue-etc",
+        str(workdir),
+        *argv,
+    ]
+
+
 def install_crds(api: client.ApiClient, assets: KueueAssets) -> list[str]:
     """Create (or replace) Kueue's CRDs and wait until they are Established."""
     return apply_crds(api, load_yaml_documents(assets.crd_paths()), timeout=120)
@@ -181,9 +228,11 @@ class KueueManager:
         cert_dir = self.workdir / "webhook-certs"
         cert_dir.mkdir(exist_ok=True)
         ca = CertificateAuthority("kueue-local-ca")
-        pair = ca.issue("localhost", server=True, dns_names=("localhost",))
-        (cert_dir / "tls.crt").write_bytes(pair.cert_pem)
-        (cert_dir / "tls.key").write_bytes(pair.key_pem)
+        for folder in (cert_dir, self.workdir / "metrics-certs"):
+            folder.mkdir(exist_ok=True)
+            pair = ca.issue("localhost", server=True, dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+            (folder / "tls.crt").write_bytes(pair.cert_pem)
+            (folder / "tls.key").write_bytes(pair.key_pem)
         self.probe_port = free_port()
         config = manager_config(probe_port=self.probe_port, webhook_port=free_port(), cert_dir=cert_dir)
         config_path = self.workdir / "kueue-config.yaml"
@@ -196,7 +245,7 @@ class KueueManager:
             "--zap-log-level=2",
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        self._proc = spawn(argv, self.log, env=env)
+        self._proc = spawn(in_own_mount_namespace(argv, self.workdir), self.log, env=env)
         self._wait_ready()
         return self
 

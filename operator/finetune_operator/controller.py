@@ -31,6 +31,7 @@ from finetune_operator.applier import Applier
 from finetune_operator.children import ChildState, ChildTally, observe, until_start_deadline
 from finetune_operator.metrics import Held, OperatorMetrics
 from finetune_operator.planning import Resource, SweepRef, is_done, plan
+from finetune_operator.planning.queued import QUEUED
 from finetune_operator.planning.status import now_iso, parse_status, record_apply
 from finetune_operator.polling import TrainerPoller
 from finetune_operator.settings import Settings
@@ -277,6 +278,8 @@ class Controller:
             return None
         if any(c.phase == "Running" for c in snap.children.values()):
             return self.settings.poll_interval
+        if any(c.type == QUEUED and c.status == "True" for c in status.conditions):
+            return self.settings.poll_interval  # Kueue's verdict is on its Workload, which is not watched
         stuck = until_start_deadline(snap.children, now_iso(), self.settings.pod_start_deadline)
         if stuck is not None:  # a pod that cannot start: come back when its deadline has passed
             return min(self.settings.resync_interval, stuck + 1.0)
