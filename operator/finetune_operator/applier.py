@@ -147,6 +147,13 @@ class Applier:
         re-activate it (Kueue admits it again); one already gone is fine."""
         self._merge_patch(path(KUEUE_API, "Workload", namespace, name), {"spec": {"active": active}})
 
+    def suspend_sweep(self, namespace: str, name: str, suspend: bool) -> None:
+        """Pause (`spec.suspend: true`) or resume (the field removed: `false` would contradict a
+        `queueName`) the LRSweep of an `auto` FineTuneJob; a no-op patch when it already matches."""
+        self._merge_patch(
+            path(API_VERSION, LRSWEEP.kind, namespace, name), {"spec": {"suspend": suspend or None}}
+        )
+
     def _merge_patch(self, object_path: str, patch: Mapping[str, Any]) -> None:
         try:
             self.request("PATCH", object_path, patch, "application/merge-patch+json")

@@ -321,6 +321,8 @@ class Controller:
             self.applier.set_workload_active(resource.namespace, workload, False)
         for workload in desired.activate:
             self.applier.set_workload_active(resource.namespace, workload, True)
+        if desired.sweep_suspend is not None:
+            self.applier.suspend_sweep(resource.namespace, *desired.sweep_suspend)
         self.metrics.record_applied(resource.kind, applied)
         previous = parse_status(type(desired.status), resource.status) if refused else desired.status
         result = record_apply(desired.status, desired.events, previous, refused, now_iso())

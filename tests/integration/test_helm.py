@@ -44,6 +44,8 @@ NAMESPACED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},  # kopf's warnings
     ("events.k8s.io", "events"): {"create"},  # the operator's phase events
+    ("kueue.x-k8s.io", "workloads"): {"get", "list", "patch"},  # Queued/Admitted; pause a queued run
+    ("kueue.x-k8s.io", "localqueues"): {"get"},  # QueueUnavailable
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 NAMESPACE_RULES = {("", "namespaces"): {"get", "list", "watch"}}
@@ -181,6 +183,8 @@ def test_the_env_the_chart_sets_is_what_the_operator_parses(helm, monkeypatch):
         "operator.workers=3",
         "--set-json",
         "operator.podStartDeadline=45",
+        "--set",
+        "trainer.queueName=team-queue",
     )
     for name, value in container_env(docs).items():
         monkeypatch.setenv(name, value)
@@ -193,6 +197,7 @@ def test_the_env_the_chart_sets_is_what_the_operator_parses(helm, monkeypatch):
     assert settings.poll_interval == 2.5
     assert (settings.resync_interval, settings.workers, settings.pod_start_deadline) == (30, 3, 45)
     assert (settings.metrics_port, settings.health_port, settings.trainer_metrics_port) == (9090, 8081, 9400)
+    assert settings.default_queue_name == "team-queue"
 
 
 def test_default_trainer_placement_targets_gpu_nodes(helm, monkeypatch):
@@ -201,6 +206,7 @@ def test_default_trainer_placement_targets_gpu_nodes(helm, monkeypatch):
     settings = from_args(parser().parse_args([]))
     assert settings.node_selector == {"nvidia.com/gpu.present": "true"}
     assert settings.tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert settings.default_queue_name is None  # not queued unless trainer.queueName is set
 
 
 def test_metrics_service_selects_the_operator_pod_on_a_port_named_metrics(helm):

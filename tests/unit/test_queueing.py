@@ -252,3 +252,19 @@ def test_a_finished_run_ignores_a_later_pause():
     desired = _plan({"suspend": True}, {}, previous=done, gen=2)
     assert desired.status.phase == "Succeeded" and desired.status.observed_generation == 2
     assert not desired.children and not desired.suspend
+
+
+def test_an_auto_fine_tune_pauses_and_resumes_its_own_sweep_until_the_rate_is_known():
+    from finetune_operator import planning
+    from finetune_operator.planning import SweepRef
+
+    spec = {**FT_SPEC, "learningRate": {"auto": {"method": "rangeTest"}}}
+    sweep = SweepRef("ft-lr", {"phase": "Sweeping"}, "uid-ft")
+
+    def plan(extra: dict, ref: SweepRef = sweep):
+        r = planning.Resource("FineTuneJob", "ns", "ft", "uid-ft", 2, {**spec, **extra}, {})
+        return planning.plan_finetune(r, {}, ref, now="2026-01-01T00:00:10Z")
+
+    assert plan({"suspend": True}).sweep_suspend == ("ft-lr", True)
+    assert plan({}).sweep_suspend == ("ft-lr", False)
+    assert plan({"suspend": True}, SweepRef("ft-lr", {}, "someone-else")).sweep_suspend is None

@@ -101,6 +101,8 @@ class DesiredState:
     """Kueue Workloads to deactivate (pause a queued run)."""
     activate: list[str] = field(default_factory=list)
     """Kueue Workloads to re-activate (resume a queued run)."""
+    sweep_suspend: tuple[str, bool] | None = None
+    """(name, suspend) of the `auto` LRSweep a paused or resumed FineTuneJob waits for."""
 
 
 def plan(
@@ -184,6 +186,14 @@ def plan_finetune(
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
+    elif (
+        spec.learning_rate.auto is not None
+        and sweep is not None
+        and sweep.owner_uid == resource.uid
+        and b.status.learning_rate is None
+        and b.status.phase not in TERMINAL
+    ):  # the auto sweep follows the FineTuneJob's pause (it was created with the suspend of its time)
+        desired.sweep_suspend = (sweep.name, bool(spec.suspend))
     return desired
 
 
