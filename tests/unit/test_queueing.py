@@ -268,3 +268,66 @@ def test_an_auto_fine_tune_pauses_and_resumes_its_own_sweep_until_the_rate_is_kn
     assert plan({"suspend": True}).sweep_suspend == ("ft-lr", True)
     assert plan({}).sweep_suspend == ("ft-lr", False)
     assert plan({"suspend": True}, SweepRef("ft-lr", {}, "someone-else")).sweep_suspend is None
+
+
+# ------------------------------------------------------------------ reading Kueue (workloads.py)
+
+
+class _Answers:
+    """The applier's one request method, answering from a table of paths (404 for anything else)."""
+
+    def __init__(self, answers: dict[str, dict]) -> None:
+        self.answers, self.asked = answers, []
+
+    def request(self, method: str, resource_path: str, body, *_: object) -> dict:
+        from finetune_operator.applier import ApiError
+
+        self.asked.append(resource_path)
+        if resource_path not in self.answers:
+            raise ApiError(404, "NotFound", f"{resource_path} not found")
+        return self.answers[resource_path]
+
+
+WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/workloads"
+LOCAL_QUEUE = "/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/localqueues/q"
+
+
+def test_no_kueue_api_makes_every_unfinished_job_queue_unavailable():
+    from finetune_operator import workloads
+
+    states = workloads.queue_states(_Answers({}), "ns", "q", {**_pending(), "done": _done()})
+    assert list(states) == [TRAIN_JOB]
+    assert (
+        states[TRAIN_JOB].phase == "QueueUnavailable"
+        and "Kueue is not installed" in states[TRAIN_JOB].message
+    )
+
+
+def test_a_waiting_job_without_its_local_queue_is_queue_unavailable():
+    from finetune_operator import workloads
+
+    answers = _Answers({WORKLOADS: {"items": []}})
+    states = workloads.queue_states(answers, "ns", "q", _pending())
+    assert states[TRAIN_JOB].phase == "QueueUnavailable" and "no LocalQueue q in namespace ns" in (
+        states[TRAIN_JOB].message
+    )
+    answers = _Answers({WORKLOADS: {"items": [_owned_workload()]}, LOCAL_QUEUE: {}})
+    states = workloads.queue_states(answers, "ns", "q", _pending())
+    assert (states[TRAIN_JOB].phase, states[TRAIN_JOB].workload) == ("Queued", "job-ft-train-abcde")
+
+
+def _done():
+    from finetune_operator.children import ChildState
+
+    return ChildState("done", "Succeeded")
+
+
+def _owned_workload() -> dict:
+    return {
+        "metadata": {
+            "name": "job-ft-train-abcde",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": TRAIN_JOB}],
+        },
+        "spec": {"active": True},
+        "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending"}]},
+    }
