@@ -33,6 +33,6 @@ demo:
 crds:
 	$(PY) -m finetune_tooling.crdgen
 
-## cluster-bins: build (once) and cache kube-apiserver, kube-controller-manager, etcd, kubectl, helm
+## cluster-bins: build (once) and cache kube-apiserver, kube-controller-manager, etcd, kubectl, helm, Kueue
 cluster-bins:
 	$(PY) -m finetune_localcluster install
