@@ -16,7 +16,8 @@ Fixtures:
 * ``kueue`` (session) -> the running ``KueueManager``: Kueue's CRDs installed and its controller manager
   (built by ``finetune-localcluster install``) running against ``kube_cluster`` without webhooks, managing
   Jobs labelled ``kueue.x-k8s.io/queue-name``. On an external cluster: None when Kueue's Workload CRD is
-  there (Kueue is assumed to run), else the test is skipped.
+  there (Kueue is assumed to run), else the test is skipped. A failing test that used it gets the manager's
+  log tail in its report.
 * ``local_runner_config`` (session) -> the pod runner's ``RunnerConfig`` (skips on external clusters).
 
 When a test that used ``kube_cluster`` fails, the control plane's log tails are added to its report.
@@ -37,7 +38,7 @@ from kubernetes import client
 from .cluster import LocalCluster, apply_crds, load_yaml_documents, local_cluster
 from .kueue import KueueManager, running_kueue
 from .podrunner import RunnerConfig
-from .processes import wait_for
+from .processes import tail, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The kopf handler module `finetune-operator run` registers (a name, not an import: this package is generic).
@@ -45,6 +46,7 @@ OPERATOR_MODULE = "finetune_operator.handlers"
 CRD_DIR = Path(os.environ.get("FINETUNE_CRD_DIR", REPO_ROOT / "crds"))
 
 _CLUSTER: LocalCluster | None = None
+_KUEUE: KueueManager | None = None
 
 
 @pytest.fixture(scope="session")
@@ -180,8 +182,13 @@ def kueue(
             raise
         yield None
         return
+    global _KUEUE
     with running_kueue(kube_api, kube_cluster.kubeconfig, tmp_path_factory.mktemp("kueue")) as manager:
-        yield manager
+        _KUEUE = manager
+        try:
+            yield manager
+        finally:
+            _KUEUE = None
 
 
 @pytest.fixture(scope="session")
@@ -202,3 +209,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             report.sections.append(("local control plane logs", tails))
         if _CLUSTER.runner is not None and _CLUSTER.runner.errors:
             report.sections.append(("pod runner errors", "\n".join(_CLUSTER.runner.errors[-20:])))
+        if _KUEUE is not None and "kueue" in getattr(item, "fixturenames", ()):
+            report.sections.append(("kueue-manager log", tail(_KUEUE.log, 40)))
