@@ -195,6 +195,9 @@ def test_tolerating_every_taint_or_another_service_account_needs_the_right_to_cr
     other_sa = {**BASE, "serviceAccountName": "builder"}
     assert "spec.serviceAccountName" in refusal(users["plain"], namespace, "FineTuneJob", {**FTJ, **other_sa})
     assert create(users["podmaker"], namespace, "LRSweep", other_sa)
+    for field, value in (("imagePullSecrets", [{"name": "regcred"}]), ("priorityClassName", "urgent")):
+        assert f"spec.{field}" in refusal(users["plain"], namespace, "LRSweep", {**BASE, field: value})
+        assert create(users["podmaker"], namespace, "LRSweep", {**BASE, field: value})
 
 
 def test_updates_are_checked_only_for_fields_they_change(users, namespace):
