@@ -191,3 +191,35 @@ def test_pausing_a_queued_run_deactivates_its_workload_and_resuming_lets_kueue_a
         assert _workload_of(kube_api, namespace, "held-train")["spec"].get("active", True) is True
         suspended = _condition({"status": _status(kube_api, namespace, "held")}, "Suspended")
         assert suspended is not None and suspended["status"] == "False"
+
+
+def test_resuming_an_unqueued_run_unsuspends_its_job_and_pausing_it_again_suspends_it(
+    kube_api, namespace, crds_installed, run_operator
+):
+    batch = client.BatchV1Api(kube_api)
+    # More GPUs than any node has keep the resumed pod unschedulable (and the run from ending): what is
+    # under test is the Job's suspend flag, not the trainer.
+    spec = {**SPEC, "suspend": True, "resources": {**SPEC["resources"], "gpus": 64}}
+    with run_operator(namespace=namespace):
+        _create(kube_api, namespace, "pausable", spec)
+
+        def job_suspend() -> bool | None:
+            try:
+                return bool(batch.read_namespaced_job("pausable-train", namespace).spec.suspend)
+            except client.ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+
+        wait(lambda: job_suspend() is True, 60, "the paused run's Job created suspended")
+        assert QUEUE_LABEL not in batch.read_namespaced_job("pausable-train", namespace).metadata.labels
+        _patch_spec(kube_api, namespace, "pausable", {"suspend": None})
+        wait(lambda: job_suspend() is False, 60, "the resumed run's Job unsuspended by the operator")
+        _patch_spec(kube_api, namespace, "pausable", {"suspend": True})
+        wait(lambda: job_suspend() is True, 60, "the paused-again run's Job suspended")
+
+        def shown_suspended() -> bool:
+            cond = _condition({"status": _status(kube_api, namespace, "pausable")}, "Suspended")
+            return bool(cond and cond["status"] == "True")
+
+        wait(shown_suspended, 60, "the run's Suspended condition")
