@@ -763,6 +763,10 @@ class FineTuneJobStatus(ResourceStatus):
     """Where the model was pushed on the Hugging Face Hub."""
     early_stopped: bool | None = None
     """True when early stopping ended training."""
+    restarts: int | None = Field(default=None, ge=0, le=101)
+    """Training pods that failed and were retried by the Job (at most its `backoffLimit`)."""
+    resumed_from_step: int | None = Field(default=None, ge=0)
+    """The checkpoint step the last training pod resumed from, after a failed attempt."""
 
 
 # ---------------------------------------------------------------------------------------------- kinds

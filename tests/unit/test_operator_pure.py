@@ -491,6 +491,60 @@ def test_finished_training_reports_losses():
     )
 
 
+def test_a_retried_trainer_is_counted_and_its_resume_step_told_in_status_and_events():
+    from finetune_operator.children import ChildState
+
+    spec = {**FTJ, "learningRate": {"value": 2e-5}}
+    running = {"learningRate": 2e-5, "learningRateSource": "value", "phase": "Running"}
+    first = plan_finetune(
+        "f", spec, running, 1, {"f-train": ChildState("f-train", "Running", failed_pods=1)}, None, now=NOW
+    )
+    assert first.status["restarts"] == 1
+    [restarted] = [e for e in first.events if e.reason == "TrainerRestarted"]
+    assert restarted.type == "Warning" and "attempt 1 of training Job f-train failed" in restarted.message
+    again = plan_finetune(
+        "f",
+        spec,
+        first.status,
+        1,
+        {"f-train": ChildState("f-train", "Running", failed_pods=1)},
+        None,
+        now=NOW,
+    )
+    assert not [e for e in again.events if e.reason == "TrainerRestarted"], "one event per failed attempt"
+    result = {"kind": "train", "learningRate": 2e-5, "steps": 60, "totalSteps": 60, "resumedFromStep": 40}
+    done = plan_finetune(
+        "f",
+        spec,
+        again.status,
+        1,
+        {"f-train": ChildState("f-train", "Succeeded", result=result, failed_pods=1)},
+        None,
+        now=NOW,
+    )
+    assert (done.status["phase"], done.status["restarts"], done.status["resumedFromStep"]) == (
+        "Succeeded",
+        1,
+        40,
+    )
+    [resumed] = [e for e in done.events if e.reason == "ResumedFromCheckpoint"]
+    assert resumed.message == "Resumed from checkpoint at step 40 after attempt 1 failed"
+    assert done.status["message"].endswith("; resumed from checkpoint at step 40 after attempt 1 failed")
+    # a Job that failed for good: its last failure was not retried
+    failed = plan_finetune(
+        "f",
+        spec,
+        running,
+        1,
+        {"f-train": ChildState("f-train", "Failed", reason="Killed", failed_pods=3)},
+        None,
+        now=NOW,
+    )
+    assert failed.status["restarts"] == 2 and not [e for e in failed.events if e.reason == "TrainerRestarted"]
+    fresh = plan_finetune("f", spec, running, 1, {"f-train": ChildState("f-train", "Running")}, None, now=NOW)
+    assert "restarts" not in fresh.status and "resumedFromStep" not in fresh.status
+
+
 def test_status_reports_the_learning_rate_the_trainer_trained_at():
     from finetune_operator.children import ChildState
 
