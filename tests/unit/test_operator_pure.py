@@ -213,6 +213,24 @@ def test_observe_reads_result_exit_codes_and_running_ip():
     assert observe(_jobobj(), []).phase == "Pending"
 
 
+def test_a_started_job_the_job_controller_made_no_pod_for_is_stuck_since_it_started():
+    from finetune_operator.children import past_start_deadline
+
+    orphan = observe(_jobobj(), [])
+    assert (orphan.phase, orphan.reason, orphan.stuck_since) == (
+        "Pending",
+        "FailedCreate",
+        "2026-01-01T00:00:00Z",
+    )
+    assert "created no pod for Job j" in orphan.message and "serviceAccountName" in orphan.message
+    failed = past_start_deadline({"j": orphan}, "2026-01-01T00:10:01Z", 600)["j"]
+    assert failed.phase == "Failed" and failed.reason == "FailedCreate"
+    # not stuck: suspended (Kueue), not started yet, or the Job counted a pod the index has not seen yet
+    assert observe({**_jobobj(), "spec": {"suspend": True}}, []).stuck_since is None
+    assert observe({"metadata": {"name": "j"}, "status": {}}, []).stuck_since is None
+    assert observe(_jobobj(active=1), []).stuck_since is None
+
+
 def test_termination_message_parsing():
     assert parse_termination_message('{"kind": "train"}') == ({"kind": "train"}, "")
     assert parse_termination_message("oops\nlast line") == (None, "last line")

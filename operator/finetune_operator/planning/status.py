@@ -27,11 +27,11 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationError
 
 from finetune_operator.api import Condition, FineTuneJobStatus, LRSweepStatus, Progress, ResourceStatus
-from finetune_operator.children import CANNOT_START
+from finetune_operator.children import CANNOT_START, NO_POD
 from finetune_trainer.config import TrainerConfig
 
 TERMINAL = ("Succeeded", "Failed")
-WARNING_REASONS = {"WaitingForSweep", "Unschedulable", *CANNOT_START}
+WARNING_REASONS = {"WaitingForSweep", "Unschedulable", NO_POD, *CANNOT_START}
 READY, RECONCILING, STALLED, APPLY_FAILED = "Ready", "Reconciling", "Stalled", "ApplyFailed"
 
 S = TypeVar("S", LRSweepStatus, FineTuneJobStatus)
