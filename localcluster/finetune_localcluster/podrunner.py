@@ -160,6 +160,11 @@ class PodRunner:
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the runner is started and its loop and pod watch are still running."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def container_running(self, namespace: str, pod: str, container: str) -> bool:
         """Whether that container's process may still write to its log (started and not terminated)."""
         with self._lock:
