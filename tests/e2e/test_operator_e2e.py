@@ -316,6 +316,45 @@ def test_grid_trials_whose_finished_jobs_are_deleted_run_once_and_the_sweep_comp
     assert deleted == {f"ttl-trial-{i}" for i in range(3)}
 
 
+def test_a_grid_sweep_with_a_five_second_ttl_completes_and_creates_each_trial_job_once(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """`ttlSecondsAfterFinished: 5`: Kubernetes' TTL controller deletes each finished trial Job; the sweep
+    still completes with every trial's result, and no trial Job is re-created."""
+    spec = {
+        **tiny,
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3, 1e-2, 3e-2], "steps": 6, "parallelism": 2},
+        "ttlSecondsAfterFinished": 5,
+    }
+    batch = client.BatchV1Api(kube_api)
+    uids: dict[str, set[str]] = {}
+
+    def record() -> None:
+        for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+            uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "ttl5", spec)
+        deadline, status = time.monotonic() + 300, {}
+        while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Failed"):
+            record()
+            status = status_of(kube_api, namespace, "LRSweep", "ttl5")
+            time.sleep(0.3)
+        deadline = time.monotonic() + 60  # the TTL controller deletes the last Jobs; nothing comes back
+        while time.monotonic() < deadline and job_names(kube_api, namespace):
+            record()
+            time.sleep(0.5)
+        time.sleep(3)
+        record()
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 4
+    assert all(t["evalLoss"] is not None for t in status["trials"])
+    assert {n: len(u) for n, u in uids.items()} == {f"ttl5-trial-{i}": 1 for i in range(4)}
+    assert job_names(kube_api, namespace) == [], "the TTL controller deleted every finished trial Job"
+
+
 def test_bayesian_sweep_then_a_finetune_using_all_its_best_params(
     kube_api, namespace, crds_installed, run_operator, tiny
 ):
