@@ -240,6 +240,17 @@ def test_termination_message_parsing():
 # ------------------------------------------------------------------ planning
 
 
+def test_a_message_longer_than_the_status_bound_is_cut_so_the_status_is_still_written():
+    from finetune_operator.api import MESSAGE_MAX, LRSweepStatus
+    from finetune_operator.planning.status import StatusBuilder
+
+    b = StatusBuilder(LRSweepStatus(), 1, NOW)
+    b.phase("Failed", "AllTrialsFailed", "x" * (MESSAGE_MAX + 10))
+    status = LRSweepStatus.model_validate(b.status.to_wire())  # the schema's bounds hold
+    assert len(status.message) == MESSAGE_MAX and status.message.endswith("(cut)")
+    assert all(len(c.message) <= MESSAGE_MAX for c in status.conditions)
+
+
 def test_conditions_keep_transition_time_until_status_flips():
     c = set_condition([], "Ready", True, "A", "", 1, "t1")
     c = set_condition(c, "Ready", True, "B", "", 1, "t2")
