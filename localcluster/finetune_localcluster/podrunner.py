@@ -32,8 +32,10 @@ each bound pod:
   tail with ``FallbackToLogsOnError``). Output goes to
   ``<root>/logs/<namespace>_<pod>_<uid>/<container>.log``, which ``podlogs`` serves as the node's kubelet
   endpoint, so ``kubectl logs`` (pods/log) works, ``-f`` too.
-* **Deletion**: a pod with ``deletionTimestamp`` has its process groups terminated (SIGTERM, grace, SIGKILL)
-  and is then removed with grace period 0, as a kubelet confirms a deletion.
+* **Deletion**: a pod with ``deletionTimestamp`` has its process groups terminated (SIGTERM, grace, SIGKILL),
+  is given a terminal phase (``Failed`` unless every container exited 0, as a kubelet does since
+  Kubernetes 1.27), so a finalizer that keeps it visible no longer holds its requests on the node, and is
+  then removed with grace period 0, as a kubelet confirms a deletion.
 
 This module is the agent's loop (watch, resync, per-pod decisions, deletion); the parts it drives:
 ``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podvolumes`` (claims),
@@ -43,7 +45,6 @@ This module is the agent's loop (watch, resync, per-pod decisions, deletion); th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -159,6 +160,11 @@ class PodRunner:
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the runner is started and its loop and pod watch are still running."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def container_running(self, namespace: str, pod: str, container: str) -> bool:
         """Whether that container's process may still write to its log (started and not terminated)."""
         with self._lock:
@@ -261,6 +267,8 @@ class PodRunner:
             run = self._pods.get(uid)
         if meta.get("deletionTimestamp"):
             if run is None:
+                if status.get("phase") not in TERMINAL:  # never started here, or its status write was lost
+                    self._patch_status(meta, {"phase": "Failed"})
                 self._confirm_deletion(meta)
             elif not run.deleting:
                 run.deleting = True
@@ -294,8 +302,7 @@ class PodRunner:
         # Once per pod: a finalizer (e.g. the Job controller's) may keep it visible for a while after.
         if meta["uid"] in self._confirmed:
             return
-        self._confirmed.add(meta["uid"])
-        with contextlib.suppress(ApiException):
+        try:
             self.core.delete_namespaced_pod(
                 meta["name"],
                 meta["namespace"],
@@ -304,11 +311,23 @@ class PodRunner:
                     grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"])
                 ),
             )
+        except ApiException as exc:
+            if unreachable(exc):  # not confirmed: the next resync tries again
+                raise
+        self._confirmed.add(meta["uid"])
 
     def _kill_and_delete(self, run: PodRun, meta: dict[str, Any], grace: float) -> None:
+        """Stop the processes, write the terminal phase, confirm the deletion (a write the API server
+        missed is made again by the next resync, which finds the pod deleting and no longer run here)."""
         try:
             podsupervisor.terminate(run, grace)
+            run.phase = podsupervisor.deleted_phase(run)
+            self._write_status(run, meta)
             self._confirm_deletion(meta)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            log.info("deletion of pod %s/%s not confirmed (%s); will retry", run.namespace, run.name, exc)
         finally:
             self._forget(run.uid, kill=True)
 

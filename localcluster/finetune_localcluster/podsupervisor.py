@@ -163,6 +163,13 @@ def terminate(run: PodRun, grace: float) -> None:
             }
 
 
+def deleted_phase(run: PodRun) -> str:
+    """The terminal phase a kubelet gives a deleted pod once its containers have stopped: ``Succeeded`` if
+    every main container exited 0, else ``Failed``."""
+    ok = all(c.done and c.state["terminated"]["exitCode"] == 0 for c in run.mains)
+    return "Succeeded" if ok else "Failed"
+
+
 def kill_all(run: PodRun, grace: float) -> None:
     for container in run.containers:
         if container.popen is not None:

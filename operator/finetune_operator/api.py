@@ -51,6 +51,16 @@ LABEL_KEY = rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$"
 LABEL_VALUE = rf"^({_LABEL_NAME})?$"
 """A label value or taint value: empty or at most 63 name characters."""
 INT32_MAX = 2**31 - 1
+# Status strings are bounded like the spec's, so whoever writes a status (the operator, an admin) cannot store
+# one the tools reading it would choke on. The operator clips what it writes to these (`planning.status`).
+MESSAGE_MAX = 32768
+"""A status or condition message: metav1.Condition's bound."""
+TEXT_MAX = 4096
+"""Text the trainer reports (a path, a URL, a warning): its whole termination message is at most 4 KiB."""
+NAME_MAX = 253
+"""An object name."""
+TIME_MAX = 64
+"""An RFC 3339 timestamp."""
 
 
 def _matches(pattern: str, text: str | None) -> bool:
@@ -289,16 +299,16 @@ class WorkloadSpec(Spec):
 class Condition(Spec):
     """A Kubernetes-style condition."""
 
-    type: str
+    type: str = Field(max_length=316)
     """Condition type: Ready (True once Succeeded), Reconciling, Stalled, Succeeded, Failed, Diverged,
     WaitingForSweep, ApplyFailed."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
-    reason: str
+    reason: str = Field(max_length=1024)
     """CamelCase reason for the last transition."""
-    message: str = ""
+    message: str = Field(default="", max_length=MESSAGE_MAX)
     """Human-readable details."""
-    last_transition_time: str
+    last_transition_time: str = Field(max_length=TIME_MAX)
     """When `status` last changed (RFC 3339)."""
     observed_generation: int | None = None
     """The spec generation this condition was computed from."""
@@ -333,7 +343,7 @@ class Progress(Spec):
     """Training throughput."""
     eta_seconds: int | None = Field(default=None, ge=0)
     """Estimated seconds to finish."""
-    last_step_time: str | None = None
+    last_step_time: str | None = Field(default=None, max_length=TIME_MAX)
     """When the step count last increased (RFC 3339)."""
 
 
@@ -342,7 +352,7 @@ class ResourceStatus(Spec):
 
     phase: Phase = "Pending"
     """Pending, WaitingForSweep, Sweeping, Running, Succeeded or Failed."""
-    message: str | None = None
+    message: str | None = Field(default=None, max_length=MESSAGE_MAX)
     """The latest noteworthy event, in words."""
     conditions: list[Condition] = Field(
         default_factory=list, max_length=16, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
@@ -352,9 +362,9 @@ class ResourceStatus(Spec):
     and ApplyFailed say why."""
     observed_generation: int | None = None
     """The spec generation the status describes."""
-    start_time: str | None = None
+    start_time: str | None = Field(default=None, max_length=TIME_MAX)
     """When the first trainer Job was created."""
-    completion_time: str | None = None
+    completion_time: str | None = Field(default=None, max_length=TIME_MAX)
     """When the resource reached Succeeded or Failed."""
     progress: Progress | None = None
     """Live progress of the running trainer."""
@@ -600,7 +610,7 @@ class TrialStatus(Spec):
     """Why a trial failed, when its Job cannot say (JobDeleted: the Job went before its result was read)."""
     message: str | None = Field(default=None, max_length=256)
     """The reason in words."""
-    job_name: str | None = None
+    job_name: str | None = Field(default=None, max_length=NAME_MAX)
     """The trial's Job (created once: a trial whose result is recorded is never run again)."""
     progress: Progress | None = None
     """Live progress while the trial runs (polled from its metrics)."""
@@ -628,12 +638,12 @@ class LRSweepStatus(ResourceStatus):
 
     recommended_learning_rate: float | None = Field(default=None, gt=0.0)
     """The recommended learning rate (kept for people to read when the sweep fails on weak evidence)."""
-    rule: str | None = None
+    rule: str | None = Field(default=None, max_length=TEXT_MAX)
     """How the recommendation was chosen: a range-test rule, `best-trial` (grid/random) or `adaptive`
     (see `decidedBy`)."""
     interval: Interval | None = None
     """Adaptive: learning rates whose predicted loss is within noise of the recommendation's."""
-    decided_by: str | None = None
+    decided_by: str | None = Field(default=None, max_length=TEXT_MAX)
     """Adaptive: which stage decided (`stage-2-fit`, `stage-2-best`, `stage-1-fit`, `stage-1-best`)."""
     evidence: EvidenceReason | None = None
     """Adaptive: how well the trials support the recommendation; FlatCurve, BestAtLowerEdge,
@@ -648,19 +658,19 @@ class LRSweepStatus(ResourceStatus):
     """Adaptive: optimiser steps of the range test and every finished trial together."""
     effective_batch_size: int | None = Field(default=None, ge=1)
     """Examples per optimiser update the recommendation was made at."""
-    adapter: str | None = None
+    adapter: str | None = Field(default=None, max_length=TEXT_MAX)
     """Adapter type the recommendation was made with."""
-    suggestions: dict[str, float | None] | None = None
+    suggestions: dict[str, float | None] | None = Field(default=None, max_length=64)
     """Every range-test rule's suggestion."""
     best_loss: float | None = None
     """Lowest (smoothed) loss of the range test, or the best trial's validation loss."""
-    stop_reason: str | None = None
+    stop_reason: str | None = Field(default=None, max_length=TEXT_MAX)
     """Why the range test stopped (completed, diverged, nan)."""
     curve: list[CurvePoint] | None = Field(default=None, max_length=200)
     """Downsampled loss-vs-learning-rate curve of the range test."""
     trials: list[TrialStatus] | None = Field(default=None, max_length=64)
     """Per-trial results of adaptive, grid, random and bayesian sweeps (at most 64 trials run)."""
-    warnings: list[str] | None = Field(default=None, max_length=16)
+    warnings: list[Annotated[str, Field(max_length=TEXT_MAX)]] | None = Field(default=None, max_length=16)
     """Sanity-check warnings about the recommendation."""
 
 
@@ -797,13 +807,13 @@ class FineTuneJobStatus(ResourceStatus):
 
     learning_rate: float | None = Field(default=None, gt=0.0)
     """The peak learning rate: resolved before training, then the one the trainer reports it trained at."""
-    learning_rate_source: str | None = None
+    learning_rate_source: str | None = Field(default=None, max_length=TEXT_MAX)
     """Where it came from: `value`, `sweep/<name>` or `auto/<name>`."""
     params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))
     """`fromSweep.use: all`: the sweep's best parameters this job trains with."""
-    sweep_name: str | None = None
+    sweep_name: str | None = Field(default=None, max_length=NAME_MAX)
     """The LRSweep consulted (fromSweep) or created (auto)."""
-    job_name: str | None = None
+    job_name: str | None = Field(default=None, max_length=NAME_MAX)
     """The training Job."""
     eval_loss: float | None = None
     """Final validation loss."""
@@ -811,24 +821,28 @@ class FineTuneJobStatus(ResourceStatus):
     """Best validation loss seen."""
     train_loss: float | None = None
     """Mean training loss."""
-    checkpoint: str | None = None
+    checkpoint: str | None = Field(default=None, max_length=TEXT_MAX)
     """The best checkpoint by validation loss (else the newest), relative to the output folder."""
-    best_checkpoint: str | None = None
+    best_checkpoint: str | None = Field(default=None, max_length=TEXT_MAX)
     """The checkpoint with the lowest validation loss, relative to the output folder."""
-    last_checkpoint: str | None = None
+    last_checkpoint: str | None = Field(default=None, max_length=TEXT_MAX)
     """The newest checkpoint (the last step saved), relative to the output folder."""
-    model: str | None = None
+    model: str | None = Field(default=None, max_length=TEXT_MAX)
     """The final model (or adapter) folder, relative to the output folder (`final`)."""
     model_from: Literal["best", "last"] | None = None
     """Whose weights `model` holds: the best checkpoint's (by validation loss) or the last step's."""
-    merged_model: str | None = None
+    merged_model: str | None = Field(default=None, max_length=TEXT_MAX)
     """The adapter merged into the base model, relative to the output folder (`merged`)."""
-    model_card: str | None = None
+    model_card: str | None = Field(default=None, max_length=TEXT_MAX)
     """The model card (README.md) recording the learning rate, its sweep, and the schedule."""
-    hub_url: str | None = None
+    hub_url: str | None = Field(default=None, max_length=TEXT_MAX)
     """Where the model was pushed on the Hugging Face Hub."""
     early_stopped: bool | None = None
     """True when early stopping ended training."""
+    restarts: int | None = Field(default=None, ge=0, le=101)
+    """Training pods that failed and were retried by the Job (at most its `backoffLimit`)."""
+    resumed_from_step: int | None = Field(default=None, ge=0)
+    """The checkpoint step the last training pod resumed from, after a failed attempt."""
 
 
 # ---------------------------------------------------------------------------------------------- kinds

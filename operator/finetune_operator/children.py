@@ -33,6 +33,8 @@ CANNOT_START = frozenset(
         "ErrImageNeverPull",
     }
 )
+# A started Job with no pod at all: the Job controller's event reason when the API server refuses its pods.
+NO_POD = "FailedCreate"
 # Words of the scheduler for a pod whose volumes cannot be provided (more capacity will not help).
 CLAIM_PROBLEMS = ("persistentvolumeclaim", "PersistentVolumeClaims")
 
@@ -136,7 +138,7 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
             failed_pods=failed_pods,
             start_time=start,
         )
-    stuck = _cannot_start(pod)
+    stuck = _cannot_start(pod) if pod is not None else _no_pod(job)
     if stuck is not None and not _condition(job, "Suspended"):
         reason, message, since = stuck
         return ChildState(
@@ -177,6 +179,22 @@ def _cannot_start(pod: dict[str, Any] | None) -> tuple[str, str, str | None] | N
         reason = unscheduled.get("reason", "Unschedulable")
         return reason, unscheduled.get("message", ""), unscheduled.get("lastTransitionTime")
     return None
+
+
+def _no_pod(job: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """(reason, message, since) of a started Job that has no pod at all and has counted none: the Job
+    controller could not create one (since the Job started)."""
+    status = job.get("status") or {}
+    if (job.get("spec") or {}).get("suspend") or not status.get("startTime"):
+        return None
+    if any(status.get(k) for k in ("active", "ready", "failed", "succeeded")):
+        return None
+    name = job["metadata"]["name"]
+    message = (
+        f"the Job controller created no pod for Job {name}: a missing serviceAccountName, or a ResourceQuota "
+        f"or admission policy refusing its pods (kubectl describe job {name} shows which)"
+    )
+    return NO_POD, message, status["startTime"]
 
 
 def past_start_deadline(

@@ -6,6 +6,8 @@ A tiny random-weight GPT-2 on a toy dataset keeps each trainer run to seconds.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from kubernetes import client
 from prometheus_client import generate_latest
 
+from finetune_localcluster import podspec
 from finetune_operator import handlers
 from finetune_operator.settings import Settings
 
@@ -225,6 +228,58 @@ def test_a_finetune_reports_the_learning_rate_its_trainer_trained_at(
     assert status["learningRate"] == result["learningRate"] == 3e-3
 
 
+def test_a_killed_trainer_resumes_from_its_checkpoint_and_status_and_events_say_so(
+    kube_api, namespace, crds_installed, run_operator, tiny, local_runner_config
+):
+    """The trainer process is killed (SIGKILL, exit 137) once it saved a checkpoint; the Job retries it, the
+    new pod resumes from that checkpoint; status.resumedFromStep, status.restarts and the events tell it."""
+    spec = {
+        **tiny,
+        "learningRate": {"value": 1e-3},
+        "optimization": {**tiny["optimization"], "maxSteps": 400},
+        "checkpoints": {"everySteps": 10},
+        "output": {"persistentVolumeClaim": "out"},
+        "backoffLimit": 2,
+    }
+    core = client.CoreV1Api(kube_api)
+    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    core.create_namespaced_persistent_volume_claim(namespace, {"metadata": {"name": "out"}, "spec": claim})
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        created = apply(kube_api, namespace, "FineTuneJob", "resume", spec)
+        out = podspec.pvc_folder(local_runner_config.root, namespace, "out")
+        train = out / "finetunejob" / "resume" / created["metadata"]["uid"] / "train"
+
+        def saved() -> bool:
+            return any((c / "trainer_state.json").is_file() for c in train.glob("checkpoint-*"))
+
+        deadline = time.monotonic() + 240
+        while not saved() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert saved(), f"no checkpoint under {train}"
+        [pod] = core.list_namespaced_pod(namespace, label_selector="job-name=resume-train").items
+        pid = int(pod.status.container_statuses[0].container_id.rsplit("/", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "resume", timeout=400)
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    pods = core.list_namespaced_pod(namespace, label_selector="job-name=resume-train").items
+    killed = [p for p in pods if p.status.phase == "Failed"]
+    assert len(pods) == 2 and len(killed) == 1, [(p.metadata.name, p.status.phase) for p in pods]
+    assert killed[0].status.container_statuses[0].state.terminated.exit_code == 137
+    [done] = [p for p in pods if p.status.phase == "Succeeded"]
+    result = json.loads(done.status.container_statuses[0].state.terminated.message)
+    step = result["resumedFromStep"]
+    assert step >= 10 and step % 10 == 0 and result["steps"] == 400
+    assert (status["resumedFromStep"], status["restarts"]) == (step, 1)
+    assert status["message"].endswith(f"resumed from checkpoint at step {step} after attempt 1 failed")
+    events = core.list_namespaced_event(
+        namespace, field_selector="involvedObject.kind=FineTuneJob,involvedObject.name=resume"
+    ).items
+    told = {e.reason: e.message for e in events}
+    assert told["ResumedFromCheckpoint"] == f"Resumed from checkpoint at step {step} after attempt 1 failed"
+    assert "attempt 1 of training Job resume-train failed" in told["TrainerRestarted"]
+
+
 def test_grid_trials_whose_finished_jobs_are_deleted_run_once_and_the_sweep_completes(
     kube_api, namespace, crds_installed, run_operator, tiny
 ):
@@ -259,6 +314,45 @@ def test_grid_trials_whose_finished_jobs_are_deleted_run_once_and_the_sweep_comp
     assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 3
     assert all(t["evalLoss"] is not None for t in status["trials"])
     assert deleted == {f"ttl-trial-{i}" for i in range(3)}
+
+
+def test_a_grid_sweep_with_a_five_second_ttl_completes_and_creates_each_trial_job_once(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """`ttlSecondsAfterFinished: 5`: Kubernetes' TTL controller deletes each finished trial Job; the sweep
+    still completes with every trial's result, and no trial Job is re-created."""
+    spec = {
+        **tiny,
+        "method": "grid",
+        "trials": {"learningRates": [1e-4, 1e-3, 1e-2, 3e-2], "steps": 6, "parallelism": 2},
+        "ttlSecondsAfterFinished": 5,
+    }
+    batch = client.BatchV1Api(kube_api)
+    uids: dict[str, set[str]] = {}
+
+    def record() -> None:
+        for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+            uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "LRSweep", "ttl5", spec)
+        deadline, status = time.monotonic() + 300, {}
+        while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Failed"):
+            record()
+            status = status_of(kube_api, namespace, "LRSweep", "ttl5")
+            time.sleep(0.3)
+        deadline = time.monotonic() + 60  # the TTL controller deletes the last Jobs; nothing comes back
+        while time.monotonic() < deadline and job_names(kube_api, namespace):
+            record()
+            time.sleep(0.5)
+        time.sleep(3)
+        record()
+    assert runner.exception is None, runner.output
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [t["phase"] for t in status["trials"]] == ["Succeeded"] * 4
+    assert all(t["evalLoss"] is not None for t in status["trials"])
+    assert {n: len(u) for n, u in uids.items()} == {f"ttl5-trial-{i}": 1 for i in range(4)}
+    assert job_names(kube_api, namespace) == [], "the TTL controller deleted every finished trial Job"
 
 
 def test_bayesian_sweep_then_a_finetune_using_all_its_best_params(

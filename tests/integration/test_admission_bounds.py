@@ -165,6 +165,13 @@ REFUSED: list[tuple[str, str, dict[str, Any], list[str]]] = [
         {**with_("dataset", validationFraction=0), "learningRate": {"auto": {}}},
         ["learningRate.auto's adaptive trials", "dataset.validationFraction"],
     ),
+    # what admission can know before a pod starts: QLoRA's 4-bit base needs CUDA
+    (
+        "QLoRA without a GPU",
+        "FineTuneJob",
+        with_("adapter", type="qlora"),
+        ["adapter.type qlora needs a CUDA GPU", "resources.gpus"],
+    ),
     # item 8: the schedule's floor under its peak
     (
         "floor at the peak",
@@ -183,6 +190,25 @@ def test_bad_input_is_refused_naming_the_field(kube_api, namespace, crds_install
         assert word in body, body
     with pytest.raises(ValidationError):  # the operator's own models, the CRDs' source, agree
         MODEL[kind].model_validate(spec)
+
+
+@pytest.mark.parametrize(
+    ("status", "field"),
+    [
+        ({"recommendedLearningRate": -1e-3}, "status.recommendedLearningRate"),
+        ({"phase": "Done"}, "status.phase"),
+        ({"progress": {"step": 1, "percent": 101}}, "status.progress.percent"),
+    ],
+    ids=["negative recommendation", "unknown phase", "percent over 100"],
+)
+def test_status_values_are_bounded_whoever_writes_them(kube_api, namespace, crds_installed, status, field):
+    """An admin (or a buggy writer) cannot store a status the tools reading it would trust."""
+    apply(kube_api, namespace, "LRSweep", BASE, name="st")
+    with pytest.raises(client.ApiException) as e:
+        client.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "lrsweeps", "st", {"status": status}
+        )
+    assert e.value.status == 422 and field in str(e.value.body), e.value.body
 
 
 @pytest.mark.parametrize(

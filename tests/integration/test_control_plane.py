@@ -391,6 +391,54 @@ def test_pod_whose_command_does_not_exist_fails_with_a_reason(
     assert "no-such-command-xyz" in terminated["message"]
 
 
+def test_a_deleted_pod_held_by_a_finalizer_ends_failed_and_frees_its_cpu_for_the_next_pod(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    """A kubelet gives a deleted pod a terminal phase, so a finalizer that keeps it visible does not keep
+    its requests on the node: a pod that needs the same CPU is scheduled and runs."""
+    core = client.CoreV1Api(kube_api)
+    nodes = [n for n in core.list_node().items if not n.spec.unschedulable]
+    cpu = min(n.status.allocatable["cpu"] for n in nodes)  # all of the smallest node's CPU
+
+    def pod(name: str, code: str, **meta: Any) -> dict[str, Any]:
+        container = python_container(code, resources={"requests": {"cpu": cpu}})
+        return {
+            "metadata": {"name": name, **meta},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5, "containers": [container]},
+        }
+
+    hold = "finetune.dev/test-hold"
+    core.create_namespaced_pod(namespace, pod("holder", "import time; time.sleep(600)", finalizers=[hold]))
+    try:
+        wait_for(
+            "the holder to run",
+            lambda: read_pod(core, namespace, "holder")["status"].get("phase") == "Running",
+        )
+        core.delete_namespaced_pod("holder", namespace)
+        held = wait_for(
+            "the deleted holder to reach a terminal phase",
+            lambda: (
+                (p := read_pod(core, namespace, "holder"))["status"].get("phase") in ("Succeeded", "Failed")
+                and p
+            ),
+        )
+        assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == [hold]
+        assert held["status"]["phase"] == "Failed"
+        assert held["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] != 0
+        core.create_namespaced_pod(namespace, pod("next", "print('ran')"))
+        done = wait_for(
+            "the next pod, which needs the same CPU, to run",
+            lambda: (
+                (p := read_pod(core, namespace, "next"))["status"].get("phase") in ("Succeeded", "Failed")
+                and p
+            ),
+            timeout=90,
+        )
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+    finally:
+        core.patch_namespaced_pod("holder", namespace, {"metadata": {"finalizers": None}})
+
+
 def test_pod_requesting_more_gpus_than_the_node_has_stays_pending(
     kube_api: client.ApiClient, namespace: str
 ) -> None:

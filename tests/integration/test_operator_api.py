@@ -453,8 +453,9 @@ def test_a_re_created_resource_starts_a_fresh_run(kube_api, namespace, crds_inst
             'persistentvolumeclaim "missing-claim"',
         ),
         ({"image": "Private/Trainer:1"}, "InvalidImageName", "couldn't parse image name"),
+        ({"serviceAccountName": "nobody"}, "FailedCreate", "created no pod for Job stuck-range-test"),
     ],
-    ids=["secret", "claim", "image"],
+    ids=["secret", "claim", "image", "service account"],
 )
 def test_a_pod_that_cannot_start_is_reported_then_fails_the_resource_after_the_deadline(
     kube_cluster, kube_api, namespace, crds_installed, run_operator, extra, reason, words

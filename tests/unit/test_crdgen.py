@@ -150,6 +150,20 @@ def test_project_crds_are_structural(kind):
     ]
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_every_string_list_and_map_of_spec_and_status_is_bounded(kind):
+    root = crdgen.crd_for(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(root):
+        if not path.startswith(("$.spec", "$.status")):
+            continue
+        if node.get("type") == "string":
+            assert "maxLength" in node or "enum" in node, f"{path}: a string without maxLength"
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path}: a list without maxItems"
+        if isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, f"{path}: a map without maxProperties"
+
+
 def test_generated_files_are_up_to_date():
     stale = crdgen.drifted()
     assert not stale, f"regenerate with `python -m finetune_tooling.crdgen`: {stale}"

@@ -3,6 +3,7 @@ operator's status models."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from datetime import UTC, datetime
@@ -195,3 +196,22 @@ def test_a_watch_the_server_closes_ends_with_a_message_not_a_traceback(tmp_path,
     assert seen == [("ADDED", {"kind": "LRSweep", "metadata": {"name": "a"}})]
     assert err.value.code == ExitCode.ERROR
     assert "closed the connection" in err.value.message and "context c" in err.value.message
+
+
+def test_describe_tells_a_retried_finetunes_story():
+    from finetune_operator.kubectl.describe import describe
+    from finetune_operator.kubectl.resources import Found
+
+    body = {
+        "metadata": {"name": "ft", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}, "learningRate": {"value": 1e-4}},
+        "status": {"phase": "Succeeded", "learningRate": 1e-4, "restarts": 1, "resumedFromStep": 40},
+    }
+    event = {
+        "type": "Normal",
+        "reason": "ResumedFromCheckpoint",
+        "message": "Resumed from checkpoint at step 40 after attempt 1 failed",
+    }
+    text = "\n".join(describe(Found(FINETUNEJOB, body), [event], style.Painter(io.StringIO())))
+    assert "Restarts:" in text and "1 failed attempt(s) retried, resumed from checkpoint at step 40" in text
+    assert "Resumed from checkpoint at step 40 after attempt 1 failed" in text

@@ -213,6 +213,24 @@ def test_observe_reads_result_exit_codes_and_running_ip():
     assert observe(_jobobj(), []).phase == "Pending"
 
 
+def test_a_started_job_the_job_controller_made_no_pod_for_is_stuck_since_it_started():
+    from finetune_operator.children import past_start_deadline
+
+    orphan = observe(_jobobj(), [])
+    assert (orphan.phase, orphan.reason, orphan.stuck_since) == (
+        "Pending",
+        "FailedCreate",
+        "2026-01-01T00:00:00Z",
+    )
+    assert "created no pod for Job j" in orphan.message and "serviceAccountName" in orphan.message
+    failed = past_start_deadline({"j": orphan}, "2026-01-01T00:10:01Z", 600)["j"]
+    assert failed.phase == "Failed" and failed.reason == "FailedCreate"
+    # not stuck: suspended (Kueue), not started yet, or the Job counted a pod the index has not seen yet
+    assert observe({**_jobobj(), "spec": {"suspend": True}}, []).stuck_since is None
+    assert observe({"metadata": {"name": "j"}, "status": {}}, []).stuck_since is None
+    assert observe(_jobobj(active=1), []).stuck_since is None
+
+
 def test_termination_message_parsing():
     assert parse_termination_message('{"kind": "train"}') == ({"kind": "train"}, "")
     assert parse_termination_message("oops\nlast line") == (None, "last line")
@@ -220,6 +238,17 @@ def test_termination_message_parsing():
 
 
 # ------------------------------------------------------------------ planning
+
+
+def test_a_message_longer_than_the_status_bound_is_cut_so_the_status_is_still_written():
+    from finetune_operator.api import MESSAGE_MAX, LRSweepStatus
+    from finetune_operator.planning.status import StatusBuilder
+
+    b = StatusBuilder(LRSweepStatus(), 1, NOW)
+    b.phase("Failed", "AllTrialsFailed", "x" * (MESSAGE_MAX + 10))
+    status = LRSweepStatus.model_validate(b.status.to_wire())  # the schema's bounds hold
+    assert len(status.message) == MESSAGE_MAX and status.message.endswith("(cut)")
+    assert all(len(c.message) <= MESSAGE_MAX for c in status.conditions)
 
 
 def test_conditions_keep_transition_time_until_status_flips():
@@ -489,6 +518,60 @@ def test_finished_training_reports_losses():
         1.4,
         100,
     )
+
+
+def test_a_retried_trainer_is_counted_and_its_resume_step_told_in_status_and_events():
+    from finetune_operator.children import ChildState
+
+    spec = {**FTJ, "learningRate": {"value": 2e-5}}
+    running = {"learningRate": 2e-5, "learningRateSource": "value", "phase": "Running"}
+    first = plan_finetune(
+        "f", spec, running, 1, {"f-train": ChildState("f-train", "Running", failed_pods=1)}, None, now=NOW
+    )
+    assert first.status["restarts"] == 1
+    [restarted] = [e for e in first.events if e.reason == "TrainerRestarted"]
+    assert restarted.type == "Warning" and "attempt 1 of training Job f-train failed" in restarted.message
+    again = plan_finetune(
+        "f",
+        spec,
+        first.status,
+        1,
+        {"f-train": ChildState("f-train", "Running", failed_pods=1)},
+        None,
+        now=NOW,
+    )
+    assert not [e for e in again.events if e.reason == "TrainerRestarted"], "one event per failed attempt"
+    result = {"kind": "train", "learningRate": 2e-5, "steps": 60, "totalSteps": 60, "resumedFromStep": 40}
+    done = plan_finetune(
+        "f",
+        spec,
+        again.status,
+        1,
+        {"f-train": ChildState("f-train", "Succeeded", result=result, failed_pods=1)},
+        None,
+        now=NOW,
+    )
+    assert (done.status["phase"], done.status["restarts"], done.status["resumedFromStep"]) == (
+        "Succeeded",
+        1,
+        40,
+    )
+    [resumed] = [e for e in done.events if e.reason == "ResumedFromCheckpoint"]
+    assert resumed.message == "Resumed from checkpoint at step 40 after attempt 1 failed"
+    assert done.status["message"].endswith("; resumed from checkpoint at step 40 after attempt 1 failed")
+    # a Job that failed for good: its last failure was not retried
+    failed = plan_finetune(
+        "f",
+        spec,
+        running,
+        1,
+        {"f-train": ChildState("f-train", "Failed", reason="Killed", failed_pods=3)},
+        None,
+        now=NOW,
+    )
+    assert failed.status["restarts"] == 2 and not [e for e in failed.events if e.reason == "TrainerRestarted"]
+    fresh = plan_finetune("f", spec, running, 1, {"f-train": ChildState("f-train", "Running")}, None, now=NOW)
+    assert "restarts" not in fresh.status and "resumedFromStep" not in fresh.status
 
 
 def test_status_reports_the_learning_rate_the_trainer_trained_at():

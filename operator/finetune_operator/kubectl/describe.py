@@ -83,6 +83,9 @@ def _finetune(found: Found, sweep: Found | None, painter: style.Painter) -> list
         field("Eval loss", f"{style.loss(f.eval_loss)} (best {style.loss(f.best_eval_loss)})"),
         field("Train loss", style.loss(f.train_loss)),
     ]
+    if f.restarts or f.resumed_from_step is not None:
+        resumed = f", resumed from checkpoint at step {f.resumed_from_step}" if f.resumed_from_step else ""
+        lines.append(field("Restarts", f"{f.restarts or 0} failed attempt(s) retried{resumed}"))
     if f.early_stopped is not None:
         lines.append(field("Early stopped", "yes" if f.early_stopped else "no"))
     if f.checkpoint:

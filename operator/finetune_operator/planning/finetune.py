@@ -76,7 +76,9 @@ def plan(
         b.children.append(ChildRequest(job, "train", ["train"], config))
         b.started()
         b.phase("Pending", "JobCreated", f"created training Job {job} at learning rate {lr:.3g}")
-    elif child.phase == "Pending":
+        return None
+    _count_restarts(b, child)
+    if child.phase == "Pending":
         child_pending(b, child)
     elif child.phase == "Running":
         b.phase("Running", "Training", f"training in Job {job}")
@@ -88,6 +90,34 @@ def plan(
     else:
         child_failed(b, child, "training")
     return None
+
+
+def _count_restarts(b: StatusBuilder[FineTuneJobStatus], child: ChildState) -> None:
+    """Record training pods that failed and were retried, with an event for each new one (a Job that
+    failed for good ends with its own event, and its last failure was not retried)."""
+    retried = max(0, child.failed_pods - 1) if child.phase == "Failed" else child.failed_pods
+    if retried <= (b.status.restarts or 0):
+        return
+    b.status.restarts = retried
+    if child.phase != "Failed":
+        b.events.append(
+            Event(
+                "Warning",
+                "TrainerRestarted",
+                f"attempt {retried} of training Job {child.name} failed; the Job retries it, resuming from "
+                "the last checkpoint",
+            )
+        )
+
+
+def _resumed_text(status: FineTuneJobStatus) -> str:
+    """How the successful attempt began, in words ("" when it started from scratch)."""
+    if status.resumed_from_step is None:
+        return ""
+    after = (
+        f"after attempt {status.restarts} failed" if status.restarts else "after an earlier attempt stopped"
+    )
+    return f"resumed from checkpoint at step {status.resumed_from_step} {after}"
 
 
 def _source_text(status: FineTuneJobStatus) -> str:
@@ -131,9 +161,16 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
         loss=s.train_loss,
         eval_loss=s.eval_loss,
     )
+    s.resumed_from_step = result.resumed_from_step
+    resumed = _resumed_text(s)
+    if resumed and b.status.phase != "Succeeded":
+        b.events.append(Event("Normal", "ResumedFromCheckpoint", resumed[0].upper() + resumed[1:]))
     loss = "n/a" if s.eval_loss is None else f"{s.eval_loss:.4g}"
     b.phase(
-        "Succeeded", "Trained", f"trained {result.steps} steps at learning rate {lr:.3g}, eval loss {loss}"
+        "Succeeded",
+        "Trained",
+        f"trained {result.steps} steps at learning rate {lr:.3g}, eval loss {loss}"
+        + (f"; {resumed}" if resumed else ""),
     )
 
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
-from finetune_operator.children import ChildState
+from finetune_operator.children import NO_POD, ChildState
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
 from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec
 
@@ -77,6 +77,8 @@ def child_failed(b: StatusBuilder, child: ChildState, what: str) -> None:
         "ImagePullBackOff": "check spec.image and the image pull secrets",
         "InvalidImageName": "fix spec.image (a lowercase [registry/]path[:tag][@digest])",
         "Unschedulable": "create the PersistentVolumeClaim the message names, or let it bind",
+        NO_POD: "create the service account spec.serviceAccountName names, or make room in the "
+        "namespace's ResourceQuota",
     }.get(child.reason or "", "")
     message = f"{what} Job {child.name} failed ({child.reason})" + (
         f": {child.message}" if child.message else ""

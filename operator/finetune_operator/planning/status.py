@@ -26,12 +26,19 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from finetune_operator.api import Condition, FineTuneJobStatus, LRSweepStatus, Progress, ResourceStatus
-from finetune_operator.children import CANNOT_START
+from finetune_operator.api import (
+    MESSAGE_MAX,
+    Condition,
+    FineTuneJobStatus,
+    LRSweepStatus,
+    Progress,
+    ResourceStatus,
+)
+from finetune_operator.children import CANNOT_START, NO_POD
 from finetune_trainer.config import TrainerConfig
 
 TERMINAL = ("Succeeded", "Failed")
-WARNING_REASONS = {"WaitingForSweep", "Unschedulable", *CANNOT_START}
+WARNING_REASONS = {"WaitingForSweep", "Unschedulable", NO_POD, *CANNOT_START}
 READY, RECONCILING, STALLED, APPLY_FAILED = "Ready", "Reconciling", "Stalled", "ApplyFailed"
 
 S = TypeVar("S", LRSweepStatus, FineTuneJobStatus)
@@ -96,6 +103,15 @@ def settle(status: S, now: str, generation: int | None = None) -> S:
     return b.status
 
 
+def clip(message: str, limit: int = MESSAGE_MAX) -> str:
+    """`message` cut to the status schema's bound (a longer one would make the API server refuse the
+    whole status), saying that it was cut."""
+    if len(message) <= limit:
+        return message
+    marker = " … (cut)"
+    return message[: limit - len(marker)] + marker
+
+
 def set_condition(
     conditions: list[Condition],
     type_: str,
@@ -114,7 +130,7 @@ def set_condition(
         type=type_,
         status=value,
         reason=reason,
-        message=message,
+        message=clip(message),
         last_transition_time=since,
         observed_generation=generation,
     )
@@ -165,7 +181,7 @@ class StatusBuilder(Generic[S]):
         if event and (s.phase != phase or self.reason() != reason):
             warn = phase == "Failed" or stalled or reason in WARNING_REASONS
             self.events.append(Event("Warning" if warn else "Normal", reason, message or phase))
-        s.phase, s.message = phase, message or None  # type: ignore[assignment]
+        s.phase, s.message = phase, clip(message) or None  # type: ignore[assignment]
         terminal = phase in TERMINAL
         if terminal:
             s.completion_time = s.completion_time or self.now
