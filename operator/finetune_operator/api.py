@@ -19,6 +19,7 @@ from finetune_operator import naming
 from finetune_trainer.config import (
     API_GROUP,
     HAS_VALIDATION,
+    MAX_EVALS,
     MAX_SEED,
     TRAINING_RULES,
     AdaptiveSpec,
@@ -26,6 +27,7 @@ from finetune_trainer.config import (
     CheckpointSpec,
     CurvePoint,
     EarlyStoppingSpec,
+    EvalPoint,
     EvidenceReason,
     Interval,
     LossFit,
@@ -497,15 +499,6 @@ class LRSweepSpec(TrainingSections, WorkloadSpec):
     """Trial settings (methods grid, random and bayesian)."""
 
 
-class EvalPoint(Spec):
-    """A trial's validation loss at one step."""
-
-    step: int = Field(ge=0)
-    """Optimiser step of the evaluation."""
-    eval_loss: float
-    """Validation loss."""
-
-
 class TrialStatus(Spec):
     """One trial: a short fine-tune at one learning rate."""
 
@@ -522,7 +515,7 @@ class TrialStatus(Spec):
     """Optimiser steps of the trial."""
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Pruned"] = "Pending"
     """Trial state (Pruned: stopped early on its intermediate validation loss)."""
-    evals: list[EvalPoint] | None = Field(default=None, max_length=16)
+    evals: list[EvalPoint] | None = Field(default=None, max_length=MAX_EVALS)
     """Intermediate validation losses (grid, random, bayesian), what the pruner judges; the latest 16."""
     pruned_at_step: int | None = Field(default=None, ge=0)
     """The step a pruned trial was stopped at."""
