@@ -42,6 +42,9 @@ EVALS = 4  # intermediate validation losses per trial (the pruners' rungs)
 SPACE = {"learningRate": {"min": 1e-4, "max": 1e-1}, "warmupRatio": {"min": 0.0, "max": 0.5}}
 GRID_POINTS = 3  # per parameter: a 3 x 3 grid sets the budget of every method
 MAX_TRIALS = 16  # TPE's trial cap (its startup trials: a third, capped at 10)
+SAMPLER_SEED_STRIDE = 1000
+"""Sweep seed = training seed x this: the study seeds trial n's sampler with `seed + n`, so sweeps with
+seeds 0 and 1 would share all but one of their random draws."""
 METHODS: dict[str, tuple[str, str]] = {  # name -> (sweep method, pruner type)
     "grid": ("grid", "none"),
     "random": ("random", "none"),
@@ -61,7 +64,7 @@ def sweep_spec(method: str, pruner: str, seed: int, model: str) -> Any:
         "steps": STEPS,
         "count": GRID_POINTS,
         "parallelism": 1,
-        "seed": seed,
+        "seed": seed * SAMPLER_SEED_STRIDE,
         "pruner": {"type": pruner, "evalEverySteps": STEPS // EVALS, "startupTrials": 3},
     }
     if method != "grid":
