@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio {SPACE['warmupRatio']['min']:g}-{SPACE['warmupRatio']['max']:g}; trials of {STEPS} steps "
             f"validated every {STEPS // EVALS}; every method within the budget of the "
             f"{GRID_POINTS}x{GRID_POINTS} grid ({budget} optimiser steps); trials one at a time; the "
-            "operator's planning/study.py draws and prunes (median: 3 startup trials). "
+            "operator's planning/study.py draws and prunes (median: 3 startup trials); a trial runs to "
+            "its end and a pruned one is charged the steps up to where the pruner stopped it. "
             f"{seconds:.0f} s with {args.workers} workers, load {load}.",
             "",
             table([*headers, "steps saved by pruning"], summarise(rows)),
