@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             f"validated every {STEPS // EVALS}; every method within the budget of the "
             f"{GRID_POINTS}x{GRID_POINTS} grid ({budget} optimiser steps); trials one at a time; the "
             "operator's planning/study.py draws and prunes (median: 3 startup trials); a trial runs to "
-            "its end and a pruned one is charged the steps up to where the pruner stopped it. "
+            "its end and a pruned one is charged the steps up to where the pruner stopped it. Sampler seeds "
+            f"are {SAMPLER_SEED_STRIDE} x the training seed; TPE stops at {MAX_TRIALS} trials, so successive "
+            "halving and hyperband can end under the budget; ranks break ties in method order. "
             f"{seconds:.0f} s with {args.workers} workers, load {load}.",
             "",
             table([*headers, "steps saved by pruning"], summarise(rows)),
