@@ -43,8 +43,9 @@ SPACE = {"learningRate": {"min": 1e-4, "max": 1e-1}, "warmupRatio": {"min": 0.0,
 GRID_POINTS = 3  # per parameter: a 3 x 3 grid sets the budget of every method
 MAX_TRIALS = 16  # TPE's trial cap (its startup trials: a third, capped at 10)
 SAMPLER_SEED_STRIDE = 1000
-"""Sweep seed = training seed x this: the study seeds trial n's sampler with `seed + n`, so sweeps with
-seeds 0 and 1 would share all but one of their random draws."""
+"""Sweep seed = training seed x this. The committed results were measured when the study still seeded
+trial n's sampler with `seed + n` (sweeps with seeds 0 and 1 then shared all but one draw), hence the
+stride; `study.trial_seed` now mixes seed and n, so a rerun draws other trials than those results."""
 METHODS: dict[str, tuple[str, str]] = {  # name -> (sweep method, pruner type)
     "grid": ("grid", "none"),
     "random": ("random", "none"),

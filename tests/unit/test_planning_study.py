@@ -240,3 +240,14 @@ def test_a_64_trial_study_over_every_searched_parameter_keeps_its_status_well_un
     largest = max(sizes)
     print(f"largest LRSweep status of a {study.MAX_TRIALS}-trial study: {largest} bytes")
     assert largest < 128 * 1024, f"{largest} bytes: a twelfth of the 1.5 MiB limit at most"
+
+
+def test_sweeps_with_neighbouring_seeds_share_no_draws():
+    """Trial n's sampler seed mixes the sweep's seed with n: seeds 0 and 1 do not draw the same trials
+    shifted by one (as `seed + n` did)."""
+    draws = {}
+    for seed in (0, 1):
+        sweep = LRSweepSpec.model_validate({**BASE, "method": "random", "trials": {"count": 8, "seed": seed}})
+        draws[seed] = {p["learningRate"] for p in study.ask(sweep, study.rebuild(sweep, []), 8)}
+    assert len(draws[0]) == len(draws[1]) == 8
+    assert not draws[0] & draws[1]
