@@ -332,7 +332,27 @@ def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_a
         status = wait_phase(kube_api, namespace, "FineTuneJob", "ft", timeout=300)
         time.sleep(3)  # reconciles after the end create nothing either
         watch_jobs()
+        registry = handlers.State.metrics.registry
+        sel = {"namespace": namespace, "name": "tpe"}
+        exported = {
+            (t["index"], what): registry.get_sample_value(metric, {**sel, "trial": str(t["index"]), **more})
+            for t in sweep["trials"]
+            for what, metric, more in (
+                ("state", "finetune_trial_state", {"phase": t["phase"]}),
+                ("intermediate", "finetune_trial_intermediate_eval_loss", {}),
+                ("warmupRatio", "finetune_trial_param", {"param": "warmupRatio"}),
+            )
+        }
+        jobs = set(job_names(kube_api, namespace))  # before the sweep's deletion takes its Jobs along
+        client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "lrsweeps", "tpe"
+        )
+        deadline = time.monotonic() + 60
+        while 'name="tpe"' in generate_latest(registry).decode() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [line for line in generate_latest(registry).decode().splitlines() if 'name="tpe"' in line]
     assert runner.exception is None, runner.output
+    assert not left, "every series of the deleted sweep is gone"
     assert sweep["phase"] == "Succeeded", sweep.get("message")
     trials = sweep["trials"]
     assert [t["index"] for t in trials] == list(range(6)), "no trial lost or added"
@@ -350,7 +370,6 @@ def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_a
             f"median pruner: eval loss {t['evals'][-1]['evalLoss']:.4g} at step {t['prunedAtStep']}"
             in (t["message"])
         )
-    jobs = set(job_names(kube_api, namespace))
     assert not jobs & {t["jobName"] for t in pruned}, "pruned trials' Jobs deleted"
     assert {t["jobName"] for t in trials if t["phase"] == "Succeeded"} <= jobs, "only pruned ones deleted"
     notes = client.CoreV1Api(kube_api).list_namespaced_event(
@@ -359,6 +378,10 @@ def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_a
     assert {n for t in pruned for n in [t["jobName"]] if any(n in e.message for e in notes.items)} == {
         t["jobName"] for t in pruned
     }, "an event per pruned trial"
+    for t in trials:  # per-trial series on the operator's /metrics
+        assert exported[(t["index"], "state")] == 1.0
+        assert exported[(t["index"], "warmupRatio")] == pytest.approx(t["params"]["warmupRatio"])
+        assert exported[(t["index"], "intermediate")] == pytest.approx(t["evals"][-1]["evalLoss"])
     best = min((t for t in trials if t["phase"] == "Succeeded"), key=lambda t: t["evalLoss"])
     assert sweep["bestParams"] == best["params"]
     assert status["phase"] == "Succeeded", status.get("message")
