@@ -111,6 +111,39 @@ class Fleet:
             {**done, jobs[3]: self.running(jobs[3], retries=1)},
             {jobs[3]: sample(10, 3e-4, 2.1)},
         )
+        # A bayesian sweep over learning rate and warmup ratio: two trials done, one pruned, one running.
+        tpe = {
+            **BASE,
+            "method": "bayesian",
+            "trials": {
+                "searchSpace": {
+                    "learningRate": {"min": 1e-5, "max": 1e-2},
+                    "warmupRatio": {"min": 0.0, "max": 0.3},
+                },
+                "maxTrials": 6,
+                "steps": 40,
+                "pruner": {"type": "median", "startupTrials": 2, "evalEverySteps": 10},
+            },
+        }
+        jobs = [naming.trial_job("tpe", i) for i in range(4)]
+        self.run("LRSweep", "tpe", tpe, {})
+        curves = [[2.0, 1.8, 1.7, 1.6], [2.2, 2.0, 1.9, 1.8]]
+        done = {
+            job: ChildState(
+                job,
+                "Succeeded",
+                result={
+                    "kind": "trial",
+                    "learningRate": t["learningRate"],
+                    "evalLoss": curve[-1],
+                    "evals": [{"step": 10 * (k + 1), "evalLoss": v} for k, v in enumerate(curve)],
+                },
+            )
+            for job, t, curve in zip(jobs, self.status("LRSweep", "tpe")["trials"], curves, strict=False)
+        }
+        self.run("LRSweep", "tpe", tpe, done)
+        live = {jobs[2]: sample(10, 1e-3, 3.0, eval_step=10, eval_loss=3.1), jobs[3]: sample(10, 1e-3, 1.9)}
+        self.run("LRSweep", "tpe", tpe, {**done, **{j: self.running(j) for j in jobs[2:]}}, live)
         # An adaptive sweep in stage 1, two trials running (labelled <stage>-<index>).
         adaptive = {**BASE, "adaptive": {"candidates": 3, "trialSteps": 20, "parallelism": 2}}
         rt = naming.range_test_job("adapt")

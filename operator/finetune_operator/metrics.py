@@ -30,6 +30,7 @@ from finetune_operator.api import (
 from finetune_operator.children import TallyDelta
 
 PHASES: tuple[str, ...] = get_args(Phase)
+TRIAL_PHASES: tuple[str, ...] = get_args(TrialStatus.model_fields["phase"].annotation)
 TERMINAL = ("Succeeded", "Failed")
 RES = ("kind", "namespace", "name")
 SWEEP = ("namespace", "name")
@@ -60,8 +61,17 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         (*SWEEP, "learning_rate"),
     ),
     "finetune_trial_eval_loss": (
-        "Final validation loss of each trial (adaptive trials labelled <stage>-<index>)",
+        "Final validation loss of each trial, the objective (adaptive trials labelled <stage>-<index>)",
         (*SWEEP, "trial", "learning_rate"),
+    ),
+    "finetune_trial_state": ("1 for the trial's current phase, 0 for the others", (*SWEEP, "trial", "phase")),
+    "finetune_trial_intermediate_eval_loss": (
+        "A trial's latest intermediate validation loss (what the pruner judges)",
+        (*SWEEP, "trial"),
+    ),
+    "finetune_trial_param": (
+        "Each searched parameter's value in a trial (grid, random, bayesian)",
+        (*SWEEP, "trial", "param"),
     ),
     "finetune_finetunejob_learning_rate": (
         "The FineTuneJob's resolved peak learning rate",
@@ -112,9 +122,7 @@ def series(kind: str, namespace: str, name: str, status: ResourceStatus) -> Iter
         return
     assert isinstance(status, LRSweepStatus)
     for trial in trials or []:
-        if trial.eval_loss is not None:
-            labels = (namespace, name, trial_label(trial), f"{trial.learning_rate:.3e}")
-            yield Sample("finetune_trial_eval_loss", labels, trial.eval_loss)
+        yield from _trial(namespace, name, trial)
     if status.phase not in TERMINAL:
         return
     if status.recommended_learning_rate is not None:
@@ -130,6 +138,19 @@ def series(kind: str, namespace: str, name: str, status: ResourceStatus) -> Iter
     failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
     diverged = failed is not None and failed.reason == "DivergedAtMinimumLearningRate"
     yield Sample("finetune_sweep_diverged_at_min_learning_rate", (namespace, name), 1.0 if diverged else 0.0)
+
+
+def _trial(namespace: str, name: str, trial: TrialStatus) -> Iterator[Sample]:
+    """One trial's series: its phase, objective, latest intermediate loss and searched parameters."""
+    t = (namespace, name, trial_label(trial))
+    for phase in TRIAL_PHASES:
+        yield Sample("finetune_trial_state", (*t, phase), 1.0 if trial.phase == phase else 0.0)
+    if trial.eval_loss is not None:
+        yield Sample("finetune_trial_eval_loss", (*t, f"{trial.learning_rate:.3e}"), trial.eval_loss)
+    if trial.evals:
+        yield Sample("finetune_trial_intermediate_eval_loss", t, trial.evals[-1].eval_loss)
+    for param, value in (trial.params or {}).items():
+        yield Sample("finetune_trial_param", (*t, param), value)
 
 
 def _progress(

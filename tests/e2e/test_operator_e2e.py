@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from kubernetes import client
 from prometheus_client import generate_latest
 
 from finetune_localcluster import podspec
-from finetune_operator import handlers
+from finetune_operator import handlers, rendering
 from finetune_operator.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -355,46 +357,129 @@ def test_a_grid_sweep_with_a_five_second_ttl_completes_and_creates_each_trial_jo
     assert job_names(kube_api, namespace) == [], "the TTL controller deleted every finished trial Job"
 
 
-def test_bayesian_sweep_then_a_finetune_using_all_its_best_params(
-    kube_api, namespace, crds_installed, run_operator, tiny
+def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_all_its_best_params(
+    kube_cluster, kube_api, namespace, crds_installed, run_operator, tiny, tmp_path
 ):
-    """Optuna's TPE draws learning rate and batch size, two trials at a time; each trial Job is created
-    once; a FineTuneJob with `fromSweep.use: all` trains at the best trial's batch size."""
+    """Optuna's TPE draws learning rate and warmup ratio, 6 trials two at a time, and the median pruner stops
+    the poor ones (Pruned, at which step and why, Job deleted, an event). The operator is killed (SIGKILL,
+    a separate process) mid-study and a new one finishes it from the status alone: every trial Job is
+    created once (Job uids watched) and no trial is lost. A FineTuneJob with `fromSweep.use: all` then trains
+    at the best trial's warmup ratio."""
     sweep_spec = {
         **tiny,
-        "optimization": {"maxSeqLength": 32},
         "method": "bayesian",
         "trials": {
-            "searchSpace": {"learningRate": {"min": 1e-4, "max": 1e-1}, "batchSize": [8, 16]},
-            "maxTrials": 4,
-            "steps": 8,
+            "searchSpace": {
+                "learningRate": {"min": 1e-5, "max": 1e-1},
+                "warmupRatio": {"min": 0.0, "max": 0.5},
+            },
+            "maxTrials": 6,
+            "steps": 40,
             "parallelism": 2,
-            "pruner": {"type": "median", "startupTrials": 2},
+            "pruner": {"type": "median", "startupTrials": 2, "evalEverySteps": 4},
         },
     }
     job_spec = {
         **tiny,
-        "optimization": {"maxSeqLength": 32, "maxSteps": 8},
-        "learningRate": {"fromSweep": {"name": "tpe", "scale": "linear", "use": "all"}},
+        "optimization": {**tiny["optimization"], "maxSteps": 8},
+        "learningRate": {"fromSweep": {"name": "tpe", "use": "all"}},
     }
+    batch = client.BatchV1Api(kube_api)
+    uids: dict[str, set[str]] = {}
+
+    def watch_jobs() -> None:
+        for job in batch.list_namespaced_job(namespace, label_selector="finetune.dev/role=trial").items:
+            uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+
+    def poll_until(done, timeout: float) -> dict:
+        deadline, status = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            watch_jobs()
+            status = status_of(kube_api, namespace, "LRSweep", "tpe")
+            if done(status):
+                return status
+            time.sleep(0.3)
+        raise AssertionError(f"LRSweep tpe: not done after {timeout}s: {status}")
+
+    argv = [sys.executable, "-m", "finetune_operator", "run", "--namespace", namespace]
+    argv += ["--metrics-port", "0", "--health-port", "0", "--poll-interval", "1"]
+    env = {**os.environ, "KUBECONFIG": str(kube_cluster.kubeconfig)}
+    with (tmp_path / "operator.log").open("w") as log:
+        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            apply(kube_api, namespace, "LRSweep", "tpe", sweep_spec)
+            # mid-study: finished trials in the status (the study TPE learns from), others running
+            mid = poll_until(
+                lambda s: (
+                    len(s.get("trials") or []) >= 3 and any(t["phase"] == "Running" for t in s["trials"])
+                ),
+                timeout=400,
+            )
+        finally:
+            first.kill()  # no graceful shutdown: whatever it was doing is cut off
+            first.wait(30)
+    assert len(mid["trials"]) < 6, "killed mid-study"
     with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
-        apply(kube_api, namespace, "LRSweep", "tpe", sweep_spec)
+        sweep = poll_until(lambda s: s.get("phase") in ("Succeeded", "Failed"), timeout=500)
         apply(kube_api, namespace, "FineTuneJob", "ft", job_spec)
-        sweep = wait_phase(kube_api, namespace, "LRSweep", "tpe", timeout=400)
         status = wait_phase(kube_api, namespace, "FineTuneJob", "ft", timeout=300)
+        time.sleep(3)  # reconciles after the end create nothing either
+        watch_jobs()
+        registry = handlers.State.metrics.registry
+        sel = {"namespace": namespace, "name": "tpe"}
+        exported = {
+            (t["index"], what): registry.get_sample_value(metric, {**sel, "trial": str(t["index"]), **more})
+            for t in sweep["trials"]
+            for what, metric, more in (
+                ("state", "finetune_trial_state", {"phase": t["phase"]}),
+                ("intermediate", "finetune_trial_intermediate_eval_loss", {}),
+                ("warmupRatio", "finetune_trial_param", {"param": "warmupRatio"}),
+            )
+        }
+        jobs = set(job_names(kube_api, namespace))  # before the sweep's deletion takes its Jobs along
+        client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "lrsweeps", "tpe"
+        )
+        deadline = time.monotonic() + 60
+        while 'name="tpe"' in generate_latest(registry).decode() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [line for line in generate_latest(registry).decode().splitlines() if 'name="tpe"' in line]
     assert runner.exception is None, runner.output
+    assert not left, "every series of the deleted sweep is gone"
     assert sweep["phase"] == "Succeeded", sweep.get("message")
     trials = sweep["trials"]
-    assert [t["index"] for t in trials] == [0, 1, 2, 3]
-    assert all(set(t["params"]) == {"learningRate", "batchSize"} for t in trials)
+    assert [t["index"] for t in trials] == list(range(6)), "no trial lost or added"
+    assert all(set(t["params"]) == {"learningRate", "warmupRatio"} for t in trials)
+    assert {n: len(u) for n, u in uids.items()} == {t["jobName"]: 1 for t in trials}, "each Job created once"
     # a trainer pod may fail on a busy machine (a metrics port taken by another local cluster): the
     # sweep still decides on the trials that finished
     assert {t["phase"] for t in trials} <= {"Succeeded", "Pruned", "Failed"}
-    assert sum(t["phase"] == "Succeeded" for t in trials) >= 2, trials
-    assert sweep["bestParams"] in [t["params"] for t in trials]
-    jobs = set(job_names(kube_api, namespace))
-    assert jobs - {"ft-train"} <= {t["jobName"] for t in trials}, "no stray trial Jobs"
+    pruned = [t for t in trials if t["phase"] == "Pruned"]
+    assert pruned, f"no trial pruned: {[(t['params'], t.get('evals')) for t in trials]}"
+    for t in pruned:
+        assert t["index"] >= 2, "none before the pruner's two startup trials finished"
+        assert t["reason"] == "Pruned" and t["prunedAtStep"] == t["evals"][-1]["step"] < 40
+        assert (
+            f"median pruner: eval loss {t['evals'][-1]['evalLoss']:.4g} at step {t['prunedAtStep']}"
+            in (t["message"])
+        )
+    assert not jobs & {t["jobName"] for t in pruned}, "pruned trials' Jobs deleted"
     assert {t["jobName"] for t in trials if t["phase"] == "Succeeded"} <= jobs, "only pruned ones deleted"
+    notes = client.CoreV1Api(kube_api).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=tpe,reason=TrialPruned"
+    )
+    assert {n for t in pruned for n in [t["jobName"]] if any(n in e.message for e in notes.items)} == {
+        t["jobName"] for t in pruned
+    }, "an event per pruned trial"
+    for t in trials:  # per-trial series on the operator's /metrics
+        assert exported[(t["index"], "state")] == 1.0
+        assert exported[(t["index"], "warmupRatio")] == pytest.approx(t["params"]["warmupRatio"])
+        assert exported[(t["index"], "intermediate")] == pytest.approx(t["evals"][-1]["evalLoss"])
+    best = min((t for t in trials if t["phase"] == "Succeeded"), key=lambda t: t["evalLoss"])
+    assert sweep["bestParams"] == best["params"]
     assert status["phase"] == "Succeeded", status.get("message")
-    assert status["params"] == {"batchSize": sweep["bestParams"]["batchSize"]}
+    assert status["params"] == {"warmupRatio": pytest.approx(best["params"]["warmupRatio"])}
     assert status["learningRate"] == pytest.approx(sweep["recommendedLearningRate"])
+    template = batch.read_namespaced_job("ft-train", namespace).spec.template
+    train = json.loads(template.metadata.annotations[rendering.CONFIG_ANNOTATION])
+    assert train["schedule"]["warmupRatio"] == pytest.approx(best["params"]["warmupRatio"])

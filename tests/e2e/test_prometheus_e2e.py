@@ -23,7 +23,7 @@ GROUP, VERSION = "finetune.dev", "v1alpha1"
 # Queries whose data needs situations this run does not create (a failure, a stall, trials, an outage).
 NEEDS_OTHER_SITUATIONS = (
     "Failed",
-    "trial_eval_loss",
+    "finetune_trial_",
     "diverged_at_min",
     "jobs_failed",
     "jobs_retried",

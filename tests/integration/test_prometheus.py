@@ -143,7 +143,7 @@ def prometheus(prometheus_bins, tmp_path_factory) -> Iterator[Prometheus]:
 VARIABLES = {
     "overview.json": {},
     "finetune.json": {"namespace": NS, "job": "ft-run"},
-    "lrsweep.json": {"namespace": NS, "sweep": "lr-find|grid"},
+    "lrsweep.json": {"namespace": NS, "sweep": "lr-find|grid|tpe"},
 }
 DASHBOARD_QUERIES = [
     (f"{f} / {title}", dashboards.as_promql(expr, VARIABLES[f]))

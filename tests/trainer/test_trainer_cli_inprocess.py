@@ -251,12 +251,17 @@ def test_train_classification_with_top_layers(tiny_bert: Path, tmp_path: Path) -
 
 
 def test_trial_reports_eval_loss(tiny_gpt2: Path, tmp_path: Path) -> None:
-    cfg = base_config(tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 15})
+    cfg = base_config(
+        tiny_gpt2, tmp_path / "out", optimization={"maxSteps": 15}, evaluation={"everySteps": 4}
+    )
     code, _, result_file = run_cli(tmp_path, cfg, "trial", "--learning-rate", "3e-3")
     assert code == ExitCode.OK
     result = parse_result(json.loads(result_file.read_text()))
     assert result.kind == "trial" and result.learning_rate == 3e-3 and not result.diverged
     assert result.eval_loss is not None and result.steps == 15
+    # every intermediate validation loss, the final one last (what a pruner compares running trials with)
+    assert [e.step for e in result.evals] == [4, 8, 12, 15]
+    assert result.evals[-1].eval_loss == result.eval_loss
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 

@@ -16,7 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import common, lr_quality, operator_scale, rangetest_cost, trainer_overhead  # noqa: E402
+from benchmarks import (  # noqa: E402
+    common,
+    lr_quality,
+    operator_scale,
+    rangetest_cost,
+    sweep_search,
+    trainer_overhead,
+)
 
 
 def test_percentile_matches_numpy_linear_interpolation() -> None:
@@ -214,3 +221,35 @@ def test_lr_quality_micro_run_has_every_row(capsys: pytest.CaptureFixture[str]) 
     ):
         assert f"| {row}" in out
     assert "torch-lr-finder:steepest" in out and "hits ≥ 90% of task-seeds" in out
+
+
+class BowlTrials:
+    """Trial results on a loss bowl at LR 3e-3 and warmup 0.1, every intermediate loss reported: what
+    `sweep_search.TrialRunner.run` returns, without the trainer."""
+
+    def run(self, params: dict[str, float], seed: int) -> dict:
+        def loss(step: int) -> float:
+            far = (math.log10(params["learningRate"]) + 2.5) ** 2 + (params["warmupRatio"] - 0.1) ** 2
+            return 2.0 + far + 2.0 * (1 - step / sweep_search.STEPS)
+
+        every = sweep_search.STEPS // sweep_search.EVALS
+        evals = [{"step": s, "evalLoss": loss(s)} for s in range(every, sweep_search.STEPS + 1, every)]
+        return {
+            "kind": "trial",
+            "evalLoss": evals[-1]["evalLoss"],
+            "steps": sweep_search.STEPS,
+            "evals": evals,
+        }
+
+
+def test_sweep_search_gives_every_method_the_grids_compute_and_charges_pruned_trials_their_steps() -> None:
+    budget = sweep_search.GRID_POINTS**2 * sweep_search.STEPS
+    rows = {m: sweep_search.search(m, 0, "/models/tiny", BowlTrials(), budget) for m in sweep_search.METHODS}
+    assert rows["grid"]["trials"] == sweep_search.GRID_POINTS**2 and rows["grid"]["steps"] == budget
+    assert all(r["steps"] <= budget for r in rows.values()), "equal compute: none spends more than the grid"
+    assert rows["tpe"]["pruned"] == rows["random"]["pruned"] == rows["grid"]["pruned"] == 0
+    median = rows["tpe+median"]
+    assert median["pruned"] > 0 and median["trials"] > rows["tpe"]["trials"], "pruning buys more trials"
+    assert median["steps"] == median["trials"] * sweep_search.STEPS - median["stepsSaved"]
+    table = sweep_search.summarise([r | {"task": "bowl"} for r in rows.values()])
+    assert [row[0] for row in table] == list(sweep_search.METHODS)

@@ -286,10 +286,30 @@ def test_dashboards_have_the_panels_the_issue_asks_for():
         "Suggestions by rule",
         "Recommended learning rate",
         "Trials: eval loss vs learning rate",
+        "Trial states",
+        "Trials: intermediate eval loss",
+        "Trials: eval loss vs $param",
     } <= titles["lrsweep.json"]
     variables = {f: [v["name"] for v in d["templating"]["list"]] for f, d in dashboards.dashboards().items()}
     assert variables["finetune.json"] == ["datasource", "namespace", "job"]
-    assert variables["lrsweep.json"] == ["datasource", "namespace", "sweep"]
+    assert variables["lrsweep.json"] == ["datasource", "namespace", "sweep", "param"]
+
+
+def test_the_objective_is_charted_against_each_searched_parameter():
+    """One XY chart per searched parameter (repeated over `param`): a trial's value of it (query A) joined on
+    the trial label with its final eval loss (query B)."""
+    panel = next(p for p in dashboards.lr_sweep()["panels"] if p["title"] == "Trials: eval loss vs $param")
+    assert (panel["type"], panel["repeat"]) == ("xychart", "param")
+    a, b = (t["expr"] for t in panel["targets"])
+    assert a.startswith("finetune_trial_param{") and 'param=~"$param"' in a
+    assert b.startswith("finetune_trial_eval_loss{")
+    assert all(t["format"] == "table" and t["instant"] for t in panel["targets"])
+    assert panel["transformations"][0] == {
+        "id": "joinByField",
+        "options": {"byField": "trial", "mode": "inner"},
+    }
+    series = panel["options"]["series"][0]
+    assert (series["x"]["matcher"]["options"], series["y"]["matcher"]["options"]) == ("Value #A", "Value #B")
 
 
 def test_range_test_panel_is_an_xy_chart_of_loss_over_the_numeric_learning_rate_label():

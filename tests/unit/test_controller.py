@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from finetune_operator.api import LRSweepStatus, TrialStatus
+from finetune_operator.api import EvalPoint, LRSweepStatus, TrialStatus
 from finetune_operator.applier import ApiError, Applier, status_delta
 from finetune_operator.children import ChildState
 from finetune_operator.controller import Controller, Outcome, Snapshot, slim, sweep_waited_for
@@ -266,6 +266,42 @@ def test_adaptive_trials_of_both_stages_export_distinct_series():
     assert registry.get_sample_value("finetune_recommended_learning_rate", rec) == 1e-3
     c.forget(("LRSweep", "ns", "s"))
     assert registry.get_sample_value("finetune_recommended_learning_rate", rec) is None, "gone with it"
+
+
+def test_each_trial_exports_its_state_objective_latest_intermediate_loss_and_params_until_deleted():
+    c = controller()
+    params = {"learningRate": 1e-3, "warmupRatio": 0.1}
+    evals = [EvalPoint(step=4, eval_loss=2.5), EvalPoint(step=8, eval_loss=2.2)]
+    trials = [
+        TrialStatus(
+            index=0, learning_rate=1e-3, params=params, phase="Succeeded", eval_loss=2.0, evals=evals
+        ),
+        TrialStatus(
+            index=1,
+            learning_rate=1e-2,
+            params={**params, "learningRate": 1e-2},
+            phase="Pruned",
+            evals=evals[:1],
+            pruned_at_step=4,
+        ),
+    ]
+    c.statuses[("LRSweep", "ns", "s")] = LRSweepStatus(phase="Running", trials=trials)
+    value = c.metrics.registry.get_sample_value
+    t0, t1 = {"namespace": "ns", "name": "s", "trial": "0"}, {"namespace": "ns", "name": "s", "trial": "1"}
+    assert value("finetune_trial_state", {**t0, "phase": "Succeeded"}) == 1.0
+    assert value("finetune_trial_state", {**t0, "phase": "Pruned"}) == 0.0
+    assert value("finetune_trial_state", {**t1, "phase": "Pruned"}) == 1.0
+    assert value("finetune_trial_eval_loss", {**t0, "learning_rate": "1.000e-03"}) == 2.0
+    assert value("finetune_trial_eval_loss", {**t1, "learning_rate": "1.000e-02"}) is None, (
+        "pruned: no objective"
+    )
+    assert value("finetune_trial_intermediate_eval_loss", t0) == 2.2
+    assert value("finetune_trial_intermediate_eval_loss", t1) == 2.5
+    assert value("finetune_trial_param", {**t1, "param": "learningRate"}) == 1e-2
+    assert value("finetune_trial_param", {**t1, "param": "warmupRatio"}) == 0.1
+    c.forget(("LRSweep", "ns", "s"))
+    assert value("finetune_trial_state", {**t0, "phase": "Succeeded"}) is None, "gone with the sweep"
+    assert value("finetune_trial_param", {**t1, "param": "warmupRatio"}) is None
 
 
 # ------------------------------------------------------------------ one reconcile: plan, apply, status

@@ -107,3 +107,33 @@ def test_trials_are_validated_at_the_pruners_cadence():
     assert plan.create[0].config.evaluation.every_steps == 2
     off = {**SPEC, "trials": {**SPEC["trials"], "pruner": {"type": "none"}}}
     assert plan_sweep("s", off, None, 1, {}).create[0].config.evaluation.every_steps == 8
+
+
+def test_finished_trials_record_every_reported_step_so_a_running_one_is_judged_at_any_step():
+    """No poll caught trials 0 and 1 between evaluations: their results carry every intermediate value,
+    so trial 2's first polled value (step 2) already has finished trials to be compared with."""
+    children = {
+        f"s-trial-{i}": ChildState(
+            f"s-trial-{i}",
+            "Succeeded",
+            result={
+                "kind": "trial",
+                "learningRate": 1e-5 * (i + 1),
+                "evalLoss": 1.7,
+                "evals": [{"step": s, "evalLoss": 3.0 - s / 8} for s in (2, 4, 6, 8)],
+            },
+        )
+        for i in range(2)
+    }
+    started = plan_sweep("s", SPEC, None, 1, {})
+    previous = {"phase": "Running", "trials": started.status["trials"]}
+    first = plan_sweep("s", SPEC, previous, 1, children)
+    assert [e["step"] for e in first.status["trials"][0]["evals"]] == [2, 4, 6, 8]
+    assert first.status["trials"][0]["evalLoss"] == 1.7
+    children["s-trial-2"] = ChildState("s-trial-2", "Running")
+    lagging = plan_sweep(
+        "s", SPEC, first.status, 1, children, samples={"s-trial-2": {"eval_step": 2, "eval_loss": 3.5}}
+    )
+    t = lagging.status["trials"][2]
+    assert (t["phase"], t["prunedAtStep"]) == ("Pruned", 2)
+    assert lagging.desired.delete == ["s-trial-2"]

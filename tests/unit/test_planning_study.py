@@ -3,12 +3,13 @@ rebuild is exact, the next ask is the same after a rebuild, and each method runs
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import product
 
 import pytest
 from optuna.trial import TrialState
-from plans import plan_sweep
+from plans import NOW, plan_sweep
 
 from finetune_operator.api import LRSweepSpec, LRSweepStatus
 from finetune_operator.children import ChildState
@@ -174,3 +175,79 @@ def test_a_finetune_using_all_of_a_sweep_trains_with_its_best_params_and_scales_
         c = plan.create[0].config
         assert (c.optimization.batch_size, c.adapter.r, c.optimization.weight_decay) == (16, 8, 0.05)
         assert c.optimization.max_steps == 100, "the trial's length is not the fine-tune's"
+
+
+def test_a_64_trial_study_over_every_searched_parameter_keeps_its_status_well_under_the_object_limit():
+    """The study lives in the status: 64 trials (the cap), every parameter searched, each trial with 16
+    intermediate losses and its live progress while it runs; the largest status seen over the whole sweep
+    stays far below etcd's 1.5 MiB object limit."""
+    space = {
+        "learningRate": {"min": 1e-5, "max": 1e-1},
+        "warmupRatio": {"min": 0.0, "max": 0.3},
+        "weightDecay": {"min": 0.0, "max": 0.1},
+        "batchSize": [4, 8, 16],
+        "loraR": [8, 16, 32],
+        "loraAlpha": [16, 32, 64],
+        "maxSteps": {"min": 32, "max": 64},
+    }
+    trials = {
+        "searchSpace": space,
+        "maxTrials": study.MAX_TRIALS,
+        "parallelism": 8,
+        "pruner": {"type": "none"},
+    }
+    spec = {**BASE, "adapter": {"type": "lora"}, "method": "bayesian", "trials": trials}
+    children: dict[str, ChildState] = {}
+    status: dict | None = None
+    sizes: list[int] = []
+    steps = [4 * (k + 1) for k in range(16)]
+    for n in range(200):
+        running = {name: c for name, c in children.items() if c.phase == "Running"}
+        samples = {
+            name: {
+                "step": 40,
+                "total_steps": 64,
+                "learning_rate": 1e-3,
+                "loss": 2.5,
+                "samples_per_second": 30.0,
+            }
+            | {"eval_step": 4 * (1 + n % 16), "eval_loss": 3.0 - n / 100}
+            for name in running
+        }
+        plan = plan_sweep("s", spec, status, 1, dict(children), samples=samples)
+        status = plan.status
+        sizes.append(len(json.dumps(status, separators=(",", ":"))))
+        if status["phase"] in ("Succeeded", "Failed"):
+            break
+        for child in plan.create:
+            children[child.name] = ChildState(child.name, "Running", start_time=NOW)
+        for name in plan.desired.delete:
+            children.pop(name, None)
+        for name in list(running)[:4]:
+            evals = [{"step": s, "evalLoss": 3.0 - s / 100 + hash(name) % 7 / 10} for s in steps]
+            result = {
+                "kind": "trial",
+                "learningRate": 1e-3,
+                "evalLoss": evals[-1]["evalLoss"],
+                "evals": evals,
+            }
+            children[name] = ChildState(name, "Succeeded", result=result)
+    assert status is not None and status["phase"] == "Succeeded", status
+    assert len(status["trials"]) == study.MAX_TRIALS
+    assert all(len(t["evals"]) == 16 for t in status["trials"]), (
+        "every trial with its 16 losses (none pruned)"
+    )
+    largest = max(sizes)
+    print(f"largest LRSweep status of a {study.MAX_TRIALS}-trial study: {largest} bytes")
+    assert largest < 128 * 1024, f"{largest} bytes: a twelfth of the 1.5 MiB limit at most"
+
+
+def test_sweeps_with_neighbouring_seeds_share_no_draws():
+    """Trial n's sampler seed mixes the sweep's seed with n: seeds 0 and 1 do not draw the same trials
+    shifted by one (as `seed + n` did)."""
+    draws = {}
+    for seed in (0, 1):
+        sweep = LRSweepSpec.model_validate({**BASE, "method": "random", "trials": {"count": 8, "seed": seed}})
+        draws[seed] = {p["learningRate"] for p in study.ask(sweep, study.rebuild(sweep, []), 8)}
+    assert len(draws[0]) == len(draws[1]) == 8
+    assert not draws[0] & draws[1]

@@ -10,7 +10,8 @@ module. Three dashboards:
   runs, training and eval loss, throughput, step rate, progress and ETA.
 - **LR sweep**: one LRSweep (variables `namespace`, `sweep`): the range test's loss vs learning rate as an
   XY chart (the `learning_rate` label of `finetune_range_test_loss` turned into a numeric field), every
-  rule's suggestion and the recommendation, and per-trial eval loss of grid/random sweeps.
+  rule's suggestion and the recommendation, per-trial eval loss, state and intermediate loss, and the
+  objective against each searched parameter (one XY chart per value of the `param` variable).
 
 Queries use only the series `metrics.OperatorMetrics` exports (plus `up`); a unit test enforces it, and an
 integration test evaluates every query against a real Prometheus scraping the operator's metrics code.
@@ -71,6 +72,7 @@ class Panel:
     defaults: dict[str, Any] = field(default_factory=dict)
     overrides: list[dict[str, Any]] = field(default_factory=list)
     transformations: list[dict[str, Any]] = field(default_factory=list)
+    repeat: str | None = None  # a variable: one copy of the panel per value
 
     def render(self, pid: int, x: int, y: int) -> dict[str, Any]:
         defaults = dict(self.defaults)
@@ -89,6 +91,8 @@ class Panel:
         }
         if self.transformations:
             p["transformations"] = self.transformations
+        if self.repeat:
+            p["repeat"], p["repeatDirection"] = self.repeat, "h"
         return p
 
 
@@ -339,6 +343,54 @@ def _xy(
     )
 
 
+def _objective_vs_param(sel: str) -> Panel:
+    """One XY chart per searched parameter (the `param` variable, repeated): each trial's final eval loss
+    against its value of that parameter. The two instant table queries are joined on the `trial` label."""
+    x, y = "Value #A", "Value #B"
+    return Panel(
+        "Trials: eval loss vs $param",
+        "xychart",
+        [
+            Query(f'finetune_trial_param{{{sel}, param=~"$param"}}', instant=True, table=True),
+            Query(f"finetune_trial_eval_loss{{{sel}}}", instant=True, table=True),
+        ],
+        w=8,
+        h=9,
+        description="The objective (final validation loss) of each finished trial against the value it "
+        "tried of one searched parameter; one chart per parameter. Pruned trials have no final loss.",
+        repeat="param",
+        defaults={"custom": {"show": "points", "pointSize": {"fixed": 7}, "axisPlacement": "auto"}},
+        overrides=[
+            {
+                "matcher": {"id": "byName", "options": x},
+                "properties": [{"id": "displayName", "value": "$param"}],
+            },
+            {
+                "matcher": {"id": "byName", "options": y},
+                "properties": [{"id": "displayName", "value": "eval loss"}],
+            },
+        ],
+        options={
+            "mapping": "manual",
+            "series": [
+                {
+                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
+                    "x": {"matcher": {"id": "byName", "options": x}},
+                    "y": {"matcher": {"id": "byName", "options": y}},
+                }
+            ],
+            "seriesMapping": "manual",
+            "dims": {"x": x},
+            "legend": {"showLegend": False},
+            "tooltip": {"mode": "single"},
+        },
+        transformations=[
+            {"id": "joinByField", "options": {"byField": "trial", "mode": "inner"}},
+            {"id": "sortBy", "options": {"sort": [{"field": x, "desc": False}]}},
+        ],
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The dashboards
 
@@ -526,9 +578,7 @@ def finetune() -> dict[str, Any]:
         _timeseries(
             "Throughput", [Query(f"finetune_samples_per_second{{{sel}}}", "{{name}}")], w=8, unit="samples/s"
         ),
-        _timeseries(
-            "Steps", [Query(f"finetune_training_step{{{sel}}}", "{{name}}")], w=8, unit="short"
-        ),
+        _timeseries("Steps", [Query(f"finetune_training_step{{{sel}}}", "{{name}}")], w=8, unit="short"),
         _timeseries(
             "Seconds since last step",
             [Query(f"time() - finetune_last_progress_timestamp_seconds{{{sel}}}", "{{name}}")],
@@ -635,6 +685,21 @@ def lr_sweep() -> dict[str, Any]:
             hide=("Time", "__name__", "job", "instance", "pod", "service", "endpoint", "container"),
             rename={"Value": "eval loss"},
         ),
+        _table(
+            "Trial states",
+            [Query(f"finetune_trial_state{{{sel}}} == 1", instant=True, table=True)],
+            w=8,
+            h=10,
+            hide=("Time", "__name__", "job", "instance", "pod", "service", "endpoint", "container", "Value"),
+            description="Each trial's phase: Pruned trials were stopped early on their intermediate loss.",
+        ),
+        _timeseries(
+            "Trials: intermediate eval loss",
+            [Query(f"finetune_trial_intermediate_eval_loss{{{sel}}}", "{{name}} trial {{trial}}")],
+            w=16,
+            description="Each trial's latest intermediate validation loss, what the pruner compares.",
+        ),
+        _objective_vs_param(sel),
     ]
     variables = [
         _query_var(
@@ -644,6 +709,11 @@ def lr_sweep() -> dict[str, Any]:
             "sweep",
             "LRSweep",
             'label_values(finetune_resource_phase{kind="LRSweep", namespace=~"$namespace"}, name)',
+        ),
+        _query_var(
+            "param",
+            "Searched parameter",
+            'label_values(finetune_trial_param{namespace=~"$namespace", name=~"$sweep"}, param)',
         ),
     ]
     return _dashboard(
@@ -690,6 +760,7 @@ def as_promql(expr: str, variables: dict[str, str] | None = None) -> str:
         "namespace": ".*",
         "job": ".*",
         "sweep": ".*",
+        "param": ".*",
         **(variables or {}),
     }
     match = _LABEL_VALUES.match(expr)

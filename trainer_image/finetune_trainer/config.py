@@ -563,6 +563,19 @@ class CurvePoint(Spec):
     """Smoothed loss at this step."""
 
 
+class EvalPoint(Spec):
+    """A trial's validation loss at one step."""
+
+    step: int = Field(ge=0)
+    """Optimiser step of the evaluation."""
+    eval_loss: float
+    """Validation loss."""
+
+
+MAX_EVALS = 16
+"""Intermediate validation losses a trial reports and its status keeps: the latest ones."""
+
+
 class RangeTestResult(Spec):
     """What `range-test` reports."""
 
@@ -616,6 +629,9 @@ class TrialResult(Spec):
     """True when the loss became NaN/inf or exploded."""
     effective_batch_size: int = Field(default=1, ge=1)
     """Examples per optimiser update."""
+    evals: list[EvalPoint] = Field(default_factory=list, max_length=MAX_EVALS)
+    """Validation losses at the evaluation steps, the final one included (the latest 16): what a
+    pruner compares running trials against."""
 
 
 class TrainResult(Spec):

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.artifacts import FINAL, finish
-from finetune_trainer.config import EVAL_EVENT, STEP_EVENT, TrainerConfig, TrainResult, TrialResult
+from finetune_trainer.config import (
+    EVAL_EVENT,
+    MAX_EVALS,
+    STEP_EVENT,
+    EvalPoint,
+    TrainerConfig,
+    TrainResult,
+    TrialResult,
+)
 from finetune_trainer.exitcodes import ConfigError, DivergedError
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model, parameter_counts
@@ -392,7 +400,10 @@ def run_trial(
         )
     eval_loss = _final_eval(trainer, log, step)
     diverged = eval_loss is None or not math.isfinite(eval_loss)
+    seen = dict(log.evals) | ({} if eval_loss is None else {step: eval_loss})
+    evals = [EvalPoint(step=s, eval_loss=v) for s, v in sorted(seen.items()) if math.isfinite(v)]
     return TrialResult(
+        evals=evals[-MAX_EVALS:],
         learning_rate=plan.learning_rate,
         eval_loss=None if diverged else eval_loss,
         train_loss=sum(tail) / len(tail) if tail else None,

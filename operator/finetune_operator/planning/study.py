@@ -3,11 +3,11 @@ bayesian: TPESampler) rebuilt from the status on every reconcile, so the operato
 
 The status lists each trial's params, intermediate validation losses and outcome; `rebuild` adds them to
 a fresh in-memory study in index order (`create_trial`: COMPLETE with its eval loss, PRUNED, FAIL, or
-RUNNING while its Job runs), and `ask` draws the next trials. Each ask uses a sampler seeded with
-`seed + trial number` (the grid keeps one seed: it is an order over fixed points), so the n-th trial's
-params depend only on the spec and the trials before it: a restarted operator, or a reconcile that repeats
-itself, asks exactly the same. `prune` replays the trials to the sweep's pruner the same way. Pure
-functions; no storage but memory, no state between reconciles.
+RUNNING while its Job runs), and `ask` draws the next trials. Each ask uses a sampler seeded from
+`seed` and the trial number (`trial_seed`; the grid keeps one seed: it is an order over fixed points),
+so the n-th trial's params depend only on the spec and the trials before it: a restarted operator, or a
+reconcile that repeats itself, asks exactly the same. `prune` replays the trials to the sweep's pruner the
+same way. Pure functions; no storage but memory, no state between reconciles.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import math
 import warnings
 from typing import Any, TypeVar
 
+import numpy
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
@@ -87,17 +88,24 @@ def budget(sweep: LRSweepSpec) -> int:
     return sweep.trials.max_trials or sweep.trials.count
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number`'s sampler: a function of the sweep's seed and the trial number alone
+    (numpy's SeedSequence mixes them, so sweeps with seeds 0 and 1 share no draws, as `seed + number`
+    would)."""
+    return int(numpy.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def sampler(sweep: LRSweepSpec, number: int) -> BaseSampler:
     """The sampler that draws trial `number`."""
     seed = sweep.trials.seed
     if sweep.method == "grid":
         return GridSampler(grid(sweep), seed=seed)
     if sweep.method == "random":
-        return RandomSampler(seed=seed + number)
+        return RandomSampler(seed=trial_seed(seed, number))
     startup = max(2, min(10, budget(sweep) // 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return TPESampler(seed=seed + number, n_startup_trials=startup, multivariate=True)
+        return TPESampler(seed=trial_seed(seed, number), n_startup_trials=startup, multivariate=True)
 
 
 def params_of(trial: TrialStatus, space: dict[str, BaseDistribution]) -> Params:

@@ -25,7 +25,7 @@ from finetune_operator.planning.status import (
 )
 from finetune_operator.sweeps import best_learning_rate
 from finetune_trainer.adaptive import TrialRequest
-from finetune_trainer.config import TrainerConfig
+from finetune_trainer.config import MAX_EVALS, TrainerConfig, TrialResult
 
 ACTIVE = ("Pending", "Running")
 
@@ -144,6 +144,7 @@ def _follow(
     record = trial_record(req, child)
     if record is not None:
         trial.eval_loss, trial.diverged = record.eval_loss, record.diverged
+        _add_evals(trial, _reported_evals(child))  # every step, also those no poll caught
     if child.phase != "Running":
         return False
     sample = samples.get(child.name) or {}
@@ -152,8 +153,24 @@ def _follow(
     step, loss = finite(sample.get("eval_step")), finite(sample.get("eval_loss"))
     if step is None or loss is None or any(e.step == int(step) for e in trial.evals or []):
         return False
-    trial.evals = [*(trial.evals or []), EvalPoint(step=int(step), eval_loss=loss)][-16:]
+    _add_evals(trial, [EvalPoint(step=int(step), eval_loss=loss)])
     return True
+
+
+def _reported_evals(child: ChildState) -> list[EvalPoint]:
+    """The intermediate validation losses a finished trial reported in its result (none if malformed)."""
+    if not child.result or child.result.get("kind") != "trial":
+        return []
+    try:
+        return TrialResult.model_validate(child.result).evals
+    except ValidationError:
+        return []
+
+
+def _add_evals(trial: TrialStatus, points: list[EvalPoint]) -> None:
+    """`points` merged into the trial's recorded validation losses by step (the latest `MAX_EVALS`)."""
+    by_step = {e.step: e for e in trial.evals or []} | {p.step: p for p in points}
+    trial.evals = [by_step[s] for s in sorted(by_step)][-MAX_EVALS:] or None
 
 
 def _prune(
