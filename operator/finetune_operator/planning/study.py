@@ -12,11 +12,11 @@ same way. Pure functions; no storage but memory, no state between reconciles.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from typing import Any, TypeVar
 
-import numpy
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
@@ -90,9 +90,9 @@ def budget(sweep: LRSweepSpec) -> int:
 
 def trial_seed(seed: int, number: int) -> int:
     """The seed of trial `number`'s sampler: a function of the sweep's seed and the trial number alone
-    (numpy's SeedSequence mixes them, so sweeps with seeds 0 and 1 share no draws, as `seed + number`
-    would)."""
-    return int(numpy.random.SeedSequence([seed, number]).generate_state(1)[0])
+    (hashed together, so sweeps with seeds 0 and 1 share no draws, as `seed + number` would)."""
+    digest = hashlib.sha256(f"{seed}/{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def sampler(sweep: LRSweepSpec, number: int) -> BaseSampler:
