@@ -526,9 +526,7 @@ def finetune() -> dict[str, Any]:
         _timeseries(
             "Throughput", [Query(f"finetune_samples_per_second{{{sel}}}", "{{name}}")], w=8, unit="samples/s"
         ),
-        _timeseries(
-            "Steps", [Query(f"finetune_training_step{{{sel}}}", "{{name}}")], w=8, unit="short"
-        ),
+        _timeseries("Steps", [Query(f"finetune_training_step{{{sel}}}", "{{name}}")], w=8, unit="short"),
         _timeseries(
             "Seconds since last step",
             [Query(f"time() - finetune_last_progress_timestamp_seconds{{{sel}}}", "{{name}}")],
