@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ class ContainerRun:
     log_path: Path
     term_file: Path
     init: bool = False
+    enter: Callable[[list[str]], list[str]] | None = None
+    """Wraps the resolved argv to run it in the pod's own namespaces (``podnetwork``), when it has them."""
     popen: subprocess.Popen[bytes] | None = None
     state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     last_state: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +86,8 @@ def launch(container: ContainerRun) -> None:
         resolved = exe if "/" in exe else shutil.which(exe, path=container.env.get("PATH"))
         if resolved is None or not (Path(resolved).is_file() and os.access(resolved, os.X_OK)):
             problem = f'exec: "{exe}": executable file not found in $PATH'
+        elif container.enter is not None:
+            argv = container.enter([resolved, *argv[1:]])
     if not problem:
         with open(container.log_path, "ab") as fh:
             fh.write(f"[local-runner] {IMAGE_NOTE}: {container.spec.get('image', '')}\n".encode())

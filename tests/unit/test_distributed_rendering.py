@@ -174,3 +174,11 @@ def test_index_zero_speaks_for_an_indexed_job():
         _pod("1", "Succeeded", "2026-01-01T00:00:09Z", ""),
     ]
     assert observe(done, pods).result == {"kind": "train", "learningRate": 0.001}
+
+
+def test_pod_zero_is_rank_zero_under_c10d():
+    """c10d ranks nodes by their sorted addresses (the pods' FQDNs `<job>-<i>.<job>.<ns>.svc…`), so the
+    pod at index 0, whose termination message and metrics the operator reads, is node rank 0."""
+    job = naming.train_job("ft")
+    fqdns = [f"{job}-{i}.{job}.ns.svc.cluster.local" for i in reversed(range(naming.MAX_NODES))]
+    assert sorted(fqdns)[0] == f"{job}-0.{job}.ns.svc.cluster.local"
