@@ -103,6 +103,8 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
     terminated = _terminated(pod) if pod else None
     result, text = parse_termination_message(terminated.get("message") if terminated else None)
     exit_code = terminated.get("exitCode") if terminated else None
+    if exit_code == 1 and isinstance((result or {}).get("exitCode"), int):
+        exit_code = result["exitCode"]  # under torchrun the pod exits 1; rank 0's result holds the trainer's
     start = status.get("startTime")
 
     if _condition(job, "Complete"):

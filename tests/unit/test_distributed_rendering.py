@@ -182,3 +182,25 @@ def test_pod_zero_is_rank_zero_under_c10d():
     job = naming.train_job("ft")
     fqdns = [f"{job}-{i}.{job}.ns.svc.cluster.local" for i in reversed(range(naming.MAX_NODES))]
     assert sorted(fqdns)[0] == f"{job}-0.{job}.ns.svc.cluster.local"
+
+
+def test_the_trainers_exit_code_survives_torchrun():
+    """torchrun exits 1 whatever its worker exited with; rank 0's error result still names the reason."""
+    job = {
+        "metadata": {"name": "j"},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
+    }
+    message = '{"kind":"error","exitCode":2,"reason":"BAD_CONFIG","error":"model.name: no such folder"}'
+    pod = {
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 1, "message": message}}}],
+        },
+    }
+    failed = observe(job, [pod])
+    assert (failed.reason, failed.exit_code, failed.message) == (
+        "InvalidConfig",
+        2,
+        "model.name: no such folder",
+    )
