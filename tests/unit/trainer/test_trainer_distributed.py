@@ -28,3 +28,14 @@ def test_strategy_defaults_to_ddp_and_refuses_others():
     assert TrainerConfig.model_validate(BASE).distributed.strategy == "ddp"
     with pytest.raises(ValueError, match=r"distributed\.strategy"):
         TrainerConfig.model_validate({**BASE, "distributed": {"strategy": "zero3"}})
+
+
+def test_the_model_card_counts_every_process_in_the_batch():
+    from finetune_trainer.artifacts import model_card
+
+    cfg = TrainerConfig.model_validate(
+        {**BASE, "optimization": {"batchSize": 4, "gradientAccumulationSteps": 2}}
+    )
+    result = {"learningRate": 1e-4, "steps": 3, "totalSteps": 3, "effectiveBatchSize": 64, "worldSize": 8}
+    card = model_card(cfg, result, "last")
+    assert "| Effective batch size | 64 (4 per device x 2 accumulation x 8 processes) |" in card
