@@ -17,7 +17,6 @@ colliding. Without root or ``unshare`` the pods run as before, with ``HOSTNAME``
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import shutil
 import subprocess
@@ -25,8 +24,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 _ENTER = 'mount --bind "$1" /etc/hosts && hostname "$2" && shift 2 && exec "$@"'

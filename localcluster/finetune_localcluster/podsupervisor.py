@@ -14,7 +14,7 @@ from typing import Any
 
 from . import podspec
 from .podstatus import TERMINAL, now
-from .processes import kill_group, spawn
+from .processes import kill_group, kill_marked, spawn
 
 IMAGE_NOTE = "image ignored: the local runner runs the container's command in the local Python environment"
 
@@ -151,6 +151,7 @@ def advance(run: PodRun) -> None:
             if container.popen is not None:
                 kill_group(container.popen, grace=2.0)
                 finish(container, container.popen.returncode or 0)
+        kill_leftovers(run)
 
 
 def terminate(run: PodRun, grace: float) -> None:
@@ -166,12 +167,21 @@ def terminate(run: PodRun, grace: float) -> None:
                     "finishedAt": now(),
                 }
             }
+    kill_leftovers(run)
 
 
 def kill_all(run: PodRun, grace: float) -> None:
     for container in run.containers:
         if container.popen is not None:
             kill_group(container.popen, grace=grace)
+    kill_leftovers(run)
+
+
+def kill_leftovers(run: PodRun) -> None:
+    """Processes of the pod outside its process groups (torchrun's workers have sessions of their own)
+    end with it, as a container's processes end with the container: found by the pod's folder, which
+    every process of the pod inherits as ``FINETUNE_LOCAL_ROOT``."""
+    kill_marked("FINETUNE_LOCAL_ROOT", str(run.dir))
 
 
 def _step(run: PodRun) -> str:

@@ -3,6 +3,7 @@ resolves its peers and its own name inside its namespaces (skipped where `unshar
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,33 @@ def test_a_pod_process_resolves_its_peers_and_its_own_name(tmp_path: Path):
     ).stdout.split()
     assert out == ["j-0", "j-0.j.ns.svc.cluster.local", "127.0.1.2", "127.0.1.1"]
     assert "j-1" not in Path("/etc/hosts").read_text(), "the machine's own /etc/hosts is untouched"
+
+
+def test_a_pods_processes_in_sessions_of_their_own_end_with_the_pod(tmp_path: Path):
+    """torchrun starts its workers with a session of their own: killing the pod's process group leaves
+    them running; the pod's folder in their environment finds them."""
+    from finetune_localcluster import processes
+
+    marker = str(tmp_path / "pod")
+    script = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+        "start_new_session=True); "
+        "print(p.pid, flush=True); time.sleep(300)"
+    )
+    env = {**os.environ, "FINETUNE_LOCAL_ROOT": marker}
+    log = tmp_path / "log"
+    agent = processes.spawn([sys.executable, "-c", script], log, env=env)
+    worker = int(processes.wait_for(lambda: log.read_text().strip(), timeout=60, what="the worker's pid"))
+    processes.kill_group(agent, grace=1)
+    assert os.path.exists(f"/proc/{worker}"), "a new session survives its parent's process group"
+    assert processes.kill_marked("FINETUNE_LOCAL_ROOT", marker) == [worker]
+    processes.wait_for(lambda: not _alive(worker), timeout=10, what="the worker to end")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"

@@ -125,7 +125,8 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
     s.best_checkpoint, s.last_checkpoint = result.best_checkpoint, result.last_checkpoint
     s.model, s.model_from, s.merged_model = result.final_model, result.final_model_from, result.merged_model
     s.model_card, s.hub_url = result.model_card, result.hub_url
-    s.effective_batch_size, s.world_size = result.effective_batch_size, result.world_size
+    if "effectiveBatchSize" in (child.result or {}):  # a trainer from before issue 14 does not say
+        s.effective_batch_size, s.world_size = result.effective_batch_size, result.world_size
     s.progress = Progress(
         step=result.steps,
         total_steps=result.total_steps or result.steps,
