@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, median, table, write_results
+from benchmarks.common import RESULTS, machine, median, table, write_results
 from benchmarks.trainer_overhead import SIZES, build_model, config
 
 GPU_GOAL = 0.97
@@ -211,6 +211,9 @@ def cpu_scaling(args: argparse.Namespace, argv: list[str] | None) -> int:
     )
     path = write_results("distributed_scaling", "Distributed scaling (CPU, torchrun + gloo)", body, argv)
     data = {
+        **machine(),
+        "command": "python benchmarks/distributed_scaling.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "size": args.size,
         "steps": args.steps,
         "skip": args.skip,
@@ -220,7 +223,7 @@ def cpu_scaling(args: argparse.Namespace, argv: list[str] | None) -> int:
         "samples_per_second": {str(p): rates[p] for p in args.procs},
         "median_samples_per_second": {str(p): samples[p] for p in args.procs},
         "scaling_efficiency": {str(p): e for p, e in eff.items()},
-        "load": load,
+        "load_at_end": load,
     }
     (RESULTS / "distributed_scaling.json").write_text(json.dumps(data, indent=1) + "\n")
     print(path.read_text())
