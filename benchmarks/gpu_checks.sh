@@ -5,6 +5,8 @@
 # the machine's own.
 #   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B task (tasks_gpu.yaml), every row
 #   bash benchmarks/gpu_checks.sh qlora        issue 15: QLoRA 4-bit fine-tune of a ~0.5B model (gpu_qlora.py)
+#   bash benchmarks/gpu_checks.sh torchrun     issue 14: finetune-trainer train under torchrun on 1 GPU vs a bare
+#                                              torchrun DDP loop, bf16, tokens/s >= 0.97x (distributed_scaling.py)
 set -uo pipefail
 out=${OUT:-/tmp/gpu-checks}
 wheels=${WHEELS:-.whl}
@@ -37,7 +39,11 @@ for check in "${@:-lr-quality}"; do
       timeout "${QLORA_TIMEOUT:-300}" python3 benchmarks/gpu_qlora.py --out "$out/gpu_qlora.json" 2>&1 \
         | tee "$out/gpu_qlora.log" || status=1
       ;;
-    *) echo "unknown check $check (lr-quality | qlora)"; status=2 ;;
+    torchrun)
+      timeout "${TORCHRUN_TIMEOUT:-420}" python3 benchmarks/distributed_scaling.py --gpu-check \
+        --out "$out/distributed_gpu.json" 2>&1 | tee "$out/distributed_gpu.log" || status=1
+      ;;
+    *) echo "unknown check $check (lr-quality | qlora | torchrun)"; status=2 ;;
   esac
 done
 exit $status

@@ -228,7 +228,7 @@ class PodPreparer:
             pod,
             spec,
             base={
-                "HOSTNAME": meta["name"],
+                "HOSTNAME": (pod.get("spec") or {}).get("hostname") or meta["name"],
                 "KUBERNETES_SERVICE_HOST": self.service_host,
                 "KUBERNETES_SERVICE_PORT": self.service_port,
             },

@@ -26,7 +26,9 @@ each bound pod:
   paths and the ``terminationMessagePath`` are rewritten in command, args, env values and workingDir —
   see ``podspec`` for the exact contract.
 * **Networking**: each pod gets its own loopback address 127.n.x.y as ``status.podIP`` (Linux routes all
-  of 127/8 to ``lo``), so two pods can listen on the same port.
+  of 127/8 to ``lo``), so two pods can listen on the same port. A pod with ``spec.subdomain`` (an Indexed
+  Job's) runs with its ``spec.hostname`` and an ``/etc/hosts`` naming its peers as
+  ``<hostname>.<subdomain>[.<namespace>.svc.cluster.local]`` (``podnetwork``).
 * **Status**: Pending -> Running (started/ready containers) -> Succeeded/Failed with exit code, reason
   (``Completed``/``Error``/``ContainerCannotRun``) and the termination message from the file (or the log
   tail with ``FallbackToLogsOnError``). Output goes to
@@ -40,7 +42,7 @@ each bound pod:
 This module is the agent's loop (watch, resync, per-pod decisions, deletion); the parts it drives:
 ``podnode`` (the Node, heartbeat, Lease, pod IPs), ``podscheduling`` (binding), ``podvolumes`` (claims),
 ``podprep`` (volumes and process environment), ``podsupervisor`` (processes, restarts, phase) and
-``podstatus`` (what is written).
+``podstatus`` (what is written), ``podnetwork`` (hostnames and peers' names).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from . import podspec, podstatus, podsupervisor
+from . import podnetwork, podspec, podstatus, podsupervisor
 from .podlogs import LogServer
 from .podnode import NodeAgent, PodIPPool, RunnerConfig
 from .podprep import PodPreparer
@@ -99,6 +101,7 @@ class PodRunner:
         self._unwritten: dict[str, float] = {}  # pod uid -> when to retry its status write (API was away)
         self._confirmed: set[str] = set()
         self._ips = PodIPPool()
+        self._peers = podnetwork.PeerDirectory()
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._kick: queue.Queue[int] = queue.Queue()
@@ -338,6 +341,7 @@ class PodRunner:
             return
         if kill:
             podsupervisor.kill_all(run, grace=1.0)
+        self._peers.remove(run.uid)
         self._ips.release(run.ip)
         shutil.rmtree(run.dir, ignore_errors=True)
 
@@ -352,7 +356,9 @@ class PodRunner:
         init: bool,
     ) -> ContainerRun:
         prepared = self._prep.container(pod, spec, pod_dir, volume_dirs, ip)
+        name = podnetwork.pod_name(pod, ip, pod_dir)
         return ContainerRun(
+            enter=(lambda argv: podnetwork.enter(name, argv)) if name else None,
             spec=spec,
             argv=prepared.argv,
             env=prepared.env,
@@ -404,6 +410,9 @@ class PodRunner:
         log.info("starting pod %s/%s as local processes at %s (%s)", run.namespace, run.name, ip, IMAGE_NOTE)
         with self._lock:
             self._pods[run.uid] = run
+        name = podnetwork.pod_name(pod, ip, pod_dir)
+        if name is not None:
+            self._peers.add(run.uid, name)
         self._advance(run, meta)
 
     def _report_not_startable(
@@ -422,6 +431,7 @@ class PodRunner:
         """Let the supervisor move the pod on, then write its status if it changed."""
         podsupervisor.advance(run)
         if run.phase in TERMINAL:
+            self._peers.remove(run.uid)
             self._ips.release(run.ip)
         self._write_status(run, meta)
 

@@ -7,13 +7,14 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import podspec
 from .podstatus import TERMINAL, now
-from .processes import kill_group, spawn
+from .processes import kill_group, kill_marked, spawn
 
 IMAGE_NOTE = "image ignored: the local runner runs the container's command in the local Python environment"
 
@@ -29,6 +30,8 @@ class ContainerRun:
     log_path: Path
     term_file: Path
     init: bool = False
+    enter: Callable[[list[str]], list[str]] | None = None
+    """Wraps the resolved argv to run it in the pod's own namespaces (``podnetwork``), when it has them."""
     popen: subprocess.Popen[bytes] | None = None
     state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     last_state: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +86,8 @@ def launch(container: ContainerRun) -> None:
         resolved = exe if "/" in exe else shutil.which(exe, path=container.env.get("PATH"))
         if resolved is None or not (Path(resolved).is_file() and os.access(resolved, os.X_OK)):
             problem = f'exec: "{exe}": executable file not found in $PATH'
+        elif container.enter is not None:
+            argv = container.enter([resolved, *argv[1:]])
     if not problem:
         with open(container.log_path, "ab") as fh:
             fh.write(f"[local-runner] {IMAGE_NOTE}: {container.spec.get('image', '')}\n".encode())
@@ -146,6 +151,7 @@ def advance(run: PodRun) -> None:
             if container.popen is not None:
                 kill_group(container.popen, grace=2.0)
                 finish(container, container.popen.returncode or 0)
+        kill_leftovers(run)
 
 
 def terminate(run: PodRun, grace: float) -> None:
@@ -161,6 +167,7 @@ def terminate(run: PodRun, grace: float) -> None:
                     "finishedAt": now(),
                 }
             }
+    kill_leftovers(run)
 
 
 def deleted_phase(run: PodRun) -> str:
@@ -174,6 +181,14 @@ def kill_all(run: PodRun, grace: float) -> None:
     for container in run.containers:
         if container.popen is not None:
             kill_group(container.popen, grace=grace)
+    kill_leftovers(run)
+
+
+def kill_leftovers(run: PodRun) -> None:
+    """Processes of the pod outside its process groups (torchrun's workers have sessions of their own)
+    end with it, as a container's processes end with the container: found by the pod's folder, which
+    every process of the pod inherits as ``FINETUNE_LOCAL_ROOT``."""
+    kill_marked("FINETUNE_LOCAL_ROOT", str(run.dir))
 
 
 def _step(run: PodRun) -> str:

@@ -63,6 +63,29 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
     return proc.returncode
 
 
+def kill_marked(key: str, value: str) -> list[int]:
+    """SIGKILL every process whose environment holds ``key=value``; returns their PIDs.
+
+    For descendants that left the process group: torchrun starts its workers in sessions of their own, so
+    killing a pod's process group alone would orphan them. Linux ``/proc``; processes whose environment
+    cannot be read (another user's) are left alone.
+    """
+    marker = f"{key}={value}".encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (callers retry if someone takes it in between)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

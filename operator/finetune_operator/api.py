@@ -124,6 +124,10 @@ class ResourcesSpec(Spec):
 
     gpus: int = Field(default=1, ge=0, le=64)
     """`nvidia.com/gpu` per trainer pod (0 runs on CPU)."""
+    nodes: int = Field(default=1, ge=1, le=naming.MAX_NODES)
+    """Pods (nodes) one trainer run spans: above 1, an Indexed Job of that many pods and a headless Service
+    run `torchrun` with c10d rendezvous on pod 0, `gpus` processes per pod (one on CPU, gloo); checkpoints
+    then go to the shared `output.persistentVolumeClaim`, which is required."""
     cpu: str | None = Field(default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?m?$")
     """CPU request and limit (e.g. `4` or `500m`); unset uses the operator's default."""
     memory: str | None = Field(default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$")
@@ -537,7 +541,24 @@ QLORA_NEEDS_GPU = Rule(
     "on CPU",
     check=lambda s: s.adapter.type != "qlora" or s.resources.gpus > 0,
 )
-WORKLOAD_RULES: list[Rule] = [*TRAINING_RULES, QLORA_NEEDS_GPU]
+MULTI_NODE_NEEDS_PVC = Rule(
+    cel="self.resources.nodes <= 1 || has(self.output.persistentVolumeClaim)",
+    message="resources.nodes above 1 needs output.persistentVolumeClaim: every pod of the run writes and "
+    "resumes from the same checkpoints, so set a ReadWriteMany claim (or use resources.nodes 1)",
+    check=lambda s: s.resources.nodes <= 1 or s.output.persistent_volume_claim is not None,
+)
+MULTI_NODE_FSDP_NEEDS_GPU = Rule(
+    cel="self.resources.nodes <= 1 || self.resources.gpus > 0 || self.distributed.strategy != 'fsdp'",
+    message="distributed.strategy fsdp across resources.nodes above 1 needs GPUs: set resources.gpus to 1 "
+    "or more, or use distributed.strategy ddp on CPU",
+    check=lambda s: s.resources.nodes <= 1 or s.resources.gpus > 0 or s.distributed.strategy != "fsdp",
+)
+WORKLOAD_RULES: list[Rule] = [
+    *TRAINING_RULES,
+    QLORA_NEEDS_GPU,
+    MULTI_NODE_NEEDS_PVC,
+    MULTI_NODE_FSDP_NEEDS_GPU,
+]
 
 
 class LRSweepSpec(TrainingSections, WorkloadSpec):
@@ -654,6 +675,8 @@ class LRSweepStatus(ResourceStatus):
     """Adaptive: optimiser steps of the range test and every finished trial together."""
     effective_batch_size: int | None = Field(default=None, ge=1)
     """Examples per optimiser update the recommendation was made at."""
+    world_size: int | None = Field(default=None, ge=1)
+    """Trainer processes the recommendation was found at (nodes x processes per node)."""
     adapter: str | None = Field(default=None, max_length=TEXT_MAX)
     """Adapter type the recommendation was made with."""
     suggestions: dict[str, float | None] | None = Field(default=None, max_length=64)
@@ -839,6 +862,10 @@ class FineTuneJobStatus(ResourceStatus):
     """Training pods that failed and were retried by the Job (at most its `backoffLimit`)."""
     resumed_from_step: int | None = Field(default=None, ge=0)
     """The checkpoint step the last training pod resumed from, after a failed attempt."""
+    effective_batch_size: int | None = Field(default=None, ge=1)
+    """Examples per optimiser update: per-device batch x gradient accumulation x world size."""
+    world_size: int | None = Field(default=None, ge=1)
+    """Trainer processes of the run: `resources.nodes` x processes per node (`gpus`, or 1 on CPU)."""
 
 
 # ---------------------------------------------------------------------------------------------- kinds

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from finetune_operator import distributed
 from finetune_trainer.config import ExitCode
 
 ChildPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -95,14 +96,17 @@ def _newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
-    """Combine a Job and its pods into one state; the newest pod speaks for the Job."""
+    """Combine a Job and its pods into one state; the newest pod speaks for the Job (of an Indexed Job, the
+    newest at index 0, where rank 0 writes the result and serves metrics)."""
     name = job["metadata"]["name"]
     status = job.get("status") or {}
     failed_pods = int(status.get("failed") or 0)
-    pod = _newest(pods)
+    pod = _newest(distributed.leader(pods))
     terminated = _terminated(pod) if pod else None
     result, text = parse_termination_message(terminated.get("message") if terminated else None)
     exit_code = terminated.get("exitCode") if terminated else None
+    if exit_code == 1 and isinstance((result or {}).get("exitCode"), int):
+        exit_code = result["exitCode"]  # under torchrun the pod exits 1; rank 0's result holds the trainer's
     start = status.get("startTime")
 
     if _condition(job, "Complete"):

@@ -15,6 +15,10 @@ TRIAL_LABEL = f"{GROUP}/trial"
 STAGE_LABEL = f"{GROUP}/stage"
 KIND_LABELS = {"LRSweep": f"{GROUP}/lrsweep", "FineTuneJob": f"{GROUP}/finetunejob"}
 MAX_NAME = 63  # Job names become pod label values: at most 63 characters
+MAX_NODES = 64
+"""Most pods of one multi-node run (`resources.nodes`)."""
+POD_INDEX_ROOM = len(f"-{MAX_NODES - 1}")
+"""Room an Indexed Job's pods add to its name: their hostnames are `<job>-<index>`, DNS labels of 63."""
 
 
 def child_name(owner: str, suffix: str, limit: int = MAX_NAME) -> str:
@@ -80,7 +84,10 @@ def _longest_suffix(*names: str) -> int:
 # The longest names the operator derives, as suffixes of an empty owner name (child_name("") == "-<suffix>").
 # Trial indexes stay below 64 (status.trials holds at most 64) and adaptive stages are 1 or 2.
 LRSWEEP_SUFFIX = _longest_suffix(range_test_job(""), trial_job("", 63), adaptive_trial_job("", 2, 63))
-MAX_LRSWEEP_NAME = MAX_NAME - LRSWEEP_SUFFIX
-"""An LRSweep's name leaves room for its longest Job name (`<name>-s2-trial-63`) within 63 characters."""
-MAX_FINETUNEJOB_NAME = min(MAX_NAME - len(train_job("")), MAX_LRSWEEP_NAME - len(auto_sweep("")))
+MAX_LRSWEEP_NAME = MAX_NAME - POD_INDEX_ROOM - LRSWEEP_SUFFIX
+"""An LRSweep's name leaves room for its longest Job name (`<name>-s2-trial-63`) and a pod index
+(`-63`) within 63 characters."""
+MAX_FINETUNEJOB_NAME = min(
+    MAX_NAME - POD_INDEX_ROOM - len(train_job("")), MAX_LRSWEEP_NAME - len(auto_sweep(""))
+)
 """A FineTuneJob's name leaves room for its `auto` sweep (`<name>-lr`) and that sweep's Jobs."""

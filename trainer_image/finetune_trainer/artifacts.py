@@ -21,6 +21,13 @@ MERGED = "merged"
 MODEL_CARD = "README.md"
 
 
+def _batch_text(batch: int, accumulation: int, result: dict[str, Any]) -> str:
+    """`64 (4 per device x 1 accumulation x 16 processes)`: every process counts."""
+    world = int(result.get("worldSize") or 1)
+    total = int(result.get("effectiveBatchSize") or batch * accumulation * world)
+    return f"{total} ({batch} per device x {accumulation} accumulation x {world} processes)"
+
+
 def hub_token() -> str | None:
     """The Hugging Face token the trainer would push with (HF_TOKEN, else the login cache)."""
     token = os.environ.get("HF_TOKEN")
@@ -101,7 +108,7 @@ def model_card(
         ("Learning rate from", cfg.learning_rate_source or "set by hand"),
         ("Schedule", f"{sched.type}, warmup {warmup}, floor {sched.min_learning_rate:g}"),
         ("Optimizer", f"{opt.optimizer}, weight decay {opt.weight_decay:g}"),
-        ("Effective batch size", f"{opt.effective_batch_size()} per process"),
+        ("Effective batch size", _batch_text(opt.batch_size, opt.gradient_accumulation_steps, result)),
         ("Sequence length", str(opt.max_seq_length)),
         ("Steps", f"{result.get('steps')} of {result.get('totalSteps')}"),
         ("Training loss", fmt(result.get("trainLoss"))),

@@ -497,6 +497,15 @@ TRAINING_RULES: list[Rule] = [
 ]
 
 
+class DistributedSpec(Spec):
+    """How several processes (GPUs of one pod, or pods of a multi-node run) share the training."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp`: every process holds the whole model and averages gradients (the default); `fsdp`: parameters,
+    gradients and optimiser state are sharded across processes, for models that do not fit on one GPU.
+    Only matters when the world size (nodes x processes per node) is above 1."""
+
+
 class TrainingSections(Spec):
     """The sections every config that trains shares: the trainer's config, LRSweep and FineTuneJob."""
 
@@ -514,6 +523,8 @@ class TrainingSections(Spec):
     """Warmup and decay of the learning rate (range tests use their own ramp)."""
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     """Validation cadence."""
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    """Data-parallel strategy when the run spans several processes (`torchrun`)."""
 
 
 class TrainerConfig(TrainingSections):
@@ -597,6 +608,8 @@ class RangeTestResult(Spec):
     """Lowest smoothed loss seen."""
     effective_batch_size: int = Field(default=1, ge=1)
     """Examples per optimiser update during the test: scale the LR from here for other batch sizes."""
+    world_size: int = Field(default=1, ge=1)
+    """Processes the test ran on (its effective batch size counts each one's batch)."""
     adapter: str = "none"
     """Adapter type the test ran with (a LoRA LR does not transfer to a full fine-tune)."""
     warnings: list[str] = Field(default_factory=list, max_length=16)
@@ -632,6 +645,8 @@ class TrialResult(Spec):
     evals: list[EvalPoint] = Field(default_factory=list, max_length=MAX_EVALS)
     """Validation losses at the evaluation steps, the final one included (the latest 16): what a
     pruner compares running trials against."""
+    world_size: int = Field(default=1, ge=1)
+    """Processes the trial ran on."""
 
 
 class TrainResult(Spec):
@@ -673,6 +688,10 @@ class TrainResult(Spec):
     """Step of the checkpoint this run resumed from, if any."""
     runtime_seconds: float | None = None
     """Wall time of this run."""
+    effective_batch_size: int = Field(default=1, ge=1)
+    """Examples per optimiser update: per-device batch x accumulation x world size."""
+    world_size: int = Field(default=1, ge=1)
+    """Processes the run trained on (nodes x processes per node)."""
 
 
 EvidenceReason = Literal[
@@ -765,6 +784,8 @@ class RecommendResult(Recommendation):
     """Optimiser steps spent on the range test and every trial together."""
     effective_batch_size: int = Field(default=1, ge=1)
     """Examples per optimiser update the recommendation was made at."""
+    world_size: int = Field(default=1, ge=1)
+    """Processes the recommendation was found at."""
     adapter: str = "none"
     """Adapter type the recommendation was made with."""
     warnings: list[str] = Field(default_factory=list, max_length=16)

@@ -228,6 +228,7 @@ def run_range_test(
         steps=len(curve.lrs) + (1 if curve.stop_reason == "nan" else 0),
         best_loss=None if math.isinf(curve.best) else curve.best,
         effective_batch_size=plan.effective_batch_size,
+        world_size=plan.world_size,
         adapter=cfg.adapter.type,
         warnings=warnings[:16],
         min_learning_rate=lo,

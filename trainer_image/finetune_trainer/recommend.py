@@ -81,6 +81,7 @@ def run_recommend(
         range_test=range_result.model_copy(update=summary),
         steps_spent=spent,
         effective_batch_size=range_result.effective_batch_size,
+        world_size=range_result.world_size,
         adapter=cfg.adapter.type,
         warnings=warnings[:16],
     )

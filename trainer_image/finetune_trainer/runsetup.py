@@ -248,6 +248,7 @@ def training_arguments(
             use_cpu=cpu,
             ddp_backend="gloo" if cpu and plan.world_size > 1 else None,
             ddp_find_unused_parameters=False if plan.world_size > 1 else None,
+            **fsdp_arguments(cfg.distributed.strategy, plan.world_size),
             seed=opt.seed,
             data_seed=opt.seed,  # data order follows optimization.seed; dataset.seed picks the split
             load_best_model_at_end=keep_best and evaluate and save,
@@ -259,6 +260,22 @@ def training_arguments(
             remove_unused_columns=False,
             **_checkpointing(opt.gradient_checkpointing, TrainingArguments),
         )
+
+
+def fsdp_arguments(strategy: str, world: int) -> dict[str, Any]:
+    """TrainingArguments' FSDP options for `distributed.strategy: fsdp` across several processes: FSDP2,
+    parameters resharded after each forward, each transformer block wrapped (the model's own
+    `_no_split_modules`); nothing (DDP, or one process) otherwise."""
+    if strategy != "fsdp" or world <= 1:
+        return {}
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        },
+    }
 
 
 def _checkpointing(enabled: bool, arguments: type) -> dict[str, Any]:

@@ -319,6 +319,8 @@ def run_train(
         early_stopped=log.early_stopped,
         resumed_from_step=resumed_step,
         runtime_seconds=round(time.monotonic() - started, 2),
+        effective_batch_size=plan.effective_batch_size,
+        world_size=plan.world_size,
     )
     found = finish(
         cfg,
@@ -397,6 +399,7 @@ def run_trial(
             diverged=True,
             train_loss=sum(tail) / len(tail) if tail else None,
             effective_batch_size=plan.effective_batch_size,
+            world_size=plan.world_size,
         )
     eval_loss = _final_eval(trainer, log, step)
     diverged = eval_loss is None or not math.isfinite(eval_loss)
@@ -410,4 +413,5 @@ def run_trial(
         steps=step,
         diverged=diverged,
         effective_batch_size=plan.effective_batch_size,
+        world_size=plan.world_size,
     )

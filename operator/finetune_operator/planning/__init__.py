@@ -1,9 +1,10 @@
 """Reconcile decisions as pure functions: a resource and what its children say in, its desired state out.
 
 The desired state is the typed status, the complete manifests of the children to create (trainer Jobs,
-the LRSweep of an `auto` FineTuneJob; Services once a run needs them) and the events to post; the
-controller's applier applies it as it is. `plan` validates the spec (the only place that does), hands it
-to the module that decides, and renders the children it asks for with `rendering`:
+the LRSweep of an `auto` FineTuneJob, the headless Service of a multi-node run: see `distributed`) and
+the events to post; the controller's applier applies it as it is. `plan` validates the spec (the only
+place that does), hands it to the module that decides, and renders the children it asks for with
+`rendering`:
 
     planning/status.py     phase, conditions (what Ready means), events, progress from a trainer sample
     planning/rangetest.py  the range-test Job and what its curve says (method rangeTest)
@@ -22,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator import naming, rendering
+from finetune_operator import distributed, naming, rendering
 from finetune_operator.api import (
     LRSWEEP,
     FineTuneJobSpec,
@@ -228,18 +229,22 @@ def _desired(
 ) -> DesiredState:
     """The builder's status and events, and its Job requests rendered into complete manifests."""
     jobs = [
-        rendering.trainer_job(
-            owner=resource.owner,
-            name=c.name,
-            role=c.role,
-            args=c.args,
-            config=c.config,
-            workload=spec,
-            settings=settings,
-            trial=c.trial,
-            stage=c.stage,
-        )
+        manifest
         for c in b.children
+        for manifest in distributed.children(
+            rendering.trainer_job(
+                owner=resource.owner,
+                name=c.name,
+                role=c.role,
+                args=c.args,
+                config=c.config,
+                workload=spec,
+                settings=settings,
+                trial=c.trial,
+                stage=c.stage,
+            ),
+            spec,
+        )
     ]
     return DesiredState(
         b.status,

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator import naming, rendering
+from finetune_operator import distributed, naming, rendering
 from finetune_operator.api import SEARCHED, FineTuneJobSpec, FineTuneJobStatus, LRSweepSpec, Progress
 from finetune_operator.children import ChildState
 from finetune_operator.planning import study
@@ -74,6 +74,8 @@ def plan(
             b.invalid(e)
             return None
         b.children.append(ChildRequest(job, "train", ["train"], config))
+        b.status.world_size = distributed.world_size(spec.resources)
+        b.status.effective_batch_size = config.optimization.effective_batch_size(b.status.world_size)
         b.started()
         b.phase("Pending", "JobCreated", f"created training Job {job} at learning rate {lr:.3g}")
         return None
@@ -153,6 +155,8 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
     s.best_checkpoint, s.last_checkpoint = result.best_checkpoint, result.last_checkpoint
     s.model, s.model_from, s.merged_model = result.final_model, result.final_model_from, result.merged_model
     s.model_card, s.hub_url = result.model_card, result.hub_url
+    if "effectiveBatchSize" in (child.result or {}):  # a trainer from before issue 14 does not say
+        s.effective_batch_size, s.world_size = result.effective_batch_size, result.world_size
     s.progress = Progress(
         step=result.steps,
         total_steps=result.total_steps or result.steps,
@@ -225,7 +229,9 @@ def _resolve_learning_rate(
     if choice.from_sweep is not None:
         params = _best_params(status) if choice.from_sweep.use == "all" else {}
         b.status.params = params or None
-        own = study.with_params(spec, params).optimization.effective_batch_size()
+        own = study.with_params(spec, params).optimization.effective_batch_size(
+            distributed.world_size(spec.resources)
+        )
         sweep_batch = int(_number(status.get("effectiveBatchSize")) or own)
         lr = scale_learning_rate(lr, sweep_batch if sweep_batch > 0 else own, own, choice.from_sweep.scale)
     b.status.learning_rate, b.status.learning_rate_source = lr, source

@@ -111,6 +111,7 @@ def _result(b: StatusBuilder[LRSweepStatus], child: ChildState) -> RangeTestResu
     )
     s = b.status
     s.effective_batch_size = result.effective_batch_size
+    s.world_size = result.world_size
     s.adapter = result.adapter
     s.suggestions = result.suggestions
     s.stop_reason = result.stop_reason

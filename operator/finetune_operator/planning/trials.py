@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from finetune_operator import naming, rendering
+from finetune_operator import distributed, naming, rendering
 from finetune_operator.api import EvalPoint, LRSweepSpec, LRSweepStatus, Progress, TrialStatus
 from finetune_operator.children import ChildState, never_started
 from finetune_operator.planning import study
@@ -235,7 +235,8 @@ def _decide(
     s = b.status
     s.recommended_learning_rate, s.rule, s.best_loss, s.best_params = lr, "best-trial", loss, params
     opt = study.with_params(sweep, params).optimization
-    s.effective_batch_size, s.adapter = opt.effective_batch_size(), sweep.adapter.type
+    s.world_size = distributed.world_size(sweep.resources)
+    s.effective_batch_size, s.adapter = opt.effective_batch_size(s.world_size), sweep.adapter.type
     b.phase(
         "Succeeded",
         RECOMMENDED,

@@ -1,0 +1,41 @@
+"""The trainer's side of a distributed run: FSDP options for TrainingArguments, and the config section."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.runsetup import fsdp_arguments
+
+BASE = {"model": {"name": "/m"}, "dataset": {"files": ["/d.jsonl"]}}
+
+
+def test_fsdp_only_when_asked_and_more_than_one_process():
+    assert fsdp_arguments("ddp", 8) == {}
+    assert fsdp_arguments("fsdp", 1) == {}
+    options = fsdp_arguments("fsdp", 2)
+    assert options["fsdp"] is True
+    assert options["fsdp_config"]["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+def test_fsdp_options_are_what_training_arguments_accepts():
+    transformers = pytest.importorskip("transformers")
+    args = transformers.TrainingArguments(output_dir="/tmp/unused", use_cpu=True, **fsdp_arguments("fsdp", 2))
+    assert args.fsdp_config["version"] == 2 and args.fsdp_config["reshard_after_forward"] is True
+
+
+def test_strategy_defaults_to_ddp_and_refuses_others():
+    assert TrainerConfig.model_validate(BASE).distributed.strategy == "ddp"
+    with pytest.raises(ValueError, match=r"distributed\.strategy"):
+        TrainerConfig.model_validate({**BASE, "distributed": {"strategy": "zero3"}})
+
+
+def test_the_model_card_counts_every_process_in_the_batch():
+    from finetune_trainer.artifacts import model_card
+
+    cfg = TrainerConfig.model_validate(
+        {**BASE, "optimization": {"batchSize": 4, "gradientAccumulationSteps": 2}}
+    )
+    result = {"learningRate": 1e-4, "steps": 3, "totalSteps": 3, "effectiveBatchSize": 64, "worldSize": 8}
+    card = model_card(cfg, result, "last")
+    assert "| Effective batch size | 64 (4 per device x 2 accumulation x 8 processes) |" in card
