@@ -99,8 +99,8 @@ def workloads(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
 def queued_job(name: str, queue: str, pods: int, cpu: str, command: list[str]) -> dict[str, Any]:
     """An Indexed Job of `pods` pods (completions = parallelism) labelled for `queue`, created suspended.
 
-    The gang under test: after issue 14's multi-node part lands, a 2-node FineTuneJob's Indexed Job can
-    take its place (the assertions only read Jobs, pods and Workloads)."""
+    Kueue's side of a gang, without the operator (test_kueue.py also runs the operator's own: a
+    `resources.nodes: 2` FineTuneJob)."""
     locked_down = {
         "runAsNonRoot": True,
         "runAsUser": 65534,

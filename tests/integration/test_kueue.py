@@ -98,6 +98,56 @@ def test_a_gang_is_admitted_whole_or_not_at_all(kube_api, namespace, kueue):
         assert len(_pods(kube_api, namespace, "gang")) == 2
 
 
+def test_a_two_node_finetune_is_admitted_whole_or_not_at_all(
+    kube_api, namespace, crds_installed, kueue, run_operator
+):
+    """The operator's own gang: a `resources.nodes: 2` FineTuneJob renders an Indexed Job of two pods that
+    Kueue sees as one Workload. With quota for one pod, no pod of it is created and the resource says
+    `Queued` with Kueue's reason; with quota for two, Kueue admits both pods at once (`Admitted`)."""
+    spec = {
+        **SPEC,
+        "queueName": "gang",
+        "resources": {**SPEC["resources"], "nodes": 2},
+        "output": {"persistentVolumeClaim": "shared"},
+    }
+    batch = client.BatchV1Api(kube_api)
+    with (
+        local_queue(kube_api, namespace, "gang", cpu="100m", memory="1Gi"),
+        run_operator(namespace=namespace),
+    ):
+        _create(kube_api, namespace, "pair", spec)
+        job = wait(
+            lambda: _workload_of(kube_api, namespace, "pair-train") and "pair-train", 90, "its Workload"
+        )
+        assert batch.read_namespaced_job(job, namespace).spec.completion_mode == "Indexed"
+
+        def queued() -> dict[str, Any] | None:
+            c = _condition({"status": _status(kube_api, namespace, "pair")}, "Queued")
+            return c if c and c["status"] == "True" and "cpu" in c["message"] else None
+
+        cond = wait(queued, 90, "the 2-node run shown Queued for lack of cpu quota")
+        assert cond["message"], cond
+        time.sleep(3)  # give a partial admission time to show
+        assert batch.read_namespaced_job(job, namespace).spec.suspend is True
+        assert _pods(kube_api, namespace, job) == []  # neither pod of the gang was created
+
+        objects = client.CustomObjectsApi(kube_api)
+        cq_name = f"cq-{namespace}"[:63]
+        cq = objects.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", cq_name)
+        groups = cq["spec"]["resourceGroups"]
+        groups[0]["flavors"][0]["resources"][0]["nominalQuota"] = "200m"
+        objects.patch_cluster_custom_object(
+            KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", cq_name, {"spec": {"resourceGroups": groups}}
+        )
+
+        def admitted() -> dict[str, Any] | None:
+            c = _condition({"status": _status(kube_api, namespace, "pair")}, "Admitted")
+            return c if c and c["status"] == "True" else None
+
+        wait(admitted, 90, "Kueue to admit the 2-node run")
+        wait(lambda: len(_pods(kube_api, namespace, job)) == 2, 60, "both pods of the admitted gang")
+
+
 def _create(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
