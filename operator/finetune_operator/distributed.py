@@ -40,8 +40,10 @@ def world_size(resources: ResourcesSpec) -> int:
 
 
 def service_name(job: str) -> str:
-    """The headless Service of a multi-node Job: the Job's own name, so pods are `<job>-<i>.<job>`."""
-    return job
+    """The headless Service of a multi-node Job: the Job's own name, so pods are `<job>-<i>.<job>`; with an
+    `s` in front when the name starts with a digit (a Service name is an RFC 1035 label; pod hostnames and
+    subdomains may start with a digit). A Job name leaves room for it (`naming.POD_INDEX_ROOM`)."""
+    return job if job[:1].isalpha() else f"s{job}"
 
 
 def rendezvous_endpoint(job: str) -> str:

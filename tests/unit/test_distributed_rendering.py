@@ -74,6 +74,21 @@ def test_several_nodes_render_an_indexed_job_and_a_headless_service():
     assert service["metadata"]["labels"] == job["metadata"]["labels"]
 
 
+def test_a_name_that_starts_with_a_digit_gets_a_service_name_the_api_server_takes():
+    """A Service name is an RFC 1035 label (a letter first); the pods' subdomain follows the Service."""
+    job, service = plan_finetune(
+        "7b-run", {**FT, "resources": {"gpus": 0, "nodes": 2}}, None, 1, {}, None
+    ).desired.children
+    name = naming.train_job("7b-run")
+    assert service["metadata"]["name"] == f"s{name}" == job["spec"]["template"]["spec"]["subdomain"]
+    assert (
+        f"--rdzv-endpoint={name}-0.s{name}:{distributed.RENDEZVOUS_PORT}"
+        in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    )
+    longest = "x" * (naming.MAX_NAME - naming.POD_INDEX_ROOM)
+    assert len(distributed.service_name("7" + longest[1:])) <= naming.MAX_NAME
+
+
 def test_cpu_nodes_run_one_gloo_process_each():
     job, _ = _created({**FT, "resources": {"gpus": 0, "nodes": 2}})
     container = job["spec"]["template"]["spec"]["containers"][0]
