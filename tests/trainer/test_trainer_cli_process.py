@@ -91,8 +91,9 @@ def test_train_example_converges(tiny_gpt2: Path, tmp_path: Path) -> None:
     print(f"train example: {wall:.1f} s wall; eval losses {evals}")
 
 
-def _config(tmp_path: Path, model: Path, out: Path, max_steps: int) -> Path:
+def _config(tmp_path: Path, model: Path, out: Path, max_steps: int, strategy: str = "ddp") -> Path:
     cfg = {
+        "distributed": {"strategy": strategy},
         "model": {"name": str(model)},
         "dataset": {"files": [str(DATA)], "validationFraction": 0.1},
         "optimization": {"batchSize": 8, "maxSeqLength": 32, "maxSteps": max_steps},
@@ -165,9 +166,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_ddp_with_two_gloo_processes(tiny_gpt2: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_train_under_torchrun(tiny_gpt2: Path, tmp_path: Path, strategy: str) -> None:
+    """DDP on CPU: every process holds the model, only rank 0 reports, and the trainer says what accelerate
+    set up. FSDP on CPU is refused as a config error naming the field (accelerate would quietly fall back
+    to DDP; admission refuses CPU nodes with fsdp before a pod starts)."""
     out = tmp_path / "out"
-    config = _config(tmp_path, tiny_gpt2, out, max_steps=10)
+    config = _config(tmp_path, tiny_gpt2, out, max_steps=10, strategy=strategy)
     result_file = tmp_path / "r.json"
     cmd = [
         sys.executable,
@@ -191,11 +196,18 @@ def test_ddp_with_two_gloo_processes(tiny_gpt2: Path, tmp_path: Path) -> None:
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env, check=False)
+    if strategy == "fsdp":
+        assert proc.returncode != 0
+        failure = json.loads(result_file.read_text())
+        assert failure["exitCode"] == ExitCode.BAD_CONFIG, failure
+        assert failure["error"].startswith("distributed.strategy: fsdp across 2 processes needs GPU"), failure
+        return
     assert proc.returncode == 0, proc.stderr[-4000:]
     events = events_of(proc.stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert len(starts) == 1, "only rank 0 reports"
     assert starts[0]["effectiveBatchSize"] == 16  # 8 per device x 2 processes
+    assert [(e["strategy"], e["worldSize"]) for e in events if e["event"] == "distributed"] == [(strategy, 2)]
     result = parse_result(json.loads(result_file.read_text()))
     assert result.kind == "train" and result.steps == 10
     assert (out / "final" / "model.safetensors").exists()

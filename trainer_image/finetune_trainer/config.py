@@ -503,7 +503,8 @@ class DistributedSpec(Spec):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """`ddp`: every process holds the whole model and averages gradients (the default); `fsdp`: parameters,
     gradients and optimiser state are sharded across processes, for models that do not fit on one GPU.
-    Only matters when the world size (nodes x processes per node) is above 1."""
+    Only matters when the world size (nodes x processes per node) is above 1; `fsdp` needs GPUs (accelerate
+    shards CUDA processes only, so the trainer refuses it on CPU rather than quietly running DDP)."""
 
 
 class TrainingSections(Spec):

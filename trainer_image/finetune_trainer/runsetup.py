@@ -109,6 +109,13 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
                 f"warmup of {warmup} steps is not shorter than training ({total} steps)",
                 "lower schedule.warmupSteps (or use warmupRatio), or train longer",
             )
+    if cfg.distributed.strategy == "fsdp" and world > 1 and not cuda_available():
+        raise ConfigError(
+            "distributed.strategy",
+            f"fsdp across {world} processes needs GPUs (accelerate shards CUDA processes only; on CPU it"
+            " would quietly train with DDP)",
+            "use ddp on CPU, or give the run GPUs (resources.gpus)",
+        )
     if command == "train":
         check_outputs(cfg)
         check_tracking(cfg)

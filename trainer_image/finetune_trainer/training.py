@@ -277,6 +277,10 @@ def run_train(
         divergence_factor=cfg.optimization.divergence_factor,
     )
     trainer = build_trainer(plan, model, args, fine_tune_schedule(plan), callbacks)
+    if args.world_size > 1:  # what accelerate set up, not only what was asked for
+        progress.emit(
+            "distributed", strategy="fsdp" if trainer.is_fsdp_enabled else "ddp", worldSize=args.world_size
+        )
     if metrics:
         metrics.set_phase("training")
         metrics.set(total_steps=plan.total_steps)
