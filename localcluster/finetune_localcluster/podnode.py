@@ -91,6 +91,31 @@ class PodIPPool:
         self._used.discard(ip)
 
 
+class GpuPool:
+    """The node's GPUs by index, handed to pods as a device plugin would: a pod that requests k
+    ``nvidia.com/gpu`` gets k devices no other running pod holds, and sees only those (`device_env`); the
+    scheduler has already checked that k fit."""
+
+    def __init__(self, count: int) -> None:
+        self._free = list(range(count))
+
+    def take(self, count: int) -> tuple[int, ...]:
+        if count > len(self._free):
+            raise RuntimeError(f"{count} GPUs requested, {len(self._free)} free")
+        taken, self._free = tuple(self._free[:count]), self._free[count:]
+        return taken
+
+    def release(self, devices: tuple[int, ...]) -> None:
+        self._free = sorted(set(self._free) | set(devices))
+
+
+def device_env(devices: tuple[int, ...]) -> dict[str, str]:
+    """What a container sees of the node's GPUs: its own devices only (none for a pod that asked for none,
+    as the NVIDIA container runtime hides them), renumbered from 0 by CUDA."""
+    visible = ",".join(str(d) for d in devices)
+    return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible or "void"}
+
+
 class NodeAgent:
     """Creates (or adopts) the Node, keeps its Ready condition and Lease fresh, and deletes it."""
 

@@ -64,7 +64,7 @@ from kubernetes.client.rest import ApiException
 
 from . import podnetwork, podspec, podstatus, podsupervisor
 from .podlogs import LogServer
-from .podnode import NodeAgent, PodIPPool, RunnerConfig
+from .podnode import GpuPool, NodeAgent, PodIPPool, RunnerConfig, device_env
 from .podprep import PodPreparer
 from .podscheduling import Scheduler
 from .podstatus import SMP, TERMINAL
@@ -101,6 +101,7 @@ class PodRunner:
         self._unwritten: dict[str, float] = {}  # pod uid -> when to retry its status write (API was away)
         self._confirmed: set[str] = set()
         self._ips = PodIPPool()
+        self._gpus = GpuPool(self.config.gpus)
         self._peers = podnetwork.PeerDirectory()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -342,8 +343,14 @@ class PodRunner:
         if kill:
             podsupervisor.kill_all(run, grace=1.0)
         self._peers.remove(run.uid)
-        self._ips.release(run.ip)
+        self._release(run)
         shutil.rmtree(run.dir, ignore_errors=True)
+
+    def _release(self, run: PodRun) -> None:
+        """Give back the pod's address and GPUs (idempotent: a run ends, then is forgotten)."""
+        self._ips.release(run.ip)
+        self._gpus.release(run.gpus)
+        run.gpus = ()
 
     def _container(
         self,
@@ -354,14 +361,17 @@ class PodRunner:
         volume_dirs: dict[str, Path],
         ip: str,
         init: bool,
+        gpus: tuple[int, ...],
     ) -> ContainerRun:
         prepared = self._prep.container(pod, spec, pod_dir, volume_dirs, ip)
+        declared = {e.get("name") for e in spec.get("env") or []}  # the container's own setting wins
+        own = {k: v for k, v in device_env(gpus).items() if k not in declared}
         name = podnetwork.pod_name(pod, ip, pod_dir)
         return ContainerRun(
             enter=(lambda argv: podnetwork.enter(name, argv)) if name else None,
             spec=spec,
             argv=prepared.argv,
-            env=prepared.env,
+            env={**prepared.env, **own},
             cwd=prepared.cwd,
             log_path=logs / f"{spec['name']}.log",
             term_file=prepared.term_file,
@@ -381,17 +391,20 @@ class PodRunner:
             self._report_not_startable(meta, spec, bad_images[0], "InvalidImageName")
             return
         ip = self._ips.take()
+        gpus = self._gpus.take(int(podspec.pod_requests(pod).get(podspec.GPU, 0)))
         try:
             volume_dirs = self._prep.volume_dirs(pod, pod_dir, ip)
             inits = [
-                self._container(pod, c, pod_dir, logs, volume_dirs, ip, True)
+                self._container(pod, c, pod_dir, logs, volume_dirs, ip, True, gpus)
                 for c in spec.get("initContainers") or []
             ]
             mains = [
-                self._container(pod, c, pod_dir, logs, volume_dirs, ip, False) for c in spec["containers"]
+                self._container(pod, c, pod_dir, logs, volume_dirs, ip, False, gpus)
+                for c in spec["containers"]
             ]
         except podspec.MissingReference as exc:
             self._ips.release(ip)
+            self._gpus.release(gpus)
             shutil.rmtree(pod_dir, ignore_errors=True)
             self._report_not_startable(meta, spec, str(exc), "CreateContainerConfigError")
             return
@@ -406,6 +419,7 @@ class PodRunner:
             restart_policy=spec.get("restartPolicy") or "Always",
             inits=inits,
             mains=mains,
+            gpus=gpus,
         )
         log.info("starting pod %s/%s as local processes at %s (%s)", run.namespace, run.name, ip, IMAGE_NOTE)
         with self._lock:
@@ -432,7 +446,7 @@ class PodRunner:
         podsupervisor.advance(run)
         if run.phase in TERMINAL:
             self._peers.remove(run.uid)
-            self._ips.release(run.ip)
+            self._release(run)
         self._write_status(run, meta)
 
     def _write_status(self, run: PodRun, meta: dict[str, Any]) -> None:

@@ -65,6 +65,8 @@ class PodRun:
     message: str = ""
     deleting: bool = False
     last_status: str = ""
+    gpus: tuple[int, ...] = ()
+    """The node's GPU indices this pod holds (`podnode.GpuPool`)."""
 
     @property
     def containers(self) -> list[ContainerRun]:

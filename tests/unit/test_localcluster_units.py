@@ -406,3 +406,17 @@ def test_image_references_no_runtime_could_parse_are_invalid_image_names(image):
         f'Failed to apply default image tag "{image}": couldn\'t parse image name "{image}": '
         "invalid reference format"
     )
+
+
+def test_gpu_pool_hands_out_free_devices_and_takes_them_back():
+    from finetune_localcluster.podnode import GpuPool, device_env
+
+    pool = GpuPool(3)
+    a, b = pool.take(2), pool.take(1)
+    assert (a, b) == ((0, 1), (2,))
+    with pytest.raises(RuntimeError, match="1 GPUs requested, 0 free"):
+        pool.take(1)
+    pool.release(a)
+    assert pool.take(1) == (0,)
+    assert device_env((1, 2)) == {"CUDA_VISIBLE_DEVICES": "1,2", "NVIDIA_VISIBLE_DEVICES": "1,2"}
+    assert device_env(()) == {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
