@@ -4,12 +4,12 @@ test's namespace (the ClusterQueue and flavor are cluster-scoped: each test gets
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client
 
+from finetune_localcluster.processes import wait_for
 from finetune_operator.queueing import KUEUE_GROUP, KUEUE_VERSION, QUEUE_LABEL
 
 API_VERSION = f"{KUEUE_GROUP}/{KUEUE_VERSION}"
@@ -138,11 +138,17 @@ def queued_job(name: str, queue: str, pods: int, cpu: str, command: list[str]) -
 
 
 def wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """Poll `predicate` until it returns something truthy (that value), failing after `timeout` s."""
+    return wait_for(predicate, timeout, interval=interval, what=what)
+
+
+def set_cpu_quota(api: client.ApiClient, namespace: str, cpu: str) -> None:
+    """Change the CPU quota of the ClusterQueue `local_queue` made for `namespace`."""
+    objects = _objects(api)
+    name = f"cq-{namespace}"[:63]
+    cq = objects.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", name)
+    groups = cq["spec"]["resourceGroups"]
+    groups[0]["flavors"][0]["resources"][0]["nominalQuota"] = cpu
+    objects.patch_cluster_custom_object(
+        KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", name, {"spec": {"resourceGroups": groups}}
+    )

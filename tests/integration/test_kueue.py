@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from queues import local_queue, queued_job, wait, workloads
+from queues import local_queue, queued_job, set_cpu_quota, wait, workloads
 
 from finetune_operator import handlers
-from finetune_operator.queueing import KUEUE_GROUP, KUEUE_VERSION, QUEUE_LABEL, owning_job
+from finetune_operator.queueing import QUEUE_LABEL, owning_job
 from finetune_operator.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -68,14 +68,7 @@ def test_a_gang_is_admitted_whole_or_not_at_all(kube_api, namespace, kueue):
         assert _pods(kube_api, namespace, "gang") == []  # not one pod of the gang runs
 
         # Quota for both pods: Kueue admits the Workload whole and the two pods run to completion.
-        objects = client.CustomObjectsApi(kube_api)
-        cq_name = f"cq-{namespace}"[:63]
-        cq = objects.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", cq_name)
-        groups = cq["spec"]["resourceGroups"]
-        groups[0]["flavors"][0]["resources"][0]["nominalQuota"] = "200m"
-        objects.patch_cluster_custom_object(
-            KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", cq_name, {"spec": {"resourceGroups": groups}}
-        )
+        set_cpu_quota(kube_api, namespace, "200m")
         admitted = _condition(
             wait(
                 lambda: (
@@ -131,14 +124,7 @@ def test_a_two_node_finetune_is_admitted_whole_or_not_at_all(
         assert batch.read_namespaced_job(job, namespace).spec.suspend is True
         assert _pods(kube_api, namespace, job) == []  # neither pod of the gang was created
 
-        objects = client.CustomObjectsApi(kube_api)
-        cq_name = f"cq-{namespace}"[:63]
-        cq = objects.get_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", cq_name)
-        groups = cq["spec"]["resourceGroups"]
-        groups[0]["flavors"][0]["resources"][0]["nominalQuota"] = "200m"
-        objects.patch_cluster_custom_object(
-            KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", cq_name, {"spec": {"resourceGroups": groups}}
-        )
+        set_cpu_quota(kube_api, namespace, "200m")
 
         def admitted() -> dict[str, Any] | None:
             c = _condition({"status": _status(kube_api, namespace, "pair")}, "Admitted")

@@ -314,21 +314,7 @@ def _xy(
             },
             {"matcher": {"id": "byName", "options": y}, "properties": [{"id": "unit", "value": y_unit}]},
         ],
-        options={
-            "mapping": "manual",
-            "series": [
-                {
-                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
-                    "x": {"matcher": {"id": "byName", "options": x}},
-                    "y": {"matcher": {"id": "byName", "options": y}},
-                }
-            ],
-            # Grafana < 11.3 reads the series mapping from `seriesMapping`/`dims`.
-            "seriesMapping": "manual",
-            "dims": {"x": x},
-            "legend": {"showLegend": False},
-            "tooltip": {"mode": "single"},
-        },
+        options=_xy_options(x, y),
         transformations=[
             {
                 "id": "convertFieldType",
@@ -341,6 +327,25 @@ def _xy(
             },
         ],
     )
+
+
+def _xy_options(x: str, y: str) -> dict[str, Any]:
+    """An XY chart's options: one series, field `x` against field `y` of the first frame."""
+    return {
+        "mapping": "manual",
+        "series": [
+            {
+                "frame": {"matcher": {"id": "byIndex", "options": 0}},
+                "x": {"matcher": {"id": "byName", "options": x}},
+                "y": {"matcher": {"id": "byName", "options": y}},
+            }
+        ],
+        # Grafana < 11.3 reads the series mapping from `seriesMapping`/`dims`.
+        "seriesMapping": "manual",
+        "dims": {"x": x},
+        "legend": {"showLegend": False},
+        "tooltip": {"mode": "single"},
+    }
 
 
 def _objective_vs_param(sel: str) -> Panel:
@@ -370,20 +375,7 @@ def _objective_vs_param(sel: str) -> Panel:
                 "properties": [{"id": "displayName", "value": "eval loss"}],
             },
         ],
-        options={
-            "mapping": "manual",
-            "series": [
-                {
-                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
-                    "x": {"matcher": {"id": "byName", "options": x}},
-                    "y": {"matcher": {"id": "byName", "options": y}},
-                }
-            ],
-            "seriesMapping": "manual",
-            "dims": {"x": x},
-            "legend": {"showLegend": False},
-            "tooltip": {"mode": "single"},
-        },
+        options=_xy_options(x, y),
         transformations=[
             {"id": "joinByField", "options": {"byField": "trial", "mode": "inner"}},
             {"id": "sortBy", "options": {"sort": [{"field": x, "desc": False}]}},
