@@ -88,7 +88,9 @@ def wait_until(what: str, predicate, timeout: float = 600, interval: float = 1.0
 
 
 def pods_by_index(api, namespace: str, job: str) -> dict[str, client.V1Pod]:
+    """The newest pod at each index (a failed pod the Job replaced stays listed beside its successor)."""
     pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    pods.sort(key=lambda p: p.metadata.creation_timestamp)
     return {p.metadata.annotations[distributed.COMPLETION_INDEX]: p for p in pods}
 
 
@@ -224,8 +226,15 @@ def test_killing_a_worker_restarts_the_group_from_the_checkpoint(
         train = out / "finetunejob" / "restart" / created["metadata"]["uid"] / "train"
         # wait for a complete checkpoint, then kill the worker process of pod 1 (not the pod)
         wait_until("a complete checkpoint", lambda: list(train.glob("checkpoint-*/trainer_state.json")))
-        pod1 = wait_until("pod 1", lambda: pods_by_index(kube_api, namespace, job).get("1"))
-        victims = wait_until("pod 1's worker", lambda: _worker_processes(pod1.status.pod_ip))
+
+        def pod1_workers() -> list[int]:
+            """The worker processes of the pod now at index 1 (re-read: the Job may have replaced it)."""
+            if _finished(kube_api, namespace, "restart"):
+                raise AssertionError("the run ended before a worker could be killed: make it longer")
+            pod = pods_by_index(kube_api, namespace, job).get("1")
+            return _worker_processes(pod.status.pod_ip) if pod and pod.status.pod_ip else []
+
+        victims = wait_until("pod 1's worker", pod1_workers)
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         status = wait_until("finished FineTuneJob", lambda: _finished(kube_api, namespace, "restart"))
