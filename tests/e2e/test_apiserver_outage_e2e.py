@@ -26,6 +26,11 @@ OPERATOR = "finetune_operator.handlers"
 PLURALS = {"LRSweep": "lrsweeps", "FineTuneJob": "finetunejobs"}
 OUTAGE_SECONDS = 60
 GAP_SECONDS = 15
+TRIAL_STEPS = 1000
+FINETUNE_STEPS = 8000
+"""Alone on this machine a tiny trainer makes about 30 steps/s: a trial spans tens of seconds, so the third
+(created after the first outage) trains through the second; the fine-tune spans both outages however
+idle the machine is."""
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -75,12 +80,12 @@ def test_a_sweep_and_a_finetune_succeed_through_two_minute_long_apiserver_outage
     sweep = {
         **small,
         "method": "grid",
-        "trials": {"learningRates": [1e-3, 1e-2, 3e-2], "steps": 300, "parallelism": 2},
+        "trials": {"learningRates": [1e-3, 1e-2, 3e-2], "steps": TRIAL_STEPS, "parallelism": 2},
     }
     finetune = {
         **small,
         "learningRate": {"value": 3e-3},
-        "optimization": {**small["optimization"], "maxSteps": 3000},
+        "optimization": {**small["optimization"], "maxSteps": FINETUNE_STEPS},
         "evaluation": {"everySteps": 1000},
         "checkpoints": {"everySteps": 1000},
     }
@@ -107,10 +112,10 @@ def test_a_sweep_and_a_finetune_succeed_through_two_minute_long_apiserver_outage
         apply(kube_api, namespace, "LRSweep", "grid", sweep)
         apply(kube_api, namespace, "FineTuneJob", "ft", finetune)
         until(
-            "the fine-tune and two trials to run",
+            "the fine-tune and a trial to run",
             lambda: (
                 pod_phases(kube_api, namespace, "job-name=ft-train") == ["Running"]
-                and pod_phases(kube_api, namespace, "finetune.dev/role=trial").count("Running") == 2
+                and "Running" in pod_phases(kube_api, namespace, "finetune.dev/role=trial")
             ),
             180,
             record_jobs,
@@ -130,7 +135,7 @@ def test_a_sweep_and_a_finetune_succeed_through_two_minute_long_apiserver_outage
                 status_of(kube_api, namespace, "LRSweep", "grid").get("phase") in TERMINAL
                 and status_of(kube_api, namespace, "FineTuneJob", "ft").get("phase") in TERMINAL
             ),
-            420,
+            600,
             record_jobs,
         )
         record_jobs()
@@ -142,11 +147,15 @@ def test_a_sweep_and_a_finetune_succeed_through_two_minute_long_apiserver_outage
     grid = status_of(kube_api, namespace, "LRSweep", "grid")
     assert grid["phase"] == "Succeeded", grid.get("message")
     assert [t["phase"] for t in grid["trials"]] == ["Succeeded"] * 3
-    assert all(t["evalLoss"] is not None and t["steps"] == 300 for t in grid["trials"]), grid["trials"]
+    assert all(t["evalLoss"] is not None and t["steps"] == TRIAL_STEPS for t in grid["trials"]), grid[
+        "trials"
+    ]
     assert grid["recommendedLearningRate"] in (1e-3, 1e-2, 3e-2)
     ft = status_of(kube_api, namespace, "FineTuneJob", "ft")
     assert ft["phase"] == "Succeeded", ft.get("message")
-    assert ft["progress"]["step"] == 3000 and ft["evalLoss"] is not None and ft["learningRate"] == 3e-3
+    assert (
+        ft["progress"]["step"] == FINETUNE_STEPS and ft["evalLoss"] is not None and ft["learningRate"] == 3e-3
+    )
     assert "restarts" not in ft, "the trainer was never restarted"
     pods = client.CoreV1Api(kube_api).list_namespaced_pod(namespace).items
     ended = {p.metadata.name: p.status.container_statuses[0].state.terminated.finished_at for p in pods}
