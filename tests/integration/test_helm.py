@@ -42,6 +42,7 @@ NAMESPACED_RULES = {
     ("finetune.dev", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},  # apply; pruned trials
     ("", "pods"): {"get", "list", "watch"},
+    ("", "services"): {"create", "patch"},
     ("", "events"): {"create"},  # kopf's warnings
     ("events.k8s.io", "events"): {"create"},  # the operator's phase events
     ("kueue.x-k8s.io", "workloads"): {"get", "list", "patch"},  # Queued/Admitted; pause a queued run
