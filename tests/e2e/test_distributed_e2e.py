@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from resources import create_finetunejob as apply
 
 from finetune_localcluster import podspec
 from finetune_operator import distributed, naming
@@ -58,18 +59,6 @@ def no_dropout(tmp_path_factory) -> dict[str, Any]:
         "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
         "backoffLimit": 0,
     }
-
-
-def apply(api, namespace: str, name: str, spec: dict) -> dict:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
 
 
 def status_of(api, namespace: str, name: str) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+from resources import create_finetunejob as apply
 
 from finetune_localcluster import podspec
 from finetune_trainer.tiny_model import build_chat_model_dir, toy_chats
@@ -23,18 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 OPERATOR = "finetune_operator.handlers"
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
-
-
-def apply(api, namespace: str, name: str, spec: dict) -> dict:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
 
 
 def wait_finished(api, namespace: str, name: str, timeout: float = 300) -> dict:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from queues import local_queue, queued_job, set_cpu_quota, wait, workloads
+from resources import create_finetunejob as _create
 
 from finetune_operator import handlers
 from finetune_operator.queueing import QUEUE_LABEL, owning_job
@@ -132,18 +133,6 @@ def test_a_two_node_finetune_is_admitted_whole_or_not_at_all(
 
         wait(admitted, 90, "Kueue to admit the 2-node run")
         wait(lambda: len(_pods(kube_api, namespace, job)) == 2, 60, "both pods of the admitted gang")
-
-
-def _create(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
 
 
 def _status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
