@@ -7,10 +7,11 @@ headless Service of a multi-node run. Pure functions over a rendered single-pod 
                                     headless Service `<job>` (the pods' subdomain), `torchrun` with c10d
                                     rendezvous on `<job>-0.<job>`; one process per pod on CPU (gloo)
 
-Restarts: torchrun's elastic agent restarts the whole worker group (every pod's processes) when any one
-process fails, up to `MAX_RESTARTS` times; a lost pod is re-created at its index by the Job (backoffLimit)
-and joins the next rendezvous round. Every restart resumes from the newest complete checkpoint on the
-shared output claim (the trainer's `train` resumes by itself), which admission requires for nodes > 1.
+Restarts: on one node torchrun restarts its worker processes up to `MAX_RESTARTS` times. Across nodes a lost
+process fails every pod of the group (`--max-restarts=0`: in-place rendezvous rounds proved fragile, since an
+agent that gives up closes the rendezvous for good while pod 0's store lives on), and the Job re-creates all
+of them, pod 0 with a fresh store. Every restart resumes from the newest complete checkpoint on the shared
+output claim (the trainer's `train` resumes by itself), which admission requires for nodes > 1.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from finetune_operator.api import ResourcesSpec, WorkloadSpec
 RENDEZVOUS_PORT = 29400
 """torchrun's c10d rendezvous port on pod 0 (torchrun's own default)."""
 MAX_RESTARTS = 3
-"""Group restarts torchrun makes after a worker process fails, before the pod itself fails."""
+"""Group restarts torchrun makes inside one pod (`--standalone`, one node) after a worker process fails,
+before the pod itself fails. A multi-node run makes none (`--max-restarts=0`): see `children`."""
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 """The annotation (and label) the Job controller puts on each pod of an Indexed Job."""
 TORCHRUN = "torchrun"
@@ -64,7 +66,8 @@ def torchrun_command(job: str, resources: ResourcesSpec, trainer: list[str]) -> 
             f"--rdzv-endpoint={rendezvous_endpoint(job)}",
             f"--rdzv-id={job}",
         ]
-    return [TORCHRUN, *launch, f"--max-restarts={MAX_RESTARTS}", "--no-python", *trainer]
+    restarts = MAX_RESTARTS if resources.nodes == 1 else 0
+    return [TORCHRUN, *launch, f"--max-restarts={restarts}", "--no-python", *trainer]
 
 
 def headless_service(job: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +109,11 @@ def children(job: dict[str, Any], workload: WorkloadSpec) -> list[dict[str, Any]
         return [job]
     spec["completionMode"] = "Indexed"
     spec["completions"] = spec["parallelism"] = resources.nodes
+    # One lost process fails every pod of the group (its agent exits, the others' collectives break), and
+    # the Job re-creates them all: pod 0 anew hosts a fresh rendezvous store, so the group forms again and
+    # resumes from the shared checkpoint. Each such restart costs up to `nodes` pod failures (plus one for
+    # a pod re-created while the old pod 0 still held the closed rendezvous).
+    spec["backoffLimit"] = workload.backoff_limit * (resources.nodes + 1)
     spec["template"]["spec"]["subdomain"] = service_name(name)
     container["ports"] = [
         *container.get("ports", []),

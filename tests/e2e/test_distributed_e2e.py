@@ -205,10 +205,7 @@ def test_killing_a_worker_restarts_the_group_from_the_checkpoint(
         "output": {"persistentVolumeClaim": "shared"},
         "optimization": {"batchSize": 4, "maxSeqLength": 32, "maxSteps": steps},
         "checkpoints": {"everySteps": every, "keep": 2},
-        # a pod that ran out of torchrun's group restarts is re-created at its index; on a loaded machine a
-        # kill can cascade (an agent that gives up closes the rendezvous for the pods still waiting on it,
-        # and they fail too before the group forms afresh), so allow the Job several re-creations
-        "backoffLimit": 6,
+        "backoffLimit": 2,  # each group restart fails both pods: the operator renders 2 x (2 + 1)
     }
     create_claim(kube_api, namespace, "shared")
     job = naming.train_job("restart")

@@ -49,6 +49,7 @@ def test_several_nodes_render_an_indexed_job_and_a_headless_service():
     name = naming.train_job("ft")
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert spec["backoffLimit"] == 2 * (3 + 1)  # each group restart fails every pod (plus a straggler)
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == name == service["metadata"]["name"]
     command = pod["containers"][0]["command"]
@@ -59,7 +60,7 @@ def test_several_nodes_render_an_indexed_job_and_a_headless_service():
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={name}-0.{name}:{distributed.RENDEZVOUS_PORT}",
         f"--rdzv-id={name}",
-        f"--max-restarts={distributed.MAX_RESTARTS}",
+        "--max-restarts=0",  # the Job restarts the group: every pod anew, pod 0 with a fresh store
     ]
     assert {"name": "rendezvous", "containerPort": distributed.RENDEZVOUS_PORT} in pod["containers"][0][
         "ports"
