@@ -293,7 +293,8 @@ class WorkloadSpec(Spec):
     """Secrets for pulling the trainer image from a private registry."""
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Retries of a trainer pod after evictions or out-of-memory; bad configs and divergence never retry.
-    A multi-node run retries its whole group this many times (its Job allows this x (nodes + 1) pod failures)."""
+    A multi-node run retries its whole group this many times (its Job allows this x (nodes + 1) pod
+    failures)."""
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Fail a trainer Job that runs longer than this."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT32_MAX)
