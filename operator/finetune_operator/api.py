@@ -298,7 +298,9 @@ class WorkloadSpec(Spec):
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Fail a trainer Job that runs longer than this."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    """Delete finished trainer Jobs after this long (the resource keeps its results)."""
+    """Delete finished trainer Jobs and their pods this long after they end (the resource keeps their
+    results). The operator sets it on each Job once the status holds the Job's result, so a short TTL
+    never loses one."""
 
 
 # ---------------------------------------------------------------------------------------------- status parts

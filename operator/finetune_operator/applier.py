@@ -117,6 +117,20 @@ class Applier:
             if e.code != 404:
                 raise
 
+    def expire_job(self, namespace: str, name: str, seconds: int) -> None:
+        """Give a finished Job `ttlSecondsAfterFinished` (a mutable field): Kubernetes' TTL controller then
+        deletes it and its pods that long after its end. One already gone is fine."""
+        try:
+            self.request(
+                "PATCH",
+                path("batch/v1", "Job", namespace, name),
+                {"spec": {"ttlSecondsAfterFinished": seconds}},
+                "application/merge-patch+json",
+            )
+        except ApiError as e:
+            if e.code != 404:
+                raise
+
     def patch_status(
         self, resource: Resource, new: Mapping[str, Any], old: Mapping[str, Any] | None = None
     ) -> dict[str, Any] | None:

@@ -60,6 +60,8 @@ class ChildState:
     stuck_since: str | None = None
     """Since when the Pending pod cannot start (see `CANNOT_START`, `CLAIM_PROBLEMS`): its `startTime` or
     the scheduler's verdict, else its creation."""
+    expires: bool = False
+    """The Job has `ttlSecondsAfterFinished` (set once its result is in the status: `planning.expiring`)."""
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -108,7 +110,12 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
     if exit_code == 1 and isinstance((result or {}).get("exitCode"), int):
         exit_code = result["exitCode"]  # under torchrun the pod exits 1; rank 0's result holds the trainer's
     start = status.get("startTime")
+    expires = (job.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
 
+    pod_phase = (pod or {}).get("status", {}).get("phase")
+    if _condition(job, "Complete") and pod_phase not in (None, "Succeeded"):
+        # the Job's update arrived before its pod's: the termination message (the result) is not read yet
+        return ChildState(name, "Running", failed_pods=failed_pods, start_time=start)
     if _condition(job, "Complete"):
         return ChildState(
             name,
@@ -118,6 +125,7 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
             exit_code=exit_code,
             failed_pods=failed_pods,
             start_time=start,
+            expires=expires,
         )
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed:
@@ -132,8 +140,8 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
             exit_code=exit_code,
             failed_pods=failed_pods,
             start_time=start,
+            expires=expires,
         )
-    pod_phase = (pod or {}).get("status", {}).get("phase")
     if pod_phase == "Running" or (status.get("active") and pod_phase not in (None, "Pending")):
         return ChildState(
             name,

@@ -329,4 +329,7 @@ class Controller:
         for event in result.events:
             self.applier.post_event(resource, event)
         written = self.applier.patch_status(resource, result.status.to_wire())
+        if not refused:  # the written status holds these Jobs' results: they may go now
+            for job, seconds in desired.expire.items():
+                self.applier.expire_job(resource.namespace, job, seconds)
         return Outcome(slim(written) if written else None, result.status, bool(refused))

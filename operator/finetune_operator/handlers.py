@@ -62,15 +62,19 @@ def _controller() -> Controller:
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:
-    """What `children.observe` reads: name, creation time, status and the controlling owner's uid; never
-    spec or managedFields. (Indices hold one entry per Job and pod: full bodies would multiply the
-    operator's memory.)"""
+    """What `children.observe` reads: name, creation time, status, the controlling owner's uid and a Job's
+    `ttlSecondsAfterFinished`; never the rest of the spec or managedFields. (Indices hold one entry per Job
+    and pod: full bodies would multiply the operator's memory.)"""
     meta = body.metadata
-    return {
+    slim = {
         "metadata": {"name": meta.name, "creationTimestamp": meta.get("creationTimestamp")},
         "status": dict(body.get("status") or {}),
         "owner": controller_uid(body),
     }
+    ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    if ttl is not None:
+        slim["spec"] = {"ttlSecondsAfterFinished": ttl}
+    return slim
 
 
 @kopf.index("batch", "v1", "jobs", labels=naming.MANAGED_BY)

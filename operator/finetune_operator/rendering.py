@@ -323,8 +323,6 @@ def trainer_job(
     }
     if workload.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = workload.active_deadline_seconds
-    if workload.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = workload.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

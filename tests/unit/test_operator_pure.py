@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import replace
 
+import kopf
 import pytest
 from plans import NOW, plan_finetune, plan_sweep
 
@@ -123,12 +124,8 @@ def test_job_passes_through_suspend_deadlines_secret_and_pvc():
         }
     )
     spec = job["spec"]
-    assert (
-        spec["suspend"],
-        spec["activeDeadlineSeconds"],
-        spec["ttlSecondsAfterFinished"],
-        spec["backoffLimit"],
-    ) == (True, 600, 60, 5)
+    assert (spec["suspend"], spec["activeDeadlineSeconds"], spec["backoffLimit"]) == (True, 600, 5)
+    assert "ttlSecondsAfterFinished" not in spec, "set once the status holds the result (planning.expiring)"
     env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     mount = next(
@@ -211,6 +208,26 @@ def test_observe_reads_result_exit_codes_and_running_ip():
     running = observe(_jobobj(active=1), [_pod("Running")])
     assert running.phase == "Running" and running.pod_ip == "127.0.0.5"
     assert observe(_jobobj(), []).phase == "Pending"
+
+
+def test_a_complete_job_whose_pod_update_has_not_arrived_is_still_running_until_its_result_is_read():
+    """The Job watch can run ahead of the pod watch: a Complete Job whose pod the index still holds as
+    Running has a result nobody has read yet, and a trial recorded then would finish without its loss."""
+    lagging = observe(_jobobj("Complete"), [_pod("Running")])
+    assert (lagging.phase, lagging.result) == ("Running", None)
+    done = observe(_jobobj("Complete"), [_pod("Succeeded", 0, '{"kind":"trial","evalLoss":1.5}')])
+    assert (done.phase, done.result) == ("Succeeded", {"kind": "trial", "evalLoss": 1.5})
+    assert observe(_jobobj("Complete"), []).phase == "Succeeded", "its pods gone: nothing more will come"
+
+
+def test_observe_says_whether_a_finished_job_has_its_ttl_from_the_slim_index_entry():
+    from finetune_operator.handlers import _slim
+
+    body = {**_jobobj("Complete"), "spec": {"ttlSecondsAfterFinished": 5, "template": {"spec": {}}}}
+    slim = _slim(kopf.Body(body))
+    assert slim["spec"] == {"ttlSecondsAfterFinished": 5}, "the index keeps only the TTL of the spec"
+    assert observe(slim, [_pod("Succeeded", 0, "{}")]).expires
+    assert not observe(_slim(kopf.Body(_jobobj("Complete"))), [_pod("Succeeded", 0, "{}")]).expires
 
 
 def test_a_started_job_the_job_controller_made_no_pod_for_is_stuck_since_it_started():

@@ -4,6 +4,8 @@ as it is known, and never creates a trial Job twice, even when every finished Jo
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from plans import plan_sweep
 from test_planning_adaptive import BASE, RANGE_TEST, SPEC, finished, parabola
@@ -75,3 +77,56 @@ def test_a_trial_created_but_not_yet_seen_is_applied_again_not_lost():
     first = plan_sweep("s", GRID, None, 1, {})
     again = plan_sweep("s", GRID, first.status, 1, {})
     assert [c.name for c in again.create] == [c.name for c in first.create]
+
+
+def test_a_short_ttl_is_set_on_finished_jobs_only_with_the_status_that_holds_their_results():
+    """Jobs are created without `ttlSecondsAfterFinished` (the TTL controller could delete a Job before its
+    result was read); the plan that records a finished trial asks for it, once, and a finished sweep asks
+    for it on the Jobs that finished with it."""
+    spec = {**GRID, "ttlSecondsAfterFinished": 5}
+    first = plan_sweep("s", spec, None, 1, {})
+    assert first.create and all("ttlSecondsAfterFinished" not in c.manifest["spec"] for c in first.create)
+    assert first.desired.expire == {}
+    names = [c.name for c in first.create]
+    done = finished(names[0], first.create[0].config.learning_rate, 6, parabola)
+    children = {names[0]: done, names[1]: ChildState(names[1], "Running")}
+    second = plan_sweep("s", spec, first.status, 1, children)
+    recorded = {t["jobName"]: t for t in second.status["trials"]}
+    assert recorded[names[0]]["evalLoss"] is not None, "the status being written holds the result"
+    assert second.desired.expire == {names[0]: 5}, "the running trial keeps no TTL yet"
+    expired = {names[0]: replace(done, expires=True), names[1]: children[names[1]]}
+    assert plan_sweep("s", spec, second.status, 1, expired).desired.expire == {}, "set once"
+    assert plan_sweep("s", GRID, first.status, 1, children).desired.expire == {}, "no TTL in the spec"
+
+
+def test_a_finished_sweep_sets_the_ttl_its_last_reconcile_could_not():
+    spec = {**GRID, "ttlSecondsAfterFinished": 0}
+    status, _ = run_deleting_finished_jobs(GRID)
+    last = finished("s-trial-3", 3e-2, 6, parabola)
+    settled = plan_sweep("s", spec, status, 1, {"s-trial-3": last})
+    assert settled.status["phase"] == "Succeeded" and settled.create == []
+    assert settled.desired.expire == {"s-trial-3": 0}
+    gone = plan_sweep("s", spec, status, 1, {"s-trial-3": replace(last, expires=True)})
+    assert gone.desired.expire == {}
+
+
+@pytest.mark.parametrize("spec", [GRID, SPEC], ids=["grid", "adaptive"])
+def test_a_recorded_result_survives_its_job_losing_its_pods_first(spec):
+    """The TTL controller deletes a Job in the foreground: its pods (and the termination message with the
+    result) go before the Job does. A result the status recorded stays; nothing is read from the podless
+    Job, and the adaptive range test is not read again either."""
+    children = {"s-range-test": ChildState("s-range-test", "Succeeded", result=RANGE_TEST)}
+    first = plan_sweep("s", spec, None, 1, children)
+    done = {
+        c.name: finished(c.name, c.config.learning_rate, c.config.optimization.max_steps, parabola)
+        for c in first.create
+    }
+    second = plan_sweep("s", spec, first.status, 1, {**children, **done})
+    recorded = {t["jobName"]: t["evalLoss"] for t in second.status["trials"] if t["jobName"] in done}
+    assert recorded and all(loss is not None for loss in recorded.values())
+    podless = {name: ChildState(name, "Succeeded", expires=True) for name in [*children, *done]}
+    third = plan_sweep("s", spec, second.status, 1, podless)
+    assert third.status["phase"] not in ("Failed",), third.status["message"]
+    after = {t["jobName"]: t["evalLoss"] for t in third.status["trials"] if t["jobName"] in done}
+    assert after == recorded
+    assert third.status.get("rangeTest") == second.status.get("rangeTest")

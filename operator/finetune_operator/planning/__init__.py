@@ -104,6 +104,9 @@ class DesiredState:
     """Kueue Workloads to re-activate (resume a queued run)."""
     sweep_suspend: tuple[str, bool] | None = None
     """(name, suspend) of the `auto` LRSweep a paused or resumed FineTuneJob waits for."""
+    expire: dict[str, int] = field(default_factory=dict)
+    """Finished trainer Jobs to give `ttlSecondsAfterFinished` (name: seconds) once this status, which holds
+    their results, is written: see `expiring`."""
 
 
 def plan(
@@ -135,7 +138,7 @@ def plan_sweep(
     """Decide the LRSweep's status and which trainer Jobs to create next."""
     previous, now = parse_status(LRSweepStatus, resource.status), now or now_iso()
     if is_done(previous, resource.generation):
-        return DesiredState(settle(previous, now, resource.generation))
+        return _settled(resource, previous, now, children)
     b = StatusBuilder(previous, resource.generation, now)
     settings = settings or Settings()
     children = past_start_deadline(children, now, settings.pod_start_deadline)
@@ -154,7 +157,7 @@ def plan_sweep(
     else:
         trials.plan(resource.name, spec, b, children, samples)
     pause = _queue_and_pause(b, spec, children, queue, settings)
-    return _give_up(_desired(resource, spec, b, settings, pause), children)
+    return _give_up(_desired(resource, spec, b, settings, pause, children), children)
 
 
 def plan_finetune(
@@ -172,7 +175,7 @@ def plan_finetune(
     `sweep` is the LRSweep named by `fromSweep` (or its `auto` sweep), None when it does not exist."""
     previous, now = parse_status(FineTuneJobStatus, resource.status), now or now_iso()
     if is_done(previous, resource.generation):
-        return DesiredState(settle(previous, now, resource.generation))
+        return _settled(resource, previous, now, children)
     b = StatusBuilder(previous, resource.generation, now)
     settings = settings or Settings()
     children = past_start_deadline(children, now, settings.pod_start_deadline)
@@ -183,7 +186,7 @@ def plan_finetune(
         return DesiredState(b.status, events=b.events)
     create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
     pause = _queue_and_pause(b, spec, children, queue, settings)
-    desired = _give_up(_desired(resource, spec, b, settings, pause), children)
+    desired = _give_up(_desired(resource, spec, b, settings, pause, children), children)
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
@@ -196,6 +199,33 @@ def plan_finetune(
     ):  # the auto sweep follows the FineTuneJob's pause (it was created with the suspend of its time)
         desired.sweep_suspend = (sweep.name, bool(spec.suspend))
     return desired
+
+
+def expiring(ttl: Any, children: Mapping[str, ChildState]) -> dict[str, int]:
+    """The finished trainer Jobs that should now get the spec's `ttlSecondsAfterFinished`.
+
+    Jobs are created without it: Kubernetes' TTL controller, counting from the Job's end, could delete a Job
+    and its pod (whose termination message holds the result) before the operator has read it. The planner
+    records every finished child's result in the status it returns, so once that status is written the
+    controller sets the TTL on these Jobs, and the TTL controller deletes each `ttl` seconds after its end
+    (at once when that is past)."""
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+        return {}
+    return {
+        name: ttl
+        for name, child in sorted(children.items())
+        if child.phase in ("Succeeded", "Failed") and not child.expires
+    }
+
+
+def _settled(
+    resource: Resource, previous: ResourceStatus, now: str, children: Mapping[str, ChildState]
+) -> DesiredState:
+    """A finished resource: its settled status, and the TTL for Jobs that finished with it."""
+    return DesiredState(
+        settle(previous, now, resource.generation),
+        expire=expiring(resource.spec.get("ttlSecondsAfterFinished"), children),
+    )
 
 
 def _give_up(desired: DesiredState, children: Mapping[str, ChildState]) -> DesiredState:
@@ -226,8 +256,10 @@ def _desired(
     b: StatusBuilder,
     settings: Settings,
     pause: queued.PauseActions,
+    children: Mapping[str, ChildState],
 ) -> DesiredState:
-    """The builder's status and events, and its Job requests rendered into complete manifests."""
+    """The builder's status and events, its Job requests rendered into complete manifests, and the TTL
+    for finished Jobs."""
     jobs = [
         manifest
         for c in b.children
@@ -255,4 +287,5 @@ def _desired(
         resume=pause.resume,
         deactivate=pause.deactivate,
         activate=pause.activate,
+        expire=expiring(spec.ttl_seconds_after_finished, children),
     )

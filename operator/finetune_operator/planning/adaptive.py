@@ -223,7 +223,7 @@ def plan(
     samples: Samples,
 ) -> None:
     """The range test; then the adaptive stages' trials as Jobs; then the recommendation and its evidence."""
-    summary = _remembered_range_test(name, b, children)
+    summary = _remembered_range_test(b)
     if summary is None:
         result = rangetest.range_test(name, sweep, b, children, samples)
         if result is None:
@@ -303,11 +303,10 @@ def _live(trial: Trial, previous: TrialStatus | None, samples: Samples, now: str
     return progress_from_sample(samples.get(trial.job), trial.child.start_time, now, last)
 
 
-def _remembered_range_test(
-    name: str, b: StatusBuilder[LRSweepStatus], children: Mapping[str, ChildState]
-) -> RangeTestSummary | None:
-    """The range test as the status recorded it, when its Job is gone (deleted after its TTL)."""
+def _remembered_range_test(b: StatusBuilder[LRSweepStatus]) -> RangeTestSummary | None:
+    """The range test as the status recorded it: final once recorded, whether its Job is gone or going
+    (a Job the TTL controller deletes in the foreground loses its pod, and with it the result, first)."""
     summary = b.status.range_test
-    if naming.range_test_job(name) in children or summary is None or not summary.edge_learning_rate:
+    if summary is None or not summary.edge_learning_rate:
         return None
     return summary

@@ -72,8 +72,8 @@ def plan(
         if before.phase == "Pruned":
             if child is not None:
                 b.delete.append(child.name)  # not gone yet
-        elif child is None and (last := kept.get((0, before.index))) is not None:
-            trial = last
+        elif (last := kept.get((0, before.index))) is not None:
+            trial = last  # final once recorded: a Job being deleted (TTL, foreground) may have lost its pods
         elif child is None:
             requests.append((trial, study.params_of(before, study.distributions(sweep))))  # not seen yet
         else:
