@@ -665,7 +665,8 @@ class LRSweepStatus(ResourceStatus):
     interval: Interval | None = None
     """Adaptive: learning rates whose predicted loss is within noise of the recommendation's."""
     decided_by: str | None = Field(default=None, max_length=TEXT_MAX)
-    """Adaptive: which stage decided (`stage-2-fit`, `stage-2-best`, `stage-1-fit`, `stage-1-best`)."""
+    """Adaptive: which stage decided (`stage-2-fit`; `stage-2-horizon`, the stage-2 fit moved to the
+    fine-tune's length; `stage-2-best`, `stage-1-fit`, `stage-1-best`)."""
     evidence: EvidenceReason | None = None
     """Adaptive: how well the trials support the recommendation; FlatCurve, BestAtLowerEdge,
     BestAtUpperEdge and AllTrialsDiverged are weak and fail the sweep."""

@@ -4,11 +4,16 @@
            ──► stage 1: short trials at log-spaced candidates from the ceiling down
                (extended past its lowest candidate while the best trial sits there)
            ──► stage 2: longer trials around the stage-1 minimum ──► parabola in log10(LR) ──► LR + interval
+           ──► horizon: the minimum's fall from stage-1 to stage-2 trials, extended to the fine-tune's length
 
 A range test finds where training breaks, not where a finished run is best, so it only bounds the search:
 the LR at which a ramp's loss bottoms out is already too high for a whole run (fastai's rules take a tenth
 of it), and short trials favour high LRs that a longer run pays for, so neither the trials nor the
-recommendation go above that ceiling.
+recommendation go above that ceiling. Trials shorter than the fine-tune can still miss where a longer run's
+optimum lies (a classifier that memorises noisy labels only does so late): when the minimum moved down
+from the stage-1 to the twice-as-long stage-2 trials, the move is extended as a power law in steps to the
+fine-tune's length (the optimum's drift with the training horizon, Bjorck et al. 2024), never upwards and
+never below the lowest learning rate tried.
 Trials are judged on validation loss after a full warmup + decay, never mid-run. ``next_step`` is the whole
 decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
 the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
@@ -429,13 +434,26 @@ def next_step(
             if capped and minimum is not None and lr2 >= top * (1 - 1e-6)
             else ""
         )
+        message = (
+            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps{at_ceiling}"
+        )
+        span = interval(fit2, lr2, low, high)
+        beta = horizon_exponent(centre, steps1, lr2, steps2)
+        lr = at_horizon(lr2, steps2, beta, max_steps, low)
+        if lr < lr2 * (1 - 1e-9):
+            factor = lr / lr2
+            span = Interval(low=max(low, span.low * factor), high=max(low, span.high * factor))
+            message += (
+                f"; moved to {lr:.3g} for the {max_steps}-step fine-tune: the minimum fell from {centre:.3g} "
+                f"({steps1}-step trials) to {lr2:.3g} ({steps2} steps), steps^-{beta:.2f}"
+            )
         return _finish(
-            lr2,
+            lr,
             "Fitted",
-            f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps{at_ceiling}",
-            "stage-2-fit",
+            message,
+            "stage-2-horizon" if lr < lr2 * (1 - 1e-9) else "stage-2-fit",
             fit=fit2,
-            span=interval(fit2, lr2, low, high),
+            span=span,
             best_loss=min(y for _, y in ok2),
         )
     if ok2:
@@ -456,6 +474,23 @@ def next_step(
         span=interval(fit1, centre, low, high) if fit1 else None,
         best_loss=best_loss,
     )
+
+
+def horizon_exponent(lr1: float, steps1: int, lr2: float, steps2: int) -> float:
+    """How fast the optimum fell with the trial length: ``β`` in ``lr* ∝ steps^-β`` through the stage-1
+    and stage-2 minima; 0 when it did not fall (an optimum that rises with length is not extended: the
+    ceiling already bounds it, and a higher LR risks divergence)."""
+    if steps2 <= steps1 or lr1 <= 0 or lr2 <= 0:
+        return 0.0
+    return max(0.0, math.log10(lr1 / lr2) / math.log10(steps2 / steps1))
+
+
+def at_horizon(lr: float, steps: int, beta: float, max_steps: int | None, lowest: float) -> float:
+    """``lr``, found with trials of ``steps``, moved to a run of ``max_steps`` by ``lr* ∝ steps^-β``; kept
+    at or above ``lowest`` (the lowest learning rate tried)."""
+    if not max_steps or max_steps <= steps or beta <= 0:
+        return lr
+    return max(lowest, lr * (max_steps / steps) ** -beta)
 
 
 def _scale(points: Sequence[tuple[float, float]], reference: float) -> float:

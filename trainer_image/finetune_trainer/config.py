@@ -755,7 +755,8 @@ class Recommendation(Spec):
     interval: Interval | None = None
     """Learning rates within noise of the recommendation's predicted loss."""
     decided_by: str = "fit"
-    """Which stage decided: `stage-2-fit`, `stage-2-best`, `stage-1-fit`, `stage-1-best`."""
+    """Which stage decided: `stage-2-fit`, `stage-2-horizon` (the stage-2 fit moved to the fine-tune's
+    length), `stage-2-best`, `stage-1-fit`, `stage-1-best`."""
     evidence: EvidenceReason = "Fitted"
     """How well the trials support the recommendation; see `WEAK_EVIDENCE`."""
     message: str = ""

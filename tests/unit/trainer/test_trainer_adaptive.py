@@ -12,10 +12,12 @@ from finetune_trainer.adaptive import (
     HEADROOM,
     STAGE_1,
     STAGE_2,
+    at_horizon,
     ceiling,
     curve_minimum,
     divergence_edge,
     fit_parabola,
+    horizon_exponent,
     interval,
     loss_minimum,
     next_step,
@@ -298,3 +300,49 @@ def test_short_trials_favouring_high_lrs_are_held_at_the_ceiling_without_failing
     assert result.evidence == "Fitted" and not result.weak
     assert result.recommended_learning_rate == pytest.approx(top)
     assert "ceiling" in result.message and "loss minimum" in result.message
+
+
+# ------------------------------------------------------------------------------------------- horizon
+
+
+def drifting(optimum_at_20: float, beta: float, width: float = 0.3) -> LossOf:
+    """A basin whose optimum falls with the trial length as ``steps^-beta`` (``optimum_at_20`` at 20)."""
+
+    def loss(lr: float, steps: int) -> float | None:
+        optimum = optimum_at_20 * (steps / 20) ** -beta
+        return 1.0 + width * (math.log10(lr) - math.log10(optimum)) ** 2
+
+    return loss
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.2])
+def test_an_optimum_that_falls_with_the_trial_length_is_extended_to_the_fine_tune(beta: float) -> None:
+    """Stage-1 (20 steps) and stage-2 (40 steps) minima measure the drift; the recommendation is where the
+    160-step run's optimum lies, not where the short trials' was."""
+    spec = AdaptiveSpec()
+    rec, trials = drive(spec, edge=1.0, loss=drifting(3e-4, beta), max_steps=160)
+    assert {t.steps for t in trials} == {20, 40}
+    target = 3e-4 * (160 / 20) ** -beta
+    assert rec.decided_by == "stage-2-horizon" and rec.evidence == "Fitted"
+    assert abs(math.log10(rec.recommended_learning_rate / target)) < 0.12, (rec, target)
+    assert rec.interval is not None and rec.interval.low <= rec.recommended_learning_rate <= rec.interval.high
+    assert "for the 160-step fine-tune" in rec.message
+    assert rec.recommended_learning_rate >= min(t.learning_rate for t in trials), "never below what was tried"
+
+
+def test_an_optimum_that_rises_with_the_trial_length_is_not_extended_upwards() -> None:
+    rec, _ = drive(AdaptiveSpec(), edge=1.0, loss=drifting(1e-3, -0.5), max_steps=160)
+    assert rec.decided_by == "stage-2-fit"
+    assert abs(math.log10(rec.recommended_learning_rate / (1e-3 * 2**0.5))) < 0.1, "the stage-2 minimum"
+
+
+def test_no_extension_without_a_known_fine_tune_length_or_past_the_lowest_trial() -> None:
+    assert (
+        drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-4, 1.0), max_steps=None)[0].decided_by
+        == "stage-2-fit"
+    )
+    assert horizon_exponent(1e-3, 20, 5e-4, 40) == pytest.approx(1.0)
+    assert horizon_exponent(5e-4, 20, 1e-3, 40) == 0.0
+    assert at_horizon(5e-4, 40, 1.0, 160, lowest=1e-6) == pytest.approx(1.25e-4)
+    assert at_horizon(5e-4, 40, 3.0, 160, lowest=1e-4) == 1e-4
+    assert at_horizon(5e-4, 40, 1.0, 40, lowest=1e-6) == 5e-4
