@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator import naming, planning, rendering
+from finetune_operator.api import LRSweepSpec
 from finetune_operator.children import ChildState
 from finetune_operator.planning import DesiredState, Resource, SweepRef
 from finetune_operator.planning.status import Event
@@ -19,6 +20,7 @@ from finetune_operator.settings import Settings
 from finetune_trainer.config import TrainerConfig
 
 NOW = "2026-01-01T00:00:10Z"
+OWNER = rendering.Owner("LRSweep", "s", "ns", "uid-1")
 UID = {"LRSweep": "uid-lrsweep", "FineTuneJob": "uid-finetunejob"}
 
 
@@ -103,3 +105,18 @@ def plan_finetune(
         sweep_name = (lr.get("fromSweep") or {}).get("name") or naming.auto_sweep(name)
         ref = SweepRef(sweep_name, sweep.get("status") or {}, sweep.get("owner", r.uid))
     return view(planning.plan_finetune(r, children, ref, samples, now=now))
+
+
+def range_test_job(spec: dict, settings: Settings | None = None, **kw: Any) -> dict[str, Any]:
+    """The manifest of LRSweep `s`'s range-test Job for `spec`, as the operator renders it."""
+    sweep = LRSweepSpec.model_validate(spec)
+    return rendering.trainer_job(
+        owner=OWNER,
+        name="s-range-test",
+        config=rendering.range_test_config(sweep),
+        role="range-test",
+        args=["range-test"],
+        workload=sweep,
+        settings=settings or Settings(),
+        **kw,
+    )

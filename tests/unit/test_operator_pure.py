@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import kopf
 import pytest
-from plans import NOW, plan_finetune, plan_sweep
+from plans import NOW, OWNER, plan_finetune, plan_sweep, range_test_job
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec, TrialsSpec
@@ -69,21 +69,8 @@ def test_learning_rate_scaling_rules():
 
 # ------------------------------------------------------------------ rendering
 
-OWNER = rendering.Owner("LRSweep", "s", "ns", "uid-1")
 
-
-def _job(spec: dict, **kw) -> dict:
-    sweep = LRSweepSpec.model_validate(spec)
-    return rendering.trainer_job(
-        owner=OWNER,
-        name="s-range-test",
-        config=rendering.range_test_config(sweep),
-        role="range-test",
-        args=["range-test"],
-        workload=sweep,
-        settings=kw.pop("settings", Settings()),
-        **kw,
-    )
+_job = range_test_job
 
 
 def test_job_is_locked_down_owned_labelled_and_asks_for_gpus():

@@ -4,6 +4,7 @@ rules around queueName and suspend; the operator's default-queue flag."""
 from __future__ import annotations
 
 import pytest
+from plans import range_test_job
 from pydantic import ValidationError
 
 from finetune_operator import queueing, rendering, settings
@@ -11,7 +12,6 @@ from finetune_operator.api import LRSweepSpec
 from finetune_operator.settings import Settings
 
 SPEC = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}, "method": "rangeTest"}
-OWNER = rendering.Owner("LRSweep", "s", "ns", "uid-1")
 GPU_PLACEMENT = Settings(
     node_selector={"nvidia.com/gpu.present": "true"},
     tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -19,16 +19,7 @@ GPU_PLACEMENT = Settings(
 
 
 def _job(spec: dict, settings: Settings | None = None) -> dict:
-    sweep = LRSweepSpec.model_validate({**SPEC, **spec})
-    return rendering.trainer_job(
-        owner=OWNER,
-        name="s-range-test",
-        config=rendering.range_test_config(sweep),
-        role="range-test",
-        args=["range-test"],
-        workload=sweep,
-        settings=settings or Settings(),
-    )
+    return range_test_job({**SPEC, **spec}, settings)
 
 
 def test_unqueued_job_has_no_queue_label_and_runs_at_once():
