@@ -440,7 +440,8 @@ def next_step(
         span = interval(fit2, lr2, low, high)
         beta = horizon_exponent(centre, steps1, lr2, steps2)
         lr = at_horizon(lr2, steps2, beta, max_steps, low)
-        if lr < lr2 * (1 - 1e-9):
+        moved = lr < lr2 * (1 - 1e-9)
+        if moved:
             factor = lr / lr2
             span = Interval(low=max(low, span.low * factor), high=max(low, span.high * factor))
             message += (
@@ -451,7 +452,7 @@ def next_step(
             lr,
             "Fitted",
             message,
-            "stage-2-horizon" if lr < lr2 * (1 - 1e-9) else "stage-2-fit",
+            "stage-2-horizon" if moved else "stage-2-fit",
             fit=fit2,
             span=span,
             best_loss=min(y for _, y in ok2),
