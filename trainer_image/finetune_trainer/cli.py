@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -199,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.release_stdout()
 
 
+RANK_REPORT_GRACE = 60.0
+"""Seconds a rank other than 0 waits after a config error for rank 0 to report it (torchrun ends the
+wait when rank 0 exits)."""
+
+
 def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -> int:
     """Run a command; turn every failure into its exit code, a stderr line and an error result."""
     result_path = _result_file(args) if main_process else None
@@ -223,6 +229,10 @@ def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -
     if main_process:
         progress.emit("error", exitCode=int(code), reason=code.name, message=message)
         _write_error(result_path, code, message)
+    elif code == ExitCode.BAD_CONFIG:
+        # every rank reads the same config, so rank 0 meets the same error; exiting first would make
+        # torchrun stop rank 0 before it reports it (its result would say INTERRUPTED)
+        time.sleep(RANK_REPORT_GRACE)
     return int(code)
 
 

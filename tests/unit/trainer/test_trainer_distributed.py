@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from finetune_trainer import cli
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.runsetup import fsdp_arguments
 
@@ -39,3 +40,19 @@ def test_the_model_card_counts_every_process_in_the_batch():
     result = {"learningRate": 1e-4, "steps": 3, "totalSteps": 3, "effectiveBatchSize": 64, "worldSize": 8}
     card = model_card(cfg, result, "last")
     assert "| Effective batch size | 64 (4 per device x 2 accumulation x 8 processes) |" in card
+
+
+def test_a_non_zero_rank_waits_for_rank_0_to_report_a_config_error(tmp_path, monkeypatch):
+    """Rank 0 meets the same config error; a rank that exited first would have torchrun stop rank 0 before
+    it wrote the error (its result then said INTERRUPTED)."""
+    waited: list[float] = []
+    monkeypatch.setattr(cli.time, "sleep", waited.append)
+    bad = tmp_path / "c.yaml"
+    bad.write_text("model: {name: /no/such/model}\noptimization: {batchSize: 0}\n")
+    argv = ["train", "--config", str(bad), "--metrics-port", "0", "--result-file", str(tmp_path / "r.json")]
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(argv) == 2 and waited == [cli.RANK_REPORT_GRACE]
+    assert not (tmp_path / "r.json").exists(), "only rank 0 reports"
+    monkeypatch.setenv("RANK", "0")
+    waited.clear()
+    assert cli.main(argv) == 2 and waited == [] and (tmp_path / "r.json").exists()
