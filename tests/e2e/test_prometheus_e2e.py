@@ -70,12 +70,12 @@ def test_prometheus_scrapes_the_operator_during_a_run(
                     "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 30},
                 },
             ),
-            # long enough (a few seconds of steps) for the operator to poll the running trainer's metrics
+            # long enough (about 15 s of steps here, several 1 s polls) for the operator to see it run
             (
                 "FineTuneJob",
                 "finetunejobs",
                 "tune",
-                {"learningRate": {"value": 1e-3}, "optimization": {**base["optimization"], "maxSteps": 400}},
+                {"learningRate": {"value": 1e-3}, "optimization": {**base["optimization"], "maxSteps": 800}},
             ),
         ):
             body = {
@@ -86,9 +86,11 @@ def test_prometheus_scrapes_the_operator_during_a_run(
             }
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
         start = time.time()
-        prom.wait_for(f'finetune_recommended_learning_rate{{namespace="{namespace}"}}', timeout=240)
-        # the fine-tune's live progress, throughput included, polled from its trainer while it runs
+        # first the fine-tune's live progress, throughput included, polled from its trainer while it runs:
+        # the series goes stale when the run ends, so waiting for the sweep first (as this test once did)
+        # could miss it on a loaded machine where the sweep's recommendation came near the fine-tune's end
         prom.wait_for(f'finetune_samples_per_second{{namespace="{namespace}",name="tune"}}', timeout=240)
+        prom.wait_for(f'finetune_recommended_learning_rate{{namespace="{namespace}"}}', timeout=240)
         prom.wait_for(
             f'finetune_resource_phase{{namespace="{namespace}",name="tune",phase="Succeeded"}} == 1',
             timeout=240,
