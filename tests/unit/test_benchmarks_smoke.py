@@ -164,6 +164,20 @@ def test_tasks_file_is_data_and_leaves_every_recommender_at_its_defaults(tmp_pat
         lr_quality.load_tasks(path)
 
 
+def test_every_task_file_loads_and_the_held_out_tasks_are_new() -> None:
+    main = lr_quality.load_tasks(lr_quality.TASKS_FILE)
+    files = sorted(lr_quality.TASKS_FILE.parent.glob("tasks_*.yaml"))
+    assert {f.name for f in files} >= {"tasks_gpu.yaml", "tasks_heldout.yaml"}
+    for f in files:
+        spec = lr_quality.load_tasks(f)  # refuses a task that sets a recommender's own settings
+        assert set(spec["quick"]["tasks"]) <= {t["name"] for t in spec["tasks"]}, f.name
+    held_out = lr_quality.load_tasks(lr_quality.TASKS_FILE.parent / "tasks_heldout.yaml")
+    seen = {lr_quality.digest({k: t[k] for k in ("model", "data", "trainer")}) for t in main["tasks"]}
+    for t in held_out["tasks"]:
+        assert lr_quality.digest({k: t[k] for k in ("model", "data", "trainer")}) not in seen, t["name"]
+        assert t["name"] not in {m["name"] for m in main["tasks"]}
+
+
 def test_generated_datasets_are_deterministic_and_labelled() -> None:
     assert lr_quality.rule_lm_texts(5, 1) == lr_quality.rule_lm_texts(5, 1)
     rows = lr_quality.negation_sentiment(200, 0, 0.0)
