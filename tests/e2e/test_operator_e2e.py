@@ -359,6 +359,9 @@ def test_a_grid_sweep_with_a_five_second_ttl_completes_and_creates_each_trial_jo
     assert job_names(kube_api, namespace) == [], "the TTL controller deleted every finished trial Job"
 
 
+TPE_TRIAL_STEPS = 400
+
+
 def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_all_its_best_params(
     kube_cluster, kube_api, namespace, crds_installed, run_operator, tiny, tmp_path
 ):
@@ -376,9 +379,12 @@ def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_a
                 "warmupRatio": {"min": 0.0, "max": 0.5},
             },
             "maxTrials": 6,
-            "steps": 40,
+            # the operator judges a trial on the intermediate losses it polls (every second) while the
+            # trial runs: 400 steps (~8 s here) let it see several; at 40 (~1 s) a run could see none
+            # of a poor trial's before it ended, and nothing was pruned
+            "steps": TPE_TRIAL_STEPS,
             "parallelism": 2,
-            "pruner": {"type": "median", "startupTrials": 2, "evalEverySteps": 4},
+            "pruner": {"type": "median", "startupTrials": 2, "evalEverySteps": TPE_TRIAL_STEPS // 10},
         },
     }
     job_spec = {
@@ -460,7 +466,7 @@ def test_bayesian_sweep_prunes_survives_a_killed_operator_then_a_finetune_uses_a
     assert pruned, f"no trial pruned: {[(t['params'], t.get('evals')) for t in trials]}"
     for t in pruned:
         assert t["index"] >= 2, "none before the pruner's two startup trials finished"
-        assert t["reason"] == "Pruned" and t["prunedAtStep"] == t["evals"][-1]["step"] < 40
+        assert t["reason"] == "Pruned" and t["prunedAtStep"] == t["evals"][-1]["step"] < TPE_TRIAL_STEPS
         assert (
             f"median pruner: eval loss {t['evals'][-1]['evalLoss']:.4g} at step {t['prunedAtStep']}"
             in (t["message"])
