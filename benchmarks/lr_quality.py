@@ -666,6 +666,12 @@ def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Pa
     return cfg
 
 
+def task_key(spec: dict[str, Any]) -> str:
+    """A task's identity: what its oracle and results are keyed by (model, data and trainer fields; not
+    its name or description)."""
+    return digest({"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]})
+
+
 def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
     import yaml
 
@@ -688,7 +694,7 @@ def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
         adapter=cfg.get("adapter", {}).get("type", "none"),
         steps=int(cfg["optimization"]["maxSteps"]),
         oracle_lrs=log_spaced(lo, hi, int(oracle["points"])),
-        key=digest({"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]}),
+        key=task_key(spec),
     )
 
 

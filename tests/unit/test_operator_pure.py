@@ -70,11 +70,8 @@ def test_learning_rate_scaling_rules():
 # ------------------------------------------------------------------ rendering
 
 
-_job = range_test_job
-
-
 def test_job_is_locked_down_owned_labelled_and_asks_for_gpus():
-    job = _job({**SPEC, "resources": {"gpus": 2, "nodeSelector": {"gpu": "a100"}}})
+    job = range_test_job({**SPEC, "resources": {"gpus": 2, "nodeSelector": {"gpu": "a100"}}})
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert job["metadata"]["ownerReferences"] == [OWNER.reference()]
@@ -92,14 +89,14 @@ def test_job_is_locked_down_owned_labelled_and_asks_for_gpus():
 
 
 def test_job_failure_policy_never_retries_bad_config_or_divergence():
-    rules = _job(SPEC)["spec"]["podFailurePolicy"]["rules"]
+    rules = range_test_job(SPEC)["spec"]["podFailurePolicy"]["rules"]
     fail = next(r for r in rules if r["action"] == "FailJob")
     assert fail["onExitCodes"]["values"] == [2, 3]
     assert any(r["action"] == "Ignore" for r in rules)
 
 
 def test_job_passes_through_suspend_deadlines_secret_and_pvc():
-    job = _job(
+    job = range_test_job(
         {
             **SPEC,
             "suspend": True,
@@ -122,7 +119,9 @@ def test_job_passes_through_suspend_deadlines_secret_and_pvc():
 
 
 def test_cpu_only_job_asks_no_gpu_and_uses_operator_defaults():
-    job = _job({**SPEC, "resources": {"gpus": 0}}, settings=Settings(default_cpu="2", default_memory="4Gi"))
+    job = range_test_job(
+        {**SPEC, "resources": {"gpus": 0}}, settings=Settings(default_cpu="2", default_memory="4Gi")
+    )
     limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "2", "memory": "4Gi"}
 
@@ -156,7 +155,7 @@ def test_auto_sweep_copies_model_data_adapter_batch_and_placement():
 
 
 def test_the_job_carries_the_trainer_config_as_the_file_the_trainer_reads():
-    template = _job(SPEC)["spec"]["template"]
+    template = range_test_job(SPEC)["spec"]["template"]
     config = json.loads(template["metadata"]["annotations"][rendering.CONFIG_ANNOTATION])
     assert config["model"]["name"] == "/models/tiny"
     [volume] = [v for v in template["spec"]["volumes"] if v["name"] == "config"]
