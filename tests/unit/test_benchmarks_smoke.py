@@ -18,6 +18,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks import (  # noqa: E402
     common,
+    horizon_probe,
     lr_quality,
     operator_scale,
     rangetest_cost,
@@ -266,3 +267,17 @@ def test_sweep_search_gives_every_method_the_grids_compute_and_charges_pruned_tr
     assert median["steps"] == median["trials"] * sweep_search.STEPS - median["stepsSaved"]
     table = sweep_search.summarise([r | {"task": "bowl"} for r in rows.values()])
     assert [row[0] for row in table] == list(sweep_search.METHODS)
+
+
+def test_horizon_probe_reads_the_best_lr_per_length_and_its_drift() -> None:
+    lrs, steps = [1e-5, 3e-5, 9e-5], [40, 80, 160]
+    losses = {
+        (40, 1e-5): 0.9, (40, 3e-5): 0.7, (40, 9e-5): 0.5,
+        (80, 1e-5): 0.8, (80, 3e-5): 0.5, (80, 9e-5): 0.6,
+        (160, 1e-5): None, (160, 3e-5): None, (160, 9e-5): None,
+    }  # fmt: skip
+    best = horizon_probe.best_by_length(losses, steps, lrs)
+    assert best == {40: 9e-5, 80: 3e-5, 160: None}
+    (a, b, beta), (_, _, missing) = horizon_probe.drift(best)
+    assert (a, b) == (40, 80) and beta == pytest.approx(math.log10(3) / math.log10(2))
+    assert missing is None, "no β where a length has no minimum"

@@ -13,7 +13,7 @@ recommendation go above that ceiling. Trials shorter than the fine-tune can stil
 optimum lies (a classifier that memorises noisy labels only does so late): when the minimum moved down
 from the stage-1 to the twice-as-long stage-2 trials, the move is extended as a power law in steps to the
 fine-tune's length (the optimum's drift with the training horizon, Bjorck et al. 2024), never upwards and
-never below the lowest learning rate tried.
+at most ``HORIZON_REACH`` decades down.
 Trials are judged on validation loss after a full warmup + decay, never mid-run. ``next_step`` is the whole
 decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
 the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
@@ -48,6 +48,9 @@ FIT_NEIGHBOURS = 2
 """Points on each side of the best trial that the stage-1 parabola uses."""
 HEADROOM = 0.5
 """Decades that trials and the recommendation stay below the range test's loss minimum."""
+HORIZON_REACH = 1.0
+"""Decades the horizon step may move the stage-2 minimum down at most: an extrapolation, so bounded by
+itself, not by how far down stage 1 happened to try (its low candidates barely train in a short trial)."""
 
 
 @dataclass(frozen=True)
@@ -439,11 +442,12 @@ def next_step(
         )
         span = interval(fit2, lr2, low, high)
         beta = horizon_exponent(centre, steps1, lr2, steps2)
-        lr = at_horizon(lr2, steps2, beta, max_steps, low)
+        floor = _shift(lr2, -HORIZON_REACH)
+        lr = at_horizon(lr2, steps2, beta, max_steps, floor)
         moved = lr < lr2 * (1 - 1e-9)
         if moved:
             factor = lr / lr2
-            span = Interval(low=max(low, span.low * factor), high=max(low, span.high * factor))
+            span = Interval(low=max(floor, span.low * factor), high=max(floor, span.high * factor))
             message += (
                 f"; moved to {lr:.3g} for the {max_steps}-step fine-tune: the minimum fell from {centre:.3g} "
                 f"({steps1}-step trials) to {lr2:.3g} ({steps2} steps), steps^-{beta:.2f}"
@@ -486,12 +490,12 @@ def horizon_exponent(lr1: float, steps1: int, lr2: float, steps2: int) -> float:
     return max(0.0, math.log10(lr1 / lr2) / math.log10(steps2 / steps1))
 
 
-def at_horizon(lr: float, steps: int, beta: float, max_steps: int | None, lowest: float) -> float:
+def at_horizon(lr: float, steps: int, beta: float, max_steps: int | None, floor: float) -> float:
     """``lr``, found with trials of ``steps``, moved to a run of ``max_steps`` by ``lr* ∝ steps^-β``; kept
-    at or above ``lowest`` (the lowest learning rate tried)."""
+    at or above ``floor``."""
     if not max_steps or max_steps <= steps or beta <= 0:
         return lr
-    return max(lowest, lr * (max_steps / steps) ** -beta)
+    return max(floor, lr * (max_steps / steps) ** -beta)
 
 
 def _scale(points: Sequence[tuple[float, float]], reference: float) -> float:

@@ -387,9 +387,10 @@ class AdaptiveSpec(Spec):
     """The adaptive recommender: a range test finds the divergence edge, short trials at log-spaced
     candidates below it find the basin, longer trials narrow it, and a parabola in log-LR picks the LR."""
 
-    candidates: int = Field(default=5, ge=3, le=12)
+    candidates: int = Field(default=3, ge=3, le=12)
     """Stage-1 trials: log-spaced learning rates from the ceiling down (half a decade below the range
-    test's loss minimum, and `spacing` below its divergence edge)."""
+    test's loss minimum, and `spacing` below its divergence edge). While the lowest is the best, two
+    more go below it (`maxExtensions` times at most), so the first row can be short without losing reach."""
     spacing: float = Field(default=0.5, ge=0.1, le=2.0)
     """Decades between stage-1 candidates."""
     trial_steps: int | None = Field(default=None, ge=4, le=100000)
@@ -399,8 +400,9 @@ class AdaptiveSpec(Spec):
     """Stage-2 trials around the stage-1 fit's minimum, each `narrowingFactor` times longer."""
     narrowing_factor: float = Field(default=2.0, ge=1.0, le=16.0)
     """How many times longer a stage-2 trial runs than a stage-1 trial."""
-    max_extensions: int = Field(default=2, ge=0, le=8)
-    """How often stage 1 may add candidates past its lowest or highest one when the best trial sits there."""
+    max_extensions: int = Field(default=3, ge=0, le=8)
+    """How often stage 1 may add candidates past its lowest or highest one when the best trial sits there,
+    and stage 2 a finalist past its end."""
     parallelism: int = Field(default=2, ge=1, le=64)
     """Trials running at once (Jobs in a cluster)."""
 

@@ -10,6 +10,7 @@ import pytest
 
 from finetune_trainer.adaptive import (
     HEADROOM,
+    HORIZON_REACH,
     STAGE_1,
     STAGE_2,
     at_horizon,
@@ -233,7 +234,7 @@ def test_a_best_trial_next_to_the_edge_is_weak_evidence() -> None:
 def test_everything_diverging_recommends_nothing() -> None:
     result, trials = drive(AdaptiveSpec(max_extensions=1), 1e-1, basin(1e-3, diverge_above=0.0))
     assert result.evidence == "AllTrialsDiverged" and result.recommended_learning_rate is None
-    assert len(trials) == 7  # five candidates and one extension of two below them
+    assert len(trials) == 5  # three candidates and one extension of two below them
     assert "rangeTest.minLearningRate" in result.message
 
 
@@ -327,7 +328,8 @@ def test_an_optimum_that_falls_with_the_trial_length_is_extended_to_the_fine_tun
     assert abs(math.log10(rec.recommended_learning_rate / target)) < 0.12, (rec, target)
     assert rec.interval is not None and rec.interval.low <= rec.recommended_learning_rate <= rec.interval.high
     assert "for the 160-step fine-tune" in rec.message
-    assert rec.recommended_learning_rate >= min(t.learning_rate for t in trials), "never below what was tried"
+    assert rec.fit is not None
+    assert rec.recommended_learning_rate >= vertex(rec.fit) * 10**-HORIZON_REACH  # type: ignore[operator]
 
 
 def test_an_optimum_that_rises_with_the_trial_length_is_not_extended_upwards() -> None:
@@ -343,6 +345,19 @@ def test_no_extension_without_a_known_fine_tune_length_or_past_the_lowest_trial(
     )
     assert horizon_exponent(1e-3, 20, 5e-4, 40) == pytest.approx(1.0)
     assert horizon_exponent(5e-4, 20, 1e-3, 40) == 0.0
-    assert at_horizon(5e-4, 40, 1.0, 160, lowest=1e-6) == pytest.approx(1.25e-4)
-    assert at_horizon(5e-4, 40, 3.0, 160, lowest=1e-4) == 1e-4
-    assert at_horizon(5e-4, 40, 1.0, 40, lowest=1e-6) == 5e-4
+    assert at_horizon(5e-4, 40, 1.0, 160, floor=1e-6) == pytest.approx(1.25e-4)
+    assert at_horizon(5e-4, 40, 3.0, 160, floor=1e-4) == 1e-4
+    assert at_horizon(5e-4, 40, 1.0, 40, floor=1e-6) == 5e-4
+
+
+def test_a_steep_drift_moves_the_recommendation_one_decade_at_most() -> None:
+    """The stage-2 minimum halves its LR from 20- to 40-step trials (β = 2); extended to a 160-step run
+    that would be 1.2 decades further down: the move stops a decade below the stage-2 minimum, below the
+    lowest stage-1 candidate (a short trial that low barely trains, so it bounds nothing)."""
+    rec, trials = drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-3, 2.0), max_steps=160)
+    assert rec.decided_by == "stage-2-horizon" and rec.fit is not None
+    lr2 = vertex(rec.fit)
+    assert lr2 is not None and abs(math.log10(lr2 / 7.5e-4)) < 0.1, "the 40-step optimum"
+    assert rec.recommended_learning_rate == pytest.approx(lr2 * 10**-HORIZON_REACH)
+    assert rec.recommended_learning_rate < min(t.learning_rate for t in trials if t.stage == 1)
+    assert rec.interval is not None and rec.interval.low >= lr2 * 10**-HORIZON_REACH * (1 - 1e-9)
