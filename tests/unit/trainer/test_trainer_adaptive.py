@@ -338,7 +338,7 @@ def test_an_optimum_that_rises_with_the_trial_length_is_not_extended_upwards() -
     assert abs(math.log10(rec.recommended_learning_rate / (1e-3 * 2**0.5))) < 0.1, "the stage-2 minimum"
 
 
-def test_no_extension_without_a_known_fine_tune_length_or_past_the_lowest_trial() -> None:
+def test_no_extension_without_a_known_fine_tune_length_or_past_the_floor() -> None:
     assert (
         drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-4, 1.0), max_steps=None)[0].decided_by
         == "stage-2-fit"
@@ -351,7 +351,7 @@ def test_no_extension_without_a_known_fine_tune_length_or_past_the_lowest_trial(
 
 
 def test_a_steep_drift_moves_the_recommendation_one_decade_at_most() -> None:
-    """The stage-2 minimum halves its LR from 20- to 40-step trials (β = 2); extended to a 160-step run
+    """The minimum falls fourfold from 20- to 40-step trials (β = 2); extended to a 160-step run
     that would be 1.2 decades further down: the move stops a decade below the stage-2 minimum, below the
     lowest stage-1 candidate (a short trial that low barely trains, so it bounds nothing)."""
     rec, trials = drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-3, 2.0), max_steps=160)
