@@ -28,8 +28,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import fmt, table, write_results
 from benchmarks.lr_quality import TASKS_FILE, Runner, build_task, load_tasks
 
+DEFAULT_TASK = "minilm-noisy-long"
 NOISY_LRS = [2.08e-5, 3.38e-5, 5.48e-5, 8.89e-5, 1.44e-4]
-"""Five of ``minilm-noisy-long``'s oracle learning rates, around its 120-step optimum (3.4e-5)."""
+"""Five of ``minilm-noisy-long``'s oracle learning rates, around its 120-step optimum (3.4e-5): the
+default ``--lrs`` for that task; another task's default is its own oracle grid."""
 
 
 def best_by_length(
@@ -44,7 +46,9 @@ def best_by_length(
 
 
 def drift(best: dict[int, float | None]) -> list[tuple[int, int, float | None]]:
-    """``β`` in ``lr* ∝ steps^-β`` between consecutive lengths (``None`` where a minimum is missing)."""
+    """``β`` in ``lr* ∝ steps^-β`` between consecutive lengths (``None`` where a minimum is missing).
+    Signed, unlike ``adaptive.horizon_exponent``, which clamps a rising optimum to 0 because it never
+    extends one: the probe reports what it measured."""
     lengths = sorted(best)
     pairs = []
     for a, b in itertools.pairwise(lengths):
@@ -57,10 +61,15 @@ def drift(best: dict[int, float | None]) -> list[tuple[int, int, float | None]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--tasks", type=Path, default=TASKS_FILE, help="task definitions (YAML)")
-    parser.add_argument("--task", default="minilm-noisy-long", help="the task's name in --tasks")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="the task's name in --tasks")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, nargs="+", default=[40, 60, 80, 120], help="trial lengths")
-    parser.add_argument("--lrs", type=float, nargs="+", default=NOISY_LRS, help="learning rates")
+    parser.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        help=f"learning rates (default: {DEFAULT_TASK}'s five, else the oracle's)",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     args = parser.parse_args(argv)
@@ -72,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--task {args.task!r} is not in {args.tasks}; its tasks: {[t['name'] for t in spec['tasks']]}"
         )
     task = build_task(chosen[0], spec["oracle"])
-    steps, lrs = sorted(set(args.steps)), sorted(set(args.lrs))
+    chosen_lrs = args.lrs or (NOISY_LRS if task.name == DEFAULT_TASK else task.oracle_lrs)
+    steps, lrs = sorted(set(args.steps)), sorted(set(chosen_lrs))
     started = time.monotonic()
     runner = Runner(max(1, args.workers))
     losses: dict[int, dict[tuple[int, float], float | None]] = {s: {} for s in args.seeds}
@@ -80,8 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for n in steps:
                 for lr in lrs:
-                    job = {"kind": "trial", "seed": seed, "config": str(task.config_path), "lr": lr}
-                    runner.submit(job | {"steps": n, "scratch": scratch})
+                    config = str(task.config_path)
+                    runner.submit(
+                        {
+                            "kind": "trial",
+                            "seed": seed,
+                            "config": config,
+                            "lr": lr,
+                            "steps": n,
+                            "scratch": scratch,
+                        }
+                    )
         try:
             while runner.busy:
                 for job, res in runner.done():
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(parts)
     print(body)
     if not args.no_write:
-        name = "horizon_probe" + ("" if args.task == "minilm-noisy-long" else f"_{args.task}")
+        name = "horizon_probe" + ("" if args.task == DEFAULT_TASK else f"_{args.task}")
         print(f"wrote {write_results(name, 'Best LR against trial length', body, argv)}", file=sys.stderr)
     return 0
 
