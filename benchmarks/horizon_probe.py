@@ -131,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(parts)
     print(body)
     if not args.no_write:
-        name = "horizon_probe" + ("" if args.task == DEFAULT_TASK else f"_{args.task}")
-        print(f"wrote {write_results(name, 'Best LR against trial length', body, argv)}", file=sys.stderr)
+        print(f"wrote {write(args.task, body, argv)}", file=sys.stderr)
     return 0
+
+
+def write(task: str, body: str, argv: list[str] | None) -> Path:
+    """``results/horizon_probe.md`` for the default task, ``horizon_probe_<task>.md`` for another; its
+    command line names this script either way."""
+    name = "horizon_probe" + ("" if task == DEFAULT_TASK else f"_{task}")
+    return write_results(name, "Best LR against trial length", body, argv, script="horizon_probe")
 
 
 if __name__ == "__main__":

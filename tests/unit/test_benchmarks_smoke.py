@@ -281,3 +281,13 @@ def test_horizon_probe_reads_the_best_lr_per_length_and_its_drift() -> None:
     (a, b, beta), (_, _, missing) = horizon_probe.drift(best)
     assert (a, b) == (40, 80) and beta == pytest.approx(math.log10(3) / math.log10(2))
     assert missing is None, "no β where a length has no minimum"
+
+
+def test_horizon_probe_names_its_results_per_task_and_its_own_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    default = horizon_probe.write(horizon_probe.DEFAULT_TASK, "body", [])
+    other = horizon_probe.write("gpt2-wide-full", "body", ["--task", "gpt2-wide-full"])
+    assert (default.name, other.name) == ("horizon_probe.md", "horizon_probe_gpt2-wide-full.md")
+    assert "`python benchmarks/horizon_probe.py --task gpt2-wide-full`" in other.read_text()
