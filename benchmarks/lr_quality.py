@@ -836,6 +836,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     try:
         _seed(seed)
         base = ["--config", job["config"], "--set", f"optimization.seed={seed}"]
+        for item in job.get("sets") or ():  # recommend_probe's overrides (KEY=VALUE)
+            base += ["--set", item]
         if kind == "trial":
             argv = ["trial", *base, "--learning-rate", repr(float(job["lr"]))]
             if job.get("steps"):
@@ -1050,6 +1052,15 @@ def job_fingerprints() -> dict[str, str]:
         "lrfinder": plain,
         "prodigy": plain,
     }
+
+
+def results_name(tasks: Path, quick: bool = False) -> str:
+    """The results file's name (no suffix) for a task file: ``lr_quality``, ``lr_quality_quick``, or with
+    another task file its own (``tasks_heldout.yaml`` → ``lr_quality_heldout``)."""
+    name = "lr_quality_quick" if quick else "lr_quality"
+    if tasks.resolve() != TASKS_FILE.resolve():
+        name += "_" + tasks.stem.removeprefix("tasks").strip("_")
+    return name
 
 
 def job_id(job: dict[str, Any]) -> str:
@@ -1547,9 +1558,7 @@ def main(argv: list[str] | None = None) -> int:
     body, _by, targets = render(reports, spec, facts)
     print(body)
     if not args.no_write and not args.micro:
-        name = "lr_quality_quick" if args.quick else "lr_quality"
-        if args.tasks.resolve() != TASKS_FILE.resolve():  # another task file: its own results file
-            name += "_" + args.tasks.stem.removeprefix("tasks").strip("_")
+        name = results_name(args.tasks, args.quick)
         path = write_results(name, "LR recommendation quality", body, argv, script="lr_quality")
         data = {
             "mode": "quick" if args.quick else "full",

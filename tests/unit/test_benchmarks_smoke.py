@@ -6,6 +6,7 @@ lr_quality (every row, through the real trainer) is marked slow.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from benchmarks import (  # noqa: E402
     lr_quality,
     operator_scale,
     rangetest_cost,
+    recommend_probe,
     sweep_search,
     trainer_overhead,
 )
@@ -291,3 +293,43 @@ def test_horizon_probe_names_its_results_per_task_and_its_own_command(
     other = horizon_probe.write("gpt2-wide-full", "body", ["--task", "gpt2-wide-full"])
     assert (default.name, other.name) == ("horizon_probe.md", "horizon_probe_gpt2-wide-full.md")
     assert "`python benchmarks/horizon_probe.py --task gpt2-wide-full`" in other.read_text()
+
+
+def _committed_results(folder: Path, key: str) -> None:
+    """A results file as lr_quality.py writes it (its own TaskReport), for a task named `probe`."""
+    lrs = [1e-4, 1e-3, 1e-2]
+    oracle = lr_quality.Oracle(lrs, {1e-4: [0.9, 0.92], 1e-3: [0.5, 0.52], 1e-2: [0.8, 0.8]}, penalty=2.0)
+    default = lr_quality.Row("adaptive", [1e-3, 1e-2], [300, 320], [1.0, 1.0])
+    report = lr_quality.TaskReport("probe", "a task", 100, oracle, 600, [default], 1.0, key=key)
+    (folder / "lr_quality.json").write_text(json.dumps({"tasks": [report.to_json()]}))
+
+
+def test_recommend_probe_scores_on_the_committed_oracle_and_refuses_a_stale_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recommend_probe, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit, match=r"lr_quality\.json is missing"):
+        recommend_probe.committed(lr_quality.TASKS_FILE, "probe", "k1")
+    _committed_results(tmp_path, key="k1")
+    oracle, default = recommend_probe.committed(lr_quality.TASKS_FILE, "probe", "k1")
+    assert oracle.best == (1e-3, pytest.approx(0.51)) and default is not None and default.lrs == [1e-3, 1e-2]
+    with pytest.raises(SystemExit, match="before its definition changed"):
+        recommend_probe.committed(lr_quality.TASKS_FILE, "probe", "k2")
+    with pytest.raises(SystemExit, match="has no task 'other'"):
+        recommend_probe.committed(lr_quality.TASKS_FILE, "other", "k1")
+    results = {0: {"lr": 1e-3, "steps": 250, "decidedBy": "stage-2-fit"}, 1: {"error": "boom"}}
+    row = recommend_probe.rows_of(results, [0, 1], "probe")
+    scored = lr_quality.score(row, oracle)
+    assert scored.hits == 1 and row.steps == [250, 0] and row.notes[1]["error"] == "boom"
+    assert recommend_probe.slug(["adaptive.trialSteps=60", "adaptive.finalists=5"]) == (
+        "adaptive.trialSteps-60_adaptive.finalists-5"
+    )
+    assert recommend_probe.slug([]) == "defaults"
+
+
+def test_recommend_jobs_pass_the_probes_overrides_to_the_trainer(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: /nonexistent}\ndataset: {files: [/nonexistent/train.jsonl]}\n")
+    job = {"kind": "recommend", "seed": 0, "config": str(config), "scratch": str(tmp_path)}
+    res = lr_quality.execute(job | {"sets": ["adaptive.candidates=1"]})
+    assert "adaptive.candidates" in res["error"], res["error"]

@@ -1,0 +1,165 @@
+"""What does an adaptive setting buy on one task? ``recommend`` with overrides, on the committed oracle.
+
+``lr_quality.py`` runs every recommender at the product's defaults. This probe runs only the product's
+``finetune-trainer recommend`` on one task, per seed, with ``--set KEY=VALUE`` overrides (longer trials, more
+finalists, ...), and scores each recommendation against the oracle ``lr_quality.py`` committed for that task
+(``results/lr_quality*.json``), beside the committed default row: a setting is judged in minutes, without
+re-running the oracle.
+
+    python benchmarks/recommend_probe.py --set adaptive.trialSteps=60     # minilm-noisy-long, seeds 0 1 2
+    python benchmarks/recommend_probe.py --tasks benchmarks/tasks_heldout.yaml --task gpt2-wide-full \\
+        --set adaptive.finalists=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, fmt, table, write_results
+from benchmarks.lr_quality import (
+    TASKS_FILE,
+    Oracle,
+    Row,
+    Runner,
+    TaskReport,
+    build_task,
+    load_tasks,
+    results_name,
+    score,
+    task_key,
+)
+
+DEFAULT_TASK = "minilm-noisy-long"
+DEFAULT_ROW = "adaptive"
+
+
+def committed(tasks: Path, name: str, key: str) -> tuple[Oracle, Row | None]:
+    """The oracle (and the default ``adaptive`` row) that ``lr_quality.py`` committed for task ``name``; a
+    clear error when there is none, or when it was measured on another version of the task."""
+    path = RESULTS / f"{results_name(tasks)}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `python benchmarks/lr_quality.py --tasks {tasks}` first")
+    reports = {t["name"]: t for t in json.loads(path.read_text())["tasks"]}
+    rerun = f"run `python benchmarks/lr_quality.py --tasks {tasks}`"
+    if name not in reports:
+        raise SystemExit(f"{path} has no task {name!r}: {rerun}")
+    if reports[name].get("key") != key:
+        raise SystemExit(
+            f"{path} holds task {name!r} as it was before its definition changed (key "
+            f"{reports[name].get('key')!r}, now {key!r}): {rerun} again"
+        )
+    report = TaskReport.from_json(reports[name])
+    default = next((r for r in report.rows if r.name == DEFAULT_ROW), None)
+    return report.oracle, default
+
+
+def slug(sets: list[str]) -> str:
+    """A file-name-safe summary of the overrides (``adaptive.trialSteps=60`` → ``adaptive.trialSteps-60``)."""
+    return "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", s) for s in sets) or "defaults"
+
+
+def rows_of(results: dict[int, dict[str, Any]], seeds: list[int], name: str) -> Row:
+    """The probe's recommendations as an ``lr_quality`` row (one entry per seed)."""
+    return Row(
+        name,
+        [results[s].get("lr") for s in seeds],
+        [int(results[s].get("steps") or 0) for s in seeds],
+        [float(results[s].get("seconds") or 0.0) for s in seeds],
+        notes=[{k: results[s].get(k) for k in ("decidedBy", "evidence", "trials", "error")} for s in seeds],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--tasks", type=Path, default=TASKS_FILE, help="task definitions (YAML)")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="the task's name in --tasks")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a config override"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    args = parser.parse_args(argv)
+    for item in args.sets:
+        if "=" not in item:
+            parser.error(f"--set {item!r}: write KEY=VALUE, e.g. adaptive.trialSteps=60")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spec = load_tasks(args.tasks)
+    chosen = [t for t in spec["tasks"] if t["name"] == args.task]
+    if not chosen:
+        parser.error(
+            f"--task {args.task!r} is not in {args.tasks}; its tasks: {[t['name'] for t in spec['tasks']]}"
+        )
+    oracle, default = committed(args.tasks, args.task, task_key(chosen[0]))
+    task = build_task(chosen[0], spec["oracle"])
+    started = time.monotonic()
+    runner = Runner(max(1, args.workers))
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="recommend-probe-") as scratch:
+        for seed in args.seeds:
+            job = {"kind": "recommend", "seed": seed, "config": str(task.config_path), "scratch": scratch}
+            runner.submit(job | {"sets": args.sets})
+        try:
+            while runner.busy:
+                for job, res in runner.done():
+                    results[job["seed"]] = res
+                    print(f"seed {job['seed']}: {res.get('error') or fmt(res.get('lr'))}")
+        finally:
+            runner.close()
+    seconds = time.monotonic() - started
+    overrides = ", ".join(f"`{s}`" for s in args.sets) or "none"
+    probe = score(rows_of(results, args.seeds, "probe"), oracle)
+    best_lr, lstar = oracle.best
+    lines = [
+        [seed, lr, fmt(r / oracle.tau), "yes" if r <= oracle.tau + 1e-12 else "no", steps / task.steps, note]
+        for seed, lr, r, steps, note in zip(
+            args.seeds,
+            probe.row.lrs or [],
+            probe.regrets,
+            probe.row.steps,
+            [n.get("error") or n.get("decidedBy") for n in probe.row.notes],
+            strict=True,
+        )
+    ]
+    parts = [
+        f"Task `{task.name}` (fine-tune {task.steps} steps): {task.description}.",
+        "",
+        f"`finetune-trainer recommend` with overrides {overrides}, seeds {args.seeds}, scored on the oracle "
+        f"committed in `results/{results_name(args.tasks)}.json` (best LR {best_lr:.3g}, L* = {lstar:.4g}, "
+        f"τ = {oracle.tau:.3g}). {seconds:.0f} s wall on {max(1, args.workers)} workers.",
+        "",
+        table(["seed", "LR", "regret/τ", "hit", "fine-tunes", "decided by"], lines),
+        "",
+        f"Probe: {probe.hits}/{probe.n} hits, mean regret "
+        f"{fmt(sum(probe.regrets) / oracle.tau / probe.n)} τ, "
+        f"{fmt(sum(probe.row.steps) / task.steps / probe.n)} fine-tunes' worth.",
+    ]
+    if default is not None:
+        base = score(default, oracle)
+        parts.append(
+            f"The committed default row: {base.hits}/{base.n} hits, mean regret "
+            f"{fmt(sum(base.regrets) / oracle.tau / base.n)} τ, "
+            f"{fmt(sum(default.steps) / task.steps / max(base.n, 1))} fine-tunes' worth."
+        )
+    body = "\n".join(parts)
+    print(body)
+    if not args.no_write:
+        name = f"recommend_probe_{task.name}_{slug(args.sets)}"
+        path = write_results(name, "One adaptive setting on one task", body, argv, script="recommend_probe")
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
