@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fmt, table, write_results
-from benchmarks.lr_quality import TASKS_FILE, Runner, build_task, load_tasks
+from benchmarks.lr_quality import TASKS_FILE, Runner, build_task, load_tasks, named_task
 
 DEFAULT_TASK = "minilm-noisy-long"
 NOISY_LRS = [2.08e-5, 3.38e-5, 5.48e-5, 8.89e-5, 1.44e-4]
@@ -75,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = load_tasks(args.tasks)
-    chosen = [t for t in spec["tasks"] if t["name"] == args.task]
-    if not chosen:
-        parser.error(
-            f"--task {args.task!r} is not in {args.tasks}; its tasks: {[t['name'] for t in spec['tasks']]}"
-        )
-    task = build_task(chosen[0], spec["oracle"])
+    chosen = named_task(spec, args.task, args.tasks)
+    task = build_task(chosen, spec["oracle"])
     chosen_lrs = args.lrs or (NOISY_LRS if task.name == DEFAULT_TASK else task.oracle_lrs)
     steps, lrs = sorted(set(args.steps)), sorted(set(chosen_lrs))
     started = time.monotonic()

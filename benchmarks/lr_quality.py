@@ -478,6 +478,14 @@ def load_tasks(path: Path) -> dict[str, Any]:
     return spec
 
 
+def named_task(spec: dict[str, Any], name: str, source: Path) -> dict[str, Any]:
+    """The task called ``name`` in a loaded task file; an error naming the file's tasks when there is none."""
+    for task in spec["tasks"]:
+        if task["name"] == name:
+            return task
+    raise SystemExit(f"--task {name!r} is not in {source}; its tasks: {[t['name'] for t in spec['tasks']]}")
+
+
 def rule_lm_texts(n: int, seed: int) -> list[str]:
     """A template grammar the pre-training text never used: the ending comes first, the verb is fixed by
     the subject and the adjective by the object, so fine-tuning has associations to learn."""

@@ -35,6 +35,7 @@ from benchmarks.lr_quality import (
     TaskReport,
     build_task,
     load_tasks,
+    named_task,
     results_name,
     score,
     task_key,
@@ -96,13 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {item!r}: write KEY=VALUE, e.g. adaptive.trialSteps=60")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = load_tasks(args.tasks)
-    chosen = [t for t in spec["tasks"] if t["name"] == args.task]
-    if not chosen:
-        parser.error(
-            f"--task {args.task!r} is not in {args.tasks}; its tasks: {[t['name'] for t in spec['tasks']]}"
-        )
-    oracle, default = committed(args.tasks, args.task, task_key(chosen[0]))
-    task = build_task(chosen[0], spec["oracle"])
+    chosen = named_task(spec, args.task, args.tasks)
+    oracle, default = committed(args.tasks, args.task, task_key(chosen))
+    task = build_task(chosen, spec["oracle"])
     started = time.monotonic()
     runner = Runner(max(1, args.workers))
     results: dict[int, dict[str, Any]] = {}

@@ -333,3 +333,11 @@ def test_recommend_jobs_pass_the_probes_overrides_to_the_trainer(tmp_path: Path)
     job = {"kind": "recommend", "seed": 0, "config": str(config), "scratch": str(tmp_path)}
     res = lr_quality.execute(job | {"sets": ["adaptive.candidates=1"]})
     assert "adaptive.candidates" in res["error"], res["error"]
+
+
+def test_a_probe_names_the_task_files_tasks_when_its_task_is_not_there() -> None:
+    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
+    assert lr_quality.named_task(spec, "minilm-cls", lr_quality.TASKS_FILE)["name"] == "minilm-cls"
+    missing = r"'gpt2-wide-full' is not in .*tasks\.yaml; its tasks: .*'gpt2-full'"
+    with pytest.raises(SystemExit, match=missing):
+        recommend_probe.main(["--task", "gpt2-wide-full", "--no-write"])
