@@ -844,7 +844,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     try:
         _seed(seed)
         base = ["--config", job["config"], "--set", f"optimization.seed={seed}"]
-        for item in job.get("sets") or ():  # recommend_probe's overrides (KEY=VALUE)
+        for item in job.get("sets") or ():  # recommend_probe's overrides; Bench's journalled jobs have none
             base += ["--set", item]
         if kind == "trial":
             argv = ["trial", *base, "--learning-rate", repr(float(job["lr"]))]
