@@ -81,6 +81,11 @@ def rows_of(results: dict[int, dict[str, Any]], seeds: list[int], name: str) -> 
     )
 
 
+def trials_text(trials: list[list[Any]] | None) -> str:
+    """``recommend``'s trials as ``stage: lr/steps → loss``, in the order they ran (``-`` for none)."""
+    return "; ".join(f"{st}: {fmt(lr)}/{n} → {fmt(loss)}" for st, lr, n, loss in trials or []) or "-"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--tasks", type=Path, default=TASKS_FILE, help="task definitions (YAML)")
@@ -142,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{fmt(sum(probe.regrets) / oracle.tau / probe.n)} τ, "
         f"{fmt(sum(probe.row.steps) / task.steps / probe.n)} fine-tunes' worth.",
     ]
+    parts += ["", "Each seed's trials (stage: LR / steps → validation loss):", ""]
+    for seed, note in zip(args.seeds, probe.row.notes, strict=True):
+        parts.append(f"- seed {seed}: {trials_text(note.get('trials'))}")
     if default is not None:
         base = score(default, oracle)
         parts.append(

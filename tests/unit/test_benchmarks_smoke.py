@@ -325,6 +325,11 @@ def test_recommend_probe_scores_on_the_committed_oracle_and_refuses_a_stale_one(
         "adaptive.trialSteps-60_adaptive.finalists-5"
     )
     assert recommend_probe.slug([]) == "defaults"
+    assert (
+        recommend_probe.trials_text([[1, 1e-3, 20, 0.5], [2, 5e-4, 40, None]])
+        == "1: 1.00e-03/20 → 0.5; 2: 5.00e-04/40 → -"
+    )
+    assert recommend_probe.trials_text(None) == "-"
 
 
 def test_recommend_jobs_pass_the_probes_overrides_to_the_trainer(tmp_path: Path) -> None:
