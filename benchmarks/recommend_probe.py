@@ -28,10 +28,12 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import RESULTS, fmt, table, write_results
 from benchmarks.lr_quality import (
+    REGRET_CAP,
     TASKS_FILE,
     Oracle,
     Row,
     Runner,
+    Score,
     TaskReport,
     build_task,
     load_tasks,
@@ -79,6 +81,14 @@ def rows_of(results: dict[int, dict[str, Any]], seeds: list[int], name: str) -> 
         [float(results[s].get("seconds") or 0.0) for s in seeds],
         notes=[{k: results[s].get(k) for k in ("decidedBy", "evidence", "trials", "error")} for s in seeds],
     )
+
+
+def summary(scored: Score, oracle: Oracle, steps: int) -> str:
+    """Hits, mean regret in τ (each seed capped at ``REGRET_CAP``, as ``lr_quality``'s totals) and compute."""
+    n = max(scored.n, 1)
+    regret = sum(min(r / oracle.tau, REGRET_CAP) for r in scored.regrets) / n
+    worth = sum(scored.row.steps) / steps / n
+    return f"{scored.hits}/{scored.n} hits, mean regret {fmt(regret)} τ, {fmt(worth)} fine-tunes' worth"
 
 
 def trials_text(trials: list[list[Any]] | None) -> str:
@@ -143,20 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(["seed", "LR", "regret/τ", "hit", "fine-tunes", "decided by"], lines),
         "",
-        f"Probe: {probe.hits}/{probe.n} hits, mean regret "
-        f"{fmt(sum(probe.regrets) / oracle.tau / probe.n)} τ, "
-        f"{fmt(sum(probe.row.steps) / task.steps / probe.n)} fine-tunes' worth.",
+        f"Probe: {summary(probe, oracle, task.steps)}.",
     ]
+    if default is not None:
+        parts.append(f"The committed default row: {summary(score(default, oracle), oracle, task.steps)}.")
     parts += ["", "Each seed's trials (stage: LR / steps → validation loss):", ""]
     for seed, note in zip(args.seeds, probe.row.notes, strict=True):
         parts.append(f"- seed {seed}: {trials_text(note.get('trials'))}")
-    if default is not None:
-        base = score(default, oracle)
-        parts.append(
-            f"The committed default row: {base.hits}/{base.n} hits, mean regret "
-            f"{fmt(sum(base.regrets) / oracle.tau / base.n)} τ, "
-            f"{fmt(sum(default.steps) / task.steps / max(base.n, 1))} fine-tunes' worth."
-        )
     body = "\n".join(parts)
     print(body)
     if not args.no_write:

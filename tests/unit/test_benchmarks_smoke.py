@@ -298,7 +298,7 @@ def test_horizon_probe_names_its_results_per_task_and_its_own_command(
 def _committed_results(folder: Path, key: str) -> None:
     """A results file as lr_quality.py writes it (its own TaskReport), for a task named `probe`."""
     lrs = [1e-4, 1e-3, 1e-2]
-    oracle = lr_quality.Oracle(lrs, {1e-4: [0.9, 0.92], 1e-3: [0.5, 0.52], 1e-2: [0.8, 0.8]}, penalty=2.0)
+    oracle = lr_quality.Oracle(lrs, {1e-4: [3.0, 3.0], 1e-3: [0.5, 0.52], 1e-2: [0.8, 0.8]}, penalty=2.0)
     default = lr_quality.Row("adaptive", [1e-3, 1e-2], [300, 320], [1.0, 1.0])
     report = lr_quality.TaskReport("probe", "a task", 100, oracle, 600, [default], 1.0, key=key)
     (folder / "lr_quality.json").write_text(json.dumps({"tasks": [report.to_json()]}))
@@ -321,6 +321,10 @@ def test_recommend_probe_scores_on_the_committed_oracle_and_refuses_a_stale_one(
     row = recommend_probe.rows_of(results, [0, 1], "probe")
     scored = lr_quality.score(row, oracle)
     assert scored.hits == 1 and row.steps == [250, 0] and row.notes[1]["error"] == "boom"
+    worst = (3.0 - 0.51) / oracle.tau  # the failed seed scores the worst oracle point
+    assert worst > lr_quality.REGRET_CAP, "the cap must bite for this check"
+    text = recommend_probe.summary(scored, oracle, 100)
+    assert text == f"1/2 hits, mean regret {common.fmt(lr_quality.REGRET_CAP / 2)} τ, 1.25 fine-tunes' worth"
     assert recommend_probe.slug(["adaptive.trialSteps=60", "adaptive.finalists=5"]) == (
         "adaptive.trialSteps-60_adaptive.finalists-5"
     )
