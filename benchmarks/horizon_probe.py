@@ -83,28 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(max(1, args.workers))
     losses: dict[int, dict[tuple[int, float], float | None]] = {s: {} for s in args.seeds}
     with tempfile.TemporaryDirectory(prefix="horizon-") as scratch:
-        for seed in args.seeds:
-            for n in steps:
-                for lr in lrs:
-                    config = str(task.config_path)
-                    runner.submit(
-                        {
-                            "kind": "trial",
-                            "seed": seed,
-                            "config": config,
-                            "lr": lr,
-                            "steps": n,
-                            "scratch": scratch,
-                        }
-                    )
-        try:
-            while runner.busy:
-                for job, res in runner.done():
-                    losses[job["seed"]][(job["steps"], job["lr"])] = res.get("loss")
-                    where = f"seed {job['seed']} {job['steps']:>4} steps lr {job['lr']:.3g}"
-                    print(f"{where}: {res.get('error') or fmt(res.get('loss'))}")
-        finally:
-            runner.close()
+        job = {"kind": "trial", "config": str(task.config_path), "scratch": scratch}
+        for seed, n, lr in itertools.product(args.seeds, steps, lrs):
+            runner.submit(job | {"seed": seed, "steps": n, "lr": lr})
+        for done, res in runner.drain():
+            losses[done["seed"]][(done["steps"], done["lr"])] = res.get("loss")
+            where = f"seed {done['seed']} {done['steps']:>4} steps lr {done['lr']:.3g}"
+            print(f"{where}: {res.get('error') or fmt(res.get('loss'))}")
     seconds = time.monotonic() - started
     parts = [
         f"Task `{task.name}` (fine-tune {task.steps} steps): {task.description}.",

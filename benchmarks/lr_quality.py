@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -934,6 +934,15 @@ class Runner:
     @property
     def busy(self) -> bool:
         return bool(self.pending or self.inline)
+
+    def drain(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each submitted job's (job, result) as it finishes, until none is left; the workers are shut down
+        afterwards, also when the caller stops early."""
+        try:
+            while self.busy:
+                yield from self.done()
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self.pool is not None:

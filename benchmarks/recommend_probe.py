@@ -119,16 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(max(1, args.workers))
     results: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="recommend-probe-") as scratch:
+        job = {"kind": "recommend", "config": str(task.config_path), "scratch": scratch, "sets": args.sets}
         for seed in args.seeds:
-            job = {"kind": "recommend", "seed": seed, "config": str(task.config_path), "scratch": scratch}
-            runner.submit(job | {"sets": args.sets})
-        try:
-            while runner.busy:
-                for job, res in runner.done():
-                    results[job["seed"]] = res
-                    print(f"seed {job['seed']}: {res.get('error') or fmt(res.get('lr'))}")
-        finally:
-            runner.close()
+            runner.submit(job | {"seed": seed})
+        for done, res in runner.drain():
+            results[done["seed"]] = res
+            print(f"seed {done['seed']}: {res.get('error') or fmt(res.get('lr'))}")
     seconds = time.monotonic() - started
     overrides = ", ".join(f"`{s}`" for s in args.sets) or "none"
     probe = score(rows_of(results, args.seeds, "probe"), oracle)

@@ -350,3 +350,12 @@ def test_a_probe_names_the_task_files_tasks_when_its_task_is_not_there() -> None
     missing = r"'gpt2-wide-full' is not in .*tasks\.yaml; its tasks: .*'gpt2-full'"
     with pytest.raises(SystemExit, match=missing):
         recommend_probe.main(["--task", "gpt2-wide-full", "--no-write"])
+
+
+def test_a_runner_drains_every_submitted_job_then_is_idle(tmp_path: Path) -> None:
+    runner = lr_quality.Runner(1)  # inline: each job runs in this process
+    for seed in (0, 1):
+        runner.submit({"kind": "no-such-kind", "seed": seed, "config": "-", "scratch": str(tmp_path)})
+    finished = list(runner.drain())
+    assert sorted(job["seed"] for job, _ in finished) == [0, 1] and not runner.busy
+    assert all("unknown job kind 'no-such-kind'" in res["error"] for _, res in finished)
