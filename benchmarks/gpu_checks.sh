@@ -34,6 +34,9 @@ for check in "${@:-lr-quality}"; do
       timeout "${LRQ_TIMEOUT:-480}" python3 benchmarks/lr_quality.py --tasks "${LRQ_TASKS:-benchmarks/tasks_gpu.yaml}" \
         --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log" || status=1
       cp benchmarks/results/lr_quality_gpu.md benchmarks/results/lr_quality_gpu.json "$out/" 2>/dev/null || status=1
+      # what finished, even when the run did not: the oracle's losses and the recommender jobs, per task
+      cache=${XDG_CACHE_HOME:-$HOME/.cache}/finetune-operator/lr_quality
+      mkdir -p "$out/lr_quality_cache" && cp -r "$cache/oracle" "$cache/jobs" "$out/lr_quality_cache/" 2>/dev/null
       ;;
     qlora)
       timeout "${QLORA_TIMEOUT:-300}" python3 benchmarks/gpu_qlora.py --out "$out/gpu_qlora.json" 2>&1 \
