@@ -1003,17 +1003,25 @@ class TaskReport:
         )
 
 
-def cached_oracle(task: Task, resume: bool) -> dict[str, float | None]:
+def committed_results(tasks: Path) -> list[Path]:
+    """The committed results whose oracles a run of this task file may reuse: ``results/lr_quality.json``
+    and the task file's own (``lr_quality_heldout.json`` for ``tasks_heldout.yaml``), never another
+    machine's file for another task file."""
+    names = dict.fromkeys(["lr_quality", results_name(tasks)])
+    return [RESULTS / f"{n}.json" for n in names]
+
+
+def cached_oracle(task: Task, resume: bool, committed: list[Path]) -> dict[str, float | None]:
     """Oracle losses already measured for this task's key: ``"lr|seed" → loss`` from the work cache and,
-    with ``--resume``, from ``results/lr_quality.json``."""
+    with ``--resume``, from the `committed` results (the key, a digest of the task's definition, keeps a
+    changed task from reusing them)."""
     if not resume:
         return {}
     found: dict[str, float | None] = {}
     path = CACHE / "oracle" / f"{task.name}-{task.key}.json"
     if path.exists():
         found |= json.loads(path.read_text())
-    stored = RESULTS / "lr_quality.json"
-    if stored.exists():
+    for stored in (p for p in committed if p.exists()):
         for t in json.loads(stored.read_text()).get("tasks", []):
             if t.get("name") == task.name and t.get("key") == task.key:
                 o = t["oracle"]
@@ -1090,9 +1098,16 @@ class Bench:
     is missing."""
 
     def __init__(
-        self, tasks: list[Task], spec: dict[str, Any], runner: Runner, resume: bool, grid_steps: int | None
+        self,
+        tasks: list[Task],
+        spec: dict[str, Any],
+        runner: Runner,
+        resume: bool,
+        grid_steps: int | None,
+        committed: list[Path],
     ):
         self.tasks = {t.name: t for t in tasks}
+        self.committed = committed
         self.spec = spec
         self.runner = runner
         self.resume = resume
@@ -1156,7 +1171,7 @@ class Bench:
                 for lr in self.grid_lrs:
                     self.job(task, "trial", s, "grid-sweep", lr=lr, steps=self.grid_steps)
         for task in self.tasks.values():
-            cached = cached_oracle(task, self.resume)
+            cached = cached_oracle(task, self.resume, self.committed)
             self.oracle[task.name] = {}
             for lr in task.oracle_lrs:
                 for s in self.seeds:
@@ -1556,7 +1571,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = apply_mode(load_tasks(args.tasks), args)
     tasks = [build_task(t, spec["oracle"]) for t in spec["tasks"]]
     log(f"{len(tasks)} tasks ready in {time.monotonic() - started:.0f} s: {[t.name for t in tasks]}")
-    bench = Bench(tasks, spec, Runner(max(1, args.workers)), args.resume, 8 if args.micro else None)
+    runner = Runner(max(1, args.workers))
+    bench = Bench(tasks, spec, runner, args.resume, 8 if args.micro else None, committed_results(args.tasks))
     try:
         bench.run(log)
         reports = [bench.report(t.name) for t in tasks]

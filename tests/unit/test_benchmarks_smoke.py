@@ -6,6 +6,7 @@ lr_quality (every row, through the real trainer) is marked slow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -359,3 +360,23 @@ def test_a_runner_drains_every_submitted_job_then_is_idle(tmp_path: Path) -> Non
     finished = list(runner.drain())
     assert sorted(job["seed"] for job, _ in finished) == [0, 1] and not runner.busy
     assert all("unknown job kind 'no-such-kind'" in res["error"] for _, res in finished)
+
+
+def test_resume_reuses_the_task_files_own_committed_oracle_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lr_quality, "RESULTS", tmp_path)
+    monkeypatch.setattr(lr_quality, "CACHE", tmp_path / "cache")
+    _committed_results(tmp_path, key="k1")
+    (tmp_path / "lr_quality.json").rename(tmp_path / "lr_quality_heldout.json")
+    task = lr_quality.Task("probe", "a task", {}, tmp_path, tmp_path, "none", 100, [1e-4, 1e-3, 1e-2], "k1")
+    heldout = lr_quality.committed_results(Path("benchmarks/tasks_heldout.yaml"))
+    assert [p.name for p in heldout] == ["lr_quality.json", "lr_quality_heldout.json"]
+    found = lr_quality.cached_oracle(task, True, heldout)
+    assert found[lr_quality.oracle_key(1e-3, 1)] == 0.52 and len(found) == 6
+    assert lr_quality.cached_oracle(task, False, heldout) == {}, "without --resume nothing is reused"
+    in_sample = lr_quality.committed_results(lr_quality.TASKS_FILE)
+    assert [p.name for p in in_sample] == ["lr_quality.json"]
+    assert lr_quality.cached_oracle(task, True, in_sample) == {}, "another task file's results stay unread"
+    stale = dataclasses.replace(task, key="k2")
+    assert lr_quality.cached_oracle(stale, True, heldout) == {}, "a changed task reuses nothing"
