@@ -1005,8 +1005,8 @@ class TaskReport:
 
 def committed_results(tasks: Path) -> list[Path]:
     """The committed results whose oracles a run of this task file may reuse: ``results/lr_quality.json``
-    and the task file's own (``lr_quality_heldout.json`` for ``tasks_heldout.yaml``), never another
-    machine's file for another task file."""
+    and the task file's own (``lr_quality_heldout.json`` for ``tasks_heldout.yaml``); never another task
+    file's (the GPU file's oracle ran on another machine)."""
     names = dict.fromkeys(["lr_quality", results_name(tasks)])
     return [RESULTS / f"{n}.json" for n in names]
 

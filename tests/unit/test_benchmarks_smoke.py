@@ -370,7 +370,7 @@ def test_resume_reuses_the_task_files_own_committed_oracle_and_no_other(
     _committed_results(tmp_path, key="k1")
     (tmp_path / "lr_quality.json").rename(tmp_path / "lr_quality_heldout.json")
     task = lr_quality.Task("probe", "a task", {}, tmp_path, tmp_path, "none", 100, [1e-4, 1e-3, 1e-2], "k1")
-    heldout = lr_quality.committed_results(Path("benchmarks/tasks_heldout.yaml"))
+    heldout = lr_quality.committed_results(lr_quality.TASKS_FILE.with_name("tasks_heldout.yaml"))
     assert [p.name for p in heldout] == ["lr_quality.json", "lr_quality_heldout.json"]
     found = lr_quality.cached_oracle(task, True, heldout)
     assert found[lr_quality.oracle_key(1e-3, 1)] == 0.52 and len(found) == 6
