@@ -47,6 +47,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -709,6 +710,21 @@ def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
 # -------------------------------------------------------------------------------------- jobs (workers)
 
 
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker once the process that spawned it is gone: a benchmark stopped by SIGTERM (``timeout``)
+    or SIGKILL runs no clean-up, and its orphaned workers would otherwise idle on, each holding a model
+    in memory (or on a GPU)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _init_pool_worker() -> None:
+    """A pool worker: the quiet set-up of :func:`_init_worker`, and it leaves with its parent."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    _init_worker()
+
+
 def _init_worker() -> None:
     """Quiet libraries; every worker runs the trainer in-process, one torch thread (the trainer's CPU
     default), so N workers use N cores."""
@@ -906,7 +922,7 @@ class Runner:
         self.pool: cf.ProcessPoolExecutor | None = None
         if workers > 1:
             self.pool = cf.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_pool_worker
             )
         else:
             _init_worker()

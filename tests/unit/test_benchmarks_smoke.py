@@ -9,7 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -380,3 +384,42 @@ def test_resume_reuses_the_task_files_own_committed_oracle_and_no_other(
     assert lr_quality.cached_oracle(task, True, in_sample) == {}, "another task file's results stay unread"
     stale = dataclasses.replace(task, key="k2")
     assert lr_quality.cached_oracle(stale, True, heldout) == {}, "a changed task reuses nothing"
+
+
+def test_a_runners_workers_leave_when_the_benchmark_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (or `timeout`'s SIGTERM) runs no clean-up in the benchmark: its workers go by themselves."""
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+from benchmarks import lr_quality
+runner = lr_quality.Runner(2)
+for seed in (0, 1):
+    runner.submit({{"kind": "no-such-kind", "seed": seed, "config": "-", "scratch": {str(tmp_path)!r}}})
+while runner.busy:
+    runner.done()
+print(*(p.pid for p in runner.pool._processes.values()), flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]  # type: ignore[union-attr]
+        assert workers and all(_alive(pid) for pid in workers)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # leave no orphan behind when the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "orphaned workers outlived the killed benchmark"
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's exit may wait for a reaper that never comes)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
