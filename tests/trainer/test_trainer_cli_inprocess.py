@@ -498,3 +498,30 @@ def test_recommend_stops_at_the_first_trial_that_fails_on_configuration(
     error = parse_result(json.loads(result_file.read_text()))
     assert error.kind == "error" and "dataset.validationFraction" in error.error
     assert len([e for e in events if e["event"] == "trial"]) == 1
+
+
+def test_the_same_seed_gives_the_same_trial_and_another_seed_another(tiny_bert: Path, tmp_path: Path) -> None:
+    """`optimization.seed` decides the new classification head and LoRA weights too, whatever the process's
+    random state was before (two trials in one process, as the benchmark's workers run them)."""
+    cfg = base_config(
+        tiny_bert,
+        tmp_path / "out",
+        model={"task": "sequence-classification"},
+        dataset={"labelField": "label"},
+        adapter={"type": "lora", "r": 4},
+        optimization={"maxSteps": 16, "seed": 3},
+        evaluation={"everySteps": 16},
+    )
+
+    def eval_loss(config: dict[str, Any], name: str) -> float:
+        (tmp_path / name).mkdir()
+        code, _, result_file = run_cli(tmp_path / name, config, "trial", "--learning-rate", "1e-2")
+        assert code == ExitCode.OK
+        loss = parse_result(json.loads(result_file.read_text())).eval_loss
+        assert loss is not None
+        return loss
+
+    first = eval_loss(cfg, "a")
+    assert eval_loss(cfg, "b") == first, "same config and seed, another result"
+    other = {**cfg, "optimization": {**cfg["optimization"], "seed": 4}}
+    assert eval_loss(other, "c") != first

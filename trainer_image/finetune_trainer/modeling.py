@@ -113,8 +113,10 @@ def _dtype(spec: ModelSpec) -> Any:
 def load_model(
     cfg: TrainerConfig, tokenizer: Any, num_labels: int | None = None, label_names: list[str] | None = None
 ) -> Any:
-    """The pretrained model for the task, with the configured adapter applied."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """The pretrained model for the task, with the configured adapter applied. New weights (a classification
+    head, LoRA adapters) are drawn after seeding with ``optimization.seed``, so the same config starts
+    from the same weights (the RNG is otherwise seeded per process)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
     spec = cfg.model
     source = str(Path(spec.name).expanduser()) if looks_local(spec.name) else spec.name
@@ -131,6 +133,7 @@ def load_model(
         )
     else:
         kwargs["dtype"] = _dtype(spec)
+    set_seed(cfg.optimization.seed)
     try:
         if spec.task == "sequence-classification":
             names = label_names or [str(i) for i in range(num_labels or 2)]
