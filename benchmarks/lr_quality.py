@@ -675,26 +675,10 @@ def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Pa
     return cfg
 
 
-SEEDED_INIT = 2
-"""Bumped when what a task's new weights (a classification head, LoRA adapters) start from changes: since
-8ebd67e the trainer draws them from ``optimization.seed``, before it from the process's random state. It
-re-keys only the tasks that have new weights, so their oracles are measured again instead of reused."""
-
-
 def task_key(spec: dict[str, Any]) -> str:
-    """A task's identity: what its oracle and results are keyed by (model, data and trainer fields, and
-    :data:`SEEDED_INIT` where the task has new weights; not its name or description)."""
-    key = {"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]}
-    if has_new_weights(spec["trainer"]):
-        key["seededInit"] = SEEDED_INIT
-    return digest(key)
-
-
-def has_new_weights(trainer: dict[str, Any]) -> bool:
-    """Whether the fine-tune starts weights of its own: a classification head or LoRA adapters."""
-    adapter = (trainer.get("adapter") or {}).get("type", "none")
-    task = (trainer.get("model") or {}).get("task")
-    return adapter in ("lora", "qlora") or task == "sequence-classification"
+    """A task's identity: what its oracle and results are keyed by (model, data and trainer fields; not
+    its name or description)."""
+    return digest({"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]})
 
 
 def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:

@@ -423,23 +423,3 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
-
-
-def test_tasks_with_new_weights_are_re_keyed_by_the_seeding_fix_and_the_others_keep_their_oracles() -> None:
-    """A task without new weights keeps the key its committed oracle was stored under; one with a new head or
-    adapter (measured before the trainer seeded them) gets a new key, so its oracle is measured again."""
-    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
-    new = {t["name"]: lr_quality.has_new_weights(t["trainer"]) for t in spec["tasks"]}
-    assert new == {
-        "gpt2-full": False,
-        "gpt2-lora-r4": True,
-        "gpt2-lora-r32": True,
-        "llama-full": False,
-        "minilm-cls": True,
-        "minilm-noisy-long": True,
-    }
-    for t in spec["tasks"]:
-        before = lr_quality.digest({"model": t["model"], "data": t["data"], "trainer": t["trainer"]})
-        assert (lr_quality.task_key(t) != before) is new[t["name"]], t["name"]
-    top = {"adapter": {"type": "top-layers"}, "model": {"task": "causal-lm"}}
-    assert not lr_quality.has_new_weights(top), "freezing layers adds no weights"
