@@ -743,9 +743,9 @@ def _init_worker() -> None:
 
 
 def _seed(seed: int) -> None:
-    """Seed every generator before a trainer call: the trainer loads the model (a new head, LoRA weights)
-    before ``Trainer`` seeds from ``optimization.seed``, so in one long-lived process the init would
-    otherwise depend on the calls before it."""
+    """Seed every generator before a trainer call, so that nothing an earlier job left in this long-lived
+    worker reaches the next. (It was also how the benchmark stayed reproducible while the trainer drew new
+    heads and LoRA weights before seeding; since 8ebd67e the trainer seeds first itself.)"""
     from transformers import set_seed
 
     set_seed(seed)
