@@ -502,7 +502,7 @@ def test_recommend_stops_at_the_first_trial_that_fails_on_configuration(
 
 def test_the_same_seed_gives_the_same_trial_and_another_seed_another(tiny_bert: Path, tmp_path: Path) -> None:
     """`optimization.seed` decides the new classification head and LoRA weights too, whatever the process's
-    random state was before (two trials in one process, as the benchmark's workers run them)."""
+    random state was before: two trials in one process, as `recommend` runs its trials one after another."""
     cfg = base_config(
         tiny_bert,
         tmp_path / "out",
