@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import AdapterSpec, ModelSpec, TrainerConfig
-from finetune_trainer.exitcodes import ConfigError
+from finetune_trainer.exitcodes import ConfigError, config_errors
 
 
 def looks_local(name: str) -> bool:
@@ -133,7 +133,8 @@ def load_model(
         )
     else:
         kwargs["dtype"] = _dtype(spec)
-    set_seed(cfg.optimization.seed)
+    with config_errors("optimization", "fix the optimization.seed field the error names"):  # numpy's bound
+        set_seed(cfg.optimization.seed)
     try:
         if spec.task == "sequence-classification":
             names = label_names or [str(i) for i in range(num_labels or 2)]
