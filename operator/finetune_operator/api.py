@@ -689,7 +689,7 @@ class LRSweepStatus(ResourceStatus):
     best_loss: float | None = None
     """Lowest (smoothed) loss of the range test, or the best trial's validation loss."""
     stop_reason: str | None = Field(default=None, max_length=TEXT_MAX)
-    """Why the range test stopped (completed, diverged, nan)."""
+    """Why the range test stopped (completed, diverged, nan, past-minimum)."""
     curve: list[CurvePoint] | None = Field(default=None, max_length=200)
     """Downsampled loss-vs-learning-rate curve of the range test."""
     trials: list[TrialStatus] | None = Field(default=None, max_length=64)

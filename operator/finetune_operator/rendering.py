@@ -22,7 +22,7 @@ from finetune_operator.api import (
     WorkloadSpec,
 )
 from finetune_operator.settings import Settings
-from finetune_trainer.adaptive import trial_sections
+from finetune_trainer.adaptive import range_test_spec, trial_sections
 from finetune_trainer.config import (
     ArtifactSpec,
     ExitCode,
@@ -79,7 +79,9 @@ def _shared_sections(spec: LRSweepSpec | FineTuneJobSpec) -> dict[str, Any]:
 
 
 def range_test_config(spec: LRSweepSpec) -> TrainerConfig:
-    return TrainerConfig(**_shared_sections(spec), range_test=spec.range_test)
+    """The range-test Job's config; an adaptive sweep's stops past the loss minimum (as ``recommend``'s)."""
+    rt = range_test_spec(spec.range_test) if spec.method == "adaptive" else spec.range_test
+    return TrainerConfig(**_shared_sections(spec), range_test=rt)
 
 
 def trial_config(spec: LRSweepSpec, learning_rate: float, steps: int) -> TrainerConfig:

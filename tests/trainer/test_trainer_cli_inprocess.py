@@ -433,6 +433,30 @@ def test_a_window_set_too_low_is_extended_until_the_loss_diverges(tiny_gpt2: Pat
     assert code == ExitCode.OK and result.max_learning_rate == pytest.approx(1e-4) and result.steps == 20
 
 
+def test_a_ramp_told_to_stop_past_its_minimum_keeps_the_minimum_in_fewer_steps(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """The same seeded ramp, once to divergence and once stopped a decade past its loss minimum (as adaptive
+    sweeps run it): the same curve up to the stop, so the same minimum, for fewer steps, and no edge."""
+    from finetune_trainer.adaptive import curve_minimum
+
+    window = {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "steps": 20, "smoothing": 0.3}
+    full = base_config(tiny_gpt2, tmp_path / "full", rangeTest=window)
+    code, _, result_file = run_cli(tmp_path, full, "range-test")
+    whole = parse_result(json.loads(result_file.read_text()))
+    assert code == ExitCode.OK and whole.stop_reason in ("diverged", "nan")
+    cut = base_config(tiny_gpt2, tmp_path / "cut", rangeTest={**window, "stopPastMinimum": 1.0})
+    code, events, result_file = run_cli(tmp_path, cut, "range-test")
+    assert code == ExitCode.OK
+    stopped = parse_result(json.loads(result_file.read_text()))
+    assert stopped.stop_reason == "past-minimum" and not stopped.diverged
+    assert 20 <= stopped.steps < whole.steps
+    minimum = curve_minimum(stopped.curve)
+    assert minimum == pytest.approx(curve_minimum(whole.curve), rel=1e-6)
+    assert stopped.max_learning_rate == pytest.approx(minimum * 10, rel=0.15)  # a ramp step is 0.1 decade
+    assert any(e["event"] == "stop" and e["reason"] == "past-minimum" for e in events)
+
+
 def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_path: Path) -> None:
     from finetune_trainer.priors import prior_for
     from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW

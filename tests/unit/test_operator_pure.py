@@ -336,6 +336,31 @@ def test_finished_range_test_writes_recommendation_curve_and_conditions():
     assert any(e.reason == "Recommended" for e in plan.events)
 
 
+def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_and_a_range_test_sweep_s_does_not():
+    from finetune_trainer.adaptive import PAST_MINIMUM
+
+    adaptive = rendering.range_test_config(LRSweepSpec.model_validate(SPEC))
+    assert adaptive.range_test.stop_past_minimum == PAST_MINIMUM
+    told = LRSweepSpec.model_validate({**SPEC, "rangeTest": {"stopPastMinimum": 2.0}})
+    assert rendering.range_test_config(told).range_test.stop_past_minimum == 2.0
+    assert (
+        rendering.range_test_config(LRSweepSpec.model_validate(RT_SPEC)).range_test.stop_past_minimum is None
+    )
+
+
+def test_a_ramp_stopped_past_its_minimum_did_not_diverge():
+    past = {
+        **RESULT,
+        "stopReason": "past-minimum",
+        "curve": [{"lr": 1e-7, "loss": 3.0}, {"lr": 5e-7, "loss": 3.5}],
+    }
+    plan = plan_sweep("s", RT_SPEC, None, 1, {"s-range-test": _child("Succeeded", past)}, now=NOW)
+    conds = {c["type"]: c for c in plan.status["conditions"]}
+    assert (conds["Diverged"]["status"], conds["Diverged"]["reason"]) == ("False", "PastMinimum")
+    assert plan.status["stopReason"] == "past-minimum"
+    assert "minLearningRate" not in plan.status["message"], "a stop in the first decade is not divergence"
+
+
 def test_divergence_at_the_start_of_the_ramp_fails_with_the_fix():
     early = {**RESULT, "curve": [{"lr": 1e-7, "loss": 3.0}, {"lr": 5e-7, "loss": 30.0}]}
     plan = plan_sweep("s", RT_SPEC, None, 1, {"s-range-test": _child("Succeeded", early)}, now=NOW)

@@ -31,6 +31,7 @@ from finetune_trainer.config import (
     CurvePoint,
     Interval,
     LossFit,
+    RangeTestSpec,
     Recommendation,
     TrainingSections,
     TrialRecord,
@@ -48,6 +49,11 @@ FIT_NEIGHBOURS = 2
 """Points on each side of the best trial that the stage-1 parabola uses."""
 HEADROOM = 0.5
 """Decades that trials and the recommendation stay below the range test's loss minimum."""
+PAST_MINIMUM = 1.0
+"""Decades past the range test's loss minimum at which an adaptive sweep's ramp stops (unless
+``rangeTest.stopPastMinimum`` says otherwise): the trials and the recommendation stay ``HEADROOM`` below the
+minimum, so what the loss does further up is never read; twice the smoothing's memory at the default 20
+steps per decade, so a bump does not end the ramp before a lower minimum."""
 HORIZON_REACH = 1.0
 """Decades the horizon step may move the stage-2 minimum down at most: an extrapolation, so bounded by
 itself, not by how far down stage 1 happened to try (its low candidates barely train in a short trial)."""
@@ -94,6 +100,23 @@ def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     n = min(len(lrs), len(losses))
     finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
     return float(lrs[min(finite, key=lambda i: losses[i])]) if finite else None
+
+
+def past_minimum(lrs: Sequence[float], losses: Sequence[float], planned_end: float, decades: float) -> bool:
+    """True once a ramp has reached its ``planned_end`` and run ``decades`` past its loss minimum (see
+    :func:`loss_minimum`) without a lower one: the minimum is known."""
+    if not lrs or lrs[-1] < planned_end:
+        return False
+    minimum = loss_minimum(lrs, losses)
+    return minimum is not None and minimum > 0 and lrs[-1] >= _shift(minimum, decades)
+
+
+def range_test_spec(spec: RangeTestSpec) -> RangeTestSpec:
+    """The range test an adaptive sweep runs: the sweep's, stopping ``PAST_MINIMUM`` decades past the loss
+    minimum unless ``stopPastMinimum`` is set (shared by ``recommend`` and the operator's range-test Job)."""
+    if spec.stop_past_minimum is not None:
+        return spec
+    return spec.model_copy(update={"stop_past_minimum": PAST_MINIMUM})
 
 
 def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:

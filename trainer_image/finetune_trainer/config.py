@@ -381,6 +381,11 @@ class RangeTestSpec(Spec):
     is reported."""
     widen_by_prior: bool = False
     """Widen the window so it spans 30x around the model's prior learning rate."""
+    stop_past_minimum: float | None = Field(default=None, gt=0.0, le=10.0)
+    """Stop the ramp once it has passed `maxLearningRate` and run this many decades past the smoothed loss's
+    minimum without finding a lower one (stop reason `past-minimum`): the minimum is then known, and only
+    the `rangeTest` rules read the curve above it. Unset: 1 decade for the `adaptive` method (its trials
+    sit below the minimum), off for `rangeTest` (the ramp runs until the loss diverges)."""
 
 
 class AdaptiveSpec(Spec):
@@ -590,6 +595,11 @@ MAX_EVALS = 16
 """Intermediate validation losses a trial reports and its status keeps: the latest ones."""
 
 
+StopReason = Literal["completed", "diverged", "nan", "past-minimum"]
+DIVERGED_STOPS: tuple[StopReason, ...] = ("diverged", "nan")
+"""The stop reasons that mean the loss broke down (the divergence edge is where the ramp stopped)."""
+
+
 class RangeTestResult(Spec):
     """What `range-test` reports."""
 
@@ -603,8 +613,9 @@ class RangeTestResult(Spec):
     """Every rule's suggestion by rule name (unset where a rule found nothing)."""
     curve: list[CurvePoint] = Field(default_factory=list, max_length=200)
     """Downsampled (learning rate, smoothed loss) curve."""
-    stop_reason: Literal["completed", "diverged", "nan"] = "completed"
-    """Why the ramp ended."""
+    stop_reason: StopReason = "completed"
+    """Why the ramp ended: it reached its last learning rate, the loss diverged or became NaN, or it ran
+    `stopPastMinimum` decades past the loss minimum."""
     steps: int = Field(default=0, ge=0)
     """Steps the ramp ran."""
     best_loss: float | None = None
@@ -626,6 +637,11 @@ class RangeTestResult(Spec):
     its start, or where the ramp stopped on divergence; unset when the loss never turned up."""
     prior_learning_rate: float | None = None
     """The model's prior learning rate (family, width and adapter) the window was centred on."""
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the loss broke down before the ramp ended."""
+        return self.stop_reason in DIVERGED_STOPS
 
 
 class TrialResult(Spec):

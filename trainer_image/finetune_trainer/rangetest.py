@@ -4,7 +4,8 @@ It runs on the same ``Trainer`` (optimizer, precision, clipping, accumulation, D
 prepares, so the LR it finds is an LR for that setup; only the schedule differs (the ramp). Each step's
 loss (the training loss, or a fixed validation batch's loss in validation mode) is smoothed by a
 bias-corrected EMA; the test stops on NaN/inf or when the smoothed loss exceeds ``divergenceFactor`` x the
-best so far. The model and optimizer are thrown away afterwards: only the curve is kept.
+best so far, or (with ``stopPastMinimum``, as adaptive sweeps run it) once the ramp is that many decades
+past the loss minimum. The model and optimizer are thrown away afterwards: only the curve is kept.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_trainer.adaptive import divergence_edge
-from finetune_trainer.config import STEP_EVENT, CurvePoint, RangeTestResult, RangeTestSpec, TrainerConfig
+from finetune_trainer.adaptive import divergence_edge, past_minimum
+from finetune_trainer.config import (
+    DIVERGED_STOPS,
+    STEP_EVENT,
+    CurvePoint,
+    RangeTestResult,
+    RangeTestSpec,
+    StopReason,
+    TrainerConfig,
+)
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
 from finetune_trainer.priors import Prior, hidden_size_of_config, prior_for, sanity_warning, widen_window
@@ -56,10 +65,11 @@ class RangeCurve:
     smoothing: float
     divergence_factor: float
     ceiling: float | None = None
+    past_minimum: float | None = None
     lrs: list[float] = field(default_factory=list)
     raw: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
-    stop_reason: str = "completed"
+    stop_reason: StopReason = "completed"
 
     def __post_init__(self) -> None:
         self._ema = EmaSmoother(self.smoothing)
@@ -81,6 +91,11 @@ class RangeCurve:
         self.best = min(self.best, smoothed)
         if smoothed > self.divergence_factor * self.best:
             self.stop_reason = "diverged"
+            return True
+        if self.past_minimum is not None and past_minimum(
+            self.lrs, self.smoothed, self.max_lr * (1 - 1e-9), self.past_minimum
+        ):
+            self.stop_reason = "past-minimum"
             return True
         return False
 
@@ -124,7 +139,9 @@ def run_range_test(
     plan.learning_rate = hi
     ceiling = max(hi, rt.ceiling_learning_rate) if rt.extend else None
     total = rt.steps + (extension_steps(lo, hi, rt.steps, rt.mode, ceiling) if ceiling else 0)
-    curve = RangeCurve(lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling)
+    curve = RangeCurve(
+        lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling, rt.stop_past_minimum
+    )
     val_loss = _validation_loss_fn(plan) if rt.use_validation_loss else None
     progress.emit(
         "start",
@@ -197,9 +214,9 @@ def run_range_test(
 
     suggestions = all_suggestions(curve.lrs, curve.smoothed)
     rule, recommended = recommend(suggestions, rt.rule)
-    edge = divergence_edge(curve.lrs, curve.smoothed, stopped_early=curve.stop_reason != "completed")
+    edge = divergence_edge(curve.lrs, curve.smoothed, stopped_early=curve.stop_reason in DIVERGED_STOPS)
     warnings = []
-    if edge is None and curve.lrs:
+    if edge is None and curve.lrs and curve.stop_reason == "completed":
         warnings.append(
             f"the loss never turned up by learning rate {curve.lrs[-1]:.3g}: the window may end too low; "
             + ("raise rangeTest.ceilingLearningRate" if rt.extend else "set rangeTest.extend")
@@ -224,7 +241,7 @@ def run_range_test(
             [CurvePoint(lr=lr, loss=loss) for lr, loss in zip(curve.lrs, curve.smoothed, strict=True)],
             FULL_CURVE_POINTS,
         ),
-        stop_reason=curve.stop_reason,  # type: ignore[arg-type]
+        stop_reason=curve.stop_reason,
         steps=len(curve.lrs) + (1 if curve.stop_reason == "nan" else 0),
         best_loss=None if math.isinf(curve.best) else curve.best,
         effective_batch_size=plan.effective_batch_size,

@@ -10,7 +10,13 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from finetune_trainer.adaptive import AdaptiveStep, curve_minimum, next_step, trial_sections
+from finetune_trainer.adaptive import (
+    AdaptiveStep,
+    curve_minimum,
+    next_step,
+    range_test_spec,
+    trial_sections,
+)
 from finetune_trainer.config import RecommendResult, TrainerConfig, TrialRecord
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.rangetest import run_range_test
@@ -30,7 +36,9 @@ def run_recommend(
     cfg: TrainerConfig, progress: Progress, metrics: TrainerMetrics | None = None
 ) -> RecommendResult:
     """Range test, then trials until the stages decide; the result is what an LRSweep's status shows."""
-    range_result, _curve = run_range_test(cfg, progress, metrics)
+    range_result, _curve = run_range_test(
+        cfg.model_copy(update={"range_test": range_test_spec(cfg.range_test)}), progress, metrics
+    )
     edge = range_result.divergence_learning_rate or range_result.max_learning_rate
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")

@@ -120,9 +120,13 @@ def _result(b: StatusBuilder[LRSweepStatus], child: ChildState) -> RangeTestResu
     s.range_test = summarize(result)
     if result.steps:
         s.progress = Progress(step=result.steps, total_steps=result.steps, percent=100)
-    if result.stop_reason != "completed":
-        at = f"{result.curve[-1].lr:.3g}" if result.curve else "an unknown rate"
+    at = f"{result.curve[-1].lr:.3g}" if result.curve else "an unknown rate"
+    if result.diverged:
         b.condition("Diverged", True, "LossDiverged", f"loss diverged at learning rate {at}")
+    elif result.stop_reason == "past-minimum":
+        b.condition(
+            "Diverged", False, "PastMinimum", f"the ramp stopped at learning rate {at}, past the loss minimum"
+        )
     else:
         b.condition("Diverged", False, "Completed", "the ramp reached its last learning rate")
     return result
@@ -144,7 +148,7 @@ def summarize(result: RangeTestResult) -> RangeTestSummary:
 
 def diverged_at_minimum(result: RangeTestResult, min_lr: float | None) -> bool:
     """True when the ramp diverged within its first decade: the window starts too high."""
-    if result.stop_reason == "completed" or not result.curve or min_lr is None:
+    if not result.diverged or not result.curve or min_lr is None:
         return False
     return result.curve[-1].lr <= min_lr * 10
 

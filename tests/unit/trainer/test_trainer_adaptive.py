@@ -11,6 +11,7 @@ import pytest
 from finetune_trainer.adaptive import (
     HEADROOM,
     HORIZON_REACH,
+    PAST_MINIMUM,
     STAGE_1,
     STAGE_2,
     at_horizon,
@@ -22,11 +23,20 @@ from finetune_trainer.adaptive import (
     interval,
     loss_minimum,
     next_step,
+    past_minimum,
+    range_test_spec,
     trial_sections,
     trial_steps,
     vertex,
 )
-from finetune_trainer.config import AdaptiveSpec, CurvePoint, Recommendation, TrainerConfig, TrialRecord
+from finetune_trainer.config import (
+    AdaptiveSpec,
+    CurvePoint,
+    RangeTestSpec,
+    Recommendation,
+    TrainerConfig,
+    TrialRecord,
+)
 
 LossOf = Callable[[float, int], float | None]
 
@@ -104,6 +114,28 @@ def test_loss_minimum_skips_the_start_up_and_non_finite_points() -> None:
     points = [CurvePoint(lr=lr, loss=loss) for lr, loss in zip(lrs, losses, strict=True)]
     assert curve_minimum([*points, CurvePoint(lr=10.0, loss=math.inf)]) == pytest.approx(lrs[29])
     assert curve_minimum([]) is None
+
+
+def test_a_ramp_is_past_its_minimum_a_decade_above_it_and_past_its_planned_end() -> None:
+    lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade, 1e-6 .. ~1e0
+    losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.001 * (i - 60) for i in range(120)]  # minimum at 1e-3
+
+    def first_stop(planned_end: float) -> int | None:
+        return next((k for k in range(1, 121) if past_minimum(lrs[:k], losses[:k], planned_end, 1.0)), None)
+
+    assert lrs[first_stop(1e-4) - 1] == pytest.approx(1e-2)  # type: ignore[operator]
+    assert lrs[first_stop(1e-1) - 1] == pytest.approx(1e-1)  # type: ignore[operator]  # not before the end
+    assert first_stop(10.0) is None
+    # a lower minimum within the decade (at 1e-1.5, step 90) moves the stop a decade above it
+    later = [*losses[:75], *[1.8 - 0.02 * i for i in range(15)], *[1.5 + 0.001 * i for i in range(30)]]
+    stop = next(k for k in range(1, 121) if past_minimum(lrs[:k], later[:k], 1e-4, 1.0))
+    assert lrs[stop - 1] == pytest.approx(10**-0.5)
+
+
+def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_unless_told_otherwise() -> None:
+    assert range_test_spec(RangeTestSpec()).stop_past_minimum == PAST_MINIMUM
+    assert range_test_spec(RangeTestSpec(stop_past_minimum=2.5)).stop_past_minimum == 2.5
+    assert RangeTestSpec().stop_past_minimum is None  # the rangeTest method ramps until divergence
 
 
 def test_the_ceiling_is_half_a_decade_below_the_loss_minimum_or_below_the_edge() -> None:
