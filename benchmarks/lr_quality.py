@@ -21,10 +21,14 @@ the local model directory and data files; every recommender knob is left at the 
 * ``fastai:<rule>``: fastai's published rules (pure functions below) on our range test's curve;
 * ``prior``: ``finetune_trainer.priors.prior_for(...).centre`` (no compute);
 * ``prodigy``: the LR-free Prodigy optimiser (``prodigyopt``) at the full fine-tune's length in the
-  product's ``Trainer`` (no LR to score: its regret is its own eval loss minus ``L*``).
+  product's ``Trainer`` (no LR to score: its own eval loss is what is judged).
 
-Scores: regret (the oracle's mean eval loss interpolated linearly in log-LR at the suggestion, minus ``L*``)
-in units of ``τ = max(σ, 1% of L*)``; hit = regret ≤ τ; |Δlog10| from the oracle's best LR; compute as
+Scores: regret is measured, seed by seed: every suggested LR gets its own ``trial`` at the full length on
+the seed that suggested it (a *check* run; an LR on the oracle grid reuses the oracle's run), and its regret
+is that run's eval loss minus the same seed's loss at the oracle's best LR (a paired difference; 0 when it
+came out lower). ``--quick`` runs no checks and interpolates the oracle's mean curve linearly in log-LR
+instead, which overstates the loss between grid points of a convex basin. Regret is in units of
+``τ = max(σ, 1% of L*)``; hit = regret ≤ τ; |Δlog10| from the oracle's best LR; compute as
 a share of the oracle's steps and in full fine-tunes' worth (steps / maxSteps); wall time; the seed-to-seed
 spread of each recommender's LR (decades). Models and step counts are small so that everything runs on
 2 CPU cores: these are small-scale proxies, not claims about 7B models.
@@ -93,11 +97,14 @@ def log_spaced(lo: float, hi: float, n: int) -> list[float]:
 
 @dataclass
 class Oracle:
-    """The grid's verdict: mean eval loss per LR (diverged runs count as ``penalty``)."""
+    """The grid's verdict: mean eval loss per LR (diverged runs count as ``penalty``), and the full-length
+    runs at suggested LRs (``checks``) that regret is measured with."""
 
     lrs: list[float]
     losses: dict[float, list[float | None]]  # per LR, one eval loss per seed (None: diverged)
     penalty: float
+    seeds: list[int] = field(default_factory=list)  # the seed of each entry of a ``losses`` list
+    checks: dict[str, float | None] = field(default_factory=dict)  # oracle_key(lr, seed) → eval loss
 
     def filled(self, lr: float) -> list[float]:
         return [self.penalty if v is None else v for v in self.losses[lr]]
@@ -127,8 +134,27 @@ class Oracle:
         """The hit threshold and the unit of regret: ``max(σ, 1% of L*)``."""
         return max(self.sigma, 0.01 * abs(self.best[1]), 1e-9)
 
-    def regret(self, lr: float) -> float:
-        return log_interp(lr, self.lrs, self.means) - self.best[1]
+    def measured(self, lr: float, seed: int) -> float | None:
+        """The eval loss of a full-length run at ``lr`` on ``seed`` (the penalty if it diverged): the
+        oracle's own run when ``lr`` is a grid point, else a check run; ``None`` if neither exists."""
+        if seed not in self.seeds:
+            return None
+        grid = next((g for g in self.lrs if abs(math.log10(lr / g)) < 1e-6), None)
+        if grid is not None:
+            return self.filled(grid)[self.seeds.index(seed)]
+        key = oracle_key(lr, seed)
+        if key not in self.checks:
+            return None
+        loss = self.checks[key]
+        return self.penalty if loss is None else loss
+
+    def regret(self, lr: float, seed: int | None = None) -> float:
+        """Measured on ``seed`` where a run at ``lr`` exists: its loss minus the same seed's loss at the
+        best LR, at least 0. Otherwise the mean curve, interpolated in log-LR, minus ``L*``."""
+        at = None if seed is None else self.measured(lr, seed)
+        if at is None:
+            return log_interp(lr, self.lrs, self.means) - self.best[1]
+        return max(0.0, at - self.filled(self.best[0])[self.seeds.index(seed)])  # type: ignore[arg-type]
 
     @property
     def interior(self) -> bool:
@@ -245,6 +271,7 @@ class Row:
     seconds: list[float]
     losses: list[float | None] | None = None
     notes: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the seed of each entry (empty: unknown, interpolate)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -254,11 +281,23 @@ class Row:
             "seconds": self.seconds,
             "losses": self.losses,
             "notes": self.notes,
+            "seeds": self.seeds,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Row:
-        return cls(d["name"], d["lrs"], d["steps"], d["seconds"], d.get("losses"), d.get("notes") or [])
+        return cls(
+            d["name"],
+            d["lrs"],
+            d["steps"],
+            d["seconds"],
+            d.get("losses"),
+            d.get("notes") or [],
+            d.get("seeds") or [],
+        )
+
+    def seed(self, i: int) -> int | None:
+        return self.seeds[i] if i < len(self.seeds) else None
 
 
 @dataclass
@@ -288,8 +327,9 @@ class Score:
 
 
 def score(row: Row, oracle: Oracle) -> Score:
-    """Judge a row. A seed without a suggestion scores the worst grid point (the user has no LR); an
-    LR-free run that diverged scores the oracle's penalty."""
+    """Judge a row, seed by seed (see :meth:`Oracle.regret`). A seed without a suggestion scores the worst
+    grid point (the user has no LR); an LR-free run is judged by its own loss, paired with its seed's loss
+    at the best LR where the oracle ran that seed (a diverged run scores the oracle's penalty)."""
     best_lr, lstar = oracle.best
     tau = oracle.tau
     worst = max(oracle.means) - lstar
@@ -297,18 +337,22 @@ def score(row: Row, oracle: Oracle) -> Score:
     deltas: list[float | None] = []
     signed: list[float | None] = []
     if row.lrs is None:
-        for loss in row.losses or []:
-            regrets.append((oracle.penalty if loss is None else loss) - lstar)
+        for i, loss in enumerate(row.losses or []):
+            seed = row.seed(i)
+            paired = seed is not None and seed in oracle.seeds
+            base = oracle.filled(best_lr)[oracle.seeds.index(seed)] if paired else lstar  # type: ignore[arg-type]
+            own = oracle.penalty if loss is None else loss
+            regrets.append(max(0.0, own - base) if paired else own - base)
             deltas.append(None)
             signed.append(None)
     else:
-        for lr in row.lrs:
+        for i, lr in enumerate(row.lrs):
             if lr is None or lr <= 0:
                 regrets.append(worst)
                 deltas.append(None)
                 signed.append(None)
                 continue
-            regrets.append(oracle.regret(lr))
+            regrets.append(oracle.regret(lr, row.seed(i)))
             s = math.log10(lr) - math.log10(best_lr)
             signed.append(s)
             deltas.append(abs(s))
@@ -995,6 +1039,8 @@ class TaskReport:
                 "lrs": self.oracle.lrs,
                 "losses": [self.oracle.losses[lr] for lr in self.oracle.lrs],
                 "penalty": self.oracle.penalty,
+                "seeds": self.oracle.seeds,
+                "checks": self.oracle.checks,
             },
             "oracleSteps": self.oracle_steps,
             "rows": [r.to_json() for r in self.rows],
@@ -1004,7 +1050,13 @@ class TaskReport:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TaskReport:
         o = d["oracle"]
-        oracle = Oracle(o["lrs"], dict(zip(o["lrs"], o["losses"], strict=True)), o["penalty"])
+        oracle = Oracle(
+            o["lrs"],
+            dict(zip(o["lrs"], o["losses"], strict=True)),
+            o["penalty"],
+            list(o.get("seeds") or []),
+            dict(o.get("checks") or {}),
+        )
         rows = [Row.from_json(r) for r in d["rows"]]
         return cls(
             d["name"],
@@ -1028,9 +1080,9 @@ def committed_results(tasks: Path) -> list[Path]:
 
 
 def cached_oracle(task: Task, resume: bool, committed: list[Path]) -> dict[str, float | None]:
-    """Oracle losses already measured for this task's key: ``"lr|seed" → loss`` from the work cache and,
-    with ``--resume``, from the `committed` results (the key, a digest of the task's definition, keeps a
-    changed task from reusing them)."""
+    """Full-length runs already measured for this task's key, the oracle grid's and the check runs':
+    ``"lr|seed" → loss`` from the work cache and, with ``--resume``, from the `committed` results (the key,
+    a digest of the task's definition, keeps a changed task from reusing them)."""
     if not resume:
         return {}
     found: dict[str, float | None] = {}
@@ -1042,8 +1094,10 @@ def cached_oracle(task: Task, resume: bool, committed: list[Path]) -> dict[str, 
             if t.get("name") == task.name and t.get("key") == task.key:
                 o = t["oracle"]
                 for lr, losses in zip(o["lrs"], o["losses"], strict=True):
-                    for seed, loss in zip(o.get("seeds", range(len(losses))), losses, strict=False):
+                    for seed, loss in zip(o.get("seeds") or range(len(losses)), losses, strict=False):
                         found.setdefault(oracle_key(lr, seed), loss)
+                for key, loss in (o.get("checks") or {}).items():
+                    found.setdefault(key, loss)
     return found
 
 
@@ -1121,8 +1175,10 @@ class Bench:
         resume: bool,
         grid_steps: int | None,
         committed: list[Path],
+        check: bool = True,
     ):
         self.tasks = {t.name: t for t in tasks}
+        self.check = check
         self.committed = committed
         self.spec = spec
         self.runner = runner
@@ -1131,6 +1187,7 @@ class Bench:
         self.rseeds = [int(s) for s in spec["recommenderSeeds"]]
         self.scratch = tempfile.mkdtemp(prefix="lr-quality-")
         self.oracle: dict[str, dict[str, float | None]] = {}
+        self.checks: dict[str, dict[str, float | None]] = {}
         self.results: dict[tuple[str, str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
         self.started = {t.name: time.monotonic() for t in tasks}
         self.task_seconds: dict[str, float] = {t.name: 0.0 for t in tasks}
@@ -1189,6 +1246,8 @@ class Bench:
         for task in self.tasks.values():
             cached = cached_oracle(task, self.resume, self.committed)
             self.oracle[task.name] = {}
+            grid = {oracle_key(lr, s) for lr in task.oracle_lrs for s in self.seeds}
+            self.checks[task.name] = {k: v for k, v in cached.items() if k not in grid}
             for lr in task.oracle_lrs:
                 for s in self.seeds:
                     key = oracle_key(lr, s)
@@ -1197,8 +1256,29 @@ class Bench:
                     else:
                         self.job(task, "trial", s, "oracle", lr=lr)
 
+    def plan_checks(self) -> None:
+        """A full-length ``trial`` at every suggested LR on the seed that suggested it, unless the oracle
+        grid or an earlier check already ran it: what :meth:`Oracle.regret` measures regret with."""
+        for name, task in self.tasks.items():
+            wanted: set[tuple[float, int]] = set()
+            report = self.report(name)
+            for row in (r for r in report.rows if r.lrs is not None):
+                for i, lr in enumerate(row.lrs or []):
+                    seed = row.seed(i)
+                    ok = lr is not None and lr > 0 and math.isfinite(lr) and seed in self.seeds
+                    if ok and report.oracle.measured(lr, seed) is None:  # type: ignore[arg-type]
+                        wanted.add((float(lr), int(seed)))  # type: ignore[arg-type, call-overload]
+            for lr, seed in sorted(wanted):
+                self.job(task, "trial", seed, "check", lr=lr)
+
     def run(self, log: Callable[[str], None]) -> None:
         self.plan()
+        self._drain(log)
+        if self.check:
+            self.plan_checks()
+            self._drain(log)
+
+    def _drain(self, log: Callable[[str], None]) -> None:
         while self.ready or self.runner.busy:
             if self.ready:
                 job, res = self.ready.pop(0)
@@ -1210,7 +1290,7 @@ class Bench:
                 self.loads.append(os.getloadavg()[0])
                 self.count += 1
                 self.collect(job, res, log)
-                if job["row"] != "oracle" and "error" not in res:
+                if job["row"] not in ("oracle", "check") and "error" not in res:
                     path = self.journal_path(self.tasks[job["task"]])
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with path.open("a") as fh:
@@ -1231,9 +1311,9 @@ class Bench:
         if "error" in res:
             log(res.get("trace", ""))
             self.errors.append(f"{task.name} {job['row']} {what}seed {job['seed']}: {res['error']}")
-        if job["row"] == "oracle":
+        if job["row"] in ("oracle", "check"):  # full-length runs, kept in the oracle's cache
             key = oracle_key(job["lr"], job["seed"])
-            self.oracle[task.name][key] = res.get("loss")
+            (self.oracle if job["row"] == "oracle" else self.checks)[task.name][key] = res.get("loss")
             save_oracle(task, {key: res.get("loss")})
             return
         self.results.setdefault((task.name, job["row"], int(job["seed"])), []).append((job, res))
@@ -1262,7 +1342,13 @@ class Bench:
         seeds, rseeds = self.seeds, self.rseeds
         losses = {lr: [self.oracle[name].get(oracle_key(lr, s)) for s in seeds] for lr in task.oracle_lrs}
         finite = [x for xs in losses.values() for x in xs if x is not None]
-        oracle = Oracle(task.oracle_lrs, losses, penalty=max(finite) if finite else math.inf)
+        oracle = Oracle(
+            task.oracle_lrs,
+            losses,
+            penalty=max(finite) if finite else math.inf,
+            seeds=list(seeds),
+            checks=dict(self.checks.get(name) or {}) if self.check else {},
+        )
         rows: list[Row] = []
 
         ad = [self._one(name, "adaptive", s) for s in rseeds]
@@ -1347,6 +1433,10 @@ class Bench:
                 notes=[{"d": r.get("d"), "error": r.get("error")} for r in pr],
             )
         )
+        for row in rows:
+            row.seeds = list(rseeds)
+        used = {oracle_key(lr, s) for r in rows for lr, s in zip(r.lrs or [], rseeds, strict=False) if lr}
+        oracle.checks = {k: v for k, v in oracle.checks.items() if k in used}  # not other runs' checks
         return TaskReport(
             name,
             task.description,
@@ -1458,6 +1548,25 @@ def oracle_table(report: TaskReport, seeds: Sequence[int]) -> str:
     return table(["LR", "mean eval loss", *[f"seed {s}" for s in seeds]], rows)
 
 
+REGRET_TEXT = {
+    True: "*Regret* is measured seed by seed: a full-length `trial` at each suggested LR on the seed that "
+    "suggested it (a check run; the oracle's own run where the LR is a grid point), minus that seed's loss "
+    "at the best LR, at least 0 (a paired difference).",
+    False: "*Regret* (no check runs in this mode): the oracle's mean loss interpolated linearly in log-LR "
+    "at the suggestion, minus L*; it overstates the loss between grid points of a convex basin.",
+}
+
+
+def checks_table(report: TaskReport) -> str:
+    """The check runs: learning rate, seed, eval loss, and the paired regret it gives."""
+    o = report.oracle
+    rows = []
+    for key in sorted(o.checks, key=lambda k: (float(k.split("|")[0]), int(k.split("|")[1]))):
+        lr, seed = float(key.split("|")[0]), int(key.split("|")[1])
+        rows.append([lr, seed, o.checks[key], o.regret(lr, seed) if seed in o.seeds else None])
+    return table(["LR", "seed", "eval loss", "regret"], rows)
+
+
 def render(
     reports: list[TaskReport], spec: dict[str, Any], facts: dict[str, Any]
 ) -> tuple[str, dict[str, Totals], list[Target]]:
@@ -1473,10 +1582,10 @@ def render(
         f"seeds {spec['oracle']['seeds']} (`optimization.seed`: data order, dropout, new heads/adapters). "
         f"Recommenders run with seeds {spec['recommenderSeeds']} at the product's defaults (`adaptive`, "
         "`rangeTest` unset in every config). σ = the seeds' standard deviation of the eval loss at the best "
-        "LR; τ = max(σ, 1% of L*); *hit* = regret ≤ τ; regret/τ is capped at "
-        f"{REGRET_CAP:g} per task-seed. *Fine-tunes* = steps spent / maxSteps; *of oracle* = steps / all "
-        f"oracle steps. Grid sweep: LRSweep `grid` defaults ({len(grid_lrs)} LRs {fmt(grid_lrs[0])}.."
-        f"{fmt(grid_lrs[-1])}, {grid_steps} steps each). Short grid: LRs "
+        f"LR; τ = max(σ, 1% of L*). {REGRET_TEXT[facts['checked']]} *Hit* = regret ≤ τ; regret/τ is "
+        f"capped at {REGRET_CAP:g} per task-seed. *Fine-tunes* = steps spent / maxSteps; *of oracle* = "
+        f"steps / all oracle steps. Grid sweep: LRSweep `grid` defaults ({len(grid_lrs)} LRs "
+        f"{fmt(grid_lrs[0])}..{fmt(grid_lrs[-1])}, {grid_steps} steps each). Short grid: LRs "
         f"{spec['shortGrid']['learningRates']} sharing the steps adaptive spent on that seed. "
         f"torch-lr-finder: {spec['lrFinder']} on the product's data and model. Prodigy: "
         f"{spec['prodigy']}, the task's warmup + cosine, full length. Diverged runs count as the task's "
@@ -1486,7 +1595,7 @@ def render(
         f"Run: {facts['seconds']:.0f} s wall ({facts['seconds'] / 60:.1f} min), {facts['workers']} workers "
         f"x 1 torch thread, 1-min load average during the run {facts['load']}. Recommender jobs reused from "
         f"an interrupted run with the same trainer source (`--resume`): {facts['reused']}; wall times are "
-        "those measured when each job ran.",
+        f"those measured when each job ran. Check runs: {facts['checks']}.",
         "",
         *(
             ["**Failed jobs** (scored as no suggestion):", "", *[f"- {e}" for e in facts["errors"]], ""]
@@ -1526,6 +1635,18 @@ def render(
             "",
             "</details>",
             "",
+            *(
+                [
+                    "<details><summary>check runs (full length, at suggested LRs)</summary>",
+                    "",
+                    checks_table(r),
+                    "",
+                    "</details>",
+                    "",
+                ]
+                if r.oracle.checks
+                else []
+            ),
         ]
     return "\n".join(parts), by, targets
 
@@ -1588,7 +1709,15 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [build_task(t, spec["oracle"]) for t in spec["tasks"]]
     log(f"{len(tasks)} tasks ready in {time.monotonic() - started:.0f} s: {[t.name for t in tasks]}")
     runner = Runner(max(1, args.workers))
-    bench = Bench(tasks, spec, runner, args.resume, 8 if args.micro else None, committed_results(args.tasks))
+    bench = Bench(
+        tasks,
+        spec,
+        runner,
+        args.resume,
+        8 if args.micro else None,
+        committed_results(args.tasks),
+        check=not args.quick,
+    )
     try:
         bench.run(log)
         reports = [bench.report(t.name) for t in tasks]
@@ -1603,6 +1732,8 @@ def main(argv: list[str] | None = None) -> int:
         "grid": (bench.grid_lrs, bench.grid_steps),
         "reused": f"{bench.reused} of {bench.total} jobs" if bench.reused else "none",
         "errors": bench.errors,
+        "checked": bench.check,
+        "checks": f"{sum(len(r.oracle.checks) for r in reports)} (LR, seed) pairs" if bench.check else "none",
     }
     body, _by, targets = render(reports, spec, facts)
     print(body)
@@ -1616,10 +1747,7 @@ def main(argv: list[str] | None = None) -> int:
             "oracleSeeds": spec["oracle"]["seeds"],
             "recommenderSeeds": spec["recommenderSeeds"],
             "targets": [t.__dict__ for t in targets],
-            "tasks": [
-                r.to_json() | {"oracle": r.to_json()["oracle"] | {"seeds": spec["oracle"]["seeds"]}}
-                for r in reports
-            ],
+            "tasks": [r.to_json() for r in reports],
         }
         (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
         log(f"wrote {path}")

@@ -4,7 +4,8 @@
 ``finetune-trainer recommend`` on one task, per seed, with ``--set KEY=VALUE`` overrides (longer trials, more
 finalists, ...), and scores each recommendation against the oracle ``lr_quality.py`` committed for that task
 (``results/lr_quality*.json``), beside the committed default row: a setting is judged in minutes, without
-re-running the oracle.
+re-running the oracle. As in ``lr_quality.py``, each recommended LR that neither the oracle grid nor a check
+run holds gets a full-length check run on its seed, and regret is measured with it.
 
     python benchmarks/recommend_probe.py --set adaptive.trialSteps=60     # minilm-noisy-long, seeds 0 1 2
     python benchmarks/recommend_probe.py --tasks benchmarks/tasks_heldout.yaml --task gpt2-wide-full \\
@@ -38,7 +39,9 @@ from benchmarks.lr_quality import (
     build_task,
     load_tasks,
     named_task,
+    oracle_key,
     results_name,
+    save_oracle,
     score,
     task_key,
 )
@@ -80,7 +83,18 @@ def rows_of(results: dict[int, dict[str, Any]], seeds: list[int], name: str) -> 
         [int(results[s].get("steps") or 0) for s in seeds],
         [float(results[s].get("seconds") or 0.0) for s in seeds],
         notes=[{k: results[s].get(k) for k in ("decidedBy", "evidence", "trials", "error")} for s in seeds],
+        seeds=list(seeds),
     )
+
+
+def unchecked(row: Row, oracle: Oracle) -> list[tuple[float, int]]:
+    """The (LR, seed) pairs of ``row`` that no full-length run measured yet (what a check run is for)."""
+    wanted = []
+    for i, lr in enumerate(row.lrs or []):
+        seed = row.seed(i)
+        if lr and lr > 0 and seed in oracle.seeds and oracle.measured(lr, seed) is None:  # type: ignore[arg-type]
+            wanted.append((float(lr), int(seed)))  # type: ignore[arg-type]
+    return wanted
 
 
 def summary(scored: Score, oracle: Oracle, steps: int) -> str:
@@ -125,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         for done, res in runner.drain():
             results[done["seed"]] = res
             print(f"seed {done['seed']}: {res.get('error') or fmt(res.get('lr'))}")
+        check = {"kind": "trial", "config": str(task.config_path), "scratch": scratch}  # the plain fine-tune
+        for lr, seed in unchecked(rows_of(results, args.seeds, "probe"), oracle):
+            runner.submit(check | {"seed": seed, "lr": lr})
+        for done, res in runner.drain():
+            print(f"check {done['lr']:.3g} seed {done['seed']}: {res.get('error') or fmt(res.get('loss'))}")
+            if not res.get("error"):  # a failed check leaves that seed interpolated
+                key = oracle_key(done["lr"], done["seed"])
+                oracle.checks[key] = res.get("loss")
+                save_oracle(task, {key: res.get("loss")})
+    runner.close()
     seconds = time.monotonic() - started
     overrides = ", ".join(f"`{s}`" for s in args.sets) or "none"
     probe = score(rows_of(results, args.seeds, "probe"), oracle)

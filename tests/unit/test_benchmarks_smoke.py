@@ -80,6 +80,30 @@ def test_oracle_best_sigma_tau_and_regret() -> None:
     assert not flat.interior
 
 
+def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
+    key = lr_quality.oracle_key
+    checks = {key(3e-3, 0): 1.05, key(3e-3, 1): 1.1, key(3e-2, 0): None}
+    o = dataclasses.replace(oracle(), seeds=[0, 1], checks=checks)
+    assert o.regret(3e-3, 0) == pytest.approx(0.05)  # the check run minus seed 0's loss at the best LR
+    assert o.regret(3e-3, 1) == 0.0  # it beat seed 1's run at the best LR: no regret, never a negative one
+    assert o.regret(1e-2, 1) == pytest.approx(0.3)  # a grid point: the oracle's own run on that seed
+    assert o.regret(3e-2, 0) == pytest.approx(5.0 - 1.0)  # a check that diverged: the penalty
+    interpolated = 1.1 + (math.log10(3e-3) + 3) * 0.4 - 1.1
+    assert o.regret(3e-3, 2) == o.regret(3e-3) == pytest.approx(interpolated)  # no run on that seed
+    assert o.measured(5e-3, 0) is None and o.measured(1e-3, 1) == 1.2
+    s = lr_quality.score(lr_quality.Row("x", [3e-3, 3e-3], [10, 10], [1.0, 1.0], seeds=[0, 1]), o)
+    assert s.regrets == [pytest.approx(0.05), 0.0] and s.hits == 2
+    free = lr_quality.Row("p", None, [80, 80], [1.0, 1.0], losses=[1.05, None], seeds=[0, 1])
+    assert lr_quality.score(free, o).regrets == [pytest.approx(0.05), pytest.approx(5.0 - 1.2)]
+    report = lr_quality.TaskReport("t", "a task", 100, o, 800, [s.row, free], 1.0, key="k")
+    again = lr_quality.TaskReport.from_json(json.loads(json.dumps(report.to_json())))
+    assert [x.regrets for x in again.scores] == [x.regrets for x in report.scores]
+    table = lr_quality.checks_table(report)
+    assert table.count("\n") == 4 and "| 3.00e-03 | 0 | 1.05 | 0.05 |" in table
+    probe_row = lr_quality.Row("probe", [1e-3, 5e-3, None], [1, 1, 1], [1.0] * 3, seeds=[0, 1, 0])
+    assert recommend_probe.unchecked(probe_row, o) == [(5e-3, 1)]  # grid points and gaps need no run
+
+
 def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
     o = oracle()
     s = lr_quality.score(lr_quality.Row("x", [1e-3, 1e-1, None], [10, 10, 10], [1.0] * 3), o)
@@ -242,6 +266,7 @@ def test_lr_quality_micro_run_has_every_row(capsys: pytest.CaptureFixture[str]) 
     ):
         assert f"| {row}" in out
     assert "torch-lr-finder:steepest" in out and "hits ≥ 90% of task-seeds" in out
+    assert "check runs (full length, at suggested LRs)" in out and "*Regret* is measured seed by seed" in out
 
 
 class BowlTrials:
@@ -303,7 +328,9 @@ def test_horizon_probe_names_its_results_per_task_and_its_own_command(
 def _committed_results(folder: Path, key: str) -> None:
     """A results file as lr_quality.py writes it (its own TaskReport), for a task named `probe`."""
     lrs = [1e-4, 1e-3, 1e-2]
-    oracle = lr_quality.Oracle(lrs, {1e-4: [3.0, 3.0], 1e-3: [0.5, 0.52], 1e-2: [0.8, 0.8]}, penalty=2.0)
+    checks = {lr_quality.oracle_key(2e-3, 1): 0.6}
+    losses = {1e-4: [3.0, 3.0], 1e-3: [0.5, 0.52], 1e-2: [0.8, 0.8]}
+    oracle = lr_quality.Oracle(lrs, losses, penalty=2.0, seeds=[0, 1], checks=checks)
     default = lr_quality.Row("adaptive", [1e-3, 1e-2], [300, 320], [1.0, 1.0])
     report = lr_quality.TaskReport("probe", "a task", 100, oracle, 600, [default], 1.0, key=key)
     (folder / "lr_quality.json").write_text(json.dumps({"tasks": [report.to_json()]}))
@@ -377,7 +404,8 @@ def test_resume_reuses_the_task_files_own_committed_oracle_and_no_other(
     heldout = lr_quality.committed_results(lr_quality.TASKS_FILE.with_name("tasks_heldout.yaml"))
     assert [p.name for p in heldout] == ["lr_quality.json", "lr_quality_heldout.json"]
     found = lr_quality.cached_oracle(task, True, heldout)
-    assert found[lr_quality.oracle_key(1e-3, 1)] == 0.52 and len(found) == 6
+    assert found[lr_quality.oracle_key(1e-3, 1)] == 0.52 and len(found) == 7
+    assert found[lr_quality.oracle_key(2e-3, 1)] == 0.6, "the committed check runs are reused too"
     assert lr_quality.cached_oracle(task, False, heldout) == {}, "without --resume nothing is reused"
     in_sample = lr_quality.committed_results(lr_quality.TASKS_FILE)
     assert [p.name for p in in_sample] == ["lr_quality.json"]
