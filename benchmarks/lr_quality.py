@@ -360,6 +360,19 @@ def score(row: Row, oracle: Oracle) -> Score:
     return Score(row, regrets, deltas, signed, hits)
 
 
+def unchecked(row: Row, oracle: Oracle) -> list[tuple[float, int]]:
+    """The (LR, seed) pairs of ``row`` that no full-length run on ``oracle``'s seeds has measured yet: what
+    a check run is for."""
+    wanted = []
+    for i, lr in enumerate(row.lrs or []):
+        seed = row.seed(i)
+        if lr is None or not 0 < lr < math.inf or seed not in oracle.seeds:
+            continue
+        if oracle.measured(lr, seed) is None:  # type: ignore[arg-type]
+            wanted.append((float(lr), int(seed)))  # type: ignore[arg-type]
+    return wanted
+
+
 def family(name: str) -> str:
     """The across-task key of a row name (``short-grid (4x42)`` → ``short-grid``)."""
     return name.split(" (", 1)[0]
@@ -1260,14 +1273,8 @@ class Bench:
         """A full-length ``trial`` at every suggested LR on the seed that suggested it, unless the oracle
         grid or an earlier check already ran it: what :meth:`Oracle.regret` measures regret with."""
         for name, task in self.tasks.items():
-            wanted: set[tuple[float, int]] = set()
             report = self.report(name)
-            for row in (r for r in report.rows if r.lrs is not None):
-                for i, lr in enumerate(row.lrs or []):
-                    seed = row.seed(i)
-                    ok = lr is not None and lr > 0 and math.isfinite(lr) and seed in self.seeds
-                    if ok and report.oracle.measured(lr, seed) is None:  # type: ignore[arg-type]
-                        wanted.add((float(lr), int(seed)))  # type: ignore[arg-type, call-overload]
+            wanted = {pair for row in report.rows for pair in unchecked(row, report.oracle)}
             for lr, seed in sorted(wanted):
                 self.job(task, "trial", seed, "check", lr=lr)
 

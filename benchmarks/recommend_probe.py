@@ -44,6 +44,7 @@ from benchmarks.lr_quality import (
     save_oracle,
     score,
     task_key,
+    unchecked,
 )
 
 DEFAULT_TASK = "minilm-noisy-long"
@@ -85,16 +86,6 @@ def rows_of(results: dict[int, dict[str, Any]], seeds: list[int], name: str) -> 
         notes=[{k: results[s].get(k) for k in ("decidedBy", "evidence", "trials", "error")} for s in seeds],
         seeds=list(seeds),
     )
-
-
-def unchecked(row: Row, oracle: Oracle) -> list[tuple[float, int]]:
-    """The (LR, seed) pairs of ``row`` that no full-length run measured yet (what a check run is for)."""
-    wanted = []
-    for i, lr in enumerate(row.lrs or []):
-        seed = row.seed(i)
-        if lr and lr > 0 and seed in oracle.seeds and oracle.measured(lr, seed) is None:  # type: ignore[arg-type]
-            wanted.append((float(lr), int(seed)))  # type: ignore[arg-type]
-    return wanted
 
 
 def summary(scored: Score, oracle: Oracle, steps: int) -> str:

@@ -101,7 +101,8 @@ def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
     table = lr_quality.checks_table(report)
     assert table.count("\n") == 4 and "| 3.00e-03 | 0 | 1.05 | 0.05 |" in table
     probe_row = lr_quality.Row("probe", [1e-3, 5e-3, None], [1, 1, 1], [1.0] * 3, seeds=[0, 1, 0])
-    assert recommend_probe.unchecked(probe_row, o) == [(5e-3, 1)]  # grid points and gaps need no run
+    assert lr_quality.unchecked(probe_row, o) == [(5e-3, 1)]  # grid points and gaps need no run
+    assert lr_quality.unchecked(free, o) == [], "an LR-free row has nothing to check"
 
 
 def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
