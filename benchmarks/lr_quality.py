@@ -1559,8 +1559,10 @@ REGRET_TEXT = {
     True: "*Regret* is measured seed by seed: a full-length `trial` at each suggested LR on the seed that "
     "suggested it (a check run; the oracle's own run where the LR is a grid point), minus that seed's loss "
     "at the best LR, at least 0 (a paired difference).",
-    False: "*Regret* (no check runs in this mode): the oracle's mean loss interpolated linearly in log-LR "
-    "at the suggestion, minus L*; it overstates the loss between grid points of a convex basin.",
+    False: "*Regret* (no check runs in this mode): off the grid, the oracle's mean loss interpolated "
+    "linearly in log-LR at the suggestion, minus L*, which overstates the loss between grid points of a "
+    "convex basin; on a grid point, and for Prodigy, paired with the seed's run at the best LR as in a full "
+    "run.",
 }
 
 
