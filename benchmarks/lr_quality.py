@@ -148,13 +148,17 @@ class Oracle:
         loss = self.checks[key]
         return self.penalty if loss is None else loss
 
+    def best_on(self, seed: int) -> float:
+        """The loss of ``seed``'s own run at the best LR (what a paired regret subtracts)."""
+        return self.filled(self.best[0])[self.seeds.index(seed)]
+
     def regret(self, lr: float, seed: int | None = None) -> float:
         """Measured on ``seed`` where a run at ``lr`` exists: its loss minus the same seed's loss at the
         best LR, at least 0. Otherwise the mean curve, interpolated in log-LR, minus ``L*``."""
         at = None if seed is None else self.measured(lr, seed)
         if at is None:
             return log_interp(lr, self.lrs, self.means) - self.best[1]
-        return max(0.0, at - self.filled(self.best[0])[self.seeds.index(seed)])  # type: ignore[arg-type]
+        return max(0.0, at - self.best_on(seed))  # type: ignore[arg-type]
 
     @property
     def interior(self) -> bool:
@@ -340,7 +344,7 @@ def score(row: Row, oracle: Oracle) -> Score:
         for i, loss in enumerate(row.losses or []):
             seed = row.seed(i)
             paired = seed is not None and seed in oracle.seeds
-            base = oracle.filled(best_lr)[oracle.seeds.index(seed)] if paired else lstar  # type: ignore[arg-type]
+            base = oracle.best_on(seed) if paired else lstar  # type: ignore[arg-type]
             own = oracle.penalty if loss is None else loss
             regrets.append(max(0.0, own - base) if paired else own - base)
             deltas.append(None)
