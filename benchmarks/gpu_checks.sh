@@ -3,7 +3,9 @@
 # files under $OUT come back). Python packages the machine lacks travel as cp312 wheels in an ignored folder
 # ($WHEELS, default .whl/; see benchmarks/README.md, "GPU checks"); torch, accelerate and the CUDA stack are
 # the machine's own.
-#   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B task (tasks_gpu.yaml), every row
+#   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B task (tasks_gpu.yaml), every row;
+#                                              check runs (full-length fine-tunes at the suggested LRs) only
+#                                              for the rows in $LRQ_CHECK_ROWS (default: adaptive short-grid)
 #   bash benchmarks/gpu_checks.sh qlora        issue 15: QLoRA 4-bit fine-tune of a ~0.5B model (gpu_qlora.py)
 #   bash benchmarks/gpu_checks.sh torchrun     issue 14: finetune-trainer train under torchrun on 1 GPU vs a bare
 #                                              torchrun DDP loop, bf16, tokens/s >= 0.97x (distributed_scaling.py)
@@ -32,6 +34,7 @@ for check in "${@:-lr-quality}"; do
   case $check in
     lr-quality)
       timeout "${LRQ_TIMEOUT:-480}" python3 benchmarks/lr_quality.py --tasks "${LRQ_TASKS:-benchmarks/tasks_gpu.yaml}" \
+        --check-rows ${LRQ_CHECK_ROWS:-adaptive short-grid} \
         --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log" || status=1
       cp benchmarks/results/lr_quality_gpu.md benchmarks/results/lr_quality_gpu.json "$out/" 2>/dev/null || status=1
       # what finished, even when the run did not: the oracle's losses and the recommender jobs, per task

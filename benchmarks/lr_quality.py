@@ -27,7 +27,8 @@ Scores: regret is measured, seed by seed: every suggested LR gets its own ``tria
 the seed that suggested it (a *check* run; an LR on the oracle grid reuses the oracle's run), and its regret
 is that run's eval loss minus the same seed's loss at the oracle's best LR (a paired difference; 0 when it
 came out lower). ``--quick`` runs no checks and interpolates the oracle's mean curve linearly in log-LR
-instead, which overstates the loss between grid points of a convex basin. Regret is in units of
+instead, which overstates the loss between grid points of a convex basin; ``--check-rows`` runs them for
+some rows only (the GPU run, where a full-length run is dear). Regret is in units of
 ``τ = max(σ, 1% of L*)``; hit = regret ≤ τ; |Δlog10| from the oracle's best LR; compute as
 a share of the oracle's steps and in full fine-tunes' worth (steps / maxSteps); wall time; the seed-to-seed
 spread of each recommender's LR (decades). Models and step counts are small so that everything runs on
@@ -362,6 +363,12 @@ def score(row: Row, oracle: Oracle) -> Score:
             deltas.append(abs(s))
     hits = sum(int(r <= tau + 1e-12) for r in regrets)
     return Score(row, regrets, deltas, signed, hits)
+
+
+def checked(name: str, rows: tuple[str, ...] | None) -> bool:
+    """Whether the row called ``name`` gets check runs: every row when ``rows`` is ``None``, else those
+    whose name starts with one of ``rows`` (``"short-grid"`` names ``"short-grid (4x72, equal compute)"``)."""
+    return rows is None or name.startswith(tuple(rows))
 
 
 def unchecked(row: Row, oracle: Oracle) -> list[tuple[float, int]]:
@@ -1122,6 +1129,12 @@ def oracle_key(lr: float, seed: int) -> str:
     return f"{float(lr):.6e}|{int(seed)}"
 
 
+def parse_oracle_key(key: str) -> tuple[float, int]:
+    """The (learning rate, seed) that :func:`oracle_key` wrote."""
+    lr, seed = key.split("|")
+    return float(lr), int(seed)
+
+
 def save_oracle(task: Task, entries: dict[str, float | None]) -> None:
     path = CACHE / "oracle" / f"{task.name}-{task.key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1192,10 +1205,11 @@ class Bench:
         resume: bool,
         grid_steps: int | None,
         committed: list[Path],
-        check: bool = True,
+        check: tuple[str, ...] | None = None,
     ):
         self.tasks = {t.name: t for t in tasks}
         self.check = check
+        """Rows (name prefixes) whose suggestions get check runs: ``None`` for every row, ``()`` for none."""
         self.committed = committed
         self.spec = spec
         self.runner = runner
@@ -1278,14 +1292,15 @@ class Bench:
         grid or an earlier check already ran it: what :meth:`Oracle.regret` measures regret with."""
         for name, task in self.tasks.items():
             report = self.report(name)
-            wanted = {pair for row in report.rows for pair in unchecked(row, report.oracle)}
+            rows = [r for r in report.rows if checked(r.name, self.check)]
+            wanted = {pair for row in rows for pair in unchecked(row, report.oracle)}
             for lr, seed in sorted(wanted):
                 self.job(task, "trial", seed, "check", lr=lr)
 
     def run(self, log: Callable[[str], None]) -> None:
         self.plan()
         self._drain(log)
-        if self.check:
+        if self.check != ():
             self.plan_checks()
             self._drain(log)
 
@@ -1358,7 +1373,7 @@ class Bench:
             losses,
             penalty=max(finite) if finite else math.inf,
             seeds=list(seeds),
-            checks=dict(self.checks.get(name) or {}) if self.check else {},
+            checks=dict(self.checks.get(name) or {}) if self.check != () else {},
         )
         rows: list[Row] = []
 
@@ -1559,23 +1574,36 @@ def oracle_table(report: TaskReport, seeds: Sequence[int]) -> str:
     return table(["LR", "mean eval loss", *[f"seed {s}" for s in seeds]], rows)
 
 
-REGRET_TEXT = {
-    True: "*Regret* is measured seed by seed: a full-length `trial` at each suggested LR on the seed that "
-    "suggested it (a check run; the oracle's own run where the LR is a grid point), minus that seed's loss "
-    "at the best LR, at least 0 (a paired difference).",
-    False: "*Regret* (no check runs in this mode): off the grid, the oracle's mean loss interpolated "
-    "linearly in log-LR at the suggestion, minus L*, which overstates the loss between grid points of a "
-    "convex basin; on a grid point, and for Prodigy, paired with the seed's run at the best LR as in a full "
-    "run.",
-}
+MEASURED = (
+    "a full-length `trial` at each suggested LR on the seed that suggested it (a check run; the oracle's own "
+    "run where the LR is a grid point), minus that seed's loss at the best LR, at least 0 (a paired "
+    "difference)"
+)
+INTERPOLATED = (
+    "the oracle's mean loss interpolated linearly in log-LR at the suggestion, minus L*, which overstates "
+    "the loss between grid points of a convex basin; on a grid point, and for Prodigy, paired with the "
+    "seed's run at the best LR"
+)
+
+
+def regret_text(rows: tuple[str, ...] | None) -> str:
+    """How this run's regret was measured, given the rows that got check runs (see :func:`checked`)."""
+    if rows is None:
+        return f"*Regret* is measured seed by seed: {MEASURED}."
+    if not rows:
+        return f"*Regret* (no check runs in this mode): off the grid, {INTERPOLATED}, as in a full run."
+    return (
+        f"*Regret* of the rows {', '.join(f'`{r}`' for r in rows)} is measured seed by seed: {MEASURED}. "
+        f"Other rows reuse a check run where one exists on that seed and LR; elsewhere, off the grid, "
+        f"{INTERPOLATED}."
+    )
 
 
 def checks_table(report: TaskReport) -> str:
     """The check runs: learning rate, seed, eval loss, and the paired regret it gives."""
     o = report.oracle
     rows = []
-    for key in sorted(o.checks, key=lambda k: (float(k.split("|")[0]), int(k.split("|")[1]))):
-        lr, seed = float(key.split("|")[0]), int(key.split("|")[1])
+    for (lr, seed), key in sorted((parse_oracle_key(key), key) for key in o.checks):
         rows.append([lr, seed, o.checks[key], o.regret(lr, seed) if seed in o.seeds else None])
     return table(["LR", "seed", "eval loss", "regret"], rows)
 
@@ -1595,7 +1623,7 @@ def render(
         f"seeds {spec['oracle']['seeds']} (`optimization.seed`: data order, dropout, new heads/adapters). "
         f"Recommenders run with seeds {spec['recommenderSeeds']} at the product's defaults (`adaptive`, "
         "`rangeTest` unset in every config). σ = the seeds' standard deviation of the eval loss at the best "
-        f"LR; τ = max(σ, 1% of L*). {REGRET_TEXT[facts['checked']]} *Hit* = regret ≤ τ; regret/τ is "
+        f"LR; τ = max(σ, 1% of L*). {regret_text(facts['checked'])} *Hit* = regret ≤ τ; regret/τ is "
         f"capped at {REGRET_CAP:g} per task-seed. *Fine-tunes* = steps spent / maxSteps; *of oracle* = "
         f"steps / all oracle steps. Grid sweep: LRSweep `grid` defaults ({len(grid_lrs)} LRs "
         f"{fmt(grid_lrs[0])}..{fmt(grid_lrs[-1])}, {grid_steps} steps each). Short grid: LRs "
@@ -1709,6 +1737,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="trainer processes (default 2)"
     )
     parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    parser.add_argument(
+        "--check-rows",
+        nargs="+",
+        metavar="ROW",
+        help="check runs only for rows whose name starts with one of these (e.g. adaptive short-grid; "
+        "default: every row, or none with --quick); the others' regret is interpolated off the grid",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -1729,7 +1764,7 @@ def main(argv: list[str] | None = None) -> int:
         args.resume,
         8 if args.micro else None,
         committed_results(args.tasks),
-        check=not args.quick,
+        check=tuple(args.check_rows) if args.check_rows else (() if args.quick else None),
     )
     try:
         bench.run(log)
@@ -1738,6 +1773,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     seconds = time.monotonic() - started
     loads = [load_start, *bench.loads]
+    pairs = sum(len(r.oracle.checks) for r in reports)
     facts = {
         "seconds": seconds,
         "workers": max(1, args.workers),
@@ -1746,7 +1782,7 @@ def main(argv: list[str] | None = None) -> int:
         "reused": f"{bench.reused} of {bench.total} jobs" if bench.reused else "none",
         "errors": bench.errors,
         "checked": bench.check,
-        "checks": f"{sum(len(r.oracle.checks) for r in reports)} (LR, seed) pairs" if bench.check else "none",
+        "checks": "none" if bench.check == () else f"{pairs} (LR, seed) pairs",
     }
     body, _by, targets = render(reports, spec, facts)
     print(body)

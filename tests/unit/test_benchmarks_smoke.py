@@ -100,9 +100,22 @@ def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
     assert [x.regrets for x in again.scores] == [x.regrets for x in report.scores]
     table = lr_quality.checks_table(report)
     assert table.count("\n") == 4 and "| 3.00e-03 | 0 | 1.05 | 0.05 |" in table
+    assert table.index("| 3.00e-03 | 1 |") < table.index("| 0.03 | 0 |"), "ordered by LR, then seed"
+    assert lr_quality.parse_oracle_key(key(3e-3, 1)) == (3e-3, 1)
     probe_row = lr_quality.Row("probe", [1e-3, 5e-3, None], [1, 1, 1], [1.0] * 3, seeds=[0, 1, 0])
     assert lr_quality.unchecked(probe_row, o) == [(5e-3, 1)]  # grid points and gaps need no run
     assert lr_quality.unchecked(free, o) == [], "an LR-free row has nothing to check"
+
+
+def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_measured() -> None:
+    assert lr_quality.checked("short-grid (4x72, equal compute)", None)
+    assert not lr_quality.checked("adaptive", ())
+    assert lr_quality.checked("short-grid (4x72, equal compute)", ("adaptive", "short-grid"))
+    assert not lr_quality.checked("range-test:valley", ("adaptive", "short-grid"))
+    partial = lr_quality.regret_text(("adaptive",))
+    assert partial.startswith("*Regret* of the rows `adaptive` is measured seed by seed")
+    assert "interpolated" in partial and "interpolated" not in lr_quality.regret_text(None)
+    assert "no check runs" in lr_quality.regret_text(())
 
 
 def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
