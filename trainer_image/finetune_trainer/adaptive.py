@@ -4,7 +4,8 @@
            ──► stage 1: short trials at log-spaced candidates from the ceiling down
                (extended past its lowest candidate while the best trial sits there)
            ──► stage 2: longer trials around the stage-1 minimum ──► parabola in log10(LR) ──► LR + interval
-           ──► horizon: the minimum's fall from stage-1 to stage-2 trials, extended to the fine-tune's length
+           ──► horizon: the minimum's fall from stage-1 to stage-2 trials, when larger than the trials'
+               noise, extended to the fine-tune's length
 
 A range test finds where training breaks, not where a finished run is best, so it only bounds the search:
 the LR at which a ramp's loss bottoms out is already too high for a whole run (fastai's rules take a tenth
@@ -13,7 +14,9 @@ recommendation go above that ceiling. Trials shorter than the fine-tune can stil
 optimum lies (a classifier that memorises noisy labels only does so late): when the minimum moved down
 from the stage-1 to the twice-as-long stage-2 trials, the move is extended as a power law in steps to the
 fine-tune's length (the optimum's drift with the training horizon, Bjorck et al. 2024), never upwards and
-at most ``HORIZON_REACH`` decades down.
+at most ``HORIZON_REACH`` decades down; and only when the stage-2 parabola puts the stage-1 minimum above its
+own minimum by more than the noise (outside the interval the status reports): extending a fall the trials
+do not resolve would multiply noise by the length ratio.
 Trials are judged on validation loss after a full warmup + decay, never mid-run. ``next_step`` is the whole
 decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
 the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
@@ -464,7 +467,8 @@ def next_step(
             f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps{at_ceiling}"
         )
         span = interval(fit2, lr2, low, high)
-        beta = horizon_exponent(centre, steps1, lr2, steps2)
+        resolved = fall_resolved(fit2, centre, lr2)
+        beta = horizon_exponent(centre, steps1, lr2, steps2) if resolved else 0.0
         floor = _shift(lr2, -HORIZON_REACH)
         lr = at_horizon(lr2, steps2, beta, max_steps, floor)
         moved = lr < lr2 * (1 - 1e-9)
@@ -474,6 +478,11 @@ def next_step(
             message += (
                 f"; moved to {lr:.3g} for the {max_steps}-step fine-tune: the minimum fell from {centre:.3g} "
                 f"({steps1}-step trials) to {lr2:.3g} ({steps2} steps), steps^-{beta:.2f}"
+            )
+        elif not resolved and centre > lr2 * (1 + 1e-9) and max_steps and max_steps > steps2:
+            message += (
+                f"; not moved for the {max_steps}-step fine-tune: the minimum's fall from {centre:.3g} "
+                f"({steps1}-step trials) is within the noise ({fit2.noise:.3g})"
             )
         return _finish(
             lr,
@@ -511,6 +520,12 @@ def horizon_exponent(lr1: float, steps1: int, lr2: float, steps2: int) -> float:
     if steps2 <= steps1 or lr1 <= 0 or lr2 <= 0:
         return 0.0
     return max(0.0, math.log10(lr1 / lr2) / math.log10(steps2 / steps1))
+
+
+def fall_resolved(fit: LossFit, before: float, after: float) -> bool:
+    """Whether ``fit`` predicts the loss at ``before`` (the stage-1 minimum) above the loss at ``after`` (the
+    stage-2 minimum) by more than its noise: a fall the trials resolve, ``before`` outside the interval."""
+    return before > after and predicted(fit, before) - predicted(fit, after) > fit.noise
 
 
 def at_horizon(lr: float, steps: int, beta: float, max_steps: int | None, floor: float) -> float:

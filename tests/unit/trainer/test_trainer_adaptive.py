@@ -18,6 +18,7 @@ from finetune_trainer.adaptive import (
     ceiling,
     curve_minimum,
     divergence_edge,
+    fall_resolved,
     fit_parabola,
     horizon_exponent,
     interval,
@@ -362,6 +363,18 @@ def test_an_optimum_that_falls_with_the_trial_length_is_extended_to_the_fine_tun
     assert "for the 160-step fine-tune" in rec.message
     assert rec.fit is not None
     assert rec.recommended_learning_rate >= vertex(rec.fit) * 10**-HORIZON_REACH  # type: ignore[operator]
+
+
+def test_a_fall_within_the_trials_noise_is_not_extended() -> None:
+    """A basin so flat that the stage-1 minimum's loss on the stage-2 parabola is within the noise of its
+    minimum: the fall is not resolved, so it is not multiplied by the length ratio; the message says so."""
+    rec, _ = drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-4, 1.0, width=0.02), max_steps=160)
+    assert rec.decided_by == "stage-2-fit" and rec.fit is not None
+    assert rec.recommended_learning_rate == pytest.approx(vertex(rec.fit))
+    assert "within the noise" in rec.message and "moved to" not in rec.message
+    steep, _ = drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-4, 1.0, width=0.3), max_steps=160)
+    assert steep.decided_by == "stage-2-horizon", "the same fall on a sharper basin is resolved"
+    assert fall_resolved(steep.fit, 3e-4, 1.5e-4) and not fall_resolved(steep.fit, 1.5e-4, 3e-4)  # type: ignore[arg-type]
 
 
 def test_an_optimum_that_rises_with_the_trial_length_is_not_extended_upwards() -> None:
