@@ -1210,6 +1210,8 @@ class Bench:
         self.tasks = {t.name: t for t in tasks}
         self.check = check
         """Rows (name prefixes) whose suggestions get check runs: ``None`` for every row, ``()`` for none."""
+        self.checking = check != ()
+        """Whether any row gets check runs (else every regret is interpolated off the grid)."""
         self.committed = committed
         self.spec = spec
         self.runner = runner
@@ -1300,7 +1302,7 @@ class Bench:
     def run(self, log: Callable[[str], None]) -> None:
         self.plan()
         self._drain(log)
-        if self.check != ():
+        if self.checking:
             self.plan_checks()
             self._drain(log)
 
@@ -1373,7 +1375,7 @@ class Bench:
             losses,
             penalty=max(finite) if finite else math.inf,
             seeds=list(seeds),
-            checks=dict(self.checks.get(name) or {}) if self.check != () else {},
+            checks=dict(self.checks.get(name) or {}) if self.checking else {},
         )
         rows: list[Row] = []
 
