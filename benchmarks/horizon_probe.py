@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             losses[done["seed"]][(done["steps"], done["lr"])] = res.get("loss")
             where = f"seed {done['seed']} {done['steps']:>4} steps lr {done['lr']:.3g}"
             print(f"{where}: {res.get('error') or fmt(res.get('loss'))}")
+    runner.close()
     seconds = time.monotonic() - started
     parts = [
         f"Task `{task.name}` (fine-tune {task.steps} steps): {task.description}.",

@@ -1020,13 +1020,17 @@ class Runner:
         return bool(self.pending or self.inline)
 
     def drain(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """Each submitted job's (job, result) as it finishes, until none is left; the workers are shut down
-        afterwards, also when the caller stops early."""
+        """Each submitted job's (job, result) as it finishes, until none is left. The runner then takes more
+        jobs (a probe drains its recommendations, then their check runs) until :meth:`close`; a caller that
+        stops early (an error, a break) shuts the workers down."""
+        finished = False
         try:
             while self.busy:
                 yield from self.done()
+            finished = True
         finally:
-            self.close()
+            if not finished:
+                self.close()
 
     def close(self) -> None:
         if self.pool is not None:

@@ -407,6 +407,18 @@ def test_a_runner_drains_every_submitted_job_then_is_idle(tmp_path: Path) -> Non
     assert all("unknown job kind 'no-such-kind'" in res["error"] for _, res in finished)
 
 
+def test_a_runner_with_workers_takes_jobs_again_after_a_drain(tmp_path: Path) -> None:
+    """recommend_probe drains its recommendations, then submits their check runs to the same runner."""
+    runner = lr_quality.Runner(2)
+    try:
+        for round_ in (0, 1):
+            runner.submit({"kind": "no-such-kind", "seed": round_, "config": "-", "scratch": str(tmp_path)})
+            finished = list(runner.drain())
+            assert [job["seed"] for job, _ in finished] == [round_] and not runner.busy
+    finally:
+        runner.close()
+
+
 def test_resume_reuses_the_task_files_own_committed_oracle_and_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
