@@ -1214,8 +1214,6 @@ class Bench:
         self.tasks = {t.name: t for t in tasks}
         self.check = check
         """Rows (name prefixes) whose suggestions get check runs: ``None`` for every row, ``()`` for none."""
-        self.checking = check != ()
-        """Whether any row gets check runs (else every regret is interpolated off the grid)."""
         self.committed = committed
         self.spec = spec
         self.runner = runner
@@ -1292,6 +1290,11 @@ class Bench:
                         self.oracle[task.name][key] = cached[key]
                     else:
                         self.job(task, "trial", s, "oracle", lr=lr)
+
+    @property
+    def checking(self) -> bool:
+        """Whether any row gets check runs (else every regret is interpolated off the grid)."""
+        return self.check != ()
 
     def plan_checks(self) -> None:
         """A full-length ``trial`` at every suggested LR on the seed that suggested it, unless the oracle
