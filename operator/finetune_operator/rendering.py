@@ -84,9 +84,13 @@ def range_test_config(spec: LRSweepSpec) -> TrainerConfig:
     return TrainerConfig(**_shared_sections(spec), range_test=rt)
 
 
-def trial_config(spec: LRSweepSpec, learning_rate: float, steps: int) -> TrainerConfig:
-    """A short fine-tune at one LR: the sweep's recipe cut to `steps` steps (the trainer's own rule)."""
-    return TrainerConfig(**trial_sections(spec, steps), output_dir=OUTPUT_DIR, learning_rate=learning_rate)
+def trial_config(
+    spec: LRSweepSpec, learning_rate: float, steps: int, match_epochs: bool = False
+) -> TrainerConfig:
+    """A short fine-tune at one LR: the sweep's recipe cut to `steps` steps (the trainer's own rule; an
+    adaptive stage's trials with `match_epochs`)."""
+    sections = trial_sections(spec, steps, match_epochs=match_epochs)
+    return TrainerConfig(**sections, output_dir=OUTPUT_DIR, learning_rate=learning_rate)
 
 
 def train_config(spec: FineTuneJobSpec, learning_rate: float, source: str | None = None) -> TrainerConfig:

@@ -268,6 +268,17 @@ def test_trial_jobs_carry_the_stage_label_and_a_trial_config():
     assert config["optimization"]["maxSteps"] == 8 and config["evaluation"]["everySteps"] <= 8
 
 
+def test_trial_jobs_train_on_their_share_of_the_data_unless_match_epochs_is_off():
+    sized = {**SPEC, "optimization": {"maxSteps": 64}}  # 8-step trials: an eighth of the fine-tune
+    for adaptive, fraction in ((SPEC["adaptive"], 0.125), ({**SPEC["adaptive"], "matchEpochs": False}, None)):
+        cluster = FakeCluster({**sized, "adaptive": adaptive})
+        cluster.reconcile()
+        cluster.finish_range_test()
+        job = cluster.reconcile().create[0].manifest
+        config = json.loads(job["spec"]["template"]["metadata"]["annotations"][rendering.CONFIG_ANNOTATION])
+        assert config["dataset"].get("sampleFraction") == fraction
+
+
 # ------------------------------------------------------------------ FineTuneJob auto / fromSweep
 
 FTJ = {**BASE, "optimization": {"batchSize": 8, "maxSteps": 160}}

@@ -139,6 +139,7 @@ def test_searched_params_reach_the_trial_config():
         assert c.learning_rate == p["learningRate"] and c.optimization.batch_size == p["batchSize"]
         assert c.adapter.r == p["loraR"] and c.optimization.weight_decay == p["weightDecay"]
         assert c.optimization.max_steps == p["maxSteps"] == trial["steps"]
+        assert c.dataset.sample_fraction is None  # only adaptive trials train on a share of the data
 
 
 def test_a_grid_larger_than_the_status_can_hold_fails_with_the_fields_to_shrink():

@@ -172,17 +172,24 @@ def trial_steps(spec: AdaptiveSpec, max_steps: int | None) -> tuple[int, int]:
     return first, max(first, math.ceil(first * spec.narrowing_factor))
 
 
-def trial_sections(sections: TrainingSections, steps: int) -> dict[str, object]:
+def trial_sections(sections: TrainingSections, steps: int, match_epochs: bool = False) -> dict[str, object]:
     """The training sections of a trial of ``steps`` steps: the recipe cut short, with its warmup and decay
-    scaled to fit and a validation pass at the end (keyword arguments for ``TrainerConfig``)."""
+    scaled to fit and a validation pass at the end (keyword arguments for ``TrainerConfig``). With
+    ``match_epochs`` (an adaptive sweep's trials, ``adaptive.matchEpochs``) the trial trains on the share of
+    the data that its length is of the planned fine-tune's, so it passes over it as often."""
     optimization = sections.optimization.model_copy(update={"max_steps": steps})
     schedule = sections.schedule
     if schedule.warmup_steps is not None and schedule.warmup_steps >= steps:
         schedule = schedule.model_copy(update={"warmup_steps": None, "warmup_ratio": 0.1})
     evaluation = sections.evaluation.model_copy(update={"every_steps": steps})
+    dataset = sections.dataset
+    planned = sections.optimization.max_steps
+    if match_epochs and planned is not None and steps < planned:
+        share = steps / planned * (dataset.sample_fraction or 1.0)
+        dataset = dataset.model_copy(update={"sample_fraction": share})
     return {
         "model": sections.model,
-        "dataset": sections.dataset,
+        "dataset": dataset,
         "adapter": sections.adapter,
         "optimization": optimization,
         "schedule": schedule,

@@ -186,6 +186,9 @@ class DatasetSpec(Spec):
     """Column holding the class label (sequence classification only)."""
     max_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
     """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
+    sample_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Train on this fraction of the training examples (a seeded random subset, taken after `maxSamples`,
+    never less than one batch). An adaptive sweep's trials set it themselves (`adaptive.matchEpochs`)."""
     packing: bool | None = None
     """Causal LM: put several examples into each `maxSeqLength` sequence instead of padding each one. Plain
     text is concatenated and cut into full blocks; chat and instruction examples are packed whole (best-fit
@@ -405,6 +408,12 @@ class AdaptiveSpec(Spec):
     """Stage-2 trials around the stage-1 fit's minimum, each `narrowingFactor` times longer."""
     narrowing_factor: float = Field(default=2.0, ge=1.0, le=16.0)
     """How many times longer a stage-2 trial runs than a stage-1 trial."""
+    match_epochs: bool = True
+    """Each trial trains on the share of the training examples that its length is of the fine-tune's
+    (`optimization.maxSteps`), so it passes over its data as often as the fine-tune will: a short trial on
+    the whole set sees each example once and never reaches the later epochs in which a high LR memorises
+    (noisy labels, small sets). No effect on a fine-tune of one epoch or less, or one sized in epochs.
+    Off: trials draw from the whole training set."""
     max_extensions: int = Field(default=3, ge=0, le=8)
     """How often stage 1 may add candidates past its lowest or highest one when the best trial sits there,
     and stage 2 a finalist past its end."""

@@ -11,6 +11,7 @@ but the ``datasets`` cache, so it can run before any output exists.
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -251,13 +252,17 @@ def label_mapping(values: Iterable[Any], num_labels: int | None) -> tuple[dict[A
 
 def split_and_subset(train: Any, val: Any | None, cfg: TrainerConfig) -> tuple[Any, Any | None]:
     """Hold out validation (when there is no validation split or files), then take the seeded
-    ``maxSamples`` subset."""
+    ``maxSamples`` subset and the seeded ``sampleFraction`` of what is left."""
     spec = cfg.dataset
     if val is None and spec.validation_fraction > 0 and len(train) >= 2:
         parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
         train, val = parts["train"], parts["test"]
     if spec.max_samples is not None and spec.max_samples < len(train):
         train = train.shuffle(seed=spec.seed).select(range(spec.max_samples))
+    if spec.sample_fraction is not None:
+        keep = max(cfg.optimization.effective_batch_size(), math.ceil(spec.sample_fraction * len(train)))
+        if keep < len(train):
+            train = train.shuffle(seed=spec.seed).select(range(keep))
     limit = cfg.evaluation.max_samples
     if val is not None and limit is not None and limit < len(val):
         val = val.shuffle(seed=spec.seed).select(range(limit))

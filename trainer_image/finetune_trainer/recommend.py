@@ -29,7 +29,8 @@ RESULT_CURVE_POINTS = 60
 
 def trial_config(cfg: TrainerConfig, learning_rate: float, steps: int) -> TrainerConfig:
     """The config of one trial: the recipe cut to ``steps`` steps (shared with the operator's Jobs)."""
-    return cfg.model_copy(update={**trial_sections(cfg, steps), "learning_rate": learning_rate})
+    sections = trial_sections(cfg, steps, match_epochs=cfg.adaptive.match_epochs)
+    return cfg.model_copy(update={**sections, "learning_rate": learning_rate})
 
 
 def run_recommend(

@@ -244,7 +244,9 @@ def plan(
     for t in decision.start:
         req = t.request
         try:
-            config = rendering.trial_config(sweep, req.learning_rate, req.steps)
+            config = rendering.trial_config(
+                sweep, req.learning_rate, req.steps, match_epochs=sweep.adaptive.match_epochs
+            )
         except ValidationError as e:
             b.invalid(e)
             return

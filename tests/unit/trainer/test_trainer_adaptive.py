@@ -172,6 +172,29 @@ def test_trial_sections_cut_the_recipe_and_evaluate_once_at_the_end() -> None:
     TrainerConfig(**sections)  # a valid config
 
 
+def test_an_adaptive_trial_trains_on_its_share_of_the_data_so_it_passes_over_it_as_often() -> None:
+    cfg = TrainerConfig.model_validate(
+        {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}, "optimization": {"maxSteps": 160}}
+    )
+    assert trial_sections(cfg, 20, match_epochs=True)["dataset"].sample_fraction == pytest.approx(1 / 8)
+    assert trial_sections(cfg, 20)["dataset"].sample_fraction is None  # grid and search trials: every row
+    assert trial_sections(cfg, 160, match_epochs=True)["dataset"].sample_fraction is None
+    half = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"sample_fraction": 0.5})})
+    assert trial_sections(half, 40, match_epochs=True)["dataset"].sample_fraction == pytest.approx(1 / 8)
+    epochs = cfg.optimization.model_copy(update={"max_steps": None, "epochs": 2.0})
+    by_epochs = cfg.model_copy(update={"optimization": epochs})
+    assert trial_sections(by_epochs, 50, match_epochs=True)["dataset"].sample_fraction is None
+
+
+def test_recommend_trials_match_epochs_unless_the_sweep_turns_it_off() -> None:
+    from finetune_trainer.recommend import trial_config
+
+    base = {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}, "optimization": {"maxSteps": 100}}
+    assert trial_config(TrainerConfig.model_validate(base), 1e-3, 25).dataset.sample_fraction == 0.25
+    off = TrainerConfig.model_validate({**base, "adaptive": {"matchEpochs": False}})
+    assert trial_config(off, 1e-3, 25).dataset.sample_fraction is None
+
+
 # ---------------------------------------------------------------------------------------------- fit
 
 

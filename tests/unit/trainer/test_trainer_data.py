@@ -76,6 +76,17 @@ def test_max_samples_is_a_seeded_subset(jsonl: Path) -> None:
     assert len(a.train) == 10 and a.train["input_ids"] == b.train["input_ids"]
 
 
+def test_sample_fraction_is_a_seeded_subset_after_max_samples_and_at_least_one_batch(jsonl: Path) -> None:
+    def train(**dataset: object) -> list[list[int]]:
+        return prepare(cfg_for(jsonl, packing=False, **dataset), build_tokenizer()).train["input_ids"]
+
+    assert len(train()) == 90  # 10% held out for validation
+    quarter = train(sampleFraction=0.25)
+    assert len(quarter) == 23 and quarter == train(sampleFraction=0.25)  # ceil(0.25 x 90), the same rows
+    assert len(train(maxSamples=40, sampleFraction=0.5)) == 20
+    assert len(train(sampleFraction=0.01)) == 8  # one batch (batchSize 8), not 1 row
+
+
 def test_classification_labels_become_ids(jsonl: Path) -> None:
     data = prepare(cfg_for(jsonl, task="sequence-classification", labelField="label"), build_tokenizer())
     assert data.label_names == ["negative", "positive"] and data.num_labels == 2
