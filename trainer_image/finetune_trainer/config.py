@@ -412,8 +412,9 @@ class AdaptiveSpec(Spec):
     """Each trial trains on the share of the training examples that its length is of the fine-tune's
     (`optimization.maxSteps`), so it passes over its data as often as the fine-tune will: a short trial on
     the whole set sees each example once and never reaches the later epochs in which a high LR memorises
-    (noisy labels, small sets). No effect on a fine-tune of one epoch or less, or one sized in epochs.
-    Off: trials draw from the whole training set."""
+    (noisy labels, small sets). On a fine-tune of one epoch or less a trial still sees each example at
+    most once, from a fixed subset; a fine-tune sized in epochs (no `maxSteps`) is left alone. Off:
+    trials draw from the whole training set."""
     max_extensions: int = Field(default=3, ge=0, le=8)
     """How often stage 1 may add candidates past its lowest or highest one when the best trial sits there,
     and stage 2 a finalist past its end."""
