@@ -17,7 +17,9 @@ fine-tune's length (the optimum's drift with the training horizon, Bjorck et al.
 at most ``HORIZON_REACH`` decades down; and only when the stage-2 parabola puts the stage-1 minimum above its
 own minimum by more than the noise (outside the interval the status reports): extending a fall the trials
 do not resolve would multiply noise by the length ratio.
-Trials are judged on validation loss after a full warmup + decay, never mid-run. ``next_step`` is the whole
+Trials are judged on validation loss after a full warmup + decay, never mid-run, and (``matchEpochs``) each
+trains on the share of the rows that its length is of the fine-tune's, so it makes the fine-tune's passes
+over its data: memorising that only a later epoch brings shows in the trial too. ``next_step`` is the whole
 decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
 the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
 ``recommend`` in a loop (trials in-process). Only pydantic and arithmetic here.
