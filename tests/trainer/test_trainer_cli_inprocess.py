@@ -436,8 +436,8 @@ def test_a_window_set_too_low_is_extended_until_the_loss_diverges(tiny_gpt2: Pat
 def test_a_ramp_told_to_stop_past_its_minimum_keeps_the_minimum_in_fewer_steps(
     tiny_gpt2: Path, tmp_path: Path
 ) -> None:
-    """The same seeded ramp, once to divergence and once stopped a decade past its loss minimum (as adaptive
-    sweeps run it): the same curve up to the stop, so the same minimum, for fewer steps, and no edge."""
+    """The same seeded ramp, once to divergence and once stopped a decade past its loss minimum (adaptive
+    sweeps stop at half a decade): the same curve up to the stop, so the same minimum, in fewer steps."""
     from finetune_trainer.adaptive import curve_minimum
 
     window = {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "steps": 20, "smoothing": 0.3}

@@ -27,6 +27,7 @@ from benchmarks import (  # noqa: E402
     horizon_probe,
     lr_quality,
     operator_scale,
+    ramp_stop_replay,
     rangetest_cost,
     recommend_probe,
     sweep_search,
@@ -477,3 +478,14 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> None:
+    lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade
+    losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.01 * (i - 60) for i in range(120)]  # minimum at 1e-3
+    losses[74:] = [1.7 + 0.05 * (i - 74) for i in range(74, 120)]  # a lower dip at 10^-2.3
+    stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 0.5)
+    assert (stop, capped) == (71, True) and top == pytest.approx(10**-3.5)
+    stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 1.0)
+    assert (stop, capped) == (95, True) and top == pytest.approx(10**-2.8)
+    assert ramp_stop_replay.cut(lrs, losses, 10.0, 0.5)[0] == 120  # not past its planned end: all of it

@@ -133,6 +133,22 @@ def test_a_ramp_is_past_its_minimum_a_decade_above_it_and_past_its_planned_end()
     assert lrs[stop - 1] == pytest.approx(10**-0.5)
 
 
+def test_an_adaptive_ramp_keeps_its_first_minimum_when_a_lower_dip_comes_after_a_rise() -> None:
+    """The default stop (half a decade past the minimum) ends the ramp before a dip near divergence that a
+    longer look would have taken as the minimum, lifting the ceiling 0.7 decades (three MiniLM ramps did)."""
+    lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade
+    losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.01 * (i - 60) for i in range(120)]  # minimum at 1e-3
+    losses[74:] = [1.7 + 0.05 * (i - 74) for i in range(74, 120)]  # a lower dip at 10^-2.3, then divergence
+    decades = range_test_spec(RangeTestSpec()).stop_past_minimum
+    assert decades is not None
+    stop = next(k for k in range(1, 121) if past_minimum(lrs[:k], losses[:k], 1e-4, decades))
+    assert lrs[stop - 1] == pytest.approx(10**-2.5)
+    assert loss_minimum(lrs[:stop], losses[:stop]) == pytest.approx(1e-3)
+    top, capped = ceiling(AdaptiveSpec(), lrs[stop - 1], loss_minimum(lrs[:stop], losses[:stop]))
+    assert capped and top == pytest.approx(10 ** (-3 - HEADROOM))
+    assert loss_minimum(lrs, losses) == pytest.approx(10**-2.3)  # what the whole ramp would have read
+
+
 def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_unless_told_otherwise() -> None:
     assert range_test_spec(RangeTestSpec()).stop_past_minimum == PAST_MINIMUM
     assert range_test_spec(RangeTestSpec(stop_past_minimum=2.5)).stop_past_minimum == 2.5

@@ -1,0 +1,103 @@
+"""Where would an adaptive sweep's range test stop, and which ceiling would it set, at other look-pasts?
+
+    python benchmarks/ramp_stop_replay.py [--decades 1.0 0.7 0.5 0.3] [--no-write]
+
+Replays the ``range-test`` rows that ``lr_quality.py`` journalled in its work cache (full ramps, run until
+the loss diverged) through the product's own stop and ceiling rules (``adaptive.past_minimum``,
+``loss_minimum``, ``ceiling``), cutting each ramp where ``rangeTest.stopPastMinimum`` at each look-past would
+have stopped it. An adaptive sweep's ramp is that same ramp cut short (same window, seed and steps per
+decade), so this gives its steps and ceiling without running anything. Needs a finished ``lr_quality.py``
+run (either task file) on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import table, write_results
+from benchmarks.lr_quality import CACHE
+from finetune_trainer.adaptive import ceiling, divergence_edge, loss_minimum, past_minimum
+from finetune_trainer.config import AdaptiveSpec
+from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
+
+
+def ramps() -> list[tuple[str, list[float], list[float], float]]:
+    """Every distinct full ramp in the journals: (task, LRs, smoothed losses, planned end). The benchmark
+    leaves the window unset, so the ramp was planned from 100x below the prior to 10x above it."""
+    found, seen = [], set()
+    for path in sorted((CACHE / "jobs").glob("*.jsonl")):
+        task = path.stem.rsplit("-", 1)[0]
+        for line in path.read_text().splitlines():
+            result = json.loads(line)["result"]
+            if "suggestions" not in result:
+                continue
+            lrs, losses = result["curve"]
+            key = (task, len(lrs), lrs[0], losses[-1])
+            if key not in seen:
+                seen.add(key)
+                found.append((task, lrs, losses, result["window"][0] * PRIOR_BELOW * PRIOR_ABOVE))
+    return found
+
+
+def cut(lrs: list[float], losses: list[float], end: float, decades: float) -> tuple[int, float, bool]:
+    """Steps the ramp runs with this look-past, and the ceiling it sets (and whether the minimum set it)."""
+    stop = next(
+        (k for k in range(1, len(lrs) + 1) if past_minimum(lrs[:k], losses[:k], end * (1 - 1e-9), decades)),
+        len(lrs),
+    )
+    lrs, losses = lrs[:stop], losses[:stop]
+    edge = divergence_edge(lrs, losses, stopped_early=False) or lrs[-1]
+    top, capped = ceiling(AdaptiveSpec(), edge, loss_minimum(lrs, losses))
+    return stop, top, capped
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decades", type=float, nargs="+", default=[1.0, 0.7, 0.5, 0.3])
+    parser.add_argument("--no-write", action="store_true", help="print only; no results file")
+    args = parser.parse_args(argv)
+    found = ramps()
+    if not found:
+        raise SystemExit(f"no range-test rows in {CACHE / 'jobs'}: run benchmarks/lr_quality.py first")
+    base = args.decades[0]
+    rows, steps, moved = [], dict.fromkeys(args.decades, 0), dict.fromkeys(args.decades, 0)
+    for task, lrs, losses, end in found:
+        cells, first = [], None
+        for d in args.decades:
+            stop, top, capped = cut(lrs, losses, end, d)
+            first = first or top
+            differs = abs(top / first - 1) > 1e-9
+            steps[d] += stop
+            moved[d] += differs
+            cells.append(f"{stop}, {top:.3g}{'' if capped else ' (edge)'}{' **moved**' if differs else ''}")
+        rows.append([task, len(lrs), *cells])
+    headers = ["task", "full ramp", *(f"{d:g} dec: steps, ceiling" for d in args.decades)]
+    body = "\n".join(
+        [
+            "Each row is one full `range-test` ramp from `lr_quality.py`'s journals (run until the loss "
+            "diverged); each cell is where the adaptive stop (`adaptive.past_minimum`) at that look-past "
+            "ends it, and the ceiling it then sets (*moved*: not the first column's).",
+            "",
+            table(headers, rows),
+            "",
+            f"{len(found)} ramps. Mean steps: "
+            + ", ".join(f"{d:g} dec {steps[d] / len(found):.1f}" for d in args.decades)
+            + f". Ceilings that differ from {base:g} dec: "
+            + ", ".join(f"{d:g} dec {moved[d]}" for d in args.decades[1:])
+            + ".",
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        title = "Range-test stop replay: an adaptive ramp's steps and ceiling at several look-pasts"
+        print(f"wrote {write_results('ramp_stop_replay', title, body, argv)}")
+
+
+if __name__ == "__main__":
+    main()
