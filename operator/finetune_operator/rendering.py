@@ -80,7 +80,7 @@ def _shared_sections(spec: LRSweepSpec | FineTuneJobSpec) -> dict[str, Any]:
 
 def range_test_config(spec: LRSweepSpec) -> TrainerConfig:
     """The range-test Job's config; an adaptive sweep's stops past the loss minimum (as ``recommend``'s)."""
-    rt = range_test_spec(spec.range_test) if spec.method == "adaptive" else spec.range_test
+    rt = range_test_spec(spec.range_test, spec.adaptive) if spec.method == "adaptive" else spec.range_test
     return TrainerConfig(**_shared_sections(spec), range_test=rt)
 
 

@@ -343,6 +343,8 @@ def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_and_a_range_test_
     assert adaptive.range_test.stop_past_minimum == PAST_MINIMUM
     told = LRSweepSpec.model_validate({**SPEC, "rangeTest": {"stopPastMinimum": 2.0}})
     assert rendering.range_test_config(told).range_test.stop_past_minimum == 2.0
+    wide = LRSweepSpec.model_validate({**SPEC, "adaptive": {"spacing": 1.5}})  # looks a spacing past it
+    assert rendering.range_test_config(wide).range_test.stop_past_minimum == 1.5
     assert (
         rendering.range_test_config(LRSweepSpec.model_validate(RT_SPEC)).range_test.stop_past_minimum is None
     )

@@ -118,12 +118,15 @@ def past_minimum(lrs: Sequence[float], losses: Sequence[float], planned_end: flo
     return minimum is not None and minimum > 0 and lrs[-1] >= _shift(minimum, decades)
 
 
-def range_test_spec(spec: RangeTestSpec) -> RangeTestSpec:
+def range_test_spec(spec: RangeTestSpec, adaptive: AdaptiveSpec) -> RangeTestSpec:
     """The range test an adaptive sweep runs: the sweep's, stopping ``PAST_MINIMUM`` decades past the loss
-    minimum unless ``stopPastMinimum`` is set (shared by ``recommend`` and the operator's range-test Job)."""
+    minimum, or ``adaptive.spacing`` if wider, unless ``stopPastMinimum`` is set (shared by ``recommend``
+    and the operator's range-test Job). A ramp that stops before the loss climbs back has no divergence
+    edge, and its last LR stands in for it; the ceiling stays ``spacing`` below the edge, so a shorter look
+    would put that stand-in, not the minimum, in charge of the ceiling."""
     if spec.stop_past_minimum is not None:
         return spec
-    return spec.model_copy(update={"stop_past_minimum": PAST_MINIMUM})
+    return spec.model_copy(update={"stop_past_minimum": max(PAST_MINIMUM, adaptive.spacing)})
 
 
 def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:

@@ -387,8 +387,9 @@ class RangeTestSpec(Spec):
     stop_past_minimum: float | None = Field(default=None, gt=0.0, le=10.0)
     """Stop the ramp once it has passed `maxLearningRate` and run this many decades past the smoothed loss's
     minimum without finding a lower one (stop reason `past-minimum`): the minimum is then known, and only
-    the `rangeTest` rules read the curve above it. Unset: half a decade for the `adaptive` method (its trials
-    sit below the minimum), off for `rangeTest` (the ramp runs until the loss diverges)."""
+    the `rangeTest` rules read the curve above it. Unset: half a decade, or `adaptive.spacing` if wider, for
+    the `adaptive` method (its trials sit below the minimum), off for `rangeTest` (the ramp runs until the
+    loss diverges)."""
 
 
 class AdaptiveSpec(Spec):

@@ -37,9 +37,8 @@ def run_recommend(
     cfg: TrainerConfig, progress: Progress, metrics: TrainerMetrics | None = None
 ) -> RecommendResult:
     """Range test, then trials until the stages decide; the result is what an LRSweep's status shows."""
-    range_result, _curve = run_range_test(
-        cfg.model_copy(update={"range_test": range_test_spec(cfg.range_test)}), progress, metrics
-    )
+    ramp = range_test_spec(cfg.range_test, cfg.adaptive)
+    range_result, _curve = run_range_test(cfg.model_copy(update={"range_test": ramp}), progress, metrics)
     edge = range_result.divergence_learning_rate or range_result.max_learning_rate
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")

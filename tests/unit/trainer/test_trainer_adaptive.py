@@ -139,7 +139,7 @@ def test_an_adaptive_ramp_keeps_its_first_minimum_when_a_lower_dip_comes_after_a
     lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade
     losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.01 * (i - 60) for i in range(120)]  # minimum at 1e-3
     losses[74:] = [1.7 + 0.05 * (i - 74) for i in range(74, 120)]  # a lower dip at 10^-2.3, then divergence
-    decades = range_test_spec(RangeTestSpec()).stop_past_minimum
+    decades = range_test_spec(RangeTestSpec(), AdaptiveSpec()).stop_past_minimum
     assert decades is not None
     stop = next(k for k in range(1, 121) if past_minimum(lrs[:k], losses[:k], 1e-4, decades))
     assert lrs[stop - 1] == pytest.approx(10**-2.5)
@@ -150,9 +150,25 @@ def test_an_adaptive_ramp_keeps_its_first_minimum_when_a_lower_dip_comes_after_a
 
 
 def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_unless_told_otherwise() -> None:
-    assert range_test_spec(RangeTestSpec()).stop_past_minimum == PAST_MINIMUM
-    assert range_test_spec(RangeTestSpec(stop_past_minimum=2.5)).stop_past_minimum == 2.5
+    assert range_test_spec(RangeTestSpec(), AdaptiveSpec()).stop_past_minimum == PAST_MINIMUM
+    told = RangeTestSpec(stop_past_minimum=2.5)
+    assert range_test_spec(told, AdaptiveSpec(spacing=1.5)).stop_past_minimum == 2.5
     assert RangeTestSpec().stop_past_minimum is None  # the rangeTest method ramps until divergence
+
+
+@pytest.mark.parametrize("spacing", [0.5, 1.0, 1.5, 2.0])
+def test_a_ramp_stopped_without_an_edge_leaves_the_ceiling_to_the_minimum(spacing: float) -> None:
+    """With no divergence edge the ramp's last LR stands in for it (as ``recommend`` and the operator read
+    it), and the ceiling stays ``spacing`` below the edge: the look-past widens with the spacing, so the
+    ceiling is still the minimum's, ``HEADROOM`` below it, and the sweep knows the minimum capped it."""
+    spec = AdaptiveSpec(spacing=spacing)
+    decades = range_test_spec(RangeTestSpec(), spec).stop_past_minimum
+    assert decades == max(PAST_MINIMUM, spacing)
+    minimum = 1e-3
+    top, capped = ceiling(spec, minimum * 10**decades, minimum)
+    assert capped and top == pytest.approx(minimum * 10**-HEADROOM)
+    if spacing >= 1.0:  # the half decade alone would have let the stand-in edge set (and lower) the ceiling
+        assert not ceiling(spec, minimum * 10**PAST_MINIMUM, minimum)[1]
 
 
 def test_the_ceiling_is_half_a_decade_below_the_loss_minimum_or_below_the_edge() -> None:
