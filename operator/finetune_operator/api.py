@@ -650,6 +650,9 @@ class RangeTestSummary(Spec):
     """The model's prior learning rate the window was centred on."""
     edge_learning_rate: float | None = None
     """The edge adaptive trials sit below: the divergence edge, else the highest learning rate reached."""
+    loss_minimum_learning_rate: float | None = None
+    """Where the smoothed loss bottomed out, read from every step of the ramp: adaptive trials stay half a
+    decade below it."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps the ramp ran."""
 

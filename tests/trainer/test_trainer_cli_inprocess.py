@@ -457,6 +457,28 @@ def test_a_ramp_told_to_stop_past_its_minimum_keeps_the_minimum_in_fewer_steps(
     assert any(e["event"] == "stop" and e["reason"] == "past-minimum" for e in events)
 
 
+def test_a_dense_ramp_reports_the_minimum_of_every_step_beside_its_thinned_curve(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """The result file (a pod's termination message) carries at most 100 curve points; the loss minimum that
+    an adaptive sweep's ceiling hangs from is read from every step, so the operator and `recommend` agree."""
+    import csv
+
+    from finetune_trainer.adaptive import loss_minimum, ramp_minimum
+
+    window = {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "steps": 200, "stopPastMinimum": 0.5}
+    cfg = base_config(tiny_gpt2, tmp_path / "out", rangeTest={**window, "smoothing": 0.05})
+    code, _, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_text()))
+    with (tmp_path / "out" / "curve.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result.steps > 2 * len(result.curve), "the result's curve is thinned"
+    every_step = loss_minimum([float(r["lr"]) for r in rows], [float(r["smoothedLoss"]) for r in rows])
+    assert result.loss_minimum_learning_rate == pytest.approx(every_step, rel=1e-3)  # 4 significant digits
+    assert ramp_minimum(result.loss_minimum_learning_rate, result.curve) == result.loss_minimum_learning_rate
+
+
 def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_path: Path) -> None:
     from finetune_trainer.priors import prior_for
     from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW

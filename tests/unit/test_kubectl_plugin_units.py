@@ -215,3 +215,25 @@ def test_describe_tells_a_retried_finetunes_story():
     text = "\n".join(describe(Found(FINETUNEJOB, body), [event], style.Painter(io.StringIO())))
     assert "Restarts:" in text and "1 failed attempt(s) retried, resumed from checkpoint at step 40" in text
     assert "Resumed from checkpoint at step 40 after attempt 1 failed" in text
+
+
+def test_describe_puts_an_adaptive_sweeps_trial_ceiling_under_the_reported_loss_minimum():
+    """Half a decade below the minimum the range test read from every step, as the planner did; the status
+    curve (thinned, here bottoming out at 1e-3) only stands in when the result did not report it."""
+    from finetune_operator.kubectl.describe import describe
+    from finetune_operator.kubectl.resources import Found
+
+    curve = [{"lr": 10 ** (-6 + i / 4), "loss": 3.0 - 0.1 * i + (0.4 if i > 12 else 0)} for i in range(16)]
+    summary = {"minLearningRate": 1e-6, "maxLearningRate": 0.05, "edgeLearningRate": 1.0}
+
+    def ceiling_line(**reported: float) -> str:
+        body = {
+            "metadata": {"name": "s", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}},
+            "status": {"phase": "Running", "curve": curve, "rangeTest": {**summary, **reported}},
+        }
+        text = "\n".join(describe(Found(LRSWEEP, body), [], style.Painter(io.StringIO())))
+        return next(line for line in text.splitlines() if line.startswith("Range test:"))
+
+    assert ceiling_line(lossMinimumLearningRate=10**-2.5).endswith("trials at or below 1.00e-03")
+    assert ceiling_line().endswith("trials at or below 3.16e-04")

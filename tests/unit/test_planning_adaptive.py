@@ -133,6 +133,19 @@ def test_after_the_range_test_stage_one_starts_below_the_loss_minimum_two_at_a_t
     assert not again.create and again.status["phase"] == "Running"
 
 
+def test_stage_one_hangs_from_the_loss_minimum_the_range_test_reported_not_from_its_thinned_curve():
+    """The trainer reads the minimum from every step of the ramp; the status curve (at most 100 points from a
+    termination message) may miss it. A result without the field (an older trainer) falls back to the curve,
+    as the test above shows."""
+    cluster = FakeCluster(SPEC, range_test={**RANGE_TEST, "lossMinimumLearningRate": 3e-2})
+    cluster.reconcile()
+    cluster.finish_range_test()
+    plan = cluster.reconcile()
+    assert plan.create[0].config.learning_rate == pytest.approx(3e-2 * 10**-0.5)
+    assert plan.status["rangeTest"]["lossMinimumLearningRate"] == 3e-2
+    assert cluster.reconcile().status["rangeTest"]["lossMinimumLearningRate"] == 3e-2, "kept once recorded"
+
+
 def test_a_full_sweep_recommends_the_fitted_minimum_with_an_interval():
     cluster = FakeCluster(SPEC)
     s = cluster.run()

@@ -137,6 +137,16 @@ def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:
     return loss_minimum([p.lr for p in points], [p.loss for p in points])
 
 
+def ramp_minimum(reported: float | None, curve: Sequence[CurvePoint]) -> float | None:
+    """The range test's loss minimum as its result reports it (``lossMinimumLearningRate``, read from every
+    step of the ramp), else :func:`curve_minimum` of its thinned curve (a result from a trainer that did
+    not report it). ``recommend``, the operator and the plugin read it here, so they agree for any ramp:
+    the curve a pod's termination message carries is cut to 100 points or fewer, ``recommend``'s to 200."""
+    if reported is not None and math.isfinite(reported) and reported > 0:
+        return reported
+    return curve_minimum(curve)
+
+
 def ceiling(spec: AdaptiveSpec, edge: float, minimum: float | None) -> tuple[float, bool]:
     """The highest learning rate trials and the recommendation may take, and whether the loss minimum
     (``HEADROOM`` decades below it) rather than the divergence edge (``spacing`` below it) set it."""

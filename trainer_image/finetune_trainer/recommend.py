@@ -12,8 +12,8 @@ from typing import Any
 
 from finetune_trainer.adaptive import (
     AdaptiveStep,
-    curve_minimum,
     next_step,
+    ramp_minimum,
     range_test_spec,
     trial_sections,
 )
@@ -42,7 +42,7 @@ def run_recommend(
     edge = range_result.divergence_learning_rate or range_result.max_learning_rate
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")
-    minimum = curve_minimum(range_result.curve)  # as the operator reads it from the sweep's status
+    minimum = ramp_minimum(range_result.loss_minimum_learning_rate, range_result.curve)  # as the operator
     spent = range_result.steps
     finished: list[TrialRecord] = []
     step: AdaptiveStep = next_step(cfg.adaptive, edge, finished, cfg.optimization.max_steps, minimum)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from finetune_operator.api import FromSweep, LRSweepSpec, LRSweepStatus, TrialStatus
 from finetune_operator.kubectl import style, textplot
 from finetune_operator.kubectl.resources import Found
-from finetune_trainer.adaptive import ceiling, curve_minimum
+from finetune_trainer.adaptive import ceiling, ramp_minimum
 from finetune_trainer.config import WEAK_EVIDENCE, AdaptiveSpec
 
 LABEL = 14
@@ -136,7 +136,8 @@ def _range_test(s: LRSweepStatus, adaptive: AdaptiveSpec, method: str) -> list[s
         if r.prior_learning_rate:
             parts.append(f"prior {style.lr(r.prior_learning_rate)}")
         if r.edge_learning_rate and method == "adaptive":  # the ceiling the adaptive stages computed
-            top, _ = ceiling(adaptive, r.edge_learning_rate, curve_minimum(s.curve or []))
+            minimum = ramp_minimum(r.loss_minimum_learning_rate, s.curve or [])
+            top, _ = ceiling(adaptive, r.edge_learning_rate, minimum)
             parts.append(f"trials at or below {style.lr(top)}")
         if r.steps is not None:
             parts.append(f"{r.steps} steps")

@@ -21,7 +21,7 @@ from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.remembered import JOB_GONE, remembered
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
-from finetune_trainer.adaptive import TrialRequest, ceiling, curve_minimum, next_step
+from finetune_trainer.adaptive import TrialRequest, ceiling, next_step, ramp_minimum
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
 
 ACTIVE = ("Pending", "Running")
@@ -239,7 +239,7 @@ def plan(
         )
         return
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
-    minimum = curve_minimum(b.status.curve or [])  # the range test's, as `recommend` reads it
+    minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
     decision = decide(name, sweep, edge, children, remembered_records(b.status.trials, children), minimum)
     for t in decision.start:
         req = t.request

@@ -142,6 +142,7 @@ def summarize(result: RangeTestResult) -> RangeTestSummary:
         divergence_learning_rate=finite(result.divergence_learning_rate),
         prior_learning_rate=finite(result.prior_learning_rate),
         edge_learning_rate=edge if edge is not None and edge > 0 else None,
+        loss_minimum_learning_rate=finite(result.loss_minimum_learning_rate),
         steps=result.steps,
     )
 

@@ -25,6 +25,7 @@ from finetune_trainer.adaptive import (
     loss_minimum,
     next_step,
     past_minimum,
+    ramp_minimum,
     range_test_spec,
     trial_sections,
     trial_steps,
@@ -115,6 +116,19 @@ def test_loss_minimum_skips_the_start_up_and_non_finite_points() -> None:
     points = [CurvePoint(lr=lr, loss=loss) for lr, loss in zip(lrs, losses, strict=True)]
     assert curve_minimum([*points, CurvePoint(lr=10.0, loss=math.inf)]) == pytest.approx(lrs[29])
     assert curve_minimum([]) is None
+
+
+def test_the_ramp_minimum_a_result_reports_outranks_its_thinned_curve() -> None:
+    """A pod's termination message thins the curve; the minimum read from every step comes with it."""
+    lrs = [10 ** (-6 + i * 0.01) for i in range(400)]  # 100 steps a decade: thinned to 100 points, a miss
+    losses = [3.0 - 0.001 * i for i in range(301)] + [2.7 + 0.02 * i for i in range(1, 100)]
+    thinned = [CurvePoint(lr=lrs[i], loss=losses[i]) for i in range(1, 400, 4)]  # every 4th, not step 300
+    assert loss_minimum(lrs, losses) == pytest.approx(lrs[300])
+    assert curve_minimum(thinned) == pytest.approx(lrs[297])
+    assert ramp_minimum(lrs[300], thinned) == pytest.approx(lrs[300])
+    # a result without the field (an older trainer), or with a non-number, falls back to the curve
+    for reported in (None, math.nan, 0.0):
+        assert ramp_minimum(reported, thinned) == curve_minimum(thinned)
 
 
 def test_a_ramp_is_past_its_minimum_a_decade_above_it_and_past_its_planned_end() -> None:
