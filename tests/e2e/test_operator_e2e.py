@@ -19,7 +19,9 @@ from prometheus_client import generate_latest
 
 from finetune_localcluster import podspec
 from finetune_operator import handlers, rendering
+from finetune_operator.api import LRSweepSpec
 from finetune_operator.settings import Settings
+from finetune_trainer.config import TrainerConfig, TrainingSections, parse_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -126,7 +128,7 @@ def test_grid_sweep_runs_trials_two_at_a_time(kube_api, namespace, crds_installe
 
 
 def test_auto_finetune_runs_an_adaptive_sweep_then_trains_and_survives_an_operator_restart(
-    kube_api, namespace, crds_installed, run_operator, tiny
+    kube_api, namespace, crds_installed, run_operator, tiny, tmp_path
 ):
     """`auto` runs the adaptive default: a range test, then trial pods (two at a time) below its ceiling, a
     recommendation with an interval; the operator is restarted while trials run and creates nothing twice."""
@@ -169,6 +171,39 @@ def test_auto_finetune_runs_an_adaptive_sweep_then_trains_and_survives_an_operat
     assert status["evalLoss"] is not None and status["progress"]["percent"] == 100
     expected = ["auto-lr-range-test", *(t["jobName"] for t in trials), "auto-train"]
     assert job_names(kube_api, namespace) == sorted(expected), "no duplicate or stray Jobs"
+    assert_recommend_reproduces(kube_api, namespace, "auto-lr", sweep, tmp_path)
+
+
+def assert_recommend_reproduces(api, namespace: str, name: str, sweep: dict, tmp_path: Path) -> None:
+    """`finetune-trainer recommend` on a laptop, given the sweep's recipe, runs the same range test and the
+    same trials (the pure stages are shared) and writes the recommendation the LRSweep's status shows."""
+    objects = client.CustomObjectsApi(api)
+    obj = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "lrsweeps", name)
+    spec = LRSweepSpec.model_validate(obj["spec"])
+    cfg = TrainerConfig(
+        **{f: getattr(spec, f) for f in TrainingSections.model_fields},
+        range_test=spec.range_test,
+        adaptive=spec.adaptive,
+        output_dir=str(tmp_path / "laptop"),
+    )
+    config, result_file = tmp_path / "recommend.json", tmp_path / "recommend-result.json"
+    config.write_text(json.dumps(cfg.to_wire()))
+    cmd = [sys.executable, "-m", "finetune_trainer", "recommend", "--config", str(config)]
+    done = subprocess.run(
+        [*cmd, "--result-file", str(result_file), "--metrics-port", "0"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    laptop = parse_result(json.loads(result_file.read_text()))
+    assert laptop.kind == "recommend", laptop
+    # both sides' numbers went through a result file or termination message: 4 significant digits
+    assert laptop.recommended_learning_rate == pytest.approx(sweep["recommendedLearningRate"], rel=1e-3)
+    assert (laptop.decided_by, laptop.evidence) == (sweep["decidedBy"], sweep["evidence"])
+    assert laptop.steps_spent == sweep["stepsSpent"]
+    ran = [(t.stage, t.index, t.steps) for t in laptop.trials]
+    assert ran == [(t["stage"], t["index"], t["steps"]) for t in sweep["trials"]]
+    for mine, theirs in zip(laptop.trials, sweep["trials"], strict=True):
+        assert mine.learning_rate == pytest.approx(theirs["learningRate"], rel=1e-3)
+        assert mine.eval_loss == pytest.approx(theirs["evalLoss"], rel=2e-3)
 
 
 def test_bad_model_path_fails_with_the_trainers_message(
