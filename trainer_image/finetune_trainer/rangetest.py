@@ -40,18 +40,24 @@ PRIOR_ABOVE = 10.0
 """An unset ``maxLearningRate`` plans the ramp's end this many times above the prior (extension goes on)."""
 
 
-def window(spec: RangeTestSpec, prior: Prior) -> tuple[float, float]:
-    """The ramp's planned ``(start, end)``: the spec's bounds, with unset ones centred on the prior."""
-    lo, hi = spec.min_learning_rate, spec.max_learning_rate
+def window(spec: RangeTestSpec, prior: Prior) -> tuple[float, float, int]:
+    """The ramp's planned ``(start, end, steps)``: the spec's bounds, with unset ones placed around the
+    prior. With neither set, ``steps`` spans the default window's decades, so a ramp started higher
+    (``startBelowPrior``) keeps its steps per decade."""
+    lo, hi, steps = spec.min_learning_rate, spec.max_learning_rate, spec.steps
     if lo is None and hi is None:
         lo, hi = prior.centre / PRIOR_BELOW, prior.centre * PRIOR_ABOVE
+        if spec.start_below_prior is not None:
+            start = prior.centre / 10.0**spec.start_below_prior
+            steps = max(10, round((steps - 1) * math.log(hi / start) / math.log(hi / lo)) + 1)
+            lo = start
     elif lo is None:
         lo = min(prior.centre / PRIOR_BELOW, hi / (PRIOR_BELOW * PRIOR_ABOVE))  # type: ignore[operator]
     elif hi is None:
         hi = max(prior.centre * PRIOR_ABOVE, lo * PRIOR_BELOW * PRIOR_ABOVE)
     if spec.widen_by_prior:
         lo, hi = widen_window(lo, hi, prior)  # type: ignore[arg-type]
-    return float(lo), float(hi)  # type: ignore[arg-type]
+    return float(lo), float(hi), steps  # type: ignore[arg-type]
 
 
 @dataclass
@@ -135,12 +141,12 @@ def run_range_test(
     prior = prior_for(
         cfg.model.name, cfg.adapter.type, config.get("model_type"), hidden_size_of_config(config)
     )
-    lo, hi = window(rt, prior)
+    lo, hi, steps = window(rt, prior)
     plan.learning_rate = hi
     ceiling = max(hi, rt.ceiling_learning_rate) if rt.extend else None
-    total = rt.steps + (extension_steps(lo, hi, rt.steps, rt.mode, ceiling) if ceiling else 0)
+    total = steps + (extension_steps(lo, hi, steps, rt.mode, ceiling) if ceiling else 0)
     curve = RangeCurve(
-        lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling, rt.stop_past_minimum
+        lo, hi, steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling, rt.stop_past_minimum
     )
     val_loss = _validation_loss_fn(plan) if rt.use_validation_loss else None
     progress.emit(
@@ -148,8 +154,8 @@ def run_range_test(
         command="range-test",
         minLearningRate=lo,
         maxLearningRate=hi,
-        steps=rt.steps,
-        extendedSteps=total - rt.steps,
+        steps=steps,
+        extendedSteps=total - steps,
         priorLearningRate=prior.centre,
         mode=rt.mode,
         effectiveBatchSize=plan.effective_batch_size,
@@ -198,7 +204,7 @@ def run_range_test(
             plan,
             model,
             args,
-            lambda opt, _n: build_ramp(opt, lo, hi, rt.steps, rt.mode, ceiling),
+            lambda opt, _n: build_ramp(opt, lo, hi, steps, rt.mode, ceiling),
             [Record()],
         )
         if metrics:
