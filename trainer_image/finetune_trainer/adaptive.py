@@ -66,7 +66,8 @@ START_BELOW_PRIOR = 1.0
 ``rangeTest`` sweep's starts two below). Nothing an adaptive sweep decides is read that low: the trials hang
 from the loss minimum, 0.54-2.53 decades above the prior on all 31 ramps of the benchmark's ten tasks
 (``benchmarks/results/ramp_start_replay.md``), and stage 1 adds candidates below its lowest while that one
-is best. The ramp keeps its 20 steps per decade, so it runs 20 fewer."""
+is best. It runs the learning rates of the ramp from two decades below, from that ramp's last step at or
+below its start on: 19 steps fewer at the default 60 steps over three decades."""
 HORIZON_REACH = 1.0
 """Decades the horizon step may move the stage-2 minimum down at most: an extrapolation, so bounded by
 itself, not by how far down stage 1 happened to try (its low candidates barely train in a short trial)."""

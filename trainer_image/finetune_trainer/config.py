@@ -368,7 +368,8 @@ class RangeTestSpec(Spec):
     steps: int = Field(default=60, ge=10, le=10000)
     """Optimiser steps from `minLearningRate` to `maxLearningRate` (an extension adds steps). With both
     unset, the steps of the three decades from 100x below the prior to 10x above it: a ramp that
-    `startBelowPrior` starts higher keeps their steps per decade and runs fewer."""
+    `startBelowPrior` starts higher runs the same learning rates from its last step at or below the start
+    on, and so fewer steps."""
     start_below_prior: float | None = Field(default=None, ge=0.0, le=6.0)
     """Decades below the prior at which a ramp with neither bound set starts. Unset: 2, or 1 for the
     `adaptive` method, whose trials hang from the loss minimum (it lay 0.5-2.5 decades above the prior on

@@ -42,15 +42,16 @@ PRIOR_ABOVE = 10.0
 
 def window(spec: RangeTestSpec, prior: Prior) -> tuple[float, float, int]:
     """The ramp's planned ``(start, end, steps)``: the spec's bounds, with unset ones placed around the
-    prior. With neither set, ``steps`` spans the default window's decades, so a ramp started higher
-    (``startBelowPrior``) keeps its steps per decade."""
+    prior. With neither set, ``steps`` spans the default window's three decades, and a ramp that
+    ``startBelowPrior`` starts higher is that ramp from its last step at or below the start on: the same
+    learning rate at every step it runs, fewer steps."""
     lo, hi, steps = spec.min_learning_rate, spec.max_learning_rate, spec.steps
     if lo is None and hi is None:
         lo, hi = prior.centre / PRIOR_BELOW, prior.centre * PRIOR_ABOVE
-        if spec.start_below_prior is not None:
+        if spec.start_below_prior is not None:  # the same ramp, its steps below the start left out
             start = prior.centre / 10.0**spec.start_below_prior
-            steps = max(10, round((steps - 1) * math.log(hi / start) / math.log(hi / lo)) + 1)
-            lo = start
+            skip = min(steps - 10, math.floor((steps - 1) * math.log(start / lo) / math.log(hi / lo) + 1e-9))
+            lo, steps = lo * (hi / lo) ** (skip / (steps - 1)), steps - skip
     elif lo is None:
         lo = min(prior.centre / PRIOR_BELOW, hi / (PRIOR_BELOW * PRIOR_ABOVE))  # type: ignore[operator]
     elif hi is None:
