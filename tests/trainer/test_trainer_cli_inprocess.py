@@ -495,19 +495,6 @@ def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_pat
     first = next(e for e in events if e["event"] == "step")
     assert first["learningRate"] == pytest.approx(prior / PRIOR_BELOW, rel=1e-3)
 
-    # an adaptive sweep's ramp starts a decade below the prior, with the same steps per decade
-    higher = {**cfg, "outputDir": str(tmp_path / "higher"), "rangeTest": {"steps": 31, "extend": False}}
-    higher["rangeTest"]["startBelowPrior"] = 1.0
-    code, events, result_file = run_cli(tmp_path, higher, "range-test")
-    assert code == ExitCode.OK
-    started = parse_result(json.loads(result_file.read_text()))
-    assert started.min_learning_rate == pytest.approx(prior / 10, rel=1e-3)
-    assert started.max_learning_rate == pytest.approx(prior * PRIOR_ABOVE, rel=1e-3)
-    assert started.steps == 21, "20 of the default window's 30 intervals"
-    assert next(e for e in events if e["event"] == "step")["learningRate"] == pytest.approx(
-        prior / 10, rel=1e-3
-    )
-
 
 def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
     tiny_gpt2: Path, tmp_path: Path

@@ -27,7 +27,6 @@ from benchmarks import (  # noqa: E402
     horizon_probe,
     lr_quality,
     operator_scale,
-    ramp_start_replay,
     ramp_stop_replay,
     rangetest_cost,
     recommend_probe,
@@ -490,13 +489,3 @@ def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> No
     stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 1.0)
     assert (stop, capped) == (95, True) and top == pytest.approx(10**-2.8)
     assert ramp_stop_replay.cut(lrs, losses, 10.0, 0.5)[0] == 120  # not past its planned end: all of it
-
-
-def test_the_ramp_start_replay_drops_the_steps_below_its_start_and_keeps_the_ceiling() -> None:
-    lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade from 1e-6
-    losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.01 * (i - 60) for i in range(120)]  # minimum at 1e-3
-    part = ramp_start_replay.started(lrs, losses, prior=1e-4, below=1.0)
-    assert part[0][0] == pytest.approx(1e-5) and len(part[0]) == 100, "the first decade dropped"
-    whole, later = (ramp_stop_replay.cut(*ramp, 1e-3, 0.5) for ramp in ((lrs, losses), part))
-    assert (whole[0], later[0]) == (71, 51) and later[1:] == whole[1:]
-    assert ramp_start_replay.started(lrs, losses, prior=1.0, below=0.0) == ([], [])

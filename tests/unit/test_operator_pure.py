@@ -350,17 +350,6 @@ def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_and_a_range_test_
     )
 
 
-def test_an_adaptive_sweep_s_range_test_job_starts_a_decade_below_the_prior_unless_told_otherwise():
-    from finetune_trainer.adaptive import START_BELOW_PRIOR
-
-    adaptive = rendering.range_test_config(LRSweepSpec.model_validate(SPEC)).range_test
-    assert adaptive.start_below_prior == START_BELOW_PRIOR
-    told = LRSweepSpec.model_validate({**SPEC, "rangeTest": {"startBelowPrior": 2.0}})
-    assert rendering.range_test_config(told).range_test.start_below_prior == 2.0
-    ranged = rendering.range_test_config(LRSweepSpec.model_validate(RT_SPEC)).range_test
-    assert ranged.start_below_prior is None, "a rangeTest sweep's rules read the curve's lower part"
-
-
 def test_a_ramp_stopped_past_its_minimum_did_not_diverge():
     past = {
         **RESULT,

@@ -61,13 +61,6 @@ minimum, so what the loss does further up is never read. One smoothing memory at
 decade. A lower minimum further up, after the loss has risen, is a dip near divergence on a model that the
 ramp has trained longest, and would lift the ceiling towards the edge: on three of the benchmark's MiniLM
 ramps it lay 0.66-0.76 decades past the first, above the LRs where those tasks' full runs collapse."""
-START_BELOW_PRIOR = 1.0
-"""Decades below the model's prior at which an adaptive sweep's ramp starts when no bound is set (a
-``rangeTest`` sweep's starts two below). Nothing an adaptive sweep decides is read that low: the trials hang
-from the loss minimum, 0.54-2.53 decades above the prior on all 31 ramps of the benchmark's ten tasks
-(``benchmarks/results/ramp_start_replay.md``), and stage 1 adds candidates below its lowest while that one
-is best. It runs the learning rates of the ramp from two decades below, from that ramp's last step at or
-below its start on: 19 steps fewer at the default 60 steps over three decades."""
 HORIZON_REACH = 1.0
 """Decades the horizon step may move the stage-2 minimum down at most: an extrapolation, so bounded by
 itself, not by how far down stage 1 happened to try (its low candidates barely train in a short trial)."""
@@ -126,18 +119,14 @@ def past_minimum(lrs: Sequence[float], losses: Sequence[float], planned_end: flo
 
 
 def range_test_spec(spec: RangeTestSpec, adaptive: AdaptiveSpec) -> RangeTestSpec:
-    """The range test an adaptive sweep runs (shared by ``recommend`` and the operator's range-test Job):
-    the sweep's, stopping ``PAST_MINIMUM`` decades past the loss minimum, or ``adaptive.spacing`` if wider,
-    and starting ``START_BELOW_PRIOR`` decades below the prior when no bound is set, unless
-    ``stopPastMinimum`` or ``startBelowPrior`` says otherwise. A ramp that stops before the loss climbs back
-    has no divergence edge, and its last LR stands in for it; the ceiling stays ``spacing`` below the edge,
-    so a shorter look would put that stand-in, not the minimum, in charge of the ceiling."""
-    update: dict[str, float] = {}
-    if spec.stop_past_minimum is None:
-        update["stop_past_minimum"] = max(PAST_MINIMUM, adaptive.spacing)
-    if spec.start_below_prior is None:
-        update["start_below_prior"] = START_BELOW_PRIOR
-    return spec.model_copy(update=update) if update else spec
+    """The range test an adaptive sweep runs: the sweep's, stopping ``PAST_MINIMUM`` decades past the loss
+    minimum, or ``adaptive.spacing`` if wider, unless ``stopPastMinimum`` is set (shared by ``recommend``
+    and the operator's range-test Job). A ramp that stops before the loss climbs back has no divergence
+    edge, and its last LR stands in for it; the ceiling stays ``spacing`` below the edge, so a shorter look
+    would put that stand-in, not the minimum, in charge of the ceiling."""
+    if spec.stop_past_minimum is not None:
+        return spec
+    return spec.model_copy(update={"stop_past_minimum": max(PAST_MINIMUM, adaptive.spacing)})
 
 
 def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:

@@ -360,20 +360,12 @@ class RangeTestSpec(Spec):
     ]
 
     min_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
-    """Where the ramp starts; unset: 100x below the model's prior learning rate (family, width, adapter),
-    or `startBelowPrior` decades below it when `maxLearningRate` is unset too."""
+    """Where the ramp starts; unset: 100x below the model's prior learning rate (family, width, adapter)."""
     max_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
     """Where the ramp is planned to end; unset: 10x above the prior. With `extend` the ramp goes on past
     it, at the same steps per decade, until the loss diverges."""
     steps: int = Field(default=60, ge=10, le=10000)
-    """Optimiser steps from `minLearningRate` to `maxLearningRate` (an extension adds steps). With both
-    unset, the steps of the three decades from 100x below the prior to 10x above it: a ramp that
-    `startBelowPrior` starts higher runs the same learning rates from its last step at or below the start
-    on, and so fewer steps."""
-    start_below_prior: float | None = Field(default=None, ge=0.0, le=6.0)
-    """Decades below the prior at which a ramp with neither bound set starts. Unset: 2, or 1 for the
-    `adaptive` method, whose trials hang from the loss minimum (it lay 0.5-2.5 decades above the prior on
-    every benchmark task) and whose stage 1 adds candidates below its lowest while that one is best."""
+    """Optimiser steps from `minLearningRate` to `maxLearningRate` (an extension adds steps)."""
     extend: bool = True
     """Keep ramping past `maxLearningRate` (up to `ceilingLearningRate`) until the loss diverges, so a window
     set too low never decides the answer."""

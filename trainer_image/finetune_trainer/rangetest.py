@@ -40,25 +40,18 @@ PRIOR_ABOVE = 10.0
 """An unset ``maxLearningRate`` plans the ramp's end this many times above the prior (extension goes on)."""
 
 
-def window(spec: RangeTestSpec, prior: Prior) -> tuple[float, float, int]:
-    """The ramp's planned ``(start, end, steps)``: the spec's bounds, with unset ones placed around the
-    prior. With neither set, ``steps`` spans the default window's three decades, and a ramp that
-    ``startBelowPrior`` starts higher is that ramp from its last step at or below the start on: the same
-    learning rate at every step it runs, fewer steps."""
-    lo, hi, steps = spec.min_learning_rate, spec.max_learning_rate, spec.steps
+def window(spec: RangeTestSpec, prior: Prior) -> tuple[float, float]:
+    """The ramp's planned ``(start, end)``: the spec's bounds, with unset ones centred on the prior."""
+    lo, hi = spec.min_learning_rate, spec.max_learning_rate
     if lo is None and hi is None:
         lo, hi = prior.centre / PRIOR_BELOW, prior.centre * PRIOR_ABOVE
-        if spec.start_below_prior is not None:  # the same ramp, its steps below the start left out
-            start = prior.centre / 10.0**spec.start_below_prior
-            skip = min(steps - 10, math.floor((steps - 1) * math.log(start / lo) / math.log(hi / lo) + 1e-9))
-            lo, steps = lo * (hi / lo) ** (skip / (steps - 1)), steps - skip
     elif lo is None:
         lo = min(prior.centre / PRIOR_BELOW, hi / (PRIOR_BELOW * PRIOR_ABOVE))  # type: ignore[operator]
     elif hi is None:
         hi = max(prior.centre * PRIOR_ABOVE, lo * PRIOR_BELOW * PRIOR_ABOVE)
     if spec.widen_by_prior:
         lo, hi = widen_window(lo, hi, prior)  # type: ignore[arg-type]
-    return float(lo), float(hi), steps  # type: ignore[arg-type]
+    return float(lo), float(hi)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -142,12 +135,12 @@ def run_range_test(
     prior = prior_for(
         cfg.model.name, cfg.adapter.type, config.get("model_type"), hidden_size_of_config(config)
     )
-    lo, hi, steps = window(rt, prior)
+    lo, hi = window(rt, prior)
     plan.learning_rate = hi
     ceiling = max(hi, rt.ceiling_learning_rate) if rt.extend else None
-    total = steps + (extension_steps(lo, hi, steps, rt.mode, ceiling) if ceiling else 0)
+    total = rt.steps + (extension_steps(lo, hi, rt.steps, rt.mode, ceiling) if ceiling else 0)
     curve = RangeCurve(
-        lo, hi, steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling, rt.stop_past_minimum
+        lo, hi, rt.steps, rt.mode, rt.smoothing, rt.divergence_factor, ceiling, rt.stop_past_minimum
     )
     val_loss = _validation_loss_fn(plan) if rt.use_validation_loss else None
     progress.emit(
@@ -155,8 +148,8 @@ def run_range_test(
         command="range-test",
         minLearningRate=lo,
         maxLearningRate=hi,
-        steps=steps,
-        extendedSteps=total - steps,
+        steps=rt.steps,
+        extendedSteps=total - rt.steps,
         priorLearningRate=prior.centre,
         mode=rt.mode,
         effectiveBatchSize=plan.effective_batch_size,
@@ -205,7 +198,7 @@ def run_range_test(
             plan,
             model,
             args,
-            lambda opt, _n: build_ramp(opt, lo, hi, steps, rt.mode, ceiling),
+            lambda opt, _n: build_ramp(opt, lo, hi, rt.steps, rt.mode, ceiling),
             [Record()],
         )
         if metrics:

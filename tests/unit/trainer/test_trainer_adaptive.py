@@ -14,7 +14,6 @@ from finetune_trainer.adaptive import (
     PAST_MINIMUM,
     STAGE_1,
     STAGE_2,
-    START_BELOW_PRIOR,
     at_horizon,
     ceiling,
     curve_minimum,
@@ -169,34 +168,6 @@ def test_an_adaptive_sweep_s_range_test_stops_past_the_minimum_unless_told_other
     told = RangeTestSpec(stop_past_minimum=2.5)
     assert range_test_spec(told, AdaptiveSpec(spacing=1.5)).stop_past_minimum == 2.5
     assert RangeTestSpec().stop_past_minimum is None  # the rangeTest method ramps until divergence
-
-
-def test_an_adaptive_sweep_s_ramp_starts_a_decade_below_the_prior_on_the_same_learning_rates() -> None:
-    from finetune_trainer.priors import Prior
-    from finetune_trainer.rangetest import window
-    from finetune_trainer.schedules import ramp_lr
-
-    prior = Prior("test", low=1e-5, high=1e-3)  # centred on 1e-4
-    assert window(RangeTestSpec(), prior) == pytest.approx((1e-6, 1e-3, 60))  # rangeTest: 2 decades below
-    ramp = range_test_spec(RangeTestSpec(), AdaptiveSpec())
-    assert ramp.start_below_prior == START_BELOW_PRIOR == 1.0
-    lo, hi, steps = window(ramp, prior)
-    assert steps == 41 and lo == pytest.approx(10 ** (-6 + 19 * 3 / 59)), "from the step at or below 1e-5 on"
-    whole = [ramp_lr(1e-6, 1e-3, 60, s, ceiling=10.0) for s in range(19, 140)]
-    assert [ramp_lr(lo, hi, steps, s, ceiling=10.0) for s in range(121)] == pytest.approx(whole, rel=1e-12)
-    assert window(RangeTestSpec(steps=199, start_below_prior=0.5), prior) == pytest.approx(
-        (10**-4.5, 1e-3, 100)
-    )
-    # a bound the user set is the user's window: the start and the steps stay as written
-    assert window(ramp.model_copy(update={"min_learning_rate": 1e-7}), prior) == pytest.approx(
-        (1e-7, 1e-3, 60)
-    )
-    assert window(ramp.model_copy(update={"max_learning_rate": 1e-2}), prior) == pytest.approx(
-        (1e-6, 1e-2, 60)
-    )
-    # further below than the default: the same ramp, run from lower down
-    told = range_test_spec(RangeTestSpec(start_below_prior=3.0), AdaptiveSpec())
-    assert window(told, prior) == pytest.approx((10 ** (-6 - 20 * 3 / 59), 1e-3, 80))
 
 
 @pytest.mark.parametrize("spacing", [0.5, 1.0, 1.5, 2.0])
