@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks import (  # noqa: E402
     common,
+    hit_noise,
     horizon_probe,
     lr_quality,
     operator_scale,
@@ -489,3 +490,16 @@ def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> No
     stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 1.0)
     assert (stop, capped) == (95, True) and top == pytest.approx(10**-2.8)
     assert ramp_stop_replay.cut(lrs, losses, 10.0, 0.5)[0] == 120  # not past its planned end: all of it
+
+
+def test_hit_noise_scores_the_check_runs_near_the_best_lr_by_paired_regret() -> None:
+    from benchmarks.lr_quality import Oracle, oracle_key
+
+    lrs = [1e-4, 1e-3, 1e-2]
+    oracle = Oracle(lrs, {1e-4: [2.0, 2.1], 1e-3: [1.0, 1.2], 1e-2: [3.0, 3.0]}, penalty=3.0, seeds=[0, 1])
+    assert oracle.best[0] == 1e-3 and oracle.tau == pytest.approx(0.1414, rel=1e-3)  # sigma of 1.0 and 1.2
+    near, off = 10**-2.96, 10**-2.8  # 0.04 and 0.2 decades above the best
+    oracle.checks = {oracle_key(near, 0): 1.1, oracle_key(near, 1): 1.5, oracle_key(off, 0): 1.05}
+    assert hit_noise.near_hits(oracle, 0.05) == (1, 2), "seed 1's 1.5 is 0.3 above its own 1.2: a miss"
+    assert hit_noise.near_hits(oracle, 0.2) == (2, 3)
+    assert hit_noise.near_hits(oracle, 0.01) == (0, 0)

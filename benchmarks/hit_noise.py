@@ -1,0 +1,81 @@
+"""How close to the best LR must a recommendation be to count as a hit? Full-length runs near the oracle's
+best learning rate, scored the way ``lr_quality.py`` scores a recommendation.
+
+    python benchmarks/hit_noise.py [--within 0.05 0.1 0.15 0.2] [--no-write]
+
+Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
+Every full-length run that ``lr_quality.py`` made off the oracle grid (a check run: some recommender's LR,
+on the seed that suggested it) within each distance of the oracle's best LR is scored by its paired regret
+against τ. A recommender that always landed that close would hit about that often: the benchmark's own
+noise, a ceiling on its hit rate. The sample is the LRs that recommenders picked, not a designed grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, table, write_results
+from benchmarks.lr_quality import Oracle, TaskReport, parse_oracle_key
+
+FILES = ("lr_quality", "lr_quality_heldout")
+
+
+def near_hits(oracle: Oracle, within: float) -> tuple[int, int]:
+    """(hits, runs) among the check runs within ``within`` decades of the best LR (its own runs left out)."""
+    best, tau = oracle.best[0], oracle.tau
+    hits = runs = 0
+    for key in oracle.checks:
+        lr, seed = parse_oracle_key(key)
+        distance = abs(math.log10(lr / best))
+        if 1e-6 < distance <= within + 1e-9:
+            runs += 1
+            hits += oracle.regret(lr, seed) <= tau + 1e-12
+    return hits, runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--within", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    parser.add_argument("--no-write", action="store_true", help="print only; no results file")
+    args = parser.parse_args(argv)
+    rows, parts = [], []
+    for name in FILES:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run benchmarks/lr_quality.py first")
+        totals = dict.fromkeys(args.within, (0, 0))
+        for data in json.loads(path.read_text())["tasks"]:
+            oracle = TaskReport.from_json(data).oracle
+            cells = []
+            for d in args.within:
+                hits, runs = near_hits(oracle, d)
+                totals[d] = (totals[d][0] + hits, totals[d][1] + runs)
+                cells.append(f"{hits}/{runs}" if runs else "-")
+            rows.append([name, data["name"], *cells])
+        rows.append([name, "**all**", *(f"**{h}/{n}**" if n else "-" for h, n in totals.values())])
+        parts.append(f"`{name}`: " + ", ".join(f"{d:g} dec {h}/{n}" for d, (h, n) in totals.items() if n))
+    body = "\n".join(
+        [
+            "Check runs (full-length `trial`s at recommenders' LRs, each on the seed that suggested it) "
+            "within each distance of the oracle's best LR: hits (paired regret ≤ τ) / runs.",
+            "",
+            table(["results", "task", *(f"≤ {d:g} dec" for d in args.within)], rows),
+            "",
+            "; ".join(parts) + ".",
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        title = "Hit noise: how often a full-length run near the best LR is a hit"
+        print(f"wrote {write_results('hit_noise', title, body, argv)}")
+
+
+if __name__ == "__main__":
+    main()
