@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.lr_quality import CACHE
-from finetune_trainer.adaptive import ceiling, divergence_edge, loss_minimum, past_minimum
+from finetune_trainer.adaptive import ceiling, divergence_edge, loss_minimum, past_minimum, ramp_edge
 from finetune_trainer.config import AdaptiveSpec
 from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
@@ -52,7 +52,7 @@ def cut(lrs: list[float], losses: list[float], end: float, decades: float) -> tu
         len(lrs),
     )
     lrs, losses = lrs[:stop], losses[:stop]
-    edge = divergence_edge(lrs, losses, stopped_early=False) or lrs[-1]
+    edge = ramp_edge(divergence_edge(lrs, losses, stopped_early=False), lrs[-1])
     top, capped = ceiling(AdaptiveSpec(), edge, loss_minimum(lrs, losses))
     return stop, top, capped
 

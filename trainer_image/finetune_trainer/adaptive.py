@@ -137,6 +137,18 @@ def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:
     return loss_minimum([p.lr for p in points], [p.loss for p in points])
 
 
+def ramp_edge(divergence: float | None, highest: float | None) -> float | None:
+    """The edge adaptive trials sit below: the range test's divergence edge, else the highest LR its ramp
+    reached (a ramp stopped past its minimum never climbed back, and its last LR stands in); ``None``
+    unless that is a positive number. ``recommend``, the operator and the benchmark's replay read it here."""
+    edge = _number(divergence) or _number(highest)
+    return edge if edge is not None and edge > 0 else None
+
+
+def _number(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
 def ramp_minimum(reported: float | None, curve: Sequence[CurvePoint]) -> float | None:
     """The range test's loss minimum as its result reports it (``lossMinimumLearningRate``, read from every
     step of the ramp), else :func:`curve_minimum` of its thinned curve (a result from a trainer that did

@@ -13,6 +13,7 @@ from typing import Any
 from finetune_trainer.adaptive import (
     AdaptiveStep,
     next_step,
+    ramp_edge,
     ramp_minimum,
     range_test_spec,
     trial_sections,
@@ -39,7 +40,7 @@ def run_recommend(
     """Range test, then trials until the stages decide; the result is what an LRSweep's status shows."""
     ramp = range_test_spec(cfg.range_test, cfg.adaptive)
     range_result, _curve = run_range_test(cfg.model_copy(update={"range_test": ramp}), progress, metrics)
-    edge = range_result.divergence_learning_rate or range_result.max_learning_rate
+    edge = ramp_edge(range_result.divergence_learning_rate, range_result.max_learning_rate)
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")
     minimum = ramp_minimum(range_result.loss_minimum_learning_rate, range_result.curve)  # as the operator

@@ -11,6 +11,7 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
 from finetune_operator.children import NO_POD, ChildState
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
+from finetune_trainer.adaptive import ramp_edge
 from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec
 
 RECOMMENDED = "Recommended"
@@ -135,13 +136,12 @@ def _result(b: StatusBuilder[LRSweepStatus], child: ChildState) -> RangeTestResu
 def summarize(result: RangeTestResult) -> RangeTestSummary:
     """The range test's window and edges; the edge the adaptive trials sit below is the divergence edge,
     else the highest learning rate the ramp reached."""
-    edge = finite(result.divergence_learning_rate) or finite(result.max_learning_rate)
     return RangeTestSummary(
         min_learning_rate=finite(result.min_learning_rate),
         max_learning_rate=finite(result.max_learning_rate),
         divergence_learning_rate=finite(result.divergence_learning_rate),
         prior_learning_rate=finite(result.prior_learning_rate),
-        edge_learning_rate=edge if edge is not None and edge > 0 else None,
+        edge_learning_rate=ramp_edge(result.divergence_learning_rate, result.max_learning_rate),
         loss_minimum_learning_rate=finite(result.loss_minimum_learning_rate),
         steps=result.steps,
     )

@@ -25,6 +25,7 @@ from finetune_trainer.adaptive import (
     loss_minimum,
     next_step,
     past_minimum,
+    ramp_edge,
     ramp_minimum,
     range_test_spec,
     trial_sections,
@@ -129,6 +130,14 @@ def test_the_ramp_minimum_a_result_reports_outranks_its_thinned_curve() -> None:
     # a result without the field (an older trainer), or with a non-number, falls back to the curve
     for reported in (None, math.nan, 0.0):
         assert ramp_minimum(reported, thinned) == curve_minimum(thinned)
+
+
+def test_the_edge_is_the_divergence_else_the_highest_lr_the_ramp_reached() -> None:
+    assert ramp_edge(0.3, 1.0) == 0.3
+    assert ramp_edge(None, 1.0) == 1.0  # the ramp stopped past its minimum: its last LR stands in
+    assert ramp_edge(math.nan, 1.0) == 1.0
+    assert ramp_edge(None, None) is None and ramp_edge(None, math.inf) is None
+    assert ramp_edge(-1.0, 1.0) is None  # as the operator always read it: a non-positive edge is no edge
 
 
 def test_a_ramp_is_past_its_minimum_a_decade_above_it_and_past_its_planned_end() -> None:
