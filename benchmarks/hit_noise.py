@@ -13,7 +13,6 @@ noise, a ceiling on its hit rate. The sample is the LRs that recommenders picked
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -21,8 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, table, write_results
-from benchmarks.lr_quality import Oracle, TaskReport, parse_oracle_key
+from benchmarks.common import table, write_results
+from benchmarks.lr_quality import Oracle, committed_reports, parse_oracle_key
 
 FILES = ("lr_quality", "lr_quality_heldout")
 
@@ -47,18 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows, parts = [], []
     for name in FILES:
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: run benchmarks/lr_quality.py first")
         totals = dict.fromkeys(args.within, (0, 0))
-        for data in json.loads(path.read_text())["tasks"]:
-            oracle = TaskReport.from_json(data).oracle
+        for report in committed_reports(name):
+            oracle = report.oracle
             cells = []
             for d in args.within:
                 hits, runs = near_hits(oracle, d)
                 totals[d] = (totals[d][0] + hits, totals[d][1] + runs)
                 cells.append(f"{hits}/{runs}" if runs else "-")
-            rows.append([name, data["name"], *cells])
+            rows.append([name, report.name, *cells])
         rows.append([name, "**all**", *(f"**{h}/{n}**" if n else "-" for h, n in totals.values())])
         parts.append(f"`{name}`: " + ", ".join(f"{d:g} dec {h}/{n}" for d, (h, n) in totals.items() if n))
     body = "\n".join(

@@ -159,6 +159,38 @@ def test_targets_of_the_default_recommender() -> None:
     assert not any(verdict.values())
 
 
+def test_target_intervals_resample_whole_tasks_and_leave_the_verdict_to_the_measured_figure() -> None:
+    o = oracle()  # best 1e-3 (seed losses 1.0, 1.2), τ = 0.141
+    grid = lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0])
+
+    def task(name: str, lrs: list[float], steps: list[int]) -> lr_quality.TaskReport:
+        return lr_quality.TaskReport(
+            name, "d", 100, o, 800, [lr_quality.Row("adaptive", lrs, steps, [9.0] * 2), grid], 1.0
+        )
+
+    good = task("good", [1e-3, 1e-3], [150, 150])  # both hits, 1.5 fine-tunes, no spread
+    bad = task("bad", [1e-1, 1e-1], [250, 250])  # both misses (diverged: the penalty), 2.5 fine-tunes
+    same = lr_quality.target_intervals([good, good, good])
+    assert same[lr_quality.HITS] == (1.0, 1.0) and same[lr_quality.COMPUTE] == (1.5, 1.5)
+    assert same[lr_quality.SPREAD] == (0.0, 0.0)
+    mixed = lr_quality.target_intervals([good, bad], draws=400)
+    assert mixed[lr_quality.HITS] == (0.0, 1.0), "two tasks: both bad, one each, or both good"
+    assert mixed[lr_quality.COMPUTE] == (1.5, 2.5) and mixed[lr_quality.COMPUTE_MAX] == (1.5, 2.5)
+    assert mixed == lr_quality.target_intervals([good, bad], draws=400), "a fixed seed: the same interval"
+    assert lr_quality.target_intervals([good]) == {}, "one task: nothing to resample"
+
+    by = lr_quality.totals([good, bad])
+    targets = {t.name: t for t in lr_quality.check_targets(by, intervals=mixed)}
+    hits = targets["hits ≥ 90% of task-seeds"]
+    assert (hits.value, hits.ok, hits.interval) == ("2/4 = 50%", False, "0-100%")
+    compute = targets["compute ≤ 2 fine-tunes' worth"]
+    assert compute.interval == "mean 1.50-2.50, max 1.50-2.50" and compute.ok is False
+    text = lr_quality.targets_table(list(targets.values()))
+    assert "90% interval, tasks resampled" in text and "| 0-100% |" in text
+    plain = lr_quality.targets_table(lr_quality.check_targets(by))
+    assert "interval" not in plain, "no intervals: the table keeps its three columns"
+
+
 def u_curve(n: int = 100) -> tuple[list[float], list[float]]:
     """Loss falls over log-LR, bottoms out at 1e-3, then climbs steeply."""
     lrs = lr_quality.log_spaced(1e-7, 1.0, n)

@@ -1,0 +1,64 @@
+"""How firm is each target's verdict? The default recommender's targets on the committed LR-quality runs,
+in-sample, held out and pooled, each with its interval over resampled tasks.
+
+    python benchmarks/target_intervals.py [--draws N] [--no-write]
+
+Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
+The verdicts are ``lr_quality.py``'s own (``check_targets``); the interval is the 5th to 95th percentile of
+each figure over sets of as many tasks drawn with replacement (``target_intervals``; a task's seeds stay
+together). Pooling puts the ten tasks in one set: the held-out ones are no longer held out for every
+setting (``benchmarks/README.md`` says which), but each was run with the default recommender unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_results
+from benchmarks.lr_quality import (
+    TARGET_DRAWS,
+    TaskReport,
+    check_targets,
+    committed_reports,
+    target_intervals,
+    targets_table,
+    totals,
+)
+
+FILES = ("lr_quality", "lr_quality_heldout")
+
+
+def section(title: str, reports: list[TaskReport], draws: int) -> str:
+    """One set of tasks' targets table with intervals, under a heading naming its tasks."""
+    targets = check_targets(totals(reports), intervals=target_intervals(reports, draws=draws))
+    names = ", ".join(f"`{r.name}`" for r in reports)
+    return f"## {title}\n\n{len(reports)} tasks: {names}.\n\n{targets_table(targets)}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--draws", type=int, default=TARGET_DRAWS, help="resampled task sets per table")
+    parser.add_argument("--no-write", action="store_true", help="print only; no results file")
+    args = parser.parse_args(argv)
+    sets = {name: committed_reports(name) for name in FILES}
+    parts = [section(f"`{name}`", reports, args.draws) for name, reports in sets.items()]
+    parts.append(section("pooled", [r for reports in sets.values() for r in reports], args.draws))
+    body = (
+        "The default recommender's targets as `lr_quality.py` judges them, with the 5th to 95th percentile "
+        f"of each figure over {args.draws} sets of as many tasks drawn with replacement (a task's seeds stay "
+        "together). An interval on the verdict's side of the target says the verdict holds for other draws "
+        "of tasks like these; one across it says it leans on which tasks were drawn.\n\n" + "\n".join(parts)
+    )
+    print(body)
+    if not args.no_write:
+        title = "Target intervals: how firm each verdict of the LR-quality benchmark is"
+        print(f"wrote {write_results('target_intervals', title, body, argv)}")
+
+
+if __name__ == "__main__":
+    main()
