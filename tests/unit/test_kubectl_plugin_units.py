@@ -217,6 +217,26 @@ def test_describe_tells_a_retried_finetunes_story():
     assert "Resumed from checkpoint at step 40 after attempt 1 failed" in text
 
 
+def test_describe_counts_a_sweeps_steps_in_fine_tunes_of_the_planned_length():
+    """What the sweep cost, in the unit the benchmark judges it: steps over `optimization.maxSteps`."""
+    from finetune_operator.kubectl.describe import describe
+    from finetune_operator.kubectl.resources import Found
+
+    def spent_line(**optimization: object) -> str:
+        spec = {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}, "optimization": optimization}
+        body = {
+            "metadata": {"name": "s", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": spec,
+            "status": {"phase": "Succeeded", "stepsSpent": 270, "recommendedLearningRate": 7e-5},
+        }
+        text = "\n".join(describe(Found(LRSWEEP, body), [], style.Painter(io.StringIO())))
+        return next(line for line in text.splitlines() if line.startswith("Steps spent:"))
+
+    assert spent_line(maxSteps=80).endswith("270 (3.4 fine-tunes' worth of the planned 80 steps)")
+    assert spent_line().endswith(" 270"), "a fine-tune sized in epochs: the bare count"
+    assert spent_line(maxSteps=0).endswith(" 270")
+
+
 def test_describe_puts_an_adaptive_sweeps_trial_ceiling_under_the_reported_loss_minimum():
     """Half a decade below the minimum the range test read from every step, as the planner did; the status
     curve (thinned, here bottoming out at 1e-3) only stands in when the result did not report it."""

@@ -55,7 +55,9 @@ def sweep_lines(found: Found, painter: style.Painter) -> list[str]:
         ),
     ]
     if s.steps_spent is not None:
-        lines.append(field("Steps spent", s.steps_spent))
+        lines.append(
+            field("Steps spent", spent(s.steps_spent, (spec.get("optimization") or {}).get("maxSteps")))
+        )
     if s.progress is not None and s.phase not in ("Succeeded", "Failed"):
         p = s.progress
         lines.append(field("Progress", f"{p.percent}% ({p.step}/{p.total_steps or '?'} steps)"))
@@ -68,6 +70,14 @@ def sweep_lines(found: Found, painter: style.Painter) -> list[str]:
     if s.warnings:
         lines += ["", "Warnings:"] + [painter.warn(f"  - {w}") for w in s.warnings]
     return lines
+
+
+def spent(steps: int, planned: object) -> str:
+    """The sweep's optimiser steps, and as how many fine-tunes of the planned length (`optimization.maxSteps`)
+    they count, the unit its cost is judged in; the bare count when the length is not a positive number."""
+    if isinstance(planned, int) and not isinstance(planned, bool) and planned > 0:
+        return f"{steps} ({steps / planned:.1f} fine-tunes' worth of the planned {planned} steps)"
+    return str(steps)
 
 
 def plots(s: LRSweepStatus, used: float | None) -> list[str]:
