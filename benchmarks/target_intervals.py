@@ -1,30 +1,35 @@
 """How firm is each target's verdict? The default recommender's targets on the committed LR-quality runs,
-in-sample, held out and pooled, each with its interval over resampled tasks.
+in-sample, held out and pooled, each with its interval over resampled tasks; and, task-seed by task-seed,
+how often it beats each peer.
 
     python benchmarks/target_intervals.py [--draws N] [--no-write]
 
 Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
 The verdicts are ``lr_quality.py``'s own (``check_targets``); the interval is the 5th to 95th percentile of
 each figure over sets of as many tasks drawn with replacement (``target_intervals``; a task's seeds stay
-together). Pooling puts the ten tasks in one set: the held-out ones are no longer held out for every
+together). The paired table counts the task-seeds on which the default's measured regret is below, above
+or equal to a peer's (same task, same seed), with a one-sided sign test over the unequal ones. Pooling
+puts the ten tasks in one set: the held-out ones are no longer held out for every
 setting (``benchmarks/README.md`` says which), but each was run with the default recommender unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_results
+from benchmarks.common import table, write_results
 from benchmarks.lr_quality import (
     TARGET_DRAWS,
     TaskReport,
     check_targets,
     committed_reports,
+    family,
     target_intervals,
     targets_table,
     totals,
@@ -33,11 +38,54 @@ from benchmarks.lr_quality import (
 FILES = ("lr_quality", "lr_quality_heldout")
 
 
+def paired(reports: list[TaskReport], first: str, second: str) -> tuple[int, int, int]:
+    """(task-seeds on which ``first``'s regret is below ``second``'s, above it, equal to it), each pair on
+    the same task and seed; a seed either row lacks is left out."""
+    below = above = equal = 0
+    for r in reports:
+        rows = {family(s.row.name): s for s in r.scores}
+        if first not in rows or second not in rows:
+            continue
+        a, b = rows[first], rows[second]
+        theirs = {b.row.seed(i) if b.row.seed(i) is not None else i: x for i, x in enumerate(b.regrets)}
+        for i, mine in enumerate(a.regrets):
+            other = theirs.get(a.row.seed(i) if a.row.seed(i) is not None else i)
+            if other is None:
+                continue
+            if abs(mine - other) <= 1e-12:
+                equal += 1
+            elif mine < other:
+                below += 1
+            else:
+                above += 1
+    return below, above, equal
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided sign test: the chance of at least ``wins`` wins in ``wins + losses`` fair coin flips."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+
+
+def paired_table(reports: list[TaskReport], default: str = "adaptive") -> str:
+    """The default against every other row family, task-seed by task-seed."""
+    peers = sorted({family(s.row.name) for r in reports for s in r.scores} - {default})
+    rows = []
+    for peer in peers:
+        below, above, equal = paired(reports, default, peer)
+        rows.append([peer, below, above, equal, f"{sign_test(below, above):.2g}"])
+    rows.sort(key=lambda row: float(row[4]))
+    return table(["peer", f"{default} lower regret", "peer lower", "equal", "sign test p (one-sided)"], rows)
+
+
 def section(title: str, reports: list[TaskReport], draws: int) -> str:
     """One set of tasks' targets table with intervals, under a heading naming its tasks."""
     targets = check_targets(totals(reports), intervals=target_intervals(reports, draws=draws))
     names = ", ".join(f"`{r.name}`" for r in reports)
-    return f"## {title}\n\n{len(reports)} tasks: {names}.\n\n{targets_table(targets)}\n"
+    return (
+        f"## {title}\n\n{len(reports)} tasks: {names}.\n\n{targets_table(targets)}\n\n"
+        f"Task-seed by task-seed (measured regret, same task and seed):\n\n{paired_table(reports)}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,6 +32,7 @@ from benchmarks import (  # noqa: E402
     rangetest_cost,
     recommend_probe,
     sweep_search,
+    target_intervals,
     trainer_overhead,
 )
 
@@ -189,6 +190,25 @@ def test_target_intervals_resample_whole_tasks_and_leave_the_verdict_to_the_meas
     assert "90% interval, tasks resampled" in text and "| 0-100% |" in text
     plain = lr_quality.targets_table(lr_quality.check_targets(by))
     assert "interval" not in plain, "no intervals: the table keeps its three columns"
+
+
+def test_the_paired_table_counts_task_seeds_on_which_the_default_beats_each_peer() -> None:
+    o = oracle()  # per seed at 1e-3: 1.0 and 1.2; at 1e-2: 1.5 and 1.5
+    rows = [
+        lr_quality.Row("adaptive", [1e-3, 1e-2], [150, 150], [9.0] * 2, seeds=[0, 1]),
+        lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [150, 150], [5.0] * 2, seeds=[1, 0]),
+        lr_quality.Row("prior", [1e-3, 1e-3], [0, 0], [0.0] * 2, seeds=[0, 1]),
+    ]
+    report = lr_quality.TaskReport("t", "d", 100, o, 800, rows, 1.0)
+    # seed 0: adaptive 0 against the grid's 0.5; seed 1: 0.3 against 0.3 (paired by seed, not by order)
+    assert target_intervals.paired([report], "adaptive", "short-grid") == (1, 0, 1)
+    assert target_intervals.paired([report], "adaptive", "prior") == (0, 1, 1)
+    assert target_intervals.paired([report], "adaptive", "grid-sweep") == (0, 0, 0), "no such row"
+    assert target_intervals.sign_test(3, 0) == pytest.approx(1 / 8)
+    assert target_intervals.sign_test(1, 1) == pytest.approx(3 / 4)
+    assert target_intervals.sign_test(0, 0) == 1.0
+    text = target_intervals.paired_table([report])
+    assert "| short-grid | 1 | 0 | 1 | 0.5 |" in text and "| prior | 0 | 1 | 1 | 1 |" in text
 
 
 def u_curve(n: int = 100) -> tuple[list[float], list[float]]:
