@@ -9,8 +9,8 @@ The verdicts are ``lr_quality.py``'s own (``check_targets``); the interval is th
 each figure over sets of as many tasks drawn with replacement (``target_intervals``; a task's seeds stay
 together). The paired table counts the task-seeds on which the default's measured regret is below, above
 or equal to a peer's (same task, same seed), with a one-sided sign test over the unequal ones. Pooling
-puts the ten tasks in one set: the held-out ones are no longer held out for every
-setting (``benchmarks/README.md`` says which), but each was run with the default recommender unchanged.
+puts the ten tasks in one set; both files come from the same trainer, and the held-out tasks are no longer
+held out for every setting (``benchmarks/README.md`` says which).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.common import table, write_results
 from benchmarks.lr_quality import (
     TARGET_DRAWS,
+    Score,
     TaskReport,
     check_targets,
     committed_reports,
@@ -47,9 +48,9 @@ def paired(reports: list[TaskReport], first: str, second: str) -> tuple[int, int
         if first not in rows or second not in rows:
             continue
         a, b = rows[first], rows[second]
-        theirs = {b.row.seed(i) if b.row.seed(i) is not None else i: x for i, x in enumerate(b.regrets)}
+        theirs = {_seed(b, i): x for i, x in enumerate(b.regrets)}
         for i, mine in enumerate(a.regrets):
-            other = theirs.get(a.row.seed(i) if a.row.seed(i) is not None else i)
+            other = theirs.get(_seed(a, i))
             if other is None:
                 continue
             if abs(mine - other) <= 1e-12:
@@ -59,6 +60,12 @@ def paired(reports: list[TaskReport], first: str, second: str) -> tuple[int, int
             else:
                 above += 1
     return below, above, equal
+
+
+def _seed(score: Score, i: int) -> int:
+    """The seed of a score's ``i``-th entry (its position when the row does not name seeds)."""
+    seed = score.row.seed(i)
+    return i if seed is None else seed
 
 
 def sign_test(wins: int, losses: int) -> float:
