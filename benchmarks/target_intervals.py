@@ -6,11 +6,12 @@ how often it beats each peer.
 
 Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
 The verdicts are ``lr_quality.py``'s own (``check_targets``); the interval is the 5th to 95th percentile of
-each figure over sets of as many tasks drawn with replacement (``target_intervals``; a task's seeds stay
-together). The paired table counts the task-seeds on which the default's measured regret is below, above
-or equal to a peer's (same task, same seed), with a one-sided sign test over the unequal ones. Pooling
-puts the ten tasks in one set; both files come from the same trainer, and the held-out tasks are no longer
-held out for every setting (``benchmarks/README.md`` says which).
+each figure over sets of as many tasks drawn with replacement (``resampled_figures``; a task's seeds stay
+together), beside the share of those sets on which the target is met. The paired table counts the
+task-seeds on which the default's measured regret is below, above or equal to a peer's (same task, same
+seed), with a one-sided sign test over the unequal ones. Pooling puts the ten tasks in one set; both files
+come from the same trainer, and the held-out tasks are no longer held out for every setting
+(``benchmarks/README.md`` says which).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from benchmarks.lr_quality import (
     check_targets,
     committed_reports,
     family,
-    target_intervals,
+    resampled_figures,
     targets_table,
     totals,
 )
@@ -87,7 +88,7 @@ def paired_table(reports: list[TaskReport], default: str = "adaptive") -> str:
 
 def section(title: str, reports: list[TaskReport], draws: int) -> str:
     """One set of tasks' targets table with intervals, under a heading naming its tasks."""
-    targets = check_targets(totals(reports), intervals=target_intervals(reports, draws=draws))
+    targets = check_targets(totals(reports), samples=resampled_figures(reports, draws=draws))
     names = ", ".join(f"`{r.name}`" for r in reports)
     return (
         f"## {title}\n\n{len(reports)} tasks: {names}.\n\n{targets_table(targets)}\n\n"
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     body = (
         "The default recommender's targets as `lr_quality.py` judges them, with the 5th to 95th percentile "
         f"of each figure over {args.draws} sets of as many tasks drawn with replacement (a task's seeds stay "
-        "together). An interval on the verdict's side of the target says the verdict holds for other draws "
-        "of tasks like these; one across it says it leans on which tasks were drawn.\n\n" + "\n".join(parts)
+        "together), and the share of those sets on which the target is met: how often the verdict would "
+        "differ on another draw of tasks like these.\n\n" + "\n".join(parts)
     )
     print(body)
     if not args.no_write:

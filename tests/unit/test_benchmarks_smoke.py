@@ -171,25 +171,35 @@ def test_target_intervals_resample_whole_tasks_and_leave_the_verdict_to_the_meas
 
     good = task("good", [1e-3, 1e-3], [150, 150])  # both hits, 1.5 fine-tunes, no spread
     bad = task("bad", [1e-1, 1e-1], [250, 250])  # both misses (diverged: the penalty), 2.5 fine-tunes
-    same = lr_quality.target_intervals([good, good, good])
-    assert same[lr_quality.HITS] == (1.0, 1.0) and same[lr_quality.COMPUTE] == (1.5, 1.5)
-    assert same[lr_quality.SPREAD] == (0.0, 0.0)
-    mixed = lr_quality.target_intervals([good, bad], draws=400)
-    assert mixed[lr_quality.HITS] == (0.0, 1.0), "two tasks: both bad, one each, or both good"
-    assert mixed[lr_quality.COMPUTE] == (1.5, 2.5) and mixed[lr_quality.COMPUTE_MAX] == (1.5, 2.5)
-    assert mixed == lr_quality.target_intervals([good, bad], draws=400), "a fixed seed: the same interval"
-    assert lr_quality.target_intervals([good]) == {}, "one task: nothing to resample"
+    same = lr_quality.resampled_figures([good, good, good], draws=50)
+    assert lr_quality.target_intervals(same)[lr_quality.HITS] == (1.0, 1.0)
+    assert lr_quality.target_intervals(same)[lr_quality.SPREAD] == (0.0, 0.0)
+    assert lr_quality.met_shares(same) == {
+        lr_quality.HITS: 1.0,
+        lr_quality.REGRET_RATIO: 1.0,
+        lr_quality.COMPUTE_MAX: 1.0,
+        lr_quality.SPREAD: 1.0,
+    }, "the mean compute has no target of its own: the worst task-seed is judged"
+    mixed = lr_quality.resampled_figures([good, bad], draws=400)
+    assert lr_quality.target_intervals(mixed)[lr_quality.HITS] == (0.0, 1.0), "both bad, one each, both good"
+    assert lr_quality.target_intervals(mixed)[lr_quality.COMPUTE] == (1.5, 2.5)
+    shares = lr_quality.met_shares(mixed)
+    assert shares[lr_quality.HITS] == shares[lr_quality.COMPUTE_MAX] == pytest.approx(0.25, abs=0.06)
+    assert mixed == lr_quality.resampled_figures([good, bad], draws=400), "a fixed seed: the same draws"
+    assert lr_quality.resampled_figures([good]) == {}, "one task: nothing to resample"
 
     by = lr_quality.totals([good, bad])
-    targets = {t.name: t for t in lr_quality.check_targets(by, intervals=mixed)}
+    targets = {t.name: t for t in lr_quality.check_targets(by, samples=mixed)}
     hits = targets["hits ≥ 90% of task-seeds"]
-    assert (hits.value, hits.ok, hits.interval) == ("2/4 = 50%", False, "0-100%")
+    assert (hits.value, hits.ok) == ("2/4 = 50%", False)
+    assert hits.interval == f"0-100% (met on {shares[lr_quality.HITS]:.0%} of draws)"
     compute = targets["compute ≤ 2 fine-tunes' worth"]
-    assert compute.interval == "mean 1.50-2.50, max 1.50-2.50" and compute.ok is False
+    assert compute.ok is False and compute.interval.startswith("mean 1.50-2.50, max 1.50-2.50 (met on ")
     text = lr_quality.targets_table(list(targets.values()))
-    assert "90% interval, tasks resampled" in text and "| 0-100% |" in text
+    assert "90% interval over resampled tasks" in text and "| 0-100% (met on" in text
     plain = lr_quality.targets_table(lr_quality.check_targets(by))
-    assert "interval" not in plain, "no intervals: the table keeps its three columns"
+    assert "interval" not in plain, "no samples: the table keeps its three columns"
+    assert lr_quality.meets(lr_quality.HITS, 0.9) and not lr_quality.meets(lr_quality.SPREAD, 0.151)
 
 
 def test_the_paired_table_counts_task_seeds_on_which_the_default_beats_each_peer() -> None:
