@@ -21,9 +21,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import Oracle, committed_reports, parse_oracle_key
-
-FILES = ("lr_quality", "lr_quality_heldout")
+from benchmarks.lr_quality import CPU_RESULTS, Oracle, committed_reports, parse_oracle_key
 
 
 def near_hits(oracle: Oracle, within: float) -> tuple[int, int]:
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
     rows, parts = [], []
-    for name in FILES:
+    for name in CPU_RESULTS:
         totals = dict.fromkeys(args.within, (0, 0))
         for report in committed_reports(name):
             oracle = report.oracle

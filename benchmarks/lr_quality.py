@@ -1207,6 +1207,10 @@ def committed_results(tasks: Path) -> list[Path]:
     return [RESULTS / f"{n}.json" for n in names]
 
 
+CPU_RESULTS = ("lr_quality", "lr_quality_heldout")
+"""The committed CPU runs, in-sample and held out, that the scripts which run nothing read."""
+
+
 def committed_reports(name: str) -> list[TaskReport]:
     """The task reports of the committed ``results/<name>.json`` (e.g. ``lr_quality_heldout``), for scripts
     that read a run's results and run nothing; an error naming the command that writes them if missing."""

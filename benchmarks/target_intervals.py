@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.lr_quality import (
+    CPU_RESULTS,
     TARGET_DRAWS,
     Score,
     TaskReport,
@@ -36,8 +37,6 @@ from benchmarks.lr_quality import (
     targets_table,
     totals,
 )
-
-FILES = ("lr_quality", "lr_quality_heldout")
 
 
 def paired(reports: list[TaskReport], first: str, second: str) -> tuple[int, int, int]:
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=TARGET_DRAWS, help="resampled task sets per table")
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
-    sets = {name: committed_reports(name) for name in FILES}
+    sets = {name: committed_reports(name) for name in CPU_RESULTS}
     parts = [section(f"`{name}`", reports, args.draws) for name, reports in sets.items()]
     parts.append(section("pooled", [r for reports in sets.values() for r in reports], args.draws))
     body = (
