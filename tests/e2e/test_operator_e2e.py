@@ -195,15 +195,16 @@ def assert_recommend_reproduces(api, namespace: str, name: str, sweep: dict, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     laptop = parse_result(json.loads(result_file.read_text()))
     assert laptop.kind == "recommend", laptop
-    # both sides' numbers went through a result file or termination message: 4 significant digits
-    assert laptop.recommended_learning_rate == pytest.approx(sweep["recommendedLearningRate"], rel=1e-3)
+    # the trainer trains single-threaded on a CPU, so the pods and this process measure the same losses, and
+    # the operator decides on them exactly as `recommend` does: the same LR to the last bit
+    assert laptop.recommended_learning_rate == sweep["recommendedLearningRate"]
     assert (laptop.decided_by, laptop.evidence) == (sweep["decidedBy"], sweep["evidence"])
     assert laptop.steps_spent == sweep["stepsSpent"]
     ran = [(t.stage, t.index, t.steps) for t in laptop.trials]
     assert ran == [(t["stage"], t["index"], t["steps"]) for t in sweep["trials"]]
     for mine, theirs in zip(laptop.trials, sweep["trials"], strict=True):
         assert mine.learning_rate == pytest.approx(theirs["learningRate"], rel=1e-3)
-        assert mine.eval_loss == pytest.approx(theirs["evalLoss"], rel=2e-3)
+        assert mine.eval_loss == pytest.approx(theirs["evalLoss"], rel=2e-3)  # the result's table: 4 digits
 
 
 def test_bad_model_path_fails_with_the_trainers_message(

@@ -475,7 +475,7 @@ def test_a_dense_ramp_reports_the_minimum_of_every_step_beside_its_thinned_curve
         rows = list(csv.DictReader(f))
     assert len(rows) == result.steps > 2 * len(result.curve), "the result's curve is thinned"
     every_step = loss_minimum([float(r["lr"]) for r in rows], [float(r["smoothedLoss"]) for r in rows])
-    assert result.loss_minimum_learning_rate == pytest.approx(every_step, rel=1e-3)  # 4 significant digits
+    assert result.loss_minimum_learning_rate == pytest.approx(every_step, rel=1e-9)  # exact, as decided on
     assert ramp_minimum(result.loss_minimum_learning_rate, result.curve) == result.loss_minimum_learning_rate
 
 
@@ -489,9 +489,9 @@ def test_an_unset_window_is_centred_on_the_models_prior(tiny_gpt2: Path, tmp_pat
     assert code == ExitCode.OK
     result = parse_result(json.loads(result_file.read_text()))
     prior = prior_for(str(tiny_gpt2)).centre
-    assert result.prior_learning_rate == pytest.approx(prior, rel=1e-3)  # compact: 4 significant digits
-    assert result.min_learning_rate == pytest.approx(prior / PRIOR_BELOW, rel=1e-3)
-    assert result.max_learning_rate == pytest.approx(prior * PRIOR_ABOVE, rel=1e-3)
+    assert result.prior_learning_rate == pytest.approx(prior, rel=1e-9)  # the result file's scalars: exact
+    assert result.min_learning_rate == pytest.approx(prior / PRIOR_BELOW, rel=1e-9)
+    assert result.max_learning_rate == pytest.approx(prior * PRIOR_ABOVE, rel=1e-9)
     first = next(e for e in events if e["event"] == "step")
     assert first["learningRate"] == pytest.approx(prior / PRIOR_BELOW, rel=1e-3)
 

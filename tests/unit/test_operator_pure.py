@@ -615,7 +615,7 @@ def test_status_reports_the_learning_rate_the_trainer_trained_at():
     assert plan.status["phase"] == "Succeeded"
     assert plan.status["learningRate"] == result["learningRate"], "status LR is the trained LR"
     assert "at learning rate 0.00019" in plan.status["message"]
-    # the trainer's result rounds floats to 4 significant digits: agreeing to that keeps the exact LR
+    # an older trainer's result rounded floats to 4 significant digits: agreeing to that keeps the exact LR
     rounded = {**result, "learningRate": 2.0e-4}
     exact = {**resolved, "learningRate": 2.0000123e-4}
     children = {"f-train": ChildState("f-train", "Succeeded", result=rounded)}

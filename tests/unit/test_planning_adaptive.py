@@ -16,9 +16,11 @@ from plans import plan_finetune, plan_sweep
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, parse_termination_message
 from finetune_operator.planning.rangetest import verdict as range_test_verdict
-from finetune_trainer.config import RangeTestResult, RangeTestSpec
+from finetune_trainer.adaptive import TrialRequest, ramp_edge, ramp_minimum, run_to_decision
+from finetune_trainer.config import AdaptiveSpec, RangeTestResult, RangeTestSpec, TrialRecord, TrialResult
+from finetune_trainer.report import compact_json
 
 NOW = "2026-01-01T00:00:10Z"
 BASE = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
@@ -46,10 +48,13 @@ def parabola(lr: float) -> float:
 
 
 def finished(job: str, lr: float, steps: int, loss: Callable[[float], float | None]) -> ChildState:
+    """A trial Job that finished: its result as the trainer writes its termination message
+    (`compact_json`) and the operator reads it back (`parse_termination_message`)."""
     value = loss(lr)
     if value is None:
         return ChildState(job, "Failed", reason="Diverged", message="loss diverged at step 3")
-    result = {"kind": "trial", "learningRate": lr, "evalLoss": value, "steps": steps}
+    message = compact_json(TrialResult(learning_rate=lr, eval_loss=value, steps=steps))
+    result, _ = parse_termination_message(message)
     return ChildState(job, "Succeeded", result=result)
 
 
@@ -165,6 +170,45 @@ def test_a_full_sweep_recommends_the_fitted_minimum_with_an_interval():
     conds = {c["type"]: c for c in s["conditions"]}
     assert conds["Succeeded"]["status"] == "True" and conds["Succeeded"]["reason"] == "Recommended"
     assert "interval" in s["message"]
+
+
+def on_a_laptop(spec: dict, loss: Callable[[float], float]) -> tuple[list[tuple], float | None]:
+    """What `recommend` decides on the same range test and losses: its loop (`run_to_decision`) on the
+    exact losses."""
+    ramp = RangeTestResult.model_validate(RANGE_TEST)
+    edge = ramp_edge(ramp.divergence_learning_rate, ramp.max_learning_rate)
+    minimum = ramp_minimum(ramp.loss_minimum_learning_rate, ramp.curve)
+
+    def run(t: TrialRequest) -> TrialRecord:
+        value = loss(t.learning_rate)
+        return TrialRecord(
+            stage=t.stage, index=t.index, learning_rate=t.learning_rate, steps=t.steps, eval_loss=value
+        )
+
+    decision, records = run_to_decision(
+        AdaptiveSpec.model_validate(spec["adaptive"]), edge, run, None, minimum
+    )
+    ran = sorted((r.stage, r.index, r.learning_rate, r.eval_loss) for r in records)
+    return ran, decision.recommended_learning_rate
+
+
+def test_a_near_tie_below_the_fourth_digit_is_decided_as_recommend_decides_it():
+    """The operator reads trials from termination messages: losses that agree to 4 significant digits (a
+    flat stretch, where each candidate down is better by 1e-5) must not be rounded into a tie that
+    `recommend`, deciding on exact losses, does not see."""
+
+    def shelf(lr: float) -> float:
+        x = math.log10(lr)
+        return 0.6925 + 1e-5 * (x + 6) if x < OPTIMUM + 0.2 else parabola(lr)
+
+    cluster = FakeCluster(SPEC, loss=shelf)
+    s = cluster.run()
+    ran, recommended = on_a_laptop(SPEC, shelf)
+    assert sorted((t["stage"], t["index"], t["learningRate"], t["evalLoss"]) for t in s["trials"]) == ran
+    assert s["recommendedLearningRate"] == recommended
+    assert len({round(t[3], 4) for t in ran if t[3] < 0.7}) < len([t for t in ran if t[3] < 0.7]), (
+        "the test needs losses that 4 digits would tie"
+    )
 
 
 def test_planning_is_stateless_a_restart_recreates_nothing():

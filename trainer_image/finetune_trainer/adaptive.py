@@ -28,7 +28,7 @@ the recommendation. It keeps no state, so the operator can call it on every reco
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from finetune_trainer.config import (
@@ -547,6 +547,25 @@ def next_step(
         span=interval(fit1, centre, low, high) if fit1 else None,
         best_loss=best_loss,
     )
+
+
+def run_to_decision(
+    spec: AdaptiveSpec,
+    edge: float,
+    run: Callable[[TrialRequest], TrialRecord],
+    max_steps: int | None = None,
+    minimum: float | None = None,
+) -> tuple[Recommendation, list[TrialRecord]]:
+    """:func:`next_step` in a loop, ``run`` running each trial it asks for, one after another, until it
+    decides: ``recommend``'s loop (the operator runs the same requests as Jobs). Returns the decision and
+    every trial's record in the order run."""
+    finished: list[TrialRecord] = []
+    step = next_step(spec, edge, finished, max_steps, minimum)
+    while step.done is None:
+        done = {(r.stage, r.index) for r in finished}
+        finished += [run(request) for request in step.trials if request.key not in done]
+        step = next_step(spec, edge, finished, max_steps, minimum)
+    return step.done, finished
 
 
 def horizon_exponent(lr1: float, steps1: int, lr2: float, steps2: int) -> float:

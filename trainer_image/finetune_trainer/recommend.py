@@ -1,8 +1,8 @@
 """``recommend``: the adaptive recommender on one machine, the same stages an LRSweep runs as Jobs.
 
-The range test runs first; then :func:`finetune_trainer.adaptive.next_step` says which trials the current
-stage needs, and they run one after another in this process (the model is reloaded for each: every trial
-starts from the pretrained weights). Every optimizer step is counted into ``stepsSpent``.
+The range test runs first; then :func:`finetune_trainer.adaptive.run_to_decision` asks ``next_step`` which
+trials the current stage needs, and they run one after another in this process (the model is reloaded for
+each: every trial starts from the pretrained weights). Every optimizer step is counted into ``stepsSpent``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import tempfile
 from typing import Any
 
 from finetune_trainer.adaptive import (
-    AdaptiveStep,
-    next_step,
+    TrialRequest,
     ramp_edge,
     ramp_minimum,
     range_test_spec,
+    run_to_decision,
     trial_sections,
 )
 from finetune_trainer.config import RecommendResult, TrainerConfig, TrialRecord
@@ -44,42 +44,34 @@ def run_recommend(
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")
     minimum = ramp_minimum(range_result.loss_minimum_learning_rate, range_result.curve)  # as the operator
-    spent = range_result.steps
-    finished: list[TrialRecord] = []
-    step: AdaptiveStep = next_step(cfg.adaptive, edge, finished, cfg.optimization.max_steps, minimum)
-    while step.done is None:
-        done = {(r.stage, r.index) for r in finished}
-        for request in step.trials:
-            if request.key in done:
-                continue
-            progress.emit(
-                "trial",
-                stage=request.stage,
-                index=request.index,
-                learningRate=request.learning_rate,
-                steps=request.steps,
+
+    def run(request: TrialRequest) -> TrialRecord:
+        progress.emit(
+            "trial",
+            stage=request.stage,
+            index=request.index,
+            learningRate=request.learning_rate,
+            steps=request.steps,
+        )
+        with tempfile.TemporaryDirectory(prefix="trial-") as scratch:
+            result = run_trial(
+                trial_config(cfg, request.learning_rate, request.steps),
+                request.learning_rate,
+                progress,
+                metrics,
+                scratch,
             )
-            with tempfile.TemporaryDirectory(prefix="trial-") as scratch:
-                result = run_trial(
-                    trial_config(cfg, request.learning_rate, request.steps),
-                    request.learning_rate,
-                    progress,
-                    metrics,
-                    scratch,
-                )
-            spent += result.steps
-            finished.append(
-                TrialRecord(
-                    stage=request.stage,
-                    index=request.index,
-                    learning_rate=request.learning_rate,
-                    steps=result.steps,
-                    eval_loss=result.eval_loss,
-                    diverged=result.diverged,
-                )
-            )
-        step = next_step(cfg.adaptive, edge, finished, cfg.optimization.max_steps, minimum)
-    decision = step.done
+        return TrialRecord(
+            stage=request.stage,
+            index=request.index,
+            learning_rate=request.learning_rate,
+            steps=result.steps,
+            eval_loss=result.eval_loss,
+            diverged=result.diverged,
+        )
+
+    decision, finished = run_to_decision(cfg.adaptive, edge, run, cfg.optimization.max_steps, minimum)
+    spent = range_result.steps + sum(r.steps for r in finished)
     summary: dict[str, Any] = {"curve": downsample(range_result.curve, RESULT_CURVE_POINTS)}
     warnings = list(range_result.warnings)
     if decision.weak:

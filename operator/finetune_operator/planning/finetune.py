@@ -142,8 +142,9 @@ def _trained(b: StatusBuilder[FineTuneJobStatus], child: ChildState, lr: float) 
         return
     s = b.status
     trained = finite(result.learning_rate)
-    # the LR the trainer trained at, nothing else; its result rounds floats to 4 significant digits, so a
-    # report that agrees with the resolved LR to that precision keeps the resolved (exact) value
+    # the LR the trainer trained at, nothing else; a trainer image from before exact scalars rounded its
+    # result's floats to 4 significant digits, so a report that agrees with the resolved LR to that
+    # precision keeps the resolved (exact) value
     if trained is not None and trained > 0 and not math.isclose(trained, lr, rel_tol=1e-3):
         s.learning_rate = lr = trained
     s.eval_loss, s.best_eval_loss = finite(result.eval_loss), finite(result.best_eval_loss)

@@ -12,7 +12,7 @@ import pytest
 from finetune_trainer.config import CurvePoint, RangeTestResult, TrainResult
 from finetune_trainer.exitcodes import ConfigError, ExitCode
 from finetune_trainer.metrics import TrainerMetrics, default_address
-from finetune_trainer.report import Progress, compact_json, downsample_indices, round_sig
+from finetune_trainer.report import Progress, compact_json, downsample_indices, round_lists, round_sig
 from finetune_trainer.settings import apply_override, load_config
 
 
@@ -39,7 +39,12 @@ def test_compact_result_always_fits_a_termination_message() -> None:
     text = compact_json(big_result())
     assert len(text.encode()) <= 4096
     data = json.loads(text)
-    assert data["recommendedLearningRate"] == 1.235e-4  # 4 significant digits
+    assert data["recommendedLearningRate"] == 1.23456789e-4, (
+        "a scalar stays exact: the operator decides on it"
+    )
+    assert data["bestLoss"] == 1.23456789
+    rounded = {round_sig(p.loss) for p in big_result().curve}
+    assert {p["loss"] for p in data["curve"]} <= rounded, "curve points: 4 significant digits"
     assert data["suggestions"]["minimum-over-10"] is None or "minimum-over-10" not in data["suggestions"]
     assert 10 <= len(data["curve"]) <= 100
     assert data["curve"][0]["lr"] == 1e-7  # first point kept
@@ -59,6 +64,10 @@ def test_compact_train_result() -> None:
 def test_round_and_downsample() -> None:
     assert round_sig(0.000123456) == 0.0001235
     assert round_sig({"a": [1.23456, 7]}) == {"a": [1.235, 7]}
+    assert round_lists({"a": [1.23456, {"b": 2.34567}], "c": 1.23456}) == {
+        "a": [1.235, {"b": 2.346}],
+        "c": 1.23456,
+    }
     assert downsample_indices(5, 10) == [0, 1, 2, 3, 4]
     idx = downsample_indices(1000, 100)
     assert len(idx) == 100 and idx[0] == 0 and idx[-1] == 999
