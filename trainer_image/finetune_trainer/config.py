@@ -188,7 +188,8 @@ class DatasetSpec(Spec):
     """Use at most this many training examples (a seeded random subset): fast tuning on a slice."""
     sample_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
     """Train on this fraction of the training examples (a seeded random subset, taken after `maxSamples`,
-    never less than one batch). An adaptive sweep's trials set it themselves (`adaptive.matchEpochs`)."""
+    never less than one optimiser batch: where the fraction's rows pack into fewer sequences, one batch
+    of the sequences all rows make). An adaptive sweep's trials set it themselves (`adaptive.matchEpochs`)."""
     packing: bool | None = None
     """Causal LM: put several examples into each `maxSeqLength` sequence instead of padding each one. Plain
     text is concatenated and cut into full blocks; chat and instruction examples are packed whole (best-fit

@@ -14,13 +14,14 @@ import glob
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import DatasetSpec, TrainerConfig
 from finetune_trainer.exitcodes import ConfigError
 from finetune_trainer.formats import check_chat_template, packs, resolve_type, standard_row, tokenize_row
+from finetune_trainer.runtime import world_size
 
 FORMAT_BY_SUFFIX = {
     ".jsonl": "json",
@@ -252,21 +253,27 @@ def label_mapping(values: Iterable[Any], num_labels: int | None) -> tuple[dict[A
 
 def split_and_subset(train: Any, val: Any | None, cfg: TrainerConfig) -> tuple[Any, Any | None]:
     """Hold out validation (when there is no validation split or files), then take the seeded
-    ``maxSamples`` subset and the seeded ``sampleFraction`` of what is left."""
+    ``maxSamples`` subset of what is left (and ``evaluation.maxSamples`` of the validation rows)."""
     spec = cfg.dataset
     if val is None and spec.validation_fraction > 0 and len(train) >= 2:
         parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
         train, val = parts["train"], parts["test"]
     if spec.max_samples is not None and spec.max_samples < len(train):
         train = train.shuffle(seed=spec.seed).select(range(spec.max_samples))
-    if spec.sample_fraction is not None:
-        keep = max(cfg.optimization.effective_batch_size(), math.ceil(spec.sample_fraction * len(train)))
-        if keep < len(train):
-            train = train.shuffle(seed=spec.seed).select(range(keep))
     limit = cfg.evaluation.max_samples
     if val is not None and limit is not None and limit < len(val):
         val = val.shuffle(seed=spec.seed).select(range(limit))
     return train, val
+
+
+def take_fraction(rows: Any, cfg: TrainerConfig) -> Any:
+    """The seeded ``sampleFraction`` of the training rows, at least one optimiser batch of them (across
+    every process)."""
+    fraction = cfg.dataset.sample_fraction
+    if fraction is None:
+        return rows
+    keep = max(cfg.optimization.effective_batch_size(world_size()), math.ceil(fraction * len(rows)))
+    return rows.shuffle(seed=cfg.dataset.seed).select(range(keep)) if keep < len(rows) else rows
 
 
 def _tokenize_causal(dataset: Any, tokenizer: Any, spec: DatasetSpec, max_len: int, packing: bool) -> Any:
@@ -342,9 +349,7 @@ def _tokenize_classification(
 
 def prepare(cfg: TrainerConfig, tokenizer: Any) -> PreparedData:
     """Read, check, split, subset and tokenise the configured dataset."""
-    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
-
-    spec, task, max_len = cfg.dataset, cfg.model.task, cfg.optimization.max_seq_length
+    spec, task = cfg.dataset, cfg.model.task
     train_raw, val_raw = load_raw(spec)
     if len(train_raw) == 0:
         raise ConfigError(
@@ -353,8 +358,24 @@ def prepare(cfg: TrainerConfig, tokenizer: Any) -> PreparedData:
     check_columns(train_raw, spec, task)
     if val_raw is not None:
         check_columns(val_raw, spec, task)
-    train_raw, val_raw = split_and_subset(train_raw, val_raw, cfg)
+    rows, val_raw = split_and_subset(train_raw, val_raw, cfg)
+    share = take_fraction(rows, cfg)
+    data = _tokenized(cfg, tokenizer, share, val_raw)
+    batch = cfg.optimization.effective_batch_size(world_size())
+    if len(data.train) < batch and len(share) < len(rows):
+        # the share's rows packed (or, without a completion, dropped) into less than a batch: the share is
+        # then one batch of the examples that all the rows make, so a short trial on little data still runs
+        whole = _tokenized(cfg, tokenizer, rows, val_raw)
+        keep = min(batch, len(whole.train))
+        data = replace(whole, train=whole.train.shuffle(seed=cfg.dataset.seed).select(range(keep)))
+    return data
 
+
+def _tokenized(cfg: TrainerConfig, tokenizer: Any, train_raw: Any, val_raw: Any | None) -> PreparedData:
+    """The training rows and validation rows tokenised for the model's task and the data's type."""
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+
+    spec, task, max_len = cfg.dataset, cfg.model.task, cfg.optimization.max_seq_length
     if task == "sequence-classification":
         values = list(train_raw[spec.label_field]) + (
             list(val_raw[spec.label_field]) if val_raw is not None else []

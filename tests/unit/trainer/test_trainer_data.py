@@ -87,6 +87,20 @@ def test_sample_fraction_is_a_seeded_subset_after_max_samples_and_at_least_one_b
     assert len(train(sampleFraction=0.01)) == 8  # one batch (batchSize 8), not 1 row
 
 
+def test_a_packed_share_is_at_least_one_batch_of_packed_sequences(jsonl: Path) -> None:
+    """An adaptive trial on little data (the demo's `auto` job) gets a share of the rows that packs into
+    fewer sequences than one batch: it trains on one batch of the sequences all the rows make instead."""
+
+    def train(**dataset: object) -> list[list[int]]:
+        return prepare(cfg_for(jsonl, **dataset), build_tokenizer()).train["input_ids"]
+
+    every = train()
+    share = train(sampleFraction=0.05)
+    assert len(every) > 8 and len(share) == 8, "one batch (batchSize 8) of 16-token sequences"
+    assert all(len(s) == 16 for s in share) and share == train(sampleFraction=0.05), "seeded"
+    assert 8 < len(train(sampleFraction=0.5)) < len(every), "a share that packs into a batch or more stays"
+
+
 def test_classification_labels_become_ids(jsonl: Path) -> None:
     data = prepare(cfg_for(jsonl, task="sequence-classification", labelField="label"), build_tokenizer())
     assert data.label_names == ["negative", "positive"] and data.num_labels == 2
