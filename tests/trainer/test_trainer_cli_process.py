@@ -91,6 +91,34 @@ def test_train_example_converges(tiny_gpt2: Path, tmp_path: Path) -> None:
     print(f"train example: {wall:.1f} s wall; eval losses {evals}")
 
 
+def test_recommend_example_recommends_a_learning_rate_with_its_evidence(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """The README's laptop command: the adaptive stages in one process, trials on their share of the data."""
+    result_file = tmp_path / "out.json"
+    code, events, err, wall = run(
+        trainer_cmd(
+            "recommend",
+            "--config",
+            "examples/trainer/recommend-tiny.yaml",
+            "--set",
+            f"model.name={tiny_gpt2}",
+            "--output-dir",
+            str(tmp_path / "recommend"),
+            "--result-file",
+            str(result_file),
+        ),
+        timeout=600,
+    )
+    assert code == ExitCode.OK, err[-3000:]
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.kind == "recommend" and result.recommended_learning_rate, result
+    assert not result.weak, result.message
+    assert result.steps_spent == result.range_test.steps + sum(t.steps for t in result.trials)
+    assert [e for e in events if e["event"] == "trial"], "each trial announced on stdout"
+    print(f"recommend example: {wall:.1f} s wall; {result.recommended_learning_rate:.3g} ({result.message})")
+
+
 def _config(tmp_path: Path, model: Path, out: Path, max_steps: int, strategy: str = "ddp") -> Path:
     cfg = {
         "distributed": {"strategy": strategy},

@@ -2,7 +2,7 @@
 
 * stdout carries only JSON lines (``{"event": ..., ...}``); library chatter is sent to stderr.
 * ``--result-file`` (default ``/dev/termination-log`` when it exists and is writable) gets the result as
-  compact JSON, always ≤ 4096 bytes: the floats in lists (curve points, trial tables) rounded to 4
+  compact JSON, always ≤ 4096 bytes: curve points and a ``recommend`` result's trial table rounded to 4
   significant digits, every other number exact, the curve downsampled to ≤ 100 points, and shrunk further
   if it still does not fit. The operator decides on the exact numbers, as ``recommend`` does in-process.
 * The output directory gets ``result.json`` (the same model, curve ≤ 200 points), ``curve.csv`` (every
@@ -49,14 +49,18 @@ def round_sig(value: Any, digits: int = 4) -> Any:
     return value
 
 
-def round_lists(value: Any, digits: int = 4) -> Any:
-    """:func:`round_sig` on the floats inside lists only (curves, trial tables: display), recursively;
-    the scalars the operator decides on (a trial's eval loss, a range test's edge and loss minimum, a
-    recommendation) stay exact."""
+ROUNDED = frozenset({"curve", "trials"})
+"""The bulk a compact result rounds (range-test curves, a ``recommend`` result's trial table: display);
+every other number, a trial's intermediate ``evals`` (what a pruner compares) included, stays exact."""
+
+
+def round_bulk(value: Any, digits: int = 4) -> Any:
+    """:func:`round_sig` on the :data:`ROUNDED` entries only, at any depth: the scalars the operator
+    decides on (a trial's eval loss, a range test's edge and loss minimum, a recommendation) stay exact."""
     if isinstance(value, dict):
-        return {k: round_lists(v, digits) for k, v in value.items()}
+        return {k: round_sig(v, digits) if k in ROUNDED else round_bulk(v, digits) for k, v in value.items()}
     if isinstance(value, list):
-        return round_sig(value, digits)
+        return [round_bulk(v, digits) for v in value]
     return value
 
 
@@ -96,7 +100,7 @@ def compact_json(result: Spec, limit: int = RESULT_LIMIT) -> str:
         # the trials and the fit are the evidence here; the range test keeps a sketch of its curve
         sketch = result.range_test.model_copy(update={"curve": downsample(result.range_test.curve, 20)})
         result = result.model_copy(update={"range_test": sketch})
-    data = round_lists(_finite(result.to_wire()))
+    data = round_bulk(_finite(result.to_wire()))
     text = _dumps(data)
     # Cut in order of least value lost: long warnings, then curve resolution down to 30 points, then
     # warnings, then the rest of the curve.

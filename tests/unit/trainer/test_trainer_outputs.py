@@ -12,7 +12,7 @@ import pytest
 from finetune_trainer.config import CurvePoint, RangeTestResult, TrainResult
 from finetune_trainer.exitcodes import ConfigError, ExitCode
 from finetune_trainer.metrics import TrainerMetrics, default_address
-from finetune_trainer.report import Progress, compact_json, downsample_indices, round_lists, round_sig
+from finetune_trainer.report import Progress, compact_json, downsample_indices, round_bulk, round_sig
 from finetune_trainer.settings import apply_override, load_config
 
 
@@ -64,10 +64,13 @@ def test_compact_train_result() -> None:
 def test_round_and_downsample() -> None:
     assert round_sig(0.000123456) == 0.0001235
     assert round_sig({"a": [1.23456, 7]}) == {"a": [1.235, 7]}
-    assert round_lists({"a": [1.23456, {"b": 2.34567}], "c": 1.23456}) == {
-        "a": [1.235, {"b": 2.346}],
+    bulk = {"curve": [{"lr": 1.23456}], "trials": [[1, 2.34567]], "evals": [{"evalLoss": 3.45678}]}
+    assert round_bulk({**bulk, "c": 1.23456}) == {
+        "curve": [{"lr": 1.235}],
+        "trials": [[1, 2.346]],
+        "evals": [{"evalLoss": 3.45678}],
         "c": 1.23456,
-    }
+    }, "curves and trial tables rounded; a pruner's intermediate values and every scalar exact"
     assert downsample_indices(5, 10) == [0, 1, 2, 3, 4]
     idx = downsample_indices(1000, 100)
     assert len(idx) == 100 and idx[0] == 0 and idx[-1] == 999
