@@ -14,6 +14,8 @@ the local model directory and data files; every recommender knob is left at the 
   (``optimization.seed``; data order follows it) → mean eval loss per LR, best ``L*``, ``σ`` = the seeds'
   standard deviation at the best LR;
 * ``adaptive`` (the default): ``finetune-trainer recommend``;
+* ``adaptive-ceiling``: the highest LR that adaptive's own range test lets its trials take (its first
+  stage-1 candidate), as if the trials were skipped: what adaptive's trials add for their compute;
 * ``range-test:<rule>``: ``finetune-trainer range-test``, every rule's suggestion from its result;
 * ``grid-sweep``: an LRSweep's ``grid`` method at its defaults (``TrialsSpec``), one ``trial`` per LR;
 * ``short-grid``: 4 log-spaced LRs sharing the steps adaptive spent (equal compute), one ``trial`` each;
@@ -363,6 +365,23 @@ def score(row: Row, oracle: Oracle) -> Score:
             deltas.append(abs(s))
     hits = sum(int(r <= tau + 1e-12) for r in regrets)
     return Score(row, regrets, deltas, signed, hits)
+
+
+def ceiling_row(adaptive: Sequence[dict[str, Any]], range_tests: Sequence[dict[str, Any]]) -> Row:
+    """Adaptive's ceiling as a recommendation, per seed: its first trial (stage 1, index 0, which sits at
+    the ceiling its range test set), at the cost of that range test alone. The wall time is the full
+    range-test row's, scaled by the steps adaptive's ramp ran (it stops half a decade past the minimum)."""
+    lrs: list[float | None] = []
+    steps: list[int] = []
+    seconds: list[float] = []
+    for ad, rt in zip(adaptive, range_tests, strict=True):
+        first = (ad.get("trials") or [[None, None]])[0]
+        lrs.append(first[1] if first[0] == 1 else None)
+        ramp = int(ad.get("rangeTestSteps") or 0)
+        steps.append(ramp)
+        full = int(rt.get("steps") or 0)
+        seconds.append(rt["seconds"] * ramp / full if full else 0.0)
+    return Row("adaptive-ceiling (its range test alone)", lrs, steps, seconds)
 
 
 def checked(name: str, rows: tuple[str, ...] | None) -> bool:
@@ -1521,6 +1540,7 @@ class Bench:
             )
         )
         rt = [self._one(name, "range-test", s) for s in rseeds]
+        rows.append(ceiling_row(ad, rt))
         from finetune_trainer.config import SUGGESTION_RULES, RangeTestSpec
 
         default_rule = RangeTestSpec().rule

@@ -30,6 +30,7 @@ from benchmarks import (  # noqa: E402
     operator_scale,
     ramp_stop_replay,
     rangetest_cost,
+    recalibration_replay,
     recommend_probe,
     sweep_search,
     target_intervals,
@@ -110,6 +111,30 @@ def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
     assert lr_quality.unchecked(free, o) == [], "an LR-free row has nothing to check"
 
 
+def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
+    key = lr_quality.oracle_key
+    o = dataclasses.replace(oracle(), seeds=[0, 1], checks={key(3e-3, 0): 1.05, key(3e-2, 1): None})
+    regret = recalibration_replay.seed_regret
+    assert regret(o, 3e-3, 0) == pytest.approx(0.05), "exact at seed 0's own check run"
+    halfway = math.sqrt(3e-3 * 1e-2)  # between seed 0's check (1.05) and its grid run at 1e-2 (1.5)
+    assert regret(o, halfway, 0) == pytest.approx((1.05 + 1.5) / 2 - 1.0)
+    assert regret(o, 3e-3, 1) == pytest.approx(1.2 + (math.log10(3e-3) + 3) * 0.3 - 1.2), "seed 1's grid"
+    assert regret(o, 3e-2, 1) == pytest.approx(5.0 - 1.2), "a diverged check is the penalty"
+    rows = [
+        lr_quality.Row("adaptive", [1e-3, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1]),
+        lr_quality.Row(
+            "adaptive-ceiling (its range test alone)", [1e-2, 1e-2], [40, 40], [1.0] * 2, seeds=[0, 1]
+        ),
+    ]
+    report = lr_quality.TaskReport("t", "d", 100, o, 800, rows, 1.0)
+    unmoved = recalibration_replay.scored([report], "adaptive", 0.0)
+    measured = lr_quality.score(rows[0], o)
+    assert unmoved == (1, 2, pytest.approx(sum(measured.regrets) / o.tau / 2)), "unmoved: as measured"
+    hits, n, _ = recalibration_replay.scored([report], "adaptive", 1.0)  # 1e-2 and 1e-1: worse on both
+    assert (hits, n) == (0, 2)
+    assert recalibration_replay.scored([report], "adaptive-ceiling", -1.0)[:2] == (2, 2)
+
+
 def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_measured() -> None:
     assert lr_quality.checked("short-grid (4x72, equal compute)", None)
     assert not lr_quality.checked("adaptive", ())
@@ -119,6 +144,19 @@ def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_meas
     assert partial.startswith("*Regret* of the rows `adaptive` is measured seed by seed")
     assert "interpolated" in partial and "interpolated" not in lr_quality.regret_text(None)
     assert "no check runs" in lr_quality.regret_text(())
+
+
+def test_the_ceiling_row_is_adaptives_first_candidate_at_its_range_tests_cost() -> None:
+    adaptive = [
+        {"rangeTestSteps": 80, "trials": [[1, 2e-3, 20, 1.1], [1, 6.3e-4, 20, 1.3], [2, 1.1e-3, 40, 0.9]]},
+        {"error": "recommend exited 2: bad config"},
+    ]
+    range_tests = [{"steps": 100, "seconds": 5.0}, {"steps": 0, "seconds": 0.5}]
+    row = lr_quality.ceiling_row(adaptive, range_tests)
+    assert lr_quality.family(row.name) == "adaptive-ceiling"
+    assert row.lrs == [2e-3, None], "the first stage-1 trial; no LR where adaptive failed"
+    assert row.steps == [80, 0]
+    assert row.seconds == [pytest.approx(4.0), 0.0], "the full ramp's time, scaled to the steps run"
 
 
 def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
