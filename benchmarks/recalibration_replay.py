@@ -31,6 +31,7 @@ from benchmarks.lr_quality import (
     Row,
     TaskReport,
     committed_reports,
+    family,
     log_interp,
     parse_oracle_key,
 )
@@ -50,16 +51,16 @@ def seed_regret(oracle: Oracle, lr: float, seed: int) -> float:
     return max(0.0, log_interp(lr, grid, [runs[g] for g in grid]) - oracle.best_on(seed))
 
 
-def row(report: TaskReport, family: str) -> Row:
-    return next(r for r in report.rows if r.name.split(" (", 1)[0] == family)
+def row(report: TaskReport, name: str) -> Row:
+    return next(r for r in report.rows if family(r.name) == name)
 
 
-def scored(reports: Sequence[TaskReport], family: str, decades: float) -> tuple[int, int, float]:
-    """(hits, task-seeds, mean regret/τ) of ``family``'s LRs moved by ``decades``."""
+def scored(reports: Sequence[TaskReport], name: str, decades: float) -> tuple[int, int, float]:
+    """(hits, task-seeds, mean regret/τ) of row ``name``'s LRs moved by ``decades``."""
     hits = n = 0
     total = 0.0
     for report in reports:
-        r, oracle = row(report, family), report.oracle
+        r, oracle = row(report, name), report.oracle
         for i, lr in enumerate(r.lrs or []):
             seed = r.seed(i)
             if lr is None or seed not in oracle.seeds:
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     sets = {"in-sample": inside, "held out": held}
     sets["pooled"] = sets["in-sample"] + sets["held out"]
 
-    def cells(family: str, decades: float) -> list[str]:
+    def cells(name: str, decades: float) -> list[str]:
         out = []
         for reports in sets.values():
-            hits, n, mean = scored(reports, family, decades)
+            hits, n, mean = scored(reports, name, decades)
             out.append(f"{hits}/{n}, {mean:.2f} τ")
         return out
 
