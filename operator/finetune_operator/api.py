@@ -655,6 +655,9 @@ class RangeTestSummary(Spec):
     decade below it."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps the ramp ran."""
+    baseline_loss: float | None = None
+    """Classification: the validation loss of predicting the label frequencies, what a trial that learned
+    nothing scores; unset for a causal LM."""
 
 
 class LRSweepStatus(ResourceStatus):
@@ -672,7 +675,7 @@ class LRSweepStatus(ResourceStatus):
     fine-tune's length; `stage-2-best`, `stage-1-fit`, `stage-1-best`)."""
     evidence: EvidenceReason | None = None
     """Adaptive: how well the trials support the recommendation; FlatCurve, BestAtLowerEdge,
-    BestAtUpperEdge and AllTrialsDiverged are weak and fail the sweep."""
+    BestAtUpperEdge, AllTrialsDiverged and NothingTrained are weak and fail the sweep."""
     fit: LossFit | None = None
     """Adaptive: the parabola in log10(LR) that decided."""
     best_params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))

@@ -8,6 +8,7 @@ divergence (exit 3); the result file always fits a termination message (≤ 4 Ki
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 import yaml
 
 from finetune_trainer import cli
-from finetune_trainer.config import ExitCode, parse_result
+from finetune_trainer.adaptive import label_prior_loss
+from finetune_trainer.config import ExitCode, TrainerConfig, parse_result
+from finetune_trainer.runsetup import prepare_run
 from finetune_trainer.tiny_model import build_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,6 +180,7 @@ def test_range_test_reports_curve_rules_recommendation_and_plot(tiny_gpt2: Path,
     assert result.recommended_learning_rate is not None and 1e-6 <= result.recommended_learning_rate <= 1.0
     assert 10 <= len(result.curve) <= 100
     assert result.effective_batch_size == 8 and result.adapter == "none"
+    assert result.baseline_loss is None, "a causal LM has no label frequencies to fall back on"
     full = json.loads((out / "result.json").read_text())
     assert full["suggestions"] == pytest.approx(result.suggestions, rel=1e-3)
     assert (out / "curve.png").stat().st_size > 10_000
@@ -248,6 +252,30 @@ def test_train_classification_with_top_layers(tiny_bert: Path, tmp_path: Path) -
     assert code == ExitCode.OK
     start = next(e for e in events if e["event"] == "start")
     assert 0 < start["trainableParameters"] < start["parameters"]
+
+
+def test_a_classifiers_range_test_reports_the_loss_of_predicting_the_label_frequencies(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """What a trial that learned nothing scores on the validation rows the trials are judged on: the
+    training rows' label frequencies (213 positive, 187 negative in the file) scored on the held-out ones."""
+    cfg = base_config(
+        tiny_bert,
+        tmp_path / "out",
+        model={"task": "sequence-classification"},
+        dataset={"labelField": "label"},
+        rangeTest={"steps": 20},
+    )
+    code, _, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_bytes()))
+    plan = prepare_run(TrainerConfig.model_validate(cfg), "range-test", None)
+    train, held_out = list(plan.data.train["labels"]), list(plan.data.eval["labels"])
+    assert len(held_out) == 40 and len(train) == 360
+    assert result.baseline_loss == pytest.approx(label_prior_loss(train, held_out))
+    share = 213 / 400
+    entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))
+    assert abs(result.baseline_loss - entropy) < 0.05  # type: ignore[operator]
 
 
 def test_trial_reports_eval_loss(tiny_gpt2: Path, tmp_path: Path) -> None:

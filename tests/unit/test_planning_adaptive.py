@@ -250,6 +250,26 @@ def test_weak_evidence_fails_the_sweep_and_keeps_the_recommendation():
     assert s["recommendedLearningRate"] is not None, "kept for people to read"
 
 
+def test_a_classifier_whose_trials_never_leave_the_label_frequency_loss_fails_nothing_trained():
+    """The range test's baselineLoss reaches the status and the stages: trials at chance end the sweep with
+    no learning rate and the field to raise, where a sweep without it would fit the noise."""
+    chance = math.log(2)
+
+    def at_chance(lr: float) -> float:
+        return chance + 1e-4 * abs(math.log10(lr) + 3)  # a hair above chance everywhere, least near 1e-3
+
+    cluster = FakeCluster(SPEC, loss=at_chance, range_test={**RANGE_TEST, "baselineLoss": chance})
+    s = cluster.run()
+    assert s["rangeTest"]["baselineLoss"] == pytest.approx(chance)
+    assert (s["phase"], s["evidence"]) == ("Failed", "NothingTrained")
+    assert "recommendedLearningRate" not in s
+    failed = next(c for c in s["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "NothingTrained" and "adaptive.trialSteps" in failed["message"]
+    assert len(s["trials"]) == 5 + 3, "no extension below trials that learned nothing"
+    blind = FakeCluster(SPEC, loss=at_chance).run()
+    assert blind["evidence"] != "NothingTrained" and blind["recommendedLearningRate"] is not None
+
+
 def test_best_at_the_lowest_candidate_after_extensions_names_the_bound():
     spec = {**SPEC, "adaptive": {**SPEC["adaptive"], "maxExtensions": 1}}
     cluster = FakeCluster(spec, loss=lambda lr: 2.0 + math.log10(lr) + 10)  # lower is always better

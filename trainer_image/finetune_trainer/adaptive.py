@@ -17,6 +17,10 @@ fine-tune's length (the optimum's drift with the training horizon, Bjorck et al.
 at most ``HORIZON_REACH`` decades down; and only when the stage-2 parabola puts the stage-1 minimum above its
 own minimum by more than the noise (outside the interval the status reports): extending a fall the trials
 do not resolve would multiply noise by the length ratio.
+A classifier's trial that never left the loss of predicting the label frequencies (the range test's
+``baselineLoss``) learned nothing, and its loss says nothing about its LR: such trials are not extended
+downwards (a lower LR trains less), stage 2 then tries the ceiling's neighbourhood at twice the length, and
+when no trial of either stage trained the sweep ends ``NothingTrained`` with no LR.
 Trials are judged on validation loss after a full warmup + decay, never mid-run, and (``matchEpochs``) each
 trains on the share of the rows that its length is of the fine-tune's, so it makes the fine-tune's passes
 over its data: memorising that only a later epoch brings shows in the trial too. ``next_step`` is the whole
@@ -239,13 +243,14 @@ def stage_one(
     steps: int,
     finished: dict[tuple[int, int], TrialRecord],
     minimum: float | None = None,
+    baseline: float | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 1's trials so far and whether they are all finished.
 
     The candidates sit at the ceiling and ``spacing``, 2x``spacing``, … decades below it. While the best
-    finished trial is the lowest (or every trial diverged), two more go below it; while it is the highest
-    and the divergence edge (not the loss minimum) set the ceiling, one goes half-way to the edge; at most
-    ``maxExtensions`` times.
+    finished trial is the lowest (or every trial diverged), two more go below it, unless none of them
+    :func:`trained`; while it is the highest (or none trained) and the divergence edge (not the loss
+    minimum) set the ceiling, one goes half-way to the edge; at most ``maxExtensions`` times.
     """
     top, capped = ceiling(spec, edge, minimum)
     room = top if capped else edge
@@ -254,7 +259,7 @@ def stage_one(
         results = [finished.get(t.key) for t in trials]
         if any(r is None for r in results):
             return trials, False
-        extra = _extension(spec, room, trials, results)  # type: ignore[arg-type]
+        extra = _extension(spec, room, trials, results, baseline)  # type: ignore[arg-type]
         if not extra or extension == spec.max_extensions or len(trials) + len(extra) > 64:
             return trials, True
         trials += [TrialRequest(STAGE_1, len(trials) + j, lr, steps) for j, lr in enumerate(extra)]
@@ -262,20 +267,25 @@ def stage_one(
 
 
 def _extension(
-    spec: AdaptiveSpec, room: float, trials: Sequence[TrialRequest], results: Sequence[TrialRecord]
+    spec: AdaptiveSpec,
+    room: float,
+    trials: Sequence[TrialRequest],
+    results: Sequence[TrialRecord],
+    baseline: float | None = None,
 ) -> list[float]:
     """Candidates past stage 1's ends: two below the lowest, or one half-way from the highest up to
-    ``room``."""
-    ok = [(t.learning_rate, r.eval_loss) for t, r in zip(trials, results, strict=True) if _finite(r)]
+    ``room`` (the only way when no trial trained: a lower LR trains less)."""
+    ok = [(t.learning_rate, float(r.eval_loss)) for t, r in zip(trials, results, strict=True) if _finite(r)]  # type: ignore[arg-type]
     lowest = min(t.learning_rate for t in trials)
     below = [_shift(lowest, -spec.spacing), _shift(lowest, -2 * spec.spacing)]
     if not ok:
         return below
     best_lr = min(ok, key=lambda p: p[1])[0]
-    if best_lr <= lowest:
+    learned = _any_trained(ok, baseline)
+    if best_lr <= lowest and learned:
         return below
     highest = max(t.learning_rate for t in trials)
-    if best_lr >= highest and math.log10(room / highest) > 0.2:
+    if (best_lr >= highest or not learned) and math.log10(room / highest) > 0.2:
         return [math.sqrt(highest * room)]
     return []
 
@@ -287,13 +297,14 @@ def stage_two(
     steps: int,
     finished: dict[tuple[int, int], TrialRecord],
     minimum: float | None = None,
+    baseline: float | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 2's trials so far and whether they are all finished.
 
     ``finalists`` longer trials, half a ``spacing`` apart, centred on the stage-1 minimum. While the best
     of them is the lowest or the highest, one more goes half a ``spacing`` further out (never above the
-    ceiling, never up to the divergence edge), at most ``maxExtensions`` times: the final parabola then
-    brackets its minimum.
+    ceiling, never up to the divergence edge; never down when none of them :func:`trained`), at most
+    ``maxExtensions`` times: the final parabola then brackets its minimum.
     """
     step = spec.spacing / 2
     half = (spec.finalists - 1) / 2
@@ -313,9 +324,10 @@ def stage_two(
             return trials, True
         best = min(ok, key=lambda p: p[1])[0]
         lrs = [t.learning_rate for t in trials]
-        if best >= max(lrs) and _shift(max(lrs), step) < limit:
+        learned = _any_trained(ok, baseline)  # type: ignore[arg-type]
+        if (best >= max(lrs) or not learned) and _shift(max(lrs), step) < limit:
             extra = _shift(max(lrs), step)
-        elif best <= min(lrs):
+        elif best <= min(lrs) and learned:
             extra = _shift(min(lrs), -step)
         else:
             return trials, True
@@ -325,6 +337,30 @@ def stage_two(
 
 def _finite(r: TrialRecord | None) -> bool:
     return r is not None and not r.diverged and r.eval_loss is not None and math.isfinite(r.eval_loss)
+
+
+def label_prior_loss(train: Sequence[int], held_out: Sequence[int]) -> float | None:
+    """The validation loss of a classifier that learned only the label frequencies: the cross-entropy of
+    the ``held_out`` labels under the ``train`` labels' frequencies (half a count added to each label, so
+    one missing from the training rows costs a finite amount). ``None`` without labels on both sides."""
+    if not train or not held_out:
+        return None
+    labels = set(train) | set(held_out)
+    counts = {label: 0.5 for label in labels}
+    for label in train:
+        counts[label] += 1
+    total = sum(counts.values())
+    return -sum(math.log(counts[label] / total) for label in held_out) / len(held_out)
+
+
+def trained(loss: float, baseline: float | None) -> bool:
+    """Whether a trial's loss left the ``baseline`` (see :func:`label_prior_loss`) by more than the noise
+    floor; always, when there is no baseline (a causal LM's trials always move its loss)."""
+    return baseline is None or loss < baseline * (1 - NOISE_FLOOR)
+
+
+def _any_trained(points: Sequence[tuple[float, float]], baseline: float | None) -> bool:
+    return any(trained(loss, baseline) for _, loss in points)
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -427,13 +463,15 @@ def next_step(
     finished: Sequence[TrialRecord],
     max_steps: int | None = None,
     minimum: float | None = None,
+    baseline: float | None = None,
 ) -> AdaptiveStep:
     """The next thing to do, given the divergence edge, the range test's loss minimum (see
-    :func:`loss_minimum`; ``None`` when unknown) and every trial finished so far."""
+    :func:`loss_minimum`; ``None`` when unknown), its ``baselineLoss`` (see :func:`label_prior_loss`;
+    ``None`` for a causal LM) and every trial finished so far."""
     done = {(r.stage, r.index): r for r in finished}
     steps1, steps2 = trial_steps(spec, max_steps)
     top, capped = ceiling(spec, edge, minimum)
-    stage1, complete = stage_one(spec, edge, steps1, done, minimum)
+    stage1, complete = stage_one(spec, edge, steps1, done, minimum, baseline)
     if not complete:
         return AdaptiveStep(tuple(stage1))
     records1 = [done[t.key] for t in stage1]
@@ -449,9 +487,10 @@ def next_step(
             "stage-1-best",
         )
     best_lr, best_loss = min(ok1, key=lambda p: p[1])
-    fit1 = fit_parabola(_neighbourhood(ok1, FIT_NEIGHBOURS)) if len(ok1) >= 3 else None
+    learned1 = _any_trained(ok1, baseline)
+    fit1 = fit_parabola(_neighbourhood(ok1, FIT_NEIGHBOURS)) if len(ok1) >= 3 and learned1 else None
     noise = fit1.noise if fit1 else NOISE_FLOOR * abs(best_loss)
-    if best_lr <= min(tested):
+    if learned1 and best_lr <= min(tested):
         return _finish(
             best_lr,
             "BestAtLowerEdge",
@@ -460,7 +499,7 @@ def next_step(
             "stage-1-best",
             best_loss=best_loss,
         )
-    if max(y for _, y in ok1) - best_loss <= noise:
+    if learned1 and max(y for _, y in ok1) - best_loss <= noise:
         return _finish(
             best_lr,
             "FlatCurve",
@@ -469,13 +508,30 @@ def next_step(
             "stage-1-best",
             best_loss=best_loss,
         )
-    centre = (vertex(fit1) if fit1 else None) or best_lr
-    stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum)
+    # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
+    centre = ((vertex(fit1) if fit1 else None) or best_lr) if learned1 else top
+    stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum, baseline)
     if not complete:
         return AdaptiveStep(tuple(stage1 + stage2))
     ok2 = [(r.learning_rate, float(r.eval_loss)) for t in stage2 if _finite(r := done[t.key])]  # type: ignore[arg-type]
     everything = tested + [t.learning_rate for t in stage2]
     low, high = min(everything), max(everything)
+    if not learned1 and not _any_trained(ok2, baseline):
+        return _finish(
+            None,
+            "NothingTrained",
+            f"no trial's validation loss fell below {baseline:.4g}, what predicting the label frequencies "
+            f"scores, up to learning rate {high:.3g} in {steps2} steps: the trials are too short for this "
+            "task to learn anything; raise adaptive.trialSteps",
+            "stage-2-best",
+            best_loss=min((y for _, y in ok1 + ok2), default=None),
+        )
+    untrained = (
+        f"; stage 1 learned nothing (no trial below {baseline:.4g}, what predicting the label frequencies "
+        "scores), so stage 2 tried the ceiling"
+        if not learned1 and baseline is not None
+        else ""
+    )
     fit2 = fit_parabola(_neighbourhood(ok2, FIT_NEIGHBOURS)) if len(ok2) >= 3 else None
     lr2 = vertex(fit2) if fit2 else None
     best2, loss2 = min(ok2, key=lambda p: p[1]) if ok2 else (centre, best_loss)
@@ -501,9 +557,10 @@ def next_step(
         )
         message = (
             f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps{at_ceiling}"
+            f"{untrained}"
         )
         span = interval(fit2, lr2, low, high)
-        resolved = fall_resolved(fit2, centre, lr2)
+        resolved = learned1 and fall_resolved(fit2, centre, lr2)
         beta = horizon_exponent(centre, steps1, lr2, steps2) if resolved else 0.0
         floor = _shift(lr2, -HORIZON_REACH)
         lr = at_horizon(lr2, steps2, beta, max_steps, floor)
@@ -515,7 +572,7 @@ def next_step(
                 f"; moved to {lr:.3g} for the {max_steps}-step fine-tune: the minimum fell from {centre:.3g} "
                 f"({steps1}-step trials) to {lr2:.3g} ({steps2} steps), steps^-{beta:.2f}"
             )
-        elif not resolved and centre > lr2 * (1 + 1e-9) and max_steps and max_steps > steps2:
+        elif learned1 and not resolved and centre > lr2 * (1 + 1e-9) and max_steps and max_steps > steps2:
             message += (
                 f"; not moved for the {max_steps}-step fine-tune: the minimum's fall from {centre:.3g} "
                 f"({steps1}-step trials) is within the noise ({fit2.noise:.3g})"
@@ -533,7 +590,7 @@ def next_step(
         return _finish(
             best2,
             "BestTrial",
-            f"best stage-2 trial at {best2:.3g}",
+            f"best stage-2 trial at {best2:.3g}{untrained}",
             "stage-2-best",
             best_loss=loss2,
             span=interval(fit1, best2, low, high) if fit1 else None,
@@ -555,16 +612,17 @@ def run_to_decision(
     run: Callable[[TrialRequest], TrialRecord],
     max_steps: int | None = None,
     minimum: float | None = None,
+    baseline: float | None = None,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """:func:`next_step` in a loop, ``run`` running each trial it asks for, one after another, until it
     decides: ``recommend``'s loop (the operator runs the same requests as Jobs). Returns the decision and
     every trial's record in the order run."""
     finished: list[TrialRecord] = []
-    step = next_step(spec, edge, finished, max_steps, minimum)
+    step = next_step(spec, edge, finished, max_steps, minimum, baseline)
     while step.done is None:
         done = {(r.stage, r.index) for r in finished}
         finished += [run(request) for request in step.trials if request.key not in done]
-        step = next_step(spec, edge, finished, max_steps, minimum)
+        step = next_step(spec, edge, finished, max_steps, minimum, baseline)
     return step.done, finished
 
 

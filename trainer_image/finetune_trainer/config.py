@@ -652,6 +652,9 @@ class RangeTestResult(Spec):
     ramp, not from the thinned `curve`: an adaptive sweep's trials stay half a decade below it."""
     prior_learning_rate: float | None = None
     """The model's prior learning rate (family, width and adapter) the window was centred on."""
+    baseline_loss: float | None = None
+    """Classification: the validation loss of predicting the label frequencies, what a trial that learned
+    nothing scores (adaptive trials at or above it are not evidence); unset for a causal LM."""
 
     @property
     def diverged(self) -> bool:
@@ -729,9 +732,22 @@ class TrainResult(Spec):
 
 
 EvidenceReason = Literal[
-    "Fitted", "BestTrial", "FlatCurve", "BestAtLowerEdge", "BestAtUpperEdge", "AllTrialsDiverged", "NoEdge"
+    "Fitted",
+    "BestTrial",
+    "FlatCurve",
+    "BestAtLowerEdge",
+    "BestAtUpperEdge",
+    "AllTrialsDiverged",
+    "NothingTrained",
+    "NoEdge",
 ]
-WEAK_EVIDENCE: tuple[str, ...] = ("FlatCurve", "BestAtLowerEdge", "BestAtUpperEdge", "AllTrialsDiverged")
+WEAK_EVIDENCE: tuple[str, ...] = (
+    "FlatCurve",
+    "BestAtLowerEdge",
+    "BestAtUpperEdge",
+    "AllTrialsDiverged",
+    "NothingTrained",
+)
 """Evidence reasons under which a recommendation must not be trained with unchecked."""
 
 

@@ -70,7 +70,9 @@ def run_recommend(
             diverged=result.diverged,
         )
 
-    decision, finished = run_to_decision(cfg.adaptive, edge, run, cfg.optimization.max_steps, minimum)
+    decision, finished = run_to_decision(
+        cfg.adaptive, edge, run, cfg.optimization.max_steps, minimum, range_result.baseline_loss
+    )
     spent = range_result.steps + sum(r.steps for r in finished)
     summary: dict[str, Any] = {"curve": downsample(range_result.curve, RESULT_CURVE_POINTS)}
     warnings = list(range_result.warnings)

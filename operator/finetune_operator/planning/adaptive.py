@@ -135,6 +135,7 @@ def decide(
     children: Mapping[str, ChildState],
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
     minimum: float | None = None,
+    baseline: float | None = None,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
     `adaptive.parallelism` running); or the recommendation once the stages are done.
@@ -145,7 +146,9 @@ def decide(
     records = dict(remembered or {})
     requests: dict[tuple[int, int], TrialRequest] = {}
     while True:
-        step = next_step(spec.adaptive, edge, list(records.values()), spec.optimization.max_steps, minimum)
+        step = next_step(
+            spec.adaptive, edge, list(records.values()), spec.optimization.max_steps, minimum, baseline
+        )
         requests.update({r.key: r for r in step.trials})
         if step.done is not None:
             break
@@ -240,7 +243,8 @@ def plan(
         return
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
-    decision = decide(name, sweep, edge, children, remembered_records(b.status.trials, children), minimum)
+    records = remembered_records(b.status.trials, children)
+    decision = decide(name, sweep, edge, children, records, minimum, summary.baseline_loss)
     for t in decision.start:
         req = t.request
         try:

@@ -22,12 +22,14 @@ from finetune_trainer.adaptive import (
     fit_parabola,
     horizon_exponent,
     interval,
+    label_prior_loss,
     loss_minimum,
     next_step,
     past_minimum,
     ramp_edge,
     ramp_minimum,
     range_test_spec,
+    trained,
     trial_sections,
     trial_steps,
     vertex,
@@ -58,12 +60,17 @@ def basin(
 
 
 def drive(
-    spec: AdaptiveSpec, edge: float, loss: LossOf, max_steps: int | None = 400, minimum: float | None = None
+    spec: AdaptiveSpec,
+    edge: float,
+    loss: LossOf,
+    max_steps: int | None = 400,
+    minimum: float | None = None,
+    baseline: float | None = None,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """Run the stages to the end the way ``recommend`` does, with ``loss`` standing in for the trainer."""
     finished: list[TrialRecord] = []
     for _ in range(50):
-        step = next_step(spec, edge, finished, max_steps, minimum)
+        step = next_step(spec, edge, finished, max_steps, minimum, baseline)
         if step.done is not None:
             return step.done, finished
         have = {(r.stage, r.index) for r in finished}
@@ -353,6 +360,71 @@ def test_a_flat_curve_is_weak_evidence() -> None:
     result, _ = drive(AdaptiveSpec(), 1e-1, lambda lr, steps: 2.0)
     assert result.evidence == "FlatCurve" and result.weak
     assert "adaptive.trialSteps" in result.message
+
+
+CHANCE = math.log(2)  # a balanced two-label classifier that learned only the label frequencies
+
+
+def test_the_label_frequency_loss_is_the_held_out_cross_entropy_of_the_training_frequencies() -> None:
+    assert label_prior_loss([0, 1, 0, 1], [1, 0]) == pytest.approx(CHANCE)
+    skewed = -(math.log(3.5 / 5) + math.log(1.5 / 5)) / 2  # counts 3 and 1, half a count added to each
+    assert label_prior_loss([0, 0, 0, 1], [0, 1]) == pytest.approx(skewed)
+    assert label_prior_loss([0, 0], [1]) == pytest.approx(-math.log(0.5 / 3)), "a label unseen in training"
+    assert label_prior_loss([], [0]) is None and label_prior_loss([0], []) is None
+    assert trained(0.68, CHANCE) and not trained(0.6915, CHANCE) and trained(5.0, None)
+
+
+def late_learner(threshold: int, optimum: float = 2e-4) -> LossOf:
+    """A classifier that sits at chance in trials shorter than ``threshold`` steps (a hair above it, least
+    near 4e-5; a ceiling-high LR further above: the start of instability), then learns in a narrow basin
+    around ``optimum`` (at chance half a decade below it)."""
+
+    def loss(lr: float, steps: int) -> float:
+        if steps < threshold:
+            return CHANCE + (0.01 if lr > 3e-4 else 5e-4 * abs(math.log10(lr) + 4.4))
+        return min(CHANCE, 0.3 + 1.5 * (math.log10(lr) - math.log10(optimum)) ** 2)
+
+    return loss
+
+
+def test_trials_that_learned_nothing_send_stage_two_to_the_ceiling_not_down() -> None:
+    """The benchmark's `minilm-cls-b16` seed 1: every 20-step trial at chance, the lowest a hair better, so
+    stage 1 went down two candidates and stage 2 fitted noise a decade below where 40-step trials learn.
+    With the label-frequency loss known, nothing is extended downwards and stage 2 tries the ceiling."""
+    top = 4e-4
+    blind, blind_trials = drive(AdaptiveSpec(), 1e-2, late_learner(40), 100, minimum=top * 10**HEADROOM)
+    assert min(t.learning_rate for t in blind_trials) < top / 50, "without a baseline: down into the noise"
+    assert blind.recommended_learning_rate < 1e-4, "and a recommendation where nothing trains"  # type: ignore[operator]
+    result, trials = drive(
+        AdaptiveSpec(), 1e-2, late_learner(40), 100, minimum=top * 10**HEADROOM, baseline=CHANCE
+    )
+    stage1 = [t for t in trials if t.stage == STAGE_1]
+    stage2 = [t for t in trials if t.stage == STAGE_2]
+    assert len(stage1) == AdaptiveSpec().candidates, "no extension below trials that learned nothing"
+    assert max(t.learning_rate for t in stage2) == pytest.approx(top)
+    assert min(t.learning_rate for t in stage2) >= top * 10 ** -AdaptiveSpec().spacing * (1 - 1e-9)
+    assert not result.weak and result.recommended_learning_rate is not None
+    assert abs(math.log10(result.recommended_learning_rate / 2e-4)) < 0.15
+    assert result.decided_by != "stage-2-horizon", "no stage-1 minimum to extend a fall from"
+    assert "stage 1 learned nothing" in result.message
+    assert sum(t.steps for t in trials) < sum(t.steps for t in blind_trials)
+
+
+def test_no_trial_leaving_the_label_frequency_loss_ends_nothing_trained_with_no_lr() -> None:
+    result, trials = drive(
+        AdaptiveSpec(), 1e-2, late_learner(10_000), 100, minimum=4e-4 * 10**HEADROOM, baseline=CHANCE
+    )
+    assert result.evidence == "NothingTrained" and result.weak
+    assert result.recommended_learning_rate is None
+    assert "adaptive.trialSteps" in result.message and f"{CHANCE:.4g}" in result.message
+    spec = AdaptiveSpec()
+    assert len(trials) == spec.candidates + spec.finalists, "no extension downwards in either stage"
+
+
+def test_a_classifier_that_learns_in_stage_one_is_decided_as_without_a_baseline() -> None:
+    """The baseline only changes the path when no trial left it: learning trials decide as they did."""
+    loss = basin(3e-4, floor=0.3)
+    assert drive(AdaptiveSpec(), 1e-1, loss, baseline=CHANCE) == drive(AdaptiveSpec(), 1e-1, loss)
 
 
 def test_stage_two_waits_for_every_stage_one_trial() -> None:
