@@ -656,8 +656,8 @@ class RangeTestSummary(Spec):
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps the ramp ran."""
     baseline_loss: float | None = None
-    """Classification: the validation loss of predicting the label frequencies, what a trial that learned
-    nothing scores; unset for a causal LM."""
+    """Classification: the entropy of the validation labels, the lowest loss that a prediction ignoring the
+    input scores (adaptive trials not below it learned nothing); unset for a causal LM."""
 
 
 class LRSweepStatus(ResourceStatus):

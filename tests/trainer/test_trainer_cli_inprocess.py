@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from finetune_trainer import cli
-from finetune_trainer.adaptive import label_prior_loss
+from finetune_trainer.adaptive import label_entropy
 from finetune_trainer.config import ExitCode, TrainerConfig, parse_result
 from finetune_trainer.runsetup import prepare_run
 from finetune_trainer.tiny_model import build_model_dir
@@ -180,7 +180,7 @@ def test_range_test_reports_curve_rules_recommendation_and_plot(tiny_gpt2: Path,
     assert result.recommended_learning_rate is not None and 1e-6 <= result.recommended_learning_rate <= 1.0
     assert 10 <= len(result.curve) <= 100
     assert result.effective_batch_size == 8 and result.adapter == "none"
-    assert result.baseline_loss is None, "a causal LM has no label frequencies to fall back on"
+    assert result.baseline_loss is None, "a causal LM has no labels: its trials always move its loss"
     full = json.loads((out / "result.json").read_text())
     assert full["suggestions"] == pytest.approx(result.suggestions, rel=1e-3)
     assert (out / "curve.png").stat().st_size > 10_000
@@ -254,11 +254,11 @@ def test_train_classification_with_top_layers(tiny_bert: Path, tmp_path: Path) -
     assert 0 < start["trainableParameters"] < start["parameters"]
 
 
-def test_a_classifiers_range_test_reports_the_loss_of_predicting_the_label_frequencies(
+def test_a_classifiers_range_test_reports_its_validation_labels_entropy(
     tiny_bert: Path, tmp_path: Path
 ) -> None:
-    """What a trial that learned nothing scores on the validation rows the trials are judged on: the
-    training rows' label frequencies (213 positive, 187 negative in the file) scored on the held-out ones."""
+    """The best that a trial ignoring its input can score on the validation rows the trials are judged on
+    (the file has 213 positive and 187 negative rows, and 40 of them are held out)."""
     cfg = base_config(
         tiny_bert,
         tmp_path / "out",
@@ -270,9 +270,9 @@ def test_a_classifiers_range_test_reports_the_loss_of_predicting_the_label_frequ
     assert code == ExitCode.OK
     result = parse_result(json.loads(result_file.read_bytes()))
     plan = prepare_run(TrainerConfig.model_validate(cfg), "range-test", None)
-    train, held_out = list(plan.data.train["labels"]), list(plan.data.eval["labels"])
-    assert len(held_out) == 40 and len(train) == 360
-    assert result.baseline_loss == pytest.approx(label_prior_loss(train, held_out))
+    held_out = list(plan.data.eval["labels"])
+    assert len(held_out) == 40 and len(plan.data.train) == 360
+    assert result.baseline_loss == pytest.approx(label_entropy(held_out))
     share = 213 / 400
     entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))
     assert abs(result.baseline_loss - entropy) < 0.05  # type: ignore[operator]

@@ -250,7 +250,7 @@ def test_weak_evidence_fails_the_sweep_and_keeps_the_recommendation():
     assert s["recommendedLearningRate"] is not None, "kept for people to read"
 
 
-def test_a_classifier_whose_trials_never_leave_the_label_frequency_loss_fails_nothing_trained():
+def test_a_classifier_whose_trials_never_beat_its_label_entropy_fails_nothing_trained():
     """The range test's baselineLoss reaches the status and the stages: trials at chance end the sweep with
     no learning rate and the field to raise, where a sweep without it would fit the noise."""
     chance = math.log(2)

@@ -17,10 +17,11 @@ fine-tune's length (the optimum's drift with the training horizon, Bjorck et al.
 at most ``HORIZON_REACH`` decades down; and only when the stage-2 parabola puts the stage-1 minimum above its
 own minimum by more than the noise (outside the interval the status reports): extending a fall the trials
 do not resolve would multiply noise by the length ratio.
-A classifier's trial that never left the loss of predicting the label frequencies (the range test's
-``baselineLoss``) learned nothing, and its loss says nothing about its LR: such trials are not extended
-downwards (a lower LR trains less), stage 2 then tries the ceiling's neighbourhood at twice the length, and
-when no trial of either stage trained the sweep ends ``NothingTrained`` with no LR.
+A classifier's trial whose loss is not below the entropy of the validation labels (the range test's
+``baselineLoss``: the best that ignoring the input can score) learned nothing from its inputs, and its loss
+says nothing about its LR: such trials are not extended downwards (a lower LR learns less), stage 2 then
+tries the ceiling's neighbourhood at twice the length, and when no trial of either stage learned the sweep
+ends ``NothingTrained`` with no LR.
 Trials are judged on validation loss after a full warmup + decay, never mid-run, and (``matchEpochs``) each
 trains on the share of the rows that its length is of the fine-tune's, so it makes the fine-tune's passes
 over its data: memorising that only a later epoch brings shows in the trial too. ``next_step`` is the whole
@@ -339,22 +340,22 @@ def _finite(r: TrialRecord | None) -> bool:
     return r is not None and not r.diverged and r.eval_loss is not None and math.isfinite(r.eval_loss)
 
 
-def label_prior_loss(train: Sequence[int], held_out: Sequence[int]) -> float | None:
-    """The validation loss of a classifier that learned only the label frequencies: the cross-entropy of
-    the ``held_out`` labels under the ``train`` labels' frequencies (half a count added to each label, so
-    one missing from the training rows costs a finite amount). ``None`` without labels on both sides."""
-    if not train or not held_out:
+def label_entropy(labels: Sequence[int]) -> float | None:
+    """The entropy of a classifier's validation labels: the lowest validation loss that any prediction
+    ignoring the input can score (the labels' own frequencies, known in hindsight), so a model that learned
+    only the label frequencies, or nothing, scores at or above it. ``None`` with fewer than two distinct
+    labels (a constant then scores nothing: the loss cannot tell learning apart)."""
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) < 2:
         return None
-    labels = set(train) | set(held_out)
-    counts = {label: 0.5 for label in labels}
-    for label in train:
-        counts[label] += 1
-    total = sum(counts.values())
-    return -sum(math.log(counts[label] / total) for label in held_out) / len(held_out)
+    n = len(labels)
+    return -sum(c / n * math.log(c / n) for c in counts.values())
 
 
 def trained(loss: float, baseline: float | None) -> bool:
-    """Whether a trial's loss left the ``baseline`` (see :func:`label_prior_loss`) by more than the noise
+    """Whether a trial's loss lies below the ``baseline`` (see :func:`label_entropy`) by more than the noise
     floor; always, when there is no baseline (a causal LM's trials always move its loss)."""
     return baseline is None or loss < baseline * (1 - NOISE_FLOOR)
 
@@ -466,7 +467,7 @@ def next_step(
     baseline: float | None = None,
 ) -> AdaptiveStep:
     """The next thing to do, given the divergence edge, the range test's loss minimum (see
-    :func:`loss_minimum`; ``None`` when unknown), its ``baselineLoss`` (see :func:`label_prior_loss`;
+    :func:`loss_minimum`; ``None`` when unknown), its ``baselineLoss`` (see :func:`label_entropy`;
     ``None`` for a causal LM) and every trial finished so far."""
     done = {(r.stage, r.index): r for r in finished}
     steps1, steps2 = trial_steps(spec, max_steps)
@@ -520,15 +521,15 @@ def next_step(
         return _finish(
             None,
             "NothingTrained",
-            f"no trial's validation loss fell below {baseline:.4g}, what predicting the label frequencies "
-            f"scores, up to learning rate {high:.3g} in {steps2} steps: the trials are too short for this "
-            "task to learn anything; raise adaptive.trialSteps",
+            f"no trial's validation loss fell below {baseline:.4g}, the validation labels' entropy (what "
+            f"ignoring the input scores at best), up to learning rate {high:.3g} in {steps2} steps: the "
+            "trials are too short for this task to learn anything; raise adaptive.trialSteps",
             "stage-2-best",
             best_loss=min((y for _, y in ok1 + ok2), default=None),
         )
     untrained = (
-        f"; stage 1 learned nothing (no trial below {baseline:.4g}, what predicting the label frequencies "
-        "scores), so stage 2 tried the ceiling"
+        f"; stage 1 learned nothing (no trial below {baseline:.4g}, the validation labels' entropy), so "
+        "stage 2 tried the ceiling"
         if not learned1 and baseline is not None
         else ""
     )

@@ -653,8 +653,8 @@ class RangeTestResult(Spec):
     prior_learning_rate: float | None = None
     """The model's prior learning rate (family, width and adapter) the window was centred on."""
     baseline_loss: float | None = None
-    """Classification: the validation loss of predicting the label frequencies, what a trial that learned
-    nothing scores (adaptive trials at or above it are not evidence); unset for a causal LM."""
+    """Classification: the entropy of the validation labels, the lowest loss that a prediction ignoring the
+    input scores (adaptive trials not below it learned nothing); unset for a causal LM."""
 
     @property
     def diverged(self) -> bool:

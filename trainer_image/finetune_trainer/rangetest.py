@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_trainer.adaptive import divergence_edge, label_prior_loss, loss_minimum, past_minimum
+from finetune_trainer.adaptive import divergence_edge, label_entropy, loss_minimum, past_minimum
 from finetune_trainer.config import (
     DIVERGED_STOPS,
     STEP_EVENT,
@@ -259,9 +259,8 @@ def run_range_test(
 
 
 def baseline_loss(plan: RunPlan) -> float | None:
-    """A classifier's :func:`~finetune_trainer.adaptive.label_prior_loss`: its training rows' label
-    frequencies scored on the validation rows that trials are judged on; ``None`` for a causal LM or
-    without validation rows (a trial then cannot run)."""
+    """A classifier's :func:`~finetune_trainer.adaptive.label_entropy` over the validation rows that trials
+    are judged on; ``None`` for a causal LM or without validation rows (a trial then cannot run)."""
     if plan.cfg.model.task != "sequence-classification" or plan.data.eval is None:
         return None
-    return label_prior_loss(list(plan.data.train["labels"]), list(plan.data.eval["labels"]))
+    return label_entropy(list(plan.data.eval["labels"]))

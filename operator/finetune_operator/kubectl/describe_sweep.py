@@ -152,7 +152,7 @@ def _range_test(s: LRSweepStatus, adaptive: AdaptiveSpec, method: str) -> list[s
         if r.steps is not None:
             parts.append(f"{r.steps} steps")
         if r.baseline_loss is not None:  # a trial at or above it learned nothing
-            parts.append(f"label-frequency loss {r.baseline_loss:.4g}")
+            parts.append(f"label entropy {r.baseline_loss:.4g}")
     if s.stop_reason:
         parts.append(f"stopped: {s.stop_reason}")
     return ["", field("Range test", ", ".join(parts))]

@@ -22,7 +22,7 @@ from finetune_trainer.adaptive import (
     fit_parabola,
     horizon_exponent,
     interval,
-    label_prior_loss,
+    label_entropy,
     loss_minimum,
     next_step,
     past_minimum,
@@ -362,16 +362,18 @@ def test_a_flat_curve_is_weak_evidence() -> None:
     assert "adaptive.trialSteps" in result.message
 
 
-CHANCE = math.log(2)  # a balanced two-label classifier that learned only the label frequencies
+CHANCE = math.log(2)  # balanced validation labels: what a two-label classifier that learned nothing scores
 
 
-def test_the_label_frequency_loss_is_the_held_out_cross_entropy_of_the_training_frequencies() -> None:
-    assert label_prior_loss([0, 1, 0, 1], [1, 0]) == pytest.approx(CHANCE)
-    skewed = -(math.log(3.5 / 5) + math.log(1.5 / 5)) / 2  # counts 3 and 1, half a count added to each
-    assert label_prior_loss([0, 0, 0, 1], [0, 1]) == pytest.approx(skewed)
-    assert label_prior_loss([0, 0], [1]) == pytest.approx(-math.log(0.5 / 3)), "a label unseen in training"
-    assert label_prior_loss([], [0]) is None and label_prior_loss([0], []) is None
+def test_the_baseline_is_the_validation_labels_entropy_the_best_that_ignoring_the_input_scores() -> None:
+    assert label_entropy([0, 1, 1, 0]) == pytest.approx(CHANCE)
+    skewed = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert label_entropy([0, 0, 0, 1]) == pytest.approx(skewed)
+    assert label_entropy([2, 0, 1]) == pytest.approx(math.log(3))
+    assert label_entropy([1, 1]) is None and label_entropy([]) is None, "one label: nothing to learn"
     assert trained(0.68, CHANCE) and not trained(0.6915, CHANCE) and trained(5.0, None)
+    # a model that outputs 50/50 on 55/45 labels scores ln 2, above their entropy: it learned nothing
+    assert not trained(CHANCE, -(0.55 * math.log(0.55) + 0.45 * math.log(0.45)))
 
 
 def late_learner(threshold: int, optimum: float = 2e-4) -> LossOf:
@@ -390,7 +392,7 @@ def late_learner(threshold: int, optimum: float = 2e-4) -> LossOf:
 def test_trials_that_learned_nothing_send_stage_two_to_the_ceiling_not_down() -> None:
     """The benchmark's `minilm-cls-b16` seed 1: every 20-step trial at chance, the lowest a hair better, so
     stage 1 went down two candidates and stage 2 fitted noise a decade below where 40-step trials learn.
-    With the label-frequency loss known, nothing is extended downwards and stage 2 tries the ceiling."""
+    With the validation labels' entropy known, nothing is extended downwards and stage 2 tries the ceiling."""
     top = 4e-4
     blind, blind_trials = drive(AdaptiveSpec(), 1e-2, late_learner(40), 100, minimum=top * 10**HEADROOM)
     assert min(t.learning_rate for t in blind_trials) < top / 50, "without a baseline: down into the noise"
@@ -410,7 +412,7 @@ def test_trials_that_learned_nothing_send_stage_two_to_the_ceiling_not_down() ->
     assert sum(t.steps for t in trials) < sum(t.steps for t in blind_trials)
 
 
-def test_no_trial_leaving_the_label_frequency_loss_ends_nothing_trained_with_no_lr() -> None:
+def test_no_trial_below_the_label_entropy_ends_nothing_trained_with_no_lr() -> None:
     result, trials = drive(
         AdaptiveSpec(), 1e-2, late_learner(10_000), 100, minimum=4e-4 * 10**HEADROOM, baseline=CHANCE
     )
