@@ -124,6 +124,11 @@ class Oracle:
         return self.lrs[i], means[i]
 
     @property
+    def worst(self) -> float:
+        """The regret of a seed with no LR to train at: the worst grid point's, since the user has none."""
+        return max(self.means) - self.best[1]
+
+    @property
     def sigma(self) -> float:
         """Seed spread: the standard deviation over seeds of the eval loss at the best LR."""
         xs = self.filled(self.best[0])
@@ -339,7 +344,7 @@ def score(row: Row, oracle: Oracle) -> Score:
     at the best LR where the oracle ran that seed (a diverged run scores the oracle's penalty)."""
     best_lr, lstar = oracle.best
     tau = oracle.tau
-    worst = max(oracle.means) - lstar
+    worst = oracle.worst
     regrets: list[float] = []
     deltas: list[float | None] = []
     signed: list[float | None] = []

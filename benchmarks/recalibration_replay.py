@@ -56,16 +56,20 @@ def row(report: TaskReport, name: str) -> Row:
 
 
 def scored(reports: Sequence[TaskReport], name: str, decades: float) -> tuple[int, int, float]:
-    """(hits, task-seeds, mean regret/τ) of row ``name``'s LRs moved by ``decades``."""
+    """(hits, task-seeds, mean regret/τ) of row ``name``'s LRs moved by ``decades``; a seed with no LR
+    (a sweep that ended on a condition) scores the worst grid point, as ``lr_quality.py`` scores it."""
     hits = n = 0
     total = 0.0
     for report in reports:
         r, oracle = row(report, name), report.oracle
         for i, lr in enumerate(r.lrs or []):
             seed = r.seed(i)
-            if lr is None or seed not in oracle.seeds:
+            if seed not in oracle.seeds:
                 continue
-            regret = seed_regret(oracle, lr * 10**decades, seed) / oracle.tau  # type: ignore[arg-type]
+            if lr is None:
+                regret = oracle.worst / oracle.tau
+            else:
+                regret = seed_regret(oracle, lr * 10**decades, seed) / oracle.tau
             hits += regret <= 1 + 1e-12
             total += regret
             n += 1

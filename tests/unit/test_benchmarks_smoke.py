@@ -133,6 +133,13 @@ def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
     hits, n, _ = recalibration_replay.scored([report], "adaptive", 1.0)  # 1e-2 and 1e-1: worse on both
     assert (hits, n) == (0, 2)
     assert recalibration_replay.scored([report], "adaptive-ceiling", -1.0)[:2] == (2, 2)
+    no_lr = lr_quality.Row("adaptive", [None, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1])
+    ended = recalibration_replay.scored([dataclasses.replace(report, rows=[no_lr, rows[1]])], "adaptive", 0.5)
+    assert ended[:2] == (0, 2), "a seed whose sweep ended with no LR still counts"
+    assert lr_quality.score(no_lr, o).regrets[0] == o.worst == pytest.approx(max(o.means) - o.best[1])
+    assert ended[2] * 2 == pytest.approx(o.worst / o.tau + regret(o, 10**-1.5, 1) / o.tau), (
+        "scored as measured"
+    )
 
 
 def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_measured() -> None:
