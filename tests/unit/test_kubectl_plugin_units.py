@@ -257,3 +257,4 @@ def test_describe_puts_an_adaptive_sweeps_trial_ceiling_under_the_reported_loss_
 
     assert ceiling_line(lossMinimumLearningRate=10**-2.5).endswith("trials at or below 1.00e-03")
     assert ceiling_line().endswith("trials at or below 3.16e-04")
+    assert ceiling_line(baselineLoss=0.6931).endswith("trials at or below 3.16e-04, label entropy 0.6931")

@@ -151,7 +151,7 @@ def _range_test(s: LRSweepStatus, adaptive: AdaptiveSpec, method: str) -> list[s
             parts.append(f"trials at or below {style.lr(top)}")
         if r.steps is not None:
             parts.append(f"{r.steps} steps")
-        if r.baseline_loss is not None:  # a trial at or above it learned nothing
+        if r.baseline_loss is not None:  # a classifier's trial not below it learned nothing
             parts.append(f"label entropy {r.baseline_loss:.4g}")
     if s.stop_reason:
         parts.append(f"stopped: {s.stop_reason}")
