@@ -33,6 +33,7 @@ the recommendation. It keeps no state, so the operator can call it on every reco
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -345,9 +346,7 @@ def label_entropy(labels: Sequence[int]) -> float | None:
     ignoring the input can score (the labels' own frequencies, known in hindsight), so a model that learned
     only the label frequencies, or nothing, scores at or above it. ``None`` with fewer than two distinct
     labels (a constant then scores nothing: the loss cannot tell learning apart)."""
-    counts: dict[int, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
+    counts = Counter(labels)
     if len(counts) < 2:
         return None
     n = len(labels)
