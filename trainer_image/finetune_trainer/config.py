@@ -339,7 +339,7 @@ class ScheduleSpec(Spec):
         return DEFAULT_WARMUP_RATIO
 
 
-RuleName = Literal["steepest", "valley", "minimum-over-10", "max-over-3"]
+RuleName = Literal["ceiling", "steepest", "valley", "minimum-over-10", "max-over-3"]
 SUGGESTION_RULES: tuple[str, ...] = get_args(RuleName)
 """Every range-test rule name (the trainer reports each rule's suggestion under its name)."""
 
@@ -380,9 +380,11 @@ class RangeTestSpec(Spec):
     """Stop once the smoothed loss exceeds this many times the best smoothed loss."""
     use_validation_loss: bool = False
     """Evaluate on a validation batch at each step instead of using the training loss (slower, less noisy)."""
-    rule: RuleName = "minimum-over-10"
+    rule: RuleName = "ceiling"
     """Suggestion rule whose value becomes the recommendation of a `rangeTest` sweep; every rule's value
-    is reported."""
+    is reported. `ceiling` (the default; the LR an `adaptive` sweep's trials start from: half a decade
+    below the loss minimum and below the divergence edge) is the rule the LR-quality benchmark ranks
+    first; `minimum-over-10` is fastai's `minimum`."""
     widen_by_prior: bool = False
     """Widen the window so it spans 30x around the model's prior learning rate."""
     stop_past_minimum: float | None = Field(default=None, gt=0.0, le=10.0)

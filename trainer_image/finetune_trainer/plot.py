@@ -28,6 +28,7 @@ from finetune_trainer.config import (
 )
 
 RULE_COLOURS = {
+    "ceiling": "tab:cyan",
     "steepest": "tab:orange",
     "valley": "tab:green",
     "minimum-over-10": "tab:purple",

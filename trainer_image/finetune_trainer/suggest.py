@@ -11,6 +11,7 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 
+from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM
 from finetune_trainer.config import SUGGESTION_RULES
 
 Curve = tuple[Sequence[float], Sequence[float]]
@@ -151,7 +152,32 @@ def max_over_3(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     return max(float(lrs[i_div]) / 3.0, float(lrs[0]))
 
 
+def ceiling(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """The adaptive method's ceiling, the LR its first trial takes: ``HEADROOM`` (half a decade) below the
+    loss minimum past the start-up, never below the curve's first LR.
+
+    The curve is read as far as an adaptive sweep's ramp runs: up to the first point ``PAST_MINIMUM``
+    decades past the lowest loss so far. A lower dip further up, after the loss has risen, is a model the
+    ramp has trained longest, close to divergence, and would lift the answer towards the edge. (An
+    adaptive sweep also keeps its trials ``adaptive.spacing`` below the divergence edge; at the default
+    spacing, half a decade, the edge lies above the minimum and never decides.)
+    """
+    if not _usable(lrs, losses):
+        return None
+    first = _settled(len(losses))
+    best = first
+    for i in range(first + 1, len(losses)):
+        if losses[i] < losses[best]:
+            best = i
+        elif lrs[i] >= lrs[best] * 10.0**PAST_MINIMUM:
+            break
+    if best == first:
+        return None
+    return max(float(lrs[best]) * 10.0**-HEADROOM, float(lrs[0]))
+
+
 RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
+    "ceiling": ceiling,
     "steepest": steepest,
     "valley": valley,
     "minimum-over-10": minimum_over_10,

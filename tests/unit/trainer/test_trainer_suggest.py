@@ -145,7 +145,7 @@ def test_rules_return_none_when_the_curve_says_nothing(rule: object) -> None:
 def test_all_suggestions_names_every_rule() -> None:
     lrs, losses = classic_curve()
     got = all_suggestions(lrs, losses)
-    assert set(got) == {"steepest", "valley", "minimum-over-10", "max-over-3"}
+    assert set(got) == {"ceiling", "steepest", "valley", "minimum-over-10", "max-over-3"}
     assert all(v is not None and v > 0 for v in got.values())
 
 
