@@ -176,8 +176,13 @@ def test_range_test_reports_curve_rules_recommendation_and_plot(tiny_gpt2: Path,
     assert len(compact) <= 4096
     result = parse_result(json.loads(compact))
     assert result.kind == "rangeTest"
-    assert set(result.suggestions) == {"steepest", "valley", "minimum-over-10", "max-over-3"}
+    assert set(result.suggestions) == {"ceiling", "steepest", "valley", "minimum-over-10", "max-over-3"}
     assert result.recommended_learning_rate is not None and 1e-6 <= result.recommended_learning_rate <= 1.0
+    assert result.rule == "ceiling", "the rule the LR-quality benchmark ranks first is the default"
+    assert result.recommended_learning_rate == result.suggestions["ceiling"]
+    minimum = result.loss_minimum_learning_rate
+    assert minimum is not None
+    assert result.recommended_learning_rate == pytest.approx(minimum / 10**0.5, rel=1e-3)
     assert 10 <= len(result.curve) <= 100
     assert result.effective_batch_size == 8 and result.adapter == "none"
     assert result.baseline_loss is None, "a causal LM has no labels: its trials always move its loss"

@@ -212,7 +212,7 @@ def run_range_test(
         del trainer, model  # the test's weights and optimizer state are never reused
     STOP.check()
 
-    suggestions = all_suggestions(curve.lrs, curve.smoothed)
+    suggestions = all_suggestions(curve.lrs, curve.smoothed, planned_end=hi)
     rule, recommended = recommend(suggestions, rt.rule)
     edge = divergence_edge(curve.lrs, curve.smoothed, stopped_early=curve.stop_reason in DIVERGED_STOPS)
     warnings = []

@@ -8,6 +8,7 @@ becomes the recommendation. No torch here: the rules are plain arithmetic over t
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -152,24 +153,26 @@ def max_over_3(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     return max(float(lrs[i_div]) / 3.0, float(lrs[0]))
 
 
-def ceiling(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+def ceiling(lrs: Sequence[float], losses: Sequence[float], planned_end: float | None = None) -> float | None:
     """The adaptive method's ceiling, the LR its first trial takes: ``HEADROOM`` (half a decade) below the
     loss minimum past the start-up, never below the curve's first LR.
 
-    The curve is read as far as an adaptive sweep's ramp runs: up to the first point ``PAST_MINIMUM``
-    decades past the lowest loss so far. A lower dip further up, after the loss has risen, is a model the
-    ramp has trained longest, close to divergence, and would lift the answer towards the edge. (An
-    adaptive sweep also keeps its trials ``adaptive.spacing`` below the divergence edge; at the default
-    spacing, half a decade, the edge lies above the minimum and never decides.)
+    The curve is read as far as an adaptive sweep's ramp runs: up to the first point at or past
+    ``planned_end`` (the window's top, where the ramp was planned to end; unset: anywhere) and
+    ``PAST_MINIMUM`` decades past the lowest loss so far. A lower dip further up, after the loss has
+    risen, is a model the ramp has trained longest, close to divergence, and would lift the answer
+    towards the edge. (An adaptive sweep also keeps its trials ``adaptive.spacing`` below the divergence
+    edge; at the default spacing, half a decade, the edge lies above the minimum and never decides.)
     """
     if not _usable(lrs, losses):
         return None
     first = _settled(len(losses))
     best = first
+    end = (planned_end or 0.0) * (1 - 1e-9)
     for i in range(first + 1, len(losses)):
         if losses[i] < losses[best]:
             best = i
-        elif lrs[i] >= lrs[best] * 10.0**PAST_MINIMUM:
+        elif lrs[i] >= end and lrs[i] >= lrs[best] * 10.0**PAST_MINIMUM:
             break
     if best == first:
         return None
@@ -186,9 +189,13 @@ RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
 assert tuple(RULES) == SUGGESTION_RULES, "rule names must match the contract"
 
 
-def all_suggestions(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float | None]:
-    """Every rule's suggestion, by name."""
-    return {name: rule(lrs, losses) for name, rule in RULES.items()}
+def all_suggestions(
+    lrs: Sequence[float], losses: Sequence[float], planned_end: float | None = None
+) -> dict[str, float | None]:
+    """Every rule's suggestion, by name; ``planned_end`` is where the ramp was planned to end (see
+    :func:`ceiling`: a noisy plateau low in the window must not end its reading)."""
+    rules = RULES | {"ceiling": functools.partial(ceiling, planned_end=planned_end)}
+    return {name: rule(lrs, losses) for name, rule in rules.items()}
 
 
 def recommend(suggestions: dict[str, float | None], rule: str) -> tuple[str, float | None]:

@@ -6,10 +6,22 @@ import math
 
 import pytest
 
+from finetune_trainer.adaptive import (
+    PAST_MINIMUM,
+    divergence_edge,
+    loss_minimum,
+    past_minimum,
+    ramp_edge,
+)
+from finetune_trainer.adaptive import (
+    ceiling as adaptive_ceiling,
+)
+from finetune_trainer.config import AdaptiveSpec
 from finetune_trainer.suggest import (
     START_SKIP,
     EmaSmoother,
     all_suggestions,
+    ceiling,
     max_over_3,
     minimum_over_10,
     recommend,
@@ -57,7 +69,7 @@ def test_steepest_on_a_smoothed_noisy_curve_lands_on_the_drop_not_the_first_poin
     assert 1e-5 < got < lrs[losses.index(min(losses))]
 
 
-@pytest.mark.parametrize("rule", [steepest, minimum_over_10, max_over_3])
+@pytest.mark.parametrize("rule", [ceiling, steepest, minimum_over_10, max_over_3])
 def test_rules_need_a_minimum_past_the_start_up(rule: object) -> None:
     lrs = [10.0**-i for i in range(20, 0, -1)]
     losses = [1.0, 0.5, *(0.6 + 0.01 * i for i in range(18))]  # lowest at the second point
@@ -70,7 +82,7 @@ def with_startup_dip(lrs: list[float], losses: list[float]) -> tuple[list[float]
     return lrs, [y - dip for y, dip in zip(losses, [1.0, 1.7], strict=False)] + losses[2:]
 
 
-@pytest.mark.parametrize("rule", [steepest, minimum_over_10, max_over_3])
+@pytest.mark.parametrize("rule", [ceiling, steepest, minimum_over_10, max_over_3])
 def test_rules_reading_the_minimum_ignore_a_start_up_dip(rule: object) -> None:
     lrs, clean = classic_curve()
     _, dipped = with_startup_dip(lrs, clean)
@@ -85,6 +97,7 @@ def test_minimum_rules_never_go_below_the_curves_first_lr() -> None:
     assert lrs[4] / 10 < lrs[0] and lrs[5] / 3 < lrs[0]  # what the bare rules would say
     assert minimum_over_10(lrs, losses) == lrs[0]
     assert max_over_3(lrs, losses) == lrs[0]
+    assert ceiling(lrs, losses) == lrs[0]
 
 
 def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
@@ -92,6 +105,46 @@ def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
     i = losses.index(min(losses))
     assert minimum_over_10(lrs, losses) == pytest.approx(lrs[i] / 10)
     assert 1e-4 < lrs[i] < 1e-2
+
+
+def test_the_ceiling_is_half_a_decade_below_the_minimum() -> None:
+    lrs, losses = classic_curve()
+    i = losses.index(min(losses))
+    assert ceiling(lrs, losses) == pytest.approx(lrs[i] / 10**0.5)
+
+
+def test_the_ceiling_ignores_a_lower_dip_after_the_loss_has_risen() -> None:
+    """A full range test runs on to divergence; a dip past the first minimum (a model trained longest, close
+    to divergence) would lift ``minimum-over-10`` towards the edge, but not the ceiling."""
+    lrs, losses = classic_curve()
+    i = losses.index(min(losses))
+    j = i + 14  # 0.7 decades further up, where the loss has risen
+    dipped = [*losses[:j], losses[i] - 0.05, *losses[j + 1 :]]
+    assert minimum_over_10(lrs, dipped) == pytest.approx(lrs[j] / 10)
+    assert ceiling(lrs, dipped) == pytest.approx(lrs[i] / 10**0.5)
+
+
+@pytest.mark.parametrize("planned_end", [1e-4, 1e-3])
+def test_the_ceiling_rule_is_where_an_adaptive_sweeps_trials_start(planned_end: float) -> None:
+    """One ceiling: the rule read off a whole ramp (a `rangeTest` sweep's, run on to divergence) equals the
+    ceiling an adaptive sweep computes from its own ramp, which stops past the minimum, on a noisy curve."""
+    import random
+
+    lrs, clean = classic_curve()
+    rng = random.Random(3)
+    losses = smooth([y + rng.gauss(0.0, 0.2) for y in clean], 0.1)
+    stop = next(
+        n for n in range(1, len(lrs) + 1) if past_minimum(lrs[:n], losses[:n], planned_end, PAST_MINIMUM)
+    )
+    ramp, ramp_losses = lrs[:stop], losses[:stop]
+    assert stop < len(lrs), "the adaptive ramp stopped before the end of the curve"
+    edge = ramp_edge(divergence_edge(ramp, ramp_losses, stopped_early=False), ramp[-1])
+    assert edge is not None
+    top, by_minimum = adaptive_ceiling(AdaptiveSpec(), edge, loss_minimum(ramp, ramp_losses))
+    assert by_minimum
+    assert ceiling(lrs, losses, planned_end) == pytest.approx(top)
+    assert all_suggestions(lrs, losses, planned_end)["ceiling"] == pytest.approx(top)
+    assert ceiling(lrs, losses) < top / 100, "without the planned end, the noisy plateau ends the reading"
 
 
 def test_max_over_3_is_a_third_of_where_loss_climbs_back_above_its_start() -> None:
@@ -133,7 +186,7 @@ def test_valley_on_the_classic_curve_sits_inside_the_drop() -> None:
     assert 1e-6 < got < lrs[losses.index(min(losses))]
 
 
-@pytest.mark.parametrize("rule", [steepest, valley, minimum_over_10, max_over_3])
+@pytest.mark.parametrize("rule", [ceiling, steepest, valley, minimum_over_10, max_over_3])
 def test_rules_return_none_when_the_curve_says_nothing(rule: object) -> None:
     assert rule([1e-5, 1e-4], [1.0, 0.9]) is None  # type: ignore[operator]  # too short
     rising = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
