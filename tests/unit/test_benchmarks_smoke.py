@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
 from benchmarks import (  # noqa: E402
     common,
     hit_noise,
+    horizon_prior_replay,
     horizon_probe,
     lr_quality,
     operator_scale,
@@ -140,6 +141,25 @@ def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
     assert ended[2] * 2 == pytest.approx(o.worst / o.tau + regret(o, 10**-1.5, 1) / o.tau), (
         "scored as measured"
     )
+
+
+def test_the_horizon_prior_moves_only_a_classifiers_unmoved_recommendations() -> None:
+    notes = [
+        {"decidedBy": "stage-2-fit", "trials": [[1, 1e-2, 20, 0.6], [2, 1e-2, 25, 0.5]]},
+        {"decidedBy": "stage-2-horizon", "trials": [[2, 1e-2, 25, 0.5]]},
+    ]
+    rows = [lr_quality.Row("adaptive", [1e-2, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1], notes=notes)]
+    report = lr_quality.TaskReport(
+        "cls", "d", 100, dataclasses.replace(oracle(), seeds=[0, 1]), 800, rows, 1.0
+    )
+    moved = horizon_prior_replay.moved(report, 1.0, {"cls"})
+    assert moved == [(0, pytest.approx(1e-2 * 25 / 100)), (1, 1e-2)], "a quarter the LR at 4x the steps"
+    assert horizon_prior_replay.moved(report, 1.0, set()) == [(0, 1e-2), (1, 1e-2)], "a causal LM: unmoved"
+    hits, n, _, changed = horizon_prior_replay.scored([report], 0.0, {"cls"})
+    assert (hits, n, changed) == (lr_quality.score(rows[0], report.oracle).hits, 2, 0), "β = 0: as measured"
+    assert horizon_prior_replay.scored([report], 1.0, {"cls"})[3] == 1
+    assert {"minilm-cls", "minilm-cls-b16"} <= horizon_prior_replay.classifiers()
+    assert "gpt2-full" not in horizon_prior_replay.classifiers()
 
 
 def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_measured() -> None:
