@@ -4,7 +4,7 @@
 
 Replays the ``range-test`` rows that ``lr_quality.py`` journalled in its work cache (full ramps, run until
 the loss diverged) through the product's own stop and ceiling rules (``adaptive.past_minimum``,
-``loss_minimum``, ``ceiling``), cutting each ramp where ``rangeTest.stopPastMinimum`` at each look-past would
+``basin_minimum``, ``ceiling``), cutting each ramp where ``rangeTest.stopPastMinimum`` at each look-past would
 have stopped it. An adaptive sweep's ramp is that same ramp cut short (same window, seed and steps per
 decade), so this gives its steps and ceiling without running anything. Needs a finished ``lr_quality.py``
 run (either task file) on this machine.
@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.lr_quality import CACHE
-from finetune_trainer.adaptive import ceiling, divergence_edge, loss_minimum, past_minimum, ramp_edge
+from finetune_trainer.adaptive import basin_minimum, ceiling, divergence_edge, past_minimum, ramp_edge
 from finetune_trainer.config import AdaptiveSpec
 from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
@@ -53,7 +53,7 @@ def cut(lrs: list[float], losses: list[float], end: float, decades: float) -> tu
     )
     lrs, losses = lrs[:stop], losses[:stop]
     edge = ramp_edge(divergence_edge(lrs, losses, stopped_early=False), lrs[-1])
-    top, capped = ceiling(AdaptiveSpec(), edge, loss_minimum(lrs, losses))
+    top, capped = ceiling(AdaptiveSpec(), edge, basin_minimum(lrs, losses))
     return stop, top, capped
 
 

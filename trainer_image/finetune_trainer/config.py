@@ -650,7 +650,8 @@ class RangeTestResult(Spec):
     """The divergence edge: the first LR past the loss minimum where the smoothed loss climbed back above
     its start, or where the ramp stopped on divergence; unset when the loss never turned up."""
     loss_minimum_learning_rate: float | None = None
-    """Where the smoothed loss bottomed out (the smoothing's start-up skipped), read from every step of the
+    """Where the smoothed loss bottomed out (the smoothing's start-up skipped): the vertex of a parabola in
+    log-LR through the ramp's points within half a decade of its lowest one, read from every step of the
     ramp, not from the thinned `curve`: an adaptive sweep's trials stay half a decade below it."""
     prior_learning_rate: float | None = None
     """The model's prior learning rate (family, width and adapter) the window was centred on."""

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_trainer.adaptive import divergence_edge, label_entropy, loss_minimum, past_minimum
+from finetune_trainer.adaptive import basin_minimum, divergence_edge, label_entropy, past_minimum
 from finetune_trainer.config import (
     DIVERGED_STOPS,
     STEP_EVENT,
@@ -251,7 +251,7 @@ def run_range_test(
         min_learning_rate=lo,
         max_learning_rate=curve.lrs[-1] if curve.lrs else lo,
         divergence_learning_rate=edge,
-        loss_minimum_learning_rate=loss_minimum(curve.lrs, curve.smoothed),
+        loss_minimum_learning_rate=basin_minimum(curve.lrs, curve.smoothed),
         prior_learning_rate=prior.centre,
         baseline_loss=baseline_loss(plan),
     )

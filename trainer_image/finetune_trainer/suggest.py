@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 
-from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM
+from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM, basin_minimum
 from finetune_trainer.config import SUGGESTION_RULES
 
 Curve = tuple[Sequence[float], Sequence[float]]
@@ -155,7 +155,7 @@ def max_over_3(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
 
 def ceiling(lrs: Sequence[float], losses: Sequence[float], planned_end: float | None = None) -> float | None:
     """The adaptive method's ceiling, the LR its first trial takes: ``HEADROOM`` (half a decade) below the
-    loss minimum past the start-up, never below the curve's first LR.
+    loss minimum past the start-up (``adaptive.basin_minimum``), never below the curve's first LR.
 
     The curve is read as far as an adaptive sweep's ramp runs: up to the first point at or past
     ``planned_end`` (the window's top, where the ramp was planned to end; unset: anywhere) and
@@ -167,16 +167,18 @@ def ceiling(lrs: Sequence[float], losses: Sequence[float], planned_end: float | 
     if not _usable(lrs, losses):
         return None
     first = _settled(len(losses))
-    best = first
+    best, cut = first, len(losses)
     end = (planned_end or 0.0) * (1 - 1e-9)
     for i in range(first + 1, len(losses)):
         if losses[i] < losses[best]:
             best = i
         elif lrs[i] >= end and lrs[i] >= lrs[best] * 10.0**PAST_MINIMUM:
+            cut = i + 1
             break
     if best == first:
         return None
-    return max(float(lrs[best]) * 10.0**-HEADROOM, float(lrs[0]))
+    minimum = basin_minimum(lrs[:cut], losses[:cut]) or float(lrs[best])
+    return max(minimum * 10.0**-HEADROOM, float(lrs[0]))
 
 
 RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {

@@ -15,6 +15,7 @@ from finetune_trainer.adaptive import (
     STAGE_1,
     STAGE_2,
     at_horizon,
+    basin_minimum,
     ceiling,
     curve_minimum,
     divergence_edge,
@@ -122,8 +123,42 @@ def test_loss_minimum_skips_the_start_up_and_non_finite_points() -> None:
     assert loss_minimum([], []) is None
     # a curve as results and statuses carry it: non-finite points dropped before the start-up is counted
     points = [CurvePoint(lr=lr, loss=loss) for lr, loss in zip(lrs, losses, strict=True)]
-    assert curve_minimum([*points, CurvePoint(lr=10.0, loss=math.inf)]) == pytest.approx(lrs[29])
+    assert curve_minimum([*points, CurvePoint(lr=10.0, loss=math.inf)]) == basin_minimum(lrs, losses)
     assert curve_minimum([]) is None
+
+
+def test_the_basin_minimum_is_the_vertex_of_the_ramps_bottom_half_a_decade_either_side() -> None:
+    lrs = [10 ** (-6 + i * 0.05) for i in range(80)]  # 20 points a decade
+    bowl = [1.0 + 2.0 * (math.log10(lr) + 3.02) ** 2 for lr in lrs]  # true minimum at 10^-3.02
+    assert loss_minimum(lrs, bowl) == pytest.approx(1e-3)  # the grid point nearest it
+    assert basin_minimum(lrs, bowl) == pytest.approx(10**-3.02)
+    # outside half a decade the curve may do anything (a cliff): the fit reads only the basin
+    cliff = [y if lr < 10**-2.45 else 50.0 for lr, y in zip(lrs, bowl, strict=True)]
+    assert basin_minimum(lrs, cliff) == pytest.approx(10**-3.02)
+    # too few points within half a decade to fit: the lowest point stands
+    sparse = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert basin_minimum(sparse, [3.0, 2.0, 1.0, 2.0, 3.0]) == 1e-3
+    assert basin_minimum([], []) is None
+
+
+def test_the_basin_minimum_wanders_less_with_the_noise_than_the_lowest_point() -> None:
+    """A smoothed ramp is flat and noisy at its bottom: over 40 noise draws (seeds), the vertex of the basin
+    moves less than the lowest point (both lag the true minimum alike: the moving average trails the ramp)."""
+    import random
+    import statistics
+
+    from finetune_trainer.suggest import smooth
+
+    lrs = [10 ** (-6 + i * 0.05) for i in range(80)]
+    clean = [1.0 + 0.3 * (math.log10(lr) + 3.0) ** 2 for lr in lrs]
+    lowest, basin = [], []
+    for seed in range(40):
+        rng = random.Random(seed)
+        losses = smooth([y + rng.gauss(0.0, 0.05) for y in clean], 0.1)
+        lowest.append(math.log10(loss_minimum(lrs, losses)))  # type: ignore[arg-type]
+        basin.append(math.log10(basin_minimum(lrs, losses)))  # type: ignore[arg-type]
+    assert statistics.pstdev(basin) < 0.5 * statistics.pstdev(lowest)
+    assert statistics.mean(basin) == pytest.approx(statistics.mean(lowest), abs=0.05)
 
 
 def test_the_ramp_minimum_a_result_reports_outranks_its_thinned_curve() -> None:
@@ -131,9 +166,9 @@ def test_the_ramp_minimum_a_result_reports_outranks_its_thinned_curve() -> None:
     lrs = [10 ** (-6 + i * 0.01) for i in range(400)]  # 100 steps a decade: thinned to 100 points, a miss
     losses = [3.0 - 0.001 * i for i in range(301)] + [2.7 + 0.02 * i for i in range(1, 100)]
     thinned = [CurvePoint(lr=lrs[i], loss=losses[i]) for i in range(1, 400, 4)]  # every 4th, not step 300
-    assert loss_minimum(lrs, losses) == pytest.approx(lrs[300])
-    assert curve_minimum(thinned) == pytest.approx(lrs[297])
-    assert ramp_minimum(lrs[300], thinned) == pytest.approx(lrs[300])
+    reported = basin_minimum(lrs, losses)
+    assert reported is not None and curve_minimum(thinned) != pytest.approx(reported, rel=1e-3)
+    assert ramp_minimum(reported, thinned) == reported
     # a result without the field (an older trainer), or with a non-number, falls back to the curve
     for reported in (None, math.nan, 0.0):
         assert ramp_minimum(reported, thinned) == curve_minimum(thinned)

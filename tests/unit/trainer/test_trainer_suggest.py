@@ -8,8 +8,8 @@ import pytest
 
 from finetune_trainer.adaptive import (
     PAST_MINIMUM,
+    basin_minimum,
     divergence_edge,
-    loss_minimum,
     past_minimum,
     ramp_edge,
 )
@@ -110,7 +110,9 @@ def test_minimum_over_10_is_a_decade_below_the_minimum() -> None:
 def test_the_ceiling_is_half_a_decade_below_the_minimum() -> None:
     lrs, losses = classic_curve()
     i = losses.index(min(losses))
-    assert ceiling(lrs, losses) == pytest.approx(lrs[i] / 10**0.5)
+    minimum = basin_minimum(lrs, losses)  # the vertex of the basin around the lowest point
+    assert minimum is not None and abs(math.log10(minimum / lrs[i])) < 0.5
+    assert ceiling(lrs, losses) == pytest.approx(minimum / 10**0.5)
 
 
 def test_the_ceiling_ignores_a_lower_dip_after_the_loss_has_risen() -> None:
@@ -121,7 +123,8 @@ def test_the_ceiling_ignores_a_lower_dip_after_the_loss_has_risen() -> None:
     j = i + 14  # 0.7 decades further up, where the loss has risen
     dipped = [*losses[:j], losses[i] - 0.05, *losses[j + 1 :]]
     assert minimum_over_10(lrs, dipped) == pytest.approx(lrs[j] / 10)
-    assert ceiling(lrs, dipped) == pytest.approx(lrs[i] / 10**0.5)
+    assert ceiling(lrs, dipped) == pytest.approx(ceiling(lrs, losses))
+    assert ceiling(lrs, dipped) == pytest.approx(basin_minimum(lrs[: j - 3], losses[: j - 3]) / 10**0.5)
 
 
 @pytest.mark.parametrize("planned_end", [1e-4, 1e-3])
@@ -140,7 +143,7 @@ def test_the_ceiling_rule_is_where_an_adaptive_sweeps_trials_start(planned_end: 
     assert stop < len(lrs), "the adaptive ramp stopped before the end of the curve"
     edge = ramp_edge(divergence_edge(ramp, ramp_losses, stopped_early=False), ramp[-1])
     assert edge is not None
-    top, by_minimum = adaptive_ceiling(AdaptiveSpec(), edge, loss_minimum(ramp, ramp_losses))
+    top, by_minimum = adaptive_ceiling(AdaptiveSpec(), edge, basin_minimum(ramp, ramp_losses))
     assert by_minimum
     assert ceiling(lrs, losses, planned_end) == pytest.approx(top)
     assert all_suggestions(lrs, losses, planned_end)["ceiling"] == pytest.approx(top)
