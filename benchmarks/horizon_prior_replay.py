@@ -44,17 +44,15 @@ def moved(report: TaskReport, beta: float, classified: set[str]) -> list[tuple[i
     """(seed, LR) of each adaptive recommendation, a classifier's moved by the prior when no horizon step
     moved it."""
     r = row(report, "adaptive")
+    lrs = r.lrs or []
+    notes = r.notes or [{}] * len(lrs)
     out: list[tuple[int, float | None]] = []
-    for i, lr in enumerate(r.lrs or []):
-        note = (r.notes or [{}] * (i + 1))[i] or {}
+    for i, (lr, note) in enumerate(zip(lrs, notes, strict=True)):
+        note = note or {}
         stage2 = max((t[2] for t in note.get("trials") or [] if t[0] == 2), default=0)
-        if (
-            lr is not None
-            and report.name in classified
-            and note.get("decidedBy") != "stage-2-horizon"
-            and stage2
-        ):
-            lr = lr * (report.steps / stage2) ** -beta if report.steps > stage2 else lr
+        unmoved = note.get("decidedBy") != "stage-2-horizon"
+        if lr is not None and report.name in classified and unmoved and 0 < stage2 < report.steps:
+            lr *= (report.steps / stage2) ** -beta
         out.append((r.seed(i), lr))
     return out
 
