@@ -673,10 +673,12 @@ class LRSweepStatus(ResourceStatus):
     """Adaptive: learning rates whose predicted loss is within noise of the recommendation's."""
     decided_by: str | None = Field(default=None, max_length=TEXT_MAX)
     """Adaptive: which stage decided (`stage-2-fit`; `stage-2-horizon`, the stage-2 fit moved to the
-    fine-tune's length; `stage-2-best`, `stage-1-fit`, `stage-1-best`)."""
+    fine-tune's length; `stage-2-best`, `stage-1-fit`, `stage-1-best`; `range-test` when its ramp ended
+    the sweep before any trial)."""
     evidence: EvidenceReason | None = None
     """Adaptive: how well the trials support the recommendation; FlatCurve, BestAtLowerEdge,
-    BestAtUpperEdge, AllTrialsDiverged and NothingTrained are weak and fail the sweep."""
+    BestAtUpperEdge, AllTrialsDiverged, NothingTrained, DivergedAtMinimumLearningRate and
+    OutsideTestedWindow are weak and fail the sweep."""
     fit: LossFit | None = None
     """Adaptive: the parabola in log10(LR) that decided."""
     best_params: dict[str, float] | None = Field(default=None, max_length=len(SEARCHED))

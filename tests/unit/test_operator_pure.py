@@ -484,6 +484,11 @@ def test_a_grid_whose_trials_all_fail_on_config_reports_the_trainers_message_not
 def test_invalid_spec_fails_with_the_field_named():
     plan = plan_sweep("s", {**SPEC, "rangeTest": {"steps": 1}}, None, 1, {}, now=NOW)
     assert plan.status["phase"] == "Failed" and "rangeTest.steps" in plan.status["message"]
+    window = {**SPEC, "rangeTest": {"minLearningRate": 1e-2, "maxLearningRate": 1e-3}}
+    plan = plan_sweep("s", window, None, 1, {}, now=NOW)
+    assert plan.status["message"] == "rangeTest.minLearningRate must be below rangeTest.maxLearningRate", (
+        "a cross-field rule names its fields once, without pydantic's 'Value error, '"
+    )
 
 
 FTJ = {**SPEC, "optimization": {"batchSize": 32}}

@@ -535,3 +535,39 @@ def test_grid_trials_deleted_after_their_ttl_are_remembered_not_run_again():
     )
     assert not later.create, "trial 0 finished before its Job went: it is not run again"
     assert later.status["trials"][0]["evalLoss"] == 2.0 and later.status["trials"][0]["phase"] == "Succeeded"
+
+
+def test_a_range_test_that_diverged_in_its_first_decade_fails_before_any_trial_naming_the_bound():
+    """Trials sit below the edge: one within a decade of the ramp's start would put them below anything the
+    ramp tested (this sweep once recommended 5e-8 from a ramp that started at 1e-6)."""
+    early = {
+        **RANGE_TEST,
+        "curve": [{"lr": 1e-6, "loss": 3.0}, {"lr": 3e-6, "loss": 30.0}],
+        "maxLearningRate": 3e-6,
+        "divergenceLearningRate": 3e-6,
+    }
+    cluster = FakeCluster(SPEC, range_test=early)
+    s = cluster.run()
+    assert s["phase"] == "Failed" and s["evidence"] == "DivergedAtMinimumLearningRate"
+    assert s["decidedBy"] == "range-test" and s.get("recommendedLearningRate") is None
+    assert "lower rangeTest.minLearningRate" in s["message"] and not s.get("trials")
+    assert list(cluster.children) == ["s-range-test"], "no trial Job"
+    failed = next(c for c in s["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "DivergedAtMinimumLearningRate"
+
+
+def test_a_recommendation_below_everything_the_sweep_tested_fails_naming_the_bound(monkeypatch):
+    """The horizon step may move the fit below the trials; below the ramp's start too, the operator fails
+    the sweep as `recommend` does (the stages' decision is replaced by one that lands there)."""
+    from finetune_operator.planning import adaptive as planning
+    from finetune_trainer.config import Recommendation
+
+    below = Recommendation(
+        recommended_learning_rate=5e-7, decided_by="stage-2-horizon", evidence="Fitted", message="moved"
+    )
+    monkeypatch.setattr(planning, "decide", lambda *a, **k: planning.AdaptiveDecision(trials=(), done=below))
+    s = FakeCluster(SPEC).run()
+    assert s["phase"] == "Failed" and s["evidence"] == "OutsideTestedWindow"
+    assert s["recommendedLearningRate"] == 5e-7, "kept for people to read"
+    assert "below the lowest learning rate tested (1e-06)" in s["message"]
+    assert "lower rangeTest.minLearningRate" in s["message"]

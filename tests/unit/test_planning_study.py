@@ -14,6 +14,7 @@ from plans import NOW, plan_sweep
 from finetune_operator.api import LRSweepSpec, LRSweepStatus
 from finetune_operator.children import ChildState
 from finetune_operator.planning import study
+from finetune_operator.planning.trials import at_window_edge
 
 BASE = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
 SPACE = {"learningRate": {"min": 1e-5, "max": 1e-1}, "batchSize": [4, 8, 16], "loraR": [8, 16]}
@@ -25,9 +26,10 @@ def loss(params: dict) -> float:
     return 2.0 + 0.3 * (math.log10(params["learningRate"]) + 3) ** 2 + 0.1 * abs(params["batchSize"] - 8) / 4
 
 
-def run(spec: dict) -> tuple[dict, list[str], list[dict]]:
+def run(spec: dict, plans: list | None = None) -> tuple[dict, list[str], list[dict]]:
     """Reconcile to the end (every reconcile rebuilds the study from the status alone); the oldest running
-    trial finishes after each. Returns the status, the Jobs created in order and each one's params."""
+    trial finishes after each. Returns the status, the Jobs created in order and each one's params; each
+    reconcile's plan goes into `plans` when given."""
     children: dict[str, ChildState] = {}
     created: list[str] = []
     params: dict[str, dict] = {}
@@ -35,6 +37,8 @@ def run(spec: dict) -> tuple[dict, list[str], list[dict]]:
     for _ in range(200):
         plan = plan_sweep("s", spec, status, 1, dict(children))
         status = plan.status
+        if plans is not None:
+            plans.append(plan)
         if status["phase"] in ("Succeeded", "Failed"):
             return status, created, [params[n] for n in created]
         for t in status["trials"]:
@@ -252,3 +256,52 @@ def test_sweeps_with_neighbouring_seeds_share_no_draws():
         draws[seed] = {p["learningRate"] for p in study.ask(sweep, study.rebuild(sweep, []), 8)}
     assert len(draws[0]) == len(draws[1]) == 8
     assert not draws[0] & draws[1]
+
+
+def ready(status: dict) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+@pytest.mark.parametrize(
+    ("trials", "reason", "fix"),
+    [
+        (
+            {"learningRates": [1e-2, 3e-2, 1e-1]},
+            "BestAtLowerEdge",
+            "add a lower value to trials.learningRates",
+        ),
+        (
+            {"minLearningRate": 1e-6, "maxLearningRate": 1e-4, "count": 3},
+            "BestAtUpperEdge",
+            "set trials.maxLearningRate higher",
+        ),
+        (
+            {"searchSpace": {"learningRate": {"min": 1e-2, "max": 1.5e-2}}, "count": 4},
+            "BestAtLowerEdge",
+            "set trials.searchSpace.learningRate.min lower",
+        ),
+    ],
+)
+def test_a_best_trial_at_the_edge_of_the_spec_s_learning_rates_succeeds_with_a_warning_naming_the_bound(
+    trials: dict, reason: str, fix: str
+):
+    """The bowl is at 1e-3. A grid, random or bayesian sweep runs the trials its spec names, so its best
+    stays usable (a FineTuneJob's `fromSweep`), but never as a plain `Recommended`."""
+    plans: list = []
+    method = "random" if "searchSpace" in trials else "grid"
+    status, _, _ = run({**BASE, "method": method, "trials": trials}, plans)
+    assert status["phase"] == "Succeeded" and ready(status)["status"] == "True"
+    assert ready(status)["reason"] == reason and fix in status["message"]
+    assert len(status["warnings"]) == 1 and fix in status["warnings"][0]
+    assert [(e.type, e.reason) for e in plans[-1].events] == [("Warning", reason)]
+
+
+def test_a_best_trial_between_others_or_far_from_a_drawn_range_s_bound_is_a_plain_recommendation():
+    status, _, _ = run({**BASE, "method": "grid", "trials": {"learningRates": [1e-4, 1e-3, 1e-2]}})
+    assert ready(status)["reason"] == "Recommended" and not status.get("warnings")
+    drawn = LRSweepSpec.model_validate(
+        {**BASE, "method": "random", "trials": {"minLearningRate": 1e-6, "maxLearningRate": 1e-1}}
+    )
+    assert at_window_edge(drawn, 1e-3, [1e-3, 1e-2, 3e-2]) is None, "lowest drawn, 3 decades above the bound"
+    reason, warning = at_window_edge(drawn, 1.5e-6, [1.5e-6, 1e-3]) or ("", "")
+    assert reason == "BestAtLowerEdge" and "set trials.minLearningRate lower" in warning

@@ -509,8 +509,9 @@ def next_step(
         return _finish(
             None,
             "AllTrialsDiverged",
-            f"every trial diverged, down to learning rate {lowest:.3g}; lower rangeTest.minLearningRate or "
-            "check the recipe (warmup, maxGradNorm)",
+            f"every trial diverged, down to learning rate {lowest:.3g}, though the range test's ramp "
+            f"did not diverge below {edge:.3g}: check the recipe (warmup, maxGradNorm), or raise "
+            f"adaptive.maxExtensions (now {spec.max_extensions}) to try lower",
             "stage-1-best",
         )
     best_lr, best_loss = min(ok1, key=lambda p: p[1])
@@ -651,6 +652,45 @@ def run_to_decision(
         finished += [run(request) for request in step.trials if request.key not in done]
         step = next_step(spec, edge, finished, max_steps, minimum, baseline)
     return step.done, finished
+
+
+def diverged_at_start(start: float | None, divergence: float | None) -> bool:
+    """True when a ramp that started at ``start`` broke (its divergence edge, ``divergence``) within its
+    first decade: the window starts too high."""
+    return start is not None and divergence is not None and 0 < divergence <= start * 10
+
+
+def ramp_too_high(start: float | None, divergence: float | None) -> Recommendation | None:
+    """The sweep's end, with no learning rate, when the range test diverged within its first decade (see
+    :func:`diverged_at_start`): the trials would sit below the edge, under anything the ramp tested.
+    ``None`` when they have room."""
+    if not diverged_at_start(start, divergence):
+        return None
+    return Recommendation(
+        decided_by="range-test",
+        evidence="DivergedAtMinimumLearningRate",
+        message=f"the range test's loss diverged at {divergence:.3g}, within the first decade of its ramp "
+        f"from {start:.3g}: the window starts too high; lower rangeTest.minLearningRate",
+    )
+
+
+def inside_tested_window(
+    rec: Recommendation, start: float | None, trials: Sequence[TrialRecord]
+) -> Recommendation:
+    """``rec``, or weak ``OutsideTestedWindow`` evidence when its learning rate lies below everything tested
+    (the range test's ramp and every trial): only the horizon step goes below the trials, and an
+    extrapolation past the tested window is not evidence."""
+    lr = rec.recommended_learning_rate
+    tested = [t.learning_rate for t in trials] + ([start] if start else [])
+    if lr is None or rec.weak or not tested or lr >= min(tested) * (1 - 1e-9):
+        return rec
+    return rec.model_copy(
+        update={
+            "evidence": "OutsideTestedWindow",
+            "message": f"{rec.message}; {lr:.3g} lies below the lowest learning rate tested "
+            f"({min(tested):.3g}): lower rangeTest.minLearningRate",
+        }
+    )
 
 
 def horizon_exponent(lr1: float, steps1: int, lr2: float, steps2: int) -> float:

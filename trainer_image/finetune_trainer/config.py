@@ -196,8 +196,8 @@ class DatasetSpec(Spec):
     decreasing, TRL's `pack_dataset`), keeping their completion-only labels. Unset: on for plain text,
     off for chat, prompt-completion and instruction data."""
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
-    """Seed for the validation split and the `maxSamples` subset (data order follows
-    `optimization.seed`)."""
+    """Seed for the validation split, the `maxSamples` and `sampleFraction` subsets of the training rows,
+    and `evaluation.maxSamples`' subset of the validation rows (data order follows `optimization.seed`)."""
 
     def has_validation(self) -> bool:
         """Whether there is validation data: a split, files, or a held-out fraction (see `HAS_VALIDATION`)."""
@@ -742,6 +742,8 @@ EvidenceReason = Literal[
     "BestAtUpperEdge",
     "AllTrialsDiverged",
     "NothingTrained",
+    "DivergedAtMinimumLearningRate",
+    "OutsideTestedWindow",
     "NoEdge",
 ]
 WEAK_EVIDENCE: tuple[str, ...] = (
@@ -750,6 +752,8 @@ WEAK_EVIDENCE: tuple[str, ...] = (
     "BestAtUpperEdge",
     "AllTrialsDiverged",
     "NothingTrained",
+    "DivergedAtMinimumLearningRate",
+    "OutsideTestedWindow",
 )
 """Evidence reasons under which a recommendation must not be trained with unchecked."""
 
@@ -808,7 +812,8 @@ class Recommendation(Spec):
     """Learning rates within noise of the recommendation's predicted loss."""
     decided_by: str = "fit"
     """Which stage decided: `stage-2-fit`, `stage-2-horizon` (the stage-2 fit moved to the fine-tune's
-    length), `stage-2-best`, `stage-1-fit`, `stage-1-best`."""
+    length), `stage-2-best`, `stage-1-fit`, `stage-1-best`, or `range-test` (it ended the sweep before any
+    trial)."""
     evidence: EvidenceReason = "Fitted"
     """How well the trials support the recommendation; see `WEAK_EVIDENCE`."""
     message: str = ""

@@ -12,8 +12,10 @@ from typing import Any
 
 from finetune_trainer.adaptive import (
     TrialRequest,
+    inside_tested_window,
     ramp_edge,
     ramp_minimum,
+    ramp_too_high,
     range_test_spec,
     run_to_decision,
     trial_sections,
@@ -70,9 +72,14 @@ def run_recommend(
             diverged=result.diverged,
         )
 
-    decision, finished = run_to_decision(
-        cfg.adaptive, edge, run, cfg.optimization.max_steps, minimum, range_result.baseline_loss
-    )
+    start = range_result.min_learning_rate
+    finished: list[TrialRecord] = []
+    decision = ramp_too_high(start, range_result.divergence_learning_rate)
+    if decision is None:
+        decision, finished = run_to_decision(
+            cfg.adaptive, edge, run, cfg.optimization.max_steps, minimum, range_result.baseline_loss
+        )
+        decision = inside_tested_window(decision, start, finished)
     spent = range_result.steps + sum(r.steps for r in finished)
     summary: dict[str, Any] = {"curve": downsample(range_result.curve, RESULT_CURVE_POINTS)}
     warnings = list(range_result.warnings)

@@ -21,7 +21,14 @@ from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.remembered import JOB_GONE, remembered
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
-from finetune_trainer.adaptive import TrialRequest, ceiling, next_step, ramp_minimum
+from finetune_trainer.adaptive import (
+    TrialRequest,
+    ceiling,
+    inside_tested_window,
+    next_step,
+    ramp_minimum,
+    ramp_too_high,
+)
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
 
 ACTIVE = ("Pending", "Running")
@@ -241,6 +248,11 @@ def plan(
             "(a trainer image older than the adaptive method?); update the trainer image",
         )
         return
+    if (too_high := ramp_too_high(summary.min_learning_rate, summary.divergence_learning_rate)) is not None:
+        b.status.evidence, b.status.decided_by = too_high.evidence, too_high.decided_by
+        b.status.steps_spent = summary.steps or 0
+        b.phase("Failed", *verdict(too_high))
+        return
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
     records = remembered_records(b.status.trials, children)
@@ -272,6 +284,9 @@ def plan(
         rangetest.child_failed(b, decision.config_error, "trial")
         return
     rec = decision.done
+    if rec is not None:
+        tried = [t.record for t in decision.finished if t.record is not None]
+        rec = inside_tested_window(rec, summary.min_learning_rate, tried)
     if rec is None:
         running = decision.running
         b.phase(

@@ -11,7 +11,7 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
 from finetune_operator.children import NO_POD, ChildState
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
-from finetune_trainer.adaptive import ramp_edge
+from finetune_trainer.adaptive import diverged_at_start, ramp_edge
 from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec
 
 RECOMMENDED = "Recommended"
@@ -150,9 +150,9 @@ def summarize(result: RangeTestResult) -> RangeTestSummary:
 
 def diverged_at_minimum(result: RangeTestResult, min_lr: float | None) -> bool:
     """True when the ramp diverged within its first decade: the window starts too high."""
-    if not result.diverged or not result.curve or min_lr is None:
+    if not result.diverged or not result.curve:
         return False
-    return result.curve[-1].lr <= min_lr * 10
+    return diverged_at_start(min_lr, result.curve[-1].lr)
 
 
 def still_falling(result: RangeTestResult) -> bool:

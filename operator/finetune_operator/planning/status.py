@@ -38,7 +38,14 @@ from finetune_operator.children import CANNOT_START, NO_POD
 from finetune_trainer.config import TrainerConfig
 
 TERMINAL = ("Succeeded", "Failed")
-WARNING_REASONS = {"WaitingForSweep", "Unschedulable", NO_POD, *CANNOT_START}
+WARNING_REASONS = {
+    "WaitingForSweep",
+    "Unschedulable",
+    NO_POD,
+    *CANNOT_START,
+    "BestAtLowerEdge",
+    "BestAtUpperEdge",
+}
 READY, RECONCILING, STALLED, APPLY_FAILED = "Ready", "Reconciling", "Stalled", "ApplyFailed"
 
 S = TypeVar("S", LRSweepStatus, FineTuneJobStatus)
@@ -204,11 +211,16 @@ class StatusBuilder(Generic[S]):
     def invalid(self, error: ValidationError | ValueError) -> None:
         """The spec (or a config rendered from it) is invalid: fail with every field named."""
         errors = error.errors() if isinstance(error, ValidationError) else [{"loc": (), "msg": str(error)}]
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in errors
-        )
+        message = "; ".join(_error_text(e["loc"], e["msg"]) for e in errors)
         self.children.clear()
         self.phase("Failed", "InvalidSpec", message)
+
+
+def _error_text(loc: tuple[int | str, ...], msg: str) -> str:
+    """One validation error as `field: problem`, without pydantic's "Value error, " and without naming the
+    field twice (a cross-field rule's message starts with the field it is about)."""
+    msg, where = msg.removeprefix("Value error, "), ".".join(str(p) for p in loc)
+    return f"{where}: {msg}" if where and not msg.startswith(where) else msg
 
 
 def progress_from_sample(

@@ -4,6 +4,7 @@ the learning rate is all that is searched)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from pydantic import ValidationError
@@ -237,11 +238,50 @@ def _decide(
     opt = study.with_params(sweep, params).optimization
     s.world_size = distributed.world_size(sweep.resources)
     s.effective_batch_size, s.adapter = opt.effective_batch_size(s.world_size), sweep.adapter.type
-    b.phase(
-        "Succeeded",
-        RECOMMENDED,
-        f"recommended learning rate {lr:.3g} (best of {len(trials)} trials, eval loss {loss:.4g})",
+    message = f"recommended learning rate {lr:.3g} (best of {len(trials)} trials, eval loss {loss:.4g})"
+    edge = at_window_edge(sweep, best.learning_rate, [t.learning_rate for t in trials])
+    if edge is None:
+        b.phase("Succeeded", RECOMMENDED, message)
+        return
+    reason, warning = edge
+    s.warnings = [warning]
+    b.phase("Succeeded", reason, f"{message}; {warning}")
+
+
+EDGE_DECADES = 0.25
+"""A random or bayesian sweep's best trial this close (in decades) to its learning-rate range's bound, and
+below (above) every other trial, sits at the range's edge."""
+
+
+def at_window_edge(sweep: LRSweepSpec, best: float, tried: list[float]) -> tuple[str, str] | None:
+    """(reason, warning naming the bound to move) when the best trial's learning rate is the lowest or
+    highest tried, at the edge of the learning rates the spec lets the sweep try; else None.
+
+    A grid, random or bayesian sweep runs the trials its spec names, so its best trial stays its answer
+    (`Succeeded`, usable by a FineTuneJob's `fromSweep`), but not as a plain `Recommended`: the optimum may
+    lie past the edge. (`adaptive` and `rangeTest` choose their own window and fail instead.)"""
+    if len(set(tried)) < 2 or min(tried) < best < max(tried):
+        return None
+    low = best <= min(tried)
+    t = sweep.trials
+    space = t.search_space.learning_rate if t.search_space is not None else None
+    if space is not None:
+        field = f"trials.searchSpace.learningRate.{'min' if low else 'max'}"
+        bound = space.min if low else space.max
+    elif t.learning_rates:
+        field, bound = "trials.learningRates", None
+    else:
+        field = "trials.minLearningRate" if low else "trials.maxLearningRate"
+        bound = t.min_learning_rate if low else t.max_learning_rate
+    continuous = sweep.method != "grid" and bound is not None
+    if continuous and abs(math.log10(best / bound)) > EDGE_DECADES:  # type: ignore[operator]
+        return None
+    side, move = ("lowest", "lower") if low else ("highest", "higher")
+    fix = f"add a {move} value to {field}" if bound is None else f"set {field} {move}"
+    warning = (
+        f"the best trial is the {side} learning rate tried ({best:.3g}): the optimum may lie {move}; {fix}"
     )
+    return ("BestAtLowerEdge" if low else "BestAtUpperEdge"), warning
 
 
 def _no_trial_succeeded(b: StatusBuilder[LRSweepStatus], children: list[ChildState]) -> None:

@@ -22,6 +22,7 @@ from finetune_trainer.adaptive import (
     fall_resolved,
     fit_parabola,
     horizon_exponent,
+    inside_tested_window,
     interval,
     label_entropy,
     loss_minimum,
@@ -29,6 +30,7 @@ from finetune_trainer.adaptive import (
     past_minimum,
     ramp_edge,
     ramp_minimum,
+    ramp_too_high,
     range_test_spec,
     trained,
     trial_sections,
@@ -388,7 +390,7 @@ def test_everything_diverging_recommends_nothing() -> None:
     result, trials = drive(AdaptiveSpec(max_extensions=1), 1e-1, basin(1e-3, diverge_above=0.0))
     assert result.evidence == "AllTrialsDiverged" and result.recommended_learning_rate is None
     assert len(trials) == 5  # three candidates and one extension of two below them
-    assert "rangeTest.minLearningRate" in result.message
+    assert "adaptive.maxExtensions (now 1)" in result.message and "maxGradNorm" in result.message
 
 
 def test_a_flat_curve_is_weak_evidence() -> None:
@@ -593,3 +595,31 @@ def test_a_steep_drift_moves_the_recommendation_one_decade_at_most() -> None:
     assert rec.recommended_learning_rate == pytest.approx(lr2 * 10**-HORIZON_REACH)
     assert rec.recommended_learning_rate < min(t.learning_rate for t in trials if t.stage == 1)
     assert rec.interval is not None and rec.interval.low >= lr2 * 10**-HORIZON_REACH * (1 - 1e-9)
+
+
+def test_a_ramp_that_diverged_in_its_first_decade_ends_the_sweep_naming_the_bound() -> None:
+    """Trials sit below the edge: with the edge within a decade of the ramp's start they would sit below
+    anything the ramp tested (the audit's sweep recommended 5e-8 from a ramp that started at 1e-6)."""
+    rec = ramp_too_high(1e-6, 3e-6)
+    assert rec is not None and rec.weak and rec.recommended_learning_rate is None
+    assert rec.evidence == "DivergedAtMinimumLearningRate" and rec.decided_by == "range-test"
+    assert "lower rangeTest.minLearningRate" in rec.message and "3e-06" in rec.message
+    assert ramp_too_high(1e-6, 1.1e-5) is None, "more than a decade of room"
+    assert ramp_too_high(1e-6, None) is None, "a ramp that never diverged"
+    assert ramp_too_high(None, 3e-6) is None
+
+
+def test_a_horizon_move_below_everything_tested_is_weak_evidence() -> None:
+    """The horizon step may go a decade below the trials; below the range test's start as well, it is an
+    extrapolation past the tested window and names the bound to move."""
+    rec, trials = drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-3, 2.0), max_steps=160)
+    lr = rec.recommended_learning_rate
+    assert lr is not None and rec.decided_by == "stage-2-horizon" and not rec.weak
+    assert inside_tested_window(rec, lr / 2, trials) == rec, "inside the ramp: evidence stands"
+    moved = inside_tested_window(rec, lr * 2, trials)
+    assert moved.evidence == "OutsideTestedWindow" and moved.weak
+    assert moved.recommended_learning_rate == lr, "kept for people to read"
+    assert moved.message.startswith(rec.message) and "lower rangeTest.minLearningRate" in moved.message
+    below = lr / 2
+    tried = [*trials, TrialRecord(stage=STAGE_2, index=9, learning_rate=below, steps=40, eval_loss=1.0)]
+    assert inside_tested_window(rec, lr * 2, tried) == rec, "a trial tested that low"
