@@ -108,19 +108,25 @@ def _gpu() -> str | None:
     return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, {torch.cuda.device_count()} visible)"
 
 
+def provenance(name: str, argv: list[str] | None, script: str | None = None) -> dict[str, str]:
+    """Machine, versions, date and, last, the command that reproduces a results file: its header, and the
+    ``meta`` of a results JSON."""
+    args = argv if argv is not None else sys.argv[1:]
+    command = f"python benchmarks/{script or name}.py " + " ".join(args)
+    return {**machine(), "command": command.strip()}
+
+
 def write_results(
     name: str, title: str, body: str, argv: list[str] | None, script: str | None = None
 ) -> Path:
     """Write ``results/<name>.md``: a header with machine, versions, date and the command that reproduces
     it (``benchmarks/<script or name>.py`` with ``argv``, or this process's arguments when None), then
     ``body``."""
-    args = argv if argv is not None else sys.argv[1:]
-    command = f"python benchmarks/{script or name}.py " + " ".join(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    facts = machine()
     header = [f"# {title}", ""]
-    header += [f"- **{key}**: {value}" for key, value in facts.items()]
-    header += [f"- **command**: `{command.strip()}`", "", ""]
+    header += [f"- **{key}**: {value}" for key, value in provenance(name, argv, script).items()]
+    header[-1] = header[-1].replace("**command**: ", "**command**: `") + "`"
+    header += ["", ""]
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(header) + body.rstrip() + "\n")
     return path

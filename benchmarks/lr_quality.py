@@ -5,12 +5,14 @@
 
 Tasks are data (``tasks.yaml``): a model built from a config (tiny GPT-2 and Llama pre-trained here) or
 shipped by a package (MiniLM-L6), generated JSONL data, and the TrainerConfig fields that describe the
-fine-tune (task, adapter, batch, maxSteps, warmup). Everything runs the product's own trainer in-process
-(``finetune_trainer.cli.main``, ``--metrics-port 0 --result-file``) on a TrainerConfig YAML that points at
-the local model directory and data files; every recommender knob is left at the product's default.
+fine-tune (task, adapter, batch, maxSteps, warmup). The oracle and every product row run the product's own
+trainer in-process (``finetune_trainer.cli.main``, ``--metrics-port 0 --result-file``) on a TrainerConfig
+YAML that points at the local model directory and data files; every recommender knob is left at the
+product's default. torch-lr-finder and Prodigy run on the product's data pipeline and model.
 
 * **oracle**: ``finetune-trainer trial --learning-rate X`` at the full fine-tune length (the task's recipe:
-  AdamW, warmup + cosine, clipping, fixed ``maxSteps``) at ≥ 13 log-spaced LRs x 3 seeds
+  AdamW, warmup + cosine, clipping, fixed ``maxSteps``) at the task file's log-spaced LRs (13 in
+  ``tasks.yaml``, 11 in the coarser ``tasks_heldout.yaml``, 5 in ``--quick``) x 3 seeds (2 in ``--quick``)
   (``optimization.seed``; data order follows it) → mean eval loss per LR, best ``L*``, ``σ`` = the seeds'
   standard deviation at the best LR;
 * ``adaptive`` (the default): ``finetune-trainer recommend``;
@@ -65,7 +67,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, fmt, percentile, table, write_results
+from benchmarks.common import RESULTS, fmt, percentile, provenance, table, write_results
 
 TASKS_FILE = Path(__file__).resolve().parent / "tasks.yaml"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune-operator" / "lr_quality"
@@ -1772,8 +1774,10 @@ def render(
     parts = [
         "## Setup",
         "",
-        f"Every row runs the product's trainer in-process (`finetune_trainer.cli.main`, `--metrics-port 0 "
-        f"--result-file`) on a TrainerConfig YAML per task (local model directory, JSONL train/eval files). "
+        "Every product row and the oracle run the product's trainer in-process "
+        "(`finetune_trainer.cli.main`, `--metrics-port 0 --result-file`) on a TrainerConfig YAML per task "
+        "(local model directory, JSONL train/eval files); torch-lr-finder runs its own `LRFinder` loop and "
+        "Prodigy the product's `Trainer`, both on the product's data pipeline and model. "
         f"Oracle: `trial` at the full fine-tune length, {spec['oracle']['points']} log-spaced LRs per task x "
         f"seeds {spec['oracle']['seeds']} (`optimization.seed`: data order, dropout, new heads/adapters). "
         f"Recommenders run with seeds {spec['recommenderSeeds']} at the product's defaults (`adaptive`, "
@@ -1956,6 +1960,7 @@ def main(argv: list[str] | None = None) -> int:
         name = results_name(args.tasks, args.quick)
         path = write_results(name, "LR recommendation quality", body, argv, script="lr_quality")
         data = {
+            "meta": provenance(name, argv, script="lr_quality"),
             "mode": "quick" if args.quick else "full",
             "seconds": seconds,
             "load": facts["load"],
