@@ -236,6 +236,31 @@ def test_describe_a_failed_sweep_shows_the_reason_and_the_fix(kube_cluster, flee
     assert "adaptive.trialSteps" in out, "the message naming the field to change"
 
 
+def test_a_grid_whose_best_is_its_highest_lr_succeeds_with_a_warning_naming_the_bound(
+    kube_cluster, kube_api, crds_installed
+):
+    """The operator's reconcile on the API server: Ready with the edge as its reason, a Warning Event, and
+    `describe` listing the warning (the loss's minimum, 2e-3, lies above the grid)."""
+    core = client.CoreV1Api(kube_api)
+    ns = f"grid-edge-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"finetune.dev/test": "true"}}})
+    try:
+        r = Reconciler(kube_api, ns)
+        r.create(LRSWEEP, "edge", {"method": "grid", "trials": {"learningRates": [1e-5, 1e-4, 1e-3]}})
+        status = r.run_sweep("edge")
+        assert status["phase"] == "Succeeded" and status["recommendedLearningRate"] == pytest.approx(1e-3)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True" and ready["reason"] == "BestAtUpperEdge"
+        events = core.list_namespaced_event(ns).items
+        assert any(e.type == "Warning" and e.reason == "BestAtUpperEdge" for e in events), events
+        code, out, _ = run(kube_cluster, "describe", "lrs/edge", "-n", ns)
+        assert code == 0 and "Warnings:" in out
+        assert "add a higher value to trials.learningRates" in out.split("Warnings:")[1]
+    finally:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(ns, propagation_policy="Background")
+
+
 def test_describe_pending_and_running_resources(kube_cluster, fleet):
     ns, _ = fleet
     code, out, _ = run(kube_cluster, "describe", "lrs/pending", "-n", ns)
