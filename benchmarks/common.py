@@ -124,8 +124,8 @@ def write_results(
     ``body``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = [f"# {title}", ""]
-    header += [f"- **{key}**: {value}" for key, value in provenance(name, argv, script).items()]
-    header[-1] = header[-1].replace("**command**: ", "**command**: `") + "`"
+    for key, value in provenance(name, argv, script).items():
+        header.append(f"- **{key}**: `{value}`" if key == "command" else f"- **{key}**: {value}")
     header += ["", ""]
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(header) + body.rstrip() + "\n")

@@ -273,8 +273,8 @@ def at_window_edge(sweep: LRSweepSpec, best: float, tried: list[float]) -> tuple
     else:
         field = "trials.minLearningRate" if low else "trials.maxLearningRate"
         bound = t.min_learning_rate if low else t.max_learning_rate
-    continuous = sweep.method != "grid" and bound is not None
-    if continuous and abs(math.log10(best / bound)) > EDGE_DECADES:  # type: ignore[operator]
+    drawn = sweep.method != "grid"  # a random or bayesian range: the best drawn may sit well inside it
+    if drawn and bound is not None and abs(math.log10(best / bound)) > EDGE_DECADES:
         return None
     side, move = ("lowest", "lower") if low else ("highest", "higher")
     fix = f"add a {move} value to {field}" if bound is None else f"set {field} {move}"
