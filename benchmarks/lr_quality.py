@@ -158,6 +158,16 @@ class Oracle:
         loss = self.checks[key]
         return self.penalty if loss is None else loss
 
+    def runs_on(self, seed: int) -> dict[float, float]:
+        """Every full-length run on ``seed``, LR → eval loss (the penalty where it diverged): the oracle
+        grid's and the check runs'."""
+        runs = {g: self.filled(g)[self.seeds.index(seed)] for g in self.lrs}
+        for key, loss in self.checks.items():
+            at, s = parse_oracle_key(key)
+            if s == seed:
+                runs[at] = self.penalty if loss is None else loss
+        return dict(sorted(runs.items()))
+
     def best_on(self, seed: int) -> float:
         """The loss of ``seed``'s own run at the best LR (what a paired regret subtracts)."""
         return self.filled(self.best[0])[self.seeds.index(seed)]

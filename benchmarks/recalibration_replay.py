@@ -33,7 +33,6 @@ from benchmarks.lr_quality import (
     committed_reports,
     family,
     log_interp,
-    parse_oracle_key,
 )
 from finetune_trainer.adaptive import HEADROOM
 
@@ -42,13 +41,8 @@ CEILING = "adaptive-ceiling"
 
 def seed_regret(oracle: Oracle, lr: float, seed: int) -> float:
     """Regret of ``lr`` on ``seed``, interpolated between that seed's own full-length runs."""
-    runs = {g: oracle.filled(g)[oracle.seeds.index(seed)] for g in oracle.lrs}
-    for key, loss in oracle.checks.items():
-        at, s = parse_oracle_key(key)
-        if s == seed:
-            runs[at] = oracle.penalty if loss is None else loss
-    grid = sorted(runs)
-    return max(0.0, log_interp(lr, grid, [runs[g] for g in grid]) - oracle.best_on(seed))
+    runs = oracle.runs_on(seed)
+    return max(0.0, log_interp(lr, list(runs), list(runs.values())) - oracle.best_on(seed))
 
 
 def row(report: TaskReport, name: str) -> Row:

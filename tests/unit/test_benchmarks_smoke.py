@@ -28,6 +28,7 @@ from benchmarks import (  # noqa: E402
     horizon_prior_replay,
     horizon_probe,
     lr_quality,
+    miss_curves,
     operator_scale,
     ramp_stop_replay,
     rangetest_cost,
@@ -634,3 +635,48 @@ def test_hit_noise_scores_the_check_runs_near_the_best_lr_by_paired_regret() -> 
     assert hit_noise.near_hits(oracle, 0.05) == (1, 2), "seed 1's 1.5 is 0.3 above its own 1.2: a miss"
     assert hit_noise.near_hits(oracle, 0.2) == (2, 3)
     assert hit_noise.near_hits(oracle, 0.01) == (0, 0)
+
+
+def test_miss_curves_explain_each_miss_on_its_seeds_own_runs() -> None:
+    from benchmarks.lr_quality import Oracle, Row, TaskReport, oracle_key
+
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    losses = {1e-4: [2.0, 2.0, 2.0], 1e-3: [1.0, 1.0, 1.0], 1e-2: [1.5, 1.1, 1.5], 1e-1: [None, 1.0, None]}
+    oracle = Oracle(lrs, losses, penalty=3.0, seeds=[0, 1, 2])
+    assert oracle.best[0] == 1e-3 and oracle.tau == pytest.approx(0.01)
+    oracle.checks = {oracle_key(3e-3, 0): 1.3, oracle_key(3e-2, 1): 1.4}
+    assert oracle.runs_on(1) == {1e-4: 2.0, 1e-3: 1.0, 1e-2: 1.1, 3e-2: 1.4, 1e-1: 1.0}, "grid and checks"
+    assert oracle.runs_on(0)[1e-1] == 3.0, "a diverged run is the penalty"
+    trials = [[1, 1e-2, 20, 1.9], [1, 3e-3, 20, 2.1], [2, 1e-2, 40, 1.6]]
+    horizon = [[1, 1e-2, 20, 1.9], [2, 1e-2, 40, 1.6], [2, 5e-3, 40, 1.7]]
+    notes = [
+        {"decidedBy": "stage-2-fit", "evidence": "Fitted", "trials": trials},  # held at the ceiling 1e-2
+        {"decidedBy": "stage-2-fit", "evidence": "Fitted", "trials": trials},  # a hit
+        {"decidedBy": "stage-2-best", "evidence": "NothingTrained", "trials": trials},
+    ]
+    row = Row("adaptive", [1e-2, 1e-3, None], [90] * 3, [1.0] * 3, notes=notes, seeds=[0, 1, 2])
+    report = TaskReport("t", "d", 100, oracle, 1200, [row], 1.0)
+    found = miss_curves.misses(report, "adaptive")
+    assert [(m.seed, m.lr) for m in found] == [(0, 1e-2), (2, None)], "seed 1's 1e-3 is the best: a hit"
+    kind, text = miss_curves.why(report, found[0])
+    assert kind == "held at the ceiling" and "1.00 decades above the best" in text
+    assert "shorter than the fine-tune" in text, "a ceiling above the optimum: the trials favoured it"
+    assert miss_curves.why(report, found[1])[0] == "no learning rate"
+    assert miss_curves.hit_ranges(report, 1) == [(1e-3, 1e-3), (1e-1, 1e-1)], "two separate basins"
+    moved = dataclasses.replace(
+        found[0],
+        lr=3e-3,
+        delta=math.log10(3),
+        note={**notes[0], "decidedBy": "stage-2-horizon", "trials": horizon},
+    )
+    kind, text = miss_curves.why(report, moved)
+    assert kind == "horizon step" and "from the stage-2 trials' best 0.01 to 0.003" in text
+    assert "the ceiling 0.01 itself scored 50.00 τ" in text, "the ceiling's own run on seed 0: 1.5 - 1.0"
+    rows = {r[0]: r for r in miss_curves.curve(report, found[0])}
+    assert "**recommended**" in rows["0.01"][4] and "ceiling" in rows["0.01"][4]
+    assert rows["0.01"][2] == pytest.approx(50.0) and rows["0.003"][1] == 1.3, "its own check run"
+    assert rows["0.001"][4] == "oracle best (seeds' mean)"
+    assert rows["0.01"][3].count("█") == miss_curves.BAR_CAP, "the bar is capped"
+    body, kinds = miss_curves.report_text({"lr_quality": [report]}, "adaptive")
+    assert kinds == {"held at the ceiling": 1, "no learning rate": 1}
+    assert "### t, seed 0 (`lr_quality`)" in body and "### t, seed 1" not in body
