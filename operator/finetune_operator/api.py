@@ -63,6 +63,10 @@ NAME_MAX = 253
 """An object name."""
 TIME_MAX = 64
 """An RFC 3339 timestamp."""
+TRIALS_MAX = 64
+"""The most trials one sweep runs: each keeps its full entry in the status."""
+CURVE_MAX = 200
+"""Range-test curve points an LRSweep's status keeps (the trainer reports fewer, spread over the ramp)."""
 
 
 def _matches(pattern: str, text: str | None) -> bool:
@@ -490,14 +494,14 @@ class TrialsSpec(Spec):
     ]
 
     learning_rates: list[Annotated[float, Field(gt=0.0, le=10.0)]] | None = Field(
-        default=None, min_length=2, max_length=64
+        default=None, min_length=2, max_length=TRIALS_MAX
     )
     """Explicit learning rates to try (grid only); otherwise `count` log-spaced values in the window."""
     min_learning_rate: float = Field(default=1e-6, gt=0.0, le=10.0)
     """Lowest learning rate of the window."""
     max_learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
     """Highest learning rate of the window."""
-    count: int = Field(default=6, ge=2, le=64)
+    count: int = Field(default=6, ge=2, le=TRIALS_MAX)
     """How many trials (grid: log-spaced; random: log-uniform draws)."""
     steps: int = Field(default=50, ge=1, le=100000)
     """Optimiser steps per trial."""
@@ -507,7 +511,7 @@ class TrialsSpec(Spec):
     """Seed of the sampler (random draws, grid order, TPE)."""
     search_space: SearchSpace | None = None
     """Parameters to search (grid: every combination; ranges are then cut into `count` points)."""
-    max_trials: int | None = Field(default=None, ge=1, le=64)
+    max_trials: int | None = Field(default=None, ge=1, le=TRIALS_MAX)
     """Trials of a random or bayesian sweep (default `count`); a grid runs each point once."""
     objective: Literal["evalLoss"] = "evalLoss"
     """What a trial is judged by, minimised: the final validation loss."""
@@ -699,9 +703,9 @@ class LRSweepStatus(ResourceStatus):
     """Lowest (smoothed) loss of the range test, or the best trial's validation loss."""
     stop_reason: str | None = Field(default=None, max_length=TEXT_MAX)
     """Why the range test stopped (completed, diverged, nan, past-minimum)."""
-    curve: list[CurvePoint] | None = Field(default=None, max_length=200)
+    curve: list[CurvePoint] | None = Field(default=None, max_length=CURVE_MAX)
     """Downsampled loss-vs-learning-rate curve of the range test."""
-    trials: list[TrialStatus] | None = Field(default=None, max_length=64)
+    trials: list[TrialStatus] | None = Field(default=None, max_length=TRIALS_MAX)
     """Per-trial results of adaptive, grid, random and bayesian sweeps (at most 64 trials run)."""
     warnings: list[Annotated[str, Field(max_length=TEXT_MAX)]] | None = Field(default=None, max_length=16)
     """Sanity-check warnings about the recommendation."""

@@ -571,3 +571,35 @@ def test_a_recommendation_below_everything_the_sweep_tested_fails_naming_the_bou
     assert s["recommendedLearningRate"] == 5e-7, "kept for people to read"
     assert "below the lowest learning rate tested (1e-06)" in s["message"]
     assert "lower rangeTest.minLearningRate" in s["message"]
+
+
+@pytest.mark.parametrize(
+    "optimum",
+    [-9.0, -5.1, OPTIMUM],
+    ids=["below-every-extension", "reached-by-the-last-extension", "inside-stage-one"],
+)
+def test_at_the_specs_largest_settings_every_trial_fits_in_the_status(optimum):
+    from finetune_operator.api import TRIALS_MAX
+
+    most = {f: AdaptiveSpec.model_fields[f].metadata for f in ("candidates", "finalists", "max_extensions")}
+    largest = {name: next(m.le for m in meta if hasattr(m, "le")) for name, meta in most.items()}
+    spec = {
+        **SPEC,
+        "adaptive": {
+            **SPEC["adaptive"],
+            "candidates": largest["candidates"],
+            "finalists": largest["finalists"],
+            "maxExtensions": largest["max_extensions"],
+            "spacing": 0.1,
+        },
+    }
+    cluster = FakeCluster(spec, loss=lambda lr: 2.0 + 0.3 * (math.log10(lr) - optimum) ** 2)
+    s = cluster.run()
+    jobs = sorted(n for n in cluster.children if n != "s-range-test")
+    assert len(jobs) <= TRIALS_MAX, f"{len(jobs)} trials, more than the status keeps ({TRIALS_MAX})"
+    kept = sorted(naming.adaptive_trial_job("s", t["stage"], t["index"]) for t in s["trials"])
+    assert kept == jobs, "every trial that ran is in the status, so none is forgotten and run again"
+    stages = [t["stage"] for t in s["trials"]]
+    if optimum == -5.1:  # every extension ran, then every finalist: the most trials a sweep can ask for
+        assert stages.count(1) == largest["candidates"] + 2 * largest["max_extensions"]
+        assert stages.count(2) == largest["finalists"] and s["phase"] == "Succeeded"

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from plans import NOW, plan_sweep
 
-from finetune_operator.api import LRSweepSpec, LRSweepStatus
+from finetune_operator.api import TRIALS_MAX, LRSweepSpec, LRSweepStatus
 from finetune_operator.children import ChildState
 from finetune_operator.planning import study
 from finetune_operator.planning.trials import at_window_edge
@@ -197,7 +197,7 @@ def test_a_64_trial_study_over_every_searched_parameter_keeps_its_status_well_un
     }
     trials = {
         "searchSpace": space,
-        "maxTrials": study.MAX_TRIALS,
+        "maxTrials": TRIALS_MAX,
         "parallelism": 8,
         "pruner": {"type": "none"},
     }
@@ -238,12 +238,12 @@ def test_a_64_trial_study_over_every_searched_parameter_keeps_its_status_well_un
             }
             children[name] = ChildState(name, "Succeeded", result=result)
     assert status is not None and status["phase"] == "Succeeded", status
-    assert len(status["trials"]) == study.MAX_TRIALS
+    assert len(status["trials"]) == TRIALS_MAX
     assert all(len(t["evals"]) == 16 for t in status["trials"]), (
         "every trial with its 16 losses (none pruned)"
     )
     largest = max(sizes)
-    print(f"largest LRSweep status of a {study.MAX_TRIALS}-trial study: {largest} bytes")
+    print(f"largest LRSweep status of a {TRIALS_MAX}-trial study: {largest} bytes")
     assert largest < 128 * 1024, f"{largest} bytes: a twelfth of the 1.5 MiB limit at most"
 
 

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
-from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary, TrialStatus
+from finetune_operator.api import (
+    TRIALS_MAX,
+    LRSweepSpec,
+    LRSweepStatus,
+    Progress,
+    RangeTestSummary,
+    TrialStatus,
+)
 from finetune_operator.children import ChildState, never_started
 from finetune_operator.planning import rangetest
 from finetune_operator.planning.rangetest import RECOMMENDED, Samples
@@ -274,7 +281,7 @@ def plan(
     kept = remembered(b.status.trials, children)
     b.status.trials = [
         _lost(t.status(_live(t, previous.get(t.request.key), samples, b.now)), t, kept.get(t.request.key))
-        for t in decision.trials[:64]
+        for t in decision.trials[:TRIALS_MAX]
     ]
     b.status.steps_spent = steps_spent(summary, decision)
     b.status.progress = Progress(

@@ -32,9 +32,6 @@ Params = dict[str, float]
 
 T = TypeVar("T", bound=TrainingSections)
 
-MAX_TRIALS = 64
-"""The most trials one sweep runs: every trial keeps its full entry in the status (bounded by the CRD)."""
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

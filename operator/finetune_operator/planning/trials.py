@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from finetune_operator import distributed, naming, rendering
-from finetune_operator.api import EvalPoint, LRSweepSpec, LRSweepStatus, Progress, TrialStatus
+from finetune_operator.api import TRIALS_MAX, EvalPoint, LRSweepSpec, LRSweepStatus, Progress, TrialStatus
 from finetune_operator.children import ChildState, never_started
 from finetune_operator.planning import study
 from finetune_operator.planning.adaptive import trial_record
@@ -55,11 +55,11 @@ def plan(
     `parallelism` running and the sweep's budget, then recommend. A trial whose Job is gone keeps the
     result the status recorded and is never run again (`remembered`)."""
     total = study.budget(sweep)
-    if total > study.MAX_TRIALS:
+    if total > TRIALS_MAX:
         b.phase(
             "Failed",
             "TooManyTrials",
-            f"the sweep would run {total} trials, more than {study.MAX_TRIALS}: "
+            f"the sweep would run {total} trials, more than {TRIALS_MAX}: "
             "shrink trials.searchSpace or trials.count",
         )
         return
