@@ -59,7 +59,10 @@ class Miss:
 
 def misses(report: TaskReport, name: str) -> list[Miss]:
     """The task-seeds on which row ``name`` missed, with the sweep's notes."""
-    i = next(k for k, r in enumerate(report.rows) if family(r.name) == name)
+    i = next((k for k, r in enumerate(report.rows) if family(r.name) == name), None)
+    if i is None:
+        rows = ", ".join(family(r.name) for r in report.rows)
+        raise SystemExit(f"task {report.name} has no row {name!r}; --row takes one of: {rows}")
     row: Row = report.rows[i]
     scored = report.scores[i]
     tau = report.oracle.tau
@@ -112,6 +115,11 @@ def why(report: TaskReport, miss: Miss) -> tuple[str, str]:
     note, lr = miss.note, miss.lr
     top = ceiling_of(note)
     stage2 = [t for t in note.get("trials") or [] if t[0] == 2 and t[3] is not None]
+    if lr is None and not note:
+        return (
+            "no learning rate",
+            "the row gives no learning rate (an LR-free method is judged by its own loss)",
+        )
     if lr is None:
         ended = note.get("evidence") or "a condition"
         return (
@@ -119,7 +127,9 @@ def why(report: TaskReport, miss: Miss) -> tuple[str, str]:
             f"the sweep ended {ended} with no learning rate, so it scores the worst grid point",
         )
     off = f"{abs(miss.delta or 0.0):.2f} decades {'above' if (miss.delta or 0.0) > 0 else 'below'} the best"
-    if top is not None and _same(lr, top):
+    if not note.get("trials"):
+        kind, text = "suggested", f"the row suggested {lr:.3g} ({off}), with no adaptive trials to read"
+    elif top is not None and _same(lr, top):
         where = math.log10(top / best)
         if where < 0:
             reason = "the optimum lies above it, where no trial goes"

@@ -680,3 +680,8 @@ def test_miss_curves_explain_each_miss_on_its_seeds_own_runs() -> None:
     body, kinds = miss_curves.report_text({"lr_quality": [report]}, "adaptive")
     assert kinds == {"held at the ceiling": 1, "no learning rate": 1}
     assert "### t, seed 0 (`lr_quality`)" in body and "### t, seed 1" not in body
+    with pytest.raises(SystemExit, match="no row 'short-grid'; --row takes one of: adaptive"):
+        miss_curves.misses(report, "short-grid")
+    grid = Row("short-grid (4x30)", [1e-2, 1e-3, 1e-3], [90] * 3, [1.0] * 3, seeds=[0, 1, 2])
+    plain = miss_curves.misses(dataclasses.replace(report, rows=[grid]), "short-grid")
+    assert [m.seed for m in plain] == [0] and miss_curves.why(report, plain[0])[0] == "suggested"
