@@ -26,14 +26,14 @@ from benchmarks.lr_quality import CPU_RESULTS, Oracle, committed_reports, parse_
 
 def near_hits(oracle: Oracle, within: float) -> tuple[int, int]:
     """(hits, runs) among the check runs within ``within`` decades of the best LR (its own runs left out)."""
-    best, tau = oracle.best[0], oracle.tau
+    best = oracle.best[0]
     hits = runs = 0
     for key in oracle.checks:
         lr, seed = parse_oracle_key(key)
         distance = abs(math.log10(lr / best))
         if 1e-6 < distance <= within + 1e-9:
             runs += 1
-            hits += oracle.regret(lr, seed) <= tau + 1e-12
+            hits += oracle.hit(oracle.regret(lr, seed))
     return hits, runs
 
 

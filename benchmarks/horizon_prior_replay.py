@@ -66,9 +66,9 @@ def scored(reports: Sequence[TaskReport], beta: float, classified: set[str]) -> 
         for seed, lr in moved(report, beta, classified):
             if seed not in oracle.seeds:
                 continue
-            regret = (oracle.worst if lr is None else seed_regret(oracle, lr, seed)) / oracle.tau
-            hits += regret <= 1 + 1e-12
-            total += regret
+            regret = oracle.worst if lr is None else seed_regret(oracle, lr, seed)
+            hits += oracle.hit(regret)
+            total += regret / oracle.tau
             n += 1
             changed += lr != base[seed]
     return hits, n, total / max(n, 1), changed

@@ -158,6 +158,10 @@ class Oracle:
         loss = self.checks[key]
         return self.penalty if loss is None else loss
 
+    def hit(self, regret: float) -> bool:
+        """A hit: a paired regret of at most τ."""
+        return regret <= self.tau + 1e-12
+
     def runs_on(self, seed: int) -> dict[float, float]:
         """Every full-length run on ``seed``, LR → eval loss (the penalty where it diverged): the oracle
         grid's and the check runs'."""
@@ -355,7 +359,6 @@ def score(row: Row, oracle: Oracle) -> Score:
     grid point (the user has no LR); an LR-free run is judged by its own loss, paired with its seed's loss
     at the best LR where the oracle ran that seed (a diverged run scores the oracle's penalty)."""
     best_lr, lstar = oracle.best
-    tau = oracle.tau
     worst = oracle.worst
     regrets: list[float] = []
     deltas: list[float | None] = []
@@ -380,7 +383,7 @@ def score(row: Row, oracle: Oracle) -> Score:
             s = math.log10(lr) - math.log10(best_lr)
             signed.append(s)
             deltas.append(abs(s))
-    hits = sum(int(r <= tau + 1e-12) for r in regrets)
+    hits = sum(int(oracle.hit(r)) for r in regrets)
     return Score(row, regrets, deltas, signed, hits)
 
 

@@ -25,6 +25,8 @@ import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ def misses(report: TaskReport, name: str) -> list[Miss]:
     tau = report.oracle.tau
     out = []
     for k, regret in enumerate(scored.regrets):
-        if regret <= tau + 1e-12:
+        if report.oracle.hit(regret):
             continue
         note = row.notes[k] if k < len(row.notes) else {}
         seed = row.seed(k)
@@ -98,15 +100,9 @@ def ceiling_of(note: dict[str, Any]) -> float | None:
 def hit_ranges(report: TaskReport, seed: int) -> list[tuple[float, float]]:
     """The runs of ``seed`` that hit, as (lowest, highest) LR of each unbroken stretch of its curve."""
     oracle = report.oracle
-    spans: list[tuple[float, float]] = []
-    stretch: list[float] = []
-    for lr, loss in [*oracle.runs_on(seed).items(), (math.inf, math.inf)]:
-        if max(0.0, loss - oracle.best_on(seed)) <= oracle.tau + 1e-12:
-            stretch.append(lr)
-        elif stretch:
-            spans.append((stretch[0], stretch[-1]))
-            stretch = []
-    return spans
+    hits = [(lr, oracle.hit(oracle.regret(lr, seed))) for lr in oracle.runs_on(seed)]
+    stretches = [[lr for lr, _ in run] for hit, run in groupby(hits, key=itemgetter(1)) if hit]
+    return [(lrs[0], lrs[-1]) for lrs in stretches]
 
 
 def why(report: TaskReport, miss: Miss) -> tuple[str, str]:
@@ -184,8 +180,8 @@ def curve(report: TaskReport, miss: Miss) -> list[list[Any]]:
     for lr in sorted(marks):
         if not marks[lr] and not low <= lr <= high:
             continue
-        loss = next((v for k, v in runs.items() if _same(k, lr)), None)
-        regret = None if loss is None else max(0.0, loss - oracle.best_on(miss.seed)) / tau
+        loss = runs.get(lr)  # a mark near a run sits at the run's own LR (`mark`)
+        regret = None if loss is None else oracle.regret(lr, miss.seed) / tau
         bar = "" if regret is None else f"`{'█' * min(BAR_CAP, round(regret)) or '·'}`"
         rows.append([f"{lr:.3g}", loss, regret, bar, "; ".join(marks[lr])])
     return rows

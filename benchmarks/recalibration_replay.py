@@ -60,12 +60,9 @@ def scored(reports: Sequence[TaskReport], name: str, decades: float) -> tuple[in
             seed = r.seed(i)
             if seed not in oracle.seeds:
                 continue
-            if lr is None:
-                regret = oracle.worst / oracle.tau
-            else:
-                regret = seed_regret(oracle, lr * 10**decades, seed) / oracle.tau
-            hits += regret <= 1 + 1e-12
-            total += regret
+            regret = oracle.worst if lr is None else seed_regret(oracle, lr * 10**decades, seed)
+            hits += oracle.hit(regret)
+            total += regret / oracle.tau
             n += 1
     return hits, n, total / max(n, 1)
 

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = score(rows_of(results, args.seeds, "probe"), oracle)
     best_lr, lstar = oracle.best
     lines = [
-        [seed, lr, fmt(r / oracle.tau), "yes" if r <= oracle.tau + 1e-12 else "no", steps / task.steps, note]
+        [seed, lr, fmt(r / oracle.tau), "yes" if oracle.hit(r) else "no", steps / task.steps, note]
         for seed, lr, r, steps, note in zip(
             args.seeds,
             probe.row.lrs or [],
