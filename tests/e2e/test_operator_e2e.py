@@ -137,7 +137,8 @@ def test_auto_finetune_runs_an_adaptive_sweep_then_trains_and_survives_an_operat
         "learningRate": {
             "auto": {
                 "rangeTest": {"minLearningRate": 1e-6, "maxLearningRate": 1.0, "steps": 60},
-                "adaptive": {"candidates": 3, "trialSteps": 12, "parallelism": 2},
+                # a 40-step fine-tune with a 60-step ramp: room for both stages, which this test is about
+                "adaptive": {"candidates": 3, "trialSteps": 12, "parallelism": 2, "maxFineTunes": 8},
             }
         },
         "optimization": {**tiny["optimization"], "maxSteps": 40},

@@ -172,7 +172,9 @@ def test_a_full_sweep_recommends_the_fitted_minimum_with_an_interval():
     assert "interval" in s["message"]
 
 
-def on_a_laptop(spec: dict, loss: Callable[[float], float]) -> tuple[list[tuple], float | None]:
+def on_a_laptop(
+    spec: dict, loss: Callable[[float], float], max_steps: int | None = None
+) -> tuple[list[tuple], float | None]:
     """What `recommend` decides on the same range test and losses: its loop (`run_to_decision`) on the
     exact losses."""
     ramp = RangeTestResult.model_validate(RANGE_TEST)
@@ -186,7 +188,7 @@ def on_a_laptop(spec: dict, loss: Callable[[float], float]) -> tuple[list[tuple]
         )
 
     decision, records = run_to_decision(
-        AdaptiveSpec.model_validate(spec["adaptive"]), edge, run, None, minimum
+        AdaptiveSpec.model_validate(spec["adaptive"]), edge, run, max_steps, minimum, None, ramp.steps
     )
     ran = sorted((r.stage, r.index, r.learning_rate, r.eval_loss) for r in records)
     return ran, decision.recommended_learning_rate
@@ -209,6 +211,22 @@ def test_a_near_tie_below_the_fourth_digit_is_decided_as_recommend_decides_it():
     assert len({round(t[3], 4) for t in ran if t[3] < 0.7}) < len([t for t in ran if t[3] < 0.7]), (
         "the test needs losses that 4 digits would tie"
     )
+
+
+def test_a_short_fine_tune_s_sweep_stays_within_max_fine_tunes_counting_its_range_test():
+    """A 64-step fine-tune: the 60-step ramp and five 8-step candidates leave 28 of the 128 steps that
+    `adaptive.maxFineTunes` (2) allows, too few for three stage-2 trials longer than stage 1's, so stage 1
+    decides, as `recommend` decides on the same ramp and losses."""
+    spec = {**SPEC, "optimization": {"maxSteps": 64}}
+    s = FakeCluster(spec).run()
+    assert s["phase"] == "Succeeded", s["message"]
+    assert {t["stage"] for t in s["trials"]} == {1} and s["stepsSpent"] == 60 + 5 * 8 <= 2 * 64
+    assert s["decidedBy"] == "stage-1-fit" and "adaptive.maxFineTunes" in s["message"]
+    ran, recommended = on_a_laptop(spec, parabola, max_steps=64)
+    assert sorted((t["stage"], t["index"], t["learningRate"], t["evalLoss"]) for t in s["trials"]) == ran
+    assert s["recommendedLearningRate"] == recommended
+    roomy = FakeCluster({**spec, "adaptive": {**SPEC["adaptive"], "maxFineTunes": 4}}).run()
+    assert {t["stage"] for t in roomy["trials"]} == {1, 2}, "with room, stage 2 runs"
 
 
 def test_planning_is_stateless_a_restart_recreates_nothing():

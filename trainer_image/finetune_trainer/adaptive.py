@@ -24,7 +24,9 @@ tries the ceiling's neighbourhood at twice the length, and when no trial of eith
 ends ``NothingTrained`` with no LR.
 Trials are judged on validation loss after a full warmup + decay, never mid-run, and (``matchEpochs``) each
 trains on the share of the rows that its length is of the fine-tune's, so it makes the fine-tune's passes
-over its data: memorising that only a later epoch brings shows in the trial too. ``next_step`` is the whole
+over its data: memorising that only a later epoch brings shows in the trial too. The whole sweep, range test
+included, spends at most ``adaptive.maxFineTunes`` fine-tunes' worth of steps: on a short fine-tune stage 2
+is shortened to fit, or skipped so that stage 1 decides (no horizon step then). ``next_step`` is the whole
 decision: given the edge and the trials finished so far it returns the trials the current stage needs, or
 the recommendation. It keeps no state, so the operator can call it on every reconcile (trials as Jobs) and
 ``recommend`` in a loop (trials in-process). Only pydantic and arithmetic here.
@@ -70,6 +72,9 @@ ramps it lay 0.66-0.76 decades past the first, above the LRs where those tasks' 
 HORIZON_REACH = 1.0
 """Decades the horizon step may move the stage-2 minimum down at most: an extrapolation, so bounded by
 itself, not by how far down stage 1 happened to try (its low candidates barely train in a short trial)."""
+MIN_NARROWING = 1.5
+"""Stage-2 trials shorter than this many stage-1 trials' lengths barely see a longer run than stage 1 did:
+where ``adaptive.maxFineTunes`` leaves no room for them, stage 1 decides."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,18 @@ def trial_steps(spec: AdaptiveSpec, max_steps: int | None) -> tuple[int, int]:
     return first, max(first, math.ceil(first * spec.narrowing_factor))
 
 
+def trial_budget(spec: AdaptiveSpec, max_steps: int | None, ramp_steps: int = 0) -> int | None:
+    """Optimiser steps that the trials may spend in all: ``adaptive.maxFineTunes`` fine-tunes' worth less
+    the range test's ``ramp_steps``; ``None`` when unbounded (a run sized in epochs)."""
+    if max_steps is None:
+        return None
+    return max(0, math.floor(spec.max_fine_tunes * max_steps) - ramp_steps)
+
+
+def _spent(trials: Sequence[TrialRequest]) -> int:
+    return sum(t.steps for t in trials)
+
+
 def trial_sections(sections: TrainingSections, steps: int, match_epochs: bool = False) -> dict[str, object]:
     """The training sections of a trial of ``steps`` steps: the recipe cut short, with its warmup and decay
     scaled to fit and a validation pass at the end (keyword arguments for ``TrainerConfig``). With
@@ -273,13 +290,15 @@ def stage_one(
     finished: dict[tuple[int, int], TrialRecord],
     minimum: float | None = None,
     baseline: float | None = None,
+    budget: int | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 1's trials so far and whether they are all finished.
 
     The candidates sit at the ceiling and ``spacing``, 2x``spacing``, … decades below it. While the best
     finished trial is the lowest (or every trial diverged), two more go below it, unless none of them
     :func:`trained`; while it is the highest (or none trained) and the divergence edge (not the loss
-    minimum) set the ceiling, one goes half-way to the edge; at most ``maxExtensions`` times.
+    minimum) set the ceiling, one goes half-way to the edge; at most ``maxExtensions`` times, and only
+    while the stage's steps stay within ``budget`` (the candidates themselves always run).
     """
     top, capped = ceiling(spec, edge, minimum)
     room = top if capped else edge
@@ -290,6 +309,8 @@ def stage_one(
             return trials, False
         extra = _extension(spec, room, trials, results, baseline)  # type: ignore[arg-type]
         if not extra or extension == spec.max_extensions or len(trials) + len(extra) > 64:
+            return trials, True
+        if budget is not None and _spent(trials) + len(extra) * steps > budget:
             return trials, True
         trials += [TrialRequest(STAGE_1, len(trials) + j, lr, steps) for j, lr in enumerate(extra)]
     return trials, True  # pragma: no cover (the loop always returns)
@@ -327,13 +348,15 @@ def stage_two(
     finished: dict[tuple[int, int], TrialRecord],
     minimum: float | None = None,
     baseline: float | None = None,
+    budget: int | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 2's trials so far and whether they are all finished.
 
     ``finalists`` longer trials, half a ``spacing`` apart, centred on the stage-1 minimum. While the best
     of them is the lowest or the highest, one more goes half a ``spacing`` further out (never above the
     ceiling, never up to the divergence edge; never down when none of them :func:`trained`), at most
-    ``maxExtensions`` times: the final parabola then brackets its minimum.
+    ``maxExtensions`` times, and only while the stage's steps stay within ``budget``: the final parabola
+    then brackets its minimum.
     """
     step = spec.spacing / 2
     half = (spec.finalists - 1) / 2
@@ -359,6 +382,8 @@ def stage_two(
         elif best <= min(lrs) and learned:
             extra = _shift(min(lrs), -step)
         else:
+            return trials, True
+        if budget is not None and _spent(trials) + steps > budget:
             return trials, True
         trials.append(TrialRequest(STAGE_2, len(trials), extra, steps))
     return trials, True  # pragma: no cover (the loop always returns)
@@ -491,14 +516,17 @@ def next_step(
     max_steps: int | None = None,
     minimum: float | None = None,
     baseline: float | None = None,
+    ramp_steps: int = 0,
 ) -> AdaptiveStep:
     """The next thing to do, given the divergence edge, the range test's loss minimum (see
     :func:`loss_minimum`; ``None`` when unknown), its ``baselineLoss`` (see :func:`label_entropy`;
-    ``None`` for a causal LM) and every trial finished so far."""
+    ``None`` for a causal LM), the optimiser steps it spent (``ramp_steps``, counted against
+    ``adaptive.maxFineTunes``) and every trial finished so far."""
     done = {(r.stage, r.index): r for r in finished}
     steps1, steps2 = trial_steps(spec, max_steps)
+    budget = trial_budget(spec, max_steps, ramp_steps)
     top, capped = ceiling(spec, edge, minimum)
-    stage1, complete = stage_one(spec, edge, steps1, done, minimum, baseline)
+    stage1, complete = stage_one(spec, edge, steps1, done, minimum, baseline, budget)
     if not complete:
         return AdaptiveStep(tuple(stage1))
     records1 = [done[t.key] for t in stage1]
@@ -519,11 +547,20 @@ def next_step(
     fit1 = fit_parabola(_neighbourhood(ok1, FIT_NEIGHBOURS)) if len(ok1) >= 3 and learned1 else None
     noise = fit1.noise if fit1 else NOISE_FLOOR * abs(best_loss)
     if learned1 and best_lr <= min(tested):
+        # the budget stopped stage 1 where, unbounded, it would have gone lower
+        no_room = budget is not None and len(stage_one(spec, edge, steps1, done, minimum, baseline)[0]) > len(
+            stage1
+        )
         return _finish(
             best_lr,
             "BestAtLowerEdge",
             f"the best trial is the lowest learning rate tried ({best_lr:.3g}): the optimum may lie lower; "
-            "raise adaptive.maxExtensions or adaptive.spacing",
+            "raise adaptive.maxExtensions or adaptive.spacing"
+            + (
+                f", or adaptive.maxFineTunes (now {spec.max_fine_tunes:g}), which left no room"
+                if no_room
+                else ""
+            ),
             "stage-1-best",
             best_loss=best_loss,
         )
@@ -536,9 +573,17 @@ def next_step(
             "stage-1-best",
             best_loss=best_loss,
         )
+    left = None if budget is None else budget - _spent(stage1)
+    if left is not None:
+        fitting = min(steps2, left // spec.finalists)
+        if fitting < min(steps2, math.ceil(MIN_NARROWING * steps1)):
+            return _stage_one_decision(
+                spec, edge, minimum, ok1, fit1, tested, steps1, fitting, steps2, baseline
+            )
+        steps2 = fitting
     # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
     centre = ((vertex(fit1) if fit1 else None) or best_lr) if learned1 else top
-    stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum, baseline)
+    stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum, baseline, left)
     if not complete:
         return AdaptiveStep(tuple(stage1 + stage2))
     ok2 = [(r.learning_rate, float(r.eval_loss)) for t in stage2 if _finite(r := done[t.key])]  # type: ignore[arg-type]
@@ -634,6 +679,76 @@ def next_step(
     )
 
 
+def _stage_one_decision(
+    spec: AdaptiveSpec,
+    edge: float,
+    minimum: float | None,
+    ok1: list[tuple[float, float]],
+    fit1: LossFit | None,
+    tested: list[float],
+    steps1: int,
+    fitting: int,
+    steps2: int,
+    baseline: float | None,
+) -> AdaptiveStep:
+    """Stage 1 decides when ``adaptive.maxFineTunes`` leaves stage 2 no room (``fitting`` steps a
+    finalist, short of ``steps2``, the least it needs): the stage-1 parabola's minimum, or its best trial;
+    no horizon step (no second trial length)."""
+    need = min(steps2, math.ceil(MIN_NARROWING * steps1))
+    skipped = (
+        f"stage 2 skipped: adaptive.maxFineTunes ({spec.max_fine_tunes:g} fine-tunes' worth, range test "
+        f"included) leaves {max(fitting, 0)} steps for each of its {spec.finalists} trials, short of the "
+        f"{need} that a longer trial than stage 1's {steps1} takes"
+    )
+    best_lr, best_loss = min(ok1, key=lambda p: p[1])
+    low, high = min(tested), max(tested)
+    if not _any_trained(ok1, baseline):
+        return _finish(
+            None,
+            "NothingTrained",
+            f"no trial's validation loss fell below {baseline:.4g}, the validation labels' entropy (what "
+            f"ignoring the input scores at best), up to learning rate {high:.3g} in {steps1} steps, and "
+            f"{skipped}: raise adaptive.trialSteps or adaptive.maxFineTunes",
+            "stage-1-best",
+            best_loss=best_loss,
+        )
+    top, capped = ceiling(spec, edge, minimum)
+    if not capped and best_lr >= high and _shift(high, spec.spacing / 2) >= edge:
+        return _finish(
+            best_lr,
+            "BestAtUpperEdge",
+            f"the best trial is the highest learning rate tried ({best_lr:.3g}), next to the divergence "
+            f"edge {edge:.3g}: the optimum may lie higher; raise rangeTest.divergenceFactor",
+            "stage-1-best",
+            best_loss=best_loss,
+        )
+    lr = vertex(fit1) if fit1 else None
+    held = (
+        f"; held at the ceiling {top:.3g}, {HEADROOM:g} decades below the range test's loss minimum "
+        f"{minimum:.3g}"
+        if capped and minimum is not None and (lr or best_lr) >= top * (1 - 1e-6)
+        else ""
+    )
+    if fit1 is not None and lr is not None:
+        return _finish(
+            lr,
+            "Fitted",
+            f"stage-1 parabola minimum at {lr:.3g} over {len(ok1)} trials of {steps1} steps{held}; {skipped}",
+            "stage-1-fit",
+            fit=fit1,
+            span=interval(fit1, lr, low, high),
+            best_loss=best_loss,
+        )
+    return _finish(
+        best_lr,
+        "BestTrial",
+        f"best stage-1 trial at {best_lr:.3g}{held}; {skipped}",
+        "stage-1-best",
+        best_loss=best_loss,
+        span=interval(fit1, best_lr, low, high) if fit1 else None,
+    )
+
+
 def run_to_decision(
     spec: AdaptiveSpec,
     edge: float,
@@ -641,16 +756,17 @@ def run_to_decision(
     max_steps: int | None = None,
     minimum: float | None = None,
     baseline: float | None = None,
+    ramp_steps: int = 0,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """:func:`next_step` in a loop, ``run`` running each trial it asks for, one after another, until it
     decides: ``recommend``'s loop (the operator runs the same requests as Jobs). Returns the decision and
     every trial's record in the order run."""
     finished: list[TrialRecord] = []
-    step = next_step(spec, edge, finished, max_steps, minimum, baseline)
+    step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps)
     while step.done is None:
         done = {(r.stage, r.index) for r in finished}
         finished += [run(request) for request in step.trials if request.key not in done]
-        step = next_step(spec, edge, finished, max_steps, minimum, baseline)
+        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps)
     return step.done, finished
 
 

@@ -424,6 +424,12 @@ class AdaptiveSpec(Spec):
     and stage 2 a finalist past its end."""
     parallelism: int = Field(default=2, ge=1, le=64)
     """Trials running at once (Jobs in a cluster)."""
+    max_fine_tunes: float = Field(default=2.0, gt=0.0, le=100.0)
+    """The most optimiser steps the sweep spends, range test and trials together, in fine-tunes' worth
+    (`optimization.maxSteps`). Stage 1's first candidates always run; an extension runs only where it fits;
+    stage 2's trials are shortened to fit, and skipped (stage 1 decides) where they would not be at least
+    1.5 times a stage-1 trial's length. Raise it for more or longer trials on a short fine-tune. No bound
+    when the run is sized in epochs."""
 
 
 class EvaluationSpec(Spec):

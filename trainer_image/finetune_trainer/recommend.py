@@ -77,7 +77,13 @@ def run_recommend(
     decision = ramp_too_high(start, range_result.divergence_learning_rate)
     if decision is None:
         decision, finished = run_to_decision(
-            cfg.adaptive, edge, run, cfg.optimization.max_steps, minimum, range_result.baseline_loss
+            cfg.adaptive,
+            edge,
+            run,
+            cfg.optimization.max_steps,
+            minimum,
+            range_result.baseline_loss,
+            range_result.steps,
         )
         decision = inside_tested_window(decision, start, finished)
     spent = range_result.steps + sum(r.steps for r in finished)

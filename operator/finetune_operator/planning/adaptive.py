@@ -150,6 +150,7 @@ def decide(
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
     minimum: float | None = None,
     baseline: float | None = None,
+    ramp_steps: int = 0,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
     `adaptive.parallelism` running); or the recommendation once the stages are done.
@@ -161,7 +162,13 @@ def decide(
     requests: dict[tuple[int, int], TrialRequest] = {}
     while True:
         step = next_step(
-            spec.adaptive, edge, list(records.values()), spec.optimization.max_steps, minimum, baseline
+            spec.adaptive,
+            edge,
+            list(records.values()),
+            spec.optimization.max_steps,
+            minimum,
+            baseline,
+            ramp_steps,
         )
         requests.update({r.key: r for r in step.trials})
         if step.done is not None:
@@ -263,7 +270,9 @@ def plan(
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
     records = remembered_records(b.status.trials, children)
-    decision = decide(name, sweep, edge, children, records, minimum, summary.baseline_loss)
+    decision = decide(
+        name, sweep, edge, children, records, minimum, summary.baseline_loss, summary.steps or 0
+    )
     for t in decision.start:
         req = t.request
         try:

@@ -33,6 +33,7 @@ from finetune_trainer.adaptive import (
     ramp_too_high,
     range_test_spec,
     trained,
+    trial_budget,
     trial_sections,
     trial_steps,
     vertex,
@@ -69,11 +70,12 @@ def drive(
     max_steps: int | None = 400,
     minimum: float | None = None,
     baseline: float | None = None,
+    ramp_steps: int = 0,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """Run the stages to the end the way ``recommend`` does, with ``loss`` standing in for the trainer."""
     finished: list[TrialRecord] = []
     for _ in range(50):
-        step = next_step(spec, edge, finished, max_steps, minimum, baseline)
+        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps)
         if step.done is not None:
             return step.done, finished
         have = {(r.stage, r.index) for r in finished}
@@ -496,6 +498,84 @@ def test_the_stages_spend_under_two_fine_tunes_of_steps() -> None:
     assert sum(t.steps for t in trials) <= 2 * 400
 
 
+# ------------------------------------------------------------------------------------------- budget
+
+
+def spent(ramp: int, trials: list[TrialRecord]) -> int:
+    return ramp + sum(t.steps for t in trials)
+
+
+@pytest.mark.parametrize("max_steps", [80, 100, 120, 160, 320])
+@pytest.mark.parametrize("ramp_share", [0.2, 0.6, 0.95])
+@pytest.mark.parametrize("optimum", [3e-5, 3e-4, 3e-3])
+def test_range_test_and_trials_stay_within_max_fine_tunes(
+    max_steps: int, ramp_share: float, optimum: float
+) -> None:
+    """Whatever the optimum and however much of the budget the ramp took, the sweep spends at most
+    `maxFineTunes` (2) fine-tunes' worth, as long as the ramp and stage 1's candidates fit at all."""
+    ramp = int(ramp_share * max_steps)
+    rec, trials = drive(AdaptiveSpec(), 1e-1, basin(optimum), max_steps, minimum=1e-1, ramp_steps=ramp)
+    assert spent(ramp, trials) <= 2 * max_steps, (rec, trials)
+    assert rec.evidence != "NothingTrained"
+
+
+def test_a_short_fine_tune_without_room_for_stage_two_is_decided_by_stage_one() -> None:
+    """The benchmark's 80-step classifier: the ramp took 76 steps and stage 1 60 of the 160 allowed, so
+    three stage-2 trials would have 8 steps each; stage 1's parabola decides, and the message says why."""
+    rec, trials = drive(AdaptiveSpec(), 1e-1, basin(1e-2), 80, ramp_steps=76)
+    assert {t.stage for t in trials} == {STAGE_1} and spent(76, trials) <= 160
+    assert (rec.decided_by, rec.evidence) == ("stage-1-fit", "Fitted") and not rec.weak
+    assert abs(math.log10(rec.recommended_learning_rate / 1e-2)) < 0.05  # type: ignore[arg-type]
+    assert rec.interval is not None and rec.interval.low <= rec.recommended_learning_rate <= rec.interval.high
+    assert "stage 2 skipped" in rec.message and "adaptive.maxFineTunes (2 fine-tunes' worth" in rec.message
+    unbounded, more = drive(AdaptiveSpec(max_fine_tunes=100), 1e-1, basin(1e-2), 80, ramp_steps=76)
+    assert unbounded.decided_by.startswith("stage-2") and spent(76, more) > 160
+
+
+def test_stage_two_is_shortened_to_fit_and_extended_only_within_the_budget() -> None:
+    """A 120-step fine-tune whose ramp took 72 steps: 108 steps are left after stage 1, so the finalists
+    run 36 steps (not 40), and no finalist is added past the budget."""
+    assert trial_budget(AdaptiveSpec(), 120, 72) == 168
+    assert trial_budget(AdaptiveSpec(max_fine_tunes=100), 120, 72) == 100 * 120 - 72
+    assert trial_budget(AdaptiveSpec(), None, 72) is None, "a run sized in epochs is not bounded"
+    rec, trials = drive(AdaptiveSpec(), 1e-1, basin(1.5e-2), 120, ramp_steps=72)
+    stage2 = [t for t in trials if t.stage == STAGE_2]
+    assert {t.steps for t in stage2} == {36} and len(stage2) == 3
+    assert spent(72, trials) <= 240 and rec.decided_by.startswith("stage-2")
+
+
+def test_a_lower_edge_the_budget_kept_from_extending_names_max_fine_tunes() -> None:
+    rec, trials = drive(AdaptiveSpec(), 1e-1, basin(3e-4), 80, ramp_steps=76)
+    assert rec.evidence == "BestAtLowerEdge" and rec.weak
+    assert len(trials) == AdaptiveSpec().candidates, "two more 20-step candidates would not fit"
+    assert "adaptive.maxFineTunes (now 2)" in rec.message and "adaptive.maxExtensions" in rec.message
+
+
+def test_nothing_learned_and_no_room_for_longer_trials_names_both_fixes() -> None:
+    rec, trials = drive(
+        AdaptiveSpec(),
+        1e-2,
+        late_learner(40),
+        100,
+        minimum=4e-4 * 10**HEADROOM,
+        baseline=CHANCE,
+        ramp_steps=76,
+    )
+    assert rec.evidence == "NothingTrained" and rec.recommended_learning_rate is None
+    assert {t.stage for t in trials} == {STAGE_1}
+    assert "adaptive.trialSteps or adaptive.maxFineTunes" in rec.message
+    roomy, _ = drive(
+        AdaptiveSpec(max_fine_tunes=4),
+        1e-2,
+        late_learner(40),
+        100,
+        minimum=4e-4 * 10**HEADROOM,
+        baseline=CHANCE,
+        ramp_steps=76,
+    )
+    assert roomy.recommended_learning_rate is not None, "with room, stage 2's longer trials learn"
+
+
 # ---------------------------------------------------------------------------------- the loss minimum
 
 
@@ -542,7 +622,7 @@ def drifting(optimum_at_20: float, beta: float, width: float = 0.3) -> LossOf:
 def test_an_optimum_that_falls_with_the_trial_length_is_extended_to_the_fine_tune(beta: float) -> None:
     """Stage-1 (20 steps) and stage-2 (40 steps) minima measure the drift; the recommendation is where the
     160-step run's optimum lies, not where the short trials' was."""
-    spec = AdaptiveSpec()
+    spec = AdaptiveSpec(max_fine_tunes=100)  # the walk down from an edge this far up takes more than two
     rec, trials = drive(spec, edge=1.0, loss=drifting(3e-4, beta), max_steps=160)
     assert {t.steps for t in trials} == {20, 40}
     target = 3e-4 * (160 / 20) ** -beta
@@ -588,7 +668,7 @@ def test_a_steep_drift_moves_the_recommendation_one_decade_at_most() -> None:
     """The minimum falls fourfold from 20- to 40-step trials (β = 2); extended to a 160-step run
     that would be 1.2 decades further down: the move stops a decade below the stage-2 minimum, below the
     lowest stage-1 candidate (a short trial that low barely trains, so it bounds nothing)."""
-    rec, trials = drive(AdaptiveSpec(), edge=1.0, loss=drifting(3e-3, 2.0), max_steps=160)
+    rec, trials = drive(AdaptiveSpec(max_fine_tunes=100), edge=1.0, loss=drifting(3e-3, 2.0), max_steps=160)
     assert rec.decided_by == "stage-2-horizon" and rec.fit is not None
     lr2 = vertex(rec.fit)
     assert lr2 is not None and abs(math.log10(lr2 / 7.5e-4)) < 0.1, "the 40-step optimum"
