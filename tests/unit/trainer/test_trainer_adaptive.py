@@ -552,27 +552,15 @@ def test_a_lower_edge_the_budget_kept_from_extending_names_max_fine_tunes() -> N
 
 
 def test_nothing_learned_and_no_room_for_longer_trials_names_both_fixes() -> None:
-    rec, trials = drive(
-        AdaptiveSpec(),
-        1e-2,
-        late_learner(40),
-        100,
-        minimum=4e-4 * 10**HEADROOM,
-        baseline=CHANCE,
-        ramp_steps=76,
-    )
+    def sweep(budget: float) -> tuple[Recommendation, list[TrialRecord]]:
+        loss = late_learner(40)
+        return drive(AdaptiveSpec(max_fine_tunes=budget), 1e-2, loss, 100, 4e-4 * 10**HEADROOM, CHANCE, 76)
+
+    rec, trials = sweep(2)
     assert rec.evidence == "NothingTrained" and rec.recommended_learning_rate is None
     assert {t.stage for t in trials} == {STAGE_1}
     assert "adaptive.trialSteps or adaptive.maxFineTunes" in rec.message
-    roomy, _ = drive(
-        AdaptiveSpec(max_fine_tunes=4),
-        1e-2,
-        late_learner(40),
-        100,
-        minimum=4e-4 * 10**HEADROOM,
-        baseline=CHANCE,
-        ramp_steps=76,
-    )
+    roomy, _ = sweep(4)
     assert roomy.recommended_learning_rate is not None, "with room, stage 2's longer trials learn"
 
 
