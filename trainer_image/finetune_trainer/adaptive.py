@@ -576,10 +576,10 @@ def next_step(
     left = None if budget is None else budget - _spent(stage1)
     if left is not None:
         fitting = min(steps2, left // spec.finalists)
-        if fitting < min(steps2, math.ceil(MIN_NARROWING * steps1)):
-            return _stage_one_decision(
-                spec, edge, minimum, ok1, fit1, tested, steps1, fitting, steps2, baseline
-            )
+        need = min(steps2, math.ceil(MIN_NARROWING * steps1))
+        if fitting < need:
+            window = (edge, top, capped, minimum)
+            return _stage_one_decision(spec, window, ok1, fit1, tested, steps1, (fitting, need), baseline)
         steps2 = fitting
     # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
     centre = ((vertex(fit1) if fit1 else None) or best_lr) if learned1 else top
@@ -593,9 +593,8 @@ def next_step(
         return _finish(
             None,
             "NothingTrained",
-            f"no trial's validation loss fell below {baseline:.4g}, the validation labels' entropy (what "
-            f"ignoring the input scores at best), up to learning rate {high:.3g} in {steps2} steps: the "
-            "trials are too short for this task to learn anything; raise adaptive.trialSteps",
+            f"{_nothing_below(baseline, high, steps2)}: the trials are too short for this task to learn "
+            "anything; raise adaptive.trialSteps",
             "stage-2-best",
             best_loss=min((y for _, y in ok1 + ok2), default=None),
         )
@@ -610,24 +609,12 @@ def next_step(
     best2, loss2 = min(ok2, key=lambda p: p[1]) if ok2 else (centre, best_loss)
     if ok2 and not capped:
         highest = max(t.learning_rate for t in stage2)
-        if best2 >= highest and _shift(highest, spec.spacing / 2) >= edge:
-            return _finish(
-                best2,
-                "BestAtUpperEdge",
-                f"the best trial is the highest learning rate tried ({best2:.3g}), next to the divergence "
-                f"edge {edge:.3g}: the optimum may lie higher; raise rangeTest.divergenceFactor",
-                "stage-2-best",
-                best_loss=loss2,
-            )
+        if (upper := _upper_edge(spec, edge, best2, highest, loss2, "stage-2-best")) is not None:
+            return upper
     if fit2 is not None and lr2 is not None:
         noise2 = max(noise * _scale(ok2, best_loss), fit2.noise)
         fit2 = fit2.model_copy(update={"noise": noise2})
-        at_ceiling = (
-            f"; held at the ceiling {top:.3g}, {HEADROOM:g} decades below the range test's loss minimum "
-            f"{minimum:.3g}"
-            if capped and minimum is not None and lr2 >= top * (1 - 1e-6)
-            else ""
-        )
+        at_ceiling = _held_at_ceiling(lr2, top, capped, minimum)
         message = (
             f"stage-2 parabola minimum at {lr2:.3g} over {len(ok2)} trials of {steps2} steps{at_ceiling}"
             f"{untrained}"
@@ -679,22 +666,56 @@ def next_step(
     )
 
 
+def _nothing_below(baseline: float | None, high: float, steps: int) -> str:
+    return (
+        f"no trial's validation loss fell below {baseline:.4g}, the validation labels' entropy (what "
+        f"ignoring the input scores at best), up to learning rate {high:.3g} in {steps} steps"
+    )
+
+
+def _upper_edge(
+    spec: AdaptiveSpec, edge: float, best: float, highest: float, loss: float | None, decided_by: str
+) -> AdaptiveStep | None:
+    """``BestAtUpperEdge`` when the best trial is the highest tried and half a ``spacing`` above it is the
+    divergence edge (only asked when the edge, not the loss minimum, set the ceiling)."""
+    if best < highest or _shift(highest, spec.spacing / 2) < edge:
+        return None
+    return _finish(
+        best,
+        "BestAtUpperEdge",
+        f"the best trial is the highest learning rate tried ({best:.3g}), next to the divergence "
+        f"edge {edge:.3g}: the optimum may lie higher; raise rangeTest.divergenceFactor",
+        decided_by,
+        best_loss=loss,
+    )
+
+
+def _held_at_ceiling(lr: float, top: float, capped: bool, minimum: float | None) -> str:
+    """The note that ``lr`` is the ceiling the range test's loss minimum set, or nothing."""
+    if not (capped and minimum is not None and lr >= top * (1 - 1e-6)):
+        return ""
+    return (
+        f"; held at the ceiling {top:.3g}, {HEADROOM:g} decades below the range test's loss minimum "
+        f"{minimum:.3g}"
+    )
+
+
 def _stage_one_decision(
     spec: AdaptiveSpec,
-    edge: float,
-    minimum: float | None,
+    window: tuple[float, float, bool, float | None],
     ok1: list[tuple[float, float]],
     fit1: LossFit | None,
     tested: list[float],
     steps1: int,
-    fitting: int,
-    steps2: int,
+    room: tuple[int, int],
     baseline: float | None,
 ) -> AdaptiveStep:
-    """Stage 1 decides when ``adaptive.maxFineTunes`` leaves stage 2 no room (``fitting`` steps a
-    finalist, short of ``steps2``, the least it needs): the stage-1 parabola's minimum, or its best trial;
-    no horizon step (no second trial length)."""
-    need = min(steps2, math.ceil(MIN_NARROWING * steps1))
+    """Stage 1 decides when ``adaptive.maxFineTunes`` leaves stage 2 no room (``room``: the steps a
+    finalist would get, and the least it needs): the stage-1 parabola's minimum, or its best trial; no
+    horizon step (no second trial length). ``window`` is the edge, the ceiling, whether the loss minimum
+    set it, and that minimum."""
+    edge, top, capped, minimum = window
+    fitting, need = room
     skipped = (
         f"stage 2 skipped: adaptive.maxFineTunes ({spec.max_fine_tunes:g} fine-tunes' worth, range test "
         f"included) leaves {max(fitting, 0)} steps for each of its {spec.finalists} trials, short of the "
@@ -706,29 +727,18 @@ def _stage_one_decision(
         return _finish(
             None,
             "NothingTrained",
-            f"no trial's validation loss fell below {baseline:.4g}, the validation labels' entropy (what "
-            f"ignoring the input scores at best), up to learning rate {high:.3g} in {steps1} steps, and "
-            f"{skipped}: raise adaptive.trialSteps or adaptive.maxFineTunes",
+            f"{_nothing_below(baseline, high, steps1)}, and {skipped}: raise adaptive.trialSteps or "
+            "adaptive.maxFineTunes",
             "stage-1-best",
             best_loss=best_loss,
         )
-    top, capped = ceiling(spec, edge, minimum)
-    if not capped and best_lr >= high and _shift(high, spec.spacing / 2) >= edge:
-        return _finish(
-            best_lr,
-            "BestAtUpperEdge",
-            f"the best trial is the highest learning rate tried ({best_lr:.3g}), next to the divergence "
-            f"edge {edge:.3g}: the optimum may lie higher; raise rangeTest.divergenceFactor",
-            "stage-1-best",
-            best_loss=best_loss,
-        )
+    if (
+        not capped
+        and (upper := _upper_edge(spec, edge, best_lr, high, best_loss, "stage-1-best")) is not None
+    ):
+        return upper
     lr = vertex(fit1) if fit1 else None
-    held = (
-        f"; held at the ceiling {top:.3g}, {HEADROOM:g} decades below the range test's loss minimum "
-        f"{minimum:.3g}"
-        if capped and minimum is not None and (lr or best_lr) >= top * (1 - 1e-6)
-        else ""
-    )
+    held = _held_at_ceiling(lr or best_lr, top, capped, minimum)
     if fit1 is not None and lr is not None:
         return _finish(
             lr,
