@@ -18,6 +18,7 @@ from pydantic import Field
 from finetune_operator import naming
 from finetune_trainer.config import (
     API_GROUP,
+    CURVE_MAX,
     HAS_VALIDATION,
     MAX_EVALS,
     MAX_SEED,
@@ -65,8 +66,6 @@ TIME_MAX = 64
 """An RFC 3339 timestamp."""
 TRIALS_MAX = 64
 """The most trials one sweep runs: each keeps its full entry in the status."""
-CURVE_MAX = 200
-"""Range-test curve points an LRSweep's status keeps (the trainer reports fewer, spread over the ramp)."""
 
 
 def _matches(pattern: str, text: str | None) -> bool:

@@ -542,12 +542,12 @@ def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
         adaptive={"candidates": 3, "spacing": 0.7, "finalists": 2, "maxExtensions": 1},
     )
     code, events, result_file = run_cli(tmp_path, cfg, "recommend")
-    assert code == ExitCode.OK
     compact = result_file.read_bytes()
     assert len(compact) <= 4096
     result = parse_result(json.loads(compact))
     assert result.kind == "recommend"
     full = parse_result(json.loads((tmp_path / "out" / "result.json").read_text()))
+    assert code == (ExitCode.OK if full.trusted else ExitCode.NO_RECOMMENDATION)
     trials = full.trials
     assert {t.stage for t in trials} <= {1, 2} and sum(t.stage == 1 for t in trials) >= 3
     assert {t.steps for t in trials if t.stage == 1 and not t.diverged} == {20}  # 48/8, at least 20
@@ -563,6 +563,26 @@ def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
     else:
         assert full.interval is not None
         assert full.interval.low <= full.recommended_learning_rate <= full.interval.high
+
+
+def test_recommend_without_a_trusted_learning_rate_exits_6_and_still_writes_its_result(
+    tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A window that starts where the loss already diverges gives no LR: a script that reads the exit code
+    does not take the result for an answer, and the result still says which bound to move."""
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        rangeTest={"minLearningRate": 2.0, "maxLearningRate": 10.0, "steps": 12, "extend": False},
+    )
+    code, events, result_file = run_cli(tmp_path, cfg, "recommend")
+    assert code == ExitCode.NO_RECOMMENDATION == 6
+    result = parse_result(json.loads(result_file.read_text()))
+    assert result.kind == "recommend" and result.recommended_learning_rate is None
+    assert result.evidence == "DivergedAtMinimumLearningRate" and not result.trusted
+    assert "rangeTest.minLearningRate" in result.message
+    assert not [e for e in events if e["event"] == "trial"]  # nothing ran past the range test
+    assert "no recommendation (DivergedAtMinimumLearningRate)" in capsys.readouterr().err
 
 
 def test_recommend_stops_at_the_first_trial_that_fails_on_configuration(

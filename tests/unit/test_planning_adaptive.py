@@ -229,6 +229,22 @@ def test_a_short_fine_tune_s_sweep_stays_within_max_fine_tunes_counting_its_rang
     assert {t["stage"] for t in roomy["trials"]} == {1, 2}, "with room, stage 2 runs"
 
 
+def test_progress_counts_the_finalists_only_where_max_fine_tunes_leaves_them_room():
+    tight, roomy = {**SPEC, "optimization": {"maxSteps": 64}}, {**SPEC, "optimization": {"maxSteps": 64}}
+    roomy["adaptive"] = {**SPEC["adaptive"], "maxFineTunes": 4}
+    for spec, total in ((tight, 5), (roomy, 5 + 3)):
+        cluster = FakeCluster(spec)
+        cluster.run()
+        stage1 = [
+            p.status["progress"]
+            for p in cluster.plans
+            if {t["stage"] for t in p.status.get("trials", [])} == {1}
+        ]
+        assert stage1 and {p["totalSteps"] for p in stage1} == {total}, spec["adaptive"]
+        last = cluster.plans[-1].status["progress"]
+        assert last["step"] == last["totalSteps"] and last["percent"] == 100
+
+
 def test_planning_is_stateless_a_restart_recreates_nothing():
     cluster = FakeCluster(SPEC)
     cluster.reconcile()

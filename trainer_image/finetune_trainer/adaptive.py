@@ -251,6 +251,25 @@ def _spent(trials: Sequence[TrialRequest]) -> int:
     return sum(t.steps for t in trials)
 
 
+def _room(spec: AdaptiveSpec, steps1: int, steps2: int, left: int | None) -> tuple[int, int]:
+    """(the steps each stage-2 trial gets within the ``left`` of the budget, the least it needs to be
+    worth running: see ``MIN_NARROWING``); stage 1 decides when the first is below the second."""
+    if left is None:
+        return steps2, 0
+    return min(steps2, left // spec.finalists), min(steps2, math.ceil(MIN_NARROWING * steps1))
+
+
+def stage_two_fits(
+    spec: AdaptiveSpec, stage1: Sequence[TrialRequest], max_steps: int | None, ramp_steps: int = 0
+) -> bool:
+    """Whether ``adaptive.maxFineTunes`` leaves stage 2 room after the stage-1 trials ``stage1`` (as far
+    as they are known: an extension still to come can only take room away)."""
+    steps1, steps2 = trial_steps(spec, max_steps)
+    budget = trial_budget(spec, max_steps, ramp_steps)
+    fitting, need = _room(spec, steps1, steps2, None if budget is None else budget - _spent(stage1))
+    return fitting >= need
+
+
 def trial_sections(sections: TrainingSections, steps: int, match_epochs: bool = False) -> dict[str, object]:
     """The training sections of a trial of ``steps`` steps: the recipe cut short, with its warmup and decay
     scaled to fit and a validation pass at the end (keyword arguments for ``TrainerConfig``). With
@@ -574,13 +593,11 @@ def next_step(
             best_loss=best_loss,
         )
     left = None if budget is None else budget - _spent(stage1)
-    if left is not None:
-        fitting = min(steps2, left // spec.finalists)
-        need = min(steps2, math.ceil(MIN_NARROWING * steps1))
-        if fitting < need:
-            window = (edge, top, capped, minimum)
-            return _stage_one_decision(spec, window, ok1, fit1, tested, steps1, (fitting, need), baseline)
-        steps2 = fitting
+    fitting, need = _room(spec, steps1, steps2, left)
+    if fitting < need:
+        window = (edge, top, capped, minimum)
+        return _stage_one_decision(spec, window, ok1, fit1, tested, steps1, (fitting, need), baseline)
+    steps2 = fitting
     # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
     centre = ((vertex(fit1) if fit1 else None) or best_lr) if learned1 else top
     stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum, baseline, left)

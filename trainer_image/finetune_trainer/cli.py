@@ -7,8 +7,9 @@
     finetune-trainer plot       RESULT.json|LRSWEEP.json -o curve.png
 
 Exit codes (:class:`finetune_trainer.config.ExitCode`): 0 ok, 1 error, 2 bad config, 3 diverged,
-4 out of memory, 5 interrupted. Progress is JSON lines on stdout; the one-line error goes to stderr and,
-as ``{"kind":"error",...}``, to the result file.
+4 out of memory, 5 interrupted, 6 no recommendation (``recommend`` gave no LR, or one on weak evidence: the
+result is still written, and stderr says which bound to move). Progress is JSON lines on stdout; the
+one-line error goes to stderr and, as ``{"kind":"error",...}``, to the result file.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def _dispatch(
         from finetune_trainer.recommend import run_recommend
 
         result, raw = run_recommend(cfg, progress, metrics), None
-        code = ExitCode.OK
+        code = ExitCode.OK if result.trusted else ExitCode.NO_RECOMMENDATION
+        if code != ExitCode.OK:  # an LRSweep would be Failed: a script must not read the LR as an answer
+            print(f"error: no recommendation ({result.evidence}): {result.message}", file=sys.stderr)
     elif command == "train":
         from finetune_trainer.training import run_train
 

@@ -591,6 +591,7 @@ class ExitCode(enum.IntEnum):
     DIVERGED = 3
     OUT_OF_MEMORY = 4
     INTERRUPTED = 5
+    NO_RECOMMENDATION = 6
 
 
 class CurvePoint(Spec):
@@ -600,6 +601,11 @@ class CurvePoint(Spec):
     """Learning rate at this step."""
     loss: float
     """Smoothed loss at this step."""
+
+
+CURVE_MAX = 200
+"""Range-test curve points a range test's result and an LRSweep's status hold at most (the trainer thins its
+curve evenly over the whole ramp to fit)."""
 
 
 class EvalPoint(Spec):
@@ -631,7 +637,7 @@ class RangeTestResult(Spec):
     """The rule the recommendation comes from."""
     suggestions: dict[str, float | None] = Field(default_factory=dict)
     """Every rule's suggestion by rule name (unset where a rule found nothing)."""
-    curve: list[CurvePoint] = Field(default_factory=list, max_length=200)
+    curve: list[CurvePoint] = Field(default_factory=list, max_length=CURVE_MAX)
     """Downsampled (learning rate, smoothed loss) curve."""
     stop_reason: StopReason = "completed"
     """Why the ramp ended: it reached its last learning rate, the loss diverged or became NaN, or it ran
@@ -832,6 +838,11 @@ class Recommendation(Spec):
     @property
     def weak(self) -> bool:
         return self.evidence in WEAK_EVIDENCE
+
+    @property
+    def trusted(self) -> bool:
+        """A learning rate on evidence that supports it: what an LRSweep reports as Succeeded."""
+        return self.recommended_learning_rate is not None and not self.weak
 
 
 class RecommendResult(Recommendation):

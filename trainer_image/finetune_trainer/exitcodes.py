@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from finetune_trainer.config import ExitCode
 
 __all__ = ["ConfigError", "DivergedError", "ExitCode", "Interrupted", "TrainerError", "config_errors"]
-# ExitCode (OK 0, ERROR 1, BAD_CONFIG 2, DIVERGED 3, OUT_OF_MEMORY 4, INTERRUPTED 5) lives in the contract
-# module so the operator reads the same numbers; this module adds the exceptions that carry them.
+# ExitCode (OK 0, ERROR 1, BAD_CONFIG 2, DIVERGED 3, OUT_OF_MEMORY 4, INTERRUPTED 5, NO_RECOMMENDATION 6)
+# lives in the contract module so the operator reads the same numbers; this module adds the exceptions that
+# carry them.
 
 
 class TrainerError(Exception):

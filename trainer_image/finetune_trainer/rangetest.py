@@ -17,6 +17,7 @@ from typing import Any
 
 from finetune_trainer.adaptive import basin_minimum, divergence_edge, label_entropy, past_minimum
 from finetune_trainer.config import (
+    CURVE_MAX,
     DIVERGED_STOPS,
     STEP_EVENT,
     CurvePoint,
@@ -28,7 +29,7 @@ from finetune_trainer.config import (
 from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
 from finetune_trainer.priors import Prior, hidden_size_of_config, prior_for, sanity_warning, widen_window
-from finetune_trainer.report import FULL_CURVE_POINTS, Progress, downsample
+from finetune_trainer.report import Progress, downsample
 from finetune_trainer.runsetup import RunPlan, build_trainer, callback_base, prepare_run, training_arguments
 from finetune_trainer.runtime import STOP
 from finetune_trainer.schedules import build_ramp, extension_steps, ramp_lr
@@ -239,7 +240,7 @@ def run_range_test(
         suggestions=suggestions,
         curve=downsample(
             [CurvePoint(lr=lr, loss=loss) for lr, loss in zip(curve.lrs, curve.smoothed, strict=True)],
-            FULL_CURVE_POINTS,
+            CURVE_MAX,
         ),
         stop_reason=curve.stop_reason,
         steps=len(curve.lrs) + (1 if curve.stop_reason == "nan" else 0),

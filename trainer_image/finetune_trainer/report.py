@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from finetune_trainer.config import CurvePoint, RangeTestResult, RecommendResult, Spec
+from finetune_trainer.config import CURVE_MAX, CurvePoint, RangeTestResult, RecommendResult, Spec
 
 TERMINATION_LOG = "/dev/termination-log"
 RESULT_LIMIT = 4096
 TERMINATION_CURVE_POINTS = 100
-FULL_CURVE_POINTS = 200
 
 
 def default_result_file() -> str | None:
@@ -189,7 +188,7 @@ def write_outputs(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(result, RangeTestResult):
-        result = result.model_copy(update={"curve": downsample(result.curve, FULL_CURVE_POINTS)})
+        result = result.model_copy(update={"curve": downsample(result.curve, CURVE_MAX)})
     (out / "result.json").write_text(json.dumps(_finite(result.to_wire()), indent=2) + "\n")
     if raw_curve:
         keys = list(raw_curve[0])

@@ -35,6 +35,7 @@ from finetune_trainer.adaptive import (
     next_step,
     ramp_minimum,
     ramp_too_high,
+    stage_two_fits,
 )
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
 
@@ -217,10 +218,14 @@ def _trials(
     return tuple(trials)
 
 
-def planned_trials(spec: LRSweepSpec, decision: AdaptiveDecision) -> int:
-    """Trials the sweep expects to run in all, as far as it knows now (stage 1 so far, plus the
-    finalists while still in stage 1)."""
-    return len(decision.trials) + (spec.adaptive.finalists if decision.stage == 1 else 0)
+def planned_trials(spec: LRSweepSpec, decision: AdaptiveDecision, ramp_steps: int = 0) -> int:
+    """Trials the sweep expects to run in all, as far as it knows now: stage 1 so far, plus the
+    finalists while still in stage 1 if ``adaptive.maxFineTunes`` leaves them room."""
+    if decision.stage != 1 or decision.done is not None:
+        return len(decision.trials)
+    stage1 = [t.request for t in decision.trials]
+    room = stage_two_fits(spec.adaptive, stage1, spec.optimization.max_steps, ramp_steps)
+    return len(decision.trials) + (spec.adaptive.finalists if room else 0)
 
 
 def steps_spent(summary: RangeTestSummary | None, decision: AdaptiveDecision) -> int:
@@ -233,7 +238,7 @@ def verdict(rec: Recommendation) -> tuple[str, str]:
     """(reason, message): weak evidence or no learning rate is never a success; the reason is then the
     evidence and the message the trainer's, which names the bound to move."""
     lr = rec.recommended_learning_rate
-    if lr is None or rec.weak:
+    if lr is None or not rec.trusted:
         return rec.evidence, rec.message or f"no recommendation ({rec.evidence})"
     span = f", interval {rec.interval.low:.3g}-{rec.interval.high:.3g}" if rec.interval else ""
     return RECOMMENDED, f"recommended learning rate {lr:.3g}{span} ({rec.decided_by}: {rec.message})"
@@ -286,7 +291,7 @@ def plan(
         b.children.append(ChildRequest(t.job, "trial", args, config, trial=req.index, stage=req.stage))
     if decision.start:
         b.started()
-    finished, planned = len(decision.finished), planned_trials(sweep, decision)
+    finished, planned = len(decision.finished), planned_trials(sweep, decision, summary.steps or 0)
     kept = remembered(b.status.trials, children)
     b.status.trials = [
         _lost(t.status(_live(t, previous.get(t.request.key), samples, b.now)), t, kept.get(t.request.key))

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from finetune_operator import naming, rendering
-from finetune_operator.api import CURVE_MAX, LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
+from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
 from finetune_operator.children import NO_POD, ChildState
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
 from finetune_trainer.adaptive import diverged_at_start, ramp_edge
@@ -116,7 +116,7 @@ def _result(b: StatusBuilder[LRSweepStatus], child: ChildState) -> RangeTestResu
     s.adapter = result.adapter
     s.suggestions = result.suggestions
     s.stop_reason = result.stop_reason
-    s.curve = result.curve[:CURVE_MAX]  # the trainer reports fewer points, spread over the whole ramp
+    s.curve = result.curve  # the contract holds it to CURVE_MAX points, thinned over the whole ramp
     s.warnings = result.warnings[:16] or None
     s.range_test = summarize(result)
     if result.steps:
