@@ -22,6 +22,7 @@ from finetune_trainer.config import (
     HAS_VALIDATION,
     MAX_EVALS,
     MAX_SEED,
+    MAX_STEPS,
     TRAINING_RULES,
     AdaptiveSpec,
     ArtifactSpec,
@@ -659,6 +660,10 @@ class RangeTestSummary(Spec):
     decade below it."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps the ramp ran."""
+    fine_tune_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    """Optimiser steps of the fine-tune the sweep is for, as the trainer counted them (`maxSteps`, else its
+    epochs over the training data): an adaptive sweep sized in epochs sizes its trials and its
+    `adaptive.maxFineTunes` budget from it."""
     baseline_loss: float | None = None
     """Classification: the entropy of the validation labels, the lowest loss that a prediction ignoring the
     input scores (adaptive trials not below it learned nothing); unset for a causal LM."""

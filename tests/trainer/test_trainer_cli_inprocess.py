@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from finetune_trainer import cli
-from finetune_trainer.adaptive import label_entropy
+from finetune_trainer.adaptive import label_entropy, trial_steps
 from finetune_trainer.config import ExitCode, TrainerConfig, parse_result
 from finetune_trainer.runsetup import prepare_run
 from finetune_trainer.tiny_model import build_model_dir
@@ -563,6 +563,31 @@ def test_recommend_reports_the_lr_its_evidence_and_every_step_it_spent(
     else:
         assert full.interval is not None
         assert full.interval.low <= full.recommended_learning_rate <= full.interval.high
+
+
+def test_a_fine_tune_sized_in_epochs_is_counted_by_the_range_test_and_sizes_recommend(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """No `maxSteps`: the range test reports the fine-tune's steps (its epochs over the data, counted as
+    `train` counts them), and `recommend` sizes its trials and its `adaptive.maxFineTunes` budget by them."""
+    cfg = base_config(
+        tiny_gpt2,
+        tmp_path / "out",
+        optimization={"maxSteps": None, "epochs": 40},
+        rangeTest={"minLearningRate": 1e-5, "maxLearningRate": 1.0, "steps": 20, "smoothing": 0.3},
+    )
+    fine_tune = prepare_run(TrainerConfig.model_validate(cfg), "train", 1e-3).total_steps
+    code, _, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    ramp = parse_result(json.loads(result_file.read_text()))
+    assert ramp.fine_tune_steps == fine_tune and fine_tune != ramp.steps
+    code, _, _ = run_cli(tmp_path, cfg, "recommend")
+    full = parse_result(json.loads((tmp_path / "out" / "result.json").read_text()))
+    assert code == (ExitCode.OK if full.trusted else ExitCode.NO_RECOMMENDATION)
+    assert full.range_test is not None and full.range_test.fine_tune_steps == fine_tune
+    first, _ = trial_steps(TrainerConfig.model_validate(cfg).adaptive, fine_tune)
+    assert first > 20 and {t.steps for t in full.trials if t.stage == 1 and not t.diverged} == {first}
+    assert full.steps_spent <= 2 * fine_tune, "adaptive.maxFineTunes bounds a sweep sized in epochs"
 
 
 def test_recommend_without_a_trusted_learning_rate_exits_6_and_still_writes_its_result(

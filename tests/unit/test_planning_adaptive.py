@@ -229,6 +229,24 @@ def test_a_short_fine_tune_s_sweep_stays_within_max_fine_tunes_counting_its_rang
     assert {t["stage"] for t in roomy["trials"]} == {1, 2}, "with room, stage 2 runs"
 
 
+def test_a_sweep_sized_in_epochs_is_sized_by_the_steps_its_range_test_counted():
+    """No `maxSteps`: the range test's `fineTuneSteps` (64, the epochs over the data as the trainer counts
+    them) sizes the trials, their share of the data and the `adaptive.maxFineTunes` budget, exactly as
+    `maxSteps: 64` does."""
+    by_steps = FakeCluster({**SPEC, "optimization": {"maxSteps": 64}}).run()
+    in_epochs = FakeCluster(
+        {**SPEC, "optimization": {"epochs": 3}}, range_test={**RANGE_TEST, "fineTuneSteps": 64}
+    )
+    s = in_epochs.run()
+    assert s["rangeTest"]["fineTuneSteps"] == 64
+    assert s["trials"] == by_steps["trials"] and s["stepsSpent"] == by_steps["stepsSpent"] <= 2 * 64
+    assert s["recommendedLearningRate"] == by_steps["recommendedLearningRate"]
+    first = next(r for n, r in in_epochs.requests.items() if n.startswith("s-s1-"))
+    assert first.config.optimization.max_steps == 8 and first.config.dataset.sample_fraction == 8 / 64
+    unsized = FakeCluster({**SPEC, "optimization": {"epochs": 3}}).run()  # an older trainer: no count
+    assert {t["stage"] for t in unsized["trials"]} == {1, 2}, "no budget without a count"
+
+
 def test_progress_counts_the_finalists_only_where_max_fine_tunes_leaves_them_room():
     tight, roomy = {**SPEC, "optimization": {"maxSteps": 64}}, {**SPEC, "optimization": {"maxSteps": 64}}
     roomy["adaptive"] = {**SPEC["adaptive"], "maxFineTunes": 4}

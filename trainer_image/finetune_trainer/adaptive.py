@@ -38,6 +38,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from finetune_trainer.config import (
     AdaptiveSpec,
@@ -268,6 +269,20 @@ def stage_two_fits(
     budget = trial_budget(spec, max_steps, ramp_steps)
     fitting, need = _room(spec, steps1, steps2, None if budget is None else budget - _spent(stage1))
     return fitting >= need
+
+
+Sections = TypeVar("Sections", bound=TrainingSections)
+
+
+def sized_by_range_test(sections: Sections, fine_tune_steps: int | None) -> Sections:
+    """``sections`` with ``optimization.maxSteps`` set to the fine-tune's length that the range test counted
+    (its ``fineTuneSteps``) when the fine-tune is sized in epochs: the trials' lengths, their share of the
+    data and the ``adaptive.maxFineTunes`` budget follow the fine-tune's steps, and only the trainer, which
+    reads the data, can count them. Unchanged when ``maxSteps`` is set or the count is unknown."""
+    if sections.optimization.max_steps is not None or not fine_tune_steps:
+        return sections
+    optimization = sections.optimization.model_copy(update={"max_steps": fine_tune_steps})
+    return sections.model_copy(update={"optimization": optimization})
 
 
 def trial_sections(sections: TrainingSections, steps: int, match_epochs: bool = False) -> dict[str, object]:

@@ -406,8 +406,8 @@ class AdaptiveSpec(Spec):
     spacing: float = Field(default=0.5, ge=0.1, le=2.0)
     """Decades between stage-1 candidates."""
     trial_steps: int | None = Field(default=None, ge=4, le=100000)
-    """Optimiser steps of a stage-1 trial; unset: an eighth of `optimization.maxSteps` (at least 20),
-    or 50 when the run is sized in epochs."""
+    """Optimiser steps of a stage-1 trial; unset: an eighth of `optimization.maxSteps` (at least 20; a
+    fine-tune sized in epochs counts as the steps its range test counted), or 50 when no count is known."""
     finalists: int = Field(default=3, ge=2, le=8)
     """Stage-2 trials around the stage-1 fit's minimum, each `narrowingFactor` times longer."""
     narrowing_factor: float = Field(default=2.0, ge=1.0, le=16.0)
@@ -417,8 +417,8 @@ class AdaptiveSpec(Spec):
     (`optimization.maxSteps`), so it passes over its data as often as the fine-tune will: a short trial on
     the whole set sees each example once and never reaches the later epochs in which a high LR memorises
     (noisy labels, small sets). On a fine-tune of one epoch or less a trial still sees each example at
-    most once, from a fixed subset; a fine-tune sized in epochs (no `maxSteps`) is left alone. Off:
-    trials draw from the whole training set."""
+    most once, from a fixed subset. A fine-tune sized in epochs counts as the steps its range test
+    counted (left alone where no count is known). Off: trials draw from the whole training set."""
     max_extensions: int = Field(default=3, ge=0, le=8)
     """How often stage 1 may add candidates past its lowest or highest one when the best trial sits there,
     and stage 2 a finalist past its end."""
@@ -426,10 +426,10 @@ class AdaptiveSpec(Spec):
     """Trials running at once (Jobs in a cluster)."""
     max_fine_tunes: float = Field(default=2.0, gt=0.0, le=100.0)
     """The most optimiser steps the sweep spends, range test and trials together, in fine-tunes' worth
-    (`optimization.maxSteps`). Stage 1's first candidates always run; an extension runs only where it fits;
-    stage 2's trials are shortened to fit, and skipped (stage 1 decides) where they would not be at least
-    1.5 times a stage-1 trial's length. Raise it for more or longer trials on a short fine-tune. No bound
-    when the run is sized in epochs."""
+    (`optimization.maxSteps`, or, for a fine-tune sized in epochs, its steps as the range test counted
+    them). Stage 1's first candidates always run; an extension runs only where it fits; stage 2's trials are
+    shortened to fit, and skipped (stage 1 decides) where they would not be at least 1.5 times a stage-1
+    trial's length. Raise it for more or longer trials on a short fine-tune."""
 
 
 class EvaluationSpec(Spec):
@@ -644,6 +644,10 @@ class RangeTestResult(Spec):
     `stopPastMinimum` decades past the loss minimum."""
     steps: int = Field(default=0, ge=0)
     """Steps the ramp ran."""
+    fine_tune_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    """Optimiser steps of the fine-tune the config describes: `optimization.maxSteps`, else its epochs over
+    the training data as the trainer counts them (an adaptive sweep sizes its trials and its
+    `adaptive.maxFineTunes` budget from it)."""
     best_loss: float | None = None
     """Lowest smoothed loss seen."""
     effective_batch_size: int = Field(default=1, ge=1)

@@ -30,7 +30,14 @@ from finetune_trainer.metrics import TrainerMetrics
 from finetune_trainer.modeling import load_model
 from finetune_trainer.priors import Prior, hidden_size_of_config, prior_for, sanity_warning, widen_window
 from finetune_trainer.report import Progress, downsample
-from finetune_trainer.runsetup import RunPlan, build_trainer, callback_base, prepare_run, training_arguments
+from finetune_trainer.runsetup import (
+    RunPlan,
+    build_trainer,
+    callback_base,
+    fine_tune_steps,
+    prepare_run,
+    training_arguments,
+)
 from finetune_trainer.runtime import STOP
 from finetune_trainer.schedules import build_ramp, extension_steps, ramp_lr
 from finetune_trainer.suggest import EmaSmoother, all_suggestions, recommend
@@ -244,6 +251,7 @@ def run_range_test(
         ),
         stop_reason=curve.stop_reason,
         steps=len(curve.lrs) + (1 if curve.stop_reason == "nan" else 0),
+        fine_tune_steps=fine_tune_steps(cfg.optimization, plan.steps_per_epoch),
         best_loss=None if math.isinf(curve.best) else curve.best,
         effective_batch_size=plan.effective_batch_size,
         world_size=plan.world_size,

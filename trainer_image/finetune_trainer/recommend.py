@@ -18,6 +18,7 @@ from finetune_trainer.adaptive import (
     ramp_too_high,
     range_test_spec,
     run_to_decision,
+    sized_by_range_test,
     trial_sections,
 )
 from finetune_trainer.config import RecommendResult, TrainerConfig, TrialRecord
@@ -46,6 +47,7 @@ def run_recommend(
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")
     minimum = ramp_minimum(range_result.loss_minimum_learning_rate, range_result.curve)  # as the operator
+    cfg = sized_by_range_test(cfg, range_result.fine_tune_steps)  # a fine-tune sized in epochs: its steps
 
     def run(request: TrialRequest) -> TrialRecord:
         progress.emit(

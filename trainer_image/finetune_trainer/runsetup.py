@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.artifacts import check_outputs
-from finetune_trainer.config import TrainerConfig
+from finetune_trainer.config import OptimizationSpec, TrainerConfig
 from finetune_trainer.data import PreparedData, prepare
 from finetune_trainer.exitcodes import ConfigError, config_errors
 from finetune_trainer.modeling import (
@@ -57,6 +57,11 @@ def steps_per_epoch(examples: int, batch_size: int, world: int, accumulation: in
     """Optimizer updates per epoch, as ``Trainer`` counts them."""
     batches = math.ceil(examples / (batch_size * world))
     return max(batches // accumulation + int(batches % accumulation > 0), 1)
+
+
+def fine_tune_steps(opt: OptimizationSpec, per_epoch: int) -> int:
+    """Optimizer updates of the run a config describes: ``maxSteps``, else its epochs over the data."""
+    return opt.max_steps or max(1, math.ceil(opt.epochs * per_epoch))
 
 
 def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -> RunPlan:
@@ -101,7 +106,7 @@ def prepare_run(cfg: TrainerConfig, command: str, learning_rate: float | None) -
                 "set dataset.validationFraction above 0 or dataset.validationSplit",
             )
     else:
-        total = opt.max_steps or max(1, math.ceil(opt.epochs * per_epoch))
+        total = fine_tune_steps(opt, per_epoch)
         warmup = warmup_steps_for(total, cfg.schedule.warmup_steps, cfg.schedule.warmup_ratio_or_default())
         if warmup >= total:
             raise ConfigError(

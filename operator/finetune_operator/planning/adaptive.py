@@ -35,6 +35,7 @@ from finetune_trainer.adaptive import (
     next_step,
     ramp_minimum,
     ramp_too_high,
+    sized_by_range_test,
     stage_two_fits,
 )
 from finetune_trainer.config import Recommendation, TrialRecord, TrialResult
@@ -258,6 +259,7 @@ def plan(
         if result is None:
             return
         summary = rangetest.summarize(result)
+    sweep = sized_by_range_test(sweep, summary.fine_tune_steps)  # sized in epochs: the steps it counted
     edge = summary.edge_learning_rate
     if edge is None:
         b.phase(

@@ -144,6 +144,7 @@ def summarize(result: RangeTestResult) -> RangeTestSummary:
         edge_learning_rate=ramp_edge(result.divergence_learning_rate, result.max_learning_rate),
         loss_minimum_learning_rate=finite(result.loss_minimum_learning_rate),
         steps=result.steps,
+        fine_tune_steps=result.fine_tune_steps,
         baseline_loss=finite(result.baseline_loss),
     )
 
