@@ -576,7 +576,8 @@ def test_a_fine_tune_sized_in_epochs_is_counted_by_the_range_test_and_sizes_reco
         optimization={"maxSteps": None, "epochs": 40},
         rangeTest={"minLearningRate": 1e-5, "maxLearningRate": 1.0, "steps": 20, "smoothing": 0.3},
     )
-    fine_tune = prepare_run(TrainerConfig.model_validate(cfg), "train", 1e-3).total_steps
+    config = TrainerConfig.model_validate(cfg)
+    fine_tune = prepare_run(config, "train", 1e-3).total_steps
     code, _, result_file = run_cli(tmp_path, cfg, "range-test")
     assert code == ExitCode.OK
     ramp = parse_result(json.loads(result_file.read_text()))
@@ -585,7 +586,7 @@ def test_a_fine_tune_sized_in_epochs_is_counted_by_the_range_test_and_sizes_reco
     full = parse_result(json.loads((tmp_path / "out" / "result.json").read_text()))
     assert code == (ExitCode.OK if full.trusted else ExitCode.NO_RECOMMENDATION)
     assert full.range_test is not None and full.range_test.fine_tune_steps == fine_tune
-    first, _ = trial_steps(TrainerConfig.model_validate(cfg).adaptive, fine_tune)
+    first, _ = trial_steps(config.adaptive, fine_tune)
     assert first > 20 and {t.steps for t in full.trials if t.stage == 1 and not t.diverged} == {first}
     assert full.steps_spent <= 2 * fine_tune, "adaptive.maxFineTunes bounds a sweep sized in epochs"
 
