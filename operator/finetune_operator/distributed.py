@@ -23,6 +23,12 @@ from finetune_operator.api import ResourcesSpec, WorkloadSpec
 
 RENDEZVOUS_PORT = 29400
 """torchrun's c10d rendezvous port on pod 0 (torchrun's own default)."""
+RENDEZVOUS_READ_TIMEOUT_S = 600
+"""How long a pod's torchrun waits for pod 0's c10d store (its `read_timeout`; torch's default is 60 s). The
+pods of one Indexed Job start minutes apart: image pulls on different nodes, and after a group failure the
+Job re-creates pods with its back-off delay (10 s doubling to 6 min). A pod that gave up after 60 s failed
+and spent the Job's `backoffLimit` while pod 0 was still on its way; 600 s matches the rendezvous's own
+`join_timeout`."""
 MAX_RESTARTS = 3
 """Group restarts torchrun makes inside one pod (`--standalone`, one node) after a worker process fails,
 before the pod itself fails. A multi-node run makes none (`--max-restarts=0`): see `children`."""
@@ -65,6 +71,7 @@ def torchrun_command(job: str, resources: ResourcesSpec, trainer: list[str]) -> 
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={rendezvous_endpoint(job)}",
             f"--rdzv-id={job}",
+            f"--rdzv-conf=read_timeout={RENDEZVOUS_READ_TIMEOUT_S}",
         ]
     restarts = MAX_RESTARTS if resources.nodes == 1 else 0
     return [TORCHRUN, *launch, f"--max-restarts={restarts}", "--no-python", *trainer]

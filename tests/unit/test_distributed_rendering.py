@@ -60,6 +60,7 @@ def test_several_nodes_render_an_indexed_job_and_a_headless_service():
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={name}-0.{name}:{distributed.RENDEZVOUS_PORT}",
         f"--rdzv-id={name}",
+        "--rdzv-conf=read_timeout=600",  # pods start minutes apart: wait for pod 0's store, not 60 s
         "--max-restarts=0",  # the Job restarts the group: every pod anew, pod 0 with a fresh store
     ]
     assert {"name": "rendezvous", "containerPort": distributed.RENDEZVOUS_PORT} in pod["containers"][0][
