@@ -26,7 +26,7 @@ from finetune_trainer.config import ErrorResult
 from finetune_trainer.exitcodes import ConfigError, ExitCode, TrainerError
 from finetune_trainer.metrics import DEFAULT_PORT, TrainerMetrics
 from finetune_trainer.report import Progress, default_result_file, write_outputs, write_result_file
-from finetune_trainer.runtime import STOP, configure_cpu_threads, is_main_process
+from finetune_trainer.runtime import STOP, configure_cpu_threads, is_main_process, leave_process_group
 from finetune_trainer.settings import load_config
 
 RESULT_FILE_DEFAULT = "/dev/termination-log when writable, else none"
@@ -212,7 +212,9 @@ def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -
     """Run a command; turn every failure into its exit code, a stderr line and an error result."""
     result_path = _result_file(args) if main_process else None
     try:
-        return _run(args, progress, main_process)
+        code = _run(args, progress, main_process)
+        leave_process_group()
+        return code
     except ConfigError as exc:
         code, message = ExitCode.BAD_CONFIG, str(exc)
     except TrainerError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -68,6 +69,22 @@ class StopFlag:
 
 
 STOP = StopFlag()
+
+
+def leave_process_group() -> None:
+    """Destroy this process's default process group, if a distributed run made one (accelerate does, under
+    torchrun), while the interpreter is still whole.
+
+    Left to interpreter exit, gloo's worker threads may still hold tensors with Python references; freeing
+    them during finalization takes the GIL of a dying interpreter and aborts the process (SIGABRT). A rank
+    other than 0 ends first (rank 0 still writes the model), so it crashed once in CI after a good run,
+    and torchrun then stopped rank 0 and failed the pod. Called only when a command returns (any exit
+    code), never after an exception: with a collective still pending (a lost peer), destroying the group
+    would wait out that collective's timeout.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def configure_cpu_threads() -> int | None:

@@ -6,6 +6,7 @@ import pytest
 
 from finetune_trainer import cli
 from finetune_trainer.config import TrainerConfig
+from finetune_trainer.exitcodes import ExitCode
 from finetune_trainer.runsetup import fsdp_arguments
 
 BASE = {"model": {"name": "/m"}, "dataset": {"files": ["/d.jsonl"]}}
@@ -56,3 +57,31 @@ def test_a_non_zero_rank_waits_for_rank_0_to_report_a_config_error(tmp_path, mon
     monkeypatch.setenv("RANK", "0")
     waited.clear()
     assert cli.main(argv) == 2 and waited == [] and (tmp_path / "r.json").exists()
+
+
+def test_a_command_that_returns_leaves_its_process_group_and_one_that_raises_keeps_it(tmp_path, monkeypatch):
+    """A rank that exits with its gloo group alive may abort in interpreter finalization (SIGABRT after a
+    good run), so a command that returns destroys the group first. One that raised keeps it: a collective
+    may still be pending on a lost peer, and destroying would wait out its timeout."""
+    dist = pytest.importorskip("torch.distributed")
+    from finetune_trainer.exitcodes import TrainerError
+    from finetune_trainer.report import Progress
+
+    args = cli.build_parser().parse_args(["train", "--config", str(tmp_path / "unused.yaml")])
+
+    def fail(*_):
+        raise TrainerError("lost a peer")
+
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'a'}", rank=0, world_size=1)
+        monkeypatch.setattr(cli, "_run", lambda *_: 6)
+        assert cli._guarded(args, Progress(enabled=False), main_process=False) == 6
+        assert not dist.is_initialized()
+
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'b'}", rank=0, world_size=1)
+        monkeypatch.setattr(cli, "_run", fail)
+        assert cli._guarded(args, Progress(enabled=False), main_process=False) == int(ExitCode.ERROR)
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
