@@ -77,10 +77,10 @@ def leave_process_group() -> None:
 
     Left to interpreter exit, gloo's worker threads may still hold tensors with Python references; freeing
     them during finalization takes the GIL of a dying interpreter and aborts the process (SIGABRT). A rank
-    other than 0 ends first (rank 0 still writes the model), so it crashed once in CI after a good run,
-    and torchrun then stopped rank 0 and failed the pod. Called only when a command returns (any exit
-    code), never after an exception: with a collective still pending (a lost peer), destroying the group
-    would wait out that collective's timeout.
+    other than 0 ends first, while rank 0 still writes the model; if it aborts, torchrun stops rank 0 and
+    the pod fails after a good run. Called only when a command returns (any exit code), never after an
+    exception: with a collective still pending (a lost peer), destroying the group would wait out that
+    collective's timeout.
     """
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
