@@ -213,8 +213,6 @@ def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -
     result_path = _result_file(args) if main_process else None
     try:
         code = _run(args, progress, main_process)
-        leave_process_group()
-        return code
     except ConfigError as exc:
         code, message = ExitCode.BAD_CONFIG, str(exc)
     except TrainerError as exc:
@@ -230,6 +228,9 @@ def _guarded(args: argparse.Namespace, progress: Progress, main_process: bool) -
             traceback.print_exc(file=sys.stderr)
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             code, message = ExitCode.ERROR, f"{type(exc).__name__}: {first}"
+    else:
+        leave_process_group()  # after the result is written: a teardown never turns it into an error
+        return code
     print(f"error: {message}", file=sys.stderr)
     if main_process:
         progress.emit("error", exitCode=int(code), reason=code.name, message=message)

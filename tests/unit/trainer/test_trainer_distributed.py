@@ -85,3 +85,25 @@ def test_a_command_that_returns_leaves_its_process_group_and_one_that_raises_kee
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_failed_teardown_after_a_finished_command_only_warns(tmp_path, monkeypatch, capsys):
+    """The command's result is written before the group is left; a teardown error must not turn it into a
+    failure (exit code and result file stay the command's)."""
+    dist = pytest.importorskip("torch.distributed")
+    from finetune_trainer.report import Progress
+
+    def broken(*_):
+        raise RuntimeError("store gone")
+
+    args = cli.build_parser().parse_args(["train", "--config", str(tmp_path / "unused.yaml")])
+    monkeypatch.setattr(cli, "_run", lambda *_: 0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 's'}", rank=0, world_size=1)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(dist, "destroy_process_group", broken)
+            assert cli._guarded(args, Progress(enabled=False), main_process=False) == 0
+        warned = "warning: leaving the process group failed: RuntimeError: store gone"
+        assert warned in capsys.readouterr().err
+    finally:
+        dist.destroy_process_group()
