@@ -3,15 +3,16 @@
 
     python benchmarks/lr_quality.py [--quick] [--resume] [--only TASK ...] [--workers N]
 
-Tasks are data (``tasks.yaml``): a model built from a config (tiny GPT-2 and Llama pre-trained here) or
-shipped by a package (MiniLM-L6), generated JSONL data, and the TrainerConfig fields that describe the
-fine-tune (task, adapter, batch, maxSteps, warmup). The oracle and every product row run the product's own
-trainer in-process (``finetune_trainer.cli.main``, ``--metrics-port 0 --result-file``) on a TrainerConfig
-YAML that points at the local model directory and data files; every recommender knob is left at the
-product's default. torch-lr-finder and Prodigy run on the product's data pipeline and model.
+Tasks are data (``tasks.yaml``): a model built from a config (tiny GPT-2, Llama and Qwen2 pre-trained here)
+or shipped by a package (MiniLM-L6), generated JSONL data, and the TrainerConfig fields that describe the
+fine-tune (task, adapter, batch, length in ``maxSteps`` or ``epochs``, warmup). The oracle and every product
+row run the product's own trainer in-process (``finetune_trainer.cli.main``, ``--metrics-port 0
+--result-file``) on a TrainerConfig YAML that points at the local model directory and data files; every
+recommender knob is left at the product's default. torch-lr-finder and Prodigy run on the product's data
+pipeline and model.
 
 * **oracle**: ``finetune-trainer trial --learning-rate X`` at the full fine-tune length (the task's recipe:
-  AdamW, warmup + cosine, clipping, fixed ``maxSteps``) at the task file's log-spaced LRs (13 in
+  AdamW, warmup + cosine, clipping, its ``maxSteps`` or ``epochs``) at the task file's log-spaced LRs (13 in
   ``tasks.yaml``, 11 in the coarser ``tasks_heldout.yaml``, 5 in ``--quick``) x 3 seeds (2 in ``--quick``)
   (``optimization.seed``; data order follows it) → mean eval loss per LR, best ``L*``, ``σ`` = the seeds'
   standard deviation at the best LR;
@@ -34,9 +35,9 @@ came out lower). ``--quick`` runs no checks and interpolates the oracle's mean c
 instead, which overstates the loss between grid points of a convex basin; ``--check-rows`` runs them for
 some rows only (the GPU run, where a full-length run is dear). Regret is in units of
 ``τ = max(σ, 1% of L*)``; hit = regret ≤ τ; |Δlog10| from the oracle's best LR; compute as
-a share of the oracle's steps and in full fine-tunes' worth (steps / maxSteps); wall time; the seed-to-seed
-spread of each recommender's LR (decades). Models and step counts are small so that everything runs on
-2 CPU cores: these are small-scale proxies, not claims about 7B models.
+a share of the oracle's steps and in full fine-tunes' worth (steps / the fine-tune's steps); wall time;
+the seed-to-seed spread of each recommender's LR (decades). Models and step counts are small so that
+everything runs on 2 CPU cores: these are small-scale proxies, not claims about 7B models.
 """
 
 from __future__ import annotations
@@ -437,7 +438,7 @@ class Totals:
     regret_tau: float = 0.0
     deltas: list[float] = field(default_factory=list)
     signed: list[float] = field(default_factory=list)
-    fine_tunes: list[float] = field(default_factory=list)  # steps / maxSteps per task-seed
+    fine_tunes: list[float] = field(default_factory=list)  # steps / the fine-tune's steps per task-seed
     share: list[float] = field(default_factory=list)  # steps / oracle steps per task-seed
     seconds: list[float] = field(default_factory=list)
     spreads: list[float] = field(default_factory=list)  # per task
@@ -689,8 +690,11 @@ def load_tasks(path: Path) -> dict[str, Any]:
         bad = [k for k in FORBIDDEN_TASK_KEYS if k in t.get("trainer", {})]
         if bad:
             raise ValueError(f"task {t['name']}: trainer sets {bad}; recommenders must run at their defaults")
-        if "maxSteps" not in t["trainer"].get("optimization", {}):
-            raise ValueError(f"task {t['name']}: trainer.optimization.maxSteps is required (a fixed length)")
+        optimization = t["trainer"].get("optimization", {})
+        if "maxSteps" not in optimization and "epochs" not in optimization:
+            raise ValueError(
+                f"task {t['name']}: trainer.optimization needs maxSteps or epochs (the fine-tune's length)"
+            )
     return spec
 
 
@@ -880,7 +884,7 @@ def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Pa
     dataset |= {"files": [str(train)], "validationFiles": [str(evals)], "textField": "text"}
     if cfg["model"].get("task") == "sequence-classification":
         dataset["labelField"] = "label"
-    steps = int(cfg["optimization"]["maxSteps"])
+    steps = fine_tune_length(cfg)
     cfg.setdefault("evaluation", {})["everySteps"] = steps  # one evaluation, at the end
     cfg["checkpoints"] = {"saveFinalModel": False}
     cfg["outputDir"] = str(CACHE / "out")
@@ -888,6 +892,19 @@ def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Pa
     if parsed.adaptive != AdaptiveSpec() or parsed.range_test != RangeTestSpec():
         raise ValueError(f"task {spec['name']}: recommenders must run at the product's defaults")
     return cfg
+
+
+def fine_tune_length(cfg: dict[str, Any]) -> int:
+    """The fine-tune's optimiser steps: its ``maxSteps``, or, for one sized in ``epochs``, the count the
+    product's own trainer makes of them (``runsetup.fine_tune_steps`` over the tokenised data, as its range
+    test reports it in ``fineTuneSteps``)."""
+    if "maxSteps" in cfg["optimization"]:
+        return int(cfg["optimization"]["maxSteps"])
+    from finetune_trainer.config import TrainerConfig
+    from finetune_trainer.runsetup import fine_tune_steps, prepare_run
+
+    parsed = TrainerConfig.model_validate(cfg)
+    return fine_tune_steps(parsed.optimization, prepare_run(parsed, "range-test", None).steps_per_epoch)
 
 
 def task_key(spec: dict[str, Any]) -> str:
@@ -916,7 +933,7 @@ def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
         config_path=path,
         model_dir=model_dir,
         adapter=cfg.get("adapter", {}).get("type", "none"),
-        steps=int(cfg["optimization"]["maxSteps"]),
+        steps=fine_tune_length(cfg),
         oracle_lrs=log_spaced(lo, hi, int(oracle["points"])),
         key=task_key(spec),
     )
@@ -1689,8 +1706,32 @@ def task_table(report: TaskReport) -> str:
     )
 
 
+def holds_best(note: dict[str, Any], best_lr: float) -> bool | None:
+    """Whether a sweep's reported interval (the LRs it judged within noise of its pick) holds the oracle's
+    best LR; ``None`` where it reported none."""
+    span = note.get("interval") or {}
+    low, high = span.get("low"), span.get("high")
+    if low is None or high is None:
+        return None
+    slack = 1e-9  # the oracle's LRs and the interval's ends are both rounded through JSON
+    return low * (1 - slack) <= best_lr <= high * (1 + slack)
+
+
+def interval_coverage(reports: Sequence[TaskReport]) -> tuple[int, int]:
+    """(task-seeds whose adaptive interval holds the oracle's best LR, task-seeds)."""
+    held = [
+        holds_best(note, r.oracle.best[0])
+        for r in reports
+        for s in r.scores
+        if s.row.name == "adaptive"
+        for note in s.row.notes
+    ]
+    return sum(1 for h in held if h), len(held)
+
+
 def adaptive_table(report: TaskReport) -> str:
     s = next(x for x in report.scores if x.row.name == "adaptive")
+    best_lr = report.oracle.best[0]
     rows = []
     for i, note in enumerate(s.row.notes):
         span = note.get("interval") or {}
@@ -1704,6 +1745,7 @@ def adaptive_table(report: TaskReport) -> str:
                 note.get("decidedBy"),
                 note.get("evidence"),
                 f"{fmt(span.get('low'))}..{fmt(span.get('high'))}" if span else "-",
+                {True: "yes", False: "no", None: "-"}[holds_best(note, best_lr)],
                 note.get("edge"),
                 f"{sum(1 for t in trials if t[0] == 1)}+{sum(1 for t in trials if t[0] == 2)}",
                 s.row.steps[i],
@@ -1719,6 +1761,7 @@ def adaptive_table(report: TaskReport) -> str:
             "decided by",
             "evidence",
             "interval",
+            "holds best",
             "edge",
             "trials (1+2)",
             "steps",
@@ -1796,8 +1839,9 @@ def render(
         f"Recommenders run with seeds {spec['recommenderSeeds']} at the product's defaults (`adaptive`, "
         "`rangeTest` unset in every config). σ = the seeds' standard deviation of the eval loss at the best "
         f"LR; τ = max(σ, 1% of L*). {regret_text(facts['checked'])} *Hit* = regret ≤ τ; regret/τ is "
-        f"capped at {REGRET_CAP:g} per task-seed. *Fine-tunes* = steps spent / maxSteps; *of oracle* = "
-        f"steps / all oracle steps. Grid sweep: LRSweep `grid` defaults ({len(grid_lrs)} LRs "
+        f"capped at {REGRET_CAP:g} per task-seed. *Fine-tunes* = steps spent / the fine-tune's steps "
+        "(`maxSteps`, or its `epochs` as the trainer counts them); *of oracle* = steps / all oracle steps. "
+        f"Grid sweep: LRSweep `grid` defaults ({len(grid_lrs)} LRs "
         f"{fmt(grid_lrs[0])}..{fmt(grid_lrs[-1])}, {grid_steps} steps each). Short grid: LRs "
         f"{spec['shortGrid']['learningRates']} sharing the steps adaptive spent on that seed. "
         f"torch-lr-finder: {spec['lrFinder']} on the product's data and model. Prodigy: "
@@ -1832,6 +1876,10 @@ def render(
             if any(t.interval for t in targets)
             else []
         ),
+        "The interval adaptive reports with its pick (`interval`: the LRs whose fitted loss is within noise "
+        "of the pick's, no wider than the LRs its trials tried) holds the oracle's best LR on {}/{} "
+        "task-seeds (*holds best* per seed below).".format(*interval_coverage(reports)),
+        "",
     ]
     for r in reports:
         best_lr, lstar = r.oracle.best

@@ -226,6 +226,20 @@ def test_targets_of_the_default_recommender() -> None:
     assert not any(verdict.values())
 
 
+def test_interval_coverage_counts_the_task_seeds_whose_reported_interval_holds_the_best_lr() -> None:
+    o = oracle()  # best LR 1e-3
+    notes = [
+        {"interval": {"low": 5e-4, "high": 1e-3}},  # holds it at its upper end
+        {"interval": {"low": 1.1e-3, "high": 4e-3}},  # above it
+        {"interval": None},  # no interval reported
+    ]
+    row = lr_quality.Row("adaptive", [1e-3, 2e-3, None], [150, 150, 150], [9.0] * 3, notes=notes)
+    report = lr_quality.TaskReport("t", "d", 100, o, 800, [row], 1.0)
+    assert [lr_quality.holds_best(n, 1e-3) for n in notes] == [True, False, None]
+    assert lr_quality.interval_coverage([report, report]) == (2, 6)
+    assert "| yes |" in lr_quality.adaptive_table(report) and "| no |" in lr_quality.adaptive_table(report)
+
+
 def test_target_intervals_resample_whole_tasks_and_leave_the_verdict_to_the_measured_figure() -> None:
     o = oracle()  # best 1e-3 (seed losses 1.0, 1.2), τ = 0.141
     grid = lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0])
@@ -337,6 +351,36 @@ def test_tasks_file_is_data_and_leaves_every_recommender_at_its_defaults(tmp_pat
     path = tmp_path / "tasks.yaml"
     path.write_text(__import__("yaml").safe_dump(bad))
     with pytest.raises(ValueError, match="defaults"):
+        lr_quality.load_tasks(path)
+
+
+def test_an_epoch_sized_task_is_as_long_as_the_trainer_runs_it(tmp_path: Path) -> None:
+    """A task may give its length in epochs: the benchmark's fine-tune length (what compute and the short
+    grid are counted in) is then the steps the trainer itself runs, and a task with no length is refused."""
+    task = {
+        "name": "epochs",
+        "model": {"kind": "tiny-gpt2", "embd": 16, "layers": 1, "heads": 1, "pretrainSteps": 1},
+        "data": {"kind": "rule-lm", "train": 120, "eval": 20},
+        "trainer": {
+            "model": {"task": "causal-lm"},
+            "adapter": {"type": "none"},
+            "optimization": {"batchSize": 8, "maxSeqLength": 32, "epochs": 2},
+        },
+    }
+    built = lr_quality.build_task(task, {"minLearningRate": 1e-3, "maxLearningRate": 1e-2, "points": 2})
+    out = tmp_path / "trial"
+    out.mkdir()
+    code, data, err = lr_quality.call_trainer(
+        ["trial", "--config", str(built.config_path), "--learning-rate", "1e-3"], out
+    )
+    assert code == 0, err
+    assert built.steps == data["steps"] > 2
+
+    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
+    no_length = {**task, "trainer": {**task["trainer"], "optimization": {"batchSize": 8}}}
+    path = tmp_path / "tasks.yaml"
+    path.write_text(__import__("yaml").safe_dump({**spec, "tasks": [no_length]}))
+    with pytest.raises(ValueError, match=r"trainer\.optimization needs maxSteps or epochs"):
         lr_quality.load_tasks(path)
 
 
