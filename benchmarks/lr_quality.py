@@ -874,8 +874,11 @@ class Task:
         return prior_for(str(self.model_dir), self.adapter).centre
 
 
-def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Path) -> dict[str, Any]:
-    """The task's TrainerConfig: its own fields, the local model and data, a final evaluation only."""
+def trainer_config(
+    spec: dict[str, Any], model_dir: Path, train: Path, evals: Path
+) -> tuple[dict[str, Any], int]:
+    """The task's TrainerConfig (its own fields, the local model and data, a final evaluation only) and the
+    fine-tune's length in optimiser steps (:func:`fine_tune_length`)."""
     from finetune_trainer.config import AdaptiveSpec, RangeTestSpec, TrainerConfig
 
     cfg = copy.deepcopy(spec["trainer"])
@@ -891,7 +894,7 @@ def trainer_config(spec: dict[str, Any], model_dir: Path, train: Path, evals: Pa
     parsed = TrainerConfig.model_validate(cfg)
     if parsed.adaptive != AdaptiveSpec() or parsed.range_test != RangeTestSpec():
         raise ValueError(f"task {spec['name']}: recommenders must run at the product's defaults")
-    return cfg
+    return cfg, steps
 
 
 def fine_tune_length(cfg: dict[str, Any]) -> int:
@@ -918,7 +921,7 @@ def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
 
     model_dir = build_model(spec["model"])
     train, evals = build_data(spec["data"])
-    cfg = trainer_config(spec, model_dir, train, evals)
+    cfg, steps = trainer_config(spec, model_dir, train, evals)
     folder = CACHE / "configs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec['name']}-{digest(cfg)}.yaml"
@@ -933,7 +936,7 @@ def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
         config_path=path,
         model_dir=model_dir,
         adapter=cfg.get("adapter", {}).get("type", "none"),
-        steps=fine_tune_length(cfg),
+        steps=steps,
         oracle_lrs=log_spaced(lo, hi, int(oracle["points"])),
         key=task_key(spec),
     )
