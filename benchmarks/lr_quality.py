@@ -1880,7 +1880,8 @@ def render(
             else []
         ),
         "The interval adaptive reports with its pick (`interval`: the LRs whose fitted loss is within noise "
-        "of the pick's, no wider than the LRs its trials tried) holds the oracle's best LR on {}/{} "
+        "of the pick's, no wider than the LRs its trials tried, and moved with the pick where the horizon "
+        "step moved it) holds the oracle's best LR on {}/{} "
         "task-seeds (*holds best* per seed below).".format(*interval_coverage(reports)),
         "",
     ]
