@@ -782,21 +782,52 @@ def build_data(data: dict[str, Any]) -> tuple[Path, Path]:
     return train, evals
 
 
-def build_model(model: dict[str, Any]) -> Path:
-    """A model directory: MiniLM from its package, or a tiny GPT-2/Llama built from a config and pre-trained
-    here on the toy sentences (cached by config)."""
-    if model["kind"] == "minilm":
-        return minilm_dir()
-    folder = CACHE / "models" / f"{model['kind']}-{digest(model)}"
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+TOKENIZERS = ("word-level", "byte-level-bpe")
+"""A built model's ``tokenizer``: word-level over the toy vocabulary (the default), or a byte-level BPE as
+Qwen's own (``tiny_model.build_chat_tokenizer``)."""
 
-    from finetune_trainer.tiny_model import build_tokenizer, toy_sentences
 
-    tokenizer = build_tokenizer()
-    torch.manual_seed(1234)
+def built_tokenizer(model: dict[str, Any]) -> Any:
+    """A built model's tokenizer, by its ``tokenizer`` field (see ``TOKENIZERS``)."""
+    from finetune_trainer.tiny_model import build_chat_tokenizer, build_tokenizer
+
+    kind = model.get("tokenizer", TOKENIZERS[0])
+    if kind not in TOKENIZERS:
+        raise ValueError(f"model.tokenizer: {kind!r} is not one of {', '.join(TOKENIZERS)}")
+    return build_tokenizer() if kind == "word-level" else build_chat_tokenizer()
+
+
+def saved_tokenizer(model: dict[str, Any], built: Any, folder: Path, config: Any) -> Any:
+    """The tokenizer a built model is pre-trained and fine-tuned with: ``built`` saved to ``folder`` with the
+    model's ``config`` and loaded back as the trainer loads it (``modeling.load_tokenizer``, whose
+    ``AutoTokenizer`` may pick its class by the model type: transformers 5 loads any ``qwen2`` folder as a
+    ``Qwen2Tokenizer``, which rebuilds a byte-level BPE from the file and turns a word-level vocabulary's
+    text into a few repeated tokens). Refused, naming ``model.tokenizer``, when that tokenizer does not
+    give the toy sentences back: the task would fine-tune on other text than it was pre-trained on."""
+    from finetune_trainer.config import ModelSpec
+    from finetune_trainer.modeling import load_tokenizer
+    from finetune_trainer.tiny_model import toy_sentences
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    built.save_pretrained(folder)
+    loaded = load_tokenizer(ModelSpec(name=str(folder)))
+    kind = model.get("tokenizer", TOKENIZERS[0])
+    for text in (r["text"] for r in toy_sentences(20, seed=99)):
+        back = loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True).strip()
+        if back != text:
+            raise ValueError(
+                f"model.tokenizer: a {model['kind']} folder with a {kind} tokenizer loads as "
+                f"{type(loaded).__name__}, which turns {text!r} into {back!r}; choose another of "
+                f"{', '.join(TOKENIZERS)}"
+            )
+    return loaded
+
+
+def model_config(model: dict[str, Any], tokenizer: Any) -> Any:
+    """The transformers config of a built model (tiny-gpt2, tiny-llama, qwen2) on ``tokenizer``."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
     width, layers, heads = int(model.get("embd", 64)), int(model.get("layers", 2)), int(model.get("heads", 2))
     ids = {
         "bos_token_id": tokenizer.eos_token_id,
@@ -826,6 +857,28 @@ def build_model(model: dict[str, Any]) -> Path:
         )
     else:
         raise ValueError(f"unknown model.kind {model['kind']!r}")
+    return config
+
+
+def build_model(model: dict[str, Any]) -> Path:
+    """A model directory: MiniLM from its package, or a tiny GPT-2/Llama/Qwen2 built from a config and
+    pre-trained here on the toy sentences with the tokenizer the trainer will load (cached by config)."""
+    if model["kind"] == "minilm":
+        return minilm_dir()
+    folder = CACHE / "models" / f"{model['kind']}-{digest(model)}"
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.tiny_model import toy_sentences
+
+    tokenizer = built_tokenizer(model)
+    config = model_config(model, tokenizer)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = saved_tokenizer(model, tokenizer, tmp, config)
+    torch.manual_seed(1234)
     net = AutoModelForCausalLM.from_config(config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net.to(device)
@@ -844,10 +897,7 @@ def build_model(model: dict[str, Any]) -> Path:
         loss.backward()
         opt.step()
         opt.zero_grad()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     net.cpu().save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

@@ -384,6 +384,37 @@ def test_an_epoch_sized_task_is_as_long_as_the_trainer_runs_it(tmp_path: Path) -
         lr_quality.load_tasks(path)
 
 
+def test_a_built_model_is_fine_tuned_on_the_text_it_was_pre_trained_on(tmp_path: Path) -> None:
+    """The tokenizer a built model pre-trains with is its folder's, loaded as the trainer loads it.
+    transformers 5 loads any qwen2 folder's tokenizer as a Qwen2Tokenizer, which turns the word-level toy
+    vocabulary's sentences into a few repeated tokens: such a model is refused, naming the field; a
+    byte-level BPE, as Qwen's own, comes back whole. Every model the task files build passes the check."""
+    from finetune_trainer.config import ModelSpec
+    from finetune_trainer.modeling import load_tokenizer
+
+    word_level = {"kind": "qwen2", "embd": 16, "layers": 1, "heads": 1}
+    built = lr_quality.built_tokenizer(word_level)
+    with pytest.raises(ValueError, match=r"model\.tokenizer: a qwen2 folder .* loads as Qwen2Tokenizer"):
+        lr_quality.saved_tokenizer(
+            word_level, built, tmp_path / "w", lr_quality.model_config(word_level, built)
+        )
+    assert "Qwen2Tokenizer" in type(load_tokenizer(ModelSpec(name=str(tmp_path / "w")))).__name__
+    with pytest.raises(ValueError, match=r"model\.tokenizer: 'sentencepiece' is not one of"):
+        lr_quality.built_tokenizer({**word_level, "tokenizer": "sentencepiece"})
+
+    specs = [word_level | {"tokenizer": "byte-level-bpe"}]
+    for f in lr_quality.TASKS_FILE.parent.glob("tasks*.yaml"):
+        specs += [t["model"] for t in lr_quality.load_tasks(f)["tasks"] if t["model"]["kind"] != "minilm"]
+    assert any(m["kind"] == "qwen2" for m in specs[1:])
+    for i, model in enumerate(specs):
+        built = lr_quality.built_tokenizer(model)
+        loaded = lr_quality.saved_tokenizer(
+            model, built, tmp_path / str(i), lr_quality.model_config(model, built)
+        )
+        text = "today the cat likes the great house ."
+        assert loaded(text)["input_ids"] == built(text)["input_ids"], model
+
+
 def test_every_task_file_loads_and_the_held_out_tasks_are_new() -> None:
     main = lr_quality.load_tasks(lr_quality.TASKS_FILE)
     files = sorted(lr_quality.TASKS_FILE.parent.glob("tasks_*.yaml"))
