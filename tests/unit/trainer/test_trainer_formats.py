@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import DatasetSpec, TrainerConfig
+from finetune_trainer.config import DatasetSpec, ModelSpec, TrainerConfig
 from finetune_trainer.data import prepare
 from finetune_trainer.exitcodes import ConfigError
 from finetune_trainer.formats import IGNORE_INDEX, alpaca_prompt, resolve_type, standard_row, tokenize_row
-from finetune_trainer.tiny_model import build_chat_tokenizer, build_tokenizer, toy_chats
+from finetune_trainer.modeling import load_tokenizer
+from finetune_trainer.tiny_model import build_chat_model_dir, build_chat_tokenizer, build_tokenizer, toy_chats
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,20 @@ def test_packed_chat_data_keeps_completion_only_labels(tok: Any, tmp_path: Path)
         return sum(sum(1 for t in labels if t != -100) for labels in ds["labels"])
 
     assert loss_tokens(packed.train) == loss_tokens(plain.train)  # whole examples moved, none cut
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_a_tiny_chat_model_loads_back_the_tokenizer_it_was_built_with(
+    tok: Any, arch: str, tmp_path: Path
+) -> None:
+    """The trainer loads a tiny chat model's tokenizer with AutoTokenizer, which picks the class by model type
+    (a qwen2 folder's as a Qwen2Tokenizer that rebuilds the BPE from the file): the byte-level BPE comes
+    back with the same ids and chat template, so the GPU QLoRA run and the demos train on their text."""
+    loaded = load_tokenizer(ModelSpec(name=str(build_chat_model_dir(tmp_path / arch, arch))))
+    text = "the teacher likes the awful river in the morning ."
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"]) == text
+    assert loaded.apply_chat_template(CHAT, tokenize=False) == tok.apply_chat_template(CHAT, tokenize=False)
 
 
 def test_chat_data_on_a_tokenizer_without_a_chat_template_names_the_fix(tmp_path: Path) -> None:
