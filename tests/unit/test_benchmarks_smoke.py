@@ -37,6 +37,7 @@ from benchmarks import (  # noqa: E402
     sweep_search,
     target_intervals,
     trainer_overhead,
+    trial_gap_probe,
 )
 
 
@@ -760,3 +761,24 @@ def test_miss_curves_explain_each_miss_on_its_seeds_own_runs() -> None:
     grid = Row("short-grid (4x30)", [1e-2, 1e-3, 1e-3], [90] * 3, [1.0] * 3, seeds=[0, 1, 2])
     plain = miss_curves.misses(dataclasses.replace(report, rows=[grid]), "short-grid")
     assert [m.seed for m in plain] == [0] and miss_curves.why(report, plain[0])[0] == "suggested"
+
+
+def test_the_gap_probe_caps_where_the_longest_trials_gap_ratio_first_rises_past_a_threshold() -> None:
+    trial = trial_gap_probe.Trial
+    trials = [
+        trial(1, 1e-3, 20, 0.9, 0.1),  # stage 1: the longest trials (stage 2) decide
+        trial(2, 1e-3, 40, 1.0, 0.80),  # ratio 0.20
+        trial(2, 1e-5, 40, 1.0, 0.98),  # 0.02
+        trial(2, 3e-3, 40, None, None),  # diverged: no ratio
+        trial(2, 1e-4, 40, 1.0, 0.94),  # 0.06
+    ]
+    assert [t.lr for t in trial_gap_probe.longest(trials)] == [1e-5, 1e-4, 1e-3, 3e-3]
+    assert trials[4].gap_ratio == pytest.approx(0.06) and trials[3].gap_ratio is None
+    assert trial(2, 1e-4, 40, 1.0, math.nan).gap_ratio is None
+    cap = trial_gap_probe.gap_cap
+    assert cap(trials, 0.04) == pytest.approx(10**-4.5), "half-way from 0.02 to 0.06, in log10 LR"
+    assert cap(trials, 0.1) == pytest.approx(10 ** (-4 + 0.04 / 0.14))
+    assert cap(trials, 0.01) == 1e-5, "the lowest trial is already above"
+    assert cap(trials, 0.3) is None, "no trial rises above it"
+    assert cap([trial(2, 1e-4, 40, 1.0, 1.2)], 0.0) is None, "training loss above validation (dropout)"
+    assert cap(trials[:1], 0.5) == 1e-3, "with one stage, its trials are the longest"
