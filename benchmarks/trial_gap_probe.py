@@ -89,11 +89,11 @@ def gap_cap(trials: Sequence[Trial], threshold: float) -> float | None:
     return None
 
 
-def observe(job: tuple[str, str, int]) -> dict[str, Any]:
+def observe(job: tuple[str, str, int, str]) -> dict[str, Any]:
     """``finetune-trainer recommend`` on one task-seed (in a worker), every trial's own result observed."""
     import finetune_trainer.recommend as recommend
 
-    name, config, seed = job
+    name, config, seed, key = job
     seen: list[tuple[float, int, float | None, float | None]] = []
     run_trial = recommend.run_trial
 
@@ -115,6 +115,7 @@ def observe(job: tuple[str, str, int]) -> dict[str, Any]:
     stages = [int(t["stage"]) for t in data.get("trials") or []]
     return {
         "task": name,
+        "key": key,
         "seed": seed,
         "lr": data.get("recommendedLearningRate"),
         "trials": [[stage, *trial] for stage, trial in zip(stages, seen, strict=True)],
@@ -126,18 +127,19 @@ def cache_path() -> Path:
 
 
 def observations(workers: int) -> list[dict[str, Any]]:
-    """Every task-seed's observed sweep: from the cache for this trainer source, else run (and cached)."""
+    """Every task-seed's observed sweep: from the cache for this trainer source and task (its ``task_key``),
+    else run (and cached)."""
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     cached = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    have = {(c["task"], c["seed"]) for c in cached}
+    have = {(c["task"], c["seed"], c.get("key")) for c in cached}
     jobs = []
     for file in TASK_FILES:
         spec = lq.load_tasks(file)
         for t in spec["tasks"]:
             task = lq.build_task(t, spec["oracle"])
-            jobs += [(task.name, str(task.config_path), int(s)) for s in spec["recommenderSeeds"]]
-    todo = [j for j in jobs if (j[0], j[2]) not in have]
+            jobs += [(task.name, str(task.config_path), int(s), task.key) for s in spec["recommenderSeeds"]]
+    todo = [j for j in jobs if (j[0], j[2], j[3]) not in have]
     if todo:
         print(f"running {len(todo)} of {len(jobs)} sweeps", file=sys.stderr)
         with ProcessPoolExecutor(workers, initializer=lq._init_pool_worker) as pool, path.open("a") as f:
@@ -145,10 +147,9 @@ def observations(workers: int) -> list[dict[str, Any]]:
                 f.write(json.dumps(seen) + "\n")
                 f.flush()
                 cached.append(seen)
-    order = {(j[0], j[2]): i for i, j in enumerate(jobs)}
-    return sorted(
-        (c for c in cached if (c["task"], c["seed"]) in order), key=lambda c: order[c["task"], c["seed"]]
-    )
+    order = {(j[0], j[2], j[3]): i for i, j in enumerate(jobs)}
+    ours = [c for c in cached if (c["task"], c["seed"], c.get("key")) in order]
+    return sorted(ours, key=lambda c: order[c["task"], c["seed"], c["key"]])
 
 
 def trials_of(seen: dict[str, Any]) -> list[Trial]:
