@@ -7,10 +7,10 @@ The misses that remain are mostly classifiers whose full-length runs memorise la
 miss_curves.md``): their short trials still favour the ceiling. A trial that already fits its own training
 rows better than the validation rows may be where that starts. ``recommend``'s result carries only each
 trial's validation loss, so this probe re-runs the product's ``finetune-trainer recommend`` on every
-task-seed of both CPU task files (about 13 minutes on 2 cores; the observations are cached per trainer
-source, so a second run only replays). It wraps the trial runner to read each trial's own result, which
-also holds its mean training loss over its last steps. It checks that every recommendation equals the one
-``lr_quality.py`` committed, and then replays one rule: the recommendation is capped at the learning rate
+task-seed of both CPU task files (about 9 minutes on 2 cores; the observations are cached per trainer
+source and task, so a second run only replays). It wraps the trial runner to read each trial's own result,
+which also holds its mean training loss over its last steps. It checks that every recommendation equals the
+one ``lr_quality.py`` committed, and then replays one rule: the recommendation is capped at the learning rate
 where the longest trials' *gap ratio* ((validation - training loss) / validation loss) first rises above a
 threshold. Regret is interpolated as in ``recalibration_replay.py``, so the figures are indicative only.
 """
@@ -105,9 +105,9 @@ def observe(job: tuple[str, str, int, str]) -> dict[str, Any]:
     recommend.run_trial = observed
     try:
         lq._seed(seed)
-        out = Path(tempfile.mkdtemp(prefix="gap-probe-"))
         argv = ["recommend", "--config", config, "--set", f"optimization.seed={seed}"]
-        code, data, err = lq.call_trainer(argv, out)
+        with tempfile.TemporaryDirectory(prefix="gap-probe-") as out:
+            code, data, err = lq.call_trainer(argv, Path(out))
     finally:
         recommend.run_trial = run_trial
     if data.get("kind") != "recommend":
