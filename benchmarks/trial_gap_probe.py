@@ -90,7 +90,8 @@ def gap_cap(trials: Sequence[Trial], threshold: float) -> float | None:
 
 
 def observe(job: tuple[str, str, int, str]) -> dict[str, Any]:
-    """``finetune-trainer recommend`` on one task-seed (in a worker), every trial's own result observed."""
+    """``lr_quality.py``'s own ``recommend`` job on one task-seed (in a worker), every trial's own result
+    observed on the way."""
     import finetune_trainer.recommend as recommend
 
     name, config, seed, key = job
@@ -104,20 +105,18 @@ def observe(job: tuple[str, str, int, str]) -> dict[str, Any]:
 
     recommend.run_trial = observed
     try:
-        lq._seed(seed)
-        argv = ["recommend", "--config", config, "--set", f"optimization.seed={seed}"]
-        with tempfile.TemporaryDirectory(prefix="gap-probe-") as out:
-            code, data, err = lq.call_trainer(argv, Path(out))
+        with tempfile.TemporaryDirectory(prefix="gap-probe-") as scratch:
+            res = lq.execute({"kind": "recommend", "seed": seed, "config": config, "scratch": scratch})
     finally:
         recommend.run_trial = run_trial
-    if data.get("kind") != "recommend":
-        raise RuntimeError(f"{name} seed {seed}: recommend exited {code}: {data.get('error') or err}")
-    stages = [int(t["stage"]) for t in data.get("trials") or []]
+    if "error" in res:
+        raise RuntimeError(f"{name} seed {seed}: {res['error']}")
+    stages = [int(stage) for stage, *_ in res["trials"]]
     return {
         "task": name,
         "key": key,
         "seed": seed,
-        "lr": data.get("recommendedLearningRate"),
+        "lr": res["lr"],
         "trials": [[stage, *trial] for stage, trial in zip(stages, seen, strict=True)],
     }
 
