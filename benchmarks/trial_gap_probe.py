@@ -213,18 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     ]
     replay = []
     for threshold in [None, *args.thresholds]:
-        cells: dict[str, list[float]] = {}
+        scores: dict[str, list[tuple[float, bool]]] = {}
         for seen in seen_all:
             task, seed, lr = seen["task"], int(seen["seed"]), seen["lr"]
             cap = None if threshold is None or lr is None else gap_cap(trials_of(seen), threshold)
-            tau, hit = regret_tau(task, seed, lr if cap is None else min(lr, cap))
+            scored = regret_tau(task, seed, lr if cap is None else min(lr, cap))
             for key in (reports[task][0], "pooled"):
-                cells.setdefault(key, []).extend([hit, tau])
+                scores.setdefault(key, []).append(scored)
         replay.append(
             ["none (the product)" if threshold is None else fmt(threshold)]
             + [
-                f"{int(sum(v[0::2]))}/{len(v) // 2}, {sum(v[1::2]) / (len(v) // 2):.2f} τ"
-                for v in (cells[lq.CPU_RESULTS[0]], cells[lq.CPU_RESULTS[1]], cells["pooled"])
+                f"{sum(hit for _, hit in v)}/{len(v)}, {sum(tau for tau, _ in v) / len(v):.2f} τ"
+                for v in (scores[lq.CPU_RESULTS[0]], scores[lq.CPU_RESULTS[1]], scores["pooled"])
             ]
         )
     body += [table(["gap-ratio cap", "in-sample", "held out", "pooled"], replay)]
