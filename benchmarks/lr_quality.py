@@ -787,14 +787,19 @@ TOKENIZERS = ("word-level", "byte-level-bpe")
 Qwen's own (``tiny_model.build_chat_tokenizer``)."""
 
 
+def tokenizer_kind(model: dict[str, Any]) -> str:
+    """A built model's ``tokenizer`` field, ``TOKENIZERS[0]`` when unset; refused unless one of them."""
+    kind = model.get("tokenizer", TOKENIZERS[0])
+    if kind not in TOKENIZERS:
+        raise ValueError(f"model.tokenizer: {kind!r} is not one of {', '.join(TOKENIZERS)}")
+    return str(kind)
+
+
 def built_tokenizer(model: dict[str, Any]) -> Any:
     """A built model's tokenizer, by its ``tokenizer`` field (see ``TOKENIZERS``)."""
     from finetune_trainer.tiny_model import build_chat_tokenizer, build_tokenizer
 
-    kind = model.get("tokenizer", TOKENIZERS[0])
-    if kind not in TOKENIZERS:
-        raise ValueError(f"model.tokenizer: {kind!r} is not one of {', '.join(TOKENIZERS)}")
-    return build_tokenizer() if kind == "word-level" else build_chat_tokenizer()
+    return build_tokenizer() if tokenizer_kind(model) == "word-level" else build_chat_tokenizer()
 
 
 def saved_tokenizer(model: dict[str, Any], built: Any, folder: Path, config: Any) -> Any:
@@ -812,7 +817,7 @@ def saved_tokenizer(model: dict[str, Any], built: Any, folder: Path, config: Any
     config.save_pretrained(folder)
     built.save_pretrained(folder)
     loaded = load_tokenizer(ModelSpec(name=str(folder)))
-    kind = model.get("tokenizer", TOKENIZERS[0])
+    kind = tokenizer_kind(model)
     for text in (r["text"] for r in toy_sentences(20, seed=99)):
         back = loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True).strip()
         if back != text:
