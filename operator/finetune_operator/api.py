@@ -667,6 +667,9 @@ class RangeTestSummary(Spec):
     baseline_loss: float | None = None
     """Classification: the entropy of the validation labels, the lowest loss that a prediction ignoring the
     input scores (adaptive trials not below it learned nothing); unset for a causal LM."""
+    best_loss: float | None = None
+    """The ramp's lowest smoothed training loss: below `baselineLoss`, the ramp learned, so where no trial
+    did the sweep still reports its ceiling (unconfirmed, as `NothingTrained`)."""
 
 
 class LRSweepStatus(ResourceStatus):

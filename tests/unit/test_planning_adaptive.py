@@ -320,6 +320,15 @@ def test_a_classifier_whose_trials_never_beat_its_label_entropy_fails_nothing_tr
     assert len(s["trials"]) == 5 + 3, "no extension below trials that learned nothing"
     blind = FakeCluster(SPEC, loss=at_chance).run()
     assert blind["evidence"] != "NothingTrained" and blind["recommendedLearningRate"] is not None
+    # the ramp's own loss (bestLoss) fell below the labels' entropy: it learned where the trials did not
+    learned = FakeCluster(
+        SPEC, loss=at_chance, range_test={**RANGE_TEST, "baselineLoss": chance, "bestLoss": 0.5}
+    )
+    t = learned.run()
+    assert t["rangeTest"]["bestLoss"] == 0.5
+    assert (t["phase"], t["evidence"]) == ("Failed", "NothingTrained"), "still weak: auto must not train"
+    assert t["recommendedLearningRate"] == max(x["learningRate"] for x in t["trials"]), "the ceiling"
+    assert "unconfirmed by any trial" in t["message"] and "adaptive.trialSteps" in t["message"]
 
 
 def test_best_at_the_lowest_candidate_after_extensions_names_the_bound():

@@ -21,7 +21,8 @@ A classifier's trial whose loss is not below the entropy of the validation label
 ``baselineLoss``: the best that ignoring the input can score) learned nothing from its inputs, and its loss
 says nothing about its LR: such trials are not extended downwards (a lower LR learns less), stage 2 then
 tries the ceiling's neighbourhood at twice the length, and when no trial of either stage learned the sweep
-ends ``NothingTrained`` with no LR.
+ends ``NothingTrained`` (weak): with the ceiling, unconfirmed, when the range test's ramp learned (its lowest
+loss below that entropy: the ramp trained longer than the trials), else with no LR.
 Trials are judged on validation loss after a full warmup + decay, never mid-run, and (``matchEpochs``) each
 trains on the share of the rows that its length is of the fine-tune's, so it makes the fine-tune's passes
 over its data: memorising that only a later epoch brings shows in the trial too. The whole sweep, range test
@@ -551,11 +552,13 @@ def next_step(
     minimum: float | None = None,
     baseline: float | None = None,
     ramp_steps: int = 0,
+    ramp_loss: float | None = None,
 ) -> AdaptiveStep:
     """The next thing to do, given the divergence edge, the range test's loss minimum (see
     :func:`loss_minimum`; ``None`` when unknown), its ``baselineLoss`` (see :func:`label_entropy`;
     ``None`` for a causal LM), the optimiser steps it spent (``ramp_steps``, counted against
-    ``adaptive.maxFineTunes``) and every trial finished so far."""
+    ``adaptive.maxFineTunes``), its lowest smoothed loss (``ramp_loss``, its ``bestLoss``: whether the ramp
+    learned where no trial did) and every trial finished so far."""
     done = {(r.stage, r.index): r for r in finished}
     steps1, steps2 = trial_steps(spec, max_steps)
     budget = trial_budget(spec, max_steps, ramp_steps)
@@ -611,7 +614,9 @@ def next_step(
     fitting, need = _room(spec, steps1, steps2, left)
     if fitting < need:
         window = (edge, top, capped, minimum)
-        return _stage_one_decision(spec, window, ok1, fit1, tested, steps1, (fitting, need), baseline)
+        return _stage_one_decision(
+            spec, window, ok1, fit1, tested, steps1, (fitting, need), (baseline, ramp_loss)
+        )
     steps2 = fitting
     # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
     centre = ((vertex(fit1) if fit1 else None) or best_lr) if learned1 else top
@@ -622,13 +627,13 @@ def next_step(
     everything = tested + [t.learning_rate for t in stage2]
     low, high = min(everything), max(everything)
     if not learned1 and not _any_trained(ok2, baseline):
-        return _finish(
-            None,
-            "NothingTrained",
+        return _nothing_trained(
             f"{_nothing_below(baseline, high, steps2)}: the trials are too short for this task to learn "
-            "anything; raise adaptive.trialSteps",
+            "anything",
+            "adaptive.trialSteps",
+            (top, ramp_loss, baseline),
             "stage-2-best",
-            best_loss=min((y for _, y in ok1 + ok2), default=None),
+            min((y for _, y in ok1 + ok2), default=None),
         )
     untrained = (
         f"; stage 1 learned nothing (no trial below {baseline:.4g}, the validation labels' entropy), so "
@@ -698,6 +703,30 @@ def next_step(
     )
 
 
+def _nothing_trained(
+    why: str,
+    fix: str,
+    ramp: tuple[float, float | None, float | None],
+    decided_by: str,
+    best_loss: float | None,
+) -> AdaptiveStep:
+    """Weak ``NothingTrained`` evidence: no trial learned (``why``; ``fix`` names the fields to raise).
+    ``ramp`` is the ceiling, the range test's lowest loss and the labels' entropy: when the ramp's loss
+    fell below that entropy, the ramp learned what the trials were too short to, and its ceiling is
+    reported, unconfirmed (the sweep still fails and ``auto`` does not train with it); else no LR."""
+    top, ramp_loss, baseline = ramp
+    if ramp_loss is None or not math.isfinite(ramp_loss) or not trained(ramp_loss, baseline):
+        return _finish(None, "NothingTrained", f"{why}: raise {fix}", decided_by, best_loss=best_loss)
+    return _finish(
+        top,
+        "NothingTrained",
+        f"{why}; the range test's ramp did learn (its loss fell to {ramp_loss:.4g}), so its ceiling "
+        f"{top:.3g} is reported, unconfirmed by any trial: raise {fix} to confirm it",
+        decided_by,
+        best_loss=best_loss,
+    )
+
+
 def _nothing_below(baseline: float | None, high: float, steps: int) -> str:
     return (
         f"no trial's validation loss fell below {baseline:.4g}, the validation labels' entropy (what "
@@ -740,13 +769,14 @@ def _stage_one_decision(
     tested: list[float],
     steps1: int,
     room: tuple[int, int],
-    baseline: float | None,
+    losses: tuple[float | None, float | None],
 ) -> AdaptiveStep:
     """Stage 1 decides when ``adaptive.maxFineTunes`` leaves stage 2 no room (``room``: the steps a
     finalist would get, and the least it needs): the stage-1 parabola's minimum, or its best trial; no
     horizon step (no second trial length). ``window`` is the edge, the ceiling, whether the loss minimum
-    set it, and that minimum."""
+    set it, and that minimum; ``losses`` the labels' entropy and the range test's lowest loss."""
     edge, top, capped, minimum = window
+    baseline, ramp_loss = losses
     fitting, need = room
     skipped = (
         f"stage 2 skipped: adaptive.maxFineTunes ({spec.max_fine_tunes:g} fine-tunes' worth, range test "
@@ -756,13 +786,12 @@ def _stage_one_decision(
     best_lr, best_loss = min(ok1, key=lambda p: p[1])
     low, high = min(tested), max(tested)
     if not _any_trained(ok1, baseline):
-        return _finish(
-            None,
-            "NothingTrained",
-            f"{_nothing_below(baseline, high, steps1)}, and {skipped}: raise adaptive.trialSteps or "
-            "adaptive.maxFineTunes",
+        return _nothing_trained(
+            f"{_nothing_below(baseline, high, steps1)}, and {skipped}",
+            "adaptive.trialSteps or adaptive.maxFineTunes",
+            (top, ramp_loss, baseline),
             "stage-1-best",
-            best_loss=best_loss,
+            best_loss,
         )
     if (
         not capped
@@ -799,16 +828,17 @@ def run_to_decision(
     minimum: float | None = None,
     baseline: float | None = None,
     ramp_steps: int = 0,
+    ramp_loss: float | None = None,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """:func:`next_step` in a loop, ``run`` running each trial it asks for, one after another, until it
     decides: ``recommend``'s loop (the operator runs the same requests as Jobs). Returns the decision and
     every trial's record in the order run."""
     finished: list[TrialRecord] = []
-    step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps)
+    step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps, ramp_loss)
     while step.done is None:
         done = {(r.stage, r.index) for r in finished}
         finished += [run(request) for request in step.trials if request.key not in done]
-        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps)
+        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps, ramp_loss)
     return step.done, finished
 
 

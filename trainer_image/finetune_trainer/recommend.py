@@ -86,6 +86,7 @@ def run_recommend(
             minimum,
             range_result.baseline_loss,
             range_result.steps,
+            range_result.best_loss,
         )
         decision = inside_tested_window(decision, start, finished)
     spent = range_result.steps + sum(r.steps for r in finished)

@@ -151,11 +151,12 @@ def decide(
     children: Mapping[str, ChildState],
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
     minimum: float | None = None,
-    baseline: float | None = None,
+    losses: tuple[float | None, float | None] = (None, None),
     ramp_steps: int = 0,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
-    `adaptive.parallelism` running); or the recommendation once the stages are done.
+    `adaptive.parallelism` running); or the recommendation once the stages are done. `losses` are the range
+    test's `baselineLoss` and `bestLoss` (see `next_step`).
 
     Records feed `next_step`, whose requests name the Jobs that hold further records, so the loop runs until
     no new record turns up (each round adds one, at most a few dozen rounds of arithmetic).
@@ -169,8 +170,9 @@ def decide(
             list(records.values()),
             spec.optimization.max_steps,
             minimum,
-            baseline,
+            losses[0],
             ramp_steps,
+            losses[1],
         )
         requests.update({r.key: r for r in step.trials})
         if step.done is not None:
@@ -277,9 +279,8 @@ def plan(
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
     records = remembered_records(b.status.trials, children)
-    decision = decide(
-        name, sweep, edge, children, records, minimum, summary.baseline_loss, summary.steps or 0
-    )
+    losses = (summary.baseline_loss, summary.best_loss)
+    decision = decide(name, sweep, edge, children, records, minimum, losses, summary.steps or 0)
     for t in decision.start:
         req = t.request
         try:

@@ -146,6 +146,7 @@ def summarize(result: RangeTestResult) -> RangeTestSummary:
         steps=result.steps,
         fine_tune_steps=result.fine_tune_steps,
         baseline_loss=finite(result.baseline_loss),
+        best_loss=finite(result.best_loss),
     )
 
 

@@ -71,11 +71,12 @@ def drive(
     minimum: float | None = None,
     baseline: float | None = None,
     ramp_steps: int = 0,
+    ramp_loss: float | None = None,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """Run the stages to the end the way ``recommend`` does, with ``loss`` standing in for the trainer."""
     finished: list[TrialRecord] = []
     for _ in range(50):
-        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps)
+        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps, ramp_loss)
         if step.done is not None:
             return step.done, finished
         have = {(r.stage, r.index) for r in finished}
@@ -452,14 +453,47 @@ def test_trials_that_learned_nothing_send_stage_two_to_the_ceiling_not_down() ->
 
 
 def test_no_trial_below_the_label_entropy_ends_nothing_trained_with_no_lr() -> None:
-    result, trials = drive(
-        AdaptiveSpec(), 1e-2, late_learner(10_000), 100, minimum=4e-4 * 10**HEADROOM, baseline=CHANCE
-    )
-    assert result.evidence == "NothingTrained" and result.weak
-    assert result.recommended_learning_rate is None
-    assert "adaptive.trialSteps" in result.message and f"{CHANCE:.4g}" in result.message
-    spec = AdaptiveSpec()
-    assert len(trials) == spec.candidates + spec.finalists, "no extension downwards in either stage"
+    """Nor did the ramp learn (its lowest loss at chance, or unknown): nothing supports any LR."""
+    for ramp_loss in (None, CHANCE, float("nan")):
+        result, trials = drive(
+            AdaptiveSpec(),
+            1e-2,
+            late_learner(10_000),
+            100,
+            minimum=4e-4 * 10**HEADROOM,
+            baseline=CHANCE,
+            ramp_loss=ramp_loss,
+        )
+        assert result.evidence == "NothingTrained" and result.weak
+        assert result.recommended_learning_rate is None, ramp_loss
+        assert "adaptive.trialSteps" in result.message and f"{CHANCE:.4g}" in result.message
+        assert "ceiling" not in result.message
+        spec = AdaptiveSpec()
+        assert len(trials) == spec.candidates + spec.finalists, "no extension downwards in either stage"
+
+
+def test_trials_too_short_to_learn_report_the_ceiling_of_a_ramp_that_learned_unconfirmed() -> None:
+    """The benchmark's `minilm-cls-b16` seed 1: no 20-step trial beat chance, but the 79-step ramp's loss
+    fell to 0.569, below the labels' entropy 0.691. The ceiling the ramp set is reported with its evidence
+    still weak (the sweep fails; `auto` does not train with it), and the fix still named."""
+    top = 4e-4
+    for budget, fix in ((2, "adaptive.trialSteps or adaptive.maxFineTunes"), (100, "adaptive.trialSteps")):
+        result, trials = drive(
+            AdaptiveSpec(max_fine_tunes=budget),
+            1e-2,
+            late_learner(10_000),
+            100,
+            top * 10**HEADROOM,
+            CHANCE,
+            76,
+            ramp_loss=0.569,
+        )
+        assert result.evidence == "NothingTrained" and result.weak and not result.trusted
+        assert result.recommended_learning_rate == pytest.approx(top)
+        assert f"ceiling {top:.3g} is reported, unconfirmed" in result.message
+        assert result.message.endswith(f"raise {fix} to confirm it")
+        assert {t.stage for t in trials} == ({STAGE_1} if budget == 2 else {STAGE_1, STAGE_2})
+        assert all(t.learning_rate <= top * (1 + 1e-9) for t in trials)
 
 
 def test_a_classifier_that_learns_in_stage_one_is_decided_as_without_a_baseline() -> None:
