@@ -259,3 +259,7 @@ def test_describe_puts_an_adaptive_sweeps_trial_ceiling_under_the_reported_loss_
     assert ceiling_line(lossMinimumLearningRate=10**-2.5).endswith("trials at or below 1.00e-03")
     assert ceiling_line().endswith("trials at or below 2.59e-04")
     assert ceiling_line(baselineLoss=0.6931).endswith("trials at or below 2.59e-04, label entropy 0.6931")
+    assert ceiling_line(baselineLoss=0.6931, bestLoss=0.569).endswith(
+        "label entropy 0.6931, ramp's lowest loss 0.569"
+    )
+    assert "lowest loss" not in ceiling_line(bestLoss=2.5), "a causal LM's ramp loss is no news"

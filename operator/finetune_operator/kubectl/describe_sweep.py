@@ -153,6 +153,8 @@ def _range_test(s: LRSweepStatus, adaptive: AdaptiveSpec, method: str) -> list[s
             parts.append(f"{r.steps} steps")
         if r.baseline_loss is not None:  # a classifier's trial not below it learned nothing
             parts.append(f"label entropy {r.baseline_loss:.4g}")
+            if r.best_loss is not None:  # below that entropy: the ramp itself learned
+                parts.append(f"ramp's lowest loss {r.best_loss:.4g}")
     if s.stop_reason:
         parts.append(f"stopped: {s.stop_reason}")
     return ["", field("Range test", ", ".join(parts))]
