@@ -12,6 +12,8 @@ minimum), its short trials and the recommendation. The *why* line is read off th
   answer is as far off as the range test put the ceiling;
 * *horizon step*: the stage-2 minimum was moved down for the fine-tune's length, and landed off;
 * *stage-2 fit*: the parabola through the longer trials put its minimum off;
+* *no trial learned*: every trial stayed at the labels' entropy, and the sweep reported the ceiling of a ramp
+  that did learn, unconfirmed (weak ``NothingTrained``);
 * *no learning rate*: the sweep ended on a condition; it scores the worst grid point.
 
 A miss within 0.1 decades of the best LR is also flagged as inside the benchmark's hit noise
@@ -125,6 +127,12 @@ def why(report: TaskReport, miss: Miss) -> tuple[str, str]:
     off = f"{abs(miss.delta or 0.0):.2f} decades {'above' if (miss.delta or 0.0) > 0 else 'below'} the best"
     if not note.get("trials"):
         kind, text = "suggested", f"the row suggested {lr:.3g} ({off}), with no adaptive trials to read"
+    elif note.get("evidence") == "NothingTrained":
+        kind, text = (
+            "no trial learned",
+            f"no trial left the labels' entropy, so the sweep reported its ramp's ceiling {lr:.3g}, "
+            f"unconfirmed ({off})",
+        )
     elif top is not None and _same(lr, top):
         where = math.log10(top / best)
         if where < 0:

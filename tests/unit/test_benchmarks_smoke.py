@@ -738,6 +738,9 @@ def test_miss_curves_explain_each_miss_on_its_seeds_own_runs() -> None:
     assert kind == "held at the ceiling" and "1.00 decades above the best" in text
     assert "shorter than the fine-tune" in text, "a ceiling above the optimum: the trials favoured it"
     assert miss_curves.why(report, found[1])[0] == "no learning rate"
+    unconfirmed = dataclasses.replace(found[1], lr=1e-2, delta=1.0)
+    kind, text = miss_curves.why(report, unconfirmed)
+    assert kind == "no trial learned" and "ceiling 0.01, unconfirmed (1.00 decades above" in text
     assert miss_curves.hit_ranges(report, 1) == [(1e-3, 1e-3), (1e-1, 1e-1)], "two separate basins"
     moved = dataclasses.replace(
         found[0],
