@@ -615,7 +615,7 @@ def next_step(
     if fitting < need:
         window = (edge, top, capped, minimum)
         return _stage_one_decision(
-            spec, window, ok1, fit1, tested, steps1, (fitting, need), (baseline, ramp_loss)
+            spec, window, ok1, fit1, tested, steps1, (fitting, need), baseline, ramp_loss
         )
     steps2 = fitting
     # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
@@ -631,9 +631,11 @@ def next_step(
             f"{_nothing_below(baseline, high, steps2)}: the trials are too short for this task to learn "
             "anything",
             "adaptive.trialSteps",
-            (top, ramp_loss, baseline),
             "stage-2-best",
-            min((y for _, y in ok1 + ok2), default=None),
+            top=top,
+            ramp_loss=ramp_loss,
+            baseline=baseline,
+            best_loss=min((y for _, y in ok1 + ok2), default=None),
         )
     untrained = (
         f"; stage 1 learned nothing (no trial below {baseline:.4g}, the validation labels' entropy), so "
@@ -706,15 +708,17 @@ def next_step(
 def _nothing_trained(
     why: str,
     fix: str,
-    ramp: tuple[float, float | None, float | None],
     decided_by: str,
+    *,
+    top: float,
+    ramp_loss: float | None,
+    baseline: float | None,
     best_loss: float | None,
 ) -> AdaptiveStep:
     """Weak ``NothingTrained`` evidence: no trial learned (``why``; ``fix`` names the fields to raise).
-    ``ramp`` is the ceiling, the range test's lowest loss and the labels' entropy: when the ramp's loss
-    fell below that entropy, the ramp learned what the trials were too short to, and its ceiling is
-    reported, unconfirmed (the sweep still fails and ``auto`` does not train with it); else no LR."""
-    top, ramp_loss, baseline = ramp
+    When the range test's lowest loss (``ramp_loss``) fell below the labels' entropy (``baseline``), the
+    ramp learned what the trials were too short to, and its ceiling ``top`` is reported, unconfirmed (the
+    sweep still fails and ``auto`` does not train with it); else no LR."""
     if ramp_loss is None or not math.isfinite(ramp_loss) or not trained(ramp_loss, baseline):
         return _finish(None, "NothingTrained", f"{why}: raise {fix}", decided_by, best_loss=best_loss)
     return _finish(
@@ -769,14 +773,15 @@ def _stage_one_decision(
     tested: list[float],
     steps1: int,
     room: tuple[int, int],
-    losses: tuple[float | None, float | None],
+    baseline: float | None,
+    ramp_loss: float | None,
 ) -> AdaptiveStep:
     """Stage 1 decides when ``adaptive.maxFineTunes`` leaves stage 2 no room (``room``: the steps a
     finalist would get, and the least it needs): the stage-1 parabola's minimum, or its best trial; no
     horizon step (no second trial length). ``window`` is the edge, the ceiling, whether the loss minimum
-    set it, and that minimum; ``losses`` the labels' entropy and the range test's lowest loss."""
+    set it, and that minimum; ``baseline`` the labels' entropy and ``ramp_loss`` the range test's lowest
+    loss."""
     edge, top, capped, minimum = window
-    baseline, ramp_loss = losses
     fitting, need = room
     skipped = (
         f"stage 2 skipped: adaptive.maxFineTunes ({spec.max_fine_tunes:g} fine-tunes' worth, range test "
@@ -789,9 +794,11 @@ def _stage_one_decision(
         return _nothing_trained(
             f"{_nothing_below(baseline, high, steps1)}, and {skipped}",
             "adaptive.trialSteps or adaptive.maxFineTunes",
-            (top, ramp_loss, baseline),
             "stage-1-best",
-            best_loss,
+            top=top,
+            ramp_loss=ramp_loss,
+            baseline=baseline,
+            best_loss=best_loss,
         )
     if (
         not capped

@@ -151,12 +151,13 @@ def decide(
     children: Mapping[str, ChildState],
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
     minimum: float | None = None,
-    losses: tuple[float | None, float | None] = (None, None),
+    baseline: float | None = None,
     ramp_steps: int = 0,
+    ramp_loss: float | None = None,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
-    `adaptive.parallelism` running); or the recommendation once the stages are done. `losses` are the range
-    test's `baselineLoss` and `bestLoss` (see `next_step`).
+    `adaptive.parallelism` running); or the recommendation once the stages are done. `baseline` and
+    `ramp_loss` are the range test's `baselineLoss` and `bestLoss` (see `next_step`).
 
     Records feed `next_step`, whose requests name the Jobs that hold further records, so the loop runs until
     no new record turns up (each round adds one, at most a few dozen rounds of arithmetic).
@@ -170,9 +171,9 @@ def decide(
             list(records.values()),
             spec.optimization.max_steps,
             minimum,
-            losses[0],
+            baseline,
             ramp_steps,
-            losses[1],
+            ramp_loss,
         )
         requests.update({r.key: r for r in step.trials})
         if step.done is not None:
@@ -279,8 +280,17 @@ def plan(
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
     records = remembered_records(b.status.trials, children)
-    losses = (summary.baseline_loss, summary.best_loss)
-    decision = decide(name, sweep, edge, children, records, minimum, losses, summary.steps or 0)
+    decision = decide(
+        name,
+        sweep,
+        edge,
+        children,
+        records,
+        minimum,
+        summary.baseline_loss,
+        summary.steps or 0,
+        ramp_loss=summary.best_loss,
+    )
     for t in decision.start:
         req = t.request
         try:
