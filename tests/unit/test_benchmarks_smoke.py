@@ -713,6 +713,23 @@ def test_hit_noise_scores_the_check_runs_near_the_best_lr_by_paired_regret() -> 
     assert hit_noise.near_hits(oracle, 0.01) == (0, 0)
 
 
+def test_hit_noise_judges_the_other_seeds_best_grid_lr_on_each_seed() -> None:
+    from benchmarks.lr_quality import Oracle
+
+    lrs = [1e-4, 1e-3, 1e-2]
+    # seeds 0 and 1 agree on 1e-3; seed 2 alone prefers 1e-2, and is worse there than at 1e-3 on seed 0
+    losses = {1e-4: [2.0, 2.0, 2.0], 1e-3: [1.0, 1.0, 1.3], 1e-2: [1.4, 1.2, 1.1]}
+    oracle = Oracle(lrs, losses, penalty=3.0, seeds=[0, 1, 2])
+    picks = hit_noise.cross_seed_picks(oracle)
+    assert [(s, lr) for s, lr, _ in picks] == [(0, 1e-3), (1, 1e-3), (2, 1e-3)]
+    assert picks[2][2] == pytest.approx(0.0), "seed 2 is scored against its own run at the best LR"
+    losses[1e-2] = [1.4, 0.9, 1.1]  # seed 1 now prefers 1e-2 too: seed 0's pick moves there
+    oracle = Oracle(lrs, losses, penalty=3.0, seeds=[0, 1, 2])
+    seed, lr, regret = hit_noise.cross_seed_picks(oracle)[0]
+    assert (seed, lr) == (0, 1e-2) and regret == pytest.approx(0.4)
+    assert not oracle.hit(regret)
+
+
 def test_miss_curves_explain_each_miss_on_its_seeds_own_runs() -> None:
     from benchmarks.lr_quality import Oracle, Row, TaskReport, oracle_key
 
