@@ -3,6 +3,7 @@ adaptive LRSweep and the `auto` FineTuneJob from `examples/demo/`, real trainer 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,3 +18,7 @@ def test_the_demo_runs_its_sweep_and_its_auto_finetune_to_success(tmp_path: Path
     assert "[demo] FineTuneJob tiny-gpt2-auto: Succeeded" in out, out[-6000:]
     assert "[demo] LRSweep tiny-gpt2-lr (adaptive): Succeeded: recommended learning rate" in out, out[-6000:]
     assert "Recommended:" in out and "kubectl finetune describe lrs/tiny-gpt2-lr" in out, "the plugin's view"
+    hinted = re.search(r"kubectl finetune logs lrs/tiny-gpt2-lr --trial (\d+) --stage (\d+)", out)
+    assert hinted, "a logs command for one of the sweep's trials"
+    trial, stage = hinted.groups()
+    assert f"trial {stage}-{trial}: lr" in out, "the hinted trial is one the sweep ran"

@@ -90,7 +90,18 @@ def plot_curve(name: str, kubeconfig: Path, out: Path) -> Path | None:
     return out
 
 
-def try_the_plugin(cluster: Any, docs: list[dict[str, Any]], demo_dir: Path, keep: bool) -> None:
+def trial_logs_hint(name: str, status: dict[str, Any]) -> str | None:
+    """`kubectl finetune logs` of the sweep's best trial, one that ran (stage 2 may have been skipped)."""
+    ran = [t for t in status.get("trials") or [] if t.get("evalLoss") is not None and not t.get("diverged")]
+    if not ran:
+        return None
+    best = min(ran, key=lambda t: t["evalLoss"])
+    return f"kubectl finetune logs lrs/{name} --trial {best['index']} --stage {best['stage']}"
+
+
+def try_the_plugin(
+    cluster: Any, docs: list[dict[str, Any]], results: dict[str, dict], demo_dir: Path, keep: bool
+) -> None:
     """`kubectl finetune describe` of the sweep, then the plugin's commands to try on this cluster."""
     sweeps = [d["metadata"]["name"] for d in docs if d["kind"] == "LRSweep"]
     jobs = [d["metadata"]["name"] for d in docs if d["kind"] == "FineTuneJob"]
@@ -113,7 +124,8 @@ def try_the_plugin(cluster: Any, docs: list[dict[str, Any]], demo_dir: Path, kee
     if sweeps and auto:
         lines.append(f"kubectl finetune compare {' '.join(sweeps + auto)}")
     lines += [f"kubectl finetune logs ftj/{j}" for j in jobs[:1]]
-    lines += [f"kubectl finetune logs lrs/{s} --trial 0 --stage 2" for s in sweeps[:1]]
+    hints = (trial_logs_hint(s, results.get(s, {}).get("status") or {}) for s in sweeps[:1])
+    lines += [hint for hint in hints if hint]
     lines += [f"kubectl finetune wait ftj/{j} --for=Succeeded --timeout 5m" for j in jobs[:1]]
     for line in lines:
         print(f"    {line}")
@@ -176,7 +188,7 @@ def run(demo_dir: Path, timeout: float, keep: bool = False) -> int:
                 for d in docs
             }
             code = report(results, demo_dir, cluster.kubeconfig)
-            try_the_plugin(cluster, docs, demo_dir, keep)
+            try_the_plugin(cluster, docs, results, demo_dir, keep)
         finally:
             operator.terminate()
             operator.wait(timeout=30)
