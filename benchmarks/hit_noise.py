@@ -11,8 +11,9 @@ noise, a ceiling on its hit rate. The sample is the LRs that recommenders picked
 
 A second table asks the same of a perfect search done on other seeds: for each task-seed, the oracle grid's
 LR with the lowest mean loss over the *other* seeds (13 or 11 full-length runs each, 22-26 fine-tunes'
-worth), scored on this seed by paired regret. It is the hit rate that no recommender judged on one seed's
-noise can be expected to beat by much.
+worth), scored on this seed by paired regret: what a perfect search that never sees this seed's own
+full-length runs achieves. A reference for the benchmark's seed noise, not a bound: a recommender's trials
+run on the seed it is judged on.
 """
 
 from __future__ import annotations
