@@ -27,7 +27,14 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import CPU_RESULTS, REGRET_CAP, Oracle, committed_reports, parse_oracle_key
+from benchmarks.lr_quality import (
+    CPU_RESULTS,
+    REGRET_CAP,
+    Oracle,
+    TaskReport,
+    committed_reports,
+    parse_oracle_key,
+)
 
 
 def near_hits(oracle: Oracle, within: float) -> tuple[int, int]:
@@ -55,11 +62,11 @@ def cross_seed_picks(oracle: Oracle) -> list[tuple[int, float, float]]:
     return picks
 
 
-def cross_seed_table(names: list[str]) -> str:
+def cross_seed_table(reports: dict[str, list[TaskReport]]) -> str:
     """Hits and mean regret/τ of the other seeds' best grid LR, per task and over every task-seed."""
     rows, hits, count, regret = [], 0, 0, 0.0
-    for name in names:
-        for report in committed_reports(name):
+    for name, tasks in reports.items():
+        for report in tasks:
             oracle = report.oracle
             picks = cross_seed_picks(oracle)
             h = sum(oracle.hit(r) for _, _, r in picks)
@@ -88,10 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--within", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
+    reports = {name: committed_reports(name) for name in CPU_RESULTS}
     rows, parts = [], []
-    for name in CPU_RESULTS:
+    for name, tasks in reports.items():
         totals = dict.fromkeys(args.within, (0, 0))
-        for report in committed_reports(name):
+        for report in tasks:
             oracle = report.oracle
             cells = []
             for d in args.within:
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             "## A full-length search on other seeds",
             "",
-            cross_seed_table(list(CPU_RESULTS)),
+            cross_seed_table(reports),
         ]
     )
     print(body)
