@@ -30,6 +30,7 @@ from benchmarks import (  # noqa: E402
     lr_quality,
     miss_curves,
     operator_scale,
+    ramp_shape_replay,
     ramp_stop_replay,
     rangetest_cost,
     recalibration_replay,
@@ -698,6 +699,74 @@ def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> No
     stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 1.0)
     assert (stop, capped) == (95, True) and math.log10(top) > -3.0  # a decade's look reaches the dip
     assert ramp_stop_replay.cut(lrs, losses, 10.0, 0.5)[0] == 120  # not past its planned end: all of it
+
+
+def test_the_ramp_shape_replay_reads_each_seeds_journalled_ramp_and_lowers_only_sharp_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.lr_quality import Oracle, Row, TaskReport, job_fingerprints, job_id
+    from finetune_trainer.adaptive import HEADROOM, ceiling
+    from finetune_trainer.config import AdaptiveSpec
+    from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
+
+    replayed = ramp_shape_replay.replayed_ceiling
+    assert replayed(1e-3, 1.0, HEADROOM) == pytest.approx(ceiling(AdaptiveSpec(), 1.0, 1e-3)[0])
+    assert replayed(1e-3, 1.0, 0.8) == pytest.approx(10**-3.8)
+    assert replayed(1e-3, 1.5e-3, 0.2) == pytest.approx(1.5e-3 * 10**-0.5), "never above the edge's margin"
+    assert replayed(1e-3, None, 0.8) == pytest.approx(10**-3.8)
+    assert ramp_shape_replay.fall_decades(1e-3, 1e-4) == pytest.approx(1.0)
+    assert ramp_shape_replay.headroom_for(0.3, 0.5, 0.9) == 0.9
+    assert ramp_shape_replay.headroom_for(1.2, 0.5, 0.9) == HEADROOM
+
+    lrs = [10 ** (-6 + i * 0.05) for i in range(100)]  # 1e-6 .. 1e-1, 20 steps per decade
+    gradual = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.05 * (i - 60) for i in range(100)]  # minimum at 1e-3
+    sharp = [0.7 - 0.0002 * i for i in range(54)]  # at the labels' entropy, barely moving
+    sharp += [sharp[-1] - 0.05 * (i - 53) for i in range(54, 60)]  # then a fall just below the minimum
+    sharp += [sharp[-1] + 0.05 * (i - 59) for i in range(60, 100)]
+
+    def result(losses: list[float]) -> dict:  # a ramp planned from 1e-6 to 1e-4 that ran on to 1e-1
+        return {"curve": [lrs, losses], "window": [1e-4 / (PRIOR_BELOW * PRIOR_ABOVE), 1e-1]}
+
+    monkeypatch.setattr(ramp_shape_replay, "CACHE", tmp_path)
+    (tmp_path / "jobs").mkdir()
+    fingerprint = job_fingerprints()["range-test"]
+    ids = {
+        s: job_id({"kind": "range-test", "row": "range-test", "seed": s, "source": fingerprint})
+        for s in (0, 1)
+    }
+    stale = job_id({"kind": "range-test", "row": "range-test", "seed": 0, "source": "another-trainer"})
+    journal = [
+        {"id": stale, "result": result(gradual)},  # seed 0 on another trainer: not read
+        {"id": ids[0], "result": result(sharp)},
+        {"id": ids[1], "result": result(gradual)},
+    ]
+    (tmp_path / "jobs" / "t-k.jsonl").write_text("\n".join(json.dumps(e) for e in journal))
+    # the best full-length LRs lie about a decade below the minimum on both seeds
+    grid = [10**-4.6, 10**-4.2, 10**-3.9, 10**-3.5]
+    oracle = Oracle(
+        grid,
+        dict(zip(grid, [[1.5, 1.5], [1.0, 1.0], [1.0, 1.0], [1.6, 1.6]], strict=True)),
+        3.0,
+        seeds=[0, 1],
+    )
+    ceiling_row = Row(
+        "adaptive-ceiling (its range test alone)", [3e-4, 3e-4], [40, 40], [1.0] * 2, seeds=[0, 1]
+    )
+    report = TaskReport("t", "d", 100, oracle, 800, [ceiling_row], 1.0, key="k")
+    ramps, missing, same = ramp_shape_replay.ramps_of([report])
+    assert (missing, same) == ([], 0)
+    assert [r.seed for r in ramps] == [0, 1]
+    assert ramps[0].fall == pytest.approx(0.2, abs=0.1), "seed 0's own ramp: it fell in the last 0.3 decades"
+    assert ramps[1].fall > 1.5, "seed 1's fell from the start"
+    assert all(math.log10(r.minimum) == pytest.approx(-3.0, abs=0.15) for r in ramps)
+    own = [replayed(r.minimum, r.edge, HEADROOM) for r in ramps]
+    matching = dataclasses.replace(ceiling_row, lrs=[own[0], 3e-4])
+    assert ramp_shape_replay.ramps_of([dataclasses.replace(report, rows=[matching])])[2] == 1
+    assert ramp_shape_replay.scored(ramps, 0.5, HEADROOM)[:2] == (0, 2), "half a decade down: both miss"
+    assert ramp_shape_replay.scored(ramps, 0.5, 1.0)[:2] == (1, 2), "only the sharp ramp goes a decade down"
+    assert ramp_shape_replay.scored(ramps, 3.0, 1.0)[:2] == (2, 2), "a wider threshold takes both"
+    other = dataclasses.replace(report, key="changed")
+    assert ramp_shape_replay.ramps_of([other])[1] == ["t seed 0", "t seed 1"], "no journal: named as missing"
 
 
 def test_hit_noise_scores_the_check_runs_near_the_best_lr_by_paired_regret() -> None:
