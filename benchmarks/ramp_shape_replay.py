@@ -42,7 +42,7 @@ from benchmarks.lr_quality import (
     job_fingerprints,
     job_id,
 )
-from benchmarks.ramp_stop_replay import cut
+from benchmarks.ramp_stop_replay import cut, planned_end
 from benchmarks.recalibration_replay import CEILING, row, seed_regret
 from finetune_trainer.adaptive import (
     HEADROOM,
@@ -53,7 +53,6 @@ from finetune_trainer.adaptive import (
     ramp_edge,
 )
 from finetune_trainer.config import AdaptiveSpec
-from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 from finetune_trainer.suggest import steepest
 
 
@@ -104,13 +103,14 @@ def adaptive_ramp(result: dict[str, Any]) -> tuple[list[float], list[float]]:
     """A full range test's smoothed curve cut where an adaptive sweep's ramp stops (``PAST_MINIMUM`` past
     its minimum, ``ramp_stop_replay.cut``): the same window, seed and steps per decade, so the same ramp."""
     lrs, losses = result["curve"]
-    stop = cut(lrs, losses, result["window"][0] * PRIOR_BELOW * PRIOR_ABOVE, PAST_MINIMUM)[0]
+    stop = cut(lrs, losses, planned_end(result), PAST_MINIMUM)[0]
     return lrs[:stop], losses[:stop]
 
 
 def ramps_of(reports: Sequence[TaskReport]) -> tuple[list[Ramp], list[str], int]:
-    """Every seed's ramp of ``reports`` as an adaptive sweep reads it; the task-seeds whose journal entry is
-    missing; and on how many the product's ceiling, replayed, is the committed ``adaptive-ceiling`` LR."""
+    """Every seed's ramp of ``reports`` as an adaptive sweep reads it; the task-seeds without one (no journal
+    entry, or a ramp with no minimum or no fall to it); and on how many the product's ceiling, replayed, is
+    the committed ``adaptive-ceiling`` LR."""
     fingerprint = job_fingerprints()["range-test"]
     found, missing, same = [], [], 0
     for report in reports:
@@ -120,13 +120,13 @@ def ramps_of(reports: Sequence[TaskReport]) -> tuple[list[Ramp], list[str], int]
             result = journalled_ramp(report, seed, fingerprint)
             lrs, losses = adaptive_ramp(result) if result else ([], [])
             minimum = basin_minimum(lrs, losses) if lrs else None
-            fall = steepest(lrs, losses) if lrs else None
-            if lr is None or minimum is None or fall is None:
+            steep = steepest(lrs, losses) if lrs else None
+            if lr is None or minimum is None or steep is None:
                 missing.append(f"{report.name} seed {seed}")
                 continue
             edge = ramp_edge(divergence_edge(lrs, losses, stopped_early=False), lrs[-1])
             same += abs(replayed_ceiling(minimum, edge, HEADROOM) / lr - 1) < 1e-6
-            found.append(Ramp(report.name, seed, minimum, edge, fall_decades(minimum, fall), report.oracle))
+            found.append(Ramp(report.name, seed, minimum, edge, fall_decades(minimum, steep), report.oracle))
     return found, missing, same
 
 
@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         reproduced += same
     if gaps:
         raise SystemExit(
-            f"no journalled range test for {', '.join(gaps)}: run `python benchmarks/lr_quality.py --resume` "
-            "(and with `--tasks benchmarks/tasks_heldout.yaml`) on this trainer first"
+            f"no journalled range test with a loss minimum and a fall to it for {', '.join(gaps)}: run "
+            "`python benchmarks/lr_quality.py --resume` (and with `--tasks benchmarks/tasks_heldout.yaml`) "
+            "on this trainer first"
         )
     sets["pooled"] = sets["in-sample"] + sets["held out"]
     per_seed = [

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,8 +29,7 @@ from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
 
 def ramps() -> list[tuple[str, list[float], list[float], float]]:
-    """Every distinct full ramp in the journals: (task, LRs, smoothed losses, planned end). The benchmark
-    leaves the window unset, so the ramp was planned from 100x below the prior to 10x above it."""
+    """Every distinct full ramp in the journals: (task, LRs, smoothed losses, :func:`planned_end`)."""
     found, seen = [], set()
     for path in sorted((CACHE / "jobs").glob("*.jsonl")):
         task = path.stem.rsplit("-", 1)[0]
@@ -41,8 +41,14 @@ def ramps() -> list[tuple[str, list[float], list[float], float]]:
             key = (task, len(lrs), lrs[0], losses[-1])
             if key not in seen:
                 seen.add(key)
-                found.append((task, lrs, losses, result["window"][0] * PRIOR_BELOW * PRIOR_ABOVE))
+                found.append((task, lrs, losses, planned_end(result)))
     return found
+
+
+def planned_end(result: dict[str, Any]) -> float:
+    """Where a journalled ramp was planned to end: the benchmark leaves the window unset, so the ramp ran
+    from 100x below the prior (its window's start) to 10x above it."""
+    return result["window"][0] * PRIOR_BELOW * PRIOR_ABOVE
 
 
 def cut(lrs: list[float], losses: list[float], end: float, decades: float) -> tuple[int, float, bool]:
