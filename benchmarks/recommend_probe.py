@@ -49,6 +49,7 @@ from benchmarks.lr_quality import (
 
 DEFAULT_TASK = "minilm-noisy-long"
 DEFAULT_ROW = "adaptive"
+DEFAULT_SEEDS = [0, 1, 2]
 
 
 def committed(tasks: Path, name: str, key: str) -> tuple[Oracle, Row | None]:
@@ -71,9 +72,14 @@ def committed(tasks: Path, name: str, key: str) -> tuple[Oracle, Row | None]:
     return report.oracle, default
 
 
-def slug(sets: list[str]) -> str:
-    """A file-name-safe summary of the overrides (``adaptive.trialSteps=60`` → ``adaptive.trialSteps-60``)."""
-    return "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", s) for s in sets) or "defaults"
+def slug(sets: list[str], seeds: list[int] | None = None) -> str:
+    """A file-name-safe summary of the overrides (``adaptive.trialSteps=60`` → ``adaptive.trialSteps-60``),
+    and of the seeds where they are not the default ones (``_seeds-1``): a probe of other seeds writes its
+    own file, not over one that ran the same overrides on every seed."""
+    name = "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", s) for s in sets) or "defaults"
+    if seeds is not None and list(seeds) != DEFAULT_SEEDS:
+        name += "_seeds-" + "-".join(str(s) for s in seeds)
+    return name
 
 
 def rows_of(results: dict[int, dict[str, Any]], seeds: list[int], name: str) -> Row:
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a config override"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     args = parser.parse_args(argv)
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(parts)
     print(body)
     if not args.no_write:
-        name = f"recommend_probe_{task.name}_{slug(args.sets)}"
+        name = f"recommend_probe_{task.name}_{slug(args.sets, args.seeds)}"
         path = write_results(name, "One adaptive setting on one task", body, argv, script="recommend_probe")
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -582,6 +582,9 @@ def test_recommend_probe_scores_on_the_committed_oracle_and_refuses_a_stale_one(
         "adaptive.trialSteps-60_adaptive.finalists-5"
     )
     assert recommend_probe.slug([]) == "defaults"
+    sets = ["adaptive.trialSteps=40"]
+    assert recommend_probe.slug(sets, [0, 1, 2]) == "adaptive.trialSteps-40", "the default seeds: no suffix"
+    assert recommend_probe.slug(sets, [1]) == "adaptive.trialSteps-40_seeds-1", "other seeds: their own file"
     assert (
         recommend_probe.trials_text([[1, 1e-3, 20, 0.5], [2, 5e-4, 40, None]])
         == "1: 1.00e-03/20 → 0.5; 2: 5.00e-04/40 → -"
