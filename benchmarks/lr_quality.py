@@ -1431,6 +1431,21 @@ def job_id(job: dict[str, Any]) -> str:
     return digest({k: job.get(k) for k in ("kind", "row", "seed", "lr", "steps", "settings", "source")})
 
 
+def journal_path(name: str, key: str) -> Path:
+    """Every finished recommender job of task ``name`` as defined now (``key``); ids carry the source digest
+    their kind depends on."""
+    return CACHE / "jobs" / f"{name}-{key}.jsonl"
+
+
+def read_journal(name: str, key: str) -> dict[str, dict[str, Any]]:
+    """The journalled results of task ``name`` (see :func:`journal_path`) by job id; empty when none."""
+    path = journal_path(name, key)
+    if not path.exists():
+        return {}
+    entries = (json.loads(line) for line in path.read_text().splitlines())
+    return {entry["id"]: entry["result"] for entry in entries}
+
+
 class Bench:
     """Plans every job, runs them on the runner, gathers the rows per task. Every finished recommender job
     is journalled (per task and trainer source), so ``--resume`` after an interruption re-runs only what
@@ -1471,17 +1486,7 @@ class Bench:
         self.errors: list[str] = []
         self.fingerprints = job_fingerprints()
         self.ready: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self.journal: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in tasks}
-        for t in tasks:
-            path = self.journal_path(t)
-            if resume and path.exists():
-                for line in path.read_text().splitlines():
-                    entry = json.loads(line)
-                    self.journal[t.name][entry["id"]] = entry["result"]
-
-    def journal_path(self, task: Task) -> Path:
-        """Every finished job of the task; ids carry the source digest their kind depends on."""
-        return CACHE / "jobs" / f"{task.name}-{task.key}.jsonl"
+        self.journal = {t.name: read_journal(t.name, t.key) if resume else {} for t in tasks}
 
     def job(self, task: Task, kind: str, seed: int, row: str, **extra: Any) -> None:
         job = {
@@ -1561,7 +1566,8 @@ class Bench:
                 self.count += 1
                 self.collect(job, res, log)
                 if job["row"] not in ("oracle", "check") and "error" not in res:
-                    path = self.journal_path(self.tasks[job["task"]])
+                    task = self.tasks[job["task"]]
+                    path = journal_path(task.name, task.key)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     with path.open("a") as fh:
                         fh.write(json.dumps({"id": job_id(job), "result": res}) + "\n")

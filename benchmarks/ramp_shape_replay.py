@@ -21,7 +21,6 @@ the trainer the committed results ran (its range-test jobs are looked up by the 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -34,13 +33,13 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.lr_quality import (
-    CACHE,
     CPU_RESULTS,
     Oracle,
     TaskReport,
     committed_reports,
     job_fingerprints,
     job_id,
+    read_journal,
 )
 from benchmarks.ramp_stop_replay import cut, planned_end
 from benchmarks.recalibration_replay import CEILING, row, seed_regret
@@ -86,19 +85,6 @@ def headroom_for(fall: float, sharp: float, sharp_headroom: float) -> float:
     return sharp_headroom if fall <= sharp else HEADROOM
 
 
-def journalled_ramp(report: TaskReport, seed: int, fingerprint: str) -> dict[str, Any] | None:
-    """The ``range-test`` job that ``lr_quality.py`` journalled for this task and seed, on this trainer."""
-    path = CACHE / "jobs" / f"{report.name}-{report.key}.jsonl"
-    if not path.exists():
-        return None
-    wanted = job_id({"kind": "range-test", "row": "range-test", "seed": seed, "source": fingerprint})
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["id"] == wanted:
-            return entry["result"]
-    return None
-
-
 def adaptive_ramp(result: dict[str, Any]) -> tuple[list[float], list[float]]:
     """A full range test's smoothed curve cut where an adaptive sweep's ramp stops (``PAST_MINIMUM`` past
     its minimum, ``ramp_stop_replay.cut``): the same window, seed and steps per decade, so the same ramp."""
@@ -115,9 +101,11 @@ def ramps_of(reports: Sequence[TaskReport]) -> tuple[list[Ramp], list[str], int]
     found, missing, same = [], [], 0
     for report in reports:
         committed = row(report, CEILING)
+        journal = read_journal(report.name, report.key)
         for i, lr in enumerate(committed.lrs or []):
             seed = committed.seed(i)
-            result = journalled_ramp(report, seed, fingerprint)
+            job = {"kind": "range-test", "row": "range-test", "seed": seed, "source": fingerprint}
+            result = journal.get(job_id(job))
             lrs, losses = adaptive_ramp(result) if result else ([], [])
             minimum = basin_minimum(lrs, losses) if lrs else None
             steep = steepest(lrs, losses) if lrs else None

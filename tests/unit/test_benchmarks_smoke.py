@@ -730,7 +730,7 @@ def test_the_ramp_shape_replay_reads_each_seeds_journalled_ramp_and_lowers_only_
     def result(losses: list[float]) -> dict:  # a ramp planned from 1e-6 to 1e-4 that ran on to 1e-1
         return {"curve": [lrs, losses], "window": [1e-4 / (PRIOR_BELOW * PRIOR_ABOVE), 1e-1]}
 
-    monkeypatch.setattr(ramp_shape_replay, "CACHE", tmp_path)
+    monkeypatch.setattr(lr_quality, "CACHE", tmp_path)  # where the journals are read
     (tmp_path / "jobs").mkdir()
     fingerprint = job_fingerprints()["range-test"]
     ids = {
