@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from finetune_operator import naming
+from finetune_operator import distributed, naming
 from finetune_operator.api import API_GROUP, FINETUNEJOB, LRSWEEP, VERSION
 from finetune_operator.controller import Controller, controller_uid
 from finetune_operator.metrics import OperatorMetrics
@@ -62,15 +62,19 @@ def _controller() -> Controller:
 
 
 def _slim(body: kopf.Body) -> dict[str, Any]:
-    """What `children.observe` reads: name, creation time, status, the controlling owner's uid and a Job's
-    `ttlSecondsAfterFinished`; never the rest of the spec or managedFields. (Indices hold one entry per Job
-    and pod: full bodies would multiply the operator's memory.)"""
+    """What `children.observe` reads: name, creation time, status, the controlling owner's uid, a Job's
+    `ttlSecondsAfterFinished` and an Indexed Job's pod's completion index (`distributed.leader` picks index
+    0 by it); never the rest of the spec or managedFields. (Indices hold one entry per Job and pod: full
+    bodies would multiply the operator's memory.)"""
     meta = body.metadata
-    slim = {
+    slim: dict[str, Any] = {
         "metadata": {"name": meta.name, "creationTimestamp": meta.get("creationTimestamp")},
         "status": dict(body.get("status") or {}),
         "owner": controller_uid(body),
     }
+    index = (meta.get("annotations") or {}).get(distributed.COMPLETION_INDEX)
+    if index is not None:
+        slim["metadata"]["annotations"] = {distributed.COMPLETION_INDEX: index}
     ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
     if ttl is not None:
         slim["spec"] = {"ttlSecondsAfterFinished": ttl}

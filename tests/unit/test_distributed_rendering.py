@@ -3,6 +3,7 @@ world size in status and in the batch-size LR scaling, and which pod speaks for 
 
 from __future__ import annotations
 
+import kopf
 import pytest
 from plans import plan_finetune, plan_sweep
 from pydantic import ValidationError
@@ -191,6 +192,24 @@ def test_index_zero_speaks_for_an_indexed_job():
         _pod("1", "Succeeded", "2026-01-01T00:00:09Z", ""),
     ]
     assert observe(done, pods).result == {"kind": "train", "learningRate": 0.001}
+
+
+def test_index_zero_speaks_for_an_indexed_job_through_the_operators_slim_pod_index():
+    """The operator observes the slim bodies its pod index keeps, not whole pods: the completion index
+    must survive the slimming, or the newest pod (a worker, with no result) speaks for the Job."""
+    from finetune_operator.handlers import _slim
+
+    status = {"startTime": "2026-01-01T00:00:00Z", "conditions": [{"type": "Complete", "status": "True"}]}
+    done = {"metadata": {"name": "j"}, "status": status}
+    pods = [
+        _pod("1", "Succeeded", "2026-01-01T00:00:09Z", ""),
+        _pod("0", "Succeeded", "2026-01-01T00:00:01Z", '{"kind":"train","learningRate":0.001}'),
+    ]
+    slim = [_slim(kopf.Body(p)) for p in pods]
+    assert [s["metadata"]["annotations"] for s in slim] == [{distributed.COMPLETION_INDEX: i} for i in "10"]
+    assert observe(done, slim).result == {"kind": "train", "learningRate": 0.001}
+    plain = _slim(kopf.Body({**pods[0], "metadata": {**pods[0]["metadata"], "annotations": {"a": "b"}}}))
+    assert "annotations" not in plain["metadata"], "no other annotation is kept"
 
 
 def test_pod_zero_is_rank_zero_under_c10d():
