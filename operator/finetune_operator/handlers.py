@@ -61,11 +61,15 @@ def _controller() -> Controller:
 # ---------------------------------------------------------------------------------------------- indices
 
 
+_SLIM_SPEC = ("ttlSecondsAfterFinished", "suspend")
+"""The Job spec fields `children.observe` reads: whether the Job expires, and whether Kueue holds it."""
+
+
 def _slim(body: kopf.Body) -> dict[str, Any]:
     """What `children.observe` reads: name, creation time, status, the controlling owner's uid, a Job's
-    `ttlSecondsAfterFinished` and an Indexed Job's pod's completion index (`distributed.leader` picks index
-    0 by it); never the rest of the spec or managedFields. (Indices hold one entry per Job and pod: full
-    bodies would multiply the operator's memory.)"""
+    `_SLIM_SPEC` and an Indexed Job's pod's completion index (`distributed.leader` picks index 0 by it);
+    never the rest of the spec or managedFields. (Indices hold one entry per Job and pod: full bodies
+    would multiply the operator's memory.)"""
     meta = body.metadata
     slim: dict[str, Any] = {
         "metadata": {"name": meta.name, "creationTimestamp": meta.get("creationTimestamp")},
@@ -75,9 +79,10 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
     index = (meta.get("annotations") or {}).get(distributed.COMPLETION_INDEX)
     if index is not None:
         slim["metadata"]["annotations"] = {distributed.COMPLETION_INDEX: index}
-    ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
-    if ttl is not None:
-        slim["spec"] = {"ttlSecondsAfterFinished": ttl}
+    spec = body.get("spec") or {}
+    kept = {k: spec[k] for k in _SLIM_SPEC if spec.get(k) is not None}
+    if kept:
+        slim["spec"] = kept
     return slim
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from finetune_operator import naming, planning, rendering
 from finetune_operator.api import LRSweepSpec
-from finetune_operator.children import ChildState
+from finetune_operator.children import ChildState, observe
 from finetune_operator.planning import DesiredState, Resource, SweepRef
 from finetune_operator.planning.status import Event
 from finetune_operator.settings import Settings
@@ -120,3 +120,13 @@ def range_test_job(spec: dict, settings: Settings | None = None, **kw: Any) -> d
         settings=settings or Settings(),
         **kw,
     )
+
+
+def observe_indexed(job: dict[str, Any], pods: list[dict[str, Any]]) -> ChildState:
+    """`children.observe` as the operator calls it: on the slim entries its Job and pod indices keep
+    (`handlers._slim`), so a test cannot rest on a field the operator never sees."""
+    import kopf
+
+    from finetune_operator.handlers import _slim
+
+    return observe(_slim(kopf.Body(job)), [_slim(kopf.Body(p)) for p in pods])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import kopf
 import pytest
+from plans import observe_indexed as observe
 from plans import plan_finetune, plan_sweep
 from pydantic import ValidationError
 
 from finetune_operator import distributed, naming
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec, ResourcesSpec
-from finetune_operator.children import observe
 from finetune_trainer.config import TrainResult
 
 BASE = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}

@@ -9,10 +9,11 @@ from dataclasses import replace
 import kopf
 import pytest
 from plans import NOW, OWNER, plan_finetune, plan_sweep, range_test_job
+from plans import observe_indexed as observe
 
 from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec, TrialsSpec
-from finetune_operator.children import observe, parse_termination_message
+from finetune_operator.children import parse_termination_message
 from finetune_operator.planning.status import progress_from_sample, set_condition
 from finetune_operator.polling import parse_trainer_metrics
 from finetune_operator.settings import Settings
