@@ -4,7 +4,7 @@
 # ($WHEELS, default .whl/; see benchmarks/README.md, "GPU checks"); torch, accelerate and the CUDA stack are
 # the machine's own.
 #   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B task (tasks_gpu.yaml), every row;
-#                                              check runs (full-length fine-tunes at the suggested LRs) only
+#                                              then check runs (full-length fine-tunes at the suggested LRs)
 #                                              for the rows in $LRQ_CHECK_ROWS (default: adaptive short-grid)
 #   bash benchmarks/gpu_checks.sh qlora        issue 15: QLoRA 4-bit fine-tune of a ~0.5B model (gpu_qlora.py)
 #   bash benchmarks/gpu_checks.sh torchrun     issue 14: finetune-trainer train under torchrun on 1 GPU vs a bare
@@ -33,13 +33,30 @@ status=0
 for check in "${@:-lr-quality}"; do
   case $check in
     lr-quality)
-      timeout "${LRQ_TIMEOUT:-480}" python3 benchmarks/lr_quality.py --tasks "${LRQ_TASKS:-benchmarks/tasks_gpu.yaml}" \
-        --check-rows ${LRQ_CHECK_ROWS:-adaptive short-grid} \
-        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log" || status=1
-      cp benchmarks/results/lr_quality_gpu.md benchmarks/results/lr_quality_gpu.json "$out/" 2>/dev/null || status=1
-      # what finished, even when the run did not: the oracle's losses and the recommender jobs, per task
+      # Two runs in one time box ($LRQ_TIMEOUT): every row with regret interpolated off the oracle grid, a
+      # whole result even if time runs out; then --resume, which reuses those jobs and the oracle and adds
+      # the check runs for the rows in $LRQ_CHECK_ROWS.
+      tasks=${LRQ_TASKS:-benchmarks/tasks_gpu.yaml} start=$SECONDS box=${LRQ_TIMEOUT:-540}
+      results=benchmarks/results/$(basename "$tasks" .yaml | sed 's/^tasks/lr_quality/')
+      name=$(basename "$results") first=1
+      if timeout "$box" python3 benchmarks/lr_quality.py --tasks "$tasks" --check-rows \
+        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log"; then
+        cp "$results.md" "$out/${name}_interpolated.md" && cp "$results.json" "$out/${name}_interpolated.json"
+        first=0
+      else
+        status=1
+      fi
+      left=$((box - (SECONDS - start)))
+      if [ "$first" = 0 ] && [ "$left" -gt 30 ] && timeout "$left" python3 benchmarks/lr_quality.py \
+        --tasks "$tasks" --resume --check-rows ${LRQ_CHECK_ROWS:-adaptive short-grid} \
+        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee -a "$out/lr_quality_gpu.log"; then
+        cp "$results.md" "$results.json" "$out/" || status=1
+      else
+        status=1
+      fi
+      # what finished, even when a run did not: the oracle's losses and the recommender jobs, per task
       cache=${XDG_CACHE_HOME:-$HOME/.cache}/finetune-operator/lr_quality
-      mkdir -p "$out/lr_quality_cache" && cp -r "$cache/oracle" "$cache/jobs" "$out/lr_quality_cache/" 2>/dev/null
+      tar -czf "$out/lr_quality_cache.tgz" -C "$cache" oracle jobs 2>/dev/null
       ;;
     qlora)
       timeout "${QLORA_TIMEOUT:-300}" python3 benchmarks/gpu_qlora.py --out "$out/gpu_qlora.json" 2>&1 \

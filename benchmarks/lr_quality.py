@@ -1863,6 +1863,14 @@ INTERPOLATED = (
 )
 
 
+def check_rows(named: Sequence[str] | None, quick: bool) -> tuple[str, ...] | None:
+    """The rows that get check runs, from ``--check-rows``: those named (none when it is given alone);
+    without it every row (``None``), or none with ``--quick``."""
+    if named is not None:
+        return tuple(named)
+    return () if quick else None
+
+
 def regret_text(rows: tuple[str, ...] | None) -> str:
     """How this run's regret was measured, given the rows that got check runs (see :func:`checked`)."""
     if rows is None:
@@ -2035,10 +2043,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     parser.add_argument(
         "--check-rows",
-        nargs="+",
+        nargs="*",
         metavar="ROW",
         help="check runs only for rows whose name starts with one of these (e.g. adaptive short-grid; "
-        "default: every row, or none with --quick); the others' regret is interpolated off the grid",
+        "given alone, none; default: every row, or none with --quick); the others' regret is interpolated "
+        "off the grid",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -2060,7 +2069,7 @@ def main(argv: list[str] | None = None) -> int:
         args.resume,
         8 if args.micro else None,
         committed_results(args.tasks),
-        check=tuple(args.check_rows) if args.check_rows else (() if args.quick else None),
+        check=check_rows(args.check_rows, args.quick),
     )
     try:
         bench.run(log)
