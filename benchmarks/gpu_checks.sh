@@ -35,11 +35,12 @@ for check in "${@:-lr-quality}"; do
     lr-quality)
       # Two runs in one time box ($LRQ_TIMEOUT): every row with regret interpolated off the oracle grid, a
       # whole result even if time runs out; then --resume, which reuses those jobs and the oracle and adds
-      # the check runs for the rows in $LRQ_CHECK_ROWS.
+      # the check runs for the rows in $LRQ_CHECK_ROWS. LRQ_RESUME=1 lets the first run reuse the cache too
+      # (a carried $XDG_CACHE_HOME holding an earlier run's tarball, unpacked).
       tasks=${LRQ_TASKS:-benchmarks/tasks_gpu.yaml} start=$SECONDS box=${LRQ_TIMEOUT:-540}
       results=benchmarks/results/$(basename "$tasks" .yaml | sed 's/^tasks/lr_quality/')
       name=$(basename "$results") first=1
-      if timeout "$box" python3 benchmarks/lr_quality.py --tasks "$tasks" --check-rows \
+      if timeout "$box" python3 benchmarks/lr_quality.py --tasks "$tasks" ${LRQ_RESUME:+--resume} --check-rows \
         --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log"; then
         cp "$results.md" "$out/${name}_interpolated.md" && cp "$results.json" "$out/${name}_interpolated.json"
         first=0
