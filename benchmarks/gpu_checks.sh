@@ -3,7 +3,7 @@
 # files under $OUT come back). Python packages the machine lacks travel as cp312 wheels in an ignored folder
 # ($WHEELS, default .whl/; see benchmarks/README.md, "GPU checks"); torch, accelerate and the CUDA stack are
 # the machine's own.
-#   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B task (tasks_gpu.yaml), every row;
+#   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B tasks (tasks_gpu.yaml), every row;
 #                                              then check runs (full-length fine-tunes at the suggested LRs)
 #                                              for the rows in $LRQ_CHECK_ROWS (default: adaptive short-grid)
 #   bash benchmarks/gpu_checks.sh qlora        issue 15: QLoRA 4-bit fine-tune of a ~0.5B model (gpu_qlora.py)
@@ -41,7 +41,7 @@ for check in "${@:-lr-quality}"; do
       results=benchmarks/results/$(basename "$tasks" .yaml | sed 's/^tasks/lr_quality/')
       name=$(basename "$results") first=1
       if timeout "$box" python3 benchmarks/lr_quality.py --tasks "$tasks" ${LRQ_RESUME:+--resume} --check-rows \
-        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/lr_quality_gpu.log"; then
+        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/$name.log"; then
         cp "$results.md" "$out/${name}_interpolated.md" && cp "$results.json" "$out/${name}_interpolated.json"
         first=0
       else
@@ -50,7 +50,7 @@ for check in "${@:-lr-quality}"; do
       left=$((box - (SECONDS - start)))
       if [ "$first" = 0 ] && [ "$left" -gt 30 ] && timeout "$left" python3 benchmarks/lr_quality.py \
         --tasks "$tasks" --resume --check-rows ${LRQ_CHECK_ROWS:-adaptive short-grid} \
-        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee -a "$out/lr_quality_gpu.log"; then
+        --workers "${LRQ_WORKERS:-3}" 2>&1 | tee -a "$out/$name.log"; then
         cp "$results.md" "$results.json" "$out/" || status=1
       else
         status=1

@@ -494,6 +494,60 @@ def test_lr_quality_micro_run_has_every_row(capsys: pytest.CaptureFixture[str]) 
     assert "check runs (full length, at suggested LRs)" in out and "*Regret* is measured seed by seed" in out
 
 
+@pytest.mark.slow
+def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_jobs(tmp_path: Path) -> None:
+    """`gpu_checks.sh lr-quality` on a tiny copy of the GPU task file, on CPU: the first run's result (no
+    check runs) comes back whole, the second reuses its jobs and adds the check runs, and the caches come
+    back as one tarball (the device returns 8 files at most). ~1 min."""
+    import tarfile
+
+    import yaml
+
+    spec = yaml.safe_load((REPO / "benchmarks" / "tasks_gpu.yaml").read_text())
+    task = spec["tasks"][0]
+    task["model"].update(embd=32, layers=1, heads=2, kvHeads=1, intermediate=64, pretrainSteps=20)
+    task["trainer"]["optimization"]["maxSteps"] = 24
+    spec.update(tasks=[task], recommenderSeeds=[0])
+    spec["oracle"].update(points=3, seeds=[0])
+    tasks = tmp_path / "tasks_gpuci.yaml"
+    tasks.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LRQ_RESUME", "LRQ_CHECK_ROWS")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",  # its python3 is this interpreter
+        OUT=str(out),
+        WHEELS=str(tmp_path / "no-wheels"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        LRQ_TASKS=str(tasks),
+        LRQ_WORKERS="1",
+    )
+    written = [lr_quality.RESULTS / f"lr_quality_gpuci.{ext}" for ext in ("md", "json")]
+    try:
+        run = subprocess.run(
+            ["bash", "benchmarks/gpu_checks.sh", "lr-quality"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        first = (out / "lr_quality_gpuci_interpolated.md").read_text()
+        assert "Check runs: none" in first and "`--resume`): none" in first
+        final = (out / "lr_quality_gpuci.md").read_text()
+        assert "--resume --check-rows adaptive short-grid" in final
+        reused = final.split("`--resume`): ")[1].split(" jobs")[0]
+        done, total = (int(n) for n in reused.split(" of "))
+        assert 0 < done < total, "the first run's jobs reused, the check runs new"
+        assert "Check runs: none" not in final and "check runs (full length, at suggested LRs)" in final
+        with tarfile.open(out / "lr_quality_cache.tgz") as tar:
+            assert {n.split("/")[0] for n in tar.getnames()} == {"oracle", "jobs"}
+        assert "done in" in (out / "lr_quality_gpuci.log").read_text()
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
 class BowlTrials:
     """Trial results on a loss bowl at LR 3e-3 and warmup 0.1, every intermediate loss reported: what
     `sweep_search.TrialRunner.run` returns, without the trainer."""
