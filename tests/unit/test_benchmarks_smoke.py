@@ -521,7 +521,8 @@ def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_j
         LRQ_TASKS=str(tasks),
         LRQ_WORKERS="1",
     )
-    written = [lr_quality.RESULTS / f"lr_quality_gpuci.{ext}" for ext in ("md", "json")]
+    name = lr_quality.results_name(tasks)
+    written = [lr_quality.RESULTS / f"{name}.{ext}" for ext in ("md", "json")]
     try:
         run = subprocess.run(
             ["bash", "benchmarks/gpu_checks.sh", "lr-quality"],
@@ -532,9 +533,9 @@ def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_j
             timeout=600,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        first = (out / "lr_quality_gpuci_interpolated.md").read_text()
+        first = (out / f"{name}_interpolated.md").read_text()
         assert "Check runs: none" in first and "`--resume`): none" in first
-        final = (out / "lr_quality_gpuci.md").read_text()
+        final = (out / f"{name}.md").read_text()
         assert "--resume --check-rows adaptive short-grid" in final
         reused = final.split("`--resume`): ")[1].split(" jobs")[0]
         done, total = (int(n) for n in reused.split(" of "))
@@ -542,7 +543,7 @@ def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_j
         assert "Check runs: none" not in final and "check runs (full length, at suggested LRs)" in final
         with tarfile.open(out / "lr_quality_cache.tgz") as tar:
             assert {n.split("/")[0] for n in tar.getnames()} == {"oracle", "jobs"}
-        assert "done in" in (out / "lr_quality_gpuci.log").read_text()
+        assert "done in" in (out / f"{name}.log").read_text()
     finally:
         for path in written:
             path.unlink(missing_ok=True)
