@@ -17,6 +17,7 @@ def test_the_demo_runs_its_sweep_and_its_auto_finetune_to_success(tmp_path: Path
     assert done.returncode == 0, out[-6000:] + done.stderr[-3000:]
     assert "[demo] FineTuneJob tiny-gpt2-auto: Succeeded" in out, out[-6000:]
     assert "[demo] LRSweep tiny-gpt2-lr (adaptive): Succeeded: recommended learning rate" in out, out[-6000:]
+    assert re.search(r"\[demo\]     trial 2-\d+: lr", out), out[-6000:]  # both stages: its finalists ran
     assert "Recommended:" in out and "kubectl finetune describe lrs/tiny-gpt2-lr" in out, "the plugin's view"
     hinted = re.search(r"kubectl finetune logs lrs/tiny-gpt2-lr --trial (\d+) --stage (\d+)", out)
     assert hinted, "a logs command for one of the sweep's trials"
