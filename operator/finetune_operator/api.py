@@ -649,7 +649,7 @@ class RangeTestSummary(Spec):
     max_learning_rate: float | None = None
     """The highest learning rate the ramp reached (past the planned end when it was extended)."""
     divergence_learning_rate: float | None = None
-    """Where the loss turned back up or blew up; unset when it never did."""
+    """Where the loss turned back up after falling, or blew up; unset when it did neither."""
     prior_learning_rate: float | None = None
     """The model's prior learning rate the window was centred on."""
     edge_learning_rate: float | None = None
@@ -657,7 +657,7 @@ class RangeTestSummary(Spec):
     loss_minimum_learning_rate: float | None = None
     """Where the smoothed loss bottomed out (the vertex of a parabola in log-LR through the ramp's points
     within half a decade of its lowest one), read from every step of the ramp: adaptive trials stay half a
-    decade below it."""
+    decade below it. Unset when the loss never fell from where the ramp started (nothing trained)."""
     steps: int | None = Field(default=None, ge=0)
     """Optimiser steps the ramp ran."""
     fine_tune_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)

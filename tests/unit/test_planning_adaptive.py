@@ -31,7 +31,12 @@ RANGE_TEST = {
     "kind": "rangeTest",
     "rule": "minimum-over-10",
     "recommendedLearningRate": 2e-3,
-    "curve": [{"lr": 1e-6, "loss": 3.0}, {"lr": 1e-2, "loss": 2.0}, {"lr": 0.2, "loss": 9.0}],
+    "curve": [
+        {"lr": 1e-6, "loss": 3.0},
+        {"lr": 1e-4, "loss": 2.9},
+        {"lr": 1e-2, "loss": 2.0},
+        {"lr": 0.2, "loss": 9.0},
+    ],
     "stopReason": "diverged",
     "steps": 60,
     "bestLoss": 2.0,

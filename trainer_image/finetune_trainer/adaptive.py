@@ -116,10 +116,24 @@ def _startup(n: int) -> int:
 
 def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     """The learning rate at a range test's lowest smoothed loss (start-up skipped); ``None`` if no finite
-    point. The ramp stops past it; the trials are placed below :func:`basin_minimum`."""
+    point, or while that loss lies within the noise floor of where the ramp started (:func:`fell`). The
+    ramp stops past it; the trials are placed below :func:`basin_minimum`."""
     n = min(len(lrs), len(losses))
     finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
-    return float(lrs[min(finite, key=lambda i: losses[i])]) if finite else None
+    if not finite:
+        return None
+    lowest = min(finite, key=lambda i: losses[i])
+    return float(lrs[lowest]) if fell(losses[finite[0]], losses[lowest]) else None
+
+
+def fell(start: float, lowest: float) -> bool:
+    """Whether a ramp's smoothed loss has fallen from its ``start`` (the first point past the start-up) to
+    ``lowest`` by more than the noise floor. Until it has, the ramp has trained nothing, and its lowest
+    point and any rise above the start are noise: a new classifier head's loss hovers at the labels'
+    entropy until the LR is high enough to learn. On a 0.36B classifier (the first design of
+    ``benchmarks/tasks_gpu_cls.yaml``) a ramp whose lowest point was its start read its next point as a
+    divergence edge, and the sweep ended ``DivergedAtMinimumLearningRate``, advising a lower window."""
+    return start - lowest > NOISE_FLOOR * abs(start)
 
 
 BASIN_POINTS = 5
@@ -214,7 +228,8 @@ def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early
     The first LR after the loss minimum at which the smoothed loss is back above where the ramp started
     (training does harm from there on); when the ramp stopped on divergence or NaN first, its last LR. The
     start is read after the smoothing's start-up (the first tenth), whose first points are not evidence.
-    ``None`` when the loss never turned up (the ramp ended still falling).
+    ``None`` when the loss never turned up (the ramp ended still falling), or never fell (:func:`fell`: a
+    rise above the start of a loss that has not come down is noise, not harm).
     """
     n = min(len(lrs), len(losses))
     if n == 0:
@@ -223,8 +238,9 @@ def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early
     finite = [i for i in range(skip, n) if math.isfinite(losses[i])]
     if finite:
         i_min = min(finite, key=lambda i: losses[i])
-        start = losses[skip]
-        for i in range(i_min + 1, n):
+        start = losses[finite[0]]
+        after = range(i_min + 1, n) if fell(start, losses[i_min]) else range(0)
+        for i in after:
             if math.isfinite(losses[i]) and losses[i] >= start:
                 return float(lrs[i])
     return float(lrs[n - 1]) if stopped_early else None

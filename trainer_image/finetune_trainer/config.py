@@ -664,11 +664,13 @@ class RangeTestResult(Spec):
     """The highest learning rate the ramp reached (past the planned end when it was extended)."""
     divergence_learning_rate: float | None = None
     """The divergence edge: the first LR past the loss minimum where the smoothed loss climbed back above
-    its start, or where the ramp stopped on divergence; unset when the loss never turned up."""
+    its start, or where the ramp stopped on divergence; unset when the loss never turned up, or never fell
+    from its start by more than the noise floor (a rise of a loss that has not come down is noise)."""
     loss_minimum_learning_rate: float | None = None
     """Where the smoothed loss bottomed out (the smoothing's start-up skipped): the vertex of a parabola in
     log-LR through the ramp's points within half a decade of its lowest one, read from every step of the
-    ramp, not from the thinned `curve`: an adaptive sweep's trials stay half a decade below it."""
+    ramp, not from the thinned `curve`: an adaptive sweep's trials stay half a decade below it. Unset while
+    the loss has not fallen from its start by more than the noise floor (0.5%): nothing has trained yet."""
     prior_learning_rate: float | None = None
     """The model's prior learning rate (family, width and adapter) the window was centred on."""
     baseline_loss: float | None = None

@@ -711,6 +711,58 @@ def test_a_ramp_that_diverged_in_its_first_decade_ends_the_sweep_naming_the_boun
     assert ramp_too_high(None, 3e-6) is None
 
 
+def flat_then_rising(n: int = 60) -> tuple[list[float], list[float]]:
+    """A ramp over three decades whose smoothed loss never falls below where it started: a new classifier
+    head at the labels' entropy (0.693), drifting up by noise while the LR is too low to learn."""
+    lrs = [1e-6 * 10 ** (3 * i / (n - 1)) for i in range(n)]
+    start_up = [0.65, 0.67, 0.68, 0.69, 0.69, 0.69]
+    losses = start_up + [0.693 + 0.0004 * i + 0.001 * (-1) ** i for i in range(n - len(start_up))]
+    return lrs, losses
+
+
+def test_a_ramp_whose_loss_never_fell_has_no_minimum_no_edge_and_does_not_stop() -> None:
+    """Its lowest point is its start and any rise above the start is noise: no minimum for the ceiling, no
+    divergence edge, and the ramp goes on (into its extension) instead of stopping "past" that start."""
+    lrs, losses = flat_then_rising()
+    assert loss_minimum(lrs, losses) is None and basin_minimum(lrs, losses) is None
+    assert divergence_edge(lrs, losses, stopped_early=False) is None
+    assert divergence_edge(lrs, losses, stopped_early=True) == lrs[-1], "stopped on divergence: still is"
+    assert not any(past_minimum(lrs[:k], losses[:k], lrs[-1], PAST_MINIMUM) for k in range(1, len(lrs) + 1))
+    assert ramp_too_high(lrs[0], divergence_edge(lrs, losses, stopped_early=False)) is None
+    # a fall of a few tenths of a percent is still noise; one past the floor (0.5%) is a minimum again
+    dipped = [*losses[:30], losses[6] * (1 - 0.004), *losses[31:]]
+    assert loss_minimum(lrs, dipped) is None
+    fallen = [*losses[:30], losses[6] * (1 - 0.02), *losses[31:]]
+    assert loss_minimum(lrs, fallen) == pytest.approx(lrs[30])
+    assert divergence_edge(lrs, fallen, stopped_early=False) == pytest.approx(lrs[31])
+
+
+def test_the_devices_flat_classifier_ramp_no_longer_ends_diverged_at_its_minimum() -> None:
+    """The ramp of a 0.36B classifier on one H200 (``data/gpu_cls_flat_ramp.json``): cut where an adaptive
+    sweep's ramp stops, it stopped at 60 steps with its start as its lowest point, read the next point as
+    the divergence edge and ended ``DivergedAtMinimumLearningRate`` ("lower rangeTest.minLearningRate"),
+    though its loss had not yet fallen. Now the ramp goes on until its loss has fallen, and the sweep gets
+    the real rise at 9.2e-5 as its edge and a ceiling inside the ramp."""
+    import json
+    from pathlib import Path
+
+    from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
+
+    ramp = json.loads((Path(__file__).parent / "data" / "gpu_cls_flat_ramp.json").read_text())
+    lrs, losses = ramp["lrs"], ramp["losses"]
+    end = ramp["window"][0] * PRIOR_BELOW * PRIOR_ABOVE * (1 - 1e-9)  # the adaptive ramp's planned end
+    stop = next(k for k in range(1, len(lrs) + 1) if past_minimum(lrs[:k], losses[:k], end, PAST_MINIMUM))
+    assert stop > 60 and lrs[stop - 1] >= end
+    cut_lrs, cut_losses = lrs[:stop], losses[:stop]
+    divergence = divergence_edge(cut_lrs, cut_losses, stopped_early=False)
+    assert divergence == pytest.approx(9.19e-5, rel=1e-2)
+    assert ramp_too_high(lrs[0], divergence) is None
+    edge = ramp_edge(divergence, cut_lrs[-1])
+    assert edge is not None
+    top, _ = ceiling(AdaptiveSpec(), edge, basin_minimum(cut_lrs, cut_losses))
+    assert lrs[0] < top < divergence
+
+
 def test_a_horizon_move_below_everything_tested_is_weak_evidence() -> None:
     """The horizon step may go a decade below the trials; below the range test's start as well, it is an
     extrapolation past the tested window and names the bound to move."""
