@@ -30,6 +30,7 @@ from benchmarks import (  # noqa: E402
     lr_quality,
     miss_curves,
     operator_scale,
+    ramp_fall,
     ramp_shape_replay,
     ramp_stop_replay,
     rangetest_cost,
@@ -761,6 +762,31 @@ def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> No
     stop, top, capped = ramp_stop_replay.cut(lrs, losses, 1e-4, 1.0)
     assert (stop, capped) == (95, True) and math.log10(top) > -3.0  # a decade's look reaches the dip
     assert ramp_stop_replay.cut(lrs, losses, 10.0, 0.5)[0] == 120  # not past its planned end: all of it
+
+
+def test_ramp_fall_flags_only_a_ramp_read_differently_since_the_noise_floor(tmp_path: Path) -> None:
+    """A journal (as ``lr_quality`` writes it) holding the device's flat classifier ramp and a ramp that
+    falls: only the flat one is flagged, its adaptive ramp runs past 60 steps to an edge inside the ramp."""
+    flat = json.loads((REPO / "tests/unit/trainer/data/gpu_cls_flat_ramp.json").read_text())
+    lrs = [10 ** (-6 + i * 0.05) for i in range(120)]
+    falling = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.05 * (i - 60) for i in range(120)]
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    lines = [
+        {
+            "id": "a",
+            "result": {"suggestions": {}, "curve": [flat["lrs"], flat["losses"]], "window": flat["window"]},
+        },
+        {"id": "b", "result": {"suggestions": {}, "curve": [lrs, falling], "window": [1e-6, 1e-3]}},
+        {"id": "c", "result": {"loss": 1.0, "steps": 50}},  # a trial: not a ramp
+    ]
+    (jobs / "qwen2-0.5b-cls-abc123.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    found = ramp_fall.journalled_ramps(jobs)
+    assert [f[0] for f in found] == ["qwen2-0.5b-cls", "qwen2-0.5b-cls"]
+    device, bowl = (ramp_fall.read(f[2], f[3], f[4]) for f in found)
+    assert not device["cleared"] and device["least"] < 0.005 and device["cut"] > 60
+    assert device["edge"] == pytest.approx(9.19e-5, rel=1e-2)
+    assert bowl["cleared"] and bowl["fall"] == pytest.approx(1 - 1.8 / falling[12], rel=1e-6)
 
 
 def test_the_ramp_shape_replay_reads_each_seeds_journalled_ramp_and_lowers_only_sharp_ones(
