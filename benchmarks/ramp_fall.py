@@ -30,11 +30,11 @@ from benchmarks.common import table, write_results
 from finetune_trainer.adaptive import (
     NOISE_FLOOR,
     PAST_MINIMUM,
-    _startup,
     basin_minimum,
     divergence_edge,
     fell,
     past_minimum,
+    start_fall,
 )
 from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
@@ -82,12 +82,6 @@ def journalled_ramps(folder: Path) -> list[Ramp]:
     return found
 
 
-def fall(losses: list[float]) -> float:
-    """How far a ramp's lowest smoothed loss lies below its start (both past the start-up), as a share."""
-    skip = _startup(len(losses))
-    return 1 - min(losses[skip:]) / losses[skip]
-
-
 def read(lrs: list[float], losses: list[float], start_lr: float) -> dict[str, Any]:
     """One ramp's fall from its start, and the adaptive ramp cut from it: its steps, edge and minimum, and
     the least fall on any prefix that may end it (from the planned end to the cut; the benchmark leaves the
@@ -100,13 +94,13 @@ def read(lrs: list[float], losses: list[float], start_lr: float) -> dict[str, An
     )
     cut = stop or len(lrs)
     first = next((k for k in range(1, cut + 1) if lrs[k - 1] >= end), cut)
-    least = min(fall(losses[:k]) for k in range(first, cut + 1))
+    prefixes = [losses[:k] for k in range(first, cut + 1)]
     return {
         "steps": len(lrs),
-        "fall": fall(losses),
+        "fall": start_fall(losses),
         "cut": stop,
-        "least": least,
-        "cleared": fell(1.0, 1.0 - least),
+        "least": min(start_fall(p) for p in prefixes),
+        "cleared": all(fell(p) for p in prefixes),
         "edge": divergence_edge(lrs[:cut], losses[:cut], stopped_early=stop is None),
         "minimum": basin_minimum(lrs[:cut], losses[:cut]),
     }

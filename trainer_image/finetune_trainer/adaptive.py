@@ -116,24 +116,33 @@ def _startup(n: int) -> int:
 
 def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     """The learning rate at a range test's lowest smoothed loss (start-up skipped); ``None`` if no finite
-    point, or while that loss lies within the noise floor of where the ramp started (:func:`fell`). The
-    ramp stops past it; the trials are placed below :func:`basin_minimum`."""
+    point, or while the loss has not :func:`fell` from where the ramp started. The ramp stops past it; the
+    trials are placed below :func:`basin_minimum`."""
     n = min(len(lrs), len(losses))
     finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
-    if not finite:
+    if not finite or not fell(losses[:n]):
         return None
-    lowest = min(finite, key=lambda i: losses[i])
-    return float(lrs[lowest]) if fell(losses[finite[0]], losses[lowest]) else None
+    return float(lrs[min(finite, key=lambda i: losses[i])])
 
 
-def fell(start: float, lowest: float) -> bool:
-    """Whether a ramp's smoothed loss has fallen from its ``start`` (the first point past the start-up) to
-    ``lowest`` by more than the noise floor. Until it has, the ramp has trained nothing, and its lowest
-    point and any rise above the start are noise: a new classifier head's loss hovers at the labels'
-    entropy until the LR is high enough to learn. On a 0.36B classifier (the first design of
-    ``benchmarks/tasks_gpu_cls.yaml``) a ramp whose lowest point was its start read its next point as a
-    divergence edge, and the sweep ended ``DivergedAtMinimumLearningRate``, advising a lower window."""
-    return start - lowest > NOISE_FLOOR * abs(start)
+def start_fall(losses: Sequence[float]) -> float:
+    """How far a ramp's lowest smoothed loss lies below its start, as a share of the start: both read past
+    the smoothing's start-up, non-finite points skipped; 0 without a finite point."""
+    n = len(losses)
+    finite = [losses[i] for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
+    if not finite or finite[0] == 0:
+        return 0.0
+    return (finite[0] - min(finite)) / abs(finite[0])
+
+
+def fell(losses: Sequence[float]) -> bool:
+    """Whether a ramp's smoothed loss has fallen from its start by more than the noise floor
+    (:func:`start_fall`). Until it has, the ramp has trained nothing, and its lowest point and any rise
+    above the start are noise: a new classifier head's loss hovers at the labels' entropy until the LR is
+    high enough to learn. On a 0.36B classifier (the first design of ``benchmarks/tasks_gpu_cls.yaml``) a
+    ramp whose lowest point was its start read its next point as a divergence edge, and the sweep ended
+    ``DivergedAtMinimumLearningRate``, advising a lower window."""
+    return start_fall(losses) > NOISE_FLOOR
 
 
 BASIN_POINTS = 5
@@ -236,11 +245,10 @@ def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early
         return None
     skip = _startup(n)
     finite = [i for i in range(skip, n) if math.isfinite(losses[i])]
-    if finite:
+    if finite and fell(losses[:n]):
         i_min = min(finite, key=lambda i: losses[i])
         start = losses[finite[0]]
-        after = range(i_min + 1, n) if fell(start, losses[i_min]) else range(0)
-        for i in after:
+        for i in range(i_min + 1, n):
             if math.isfinite(losses[i]) and losses[i] >= start:
                 return float(lrs[i])
     return float(lrs[n - 1]) if stopped_early else None
