@@ -114,13 +114,30 @@ def _startup(n: int) -> int:
     return min(n - 1, math.ceil(0.1 * n))
 
 
+def _settled(losses: Sequence[float], n: int) -> list[int]:
+    """Indices of the first ``n`` smoothed losses past the start-up that are finite: the points read."""
+    return [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
+
+
+def _fall(losses: Sequence[float], settled: Sequence[int]) -> float:
+    """:func:`start_fall` over the points ``settled`` names (see :func:`_settled`)."""
+    if not settled or losses[settled[0]] == 0:
+        return 0.0
+    start = losses[settled[0]]
+    return (start - min(losses[i] for i in settled)) / abs(start)
+
+
+def _fell(losses: Sequence[float], settled: Sequence[int]) -> bool:
+    """:func:`fell` over the points ``settled`` names."""
+    return _fall(losses, settled) > NOISE_FLOOR
+
+
 def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     """The learning rate at a range test's lowest smoothed loss (start-up skipped); ``None`` if no finite
     point, or while the loss has not :func:`fell` from where the ramp started. The ramp stops past it; the
     trials are placed below :func:`basin_minimum`."""
-    n = min(len(lrs), len(losses))
-    finite = [i for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
-    if not finite or not fell(losses[:n]):
+    finite = _settled(losses, min(len(lrs), len(losses)))
+    if not _fell(losses, finite):
         return None
     return float(lrs[min(finite, key=lambda i: losses[i])])
 
@@ -128,11 +145,7 @@ def loss_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
 def start_fall(losses: Sequence[float]) -> float:
     """How far a ramp's lowest smoothed loss lies below its start, as a share of the start: both read past
     the smoothing's start-up, non-finite points skipped; 0 without a finite point."""
-    n = len(losses)
-    finite = [losses[i] for i in range(_startup(n), n) if math.isfinite(losses[i])] if n else []
-    if not finite or finite[0] == 0:
-        return 0.0
-    return (finite[0] - min(finite)) / abs(finite[0])
+    return _fall(losses, _settled(losses, len(losses)))
 
 
 def fell(losses: Sequence[float]) -> bool:
@@ -142,7 +155,7 @@ def fell(losses: Sequence[float]) -> bool:
     high enough to learn. On a 0.36B classifier (the first design of ``benchmarks/tasks_gpu_cls.yaml``) a
     ramp whose lowest point was its start read its next point as a divergence edge, and the sweep ended
     ``DivergedAtMinimumLearningRate``, advising a lower window."""
-    return start_fall(losses) > NOISE_FLOOR
+    return _fell(losses, _settled(losses, len(losses)))
 
 
 BASIN_POINTS = 5
@@ -243,9 +256,8 @@ def divergence_edge(lrs: Sequence[float], losses: Sequence[float], stopped_early
     n = min(len(lrs), len(losses))
     if n == 0:
         return None
-    skip = _startup(n)
-    finite = [i for i in range(skip, n) if math.isfinite(losses[i])]
-    if finite and fell(losses[:n]):
+    finite = _settled(losses, n)
+    if _fell(losses, finite):
         i_min = min(finite, key=lambda i: losses[i])
         start = losses[finite[0]]
         for i in range(i_min + 1, n):
