@@ -15,7 +15,6 @@ as it was before the floor existed. ~4 min on 2 cores for both CPU task files.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -27,19 +26,18 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks import lr_quality
 from benchmarks.common import table, write_results
+from benchmarks.ramp_stop_replay import planned_end, ramps, stop_step
 from finetune_trainer.adaptive import (
     NOISE_FLOOR,
     PAST_MINIMUM,
     basin_minimum,
     divergence_edge,
     fell,
-    past_minimum,
     start_fall,
 )
-from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
 Ramp = tuple[str, int | None, list[float], list[float], float]
-"""(task, seed, LRs, smoothed losses, the window's start)."""
+"""(task, seed, LRs, smoothed losses, where the ramp was planned to end: ``ramp_stop_replay.planned_end``)."""
 
 
 def _run(job: tuple[str, str, int]) -> tuple[str, int, dict[str, Any]]:
@@ -66,34 +64,23 @@ def run_ramps(files: list[Path], seeds: list[int], workers: int) -> list[Ramp]:
             if "error" in res:
                 raise SystemExit(f"{name} seed {seed}: {res['error']}")
             lrs, losses = res["curve"]
-            found.append((name, seed, lrs, losses, res["window"][0]))
+            found.append((name, seed, lrs, losses, planned_end(res)))
     return found
 
 
 def journalled_ramps(folder: Path) -> list[Ramp]:
     """The ``range-test`` rows that ``lr_quality.py`` journalled in ``folder`` (its ``jobs`` cache)."""
-    found: list[Ramp] = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            result = json.loads(line)["result"]
-            if "suggestions" in result:
-                lrs, losses = result["curve"]
-                found.append((path.stem.rsplit("-", 1)[0], None, lrs, losses, result["window"][0]))
-    return found
+    return [(task, None, lrs, losses, end) for task, lrs, losses, end in ramps(folder)]
 
 
-def read(lrs: list[float], losses: list[float], start_lr: float) -> dict[str, Any]:
+def read(lrs: list[float], losses: list[float], end: float) -> dict[str, Any]:
     """One ramp's fall from its start, and the adaptive ramp cut from it: its steps, edge and minimum, and
-    the least fall on any prefix that may end it (from the planned end to the cut; the benchmark leaves the
-    window unset, so the ramp was planned to end 1000x above its start). Where that least fall clears the
-    noise floor, the ramp is read as it was before ``adaptive.fell``: the stop, edge and minimum only ever
-    look at such prefixes."""
-    end = start_lr * PRIOR_BELOW * PRIOR_ABOVE * (1 - 1e-9)
-    stop = next(
-        (k for k in range(1, len(lrs) + 1) if past_minimum(lrs[:k], losses[:k], end, PAST_MINIMUM)), None
-    )
+    the least fall on any prefix that may end it (from ``end``, where it was planned to end, to the cut).
+    Where that least fall clears the noise floor, the ramp is read as it was before ``adaptive.fell``: the
+    stop, edge and minimum only ever look at such prefixes."""
+    stop = stop_step(lrs, losses, end, PAST_MINIMUM)
     cut = stop or len(lrs)
-    first = next((k for k in range(1, cut + 1) if lrs[k - 1] >= end), cut)
+    first = next((k for k in range(1, cut + 1) if lrs[k - 1] >= end * (1 - 1e-9)), cut)
     prefixes = [losses[:k] for k in range(first, cut + 1)]
     return {
         "steps": len(lrs),
@@ -121,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     if not found:
         raise SystemExit(f"no range-test ramps in {args.jobs}")
     rows, reads = [], []
-    for task, seed, lrs, losses, start_lr in found:
-        r = read(lrs, losses, start_lr)
+    for task, seed, lrs, losses, end in found:
+        r = read(lrs, losses, end)
         reads.append(r)
         rows.append(
             [

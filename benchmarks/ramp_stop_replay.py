@@ -28,10 +28,11 @@ from finetune_trainer.config import AdaptiveSpec
 from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
 
-def ramps() -> list[tuple[str, list[float], list[float], float]]:
-    """Every distinct full ramp in the journals: (task, LRs, smoothed losses, :func:`planned_end`)."""
+def ramps(folder: Path = CACHE / "jobs") -> list[tuple[str, list[float], list[float], float]]:
+    """Every distinct full ramp in the journals in ``folder`` (``lr_quality.py``'s work cache unless told):
+    (task, LRs, smoothed losses, :func:`planned_end`)."""
     found, seen = [], set()
-    for path in sorted((CACHE / "jobs").glob("*.jsonl")):
+    for path in sorted(folder.glob("*.jsonl")):
         task = path.stem.rsplit("-", 1)[0]
         for line in path.read_text().splitlines():
             result = json.loads(line)["result"]
@@ -51,12 +52,18 @@ def planned_end(result: dict[str, Any]) -> float:
     return result["window"][0] * PRIOR_BELOW * PRIOR_ABOVE
 
 
+def stop_step(lrs: list[float], losses: list[float], end: float, decades: float) -> int | None:
+    """The step at which the adaptive stop (``adaptive.past_minimum``, ``decades`` past the minimum, the ramp
+    planned to end at ``end``) ends the ramp; ``None`` when it never does."""
+    return next(
+        (k for k in range(1, len(lrs) + 1) if past_minimum(lrs[:k], losses[:k], end * (1 - 1e-9), decades)),
+        None,
+    )
+
+
 def cut(lrs: list[float], losses: list[float], end: float, decades: float) -> tuple[int, float, bool]:
     """Steps the ramp runs with this look-past, and the ceiling it sets (and whether the minimum set it)."""
-    stop = next(
-        (k for k in range(1, len(lrs) + 1) if past_minimum(lrs[:k], losses[:k], end * (1 - 1e-9), decades)),
-        len(lrs),
-    )
+    stop = stop_step(lrs, losses, end, decades) or len(lrs)
     lrs, losses = lrs[:stop], losses[:stop]
     edge = ramp_edge(divergence_edge(lrs, losses, stopped_early=False), lrs[-1])
     top, capped = ceiling(AdaptiveSpec(), edge, basin_minimum(lrs, losses))
