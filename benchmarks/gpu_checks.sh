@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu_checks.sh lr-quality   issue 11: lr_quality's ~0.5B tasks (tasks_gpu.yaml), every row;
 #                                              then check runs (full-length fine-tunes at the suggested LRs)
 #                                              for the rows in $LRQ_CHECK_ROWS (default: adaptive short-grid)
+#   bash benchmarks/gpu_checks.sh ramp-fall    issue 11: ramp_fall.py over the ~0.5B tasks' full range tests
+#                                              ($RAMP_TASKS, default tasks_gpu.yaml): does each ramp fall
+#                                              before the adaptive stop (adaptive.fell)?
 #   bash benchmarks/gpu_checks.sh qlora        issue 15: QLoRA 4-bit fine-tune of a ~0.5B model (gpu_qlora.py)
 #   bash benchmarks/gpu_checks.sh torchrun     issue 14: finetune-trainer train under torchrun on 1 GPU vs a bare
 #                                              torchrun DDP loop, bf16, tokens/s >= 0.97x (distributed_scaling.py)
@@ -60,6 +63,11 @@ from benchmarks.lr_quality import results_name; print(results_name(Path(sys.argv
       cache=${XDG_CACHE_HOME:-$HOME/.cache}/finetune-operator/lr_quality
       tar -czf "$out/lr_quality_cache.tgz" -C "$cache" oracle jobs 2>/dev/null
       ;;
+    ramp-fall)
+      timeout "${RAMP_TIMEOUT:-300}" python3 benchmarks/ramp_fall.py --tasks ${RAMP_TASKS:-benchmarks/tasks_gpu.yaml} \
+        --workers "${RAMP_WORKERS:-6}" 2>&1 | tee "$out/ramp_fall.log" || status=1
+      cp benchmarks/results/ramp_fall_*.md "$out/" || status=1
+      ;;
     qlora)
       timeout "${QLORA_TIMEOUT:-300}" python3 benchmarks/gpu_qlora.py --out "$out/gpu_qlora.json" 2>&1 \
         | tee "$out/gpu_qlora.log" || status=1
@@ -68,7 +76,7 @@ from benchmarks.lr_quality import results_name; print(results_name(Path(sys.argv
       timeout "${TORCHRUN_TIMEOUT:-420}" python3 benchmarks/distributed_scaling.py --gpu-check \
         --out "$out/distributed_gpu.json" 2>&1 | tee "$out/distributed_gpu.log" || status=1
       ;;
-    *) echo "unknown check $check (lr-quality | qlora | torchrun)"; status=2 ;;
+    *) echo "unknown check $check (lr-quality | ramp-fall | qlora | torchrun)"; status=2 ;;
   esac
 done
 exit $status

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +35,46 @@ from finetune_trainer.adaptive import (
     start_fall,
 )
 
+DEFAULT_TASKS = [lr_quality.TASKS_FILE, lr_quality.TASKS_FILE.parent / "tasks_heldout.yaml"]
+"""The CPU task files, in-sample and held out."""
+
 Ramp = tuple[str, int | None, list[float], list[float], float]
 """(task, seed, LRs, smoothed losses, where the ramp was planned to end: ``ramp_stop_replay.planned_end``)."""
 
 
-def _run(job: tuple[str, str, int]) -> tuple[str, int, dict[str, Any]]:
-    name, config, seed = job
-    scratch = tempfile.mkdtemp(prefix="ramp-fall-")
-    return (
-        name,
-        seed,
-        lr_quality.execute({"kind": "range-test", "seed": seed, "config": config, "scratch": scratch}),
-    )
-
-
 def run_ramps(files: list[Path], seeds: list[int], workers: int) -> list[Ramp]:
-    """Every task-seed's full ramp, run with the benchmark's own ``range-test`` job."""
-    jobs = []
+    """Every task-seed's full ramp, run with the benchmark's own ``range-test`` job on its ``Runner``
+    (spawned workers: a task built on a GPU leaves CUDA set up in this process, which a fork cannot use),
+    in task-file and seed order."""
+    scratch = tempfile.mkdtemp(prefix="ramp-fall-")
+    runner = lr_quality.Runner(workers)
+    submitted = 0
     for path in files:
         spec = lr_quality.load_tasks(path)
         for t in spec["tasks"]:
             task = lr_quality.build_task(t, spec["oracle"])
-            jobs += [(t["name"], str(task.config_path), s) for s in seeds]
-    found: list[Ramp] = []
-    with ProcessPoolExecutor(workers) as pool:
-        for name, seed, res in pool.map(_run, jobs):
-            if "error" in res:
-                raise SystemExit(f"{name} seed {seed}: {res['error']}")
-            lrs, losses = res["curve"]
-            found.append((name, seed, lrs, losses, planned_end(res)))
-    return found
+            for seed in seeds:
+                config = str(task.config_path)
+                job = {"kind": "range-test", "seed": seed, "config": config, "scratch": scratch}
+                runner.submit({**job, "task": t["name"], "order": submitted})
+                submitted += 1
+    found: list[tuple[int, Ramp]] = []
+    for job, res in runner.drain():
+        if "error" in res:
+            raise SystemExit(f"{job['task']} seed {job['seed']}: {res['error']}")
+        lrs, losses = res["curve"]
+        found.append((job["order"], (job["task"], job["seed"], lrs, losses, planned_end(res))))
+    runner.close()
+    return [ramp for _, ramp in sorted(found, key=lambda f: f[0])]
+
+
+def results_name(files: list[Path], journal: bool) -> str:
+    """``ramp_fall`` for the CPU task files (the default) or a journal; else named by the task files, as
+    ``lr_quality``'s results are (``tasks_gpu.yaml`` → ``ramp_fall_gpu``)."""
+    cpu = {p.resolve() for p in DEFAULT_TASKS}
+    if journal or {p.resolve() for p in files} <= cpu:
+        return "ramp_fall"
+    return "ramp_fall_" + "_".join(p.stem.removeprefix("tasks").strip("_") or "cpu" for p in files)
 
 
 def journalled_ramps(folder: Path) -> list[Ramp]:
@@ -95,10 +104,7 @@ def read(lrs: list[float], losses: list[float], end: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    here = lr_quality.TASKS_FILE.parent
-    parser.add_argument(
-        "--tasks", type=Path, nargs="+", default=[here / "tasks.yaml", here / "tasks_heldout.yaml"]
-    )
+    parser.add_argument("--tasks", type=Path, nargs="+", default=DEFAULT_TASKS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--jobs", type=Path, help="read journalled ramps from this job cache instead")
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     if not args.no_write:
         title = "Range-test falls: does each ramp's loss fall from its start before an adaptive ramp stops?"
-        print(f"wrote {write_results('ramp_fall', title, body, argv)}")
+        name = results_name(args.tasks, journal=args.jobs is not None)
+        print(f"wrote {write_results(name, title, body, argv)}")
 
 
 if __name__ == "__main__":

@@ -550,6 +550,49 @@ def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_j
             path.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
+def test_gpu_checks_ramp_fall_runs_each_task_seeds_full_ramp_on_spawned_workers(tmp_path: Path) -> None:
+    """`gpu_checks.sh ramp-fall` on a tiny copy of the GPU task file, on CPU, two workers: each task-seed's
+    full ramp runs (spawned workers: the GPU task's model is built in the parent), and the results come
+    back named by the task file, in task and seed order. ~1 min."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "benchmarks" / "tasks_gpu.yaml").read_text())
+    task = spec["tasks"][0]
+    task["model"].update(embd=32, layers=1, heads=2, kvHeads=1, intermediate=64, pretrainSteps=20)
+    spec.update(tasks=[task])
+    tasks = tmp_path / "tasks_gpuci.yaml"
+    tasks.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        OUT=str(out),
+        WHEELS=str(tmp_path / "no-wheels"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        RAMP_TASKS=str(tasks),
+        RAMP_WORKERS="2",
+    )
+    name = ramp_fall.results_name([tasks], journal=False)
+    assert name == "ramp_fall_gpuci"
+    try:
+        run = subprocess.run(
+            ["bash", "benchmarks/gpu_checks.sh", "ramp-fall"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        text = (out / f"{name}.md").read_text()
+        rows = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith(f"| {task['name']} |")]
+        assert rows == [[f"| {task['name']}", str(s)] for s in (0, 1, 2)]
+        assert "3 ramps; falls" in text and f"--tasks {tasks}" in text
+    finally:
+        (lr_quality.RESULTS / f"{name}.md").unlink(missing_ok=True)
+
+
 class BowlTrials:
     """Trial results on a loss bowl at LR 3e-3 and warmup 0.1, every intermediate loss reported: what
     `sweep_search.TrialRunner.run` returns, without the trainer."""
