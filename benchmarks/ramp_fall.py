@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         title = "Range-test falls: does each ramp's loss fall from its start before an adaptive ramp stops?"
         name = results_name(args.tasks, journal=args.jobs is not None)
-        print(f"wrote {write_results(name, title, body, argv)}")
+        print(f"wrote {write_results(name, title, body, argv, script='ramp_fall')}")
 
 
 if __name__ == "__main__":

@@ -588,7 +588,7 @@ def test_gpu_checks_ramp_fall_runs_each_task_seeds_full_ramp_on_spawned_workers(
         text = (out / f"{name}.md").read_text()
         rows = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith(f"| {task['name']} |")]
         assert rows == [[f"| {task['name']}", str(s)] for s in (0, 1, 2)]
-        assert "3 ramps; falls" in text and f"--tasks {tasks}" in text
+        assert "3 ramps; falls" in text and f"`python benchmarks/ramp_fall.py --tasks {tasks} " in text
     finally:
         (lr_quality.RESULTS / f"{name}.md").unlink(missing_ok=True)
 
