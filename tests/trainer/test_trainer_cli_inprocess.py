@@ -198,6 +198,22 @@ def test_range_test_reports_curve_rules_recommendation_and_plot(tiny_gpt2: Path,
     ]  # the test's weights are discarded
 
 
+def test_a_range_test_that_trained_nothing_says_so_and_reports_no_minimum(
+    tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """A window far too low (1e-9..1e-8, not extended): the loss never falls from its start, so there is no
+    loss minimum and no ceiling, and a warning says every rule's value is noise (the operator then fails a
+    `rangeTest` sweep `NothingTrained`)."""
+    window = {"minLearningRate": 1e-9, "maxLearningRate": 1e-8, "extend": False, "steps": 20}
+    cfg = base_config(tiny_gpt2, tmp_path / "out", rangeTest=window)
+    code, _events, result_file = run_cli(tmp_path, cfg, "range-test")
+    assert code == ExitCode.OK
+    result = parse_result(json.loads(result_file.read_bytes()))
+    assert result.kind == "rangeTest" and result.stop_reason == "completed"
+    assert result.loss_minimum_learning_rate is None and result.suggestions["ceiling"] is None
+    assert any("never fell from where the ramp started" in w for w in result.warnings)
+
+
 def test_range_test_in_validation_loss_mode_with_lora(tiny_gpt2: Path, tmp_path: Path) -> None:
     cfg = base_config(
         tiny_gpt2,

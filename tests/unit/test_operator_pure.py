@@ -289,7 +289,12 @@ RESULT = {
     "recommendedLearningRate": 3e-4,
     "rule": "valley",
     "suggestions": {"valley": 3e-4, "steepest": 1e-4, "minimum-over-10": 5e-4, "max-over-3": None},
-    "curve": [{"lr": 1e-7, "loss": 3.0}, {"lr": 1e-4, "loss": 2.0}, {"lr": 1e-2, "loss": 9.0}],
+    "curve": [
+        {"lr": 1e-7, "loss": 3.0},
+        {"lr": 1e-6, "loss": 2.9},
+        {"lr": 1e-4, "loss": 2.0},
+        {"lr": 1e-2, "loss": 9.0},
+    ],
     "stopReason": "diverged",
     "steps": 80,
     "bestLoss": 2.0,
@@ -330,7 +335,7 @@ def test_finished_range_test_writes_recommendation_curve_and_conditions():
         "valley",
         16,
     )
-    assert s["suggestions"]["steepest"] == 1e-4 and len(s["curve"]) == 3
+    assert s["suggestions"]["steepest"] == 1e-4 and len(s["curve"]) == 4
     conds = {c["type"]: c for c in s["conditions"]}
     assert conds["Succeeded"]["status"] == "True" and conds["Diverged"]["status"] == "True"
     assert s["completionTime"] == NOW

@@ -21,6 +21,7 @@ from finetune_operator.planning.rangetest import verdict as range_test_verdict
 from finetune_trainer.adaptive import TrialRequest, ramp_edge, ramp_minimum, run_to_decision
 from finetune_trainer.config import AdaptiveSpec, RangeTestResult, RangeTestSpec, TrialRecord, TrialResult
 from finetune_trainer.report import compact_json
+from finetune_trainer.suggest import all_suggestions, recommend
 
 NOW = "2026-01-01T00:00:10Z"
 BASE = {"model": {"name": "/models/tiny"}, "dataset": {"files": ["/data/train.jsonl"]}}
@@ -482,6 +483,44 @@ def test_a_range_test_curve_still_falling_at_its_end_fails_with_the_bound():
         now=NOW,
     )
     assert plan.status["phase"] == "Failed" and "rangeTest.ceilingLearningRate" in plan.status["message"]
+
+
+FLAT = [{"lr": 10 ** (-9 + i / 10), "loss": 0.693 * (1 + 0.002 * math.sin(2.3 * i))} for i in range(31)]
+WINDOW = {"minLearningRate": 1e-9, "maxLearningRate": 1e-6}
+"""A ramp (1e-9..1e-6) whose loss never fell from its start (a 0.2% wobble, under the noise floor)."""
+
+
+def test_a_range_test_that_trained_nothing_fails_naming_the_bound_and_recommends_no_noise():
+    """The rules still find values on a flat curve (the trainer's own rules, here); none is evidence, so
+    the sweep fails `NothingTrained` with the bound to move, and writes no recommendation to train with."""
+    suggestions = all_suggestions([p["lr"] for p in FLAT], [p["loss"] for p in FLAT], planned_end=1e-6)
+    rule, lr = recommend(suggestions, "ceiling")
+    assert suggestions["ceiling"] is None and rule != "ceiling" and lr is not None
+    found = {"suggestions": suggestions, "rule": rule, "recommendedLearningRate": lr}
+    flat = _rt(curve=FLAT, stopReason="completed", **WINDOW, **found, divergenceLearningRate=None)
+    reason, message = range_test_verdict(flat, RangeTestSpec())
+    assert reason == "NothingTrained" and "never fell" in message
+    assert "raise rangeTest.ceilingLearningRate or rangeTest.steps" in message
+    reason, message = range_test_verdict(flat, RangeTestSpec(extend=False))
+    assert "raise rangeTest.maxLearningRate or rangeTest.steps" in message
+    diverged = _rt(curve=FLAT, stopReason="diverged", **WINDOW)  # past its first decade: not the window
+    reason, message = range_test_verdict(diverged, RangeTestSpec())
+    assert reason == "NothingTrained" and "before it diverged" in message
+    assert "raise rangeTest.steps" in message
+    child = {"s-range-test": ChildState("s-range-test", "Succeeded", result=flat.to_wire())}
+    status = plan_sweep("s", {**BASE, "method": "rangeTest"}, None, 1, child, now=NOW).status
+    assert status["phase"] == "Failed" and "rangeTest.ceilingLearningRate" in status["message"]
+    assert "recommendedLearningRate" not in status and status["suggestions"][rule] == pytest.approx(lr)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "NothingTrained"
+
+
+def test_a_reported_loss_minimum_is_the_trainers_word_over_a_thinned_curve():
+    """The trainer reads the fall on every step of the ramp; its `lossMinimumLearningRate` stands even when
+    the curve thinned to the status looks flat."""
+    reported = _rt(curve=FLAT, stopReason="diverged", **WINDOW, lossMinimumLearningRate=5e-8)
+    reported = reported.model_copy(update={"recommended_learning_rate": 1.6e-8})
+    assert range_test_verdict(reported, RangeTestSpec())[0] == "Recommended"
 
 
 # ------------------------------------------------------------------ results no trainer should write

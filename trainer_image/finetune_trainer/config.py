@@ -384,7 +384,8 @@ class RangeTestSpec(Spec):
     """Suggestion rule whose value becomes the recommendation of a `rangeTest` sweep; every rule's value
     is reported. `ceiling` (the default; the LR an `adaptive` sweep's trials start from: half a decade
     below the loss minimum and below the divergence edge) is the rule the LR-quality benchmark ranks
-    first; `minimum-over-10` is fastai's `minimum`."""
+    first; `minimum-over-10` is fastai's `minimum`. A ramp whose loss never fell from its start by more
+    than 0.5% trained nothing: every rule's value is noise, and the sweep fails `NothingTrained`."""
     widen_by_prior: bool = False
     """Widen the window so it spans 30x around the model's prior learning rate."""
     stop_past_minimum: float | None = Field(default=None, gt=0.0, le=10.0)

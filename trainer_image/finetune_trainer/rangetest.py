@@ -15,7 +15,14 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_trainer.adaptive import basin_minimum, divergence_edge, label_entropy, past_minimum
+from finetune_trainer.adaptive import (
+    NOISE_FLOOR,
+    basin_minimum,
+    divergence_edge,
+    fell,
+    label_entropy,
+    past_minimum,
+)
 from finetune_trainer.config import (
     CURVE_MAX,
     DIVERGED_STOPS,
@@ -228,6 +235,11 @@ def run_range_test(
         warnings.append(
             f"the loss never turned up by learning rate {curve.lrs[-1]:.3g}: the window may end too low; "
             + ("raise rangeTest.ceilingLearningRate" if rt.extend else "set rangeTest.extend")
+        )
+    if curve.lrs and not fell(curve.smoothed):
+        warnings.append(
+            f"the loss never fell from where the ramp started (by more than {NOISE_FLOOR:.1%}) up to "
+            f"learning rate {curve.lrs[-1]:.3g}: nothing trained, and every rule's value is noise"
         )
     if recommended is None:
         warnings.append(

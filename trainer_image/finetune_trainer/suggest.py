@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 
-from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM, basin_minimum
+from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM, basin_minimum, past_minimum
 from finetune_trainer.config import SUGGESTION_RULES
 
 Curve = tuple[Sequence[float], Sequence[float]]
@@ -155,30 +155,24 @@ def max_over_3(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
 
 def ceiling(lrs: Sequence[float], losses: Sequence[float], planned_end: float | None = None) -> float | None:
     """The adaptive method's ceiling, the LR its first trial takes: ``HEADROOM`` (half a decade) below the
-    loss minimum past the start-up (``adaptive.basin_minimum``), never below the curve's first LR.
+    loss minimum past the start-up (``adaptive.basin_minimum``), never below the curve's first LR; ``None``
+    while the loss has not fallen from its start (``adaptive.fell``), as an adaptive sweep reads it.
 
-    The curve is read as far as an adaptive sweep's ramp runs: up to the first point at or past
-    ``planned_end`` (the window's top, where the ramp was planned to end; unset: anywhere) and
-    ``PAST_MINIMUM`` decades past the lowest loss so far. A lower dip further up, after the loss has
-    risen, is a model the ramp has trained longest, close to divergence, and would lift the answer
-    towards the edge. (An adaptive sweep also keeps its trials ``adaptive.spacing`` below the divergence
-    edge; at the default spacing, half a decade, the edge lies above the minimum and never decides.)
+    The curve is read as far as an adaptive sweep's ramp runs: up to the first point at which
+    ``adaptive.past_minimum`` stops it, at or past ``planned_end`` (the window's top, where the ramp was
+    planned to end; unset: anywhere) and ``PAST_MINIMUM`` decades past the lowest loss so far. A lower dip
+    further up, after the loss has risen, is a model the ramp has trained longest, close to divergence, and
+    would lift the answer towards the edge. (An adaptive sweep also keeps its trials ``adaptive.spacing``
+    below the divergence edge; at the default spacing, half a decade, the edge lies above the minimum and
+    never decides.)
     """
     if not _usable(lrs, losses):
         return None
-    first = _settled(len(losses))
-    best, cut = first, len(losses)
+    n = min(len(lrs), len(losses))
     end = (planned_end or 0.0) * (1 - 1e-9)
-    for i in range(first + 1, len(losses)):
-        if losses[i] < losses[best]:
-            best = i
-        elif lrs[i] >= end and lrs[i] >= lrs[best] * 10.0**PAST_MINIMUM:
-            cut = i + 1
-            break
-    if best == first:
-        return None
-    minimum = basin_minimum(lrs[:cut], losses[:cut]) or float(lrs[best])
-    return max(minimum * 10.0**-HEADROOM, float(lrs[0]))
+    cut = next((k for k in range(1, n + 1) if past_minimum(lrs[:k], losses[:k], end, PAST_MINIMUM)), n)
+    minimum = basin_minimum(lrs[:cut], losses[:cut])
+    return None if minimum is None else max(minimum * 10.0**-HEADROOM, float(lrs[0]))
 
 
 RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {

@@ -11,11 +11,13 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import LRSweepSpec, LRSweepStatus, Progress, RangeTestSummary
 from finetune_operator.children import NO_POD, ChildState
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
-from finetune_trainer.adaptive import diverged_at_start, ramp_edge
+from finetune_trainer.adaptive import NOISE_FLOOR, diverged_at_start, ramp_edge, ramp_minimum
 from finetune_trainer.config import CurvePoint, RangeTestResult, RangeTestSpec
 
 RECOMMENDED = "Recommended"
 """The reason of a sweep that succeeded; every other verdict fails it."""
+NOTHING_TRAINED = "NothingTrained"
+"""The reason of a ramp whose loss never fell from its start: no rule's value is evidence."""
 
 Samples = Mapping[str, Mapping[str, float]]
 
@@ -177,6 +179,8 @@ def verdict(result: RangeTestResult, spec: RangeTestSpec) -> tuple[str, str]:
             "DivergedAtMinimumLearningRate",
             f"the loss diverged within the first decade of the ramp; {fix}",
         )
+    if curve and ramp_minimum(result.loss_minimum_learning_rate, curve) is None:
+        return NOTHING_TRAINED, _nothing_trained(result, spec, high)
     if lr is None:
         return (
             "NoRecommendation",
@@ -205,13 +209,29 @@ def verdict(result: RangeTestResult, spec: RangeTestSpec) -> tuple[str, str]:
     return RECOMMENDED, f"recommended learning rate {lr:.3g} (rule {rule}, {batch})"
 
 
+def _nothing_trained(result: RangeTestResult, spec: RangeTestSpec, high: float | None) -> str:
+    """Why a ramp whose loss never fell from its start recommends nothing, and the bound to move: it has no
+    loss minimum (``adaptive.ramp_minimum``: none reported, and none on its curve, by ``adaptive.fell``), and
+    every rule's value on such a curve is noise, so none is trained with."""
+    steps = "rangeTest.steps"
+    never = f"the loss never fell from where the ramp started (by more than {NOISE_FLOOR:.1%})"
+    at = f"{high:.3g}" if high is not None else "the ramp's end"
+    if result.diverged:
+        return (
+            f"{never} before it diverged at learning rate {at}: nothing trained at any learning rate "
+            f"tested; raise {steps} (a slower ramp trains longer at each learning rate)"
+        )
+    bound = "rangeTest.ceilingLearningRate" if spec.extend else "rangeTest.maxLearningRate"
+    return f"{never} up to learning rate {at}: nothing trained in the window; raise {bound} or {steps}"
+
+
 def decide(b: StatusBuilder[LRSweepStatus], result: RangeTestResult, spec: RangeTestSpec) -> None:
     """A `rangeTest` sweep's outcome: the rule's recommendation, succeeded or failed by `verdict`."""
     s = b.status
+    reason, message = verdict(result, spec)
     s.recommended_learning_rate, s.rule, s.best_loss = (
-        result.recommended_learning_rate,
+        None if reason == NOTHING_TRAINED else result.recommended_learning_rate,  # noise, not a value
         result.rule,
         result.best_loss,
     )
-    reason, message = verdict(result, spec)
     b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)

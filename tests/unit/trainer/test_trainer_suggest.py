@@ -150,6 +150,24 @@ def test_the_ceiling_rule_is_where_an_adaptive_sweeps_trials_start(planned_end: 
     assert ceiling(lrs, losses) < top / 100, "without the planned end, the noisy plateau ends the reading"
 
 
+def test_the_ceiling_reads_no_minimum_where_an_adaptive_sweep_reads_none() -> None:
+    """A new head's loss sits at the labels' entropy until the LR is high enough: a noise dip there (0.2%,
+    under the noise floor) is no minimum for an adaptive sweep (``adaptive.fell``), so it neither ends the
+    ceiling's reading nor sets it; the ceiling comes from the minimum where the loss really fell. A ramp that
+    never falls has no ceiling at all, not one from its noise."""
+    lrs = [10 ** (-7 + 0.05 * i) for i in range(101)]  # 1e-7 .. 1e-2
+    plateau = [0.69] * 50  # up to 3e-5: nothing learned
+    plateau[20] = 0.69 * (1 - 0.002)  # a noise dip at 1e-6
+    fall = [0.69 - 0.3 * math.sin(math.pi * i / 50) for i in range(1, 51)]  # down to 0.39 and back up
+    losses = [*plateau, *fall, 0.8]
+    minimum = basin_minimum(lrs, losses)
+    assert minimum is not None and 1e-4 < minimum < 1e-3
+    assert ceiling(lrs, losses) == pytest.approx(minimum / 10**0.5)
+    flat = [*plateau, *(0.69 + 0.001 * (i % 2) for i in range(51))]
+    assert basin_minimum(lrs, flat) is None and ceiling(lrs, flat) is None
+    assert all_suggestions(lrs, flat)["ceiling"] is None
+
+
 def test_max_over_3_is_a_third_of_where_loss_climbs_back_above_its_start() -> None:
     lrs, losses = classic_curve()
     i_min = losses.index(min(losses))
