@@ -431,6 +431,10 @@ def test_failures_map_to_exit_codes(
 
 
 def test_lora_train_saves_only_the_adapter(tiny_gpt2: Path, tmp_path: Path) -> None:
+    """GPT-2's projections are Conv1D: LoRA is set up for them (fan_in_fan_out), so peft has nothing to
+    correct and warns nothing."""
+    import warnings
+
     out = tmp_path / "out"
     cfg = base_config(
         tiny_gpt2,
@@ -438,8 +442,11 @@ def test_lora_train_saves_only_the_adapter(tiny_gpt2: Path, tmp_path: Path) -> N
         adapter={"type": "lora", "r": 4, "alpha": 8, "targetModules": ["c_attn"]},
         optimization={"maxSteps": 10},
     )
-    code, events, _ = run_cli(tmp_path, cfg, "train")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, events, _ = run_cli(tmp_path, cfg, "train")
     assert code == ExitCode.OK
+    assert not [w for w in caught if "fan_in_fan_out" in str(w.message)]
     start = next(e for e in events if e["event"] == "start")
     assert start["trainableParameters"] < start["parameters"] / 10
     final = out / "final"

@@ -176,6 +176,7 @@ def apply_adapter(model: Any, adapter: AdapterSpec, task: str) -> Any:
         lora_dropout=adapter.dropout,
         target_modules=adapter.target_modules or "all-linear",
         task_type="SEQ_CLS" if task == "sequence-classification" else "CAUSAL_LM",
+        fan_in_fan_out=_conv1d(model),
     )
     try:
         return get_peft_model(model, config)
@@ -183,6 +184,15 @@ def apply_adapter(model: Any, adapter: AdapterSpec, task: str) -> Any:
         raise ConfigError(
             "adapter.targetModules", str(exc).splitlines()[0][:200], "name modules that exist in the model"
         ) from exc
+
+
+def _conv1d(model: Any) -> bool:
+    """Whether the model's projections are transformers' ``Conv1D`` (GPT-2 and its kin), whose weights are
+    stored (in, out): LoRA must then be told ``fan_in_fan_out``, which peft would otherwise correct with a
+    warning on every run."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def transformer_blocks(model: Any) -> tuple[str, Any]:
