@@ -495,6 +495,47 @@ def test_lr_quality_micro_run_has_every_row(capsys: pytest.CaptureFixture[str]) 
     assert "check runs (full length, at suggested LRs)" in out and "*Regret* is measured seed by seed" in out
 
 
+def tiny_gpu_tasks(
+    tmp_path: Path, oracle: dict | None = None, max_steps: int | None = None, **spec: object
+) -> tuple[Path, dict]:
+    """A copy of ``tasks_gpu.yaml`` with only its first task, its model shrunk to run on CPU (and its
+    fine-tune to ``max_steps``), ``oracle`` patched into its oracle and ``spec``'s top-level keys replaced:
+    (the file, the task)."""
+    import yaml
+
+    tasks = yaml.safe_load((REPO / "benchmarks" / "tasks_gpu.yaml").read_text())
+    task = tasks["tasks"][0]
+    task["model"].update(embd=32, layers=1, heads=2, kvHeads=1, intermediate=64, pretrainSteps=20)
+    if max_steps:
+        task["trainer"]["optimization"]["maxSteps"] = max_steps
+    tasks["oracle"].update(oracle or {})
+    tasks.update(tasks=[task], **spec)
+    path = tmp_path / "tasks_gpuci.yaml"
+    path.write_text(yaml.safe_dump(tasks))
+    return path, task
+
+
+def gpu_checks(check: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``bash benchmarks/gpu_checks.sh CHECK`` as the device runs it, on CPU: no wheels, its own caches,
+    ``$OUT`` at ``tmp_path/out``; ``env`` adds the check's settings."""
+    keep = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("LRQ_", "RAMP_"))}
+    keep.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{keep['PATH']}",  # its python3 is this interpreter
+        OUT=str(tmp_path / "out"),
+        WHEELS=str(tmp_path / "no-wheels"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        **env,
+    )
+    return subprocess.run(
+        ["bash", "benchmarks/gpu_checks.sh", check],
+        cwd=REPO,
+        env=keep,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.slow
 def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_jobs(tmp_path: Path) -> None:
     """`gpu_checks.sh lr-quality` on a tiny copy of the GPU task file, on CPU: the first run's result (no
@@ -502,37 +543,12 @@ def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_j
     back as one tarball (the device returns 8 files at most). ~1 min."""
     import tarfile
 
-    import yaml
-
-    spec = yaml.safe_load((REPO / "benchmarks" / "tasks_gpu.yaml").read_text())
-    task = spec["tasks"][0]
-    task["model"].update(embd=32, layers=1, heads=2, kvHeads=1, intermediate=64, pretrainSteps=20)
-    task["trainer"]["optimization"]["maxSteps"] = 24
-    spec.update(tasks=[task], recommenderSeeds=[0])
-    spec["oracle"].update(points=3, seeds=[0])
-    tasks = tmp_path / "tasks_gpuci.yaml"
-    tasks.write_text(yaml.safe_dump(spec))
+    tasks, _ = tiny_gpu_tasks(tmp_path, {"points": 3, "seeds": [0]}, max_steps=24, recommenderSeeds=[0])
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LRQ_RESUME", "LRQ_CHECK_ROWS")}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",  # its python3 is this interpreter
-        OUT=str(out),
-        WHEELS=str(tmp_path / "no-wheels"),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-        LRQ_TASKS=str(tasks),
-        LRQ_WORKERS="1",
-    )
     name = lr_quality.results_name(tasks)
     written = [lr_quality.RESULTS / f"{name}.{ext}" for ext in ("md", "json")]
     try:
-        run = subprocess.run(
-            ["bash", "benchmarks/gpu_checks.sh", "lr-quality"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        run = gpu_checks("lr-quality", tmp_path, LRQ_TASKS=str(tasks), LRQ_WORKERS="1")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         first = (out / f"{name}_interpolated.md").read_text()
         assert "Check runs: none" in first and "`--resume`): none" in first
@@ -555,35 +571,12 @@ def test_gpu_checks_ramp_fall_runs_each_task_seeds_full_ramp_on_spawned_workers(
     """`gpu_checks.sh ramp-fall` on a tiny copy of the GPU task file, on CPU, two workers: each task-seed's
     full ramp runs (spawned workers: the GPU task's model is built in the parent), and the results come
     back named by the task file, in task and seed order. ~1 min."""
-    import yaml
-
-    spec = yaml.safe_load((REPO / "benchmarks" / "tasks_gpu.yaml").read_text())
-    task = spec["tasks"][0]
-    task["model"].update(embd=32, layers=1, heads=2, kvHeads=1, intermediate=64, pretrainSteps=20)
-    spec.update(tasks=[task])
-    tasks = tmp_path / "tasks_gpuci.yaml"
-    tasks.write_text(yaml.safe_dump(spec))
+    tasks, task = tiny_gpu_tasks(tmp_path)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        OUT=str(out),
-        WHEELS=str(tmp_path / "no-wheels"),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-        RAMP_TASKS=str(tasks),
-        RAMP_WORKERS="2",
-    )
     name = ramp_fall.results_name([tasks], journal=False)
     assert name == "ramp_fall_gpuci"
     try:
-        run = subprocess.run(
-            ["bash", "benchmarks/gpu_checks.sh", "ramp-fall"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        run = gpu_checks("ramp-fall", tmp_path, RAMP_TASKS=str(tasks), RAMP_WORKERS="2")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         text = (out / f"{name}.md").read_text()
         rows = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith(f"| {task['name']} |")]
