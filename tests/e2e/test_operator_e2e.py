@@ -99,6 +99,29 @@ def test_range_test_sweep_recommends_a_learning_rate(kube_api, namespace, crds_i
     assert f'finetune_recommended_learning_rate{{name="rt",namespace="{namespace}"' in text
 
 
+def test_an_auto_finetune_whose_range_test_trained_nothing_fails_without_training(
+    kube_api, namespace, crds_installed, run_operator, tiny
+):
+    """A `rangeTest` window far too low (1e-9..1e-8, not extended): the trainer pod's loss never falls, so
+    the sweep fails `NothingTrained` naming the bound to raise and writes no learning rate, and the `auto`
+    FineTuneJob fails `SweepFailed` without creating a training Job (it used to succeed on a rule's noise)."""
+    window = {"minLearningRate": 1e-9, "maxLearningRate": 1e-8, "extend": False, "steps": 20}
+    spec = {**tiny, "learningRate": {"auto": {"method": "rangeTest", "rangeTest": window}}}
+    with run_operator(OPERATOR, namespace=namespace, timeout=300) as runner:
+        apply(kube_api, namespace, "FineTuneJob", "flat", spec)
+        status = wait_phase(kube_api, namespace, "FineTuneJob", "flat")
+    assert runner.exception is None, runner.output
+    sweep = status_of(kube_api, namespace, "LRSweep", "flat-lr")
+    failed = next(c for c in sweep["conditions"] if c["type"] == "Failed")
+    assert sweep["phase"] == "Failed" and failed["reason"] == "NothingTrained", sweep.get("message")
+    assert "raise rangeTest.maxLearningRate" in sweep["message"]
+    assert "recommendedLearningRate" not in sweep and sweep["curve"]
+    assert any("never fell" in w for w in sweep["warnings"])
+    assert status["phase"] == "Failed"
+    assert next(c for c in status["conditions"] if c["type"] == "Failed")["reason"] == "SweepFailed"
+    assert job_names(kube_api, namespace) == ["flat-lr-range-test"], "no training Job"
+
+
 def most_at_once(jobs: list) -> int:
     """The most trial Jobs that ran at the same time, from their start and completion times."""
     spans = [(j.status.start_time, j.status.completion_time) for j in jobs]
