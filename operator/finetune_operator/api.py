@@ -676,10 +676,11 @@ class LRSweepStatus(ResourceStatus):
     """What the sweep found."""
 
     recommended_learning_rate: float | None = Field(default=None, gt=0.0)
-    """The recommended learning rate (kept for people to read when the sweep fails on weak evidence)."""
+    """The recommended learning rate (kept for people to read when the sweep fails on weak evidence; unset
+    when a `rangeTest` ramp trained nothing, `NothingTrained`, since its rules' values are noise)."""
     rule: str | None = Field(default=None, max_length=TEXT_MAX)
     """How the recommendation was chosen: a range-test rule, `best-trial` (grid/random) or `adaptive`
-    (see `decidedBy`)."""
+    (see `decidedBy`); unset with the recommendation."""
     interval: Interval | None = None
     """Adaptive: learning rates whose predicted loss is within noise of the recommendation's."""
     decided_by: str | None = Field(default=None, max_length=TEXT_MAX)

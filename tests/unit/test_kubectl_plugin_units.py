@@ -263,3 +263,43 @@ def test_describe_puts_an_adaptive_sweeps_trial_ceiling_under_the_reported_loss_
         "label entropy 0.6931, ramp's lowest loss 0.569"
     )
     assert "lowest loss" not in ceiling_line(bestLoss=2.5), "a causal LM's ramp loss is no news"
+
+
+def test_describe_marks_no_rule_recommended_on_a_range_test_that_trained_nothing():
+    """A flat ramp's rules still find values, reported as such; the operator writes neither a learning rate
+    nor a rule, so `describe` marks no row "recommended" and shows why the sweep failed."""
+    import math
+
+    from plans import plan_sweep
+
+    from finetune_operator.children import ChildState
+    from finetune_operator.kubectl.describe import describe
+    from finetune_operator.kubectl.resources import Found
+    from finetune_trainer.config import RangeTestResult
+    from finetune_trainer.suggest import all_suggestions, recommend
+
+    lrs = [10 ** (-9 + i / 10) for i in range(31)]
+    losses = [0.693 * (1 + 0.002 * math.sin(2.3 * i)) for i in range(31)]
+    suggestions = all_suggestions(lrs, losses, planned_end=1e-6)
+    rule, lr = recommend(suggestions, "ceiling")
+    result = RangeTestResult(
+        recommended_learning_rate=lr,
+        rule=rule,
+        suggestions=suggestions,
+        curve=[CurvePoint(lr=x, loss=y) for x, y in zip(lrs, losses, strict=True)],
+        stop_reason="completed",
+        steps=31,
+        min_learning_rate=1e-9,
+        max_learning_rate=1e-6,
+    )
+    spec = {"model": {"name": "m"}, "dataset": {"files": ["d.jsonl"]}, "method": "rangeTest"}
+    job = {"s-range-test": ChildState("s-range-test", "Succeeded", result=result.to_wire())}
+    status = plan_sweep("s", spec, None, 1, job).status
+    body = {
+        "metadata": {"name": "s", "namespace": "ns", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec,
+        "status": status,
+    }
+    text = "\n".join(describe(Found(LRSWEEP, body), [], style.Painter(io.StringIO())))
+    assert "NothingTrained" in text and "never fell" in text
+    assert "Rules:" in text and "recommended" not in text.split("Rules:")[1].split("\n\n")[0]

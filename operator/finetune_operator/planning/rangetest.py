@@ -229,9 +229,10 @@ def decide(b: StatusBuilder[LRSweepStatus], result: RangeTestResult, spec: Range
     """A `rangeTest` sweep's outcome: the rule's recommendation, succeeded or failed by `verdict`."""
     s = b.status
     reason, message = verdict(result, spec)
+    noise = reason == NOTHING_TRAINED  # no rule's value is a recommendation: none is written, nor its rule
     s.recommended_learning_rate, s.rule, s.best_loss = (
-        None if reason == NOTHING_TRAINED else result.recommended_learning_rate,  # noise, not a value
-        result.rule,
+        None if noise else result.recommended_learning_rate,
+        None if noise else result.rule,
         result.best_loss,
     )
     b.phase("Succeeded" if reason == RECOMMENDED else "Failed", reason, message)
