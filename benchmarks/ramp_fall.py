@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks import lr_quality
 from benchmarks.common import table, write_results
-from benchmarks.ramp_stop_replay import planned_end, ramps, stop_step
+from benchmarks.ramp_stop_replay import planned_end, ramps
 from finetune_trainer.adaptive import (
     NOISE_FLOOR,
     PAST_MINIMUM,
@@ -33,6 +33,7 @@ from finetune_trainer.adaptive import (
     divergence_edge,
     fell,
     start_fall,
+    stop_step,
 )
 
 DEFAULT_TASKS = [lr_quality.TASKS_FILE, lr_quality.TASKS_FILE.parent / "tasks_heldout.yaml"]

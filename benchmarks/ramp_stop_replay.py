@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.lr_quality import CACHE
-from finetune_trainer.adaptive import basin_minimum, ceiling, divergence_edge, past_minimum, ramp_edge
+from finetune_trainer.adaptive import basin_minimum, ceiling, divergence_edge, ramp_edge, stop_step
 from finetune_trainer.config import AdaptiveSpec
 from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW
 
@@ -50,15 +50,6 @@ def planned_end(result: dict[str, Any]) -> float:
     """Where a journalled ramp was planned to end: the benchmark leaves the window unset, so the ramp ran
     from 100x below the prior (its window's start) to 10x above it."""
     return result["window"][0] * PRIOR_BELOW * PRIOR_ABOVE
-
-
-def stop_step(lrs: list[float], losses: list[float], end: float, decades: float) -> int | None:
-    """The step at which the adaptive stop (``adaptive.past_minimum``, ``decades`` past the minimum, the ramp
-    planned to end at ``end``) ends the ramp; ``None`` when it never does."""
-    return next(
-        (k for k in range(1, len(lrs) + 1) if past_minimum(lrs[:k], losses[:k], end * (1 - 1e-9), decades)),
-        None,
-    )
 
 
 def cut(lrs: list[float], losses: list[float], end: float, decades: float) -> tuple[int, float, bool]:

@@ -194,6 +194,18 @@ def past_minimum(lrs: Sequence[float], losses: Sequence[float], planned_end: flo
     return minimum is not None and minimum > 0 and lrs[-1] >= _shift(minimum, decades)
 
 
+def stop_step(
+    lrs: Sequence[float], losses: Sequence[float], planned_end: float, decades: float
+) -> int | None:
+    """How many points of a finished ramp an adaptive ramp would have run: the first prefix that
+    :func:`past_minimum` stops (``planned_end`` read with a hair of tolerance, so a ramp that ends exactly
+    there counts as having reached it); ``None`` when none does. ``suggest.ceiling`` and the benchmark's
+    replays read a whole ramp this way."""
+    end = planned_end * (1 - 1e-9)
+    n = min(len(lrs), len(losses))
+    return next((k for k in range(1, n + 1) if past_minimum(lrs[:k], losses[:k], end, decades)), None)
+
+
 def range_test_spec(spec: RangeTestSpec, adaptive: AdaptiveSpec) -> RangeTestSpec:
     """The range test an adaptive sweep runs: the sweep's, stopping ``PAST_MINIMUM`` decades past the loss
     minimum, or ``adaptive.spacing`` if wider, unless ``stopPastMinimum`` is set (shared by ``recommend``

@@ -19,7 +19,6 @@ from finetune_trainer.adaptive import (
     NOISE_FLOOR,
     basin_minimum,
     divergence_edge,
-    fell,
     label_entropy,
     past_minimum,
 )
@@ -230,13 +229,14 @@ def run_range_test(
     suggestions = all_suggestions(curve.lrs, curve.smoothed, planned_end=hi)
     rule, recommended = recommend(suggestions, rt.rule)
     edge = divergence_edge(curve.lrs, curve.smoothed, stopped_early=curve.stop_reason in DIVERGED_STOPS)
+    minimum = basin_minimum(curve.lrs, curve.smoothed)  # none while the loss has not fell() from its start
     warnings = []
     if edge is None and curve.lrs and curve.stop_reason == "completed":
         warnings.append(
             f"the loss never turned up by learning rate {curve.lrs[-1]:.3g}: the window may end too low; "
             + ("raise rangeTest.ceilingLearningRate" if rt.extend else "set rangeTest.extend")
         )
-    if curve.lrs and not fell(curve.smoothed):
+    if curve.lrs and minimum is None:
         warnings.append(
             f"the loss never fell from where the ramp started (by more than {NOISE_FLOOR:.1%}) up to "
             f"learning rate {curve.lrs[-1]:.3g}: nothing trained, and every rule's value is noise"
@@ -272,7 +272,7 @@ def run_range_test(
         min_learning_rate=lo,
         max_learning_rate=curve.lrs[-1] if curve.lrs else lo,
         divergence_learning_rate=edge,
-        loss_minimum_learning_rate=basin_minimum(curve.lrs, curve.smoothed),
+        loss_minimum_learning_rate=minimum,
         prior_learning_rate=prior.centre,
         baseline_loss=baseline_loss(plan),
     )

@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 
-from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM, basin_minimum, past_minimum
+from finetune_trainer.adaptive import HEADROOM, PAST_MINIMUM, basin_minimum, stop_step
 from finetune_trainer.config import SUGGESTION_RULES
 
 Curve = tuple[Sequence[float], Sequence[float]]
@@ -158,19 +158,17 @@ def ceiling(lrs: Sequence[float], losses: Sequence[float], planned_end: float | 
     loss minimum past the start-up (``adaptive.basin_minimum``), never below the curve's first LR; ``None``
     while the loss has not fallen from its start (``adaptive.fell``), as an adaptive sweep reads it.
 
-    The curve is read as far as an adaptive sweep's ramp runs: up to the first point at which
-    ``adaptive.past_minimum`` stops it, at or past ``planned_end`` (the window's top, where the ramp was
-    planned to end; unset: anywhere) and ``PAST_MINIMUM`` decades past the lowest loss so far. A lower dip
-    further up, after the loss has risen, is a model the ramp has trained longest, close to divergence, and
-    would lift the answer towards the edge. (An adaptive sweep also keeps its trials ``adaptive.spacing``
-    below the divergence edge; at the default spacing, half a decade, the edge lies above the minimum and
-    never decides.)
+    The curve is read as far as an adaptive sweep's ramp runs (``adaptive.stop_step``): up to the first
+    point at which ``adaptive.past_minimum`` stops it, at or past ``planned_end`` (the window's top, where
+    the ramp was planned to end; unset: anywhere) and ``PAST_MINIMUM`` decades past the lowest loss so far.
+    A lower dip further up, after the loss has risen, is a model the ramp has trained longest, close to
+    divergence, and would lift the answer towards the edge. (An adaptive sweep also keeps its trials
+    ``adaptive.spacing`` below the divergence edge; at the default spacing, half a decade, the edge lies
+    above the minimum and never decides.)
     """
     if not _usable(lrs, losses):
         return None
-    n = min(len(lrs), len(losses))
-    end = (planned_end or 0.0) * (1 - 1e-9)
-    cut = next((k for k in range(1, n + 1) if past_minimum(lrs[:k], losses[:k], end, PAST_MINIMUM)), n)
+    cut = stop_step(lrs, losses, planned_end or 0.0, PAST_MINIMUM) or min(len(lrs), len(losses))
     minimum = basin_minimum(lrs[:cut], losses[:cut])
     return None if minimum is None else max(minimum * 10.0**-HEADROOM, float(lrs[0]))
 
