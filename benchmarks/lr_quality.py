@@ -1389,20 +1389,28 @@ def grid_sweep_defaults() -> tuple[list[float], int]:
     return log_spaced(spec.min_learning_rate, spec.max_learning_rate, spec.count), spec.steps
 
 
-ADAPTIVE_ONLY = ("adaptive.py", "recommend.py", "rangetest.py")
-"""Trainer modules that only the ``recommend`` and ``range-test`` jobs run: a trial, Prodigy or
-torch-lr-finder job's result does not depend on them."""
+ADAPTIVE_ONLY = ("adaptive/", "recommend.py", "rangetest.py")
+"""Trainer modules (and the ``adaptive/`` package) that only the ``recommend`` and ``range-test`` jobs run:
+a trial, Prodigy or torch-lr-finder job's result does not depend on them."""
+
+
+def trainer_sources() -> list[tuple[str, Path]]:
+    """Every Python file of the trainer package, subpackages included, by its path inside the package (a
+    top-level module by its bare name, so a digest of those alone is the same as before the package had
+    subpackages)."""
+    import finetune_trainer
+
+    root = Path(finetune_trainer.__file__).parent
+    return sorted((path.relative_to(root).as_posix(), path) for path in root.rglob("*.py"))
 
 
 def trainer_fingerprint(exclude: Sequence[str] = ()) -> str:
-    """A digest of the trainer's source (less ``exclude``): a job's result is reused only with the code it
-    ran."""
-    import finetune_trainer
-
+    """A digest of the trainer's source (less ``exclude``: file names, or folders ending in ``/``): a job's
+    result is reused only with the code it ran."""
     h = hashlib.sha256()
-    for path in sorted(Path(finetune_trainer.__file__).parent.glob("*.py")):
-        if path.name not in exclude:
-            h.update(path.name.encode() + path.read_bytes())
+    for name, path in trainer_sources():
+        if not any(name == x or (x.endswith("/") and name.startswith(x)) for x in exclude):
+            h.update(name.encode() + path.read_bytes())
     return h.hexdigest()[:12]
 
 

@@ -995,3 +995,28 @@ def test_the_gap_probe_caps_where_the_longest_trials_gap_ratio_first_rises_past_
     assert cap(trials, 0.3) is None, "no trial rises above it"
     assert cap([trial(2, 1e-4, 40, 1.0, 1.2)], 0.0) is None, "training loss above validation (dropout)"
     assert cap(trials[:1], 0.5) == 1e-3, "with one stage, its trials are the longest"
+
+
+def test_the_job_digests_see_the_adaptive_package_and_trials_ignore_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change to the recommender's stages (a subpackage) re-runs the recommend and range-test jobs, and
+    only those; a change anywhere else re-runs every job."""
+    assert {"adaptive/decide.py", "adaptive/window.py", "training.py"} <= {
+        name for name, _ in lr_quality.trainer_sources()
+    }
+    files = {"training.py": "a", "recommend.py": "b", "adaptive/__init__.py": "c", "adaptive/fit.py": "d"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(
+        lr_quality, "trainer_sources", lambda: sorted((n, tmp_path / n) for n in files)
+    )  # the same walk over a package of four files
+
+    before = lr_quality.job_fingerprints()
+    (tmp_path / "adaptive" / "fit.py").write_text("d, changed")
+    after = lr_quality.job_fingerprints()
+    assert after["recommend"] != before["recommend"] and after["range-test"] != before["range-test"]
+    assert after["trial"] == before["trial"] and after["prodigy"] == before["prodigy"]
+    (tmp_path / "training.py").write_text("a, changed")
+    assert all(v != after[k] for k, v in lr_quality.job_fingerprints().items())
