@@ -18,7 +18,7 @@ from finetune_operator import naming, rendering
 from finetune_operator.api import FineTuneJobSpec, LRSweepSpec
 from finetune_operator.children import ChildState, parse_termination_message
 from finetune_operator.planning.rangetest import verdict as range_test_verdict
-from finetune_trainer.adaptive import TrialRequest, ramp_edge, ramp_minimum, run_to_decision
+from finetune_trainer.adaptive import Ramp, TrialRequest, ramp_edge, ramp_minimum, run_to_decision
 from finetune_trainer.config import AdaptiveSpec, RangeTestResult, RangeTestSpec, TrialRecord, TrialResult
 from finetune_trainer.report import compact_json
 from finetune_trainer.suggest import all_suggestions, recommend
@@ -194,7 +194,10 @@ def on_a_laptop(
         )
 
     decision, records = run_to_decision(
-        AdaptiveSpec.model_validate(spec["adaptive"]), edge, run, max_steps, minimum, None, ramp.steps
+        AdaptiveSpec.model_validate(spec["adaptive"]),
+        Ramp(edge=edge, minimum=minimum, steps=ramp.steps),
+        run,
+        max_steps,
     )
     ran = sorted((r.stage, r.index, r.learning_rate, r.eval_loss) for r in records)
     return ran, decision.recommended_learning_rate

@@ -11,6 +11,7 @@ import tempfile
 from typing import Any
 
 from finetune_trainer.adaptive import (
+    Ramp,
     TrialRequest,
     inside_tested_window,
     ramp_edge,
@@ -41,8 +42,8 @@ def run_recommend(
     cfg: TrainerConfig, progress: Progress, metrics: TrainerMetrics | None = None
 ) -> RecommendResult:
     """Range test, then trials until the stages decide; the result is what an LRSweep's status shows."""
-    ramp = range_test_spec(cfg.range_test, cfg.adaptive)
-    range_result, _curve = run_range_test(cfg.model_copy(update={"range_test": ramp}), progress, metrics)
+    ramp_spec = range_test_spec(cfg.range_test, cfg.adaptive)
+    range_result, _curve = run_range_test(cfg.model_copy(update={"range_test": ramp_spec}), progress, metrics)
     edge = ramp_edge(range_result.divergence_learning_rate, range_result.max_learning_rate)
     if edge is None:  # pragma: no cover (a range test always reports the highest LR it reached)
         raise RuntimeError("the range test reported no learning rate")
@@ -78,16 +79,14 @@ def run_recommend(
     finished: list[TrialRecord] = []
     decision = ramp_too_high(start, range_result.divergence_learning_rate)
     if decision is None:
-        decision, finished = run_to_decision(
-            cfg.adaptive,
-            edge,
-            run,
-            cfg.optimization.max_steps,
-            minimum,
-            range_result.baseline_loss,
-            range_result.steps,
-            range_result.best_loss,
+        ramp = Ramp(
+            edge=edge,
+            minimum=minimum,
+            baseline=range_result.baseline_loss,
+            steps=range_result.steps,
+            loss=range_result.best_loss,
         )
+        decision, finished = run_to_decision(cfg.adaptive, ramp, run, cfg.optimization.max_steps)
         decision = inside_tested_window(decision, start, finished)
     spent = range_result.steps + sum(r.steps for r in finished)
     summary: dict[str, Any] = {"curve": downsample(range_result.curve, RESULT_CURVE_POINTS)}

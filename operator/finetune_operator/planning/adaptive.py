@@ -29,6 +29,7 @@ from finetune_operator.planning.rangetest import RECOMMENDED, Samples
 from finetune_operator.planning.remembered import JOB_GONE, remembered
 from finetune_operator.planning.status import ChildRequest, StatusBuilder, finite, progress_from_sample
 from finetune_trainer.adaptive import (
+    Ramp,
     TrialRequest,
     ceiling,
     inside_tested_window,
@@ -147,17 +148,13 @@ def remembered_records(
 def decide(
     name: str,
     spec: LRSweepSpec,
-    edge: float,
+    ramp: Ramp,
     children: Mapping[str, ChildState],
     remembered: dict[tuple[int, int], TrialRecord] | None = None,
-    minimum: float | None = None,
-    baseline: float | None = None,
-    ramp_steps: int = 0,
-    ramp_loss: float | None = None,
 ) -> AdaptiveDecision:
     """The trials the current stage needs, matched with their Jobs; which to start (at most
-    `adaptive.parallelism` running); or the recommendation once the stages are done. `baseline` and
-    `ramp_loss` are the range test's `baselineLoss` and `bestLoss` (see `next_step`).
+    `adaptive.parallelism` running); or the recommendation once the stages are done. `ramp` is what the
+    range test said (see `next_step`).
 
     Records feed `next_step`, whose requests name the Jobs that hold further records, so the loop runs until
     no new record turns up (each round adds one, at most a few dozen rounds of arithmetic).
@@ -165,16 +162,7 @@ def decide(
     records = dict(remembered or {})
     requests: dict[tuple[int, int], TrialRequest] = {}
     while True:
-        step = next_step(
-            spec.adaptive,
-            edge,
-            list(records.values()),
-            spec.optimization.max_steps,
-            minimum,
-            baseline,
-            ramp_steps,
-            ramp_loss,
-        )
+        step = next_step(spec.adaptive, ramp, list(records.values()), spec.optimization.max_steps)
         requests.update({r.key: r for r in step.trials})
         if step.done is not None:
             break
@@ -280,17 +268,14 @@ def plan(
     previous = {(t.stage, t.index): t for t in b.status.trials or []}
     minimum = ramp_minimum(summary.loss_minimum_learning_rate, b.status.curve or [])  # as `recommend`
     records = remembered_records(b.status.trials, children)
-    decision = decide(
-        name,
-        sweep,
-        edge,
-        children,
-        records,
-        minimum,
-        summary.baseline_loss,
-        summary.steps or 0,
-        ramp_loss=summary.best_loss,
+    ramp = Ramp(
+        edge=edge,
+        minimum=minimum,
+        baseline=summary.baseline_loss,
+        steps=summary.steps or 0,
+        loss=summary.best_loss,
     )
+    decision = decide(name, sweep, ramp, children, records)
     for t in decision.start:
         req = t.request
         try:

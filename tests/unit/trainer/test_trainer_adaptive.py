@@ -14,6 +14,7 @@ from finetune_trainer.adaptive import (
     PAST_MINIMUM,
     STAGE_1,
     STAGE_2,
+    Ramp,
     at_horizon,
     basin_minimum,
     ceiling,
@@ -74,9 +75,10 @@ def drive(
     ramp_loss: float | None = None,
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """Run the stages to the end the way ``recommend`` does, with ``loss`` standing in for the trainer."""
+    ramp = Ramp(edge=edge, minimum=minimum, baseline=baseline, steps=ramp_steps, loss=ramp_loss)
     finished: list[TrialRecord] = []
     for _ in range(50):
-        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps, ramp_loss)
+        step = next_step(spec, ramp, finished, max_steps)
         if step.done is not None:
             return step.done, finished
         have = {(r.stage, r.index) for r in finished}
@@ -334,7 +336,7 @@ def test_interval_holds_the_lrs_within_noise_and_stays_in_the_tested_range() -> 
 
 
 def test_stage_one_candidates_sit_below_the_edge() -> None:
-    step = next_step(AdaptiveSpec(candidates=5, spacing=0.5), 1e-1, [], 400)
+    step = next_step(AdaptiveSpec(candidates=5, spacing=0.5), Ramp(edge=1e-1), [], 400)
     assert step.done is None and step.stage == STAGE_1
     decades = sorted(round(math.log10(t.learning_rate), 6) for t in step.trials)
     assert decades == [-3.5, -3.0, -2.5, -2.0, -1.5]
@@ -504,12 +506,12 @@ def test_a_classifier_that_learns_in_stage_one_is_decided_as_without_a_baseline(
 
 def test_stage_two_waits_for_every_stage_one_trial() -> None:
     spec = AdaptiveSpec()
-    first = next_step(spec, 1e-1, [], 400)
+    first = next_step(spec, Ramp(edge=1e-1), [], 400)
     partial = [
         TrialRecord(stage=t.stage, index=t.index, learning_rate=t.learning_rate, steps=t.steps, eval_loss=1.0)
         for t in first.trials[:-1]
     ]
-    again = next_step(spec, 1e-1, partial, 400)
+    again = next_step(spec, Ramp(edge=1e-1), partial, 400)
     assert again.done is None and again.trials == first.trials
 
 
@@ -602,7 +604,7 @@ def test_nothing_learned_and_no_room_for_longer_trials_names_both_fixes() -> Non
 
 
 def test_stage_one_starts_at_the_ceiling_below_the_loss_minimum() -> None:
-    step = next_step(AdaptiveSpec(candidates=5, spacing=0.5), 10.0, [], 400, minimum=1e-2)
+    step = next_step(AdaptiveSpec(candidates=5, spacing=0.5), Ramp(edge=10.0, minimum=1e-2), [], 400)
     decades = sorted(round(math.log10(t.learning_rate), 6) for t in step.trials)
     assert decades == [-4.5, -4.0, -3.5, -3.0, -2.5]
 

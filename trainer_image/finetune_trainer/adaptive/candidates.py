@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from finetune_trainer.adaptive.budget import room, trial_budget, trial_steps
 from finetune_trainer.adaptive.fit import NOISE_FLOOR
-from finetune_trainer.adaptive.window import ceiling, shift
+from finetune_trainer.adaptive.window import Ramp, ceiling, shift
 from finetune_trainer.config import AdaptiveSpec, TrialRecord
 
 STAGE_1, STAGE_2 = 1, 2
@@ -48,11 +48,9 @@ def stage_two_fits(
 
 def stage_one(
     spec: AdaptiveSpec,
-    edge: float,
+    ramp: Ramp,
     steps: int,
     finished: dict[tuple[int, int], TrialRecord],
-    minimum: float | None = None,
-    baseline: float | None = None,
     budget: int | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 1's trials so far and whether they are all finished.
@@ -63,14 +61,14 @@ def stage_one(
     minimum) set the ceiling, one goes half-way to the edge; at most ``maxExtensions`` times, and only
     while the stage's steps stay within ``budget`` (the candidates themselves always run).
     """
-    top, capped = ceiling(spec, edge, minimum)
-    room = top if capped else edge
+    top, capped = ceiling(spec, ramp.edge, ramp.minimum)
+    room = top if capped else ramp.edge
     trials = [TrialRequest(STAGE_1, k, shift(top, -spec.spacing * k), steps) for k in range(spec.candidates)]
     for extension in range(spec.max_extensions + 1):
         results = [finished.get(t.key) for t in trials]
         if any(r is None for r in results):
             return trials, False
-        extra = _extension(spec, room, trials, results, baseline)  # type: ignore[arg-type]
+        extra = _extension(spec, room, trials, results, ramp.baseline)  # type: ignore[arg-type]
         if not extra or extension == spec.max_extensions or len(trials) + len(extra) > 64:
             return trials, True
         if budget is not None and spent(trials) + len(extra) * steps > budget:
@@ -106,11 +104,9 @@ def _extension(
 def stage_two(
     spec: AdaptiveSpec,
     centre: float,
-    edge: float,
+    ramp: Ramp,
     steps: int,
     finished: dict[tuple[int, int], TrialRecord],
-    minimum: float | None = None,
-    baseline: float | None = None,
     budget: int | None = None,
 ) -> tuple[list[TrialRequest], bool]:
     """Stage 2's trials so far and whether they are all finished.
@@ -123,7 +119,8 @@ def stage_two(
     """
     step = spec.spacing / 2
     half = (spec.finalists - 1) / 2
-    top, capped = ceiling(spec, edge, minimum)
+    edge = ramp.edge
+    top, capped = ceiling(spec, edge, ramp.minimum)
     limit = top * (1 + 1e-9) if capped else edge
     # the highest finalist stays at or below the ceiling, and below the edge
     centre = min(centre, shift(top, -half * step) if capped else shift(edge, -(half + 0.5) * step))
@@ -139,7 +136,7 @@ def stage_two(
             return trials, True
         best = min(ok, key=lambda p: p[1])[0]
         lrs = [t.learning_rate for t in trials]
-        learned = any_trained(ok, baseline)  # type: ignore[arg-type]
+        learned = any_trained(ok, ramp.baseline)  # type: ignore[arg-type]
         if (best >= max(lrs) or not learned) and shift(max(lrs), step) < limit:
             extra = shift(max(lrs), step)
         elif best <= min(lrs) and learned:

@@ -26,7 +26,7 @@ from finetune_trainer.adaptive.fit import (
     vertex,
 )
 from finetune_trainer.adaptive.horizon import HORIZON_REACH, at_horizon, fall_resolved, horizon_exponent
-from finetune_trainer.adaptive.window import HEADROOM, ceiling, diverged_at_start, shift
+from finetune_trainer.adaptive.window import HEADROOM, Ramp, ceiling, diverged_at_start, shift
 from finetune_trainer.config import AdaptiveSpec, Interval, LossFit, Recommendation, TrialRecord
 
 
@@ -44,25 +44,16 @@ class AdaptiveStep:
 
 
 def next_step(
-    spec: AdaptiveSpec,
-    edge: float,
-    finished: Sequence[TrialRecord],
-    max_steps: int | None = None,
-    minimum: float | None = None,
-    baseline: float | None = None,
-    ramp_steps: int = 0,
-    ramp_loss: float | None = None,
+    spec: AdaptiveSpec, ramp: Ramp, finished: Sequence[TrialRecord], max_steps: int | None = None
 ) -> AdaptiveStep:
-    """The next thing to do, given the divergence edge, the range test's loss minimum (see
-    :func:`loss_minimum`; ``None`` when unknown), its ``baselineLoss`` (see :func:`label_entropy`;
-    ``None`` for a causal LM), the optimiser steps it spent (``ramp_steps``, counted against
-    ``adaptive.maxFineTunes``), its lowest smoothed loss (``ramp_loss``, its ``bestLoss``: whether the ramp
-    learned where no trial did) and every trial finished so far."""
+    """The next thing to do, given what the range test said (``ramp``), every trial finished so far and
+    the fine-tune's length (``max_steps``; ``None`` when sized in epochs)."""
+    edge, minimum, baseline = ramp.edge, ramp.minimum, ramp.baseline
     done = {(r.stage, r.index): r for r in finished}
     steps1, steps2 = trial_steps(spec, max_steps)
-    budget = trial_budget(spec, max_steps, ramp_steps)
+    budget = trial_budget(spec, max_steps, ramp.steps)
     top, capped = ceiling(spec, edge, minimum)
-    stage1, complete = stage_one(spec, edge, steps1, done, minimum, baseline, budget)
+    stage1, complete = stage_one(spec, ramp, steps1, done, budget)
     if not complete:
         return AdaptiveStep(tuple(stage1))
     records1 = [done[t.key] for t in stage1]
@@ -84,9 +75,7 @@ def next_step(
     noise = fit1.noise if fit1 else NOISE_FLOOR * abs(best_loss)
     if learned1 and best_lr <= min(tested):
         # the budget stopped stage 1 where, unbounded, it would have gone lower
-        no_room = budget is not None and len(stage_one(spec, edge, steps1, done, minimum, baseline)[0]) > len(
-            stage1
-        )
+        no_room = budget is not None and len(stage_one(spec, ramp, steps1, done)[0]) > len(stage1)
         return _finish(
             best_lr,
             "BestAtLowerEdge",
@@ -112,14 +101,11 @@ def next_step(
     left = None if budget is None else budget - spent(stage1)
     fitting, need = room(spec, steps1, steps2, left)
     if fitting < need:
-        window = (edge, top, capped, minimum)
-        return _stage_one_decision(
-            spec, window, ok1, fit1, tested, steps1, (fitting, need), baseline, ramp_loss
-        )
+        return _stage_one_decision(spec, ramp, ok1, fit1, tested, steps1, (fitting, need))
     steps2 = fitting
     # nothing to rank when no trial learned: the ceiling's neighbourhood, in trials twice as long
     centre = ((vertex(fit1) if fit1 else None) or best_lr) if learned1 else top
-    stage2, complete = stage_two(spec, centre, edge, steps2, done, minimum, baseline, left)
+    stage2, complete = stage_two(spec, centre, ramp, steps2, done, left)
     if not complete:
         return AdaptiveStep(tuple(stage1 + stage2))
     ok2 = [(r.learning_rate, float(r.eval_loss)) for t in stage2 if finite(r := done[t.key])]  # type: ignore[arg-type]
@@ -132,8 +118,7 @@ def next_step(
             "adaptive.trialSteps",
             "stage-2-best",
             top=top,
-            ramp_loss=ramp_loss,
-            baseline=baseline,
+            ramp=ramp,
             best_loss=min((y for _, y in ok1 + ok2), default=None),
         )
     untrained = (
@@ -210,15 +195,15 @@ def _nothing_trained(
     decided_by: str,
     *,
     top: float,
-    ramp_loss: float | None,
-    baseline: float | None,
+    ramp: Ramp,
     best_loss: float | None,
 ) -> AdaptiveStep:
     """Weak ``NothingTrained`` evidence: no trial learned (``why``; ``fix`` names the fields to raise).
-    When the range test's lowest loss (``ramp_loss``) fell below the labels' entropy (``baseline``), the
-    ramp learned what the trials were too short to, and its ceiling ``top`` is reported, unconfirmed (the
-    sweep still fails and ``auto`` does not train with it); else no LR."""
-    if ramp_loss is None or not math.isfinite(ramp_loss) or not trained(ramp_loss, baseline):
+    When the range test's lowest loss (``ramp.loss``) fell below the labels' entropy (``ramp.baseline``),
+    the ramp learned what the trials were too short to, and its ceiling ``top`` is reported, unconfirmed
+    (the sweep still fails and ``auto`` does not train with it); else no LR."""
+    ramp_loss = ramp.loss
+    if ramp_loss is None or not math.isfinite(ramp_loss) or not trained(ramp_loss, ramp.baseline):
         return _finish(None, "NothingTrained", f"{why}: raise {fix}", decided_by, best_loss=best_loss)
     return _finish(
         top,
@@ -266,21 +251,18 @@ def _held_at_ceiling(lr: float, top: float, capped: bool, minimum: float | None)
 
 def _stage_one_decision(
     spec: AdaptiveSpec,
-    window: tuple[float, float, bool, float | None],
+    ramp: Ramp,
     ok1: list[tuple[float, float]],
     fit1: LossFit | None,
     tested: list[float],
     steps1: int,
     room: tuple[int, int],
-    baseline: float | None,
-    ramp_loss: float | None,
 ) -> AdaptiveStep:
     """Stage 1 decides when ``adaptive.maxFineTunes`` leaves stage 2 no room (``room``: the steps a
     finalist would get, and the least it needs): the stage-1 parabola's minimum, or its best trial; no
-    horizon step (no second trial length). ``window`` is the edge, the ceiling, whether the loss minimum
-    set it, and that minimum; ``baseline`` the labels' entropy and ``ramp_loss`` the range test's lowest
-    loss."""
-    edge, top, capped, minimum = window
+    horizon step (no second trial length)."""
+    edge, minimum, baseline = ramp.edge, ramp.minimum, ramp.baseline
+    top, capped = ceiling(spec, edge, minimum)
     fitting, need = room
     skipped = (
         f"stage 2 skipped: adaptive.maxFineTunes ({spec.max_fine_tunes:g} fine-tunes' worth, range test "
@@ -295,8 +277,7 @@ def _stage_one_decision(
             "adaptive.trialSteps or adaptive.maxFineTunes",
             "stage-1-best",
             top=top,
-            ramp_loss=ramp_loss,
-            baseline=baseline,
+            ramp=ramp,
             best_loss=best_loss,
         )
     if (
@@ -327,24 +308,17 @@ def _stage_one_decision(
 
 
 def run_to_decision(
-    spec: AdaptiveSpec,
-    edge: float,
-    run: Callable[[TrialRequest], TrialRecord],
-    max_steps: int | None = None,
-    minimum: float | None = None,
-    baseline: float | None = None,
-    ramp_steps: int = 0,
-    ramp_loss: float | None = None,
+    spec: AdaptiveSpec, ramp: Ramp, run: Callable[[TrialRequest], TrialRecord], max_steps: int | None = None
 ) -> tuple[Recommendation, list[TrialRecord]]:
     """:func:`next_step` in a loop, ``run`` running each trial it asks for, one after another, until it
     decides: ``recommend``'s loop (the operator runs the same requests as Jobs). Returns the decision and
     every trial's record in the order run."""
     finished: list[TrialRecord] = []
-    step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps, ramp_loss)
+    step = next_step(spec, ramp, finished, max_steps)
     while step.done is None:
         done = {(r.stage, r.index) for r in finished}
         finished += [run(request) for request in step.trials if request.key not in done]
-        step = next_step(spec, edge, finished, max_steps, minimum, baseline, ramp_steps, ramp_loss)
+        step = next_step(spec, ramp, finished, max_steps)
     return step.done, finished
 
 

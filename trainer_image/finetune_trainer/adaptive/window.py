@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from finetune_trainer.adaptive.fit import NOISE_FLOOR, fit_parabola, vertex
 from finetune_trainer.config import AdaptiveSpec, CurvePoint, RangeTestSpec
@@ -18,6 +19,22 @@ minimum, so what the loss does further up is never read. One smoothing memory at
 decade. A lower minimum further up, after the loss has risen, is a dip near divergence on a model that the
 ramp has trained longest, and would lift the ceiling towards the edge: on three of the benchmark's MiniLM
 ramps it lay 0.66-0.76 decades past the first, above the LRs where those tasks' full runs collapse."""
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """What the range test tells the stages: its divergence ``edge`` (:func:`ramp_edge`: else the highest
+    LR the ramp reached), its loss ``minimum`` (:func:`ramp_minimum`; ``None`` when unknown), a
+    classifier's ``baseline`` (its ``baselineLoss``, the validation labels' entropy: see
+    ``candidates.label_entropy``; ``None`` for a causal LM), the optimiser ``steps`` it spent (counted
+    against ``adaptive.maxFineTunes``) and its lowest smoothed ``loss`` (its ``bestLoss``: whether the ramp
+    learned where no trial did)."""
+
+    edge: float
+    minimum: float | None = None
+    baseline: float | None = None
+    steps: int = 0
+    loss: float | None = None
 
 
 def shift(lr: float, decades: float) -> float:
