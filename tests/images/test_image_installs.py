@@ -39,18 +39,63 @@ def copy_instructions(dockerfile: Path) -> list[tuple[list[str], str]]:
     return out
 
 
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves out ``path`` (relative to the repo root): a `.dockerignore` pattern
+    matches it or one of its parent folders (`*` within a name, `**/` any folders; no `!` exceptions)."""
+    parts = path.split("/")
+    for pattern in patterns:
+        assert not pattern.startswith("!"), "exceptions are not modelled here"
+        regex = (
+            re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        )
+        if any(re.fullmatch(regex, "/".join(parts[:k])) for k in range(1, len(parts) + 1)):
+            return True
+    return False
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip().strip("/") for line in lines if line.strip() and not line.startswith("#")]
+
+
 def build_context(dockerfile: Path, into: Path) -> Path:
-    """What `docker build -f <dockerfile> .` sees in its WORKDIR after the COPY lines (relative paths)."""
+    """What `docker build -f <dockerfile> .` sees in its WORKDIR after the COPY lines (relative paths), the
+    repo's `.dockerignore` applied."""
+    patterns = dockerignore_patterns()
+
+    def left_out(folder: str, names: list[str]) -> list[str]:
+        rel = Path(folder).relative_to(REPO).as_posix()
+        return [n for n in names if dockerignored(f"{rel}/{n}", patterns)]
+
     for sources, dest in copy_instructions(dockerfile):
         for pattern in sources:
             for src in map(Path, sorted(glob.glob(str(REPO / pattern)))):
+                if dockerignored(src.relative_to(REPO).as_posix(), patterns):
+                    continue
                 target = into / dest / src.name if dest.endswith("/") else into / dest
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if src.is_dir():
-                    shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(src, target, ignore=left_out)
                 else:
                     shutil.copy2(src, target)
     return into
+
+
+def test_the_dockerignore_keeps_what_the_images_copy_and_leaves_out_caches_and_wheels() -> None:
+    patterns = dockerignore_patterns()
+    for dockerfile in (OPERATOR_DOCKERFILE, TRAINER_DOCKERFILE):
+        for sources, _dest in copy_instructions(dockerfile):
+            for source in sources:
+                assert not dockerignored(source, patterns), f"{dockerfile.parent.name}: {source} left out"
+    for path in [
+        ".git/config",
+        ".whl/torch.whl",
+        "operator/finetune_operator/__pycache__/api.cpython-311.pyc",
+        "trainer_image/finetune_trainer/adaptive/__pycache__",
+        "finetune_operator.egg-info/PKG-INFO",
+    ]:
+        assert dockerignored(path, patterns), path
+    assert not dockerignored("trainer_image/finetune_trainer/adaptive/fit.py", patterns)
 
 
 def install(dockerfile: Path, tmp_path: Path) -> Path:
