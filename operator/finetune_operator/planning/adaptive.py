@@ -289,7 +289,7 @@ def plan(
         b.children.append(ChildRequest(t.job, "trial", args, config, trial=req.index, stage=req.stage))
     if decision.start:
         b.started()
-    finished, planned = len(decision.finished), planned_trials(sweep, decision, summary.steps or 0)
+    finished, planned = len(decision.finished), planned_trials(sweep, decision, ramp.steps)
     kept = remembered(b.status.trials, children)
     b.status.trials = [
         _lost(t.status(_live(t, previous.get(t.request.key), samples, b.now)), t, kept.get(t.request.key))
