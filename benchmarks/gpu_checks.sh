@@ -42,7 +42,7 @@ for check in "${@:-lr-quality}"; do
       # (a carried $XDG_CACHE_HOME holding an earlier run's tarball, unpacked).
       tasks=${LRQ_TASKS:-benchmarks/tasks_gpu.yaml} start=$SECONDS box=${LRQ_TIMEOUT:-540}
       results=benchmarks/results/$(python3 -c 'import sys; from pathlib import Path
-from benchmarks.lr_quality import results_name; print(results_name(Path(sys.argv[1])))' "$tasks")
+from benchmarks.quality.store import results_name; print(results_name(Path(sys.argv[1])))' "$tasks")
       name=$(basename "$results") first=1
       if timeout "$box" python3 benchmarks/lr_quality.py --tasks "$tasks" ${LRQ_RESUME:+--resume} --check-rows \
         --workers "${LRQ_WORKERS:-3}" 2>&1 | tee "$out/$name.log"; then

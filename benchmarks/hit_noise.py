@@ -27,14 +27,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import (
-    CPU_RESULTS,
-    REGRET_CAP,
-    Oracle,
-    TaskReport,
-    committed_reports,
-    parse_oracle_key,
-)
+from benchmarks.quality.scoring import REGRET_CAP, Oracle, TaskReport, parse_oracle_key
+from benchmarks.quality.store import CPU_RESULTS, committed_reports
 
 
 def near_hits(oracle: Oracle, within: float) -> tuple[int, int]:

@@ -24,7 +24,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import CPU_RESULTS, TASKS_FILE, TaskReport, committed_reports, load_tasks
+from benchmarks.quality.scoring import TaskReport
+from benchmarks.quality.store import CPU_RESULTS, TASKS_FILE, committed_reports
+from benchmarks.quality.task_setup import load_tasks
 from benchmarks.recalibration_replay import row, seed_regret
 
 TASK_FILES = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))

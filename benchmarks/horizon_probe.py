@@ -26,7 +26,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fmt, table, write_results
-from benchmarks.lr_quality import TASKS_FILE, Runner, build_task, load_tasks, named_task
+from benchmarks.quality.execution import Runner
+from benchmarks.quality.store import TASKS_FILE
+from benchmarks.quality.task_setup import build_task, load_tasks, named_task
 
 DEFAULT_TASK = "minilm-noisy-long"
 NOISY_LRS = [2.08e-5, 3.38e-5, 5.48e-5, 8.89e-5, 1.44e-4]

@@ -36,7 +36,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fmt, table, write_results
-from benchmarks.lr_quality import CPU_RESULTS, Row, TaskReport, committed_reports, family
+from benchmarks.quality.scoring import Row, TaskReport, family
+from benchmarks.quality.store import CPU_RESULTS, committed_reports
 
 NOISE_DECADES = 0.1
 """Within this distance of the best LR, 36 of 40 check runs hit: a miss there is the benchmark's noise."""

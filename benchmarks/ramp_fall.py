@@ -23,8 +23,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import lr_quality
 from benchmarks.common import table, write_results
+from benchmarks.quality import execution, store, task_setup
 from benchmarks.ramp_stop_replay import planned_end, ramps
 from finetune_trainer.adaptive import (
     NOISE_FLOOR,
@@ -36,7 +36,7 @@ from finetune_trainer.adaptive import (
     stop_step,
 )
 
-DEFAULT_TASKS = [lr_quality.TASKS_FILE, lr_quality.TASKS_FILE.parent / "tasks_heldout.yaml"]
+DEFAULT_TASKS = [store.TASKS_FILE, store.TASKS_FILE.parent / "tasks_heldout.yaml"]
 """The CPU task files, in-sample and held out."""
 
 Ramp = tuple[str, int | None, list[float], list[float], float]
@@ -48,12 +48,12 @@ def run_ramps(files: list[Path], seeds: list[int], workers: int) -> list[Ramp]:
     (spawned workers: a task built on a GPU leaves CUDA set up in this process, which a fork cannot use),
     in task-file and seed order."""
     scratch = tempfile.mkdtemp(prefix="ramp-fall-")
-    runner = lr_quality.Runner(workers)
+    runner = execution.Runner(workers)
     submitted = 0
     for path in files:
-        spec = lr_quality.load_tasks(path)
+        spec = task_setup.load_tasks(path)
         for t in spec["tasks"]:
-            task = lr_quality.build_task(t, spec["oracle"])
+            task = task_setup.build_task(t, spec["oracle"])
             for seed in seeds:
                 config = str(task.config_path)
                 job = {"kind": "range-test", "seed": seed, "config": config, "scratch": scratch}

@@ -32,15 +32,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import (
-    CPU_RESULTS,
-    Oracle,
-    TaskReport,
-    committed_reports,
-    job_fingerprints,
-    job_id,
-    read_journal,
-)
+from benchmarks.quality.scoring import Oracle, TaskReport
+from benchmarks.quality.store import CPU_RESULTS, committed_reports, job_fingerprints, job_id, read_journal
 from benchmarks.ramp_stop_replay import cut, planned_end
 from benchmarks.recalibration_replay import CEILING, row, seed_regret
 from finetune_trainer.adaptive import (

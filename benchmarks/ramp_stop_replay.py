@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import CACHE
+from benchmarks.quality.store import CACHE
 from finetune_trainer.adaptive import basin_minimum, ceiling, divergence_edge, ramp_edge, stop_step
 from finetune_trainer.config import AdaptiveSpec
 from finetune_trainer.rangetest import PRIOR_ABOVE, PRIOR_BELOW

@@ -25,15 +25,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import (
-    CPU_RESULTS,
-    Oracle,
-    Row,
-    TaskReport,
-    committed_reports,
-    family,
-    log_interp,
-)
+from benchmarks.quality.scoring import Oracle, Row, TaskReport, family, log_interp
+from benchmarks.quality.store import CPU_RESULTS, committed_reports
 from finetune_trainer.adaptive import HEADROOM
 
 CEILING = "adaptive-ceiling"

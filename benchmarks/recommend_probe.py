@@ -28,24 +28,19 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, fmt, table, write_results
-from benchmarks.lr_quality import (
+from benchmarks.quality.execution import Runner
+from benchmarks.quality.scoring import (
     REGRET_CAP,
-    TASKS_FILE,
     Oracle,
     Row,
-    Runner,
     Score,
     TaskReport,
-    build_task,
-    load_tasks,
-    named_task,
     oracle_key,
-    results_name,
-    save_oracle,
     score,
-    task_key,
     unchecked,
 )
+from benchmarks.quality.store import TASKS_FILE, results_name, save_oracle
+from benchmarks.quality.task_setup import build_task, load_tasks, named_task, task_key
 
 DEFAULT_TASK = "minilm-noisy-long"
 DEFAULT_ROW = "adaptive"

@@ -1,7 +1,7 @@
 """Multi-parameter sweeps at equal compute: TPE with each pruner against random and grid search.
 
 Two searched parameters (learning rate, log scale, and warmup ratio) on lr_quality's tiny-LM tasks
-(`tasks.yaml`, built and cached by `lr_quality.build_task`). Every trial is the product's own trainer
+(`tasks.yaml`, built and cached by `task_setup.build_task`). Every trial is the product's own trainer
 (`finetune_trainer.cli.main trial`, in-process as lr_quality runs it), and the operator's own engine
 drives the study: `planning.study.rebuild` + `ask` draw each trial's params, `planning.study.prune`
 decides on its intermediate validation losses, exactly as the operator does from an LRSweep's status.
@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import lr_quality
 from benchmarks.common import RESULTS, fmt, table, write_results
+from benchmarks.quality import execution, store, task_setup
 
 TASKS = ["gpt2-full", "gpt2-lora-r4"]
 SEEDS = [0, 1]
@@ -88,7 +88,7 @@ class TrialRunner:
         key = (float(params["learningRate"]), float(params["warmupRatio"]), seed)
         if key not in self.cache:
             started = time.monotonic()
-            lr_quality._seed(seed)
+            execution._seed(seed)
             argv = ["trial", "--config", self.config, "--learning-rate", repr(key[0])]
             for setting in (
                 f"optimization.seed={seed}",
@@ -99,7 +99,7 @@ class TrialRunner:
                 argv += ["--set", setting]
             out = Path(tempfile.mkdtemp(prefix="trial-", dir=self.scratch))
             try:
-                code, data, err = lr_quality.call_trainer(argv, out)
+                code, data, err = execution.call_trainer(argv, out)
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             if data.get("kind") != "trial":
@@ -155,8 +155,8 @@ def search(name: str, seed: int, model: str, runner: TrialRunner, budget: int) -
 def run_task_seed(job: tuple[dict[str, Any], dict[str, Any], int, str]) -> list[dict[str, Any]]:
     """Every method on one task and seed (one worker)."""
     spec, oracle, seed, scratch = job
-    lr_quality._init_worker()
-    task = lr_quality.build_task(spec, oracle)
+    execution._init_worker()
+    task = task_setup.build_task(spec, oracle)
     runner = TrialRunner(str(task.config_path), scratch)
     budget = GRID_POINTS**2 * STEPS
     rows = []
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started, load_start = time.monotonic(), os.getloadavg()[0]
-    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
+    spec = task_setup.load_tasks(store.TASKS_FILE)
     specs = {t["name"]: t for t in spec["tasks"]}
     missing = set(args.tasks) - set(specs)
     if missing:

@@ -25,18 +25,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import table, write_results
-from benchmarks.lr_quality import (
-    CPU_RESULTS,
-    TARGET_DRAWS,
-    Score,
-    TaskReport,
-    check_targets,
-    committed_reports,
-    family,
-    resampled_figures,
-    targets_table,
-    totals,
-)
+from benchmarks.quality.scoring import Score, TaskReport, family
+from benchmarks.quality.store import CPU_RESULTS, committed_reports
+from benchmarks.quality.verdicts import TARGET_DRAWS, check_targets, resampled_figures, targets_table, totals
 
 
 def paired(reports: list[TaskReport], first: str, second: str) -> tuple[int, int, int]:

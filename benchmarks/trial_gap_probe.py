@@ -31,12 +31,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import lr_quality as lq
 from benchmarks.common import fmt, table, write_results
+from benchmarks.quality import execution, scoring, store, task_setup
 from benchmarks.recalibration_replay import row, seed_regret
 
-TASK_FILES = (lq.TASKS_FILE, lq.TASKS_FILE.parent / "tasks_heldout.yaml")
-"""The CPU task files, in-sample and held out, in the order of ``lq.CPU_RESULTS``."""
+TASK_FILES = (store.TASKS_FILE, store.TASKS_FILE.parent / "tasks_heldout.yaml")
+"""The CPU task files, in-sample and held out, in the order of ``store.CPU_RESULTS``."""
 THRESHOLDS = (0.03, 0.05, 0.08, 0.1, 0.15)
 SAME = 1e-6
 """Relative difference below which a re-run's recommendation is the committed one."""
@@ -106,7 +106,7 @@ def observe(job: tuple[str, str, int, str]) -> dict[str, Any]:
     recommend.run_trial = observed
     try:
         with tempfile.TemporaryDirectory(prefix="gap-probe-") as scratch:
-            res = lq.execute({"kind": "recommend", "seed": seed, "config": config, "scratch": scratch})
+            res = execution.execute({"kind": "recommend", "seed": seed, "config": config, "scratch": scratch})
     finally:
         recommend.run_trial = run_trial
     if "error" in res:
@@ -122,7 +122,7 @@ def observe(job: tuple[str, str, int, str]) -> dict[str, Any]:
 
 
 def cache_path() -> Path:
-    return lq.CACHE / "trial_gap" / f"{lq.trainer_fingerprint()}.jsonl"
+    return store.CACHE / "trial_gap" / f"{store.trainer_fingerprint()}.jsonl"
 
 
 def observations(workers: int) -> list[dict[str, Any]]:
@@ -134,14 +134,17 @@ def observations(workers: int) -> list[dict[str, Any]]:
     have = {(c["task"], c["seed"], c.get("key")) for c in cached}
     jobs = []
     for file in TASK_FILES:
-        spec = lq.load_tasks(file)
+        spec = task_setup.load_tasks(file)
         for t in spec["tasks"]:
-            task = lq.build_task(t, spec["oracle"])
+            task = task_setup.build_task(t, spec["oracle"])
             jobs += [(task.name, str(task.config_path), int(s), task.key) for s in spec["recommenderSeeds"]]
     todo = [j for j in jobs if (j[0], j[2], j[3]) not in have]
     if todo:
         print(f"running {len(todo)} of {len(jobs)} sweeps", file=sys.stderr)
-        with ProcessPoolExecutor(workers, initializer=lq._init_pool_worker) as pool, path.open("a") as f:
+        with (
+            ProcessPoolExecutor(workers, initializer=execution.init_pool_worker) as pool,
+            path.open("a") as f,
+        ):
             for seen in pool.map(observe, todo):
                 f.write(json.dumps(seen) + "\n")
                 f.flush()
@@ -161,13 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
-    reports = {r.name: (name, r) for name in lq.CPU_RESULTS for r in lq.committed_reports(name)}
+    reports = {r.name: (name, r) for name in store.CPU_RESULTS for r in store.committed_reports(name)}
     seen_all = observations(args.workers)
 
     def regret_tau(task: str, seed: int, lr: float | None) -> tuple[float, bool]:
         oracle = reports[task][1].oracle
         regret = oracle.worst if lr is None else seed_regret(oracle, lr, seed)
-        return min(regret / oracle.tau, lq.REGRET_CAP), oracle.hit(regret)
+        return min(regret / oracle.tau, scoring.REGRET_CAP), oracle.hit(regret)
 
     lines, differ = [], []
     for seen in seen_all:
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             [
                 task,
-                "in-sample" if reports[task][0] == lq.CPU_RESULTS[0] else "held out",
+                "in-sample" if reports[task][0] == store.CPU_RESULTS[0] else "held out",
                 str(seed),
                 "-" if lr is None else f"{math.log10(lr / best):+.2f}",
                 f"{tau:.2f}" + ("" if hit else " **miss**"),
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             ["none (the product)" if threshold is None else fmt(threshold)]
             + [
                 f"{sum(hit for _, hit in v)}/{len(v)}, {sum(tau for tau, _ in v) / len(v):.2f} τ"
-                for v in (scores[lq.CPU_RESULTS[0]], scores[lq.CPU_RESULTS[1]], scores["pooled"])
+                for v in (scores[store.CPU_RESULTS[0]], scores[store.CPU_RESULTS[1]], scores["pooled"])
             ]
         )
     body += [table(["gap-ratio cap", "in-sample", "held out", "pooled"], replay)]

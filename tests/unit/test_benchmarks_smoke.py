@@ -41,6 +41,15 @@ from benchmarks import (  # noqa: E402
     trainer_overhead,
     trial_gap_probe,
 )
+from benchmarks.quality import (  # noqa: E402
+    execution,
+    peer_rules,
+    rendering,
+    scoring,
+    store,
+    task_setup,
+    verdicts,
+)
 
 
 def test_percentile_matches_numpy_linear_interpolation() -> None:
@@ -63,16 +72,16 @@ def test_markdown_table_has_a_row_per_entry_and_compact_numbers() -> None:
 
 def test_log_interp_is_linear_in_log_lr_and_clamped() -> None:
     grid, values = [1e-4, 1e-3, 1e-2], [3.0, 1.0, 2.0]
-    assert lr_quality.log_interp(1e-3, grid, values) == pytest.approx(1.0)
-    assert lr_quality.log_interp(math.sqrt(1e-4 * 1e-3), grid, values) == pytest.approx(2.0)
-    assert lr_quality.log_interp(1e-6, grid, values) == 3.0
-    assert lr_quality.log_interp(1.0, grid, values) == 2.0
+    assert scoring.log_interp(1e-3, grid, values) == pytest.approx(1.0)
+    assert scoring.log_interp(math.sqrt(1e-4 * 1e-3), grid, values) == pytest.approx(2.0)
+    assert scoring.log_interp(1e-6, grid, values) == 3.0
+    assert scoring.log_interp(1.0, grid, values) == 2.0
 
 
-def oracle() -> lr_quality.Oracle:
+def oracle() -> scoring.Oracle:
     lrs = [1e-4, 1e-3, 1e-2, 1e-1]
     losses = {1e-4: [2.0, 2.2], 1e-3: [1.0, 1.2], 1e-2: [1.5, 1.5], 1e-1: [None, None]}
-    return lr_quality.Oracle(lrs, losses, penalty=5.0)
+    return scoring.Oracle(lrs, losses, penalty=5.0)
 
 
 def test_oracle_best_sigma_tau_and_regret() -> None:
@@ -84,13 +93,13 @@ def test_oracle_best_sigma_tau_and_regret() -> None:
     assert o.regret(1e-3) == pytest.approx(0.0)
     assert o.regret(math.sqrt(1e-3 * 1e-2)) == pytest.approx(0.2)
     assert o.interior
-    flat = lr_quality.Oracle([1e-3, 1e-2], {1e-3: [2.0, 2.0], 1e-2: [3.0, 3.0]}, penalty=5.0)
+    flat = scoring.Oracle([1e-3, 1e-2], {1e-3: [2.0, 2.0], 1e-2: [3.0, 3.0]}, penalty=5.0)
     assert flat.sigma == 0.0 and flat.tau == pytest.approx(0.02)  # the floor: 1% of L*
     assert not flat.interior
 
 
 def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
-    key = lr_quality.oracle_key
+    key = scoring.oracle_key
     checks = {key(3e-3, 0): 1.05, key(3e-3, 1): 1.1, key(3e-2, 0): None}
     o = dataclasses.replace(oracle(), seeds=[0, 1], checks=checks)
     assert o.regret(3e-3, 0) == pytest.approx(0.05)  # the check run minus seed 0's loss at the best LR
@@ -100,24 +109,24 @@ def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
     interpolated = 1.1 + (math.log10(3e-3) + 3) * 0.4 - 1.1
     assert o.regret(3e-3, 2) == o.regret(3e-3) == pytest.approx(interpolated)  # no run on that seed
     assert o.measured(5e-3, 0) is None and o.measured(1e-3, 1) == 1.2
-    s = lr_quality.score(lr_quality.Row("x", [3e-3, 3e-3], [10, 10], [1.0, 1.0], seeds=[0, 1]), o)
+    s = scoring.score(scoring.Row("x", [3e-3, 3e-3], [10, 10], [1.0, 1.0], seeds=[0, 1]), o)
     assert s.regrets == [pytest.approx(0.05), 0.0] and s.hits == 2
-    free = lr_quality.Row("p", None, [80, 80], [1.0, 1.0], losses=[1.05, None], seeds=[0, 1])
-    assert lr_quality.score(free, o).regrets == [pytest.approx(0.05), pytest.approx(5.0 - 1.2)]
-    report = lr_quality.TaskReport("t", "a task", 100, o, 800, [s.row, free], 1.0, key="k")
-    again = lr_quality.TaskReport.from_json(json.loads(json.dumps(report.to_json())))
+    free = scoring.Row("p", None, [80, 80], [1.0, 1.0], losses=[1.05, None], seeds=[0, 1])
+    assert scoring.score(free, o).regrets == [pytest.approx(0.05), pytest.approx(5.0 - 1.2)]
+    report = scoring.TaskReport("t", "a task", 100, o, 800, [s.row, free], 1.0, key="k")
+    again = scoring.TaskReport.from_json(json.loads(json.dumps(report.to_json())))
     assert [x.regrets for x in again.scores] == [x.regrets for x in report.scores]
-    table = lr_quality.checks_table(report)
+    table = rendering.checks_table(report)
     assert table.count("\n") == 4 and "| 3.00e-03 | 0 | 1.05 | 0.05 |" in table
     assert table.index("| 3.00e-03 | 1 |") < table.index("| 0.03 | 0 |"), "ordered by LR, then seed"
-    assert lr_quality.parse_oracle_key(key(3e-3, 1)) == (3e-3, 1)
-    probe_row = lr_quality.Row("probe", [1e-3, 5e-3, None], [1, 1, 1], [1.0] * 3, seeds=[0, 1, 0])
-    assert lr_quality.unchecked(probe_row, o) == [(5e-3, 1)]  # grid points and gaps need no run
-    assert lr_quality.unchecked(free, o) == [], "an LR-free row has nothing to check"
+    assert scoring.parse_oracle_key(key(3e-3, 1)) == (3e-3, 1)
+    probe_row = scoring.Row("probe", [1e-3, 5e-3, None], [1, 1, 1], [1.0] * 3, seeds=[0, 1, 0])
+    assert scoring.unchecked(probe_row, o) == [(5e-3, 1)]  # grid points and gaps need no run
+    assert scoring.unchecked(free, o) == [], "an LR-free row has nothing to check"
 
 
 def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
-    key = lr_quality.oracle_key
+    key = scoring.oracle_key
     o = dataclasses.replace(oracle(), seeds=[0, 1], checks={key(3e-3, 0): 1.05, key(3e-2, 1): None})
     regret = recalibration_replay.seed_regret
     assert regret(o, 3e-3, 0) == pytest.approx(0.05), "exact at seed 0's own check run"
@@ -126,22 +135,22 @@ def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
     assert regret(o, 3e-3, 1) == pytest.approx(1.2 + (math.log10(3e-3) + 3) * 0.3 - 1.2), "seed 1's grid"
     assert regret(o, 3e-2, 1) == pytest.approx(5.0 - 1.2), "a diverged check is the penalty"
     rows = [
-        lr_quality.Row("adaptive", [1e-3, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1]),
-        lr_quality.Row(
+        scoring.Row("adaptive", [1e-3, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1]),
+        scoring.Row(
             "adaptive-ceiling (its range test alone)", [1e-2, 1e-2], [40, 40], [1.0] * 2, seeds=[0, 1]
         ),
     ]
-    report = lr_quality.TaskReport("t", "d", 100, o, 800, rows, 1.0)
+    report = scoring.TaskReport("t", "d", 100, o, 800, rows, 1.0)
     unmoved = recalibration_replay.scored([report], "adaptive", 0.0)
-    measured = lr_quality.score(rows[0], o)
+    measured = scoring.score(rows[0], o)
     assert unmoved == (1, 2, pytest.approx(sum(measured.regrets) / o.tau / 2)), "unmoved: as measured"
     hits, n, _ = recalibration_replay.scored([report], "adaptive", 1.0)  # 1e-2 and 1e-1: worse on both
     assert (hits, n) == (0, 2)
     assert recalibration_replay.scored([report], "adaptive-ceiling", -1.0)[:2] == (2, 2)
-    no_lr = lr_quality.Row("adaptive", [None, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1])
+    no_lr = scoring.Row("adaptive", [None, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1])
     ended = recalibration_replay.scored([dataclasses.replace(report, rows=[no_lr, rows[1]])], "adaptive", 0.5)
     assert ended[:2] == (0, 2), "a seed whose sweep ended with no LR still counts"
-    assert lr_quality.score(no_lr, o).regrets[0] == o.worst == pytest.approx(max(o.means) - o.best[1])
+    assert scoring.score(no_lr, o).regrets[0] == o.worst == pytest.approx(max(o.means) - o.best[1])
     assert ended[2] * 2 == pytest.approx(o.worst / o.tau + regret(o, 10**-1.5, 1) / o.tau), (
         "scored as measured"
     )
@@ -152,33 +161,31 @@ def test_the_horizon_prior_moves_only_a_classifiers_unmoved_recommendations() ->
         {"decidedBy": "stage-2-fit", "trials": [[1, 1e-2, 20, 0.6], [2, 1e-2, 25, 0.5]]},
         {"decidedBy": "stage-2-horizon", "trials": [[2, 1e-2, 25, 0.5]]},
     ]
-    rows = [lr_quality.Row("adaptive", [1e-2, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1], notes=notes)]
-    report = lr_quality.TaskReport(
-        "cls", "d", 100, dataclasses.replace(oracle(), seeds=[0, 1]), 800, rows, 1.0
-    )
+    rows = [scoring.Row("adaptive", [1e-2, 1e-2], [100, 100], [1.0, 1.0], seeds=[0, 1], notes=notes)]
+    report = scoring.TaskReport("cls", "d", 100, dataclasses.replace(oracle(), seeds=[0, 1]), 800, rows, 1.0)
     moved = horizon_prior_replay.moved(report, 1.0, {"cls"})
     assert moved == [(0, pytest.approx(1e-2 * 25 / 100)), (1, 1e-2)], "a quarter the LR at 4x the steps"
     assert horizon_prior_replay.moved(report, 1.0, set()) == [(0, 1e-2), (1, 1e-2)], "a causal LM: unmoved"
     hits, n, _, changed = horizon_prior_replay.scored([report], 0.0, {"cls"})
-    assert (hits, n, changed) == (lr_quality.score(rows[0], report.oracle).hits, 2, 0), "β = 0: as measured"
+    assert (hits, n, changed) == (scoring.score(rows[0], report.oracle).hits, 2, 0), "β = 0: as measured"
     assert horizon_prior_replay.scored([report], 1.0, {"cls"})[3] == 1
     assert {"minilm-cls", "minilm-cls-b16"} <= horizon_prior_replay.classifiers()
     assert "gpt2-full" not in horizon_prior_replay.classifiers()
 
 
 def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_measured() -> None:
-    assert lr_quality.checked("short-grid (4x72, equal compute)", None)
-    assert not lr_quality.checked("adaptive", ())
-    assert lr_quality.checked("short-grid (4x72, equal compute)", ("adaptive", "short-grid"))
-    assert not lr_quality.checked("range-test:valley", ("adaptive", "short-grid"))
-    partial = lr_quality.regret_text(("adaptive",))
+    assert scoring.checked("short-grid (4x72, equal compute)", None)
+    assert not scoring.checked("adaptive", ())
+    assert scoring.checked("short-grid (4x72, equal compute)", ("adaptive", "short-grid"))
+    assert not scoring.checked("range-test:valley", ("adaptive", "short-grid"))
+    partial = rendering.regret_text(("adaptive",))
     assert partial.startswith("*Regret* of the rows `adaptive` is measured seed by seed")
-    assert "interpolated" in partial and "interpolated" not in lr_quality.regret_text(None)
-    assert "no check runs" in lr_quality.regret_text(())
-    assert lr_quality.check_rows(None, quick=False) is None, "every row by default"
-    assert lr_quality.check_rows(None, quick=True) == ()
-    assert lr_quality.check_rows([], quick=False) == (), "--check-rows alone: none"
-    assert lr_quality.check_rows(["adaptive"], quick=True) == ("adaptive",)
+    assert "interpolated" in partial and "interpolated" not in rendering.regret_text(None)
+    assert "no check runs" in rendering.regret_text(())
+    assert rendering.check_rows(None, quick=False) is None, "every row by default"
+    assert rendering.check_rows(None, quick=True) == ()
+    assert rendering.check_rows([], quick=False) == (), "--check-rows alone: none"
+    assert rendering.check_rows(["adaptive"], quick=True) == ("adaptive",)
 
 
 def test_the_ceiling_row_is_adaptives_first_candidate_at_its_range_tests_cost() -> None:
@@ -187,8 +194,8 @@ def test_the_ceiling_row_is_adaptives_first_candidate_at_its_range_tests_cost() 
         {"error": "recommend exited 2: bad config"},
     ]
     range_tests = [{"steps": 100, "seconds": 5.0}, {"steps": 0, "seconds": 0.5}]
-    row = lr_quality.ceiling_row(adaptive, range_tests)
-    assert lr_quality.family(row.name) == "adaptive-ceiling"
+    row = scoring.ceiling_row(adaptive, range_tests)
+    assert scoring.family(row.name) == "adaptive-ceiling"
     assert row.lrs == [2e-3, None], "the first stage-1 trial; no LR where adaptive failed"
     assert row.steps == [80, 0]
     assert row.seconds == [pytest.approx(4.0), 0.0], "the full ramp's time, scaled to the steps run"
@@ -196,14 +203,14 @@ def test_the_ceiling_row_is_adaptives_first_candidate_at_its_range_tests_cost() 
 
 def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
     o = oracle()
-    s = lr_quality.score(lr_quality.Row("x", [1e-3, 1e-1, None], [10, 10, 10], [1.0] * 3), o)
+    s = scoring.score(scoring.Row("x", [1e-3, 1e-1, None], [10, 10, 10], [1.0] * 3), o)
     assert s.hits == 1
     assert s.regrets[1] == pytest.approx(5.0 - 1.1)
     assert s.regrets[2] == pytest.approx(max(o.means) - 1.1)
     assert s.deltas == [pytest.approx(0.0), pytest.approx(2.0), None]
     assert s.signed[1] == pytest.approx(2.0)
     assert s.spread == pytest.approx(2.0)
-    free = lr_quality.score(lr_quality.Row("p", None, [80, 80], [1.0, 1.0], losses=[1.15, None]), o)
+    free = scoring.score(scoring.Row("p", None, [80, 80], [1.0, 1.0], losses=[1.15, None]), o)
     assert free.hits == 1 and free.regrets[1] == pytest.approx(5.0 - 1.1)  # diverged: the penalty
     assert free.geo_lr is None and free.spread is None
 
@@ -211,25 +218,25 @@ def test_score_hits_within_tau_missing_suggestions_and_lr_free_rows() -> None:
 def test_targets_of_the_default_recommender() -> None:
     o = oracle()
     rows = [
-        lr_quality.Row("adaptive", [1e-3, 1.1e-3], [150, 170], [9.0, 9.0]),
-        lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0]),
+        scoring.Row("adaptive", [1e-3, 1.1e-3], [150, 170], [9.0, 9.0]),
+        scoring.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0]),
     ]
-    report = lr_quality.TaskReport("t", "d", 100, o, 800, rows, 1.0)
-    by = lr_quality.totals([report])
+    report = scoring.TaskReport("t", "d", 100, o, 800, rows, 1.0)
+    by = verdicts.totals([report])
     assert set(by) == {"adaptive", "short-grid"}  # a row's family drops its parenthesised detail
     assert by["adaptive"].fine_tunes == [1.5, 1.7]
-    verdict = {t.name: t.ok for t in lr_quality.check_targets(by)}
+    verdict = {t.name: t.ok for t in verdicts.check_targets(by)}
     assert verdict == {
         "hits ≥ 90% of task-seeds": True,
         "mean regret ≤ ½ short grid's": True,
         "compute ≤ 2 fine-tunes' worth": True,
         "seed spread ≤ 0.15 decades": True,
     }
-    again = lr_quality.TaskReport.from_json(report.to_json())
+    again = scoring.TaskReport.from_json(report.to_json())
     assert [s.regrets for s in again.scores] == [s.regrets for s in report.scores]
-    worse = [lr_quality.Row("adaptive", [1e-3, 1e-1], [150, 250], [9.0, 9.0]), rows[1]]
-    by = lr_quality.totals([lr_quality.TaskReport("t", "d", 100, o, 800, worse, 1.0)])
-    verdict = {t.name: t.ok for t in lr_quality.check_targets(by)}
+    worse = [scoring.Row("adaptive", [1e-3, 1e-1], [150, 250], [9.0, 9.0]), rows[1]]
+    by = verdicts.totals([scoring.TaskReport("t", "d", 100, o, 800, worse, 1.0)])
+    verdict = {t.name: t.ok for t in verdicts.check_targets(by)}
     assert not any(verdict.values())
 
 
@@ -240,63 +247,63 @@ def test_interval_coverage_counts_the_task_seeds_whose_reported_interval_holds_t
         {"interval": {"low": 1.1e-3, "high": 4e-3}},  # above it
         {"interval": None},  # no interval reported
     ]
-    row = lr_quality.Row("adaptive", [1e-3, 2e-3, None], [150, 150, 150], [9.0] * 3, notes=notes)
-    report = lr_quality.TaskReport("t", "d", 100, o, 800, [row], 1.0)
-    assert [lr_quality.holds_best(n, 1e-3) for n in notes] == [True, False, None]
-    assert lr_quality.interval_coverage([report, report]) == (2, 6)
-    assert "| yes |" in lr_quality.adaptive_table(report) and "| no |" in lr_quality.adaptive_table(report)
+    row = scoring.Row("adaptive", [1e-3, 2e-3, None], [150, 150, 150], [9.0] * 3, notes=notes)
+    report = scoring.TaskReport("t", "d", 100, o, 800, [row], 1.0)
+    assert [rendering.holds_best(n, 1e-3) for n in notes] == [True, False, None]
+    assert rendering.interval_coverage([report, report]) == (2, 6)
+    assert "| yes |" in rendering.adaptive_table(report) and "| no |" in rendering.adaptive_table(report)
 
 
 def test_target_intervals_resample_whole_tasks_and_leave_the_verdict_to_the_measured_figure() -> None:
     o = oracle()  # best 1e-3 (seed losses 1.0, 1.2), τ = 0.141
-    grid = lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0])
+    grid = scoring.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [160, 160], [5.0, 5.0])
 
-    def task(name: str, lrs: list[float], steps: list[int]) -> lr_quality.TaskReport:
-        return lr_quality.TaskReport(
-            name, "d", 100, o, 800, [lr_quality.Row("adaptive", lrs, steps, [9.0] * 2), grid], 1.0
+    def task(name: str, lrs: list[float], steps: list[int]) -> scoring.TaskReport:
+        return scoring.TaskReport(
+            name, "d", 100, o, 800, [scoring.Row("adaptive", lrs, steps, [9.0] * 2), grid], 1.0
         )
 
     good = task("good", [1e-3, 1e-3], [150, 150])  # both hits, 1.5 fine-tunes, no spread
     bad = task("bad", [1e-1, 1e-1], [250, 250])  # both misses (diverged: the penalty), 2.5 fine-tunes
-    same = lr_quality.resampled_figures([good, good, good], draws=50)
-    assert lr_quality.target_intervals(same)[lr_quality.HITS] == (1.0, 1.0)
-    assert lr_quality.target_intervals(same)[lr_quality.SPREAD] == (0.0, 0.0)
-    assert lr_quality.met_shares(same) == {
-        lr_quality.HITS: 1.0,
-        lr_quality.REGRET_RATIO: 1.0,
-        lr_quality.COMPUTE_MAX: 1.0,
-        lr_quality.SPREAD: 1.0,
+    same = verdicts.resampled_figures([good, good, good], draws=50)
+    assert verdicts.target_intervals(same)[verdicts.HITS] == (1.0, 1.0)
+    assert verdicts.target_intervals(same)[verdicts.SPREAD] == (0.0, 0.0)
+    assert verdicts.met_shares(same) == {
+        verdicts.HITS: 1.0,
+        verdicts.REGRET_RATIO: 1.0,
+        verdicts.COMPUTE_MAX: 1.0,
+        verdicts.SPREAD: 1.0,
     }, "the mean compute has no target of its own: the worst task-seed is judged"
-    mixed = lr_quality.resampled_figures([good, bad], draws=400)
-    assert lr_quality.target_intervals(mixed)[lr_quality.HITS] == (0.0, 1.0), "both bad, one each, both good"
-    assert lr_quality.target_intervals(mixed)[lr_quality.COMPUTE] == (1.5, 2.5)
-    shares = lr_quality.met_shares(mixed)
-    assert shares[lr_quality.HITS] == shares[lr_quality.COMPUTE_MAX] == pytest.approx(0.25, abs=0.06)
-    assert mixed == lr_quality.resampled_figures([good, bad], draws=400), "a fixed seed: the same draws"
-    assert lr_quality.resampled_figures([good]) == {}, "one task: nothing to resample"
+    mixed = verdicts.resampled_figures([good, bad], draws=400)
+    assert verdicts.target_intervals(mixed)[verdicts.HITS] == (0.0, 1.0), "both bad, one each, both good"
+    assert verdicts.target_intervals(mixed)[verdicts.COMPUTE] == (1.5, 2.5)
+    shares = verdicts.met_shares(mixed)
+    assert shares[verdicts.HITS] == shares[verdicts.COMPUTE_MAX] == pytest.approx(0.25, abs=0.06)
+    assert mixed == verdicts.resampled_figures([good, bad], draws=400), "a fixed seed: the same draws"
+    assert verdicts.resampled_figures([good]) == {}, "one task: nothing to resample"
 
-    by = lr_quality.totals([good, bad])
-    targets = {t.name: t for t in lr_quality.check_targets(by, samples=mixed)}
+    by = verdicts.totals([good, bad])
+    targets = {t.name: t for t in verdicts.check_targets(by, samples=mixed)}
     hits = targets["hits ≥ 90% of task-seeds"]
     assert (hits.value, hits.ok) == ("2/4 = 50%", False)
-    assert hits.interval == f"0-100% (met on {shares[lr_quality.HITS]:.0%} of draws)"
+    assert hits.interval == f"0-100% (met on {shares[verdicts.HITS]:.0%} of draws)"
     compute = targets["compute ≤ 2 fine-tunes' worth"]
     assert compute.ok is False and compute.interval.startswith("mean 1.50-2.50, max 1.50-2.50 (met on ")
-    text = lr_quality.targets_table(list(targets.values()))
+    text = verdicts.targets_table(list(targets.values()))
     assert "90% interval over resampled tasks" in text and "| 0-100% (met on" in text
-    plain = lr_quality.targets_table(lr_quality.check_targets(by))
+    plain = verdicts.targets_table(verdicts.check_targets(by))
     assert "interval" not in plain, "no samples: the table keeps its three columns"
-    assert lr_quality.meets(lr_quality.HITS, 0.9) and not lr_quality.meets(lr_quality.SPREAD, 0.151)
+    assert verdicts.meets(verdicts.HITS, 0.9) and not verdicts.meets(verdicts.SPREAD, 0.151)
 
 
 def test_the_paired_table_counts_task_seeds_on_which_the_default_beats_each_peer() -> None:
     o = oracle()  # per seed at 1e-3: 1.0 and 1.2; at 1e-2: 1.5 and 1.5
     rows = [
-        lr_quality.Row("adaptive", [1e-3, 1e-2], [150, 150], [9.0] * 2, seeds=[0, 1]),
-        lr_quality.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [150, 150], [5.0] * 2, seeds=[1, 0]),
-        lr_quality.Row("prior", [1e-3, 1e-3], [0, 0], [0.0] * 2, seeds=[0, 1]),
+        scoring.Row("adaptive", [1e-3, 1e-2], [150, 150], [9.0] * 2, seeds=[0, 1]),
+        scoring.Row("short-grid (4x40, equal compute)", [1e-2, 1e-2], [150, 150], [5.0] * 2, seeds=[1, 0]),
+        scoring.Row("prior", [1e-3, 1e-3], [0, 0], [0.0] * 2, seeds=[0, 1]),
     ]
-    report = lr_quality.TaskReport("t", "d", 100, o, 800, rows, 1.0)
+    report = scoring.TaskReport("t", "d", 100, o, 800, rows, 1.0)
     # seed 0: adaptive 0 against the grid's 0.5; seed 1: 0.3 against 0.3 (paired by seed, not by order)
     assert target_intervals.paired([report], "adaptive", "short-grid") == (1, 0, 1)
     assert target_intervals.paired([report], "adaptive", "prior") == (0, 1, 1)
@@ -310,7 +317,7 @@ def test_the_paired_table_counts_task_seeds_on_which_the_default_beats_each_peer
 
 def u_curve(n: int = 100) -> tuple[list[float], list[float]]:
     """Loss falls over log-LR, bottoms out at 1e-3, then climbs steeply."""
-    lrs = lr_quality.log_spaced(1e-7, 1.0, n)
+    lrs = scoring.log_spaced(1e-7, 1.0, n)
     losses = []
     for lr in lrs:
         x = math.log10(lr) + 3  # 0 at 1e-3
@@ -321,21 +328,21 @@ def u_curve(n: int = 100) -> tuple[list[float], list[float]]:
 def test_fastai_rules_on_a_u_shaped_curve() -> None:
     lrs, losses = u_curve()
     i_min = min(range(len(losses)), key=losses.__getitem__)
-    assert lr_quality.fastai_minimum(lrs, losses) == pytest.approx(lrs[i_min] / 10)
-    steep = lr_quality.fastai_steep(lrs, losses)
+    assert peer_rules.fastai_minimum(lrs, losses) == pytest.approx(lrs[i_min] / 10)
+    steep = peer_rules.fastai_steep(lrs, losses)
     assert steep is not None and 1e-6 < steep < lrs[i_min]  # on the falling side
-    valley = lr_quality.fastai_valley(lrs, losses)
+    valley = peer_rules.fastai_valley(lrs, losses)
     assert valley is not None and lrs[0] < valley < lrs[i_min]  # inside the longest fall
-    slide = lr_quality.fastai_slide(lrs, losses)
+    slide = peer_rules.fastai_slide(lrs, losses)
     assert slide is not None and slide < lrs[-1]
     flat = [1.0] * 30
-    assert lr_quality.fastai_valley(lrs[:30], flat) == lrs[0]
-    assert lr_quality.fastai_slide(lrs[:10], losses[:10]) is None
+    assert peer_rules.fastai_valley(lrs[:30], flat) == lrs[0]
+    assert peer_rules.fastai_slide(lrs[:10], losses[:10]) is None
 
 
 def test_fastai_view_drops_a_tenth_of_planned_steps_and_the_last_five() -> None:
     lrs, losses = u_curve(100)
-    view_lrs, view_losses = lr_quality.fastai_view(lrs, losses, planned=100)
+    view_lrs, view_losses = peer_rules.fastai_view(lrs, losses, planned=100)
     assert view_lrs == lrs[10:95] and view_losses == losses[10:95]
 
 
@@ -343,12 +350,12 @@ def test_lrfinder_steepest_is_argmin_of_numpy_gradient_after_skipping() -> None:
     lrs = [10.0 ** (-7 + i * 0.1) for i in range(30)]
     losses = [5.0] * 30
     losses[20] = 1.0  # the sharpest drop is into index 20: gradient most negative at 19
-    assert lr_quality.lrfinder_steepest(lrs, losses) == lrs[19]
-    assert lr_quality.lrfinder_steepest(lrs[:12], losses[:12]) is None
+    assert peer_rules.lrfinder_steepest(lrs, losses) == lrs[19]
+    assert peer_rules.lrfinder_steepest(lrs[:12], losses[:12]) is None
 
 
 def test_tasks_file_is_data_and_leaves_every_recommender_at_its_defaults(tmp_path: Path) -> None:
-    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
+    spec = task_setup.load_tasks(store.TASKS_FILE)
     names = {t["name"]: t for t in spec["tasks"]}
     assert len(names) >= 6 and set(spec["quick"]["tasks"]) <= set(names)
     assert {t["trainer"]["adapter"]["type"] for t in names.values()} >= {"none", "lora"}
@@ -358,7 +365,7 @@ def test_tasks_file_is_data_and_leaves_every_recommender_at_its_defaults(tmp_pat
     path = tmp_path / "tasks.yaml"
     path.write_text(__import__("yaml").safe_dump(bad))
     with pytest.raises(ValueError, match="defaults"):
-        lr_quality.load_tasks(path)
+        task_setup.load_tasks(path)
 
 
 def test_an_epoch_sized_task_is_as_long_as_the_trainer_runs_it(tmp_path: Path) -> None:
@@ -374,21 +381,21 @@ def test_an_epoch_sized_task_is_as_long_as_the_trainer_runs_it(tmp_path: Path) -
             "optimization": {"batchSize": 8, "maxSeqLength": 32, "epochs": 2},
         },
     }
-    built = lr_quality.build_task(task, {"minLearningRate": 1e-3, "maxLearningRate": 1e-2, "points": 2})
+    built = task_setup.build_task(task, {"minLearningRate": 1e-3, "maxLearningRate": 1e-2, "points": 2})
     out = tmp_path / "trial"
     out.mkdir()
-    code, data, err = lr_quality.call_trainer(
+    code, data, err = execution.call_trainer(
         ["trial", "--config", str(built.config_path), "--learning-rate", "1e-3"], out
     )
     assert code == 0, err
     assert built.steps == data["steps"] > 2
 
-    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
+    spec = task_setup.load_tasks(store.TASKS_FILE)
     no_length = {**task, "trainer": {**task["trainer"], "optimization": {"batchSize": 8}}}
     path = tmp_path / "tasks.yaml"
     path.write_text(__import__("yaml").safe_dump({**spec, "tasks": [no_length]}))
     with pytest.raises(ValueError, match=r"trainer\.optimization needs maxSteps or epochs"):
-        lr_quality.load_tasks(path)
+        task_setup.load_tasks(path)
 
 
 def test_a_built_model_is_fine_tuned_on_the_text_it_was_pre_trained_on(tmp_path: Path) -> None:
@@ -400,44 +407,44 @@ def test_a_built_model_is_fine_tuned_on_the_text_it_was_pre_trained_on(tmp_path:
     from finetune_trainer.modeling import load_tokenizer
 
     word_level = {"kind": "qwen2", "embd": 16, "layers": 1, "heads": 1}
-    built = lr_quality.built_tokenizer(word_level)
+    built = task_setup.built_tokenizer(word_level)
     with pytest.raises(ValueError, match=r"model\.tokenizer: a qwen2 folder .* loads as Qwen2Tokenizer"):
-        lr_quality.saved_tokenizer(
-            word_level, built, tmp_path / "w", lr_quality.model_config(word_level, built)
+        task_setup.saved_tokenizer(
+            word_level, built, tmp_path / "w", task_setup.model_config(word_level, built)
         )
     assert "Qwen2Tokenizer" in type(load_tokenizer(ModelSpec(name=str(tmp_path / "w")))).__name__
     with pytest.raises(ValueError, match=r"model\.tokenizer: 'sentencepiece' is not one of"):
-        lr_quality.built_tokenizer({**word_level, "tokenizer": "sentencepiece"})
+        task_setup.built_tokenizer({**word_level, "tokenizer": "sentencepiece"})
 
     specs = [word_level | {"tokenizer": "byte-level-bpe"}]
-    for f in lr_quality.TASKS_FILE.parent.glob("tasks*.yaml"):
-        specs += [t["model"] for t in lr_quality.load_tasks(f)["tasks"] if t["model"]["kind"] != "minilm"]
+    for f in store.TASKS_FILE.parent.glob("tasks*.yaml"):
+        specs += [t["model"] for t in task_setup.load_tasks(f)["tasks"] if t["model"]["kind"] != "minilm"]
     assert any(m["kind"] == "qwen2" for m in specs[1:])
     for i, model in enumerate(specs):
-        built = lr_quality.built_tokenizer(model)
-        loaded = lr_quality.saved_tokenizer(
-            model, built, tmp_path / str(i), lr_quality.model_config(model, built)
+        built = task_setup.built_tokenizer(model)
+        loaded = task_setup.saved_tokenizer(
+            model, built, tmp_path / str(i), task_setup.model_config(model, built)
         )
         text = "today the cat likes the great house ."
         assert loaded(text)["input_ids"] == built(text)["input_ids"], model
 
 
 def test_every_task_file_loads_and_the_held_out_tasks_are_new() -> None:
-    main = lr_quality.load_tasks(lr_quality.TASKS_FILE)
-    files = sorted(lr_quality.TASKS_FILE.parent.glob("tasks_*.yaml"))
+    main = task_setup.load_tasks(store.TASKS_FILE)
+    files = sorted(store.TASKS_FILE.parent.glob("tasks_*.yaml"))
     assert {f.name for f in files} >= {"tasks_gpu.yaml", "tasks_heldout.yaml"}
     for f in files:
-        spec = lr_quality.load_tasks(f)  # refuses a task that sets a recommender's own settings
+        spec = task_setup.load_tasks(f)  # refuses a task that sets a recommender's own settings
         assert set(spec["quick"]["tasks"]) <= {t["name"] for t in spec["tasks"]}, f.name
-    held_out = lr_quality.load_tasks(lr_quality.TASKS_FILE.parent / "tasks_heldout.yaml")
-    keys, names = {lr_quality.task_key(t) for t in main["tasks"]}, {t["name"] for t in main["tasks"]}
+    held_out = task_setup.load_tasks(store.TASKS_FILE.parent / "tasks_heldout.yaml")
+    keys, names = {task_setup.task_key(t) for t in main["tasks"]}, {t["name"] for t in main["tasks"]}
     for t in held_out["tasks"]:
-        assert lr_quality.task_key(t) not in keys and t["name"] not in names, t["name"]
+        assert task_setup.task_key(t) not in keys and t["name"] not in names, t["name"]
 
 
 def test_generated_datasets_are_deterministic_and_labelled() -> None:
-    assert lr_quality.rule_lm_texts(5, 1) == lr_quality.rule_lm_texts(5, 1)
-    rows = lr_quality.negation_sentiment(200, 0, 0.0)
+    assert task_setup.rule_lm_texts(5, 1) == task_setup.rule_lm_texts(5, 1)
+    rows = task_setup.negation_sentiment(200, 0, 0.0)
     for text, label in rows:
         assert label in (0, 1)
         if "does not like" in text:
@@ -545,7 +552,7 @@ def test_gpu_checks_lr_quality_runs_every_row_then_adds_check_runs_reusing_its_j
 
     tasks, _ = tiny_gpu_tasks(tmp_path, {"points": 3, "seeds": [0]}, max_steps=24, recommenderSeeds=[0])
     out = tmp_path / "out"
-    name = lr_quality.results_name(tasks)
+    name = store.results_name(tasks)
     written = [lr_quality.RESULTS / f"{name}.{ext}" for ext in ("md", "json")]
     try:
         run = gpu_checks("lr-quality", tmp_path, LRQ_TASKS=str(tasks), LRQ_WORKERS="1")
@@ -645,11 +652,11 @@ def test_horizon_probe_names_its_results_per_task_and_its_own_command(
 def _committed_results(folder: Path, key: str) -> None:
     """A results file as lr_quality.py writes it (its own TaskReport), for a task named `probe`."""
     lrs = [1e-4, 1e-3, 1e-2]
-    checks = {lr_quality.oracle_key(2e-3, 1): 0.6}
+    checks = {scoring.oracle_key(2e-3, 1): 0.6}
     losses = {1e-4: [3.0, 3.0], 1e-3: [0.5, 0.52], 1e-2: [0.8, 0.8]}
-    oracle = lr_quality.Oracle(lrs, losses, penalty=2.0, seeds=[0, 1], checks=checks)
-    default = lr_quality.Row("adaptive", [1e-3, 1e-2], [300, 320], [1.0, 1.0])
-    report = lr_quality.TaskReport("probe", "a task", 100, oracle, 600, [default], 1.0, key=key)
+    oracle = scoring.Oracle(lrs, losses, penalty=2.0, seeds=[0, 1], checks=checks)
+    default = scoring.Row("adaptive", [1e-3, 1e-2], [300, 320], [1.0, 1.0])
+    report = scoring.TaskReport("probe", "a task", 100, oracle, 600, [default], 1.0, key=key)
     (folder / "lr_quality.json").write_text(json.dumps({"tasks": [report.to_json()]}))
 
 
@@ -658,22 +665,22 @@ def test_recommend_probe_scores_on_the_committed_oracle_and_refuses_a_stale_one(
 ) -> None:
     monkeypatch.setattr(recommend_probe, "RESULTS", tmp_path)
     with pytest.raises(SystemExit, match=r"lr_quality\.json is missing"):
-        recommend_probe.committed(lr_quality.TASKS_FILE, "probe", "k1")
+        recommend_probe.committed(store.TASKS_FILE, "probe", "k1")
     _committed_results(tmp_path, key="k1")
-    oracle, default = recommend_probe.committed(lr_quality.TASKS_FILE, "probe", "k1")
+    oracle, default = recommend_probe.committed(store.TASKS_FILE, "probe", "k1")
     assert oracle.best == (1e-3, pytest.approx(0.51)) and default is not None and default.lrs == [1e-3, 1e-2]
     with pytest.raises(SystemExit, match="before its definition changed"):
-        recommend_probe.committed(lr_quality.TASKS_FILE, "probe", "k2")
+        recommend_probe.committed(store.TASKS_FILE, "probe", "k2")
     with pytest.raises(SystemExit, match="has no task 'other'"):
-        recommend_probe.committed(lr_quality.TASKS_FILE, "other", "k1")
+        recommend_probe.committed(store.TASKS_FILE, "other", "k1")
     results = {0: {"lr": 1e-3, "steps": 250, "decidedBy": "stage-2-fit"}, 1: {"error": "boom"}}
     row = recommend_probe.rows_of(results, [0, 1], "probe")
-    scored = lr_quality.score(row, oracle)
+    scored = scoring.score(row, oracle)
     assert scored.hits == 1 and row.steps == [250, 0] and row.notes[1]["error"] == "boom"
     worst = (3.0 - 0.51) / oracle.tau  # the failed seed scores the worst oracle point
-    assert worst > lr_quality.REGRET_CAP, "the cap must bite for this check"
+    assert worst > scoring.REGRET_CAP, "the cap must bite for this check"
     text = recommend_probe.summary(scored, oracle, 100)
-    assert text == f"1/2 hits, mean regret {common.fmt(lr_quality.REGRET_CAP / 2)} τ, 1.25 fine-tunes' worth"
+    assert text == f"1/2 hits, mean regret {common.fmt(scoring.REGRET_CAP / 2)} τ, 1.25 fine-tunes' worth"
     assert recommend_probe.slug(["adaptive.trialSteps=60", "adaptive.finalists=5"]) == (
         "adaptive.trialSteps-60_adaptive.finalists-5"
     )
@@ -692,20 +699,20 @@ def test_recommend_jobs_pass_the_probes_overrides_to_the_trainer(tmp_path: Path)
     config = tmp_path / "config.yaml"
     config.write_text("model: {name: /nonexistent}\ndataset: {files: [/nonexistent/train.jsonl]}\n")
     job = {"kind": "recommend", "seed": 0, "config": str(config), "scratch": str(tmp_path)}
-    res = lr_quality.execute(job | {"sets": ["adaptive.candidates=1"]})
+    res = execution.execute(job | {"sets": ["adaptive.candidates=1"]})
     assert "adaptive.candidates" in res["error"], res["error"]
 
 
 def test_a_probe_names_the_task_files_tasks_when_its_task_is_not_there() -> None:
-    spec = lr_quality.load_tasks(lr_quality.TASKS_FILE)
-    assert lr_quality.named_task(spec, "minilm-cls", lr_quality.TASKS_FILE)["name"] == "minilm-cls"
+    spec = task_setup.load_tasks(store.TASKS_FILE)
+    assert task_setup.named_task(spec, "minilm-cls", store.TASKS_FILE)["name"] == "minilm-cls"
     missing = r"'gpt2-wide-full' is not in .*tasks\.yaml; its tasks: .*'gpt2-full'"
     with pytest.raises(SystemExit, match=missing):
         recommend_probe.main(["--task", "gpt2-wide-full", "--no-write"])
 
 
 def test_a_runner_drains_every_submitted_job_then_is_idle(tmp_path: Path) -> None:
-    runner = lr_quality.Runner(1)  # inline: each job runs in this process
+    runner = execution.Runner(1)  # inline: each job runs in this process
     for seed in (0, 1):
         runner.submit({"kind": "no-such-kind", "seed": seed, "config": "-", "scratch": str(tmp_path)})
     finished = list(runner.drain())
@@ -715,7 +722,7 @@ def test_a_runner_drains_every_submitted_job_then_is_idle(tmp_path: Path) -> Non
 
 def test_a_runner_with_workers_takes_jobs_again_after_a_drain(tmp_path: Path) -> None:
     """recommend_probe drains its recommendations, then submits their check runs to the same runner."""
-    runner = lr_quality.Runner(2)
+    runner = execution.Runner(2)
     try:
         for round_ in (0, 1):
             runner.submit({"kind": "no-such-kind", "seed": round_, "config": "-", "scratch": str(tmp_path)})
@@ -728,22 +735,22 @@ def test_a_runner_with_workers_takes_jobs_again_after_a_drain(tmp_path: Path) ->
 def test_resume_reuses_the_task_files_own_committed_oracle_and_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lr_quality, "RESULTS", tmp_path)
-    monkeypatch.setattr(lr_quality, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(store, "RESULTS", tmp_path)
+    monkeypatch.setattr(store, "CACHE", tmp_path / "cache")
     _committed_results(tmp_path, key="k1")
     (tmp_path / "lr_quality.json").rename(tmp_path / "lr_quality_heldout.json")
-    task = lr_quality.Task("probe", "a task", {}, tmp_path, tmp_path, "none", 100, [1e-4, 1e-3, 1e-2], "k1")
-    heldout = lr_quality.committed_results(lr_quality.TASKS_FILE.with_name("tasks_heldout.yaml"))
+    task = task_setup.Task("probe", "a task", {}, tmp_path, tmp_path, "none", 100, [1e-4, 1e-3, 1e-2], "k1")
+    heldout = store.committed_results(store.TASKS_FILE.with_name("tasks_heldout.yaml"))
     assert [p.name for p in heldout] == ["lr_quality.json", "lr_quality_heldout.json"]
-    found = lr_quality.cached_oracle(task, True, heldout)
-    assert found[lr_quality.oracle_key(1e-3, 1)] == 0.52 and len(found) == 7
-    assert found[lr_quality.oracle_key(2e-3, 1)] == 0.6, "the committed check runs are reused too"
-    assert lr_quality.cached_oracle(task, False, heldout) == {}, "without --resume nothing is reused"
-    in_sample = lr_quality.committed_results(lr_quality.TASKS_FILE)
+    found = store.cached_oracle(task, True, heldout)
+    assert found[scoring.oracle_key(1e-3, 1)] == 0.52 and len(found) == 7
+    assert found[scoring.oracle_key(2e-3, 1)] == 0.6, "the committed check runs are reused too"
+    assert store.cached_oracle(task, False, heldout) == {}, "without --resume nothing is reused"
+    in_sample = store.committed_results(store.TASKS_FILE)
     assert [p.name for p in in_sample] == ["lr_quality.json"]
-    assert lr_quality.cached_oracle(task, True, in_sample) == {}, "another task file's results stay unread"
+    assert store.cached_oracle(task, True, in_sample) == {}, "another task file's results stay unread"
     stale = dataclasses.replace(task, key="k2")
-    assert lr_quality.cached_oracle(stale, True, heldout) == {}, "a changed task reuses nothing"
+    assert store.cached_oracle(stale, True, heldout) == {}, "a changed task reuses nothing"
 
 
 def test_a_runners_workers_leave_when_the_benchmark_is_killed(tmp_path: Path) -> None:
@@ -751,8 +758,8 @@ def test_a_runners_workers_leave_when_the_benchmark_is_killed(tmp_path: Path) ->
     script = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-from benchmarks import lr_quality
-runner = lr_quality.Runner(2)
+from benchmarks.quality import execution
+runner = execution.Runner(2)
 for seed in (0, 1):
     runner.submit({{"kind": "no-such-kind", "seed": seed, "config": "-", "scratch": {str(tmp_path)!r}}})
 while runner.busy:
@@ -851,7 +858,7 @@ def test_the_ramp_shape_replay_reads_each_seeds_journalled_ramp_and_lowers_only_
     def result(losses: list[float]) -> dict:  # a ramp planned from 1e-6 to 1e-4 that ran on to 1e-1
         return {"curve": [lrs, losses], "window": [1e-4 / (PRIOR_BELOW * PRIOR_ABOVE), 1e-1]}
 
-    monkeypatch.setattr(lr_quality, "CACHE", tmp_path)  # where the journals are read
+    monkeypatch.setattr(store, "CACHE", tmp_path)  # where the journals are read
     (tmp_path / "jobs").mkdir()
     fingerprint = job_fingerprints()["range-test"]
     ids = {
@@ -1003,20 +1010,20 @@ def test_the_job_digests_see_the_adaptive_package_and_trials_ignore_it(
     """A change to the recommender's stages (a subpackage) re-runs the recommend and range-test jobs, and
     only those; a change anywhere else re-runs every job."""
     assert {"adaptive/decide.py", "adaptive/window.py", "training.py"} <= {
-        name for name, _ in lr_quality.trainer_sources()
+        name for name, _ in store.trainer_sources()
     }
     files = {"training.py": "a", "recommend.py": "b", "adaptive/__init__.py": "c", "adaptive/fit.py": "d"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     monkeypatch.setattr(
-        lr_quality, "trainer_sources", lambda: sorted((n, tmp_path / n) for n in files)
+        store, "trainer_sources", lambda: sorted((n, tmp_path / n) for n in files)
     )  # the same walk over a package of four files
 
-    before = lr_quality.job_fingerprints()
+    before = store.job_fingerprints()
     (tmp_path / "adaptive" / "fit.py").write_text("d, changed")
-    after = lr_quality.job_fingerprints()
+    after = store.job_fingerprints()
     assert after["recommend"] != before["recommend"] and after["range-test"] != before["range-test"]
     assert after["trial"] == before["trial"] and after["prodigy"] == before["prodigy"]
     (tmp_path / "training.py").write_text("a, changed")
-    assert all(v != after[k] for k, v in lr_quality.job_fingerprints().items())
+    assert all(v != after[k] for k, v in store.job_fingerprints().items())
