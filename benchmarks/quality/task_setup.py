@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.quality import store
 from benchmarks.quality.scoring import log_spaced
-from benchmarks.quality.store import CACHE, digest
 
 FORBIDDEN_TASK_KEYS = ("rangeTest", "adaptive", "learningRate", "outputDir", "checkpoints")
 """TrainerConfig sections a task may not set: recommenders run at the product's defaults."""
@@ -98,7 +98,7 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def build_data(data: dict[str, Any]) -> tuple[Path, Path]:
     """The task's train and eval JSONL files (cached by content)."""
-    folder = CACHE / "data" / f"{data['kind']}-{digest(data)}"
+    folder = store.CACHE / "data" / f"{data['kind']}-{store.digest(data)}"
     train, evals = folder / "train.jsonl", folder / "eval.jsonl"
     if train.exists() and evals.exists():
         return train, evals
@@ -206,7 +206,7 @@ def build_model(model: dict[str, Any]) -> Path:
     pre-trained here on the toy sentences with the tokenizer the trainer will load (cached by config)."""
     if model["kind"] == "minilm":
         return minilm_dir()
-    folder = CACHE / "models" / f"{model['kind']}-{digest(model)}"
+    folder = store.CACHE / "models" / f"{model['kind']}-{store.digest(model)}"
     if (folder / "config.json").exists():
         return folder
     import torch
@@ -281,7 +281,7 @@ def trainer_config(
     steps = fine_tune_length(cfg)
     cfg.setdefault("evaluation", {})["everySteps"] = steps  # one evaluation, at the end
     cfg["checkpoints"] = {"saveFinalModel": False}
-    cfg["outputDir"] = str(CACHE / "out")
+    cfg["outputDir"] = str(store.CACHE / "out")
     parsed = TrainerConfig.model_validate(cfg)
     if parsed.adaptive != AdaptiveSpec() or parsed.range_test != RangeTestSpec():
         raise ValueError(f"task {spec['name']}: recommenders must run at the product's defaults")
@@ -304,7 +304,7 @@ def fine_tune_length(cfg: dict[str, Any]) -> int:
 def task_key(spec: dict[str, Any]) -> str:
     """A task's identity: what its oracle and results are keyed by (model, data and trainer fields; not
     its name or description)."""
-    return digest({"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]})
+    return store.digest({"model": spec["model"], "data": spec["data"], "trainer": spec["trainer"]})
 
 
 def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
@@ -313,9 +313,9 @@ def build_task(spec: dict[str, Any], oracle: dict[str, Any]) -> Task:
     model_dir = build_model(spec["model"])
     train, evals = build_data(spec["data"])
     cfg, steps = trainer_config(spec, model_dir, train, evals)
-    folder = CACHE / "configs"
+    folder = store.CACHE / "configs"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{spec['name']}-{digest(cfg)}.yaml"
+    path = folder / f"{spec['name']}-{store.digest(cfg)}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     window = spec.get("oracle", {})
     lo = float(window.get("minLearningRate", oracle["minLearningRate"]))
