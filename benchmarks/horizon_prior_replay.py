@@ -4,13 +4,14 @@ fine-tune's, scored on the committed runs.
 
     python benchmarks/horizon_prior_replay.py [--betas ...] [--no-write]
 
-Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` (and the task files,
-to tell the classifiers) and runs nothing. The horizon step moves a recommendation only when the trials
-resolve the optimum's fall from stage 1 to stage 2 (``adaptive.fall_resolved``); on the MiniLM classifiers
-the 20-step stage-1 trials barely leave chance, both stages' minima sit at the ceiling, and the fall is
-never seen. A fixed ``β`` in its place (β = 1: the fine-tune moves the weights as far as the trials' best, at
-a proportionally lower LR) is the idea replayed here. Regret is interpolated per seed between that seed's
-own full-length runs, as ``recalibration_replay.py`` does; indicative only.
+Reads the committed ``results/lr_quality.json``, ``results/lr_quality_heldout.json`` and the GPU
+classifier's ``results/lr_quality_gpu_cls.json`` (and the task files, to tell the classifiers) and runs
+nothing. The horizon step moves a recommendation only when the trials resolve the optimum's fall from stage
+1 to stage 2 (``adaptive.fall_resolved``); on the MiniLM classifiers the 20-step stage-1 trials barely leave
+chance, both stages' minima sit at the ceiling, and the fall is never seen. A fixed ``β`` in its place (β =
+1: the fine-tune moves the weights as far as the trials' best, at a proportionally lower LR) is the idea
+replayed here. Regret is interpolated per seed between that seed's own full-length runs, as
+``recalibration_replay.py`` does; indicative only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from benchmarks.quality.store import CPU_RESULTS, TASKS_FILE, committed_reports
 from benchmarks.quality.task_setup import load_tasks
 from benchmarks.recalibration_replay import row, seed_regret
 
-TASK_FILES = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))
+TASK_FILES = (TASKS_FILE, *(TASKS_FILE.with_name(f"tasks_{n}.yaml") for n in ("heldout", "gpu_cls")))
+GPU_CLASSIFIER = "lr_quality_gpu_cls"
+"""The one classifier that is not a MiniLM: a 0.36B Qwen2-shaped model, run on an H200."""
 
 
 def classifiers() -> set[str]:
@@ -83,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     classified = classifiers()
     inside, held = (committed_reports(name) for name in CPU_RESULTS)
-    sets = {"in-sample": inside, "held out": held, "pooled": inside + held}
+    sets = {
+        "in-sample": inside,
+        "held out": held,
+        "pooled": inside + held,
+        "GPU classifier": committed_reports(GPU_CLASSIFIER),
+    }
     rows = []
     for beta in args.betas:
         cells = []
@@ -96,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
             f"Classification tasks: {', '.join(sorted(classified))}. Regret interpolated per seed between "
             "that seed's own full-length runs (oracle grid and check runs), paired with its loss at the best "
             "LR; hits and mean regret/τ over every task-seed (causal LMs unchanged). β = 0 is the committed "
-            "product. Indicative only.",
+            "product. *GPU classifier*: the 0.36B Qwen2-shaped classifier run on one H200 "
+            f"(`results/{GPU_CLASSIFIER}.json`, the task-seeds its 2-seed oracle scores), not in *pooled*. "
+            "Indicative only.",
             "",
             table(["β", *sets], rows),
         ]

@@ -171,6 +171,7 @@ def test_the_horizon_prior_moves_only_a_classifiers_unmoved_recommendations() ->
     assert horizon_prior_replay.scored([report], 1.0, {"cls"})[3] == 1
     assert {"minilm-cls", "minilm-cls-b16"} <= horizon_prior_replay.classifiers()
     assert "gpt2-full" not in horizon_prior_replay.classifiers()
+    assert "qwen2-0.5b-cls" in horizon_prior_replay.classifiers(), "the GPU classifier's task file is read"
 
 
 def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_measured() -> None:
