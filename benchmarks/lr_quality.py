@@ -61,12 +61,13 @@ if __package__ in (None, ""):
 from benchmarks.common import RESULTS, fmt, provenance, write_results
 from benchmarks.quality.execution import Runner
 from benchmarks.quality.peer_rules import FASTAI_RULES, fastai_view
-from benchmarks.quality.rendering import check_rows, render
+from benchmarks.quality.rendering import render
 from benchmarks.quality.scoring import (
     Oracle,
     Row,
     TaskReport,
     ceiling_row,
+    check_rows,
     checked,
     log_spaced,
     oracle_key,

@@ -88,7 +88,7 @@ class TrialRunner:
         key = (float(params["learningRate"]), float(params["warmupRatio"]), seed)
         if key not in self.cache:
             started = time.monotonic()
-            execution._seed(seed)
+            execution.seed_everything(seed)
             argv = ["trial", "--config", self.config, "--learning-rate", repr(key[0])]
             for setting in (
                 f"optimization.seed={seed}",
@@ -155,7 +155,7 @@ def search(name: str, seed: int, model: str, runner: TrialRunner, budget: int) -
 def run_task_seed(job: tuple[dict[str, Any], dict[str, Any], int, str]) -> list[dict[str, Any]]:
     """Every method on one task and seed (one worker)."""
     spec, oracle, seed, scratch = job
-    execution._init_worker()
+    execution.init_worker()
     task = task_setup.build_task(spec, oracle)
     runner = TrialRunner(str(task.config_path), scratch)
     budget = GRID_POINTS**2 * STEPS

@@ -33,12 +33,12 @@ def _exit_with_parent(parent: int, every: float = 1.0) -> None:
 
 
 def init_pool_worker() -> None:
-    """A pool worker: the quiet set-up of :func:`_init_worker`, and it leaves with its parent."""
+    """A pool worker: the quiet set-up of :func:`init_worker`, and it leaves with its parent."""
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    _init_worker()
+    init_worker()
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     """Quiet libraries; every worker runs the trainer in-process, one torch thread (the trainer's CPU
     default), so N workers use N cores."""
     import warnings
@@ -55,7 +55,7 @@ def _init_worker() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     """Seed every generator before a trainer call, so that nothing an earlier job left in this long-lived
     worker reaches the next. (It was also how the benchmark stayed reproducible while the trainer drew new
     heads and LoRA weights before seeding; since 8ebd67e the trainer seeds first itself.)"""
@@ -171,7 +171,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=job["scratch"]))
     res: dict[str, Any] = {}
     try:
-        _seed(seed)
+        seed_everything(seed)
         base = ["--config", job["config"], "--set", f"optimization.seed={seed}"]
         for item in job.get("sets") or ():  # recommend_probe's overrides; Bench's journalled jobs have none
             base += ["--set", item]
@@ -238,7 +238,7 @@ class Runner:
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_pool_worker
             )
         else:
-            _init_worker()
+            init_worker()
         self.pending: dict[cf.Future[dict[str, Any]], dict[str, Any]] = {}
         self.inline: list[dict[str, Any]] = []
 

@@ -153,14 +153,6 @@ INTERPOLATED = (
 )
 
 
-def check_rows(named: Sequence[str] | None, quick: bool) -> tuple[str, ...] | None:
-    """The rows that get check runs, from ``--check-rows``: those named (none when it is given alone);
-    without it every row (``None``), or none with ``--quick``."""
-    if named is not None:
-        return tuple(named)
-    return () if quick else None
-
-
 def regret_text(rows: tuple[str, ...] | None) -> str:
     """How this run's regret was measured, given the rows that got check runs (see :func:`checked`)."""
     if rows is None:

@@ -249,6 +249,14 @@ def checked(name: str, rows: tuple[str, ...] | None) -> bool:
     return rows is None or name.startswith(tuple(rows))
 
 
+def check_rows(named: Sequence[str] | None, quick: bool) -> tuple[str, ...] | None:
+    """The rows that get check runs, from ``--check-rows``: those named (none when it is given alone);
+    without it every row (``None``), or none with ``--quick``."""
+    if named is not None:
+        return tuple(named)
+    return () if quick else None
+
+
 def unchecked(row: Row, oracle: Oracle) -> list[tuple[float, int]]:
     """The (LR, seed) pairs of ``row`` that no full-length run on ``oracle``'s seeds has measured yet: what
     a check run is for."""

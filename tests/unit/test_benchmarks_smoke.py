@@ -183,10 +183,10 @@ def test_check_rows_name_rows_by_prefix_and_the_regret_text_says_which_were_meas
     assert partial.startswith("*Regret* of the rows `adaptive` is measured seed by seed")
     assert "interpolated" in partial and "interpolated" not in rendering.regret_text(None)
     assert "no check runs" in rendering.regret_text(())
-    assert rendering.check_rows(None, quick=False) is None, "every row by default"
-    assert rendering.check_rows(None, quick=True) == ()
-    assert rendering.check_rows([], quick=False) == (), "--check-rows alone: none"
-    assert rendering.check_rows(["adaptive"], quick=True) == ("adaptive",)
+    assert scoring.check_rows(None, quick=False) is None, "every row by default"
+    assert scoring.check_rows(None, quick=True) == ()
+    assert scoring.check_rows([], quick=False) == (), "--check-rows alone: none"
+    assert scoring.check_rows(["adaptive"], quick=True) == ("adaptive",)
 
 
 def test_the_ceiling_row_is_adaptives_first_candidate_at_its_range_tests_cost() -> None:
