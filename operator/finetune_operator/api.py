@@ -11,7 +11,7 @@ field docs users read in `kubectl explain`.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field
 
@@ -334,6 +334,9 @@ CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
 }
 
 Phase = Literal["Pending", "WaitingForSweep", "Sweeping", "Running", "Succeeded", "Failed"]
+"""A FineTuneJob's phases; an LRSweep takes those of `SweepPhase`."""
+SweepPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+"""An LRSweep's phases: it never waits for a sweep."""
 
 
 class Progress(Spec):
@@ -675,6 +678,8 @@ class RangeTestSummary(Spec):
 class LRSweepStatus(ResourceStatus):
     """What the sweep found."""
 
+    phase: SweepPhase = "Pending"
+    """Pending, Running, Succeeded or Failed."""
     recommended_learning_rate: float | None = Field(default=None, gt=0.0)
     """The recommended learning rate (kept for people to read when the sweep fails on weak evidence; unset
     when a `rangeTest` ramp trained nothing, `NothingTrained`, since its rules' values are noise)."""
@@ -845,6 +850,11 @@ class FineTuneJobSpec(TrainingSections, WorkloadSpec):
     """Early stopping on validation loss."""
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Checkpoint cadence and retention."""
+
+
+def phases(status: type[ResourceStatus]) -> tuple[str, ...]:
+    """The phases a kind's status can take (`LRSweepStatus`: `SweepPhase`; `FineTuneJobStatus`: `Phase`)."""
+    return get_args(status.model_fields["phase"].annotation)
 
 
 class FineTuneJobStatus(ResourceStatus):

@@ -22,14 +22,13 @@ from finetune_operator.api import (
     FINETUNEJOB,
     FineTuneJobStatus,
     LRSweepStatus,
-    Phase,
     Progress,
     ResourceStatus,
     TrialStatus,
+    phases,
 )
 from finetune_operator.children import TallyDelta
 
-PHASES: tuple[str, ...] = get_args(Phase)
 TRIAL_PHASES: tuple[str, ...] = get_args(TrialStatus.model_fields["phase"].annotation)
 TERMINAL = ("Succeeded", "Failed")
 RES = ("kind", "namespace", "name")
@@ -103,7 +102,7 @@ def trial_label(trial: TrialStatus) -> str:
 def series(kind: str, namespace: str, name: str, status: ResourceStatus) -> Iterator[Sample]:
     """The series one resource's status stands for."""
     res = (kind, namespace, name)
-    for phase in PHASES:
+    for phase in phases(type(status)):
         yield Sample("finetune_resource_phase", (*res, phase), 1.0 if status.phase == phase else 0.0)
     trials = status.trials if isinstance(status, LRSweepStatus) else None
     if status.progress is not None:

@@ -21,6 +21,7 @@ import yaml
 from kubernetes import client
 
 from finetune_localcluster import binaries
+from finetune_operator.api import LRSweepStatus, phases
 from finetune_operator.settings import from_args, parser
 from finetune_tooling import alerts, dashboards
 
@@ -474,6 +475,10 @@ def test_helm_install_creates_the_operator_objects(kube_cluster, kube_api, names
     assert out.returncode == 0, out.stdout + out.stderr
     try:
         assert "kubectl get lrs -w" in out.stdout  # NOTES.txt
+        named = re.search(r"kubectl get lrs -w\s+# phase ([A-Za-z >-]+?), then", out.stdout)
+        assert named, out.stdout
+        named_phases = set(named.group(1).split(" -> "))
+        assert named_phases <= set(phases(LRSweepStatus)), "NOTES names a phase no LRSweep takes"
         first_sweep = re.search(r"<<'YAML'.*?\n(.*?)\n\s*YAML\n", out.stdout, re.S)
         assert first_sweep, out.stdout
         sweep = yaml.safe_load(textwrap.dedent(first_sweep.group(1)))

@@ -358,6 +358,8 @@ def test_wait_exits_by_outcome(kube_cluster, fleet):
     assert code == ExitCode.TIMEOUT and "timed out after 2s" in err
     assert time.monotonic() - started < 10
     assert run(kube_cluster, "wait", "pending", "--for=Done", "-n", ns)[0] == ExitCode.USAGE
+    code, _, err = run(kube_cluster, "wait", "adaptive", "--for=Sweeping", "-n", ns, "--timeout", "60s")
+    assert code == ExitCode.USAGE and "never takes that phase" in err, "a FineTuneJob's phase: no 60 s wait"
 
 
 def test_wait_returns_when_the_operator_finishes_the_resource(kube_cluster, fleet):

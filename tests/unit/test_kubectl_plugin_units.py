@@ -13,8 +13,8 @@ import pytest
 from finetune_operator.api import FINETUNEJOB, LRSWEEP, LRSweepStatus, TrialStatus
 from finetune_operator.kubectl import style, textplot
 from finetune_operator.kubectl.errors import ExitCode, PluginError
-from finetune_operator.kubectl.resources import parse_ref
-from finetune_operator.kubectl.waiting import parse_duration, parse_for
+from finetune_operator.kubectl.resources import Found, parse_ref
+from finetune_operator.kubectl.waiting import check_phase, parse_duration, parse_for
 from finetune_trainer.config import CurvePoint, Interval
 from finetune_trainer.plot import SweepStatusView, TrialView, plot_file
 
@@ -50,6 +50,21 @@ def test_durations_and_targets_read_like_kubectl_wait():
     with pytest.raises(PluginError) as err:
         parse_for("Done")
     assert err.value.code == ExitCode.USAGE and "WaitingForSweep" in err.value.message
+
+
+def test_waiting_for_a_phase_its_kind_never_takes_is_a_usage_error():
+    """`Sweeping` is a FineTuneJob's phase: an LRSweep would wait out the timeout for it."""
+    sweep = Found(LRSWEEP, {"metadata": {"name": "s", "namespace": "ns"}})
+    job = Found(FINETUNEJOB, {"metadata": {"name": "j", "namespace": "ns"}})
+    check_phase(job, ("phase", "Sweeping"))
+    check_phase(sweep, ("phase", "Succeeded"))
+    check_phase(sweep, ("condition", "Sweeping"))  # conditions are not phases
+    for phase in ("Sweeping", "WaitingForSweep"):
+        with pytest.raises(PluginError) as err:
+            check_phase(sweep, ("phase", phase))
+        assert err.value.code == ExitCode.USAGE
+        assert "never takes" in err.value.message
+        assert "Pending, Running, Succeeded, Failed" in err.value.message
 
 
 def test_ages_read_like_kubectl():

@@ -710,6 +710,28 @@ def test_metrics_server_starts_once_per_address():
     assert 'finetune_resource_phase{kind="LRSweep",name="s",namespace="ns",phase="Running"} 1.0' in body
 
 
+def test_each_kind_reports_only_the_phases_it_takes():
+    """An LRSweep's status, its CRD and its phase series name four phases; a FineTuneJob adds the two in
+    which it waits for its sweep."""
+    from pydantic import ValidationError
+
+    from finetune_operator.api import FineTuneJobStatus, LRSweepStatus, ResourceStatus, phases
+    from finetune_operator.metrics import series
+
+    assert phases(LRSweepStatus) == ("Pending", "Running", "Succeeded", "Failed")
+    assert set(phases(FineTuneJobStatus)) == {*phases(LRSweepStatus), "WaitingForSweep", "Sweeping"}
+    with pytest.raises(ValidationError):
+        LRSweepStatus(phase="Sweeping")
+
+    def phase_series(kind: str, status: ResourceStatus) -> dict[str, float]:
+        samples = series(kind, "ns", "x", status)
+        return {s.labels[-1]: s.value for s in samples if s.name == "finetune_resource_phase"}
+
+    assert list(phase_series("LRSweep", LRSweepStatus())) == list(phases(LRSweepStatus))
+    tuned = phase_series("FineTuneJob", FineTuneJobStatus(phase="Sweeping"))
+    assert tuned["Sweeping"] == 1.0 and set(tuned) == set(phases(FineTuneJobStatus))
+
+
 def test_a_fresh_job_keeps_its_jobcreated_condition_until_its_pod_has_news():
     from finetune_operator.children import ChildState
 

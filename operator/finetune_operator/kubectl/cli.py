@@ -195,6 +195,7 @@ def cmd_wait(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextI
     target = waiting.parse_for(args.for_)
     timeout = waiting.parse_duration(args.timeout)
     found = find(cluster, args.name)
+    waiting.check_phase(found, target)
     code, message = waiting.wait(cluster, found, target, timeout)
     print(message if code == ExitCode.OK else f"error: {message}", file=out if code == ExitCode.OK else err)
     return code
