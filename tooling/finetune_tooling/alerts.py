@@ -72,7 +72,7 @@ def alerts(config: dict[str, Any] | None = None) -> list[Alert]:
     """The alerts, in the order the runbook documents them."""
     c = {**CONFIG, **(config or {})}
     window = c["reconcile_error_window"]
-    running = 'finetune_resource_phase{phase=~"Running|Sweeping"} == 1'
+    running = 'finetune_resource_phase{phase="Running"} == 1'  # a Sweeping FineTuneJob has no trainer yet
     return [
         Alert(
             name="FineTuneJobFailed",

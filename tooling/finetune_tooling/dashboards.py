@@ -406,9 +406,12 @@ def overview() -> dict[str, Any]:
         ),
         _stat(
             "Running trainers",
-            [Query('sum(finetune_resource_phase{phase=~"Sweeping|Running"})', "trainers")],
+            [Query('sum(finetune_resource_phase{phase="Running"})', "trainers")],
             w=6,
-            description="Resources whose trainer pods are running (LRSweeps Sweeping, FineTuneJobs Running).",
+            description=(
+                "Resources whose trainer pods are running (phase Running; a FineTuneJob that is Sweeping "
+                "waits for its LRSweep, whose trainers count there)."
+            ),
         ),
         _stat(
             "Failed resources",
