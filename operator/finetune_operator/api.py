@@ -852,8 +852,9 @@ class FineTuneJobSpec(TrainingSections, WorkloadSpec):
     """Checkpoint cadence and retention."""
 
 
-def phases(status: type[ResourceStatus]) -> tuple[str, ...]:
-    """The phases a kind's status can take (`LRSweepStatus`: `SweepPhase`; `FineTuneJobStatus`: `Phase`)."""
+def phases(status: type[Spec]) -> tuple[str, ...]:
+    """The phases a status model's `phase` can take (`LRSweepStatus`: `SweepPhase`; `FineTuneJobStatus`:
+    `Phase`; `TrialStatus`: a trial's)."""
     return get_args(status.model_fields["phase"].annotation)
 
 

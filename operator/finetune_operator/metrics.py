@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -29,7 +29,7 @@ from finetune_operator.api import (
 )
 from finetune_operator.children import TallyDelta
 
-TRIAL_PHASES: tuple[str, ...] = get_args(TrialStatus.model_fields["phase"].annotation)
+TRIAL_PHASES: tuple[str, ...] = phases(TrialStatus)
 TERMINAL = ("Succeeded", "Failed")
 RES = ("kind", "namespace", "name")
 SWEEP = ("namespace", "name")

@@ -8,7 +8,7 @@ import time
 import typing
 from typing import Any
 
-from finetune_operator.api import Phase, ResourceStatus, phases
+from finetune_operator.api import Phase, phases
 from finetune_operator.kubectl.cluster import Cluster
 from finetune_operator.kubectl.errors import ExitCode, PluginError
 from finetune_operator.kubectl.resources import Found, status_of
@@ -46,7 +46,7 @@ def check_phase(found: Found, target: tuple[str, str]) -> None:
     """A usage error, not a wait that times out, when `--for` names a phase that the resource's kind never
     takes (an LRSweep never waits for a sweep: `Sweeping` and `WaitingForSweep` are a FineTuneJob's)."""
     key, value = target
-    allowed = phases(typing.cast(type[ResourceStatus], found.kind.status))
+    allowed = phases(found.kind.status)
     if key == "phase" and value not in allowed:
         raise PluginError(
             ExitCode.USAGE,
