@@ -26,11 +26,11 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.quality.scoring import TaskReport
-from benchmarks.quality.store import CPU_RESULTS, TASKS_FILE, committed_reports
+from benchmarks.quality.store import CPU_RESULTS, CPU_TASKS, TASKS_FILE, committed_reports
 from benchmarks.quality.task_setup import load_tasks
 from benchmarks.recalibration_replay import row, seed_regret
 
-TASK_FILES = (TASKS_FILE, *(TASKS_FILE.with_name(f"tasks_{n}.yaml") for n in ("heldout", "gpu_cls")))
+TASK_FILES = (*CPU_TASKS, TASKS_FILE.with_name("tasks_gpu_cls.yaml"))
 GPU_CLASSIFIER = "lr_quality_gpu_cls"
 """The one classifier that is not a MiniLM: a 0.36B Qwen2-shaped model, run on an H200."""
 

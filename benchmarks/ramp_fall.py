@@ -36,7 +36,7 @@ from finetune_trainer.adaptive import (
     stop_step,
 )
 
-DEFAULT_TASKS = [store.TASKS_FILE, store.TASKS_FILE.parent / "tasks_heldout.yaml"]
+DEFAULT_TASKS = list(store.CPU_TASKS)
 """The CPU task files, in-sample and held out."""
 
 Ramp = tuple[str, int | None, list[float], list[float], float]

@@ -35,7 +35,7 @@ from benchmarks.common import fmt, table, write_results
 from benchmarks.quality import execution, scoring, store, task_setup
 from benchmarks.recalibration_replay import row, seed_regret
 
-TASK_FILES = (store.TASKS_FILE, store.TASKS_FILE.parent / "tasks_heldout.yaml")
+TASK_FILES = store.CPU_TASKS
 """The CPU task files, in-sample and held out, in the order of ``store.CPU_RESULTS``."""
 THRESHOLDS = (0.03, 0.05, 0.08, 0.1, 0.15)
 SAME = 1e-6

@@ -39,6 +39,8 @@ def committed_results(tasks: Path) -> list[Path]:
 
 CPU_RESULTS = ("lr_quality", "lr_quality_heldout")
 """The committed CPU runs, in-sample and held out, that the scripts which run nothing read."""
+CPU_TASKS = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))
+"""The task files of those runs, in the same order."""
 
 
 def committed_reports(name: str) -> list[TaskReport]:
