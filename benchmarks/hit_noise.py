@@ -3,7 +3,8 @@ best learning rate, scored the way ``lr_quality.py`` scores a recommendation.
 
     python benchmarks/hit_noise.py [--within 0.05 0.1 0.15 0.2] [--no-write]
 
-Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
+Reads the committed ``results/lr_quality.json``, ``lr_quality_heldout.json`` and ``lr_quality_fresh.json``
+and runs nothing.
 Every full-length run that ``lr_quality.py`` made off the oracle grid (a check run: some recommender's LR,
 on the seed that suggested it) within each distance of the oracle's best LR is scored by its paired regret
 against τ. A recommender that always landed that close would hit about that often: the benchmark's own
@@ -28,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.quality.scoring import REGRET_CAP, Oracle, TaskReport, parse_oracle_key
-from benchmarks.quality.store import CPU_RESULTS, committed_reports
+from benchmarks.quality.store import STANDING_RESULTS, committed_reports
 
 
 def near_hits(oracle: Oracle, within: float) -> tuple[int, int]:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--within", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
-    reports = {name: committed_reports(name) for name in CPU_RESULTS}
+    reports = {name: committed_reports(name) for name in STANDING_RESULTS}
     rows, parts = [], []
     for name, tasks in reports.items():
         totals = dict.fromkeys(args.within, (0, 0))

@@ -2,7 +2,8 @@
 
     python benchmarks/miss_curves.py [--row adaptive] [--no-write]
 
-Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
+Reads the committed ``results/lr_quality.json``, ``lr_quality_heldout.json`` and ``lr_quality_fresh.json``
+and runs nothing.
 For every task-seed on which the row missed (paired regret > τ, as ``lr_quality.py`` scores it), the
 seed's curve is its own full-length runs (the oracle grid and every check run on that seed) with the
 sweep's evidence placed on it: the ceiling (its first stage-1 trial, half a decade below the ramp's loss
@@ -37,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import fmt, table, write_results
 from benchmarks.quality.scoring import Row, TaskReport, family
-from benchmarks.quality.store import CPU_RESULTS, committed_reports
+from benchmarks.quality.store import STANDING_RESULTS, committed_reports
 
 NOISE_DECADES = 0.1
 """Within this distance of the best LR, 36 of 40 check runs hit: a miss there is the benchmark's noise."""
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--row", default="adaptive", help="the recommender row (default: adaptive)")
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
-    body, _ = report_text({name: committed_reports(name) for name in CPU_RESULTS}, args.row)
+    body, _ = report_text({name: committed_reports(name) for name in STANDING_RESULTS}, args.row)
     print(body)
     if not args.no_write:
         title = f"Where `{args.row}` misses, and why"

@@ -1,17 +1,18 @@
 """How firm is each target's verdict? The default recommender's targets on the committed LR-quality runs,
-in-sample, held out and pooled, each with its interval over resampled tasks; and, task-seed by task-seed,
-how often it beats each peer.
+in-sample, held out, fresh and pooled, each with its interval over resampled tasks; and, task-seed by
+task-seed, how often it beats each peer.
 
     python benchmarks/target_intervals.py [--draws N] [--no-write]
 
-Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
+Reads the committed ``results/lr_quality.json``, ``lr_quality_heldout.json`` and ``lr_quality_fresh.json``
+and runs nothing.
 The verdicts are ``lr_quality.py``'s own (``check_targets``); the interval is the 5th to 95th percentile of
 each figure over sets of as many tasks drawn with replacement (``resampled_figures``; a task's seeds stay
 together), beside the share of those sets on which the target is met. The paired table counts the
 task-seeds on which the default's measured regret is below, above or equal to a peer's (same task, same
-seed), with a one-sided sign test over the unequal ones. Pooling puts the ten tasks in one set; both files
-come from the same trainer, and the held-out tasks are no longer held out for every setting
-(``benchmarks/README.md`` says which).
+seed), with a one-sided sign test over the unequal ones. Pooled twice: the in-sample and held-out tasks (the
+rules were chosen or checked on both; ``benchmarks/README.md`` says which), then every task, the fresh ones
+(run once, after every rule was chosen) included. All three files come from the same trainer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.common import table, write_results
 from benchmarks.quality.scoring import Score, TaskReport, family
-from benchmarks.quality.store import CPU_RESULTS, committed_reports
+from benchmarks.quality.store import CPU_RESULTS, STANDING_RESULTS, committed_reports
 from benchmarks.quality.verdicts import TARGET_DRAWS, check_targets, resampled_figures, targets_table, totals
 
 
@@ -91,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=TARGET_DRAWS, help="resampled task sets per table")
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
-    sets = {name: committed_reports(name) for name in CPU_RESULTS}
+    sets = {name: committed_reports(name) for name in STANDING_RESULTS}
     parts = [section(f"`{name}`", reports, args.draws) for name, reports in sets.items()]
-    parts.append(section("pooled", [r for reports in sets.values() for r in reports], args.draws))
+    tuned = [r for name in CPU_RESULTS for r in sets[name]]
+    parts.append(section("pooled, in-sample and held out", tuned, args.draws))
+    parts.append(section("pooled, all", [r for reports in sets.values() for r in reports], args.draws))
     body = (
         "The default recommender's targets as `lr_quality.py` judges them, with the 5th to 95th percentile "
         f"of each figure over {args.draws} sets of as many tasks drawn with replacement (a task's seeds stay "

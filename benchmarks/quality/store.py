@@ -41,6 +41,12 @@ CPU_RESULTS = ("lr_quality", "lr_quality_heldout")
 """The committed CPU runs, in-sample and held out, that the scripts which run nothing read."""
 CPU_TASKS = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))
 """The task files of those runs, in the same order."""
+FRESH_RESULTS = "lr_quality_fresh"
+"""The committed CPU run of ``tasks_fresh.yaml``: tasks run once, after every rule was chosen. The replays,
+which try other rules on the committed runs, leave it out, so that no rule is ever chosen on it."""
+STANDING_RESULTS = (*CPU_RESULTS, FRESH_RESULTS)
+"""Every committed CPU run: what the scripts that report the recommender's standing (its targets' intervals,
+its misses, the hit noise) read."""
 
 
 def committed_reports(name: str) -> list[TaskReport]:

@@ -430,17 +430,24 @@ def test_a_built_model_is_fine_tuned_on_the_text_it_was_pre_trained_on(tmp_path:
         assert loaded(text)["input_ids"] == built(text)["input_ids"], model
 
 
-def test_every_task_file_loads_and_the_held_out_tasks_are_new() -> None:
-    main = task_setup.load_tasks(store.TASKS_FILE)
+def test_every_task_file_loads_and_the_held_out_and_fresh_tasks_are_new() -> None:
     files = sorted(store.TASKS_FILE.parent.glob("tasks_*.yaml"))
-    assert {f.name for f in files} >= {"tasks_gpu.yaml", "tasks_heldout.yaml"}
+    assert {f.name for f in files} >= {"tasks_gpu.yaml", "tasks_heldout.yaml", "tasks_fresh.yaml"}
     for f in files:
         spec = task_setup.load_tasks(f)  # refuses a task that sets a recommender's own settings
         assert set(spec["quick"]["tasks"]) <= {t["name"] for t in spec["tasks"]}, f.name
-    held_out = task_setup.load_tasks(store.TASKS_FILE.parent / "tasks_heldout.yaml")
-    keys, names = {task_setup.task_key(t) for t in main["tasks"]}, {t["name"] for t in main["tasks"]}
-    for t in held_out["tasks"]:
-        assert task_setup.task_key(t) not in keys and t["name"] not in names, t["name"]
+    keys: set[str] = set()
+    names: set[str] = set()
+    for name in ("tasks.yaml", "tasks_heldout.yaml", "tasks_fresh.yaml"):  # each set new to those before it
+        tasks = task_setup.load_tasks(store.TASKS_FILE.parent / name)["tasks"]
+        for t in tasks:
+            assert task_setup.task_key(t) not in keys and t["name"] not in names, (name, t["name"])
+        keys |= {task_setup.task_key(t) for t in tasks}
+        names |= {t["name"] for t in tasks}
+        results = store.results_name(store.TASKS_FILE.parent / name)
+        assert results in store.STANDING_RESULTS, results  # its committed run is read for the standing
+        assert [r.name for r in store.committed_reports(results)] == [t["name"] for t in tasks], results
+    assert store.FRESH_RESULTS not in store.CPU_RESULTS, "the replays, which try rules, never read it"
 
 
 def test_generated_datasets_are_deterministic_and_labelled() -> None:
