@@ -1,7 +1,7 @@
 """Would a recalibration help? The committed recommendations moved by a constant, and adaptive's ceiling at
 other headrooms, scored on the committed runs.
 
-    python benchmarks/recalibration_replay.py [--shifts ...] [--headrooms ...] [--no-write]
+    python benchmarks/recalibration_replay.py [--shifts ...] [--headrooms ...] [--only TASK ...] [--no-write]
 
 Reads the committed ``results/lr_quality.json`` and ``results/lr_quality_heldout.json`` and runs nothing.
 A moved LR mostly has no full-length run of its own, so its regret is interpolated in log-LR between that
@@ -66,9 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--headrooms", type=float, nargs="+", default=[0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0]
     )
+    parser.add_argument("--only", nargs="+", metavar="TASK", help="replay only these tasks (print only)")
     parser.add_argument("--no-write", action="store_true", help="print only; no results file")
     args = parser.parse_args(argv)
-    inside, held = (committed_reports(name) for name in CPU_RESULTS)
+    inside, held = (
+        [r for r in committed_reports(name) if not args.only or r.name in args.only] for name in CPU_RESULTS
+    )
+    if args.only and not inside + held:
+        parser.error(f"--only: none of {args.only} is a task of {', '.join(CPU_RESULTS)}")
     sets = {"in-sample": inside, "held out": held}
     sets["pooled"] = sets["in-sample"] + sets["held out"]
 
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     print(body)
-    if not args.no_write:
+    if not args.no_write and not args.only:
         title = "Recalibration replay: the committed recommendations moved, scored on the committed runs"
         print(f"wrote {write_results('recalibration_replay', title, body, argv)}")
 

@@ -125,6 +125,23 @@ def test_regret_is_measured_per_seed_where_a_full_length_run_exists() -> None:
     assert scoring.unchecked(free, o) == [], "an LR-free row has nothing to check"
 
 
+def test_the_recalibration_replay_can_keep_to_some_tasks_and_then_writes_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recalibration_replay, "write_results", lambda *a: pytest.fail("wrote a file"))
+    recalibration_replay.main(
+        ["--only", "gpt2-lora-r32", "minilm-lora-cls", "--shifts", "0", "--headrooms", "0.5"]
+    )
+    out = capsys.readouterr().out
+    inside, held, pooled = (c.split(",")[0].strip() for c in out.split("| +0 |")[1].split("|")[:3])
+    assert (inside, held, pooled) == ("1/3", "3/3", "4/6"), (
+        "gpt2-lora-r32 in-sample, minilm-lora-cls held out"
+    )
+    assert "| 0.5 | 1/3, " in out, "the ceiling at the product's headroom: the same LRs on that task"
+    with pytest.raises(SystemExit):
+        recalibration_replay.main(["--only", "qwen-full"])  # a fresh task: the replays never read it
+
+
 def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
     key = scoring.oracle_key
     o = dataclasses.replace(oracle(), seeds=[0, 1], checks={key(3e-3, 0): 1.05, key(3e-2, 1): None})
