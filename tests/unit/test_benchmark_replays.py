@@ -97,6 +97,23 @@ def test_the_horizon_prior_moves_only_a_classifiers_unmoved_recommendations() ->
     assert "qwen2-0.5b-cls" in horizon_prior_replay.classifiers(), "the GPU classifier's task file is read"
 
 
+def test_undoing_the_horizon_step_puts_a_moved_lr_back_at_the_stage_2_parabolas_minimum() -> None:
+    bowl = [[2, lr, 40, 1.0 + (math.log10(lr) + 3) ** 2] for lr in (1e-4, 3e-4, 1e-3, 3e-3)]  # vertex 1e-3
+    notes = [
+        {"decidedBy": "stage-2-horizon", "trials": [[1, 3e-3, 20, 2.0], *bowl, [2, 1e-2, 40, math.nan]]},
+        {"decidedBy": "stage-2-fit", "trials": bowl},
+    ]
+    rows = [scoring.Row("adaptive", [2e-4, 1e-3], [100, 100], [1.0, 1.0], seeds=[0, 1], notes=notes)]
+    report = scoring.TaskReport("t", "d", 100, dataclasses.replace(oracle(), seeds=[0, 1]), 800, rows, 1.0)
+    undone, n = horizon_prior_replay.horizon_undone(report)
+    assert n == 1 and undone.rows[0].lrs == [pytest.approx(1e-3), 1e-3], "only the moved one, to the vertex"
+    assert report.rows[0].lrs == [2e-4, 1e-3], "the committed report is left as it was"
+    text = horizon_prior_replay.undone_table([report])
+    committed, put_back = (line.split("|")[2:4] for line in text.splitlines()[2:4])
+    assert committed[0].strip() == "0" and put_back[0].strip() == "1"
+    assert committed[1].strip() == "1/2 = 50%" and put_back[1].strip() == "2/2 = 100%", "1e-3 is the best LR"
+
+
 def test_the_ramp_stop_replay_cuts_a_ramp_where_the_product_s_stop_would() -> None:
     lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 20 steps per decade
     losses = [3.0 - 0.02 * i if i < 60 else 1.8 + 0.01 * (i - 60) for i in range(120)]  # minimum at 1e-3
