@@ -41,7 +41,8 @@ from benchmarks.quality.scoring import Row, TaskReport, family
 from benchmarks.quality.store import STANDING_RESULTS, committed_reports
 
 NOISE_DECADES = 0.1
-"""Within this distance of the best LR, 36 of 40 check runs hit: a miss there is the benchmark's noise."""
+"""Within this distance of the best LR, 44 of 48 check runs hit (``results/hit_noise.md``): a miss there is
+the benchmark's noise."""
 BAR_CAP = 20
 """Longest bar drawn, in τ of regret."""
 MARGIN = 0.5

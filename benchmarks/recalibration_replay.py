@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     inside, held = (
         [r for r in committed_reports(name) if not args.only or r.name in args.only] for name in CPU_RESULTS
     )
-    if args.only and not inside + held:
-        parser.error(f"--only: none of {args.only} is a task of {', '.join(CPU_RESULTS)}")
+    if args.only and (unknown := sorted(set(args.only) - {r.name for r in inside + held})):
+        parser.error(f"--only: {', '.join(unknown)} is not a task of {' or '.join(CPU_RESULTS)}")
     sets = {"in-sample": inside, "held out": held}
     sets["pooled"] = sets["in-sample"] + sets["held out"]
 

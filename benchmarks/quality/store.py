@@ -38,7 +38,8 @@ def committed_results(tasks: Path) -> list[Path]:
 
 
 CPU_RESULTS = ("lr_quality", "lr_quality_heldout")
-"""The committed CPU runs, in-sample and held out, that the scripts which run nothing read."""
+"""The committed CPU runs, in-sample and held out, on which the rules were chosen or checked: what the
+replays, which try other rules on the committed runs, read."""
 CPU_TASKS = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))
 """The task files of those runs, in the same order."""
 FRESH_RESULTS = "lr_quality_fresh"

@@ -44,8 +44,12 @@ def test_the_recalibration_replay_can_keep_to_some_tasks_and_then_writes_nothing
         "gpt2-lora-r32 in-sample, minilm-lora-cls held out"
     )
     assert "| 0.5 | 1/3, " in out, "the ceiling at the product's headroom: the same LRs on that task"
-    with pytest.raises(SystemExit):
-        recalibration_replay.main(["--only", "qwen-full"])  # a fresh task: the replays never read it
+    for named in (["qwen-full"], ["gpt2-lora-r32", "qwen-full"]):  # a fresh task: the replays never read it
+        with pytest.raises(SystemExit):
+            recalibration_replay.main(["--only", *named])
+        assert (
+            "--only: qwen-full is not a task of lr_quality or lr_quality_heldout" in capsys.readouterr().err
+        )
 
 
 def test_a_moved_lr_is_scored_between_its_own_seeds_runs() -> None:
