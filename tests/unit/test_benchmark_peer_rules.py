@@ -1,5 +1,5 @@
-"""The peers' published rules as the benchmark applies them to a range test's curve: fastai's and torch-lr-
-finder's.
+"""The peers' published rules as the benchmark applies them to a range test's curve: fastai's and
+torch-lr-finder's.
 """
 
 from __future__ import annotations

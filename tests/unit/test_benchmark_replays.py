@@ -1,5 +1,5 @@
-"""The scripts that read committed results and run nothing: the recalibration, horizon-prior, ramp-stop, ramp-
-fall and ramp-shape replays, the hit noise, the miss curves and the trial-gap probe.
+"""The scripts that read committed results and run nothing: the recalibration, horizon-prior, ramp-stop,
+ramp-fall and ramp-shape replays, the hit noise, the miss curves and the trial-gap probe.
 """
 
 from __future__ import annotations
