@@ -101,7 +101,8 @@ def horizon_undone(report: TaskReport) -> tuple[TaskReport, int]:
                     continue
                 stage2 = [(lr, loss) for stage, lr, _, loss in note["trials"] if stage == 2 and _finite(loss)]
                 fit = fit_parabola(neighbourhood(stage2, FIT_NEIGHBOURS))
-                lrs[i], undone = (vertex(fit) if fit else lrs[i]), undone + 1
+                if fit is not None and (lr := vertex(fit)) is not None:
+                    lrs[i], undone = lr, undone + 1
             r = dataclasses.replace(r, lrs=lrs)
         rows.append(r)
     return dataclasses.replace(report, rows=rows), undone
@@ -114,14 +115,13 @@ def _finite(loss: float | None) -> bool:
 def undone_table(reports: Sequence[TaskReport]) -> str:
     """The default's four targets over ``reports`` as committed and with the horizon step undone."""
     undone = [horizon_undone(r) for r in reports]
-    rows = []
-    for label, rs, n in (
-        ("committed", list(reports), 0),
-        ("horizon step undone", [r for r, _ in undone], sum(k for _, k in undone)),
-    ):
-        targets = check_targets(totals(rs))
-        rows.append([label, n, *(t.value for t in targets)])
-    return table(["adaptive", "task-seeds put back", *(t.name for t in check_targets(totals(reports)))], rows)
+    committed = check_targets(totals(reports))
+    put_back = check_targets(totals([r for r, _ in undone]))
+    rows = [
+        ["committed", 0, *(t.value for t in committed)],
+        ["horizon step undone", sum(k for _, k in undone), *(t.value for t in put_back)],
+    ]
+    return table(["adaptive", "task-seeds put back", *(t.name for t in committed)], rows)
 
 
 def main(argv: list[str] | None = None) -> None:

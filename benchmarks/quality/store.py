@@ -37,19 +37,6 @@ def committed_results(tasks: Path) -> list[Path]:
     return [RESULTS / f"{n}.json" for n in names]
 
 
-CPU_RESULTS = ("lr_quality", "lr_quality_heldout")
-"""The committed CPU runs, in-sample and held out, on which the rules were chosen or checked: what the
-replays, which try other rules on the committed runs, read."""
-CPU_TASKS = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))
-"""The task files of those runs, in the same order."""
-FRESH_RESULTS = "lr_quality_fresh"
-"""The committed CPU run of ``tasks_fresh.yaml``: tasks run once, after every rule was chosen. The replays,
-which try other rules on the committed runs, leave it out, so that no rule is ever chosen on it."""
-STANDING_RESULTS = (*CPU_RESULTS, FRESH_RESULTS)
-"""Every committed CPU run: what the scripts that report the recommender's standing (its targets' intervals,
-its misses, the hit noise) read."""
-
-
 def committed_reports(name: str) -> list[TaskReport]:
     """The task reports of the committed ``results/<name>.json`` (e.g. ``lr_quality_heldout``), for scripts
     that read a run's results and run nothing; an error naming the command that writes them if missing."""
@@ -132,6 +119,20 @@ def results_name(tasks: Path, quick: bool = False) -> str:
     if tasks.resolve() != TASKS_FILE.resolve():
         name += "_" + tasks.stem.removeprefix("tasks").strip("_")
     return name
+
+
+CPU_TASKS = (TASKS_FILE, TASKS_FILE.with_name("tasks_heldout.yaml"))
+"""The CPU task files, in-sample and held out, on which the rules were chosen or checked."""
+CPU_RESULTS = tuple(results_name(t) for t in CPU_TASKS)
+"""Their committed runs, in the same order: what the replays, which try other rules on the committed runs,
+read."""
+FRESH_TASKS = TASKS_FILE.with_name("tasks_fresh.yaml")
+"""Tasks run once, after every rule was chosen."""
+FRESH_RESULTS = results_name(FRESH_TASKS)
+"""Their committed run. The replays leave it out, so that no rule is ever chosen on it."""
+STANDING_RESULTS = (*CPU_RESULTS, FRESH_RESULTS)
+"""Every committed CPU run: what the scripts that report the recommender's standing (its targets' intervals,
+its misses, the hit noise) read."""
 
 
 def job_id(job: dict[str, Any]) -> str:

@@ -100,13 +100,13 @@ def test_every_task_file_loads_and_the_held_out_and_fresh_tasks_are_new() -> Non
         assert set(spec["quick"]["tasks"]) <= {t["name"] for t in spec["tasks"]}, f.name
     keys: set[str] = set()
     names: set[str] = set()
-    for name in ("tasks.yaml", "tasks_heldout.yaml", "tasks_fresh.yaml"):  # each set new to those before it
-        tasks = task_setup.load_tasks(store.TASKS_FILE.parent / name)["tasks"]
+    for path in (*store.CPU_TASKS, store.FRESH_TASKS):  # each set new to those before it
+        tasks = task_setup.load_tasks(path)["tasks"]
         for t in tasks:
-            assert task_setup.task_key(t) not in keys and t["name"] not in names, (name, t["name"])
+            assert task_setup.task_key(t) not in keys and t["name"] not in names, (path.name, t["name"])
         keys |= {task_setup.task_key(t) for t in tasks}
         names |= {t["name"] for t in tasks}
-        results = store.results_name(store.TASKS_FILE.parent / name)
+        results = store.results_name(path)
         assert results in store.STANDING_RESULTS, results  # its committed run is read for the standing
         assert [r.name for r in store.committed_reports(results)] == [t["name"] for t in tasks], results
     assert store.FRESH_RESULTS not in store.CPU_RESULTS, "the replays, which try rules, never read it"
