@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -50,6 +50,7 @@ from finetune_operator.settings import Settings
 __all__ = ["DesiredState", "Event", "Resource", "SweepRef", "is_done", "plan", "plan_finetune", "plan_sweep"]
 
 Samples = Mapping[str, Mapping[str, float]]
+SpecT = TypeVar("SpecT", LRSweepSpec, FineTuneJobSpec)
 
 
 @dataclass(frozen=True)
@@ -136,17 +137,10 @@ def plan_sweep(
     queue: Mapping[str, QueueState] | None = None,
 ) -> DesiredState:
     """Decide the LRSweep's status and which trainer Jobs to create next."""
-    previous, now = parse_status(LRSweepStatus, resource.status), now or now_iso()
-    if is_done(previous, resource.generation):
-        return _settled(resource, previous, now, children)
-    b = StatusBuilder(previous, resource.generation, now)
-    settings = settings or Settings()
-    children = past_start_deadline(children, now, settings.pod_start_deadline)
-    try:
-        spec = LRSweepSpec.model_validate(resource.spec)
-    except ValidationError as e:
-        b.invalid(e)
-        return DesiredState(b.status, events=b.events)
+    begun = _begin(resource, LRSweepStatus, LRSweepSpec, children, settings, now)
+    if isinstance(begun, DesiredState):
+        return begun
+    spec, b, children, settings = begun.spec, begun.b, begun.children, begun.settings
     samples = samples or {}
     if spec.method == "adaptive":
         adaptive.plan(resource.name, spec, b, children, samples)
@@ -156,8 +150,7 @@ def plan_sweep(
             rangetest.decide(b, result, spec.range_test)
     else:
         trials.plan(resource.name, spec, b, children, samples)
-    pause = _queue_and_pause(b, spec, children, queue, settings)
-    return _give_up(_desired(resource, spec, b, settings, pause, children), children)
+    return _desired(resource, spec, b, settings, children, queue)
 
 
 def plan_finetune(
@@ -173,20 +166,12 @@ def plan_finetune(
     """Decide the FineTuneJob's status: resolve the learning rate, then run and follow the training Job.
 
     `sweep` is the LRSweep named by `fromSweep` (or its `auto` sweep), None when it does not exist."""
-    previous, now = parse_status(FineTuneJobStatus, resource.status), now or now_iso()
-    if is_done(previous, resource.generation):
-        return _settled(resource, previous, now, children)
-    b = StatusBuilder(previous, resource.generation, now)
-    settings = settings or Settings()
-    children = past_start_deadline(children, now, settings.pod_start_deadline)
-    try:
-        spec = FineTuneJobSpec.model_validate(resource.spec)
-    except ValidationError as e:
-        b.invalid(e)
-        return DesiredState(b.status, events=b.events)
+    begun = _begin(resource, FineTuneJobStatus, FineTuneJobSpec, children, settings, now)
+    if isinstance(begun, DesiredState):
+        return begun
+    spec, b, children, settings = begun.spec, begun.b, begun.children, begun.settings
     create_sweep = finetune.plan(resource.name, resource.uid, spec, b, children, sweep, samples or {})
-    pause = _queue_and_pause(b, spec, children, queue, settings)
-    desired = _give_up(_desired(resource, spec, b, settings, pause, children), children)
+    desired = _desired(resource, spec, b, settings, children, queue)
     if create_sweep is not None:
         name = naming.auto_sweep(resource.name)
         desired.children.append(rendering.auto_sweep(resource.owner, name, create_sweep))
@@ -216,6 +201,41 @@ def expiring(ttl: Any, children: Mapping[str, ChildState]) -> dict[str, int]:
         for name, child in sorted(children.items())
         if child.phase in ("Succeeded", "Failed") and not child.expires
     }
+
+
+@dataclass(frozen=True)
+class _Begun(Generic[SpecT]):
+    """An unfinished resource whose spec validated: what either planner decides from."""
+
+    spec: SpecT
+    b: StatusBuilder
+    children: Mapping[str, ChildState]
+    settings: Settings
+
+
+def _begin(
+    resource: Resource,
+    status_model: type[ResourceStatus],
+    spec_model: type[SpecT],
+    children: Mapping[str, ChildState],
+    settings: Settings | None,
+    now: str | None,
+) -> DesiredState | _Begun[SpecT]:
+    """What both planners do first: a finished resource settles, and a spec that does not validate fails
+    with each bad field named (both as the returned desired state); otherwise the status builder, the
+    validated spec, and the children with any pod past its start deadline marked."""
+    previous, now = parse_status(status_model, resource.status), now or now_iso()
+    if is_done(previous, resource.generation):
+        return _settled(resource, previous, now, children)
+    b = StatusBuilder(previous, resource.generation, now)
+    settings = settings or Settings()
+    children = past_start_deadline(children, now, settings.pod_start_deadline)
+    try:
+        spec = spec_model.model_validate(resource.spec)
+    except ValidationError as e:
+        b.invalid(e)
+        return DesiredState(b.status, events=b.events)
+    return _Begun(spec, b, children, settings)
 
 
 def _settled(
@@ -255,11 +275,13 @@ def _desired(
     spec: LRSweepSpec | FineTuneJobSpec,
     b: StatusBuilder,
     settings: Settings,
-    pause: queued.PauseActions,
     children: Mapping[str, ChildState],
+    queue: Mapping[str, QueueState] | None,
 ) -> DesiredState:
-    """The builder's status and events, its Job requests rendered into complete manifests, and the TTL
+    """The builder's status and events, its Job requests rendered into complete manifests, Kueue's word
+    and the pause or resume of unfinished Jobs, the suspend of a failed run's unstarted Jobs, and the TTL
     for finished Jobs."""
+    pause = _queue_and_pause(b, spec, children, queue, settings)
     jobs = [
         manifest
         for c in b.children
@@ -278,7 +300,7 @@ def _desired(
             spec,
         )
     ]
-    return DesiredState(
+    desired = DesiredState(
         b.status,
         jobs,
         b.events,
@@ -289,3 +311,4 @@ def _desired(
         activate=pause.activate,
         expire=expiring(spec.ttl_seconds_after_finished, children),
     )
+    return _give_up(desired, children)
