@@ -44,7 +44,7 @@ local phase = status.phase
 local ready = condition(status, "Ready")
 local stalled = condition(status, "Stalled")
 local failed = condition(status, "Failed")
-local active = phase == "Pending" or phase == "WaitingForSweep" or phase == "Sweeping" or phase == "Running"
+local active = phase == "Pending" or phase == "Running"
 if holds(ready) or phase == "Succeeded" then
   hs.status = "Healthy"
   if status.recommendedLearningRate ~= nil then

@@ -12,14 +12,19 @@ import math
 import shutil
 import subprocess
 from pathlib import Path
+from typing import get_args
 
 import pytest
+
+from finetune_operator.api import Phase, SweepPhase
+from finetune_operator.planning.status import TERMINAL
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = {
     "LRSweep": REPO / "docs/argocd/health-lrsweep.lua",
     "FineTuneJob": REPO / "docs/argocd/health-finetunejob.lua",
 }
+PHASES = {"LRSweep": SweepPhase, "FineTuneJob": Phase}
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 
@@ -106,12 +111,25 @@ def test_no_status_yet_is_progressing(lua, kind):
     assert health(lua, kind, resource(kind, {}))[0] == "Progressing"
 
 
-@KINDS
-@pytest.mark.parametrize("phase", ["Pending", "WaitingForSweep", "Sweeping", "Running"])
+def active_phases(kind: str) -> list[str]:
+    """The kind's unfinished phases, as the API contract lists them."""
+    return [p for p in get_args(PHASES[kind]) if p not in TERMINAL]
+
+
+@pytest.mark.parametrize(("kind", "phase"), [(k, p) for k in SCRIPTS for p in active_phases(k)])
 def test_active_phases_are_progressing(lua, kind, phase):
     status, message = health(lua, kind, resource(kind, {"phase": phase, "observedGeneration": 1}))
     assert status == "Progressing"
     assert phase in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "phase"),
+    [(k, p) for k in SCRIPTS for other in SCRIPTS for p in active_phases(other) if p not in active_phases(k)],
+)
+def test_a_phase_the_kind_does_not_have_is_unknown(lua, kind, phase):
+    """An LRSweep never waits for a sweep: a FineTuneJob's waiting phases on one say something is off."""
+    assert health(lua, kind, resource(kind, {"phase": phase, "observedGeneration": 1}))[0] == "Unknown"
 
 
 @KINDS
@@ -190,11 +208,18 @@ def test_unknown_phase_is_unknown(lua, kind):
 
 @pytest.mark.parametrize("kind", sorted(SCRIPTS))
 def test_gitops_doc_embeds_the_tested_scripts_verbatim(kind):
-    doc = (REPO / "docs/gitops.md").read_text()
-    assert f"resource.customizations.health.finetune.dev_{kind}: |" in doc
-    for line in SCRIPTS[kind].read_text().splitlines():
-        if line.strip():
-            assert f"    {line}\n" in doc, f"docs/gitops.md differs from {SCRIPTS[kind].name} at: {line!r}"
+    lines = (REPO / "docs/gitops.md").read_text().splitlines()
+    key = f"  resource.customizations.health.finetune.dev_{kind}: |"
+    assert key in lines
+    block = []
+    for line in lines[lines.index(key) + 1 :]:
+        if line.strip() and not line.startswith("    "):
+            break
+        block.append(line.removeprefix("    "))
+    script = SCRIPTS[kind].read_text().splitlines()
+    assert "\n".join(block).strip() == "\n".join(script).strip(), (
+        f"docs/gitops.md's {kind} health check differs from {SCRIPTS[kind].name}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
